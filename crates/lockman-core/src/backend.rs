@@ -1,0 +1,175 @@
+//! The backend-facing side: the raw operations a backend implements.
+//!
+//! Like `lock_api::RawMutex` under `lock_api::Mutex`, a backend supplies only
+//! the raw operations — grant, release, renew, inspect — and
+//! [`Locks`](crate::Locks) adds everything else once: guards, reentrancy,
+//! lease renewal, lost-lock detection, events, metrics and tracing.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LossSignal};
+
+/// When a waiting acquisition must give up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// Do not wait at all.
+    Now,
+    /// Give up at this instant.
+    At(Instant),
+    /// Never give up.
+    Never,
+}
+
+impl Deadline {
+    /// The instant to give up at, if any (`Now` is "already").
+    pub fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::Now => Some(Instant::now()),
+            Deadline::At(at) => Some(at),
+            Deadline::Never => None,
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub fn has_passed(self) -> bool {
+        match self {
+            Deadline::Now => true,
+            Deadline::At(at) => Instant::now() >= at,
+            Deadline::Never => false,
+        }
+    }
+}
+
+/// One request for a new grant, as the backend sees it.
+///
+/// Re-entries by a holder that already holds the resource in this manager are
+/// handled by core and never reach the backend.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GrantRequest {
+    /// The (validated) resource name.
+    pub resource: Arc<str>,
+    /// Who asks.
+    pub holder: HolderId,
+    /// Why.
+    pub purpose: Option<Arc<str>>,
+    /// The lease to set, if any (the caller's, or the backend default).
+    pub lease: Option<Duration>,
+    /// When to stop waiting.
+    pub deadline: Deadline,
+    /// Report here if the grant is later lost (lease expired and handed on,
+    /// force-released, stolen). Keep a clone with the grant.
+    pub loss: LossSignal,
+}
+
+/// The outcome of [`LockBackend::acquire`].
+#[derive(Debug)]
+pub enum Acquired<G> {
+    /// The lock is ours.
+    Granted(Granted<G>),
+    /// The deadline passed while someone else held it.
+    Busy {
+        /// Who held it, if the backend can tell.
+        holder: Option<LockInfo>,
+    },
+}
+
+/// A fresh grant.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Granted<G> {
+    /// Backend state that lives as long as the grant (a locked file, a token).
+    pub grant: G,
+    /// The grant's fencing token.
+    pub fencing_token: FencingToken,
+    /// When the lease runs out, if there is one.
+    pub lease_expires_at: Option<SystemTime>,
+    /// Whether the caller had to wait for another holder (for metrics).
+    pub contended: bool,
+}
+
+impl<G> Granted<G> {
+    /// A grant with `fencing_token`, expiring at `lease_expires_at`.
+    pub fn new(grant: G, fencing_token: FencingToken, lease_expires_at: Option<SystemTime>) -> Self {
+        Granted {
+            grant,
+            fencing_token,
+            lease_expires_at,
+            contended: false,
+        }
+    }
+
+    /// Marks the grant as one the caller had to wait for.
+    pub fn after_waiting(mut self, waited: bool) -> Self {
+        self.contended = waited;
+        self
+    }
+}
+
+/// The raw operations of a lock backend.
+///
+/// Implement this and wrap it in [`Locks`](crate::Locks) to get a complete
+/// [`LockManager`](crate::LockManager). The conformance suite in
+/// `lockman-testkit` checks the result.
+///
+/// # Contract
+///
+/// * `acquire` grants only if no *other* grant of the resource is live, honours
+///   the deadline, and is cancel-safe: if its future is dropped it must not
+///   leave a grant behind.
+/// * Fencing tokens strictly increase per grant of a resource.
+/// * `release` and `renew` return [`LockError::Lost`] when the grant is no
+///   longer the live one (core then reports it lost).
+#[async_trait]
+pub trait LockBackend: Debug + Send + Sync + 'static {
+    /// What the backend keeps for a live grant.
+    type Grant: Send + Sync + 'static;
+
+    /// Short name used in errors, events and metrics (`"memory"`, `"redis"`).
+    fn name(&self) -> &'static str;
+
+    /// What this backend guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Backend-specific name rules, checked after core's (non-empty, at most
+    /// [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes, no NUL).
+    fn validate_name(&self, resource: &str) -> Result<(), LockError> {
+        let _ = resource;
+        Ok(())
+    }
+
+    /// Grants `request`, waiting until its deadline.
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<Self::Grant>, LockError>;
+
+    /// Releases a grant.
+    async fn release(&self, grant: &Self::Grant) -> Result<(), LockError>;
+
+    /// Releases without awaiting, if the backend can do so without blocking
+    /// (used when a guard is dropped). `None` makes core run
+    /// [`release`](Self::release) on a task instead.
+    fn release_now(&self, grant: &Self::Grant) -> Option<Result<(), LockError>> {
+        let _ = grant;
+        None
+    }
+
+    /// Sets the grant's lease to `lease` from now; returns the new expiry.
+    async fn renew(&self, grant: &Self::Grant, lease: Duration) -> Result<SystemTime, LockError>;
+
+    /// The state of one resource, without taking it.
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError>;
+
+    /// Every held (or stale) lock.
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError>;
+
+    /// Breaks the lock on `resource` whoever holds it, telling the holder's
+    /// guard (where the backend can) that it was lost for `reason`.
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError>;
+
+    /// Removes stale locks; returns what was removed.
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError>;
+}

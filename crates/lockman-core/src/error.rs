@@ -1,0 +1,176 @@
+//! Errors: what failed, on which resource and backend, and what to do.
+
+use std::fmt;
+
+use crate::LockInfo;
+
+/// Errors returned by lock and status operations.
+///
+/// Every message names the resource (where there is one) and the backend, and
+/// says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The wait ran out (or no wait was allowed) while someone else held the
+    /// resource. `holder` names them when the backend could tell.
+    #[error("timed out after {waited:?} waiting for {resource:?} on {backend}: {}", describe_holder(.holder.as_deref()))]
+    Timeout {
+        /// The resource.
+        resource: String,
+        /// The backend.
+        backend: String,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+        /// Who held it when the wait ended.
+        holder: Option<Box<LockInfo>>,
+    },
+
+    /// The operation needs a held lock, and this caller does not hold it.
+    #[error("{resource:?} is not held by this caller on {backend}")]
+    NotHeld {
+        /// The resource.
+        resource: String,
+        /// The backend.
+        backend: String,
+    },
+
+    /// The lock was lost before it was released: whatever it protected may
+    /// have been touched by someone else meanwhile.
+    #[error("lock on {resource:?} ({backend}) was lost: {reason}; work done under it may not have been exclusive")]
+    Lost {
+        /// The resource.
+        resource: String,
+        /// The backend.
+        backend: String,
+        /// Why.
+        reason: LostReason,
+    },
+
+    /// The resource or flag name cannot be used.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name (escaped when printed).
+        name: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The backend failed (I/O, network, protocol, corrupt metadata).
+    #[error("{backend} backend failed {action}{}: {message}", fmt_resource(.resource.as_deref()))]
+    Backend {
+        /// The backend.
+        backend: String,
+        /// What was being done, e.g. `"acquiring"`.
+        action: String,
+        /// The resource, when one was involved.
+        resource: Option<String>,
+        /// What went wrong and what to do.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The configuration is wrong.
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl LockError {
+    /// A [`LockError::Backend`] without an underlying error value.
+    pub fn backend(
+        backend: impl Into<String>,
+        action: impl Into<String>,
+        resource: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        LockError::Backend {
+            backend: backend.into(),
+            action: action.into(),
+            resource: resource.map(str::to_owned),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`LockError::Backend`] caused by `source`.
+    pub fn backend_caused_by(
+        backend: impl Into<String>,
+        action: impl Into<String>,
+        resource: Option<&str>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        LockError::Backend {
+            backend: backend.into(),
+            action: action.into(),
+            resource: resource.map(str::to_owned),
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A [`LockError::InvalidName`].
+    pub fn invalid_name(name: &str, reason: impl Into<String>) -> Self {
+        LockError::InvalidName {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this is a [`LockError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, LockError::Timeout { .. })
+    }
+
+    /// Whether this is a [`LockError::Lost`].
+    pub fn is_lost(&self) -> bool {
+        matches!(self, LockError::Lost { .. })
+    }
+}
+
+fn describe_holder(holder: Option<&LockInfo>) -> String {
+    match holder {
+        Some(info) => info.to_string(),
+        None => "held by another holder (the backend could not say who)".to_owned(),
+    }
+}
+
+fn fmt_resource(resource: Option<&str>) -> String {
+    resource.map(|r| format!(" on {r:?}")).unwrap_or_default()
+}
+
+/// Why a lock was lost.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The lease ran out before it was renewed or released.
+    LeaseExpired,
+    /// Someone broke the lock with `force_release`.
+    ForceReleased {
+        /// The reason they gave.
+        reason: String,
+    },
+    /// The backend says another holder owns the resource now.
+    Stolen {
+        /// What the backend observed.
+        detail: String,
+    },
+    /// The backend could not be reached to renew the lease in time.
+    BackendUnreachable {
+        /// The last error seen.
+        detail: String,
+    },
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::LeaseExpired => f.write_str("its lease expired"),
+            LostReason::ForceReleased { reason } => write!(f, "it was force-released ({reason})"),
+            LostReason::Stolen { detail } => write!(f, "another holder took it ({detail})"),
+            LostReason::BackendUnreachable { detail } => {
+                write!(f, "the backend was unreachable past the lease ({detail})")
+            }
+        }
+    }
+}

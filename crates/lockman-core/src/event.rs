@@ -1,0 +1,155 @@
+//! The stream of lock events every manager publishes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::{FencingToken, HolderId, LostReason};
+
+/// What happened to a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LockEventKind {
+    /// A new grant (re-entries do not emit).
+    Locked,
+    /// The last guard of a grant released it.
+    Released,
+    /// An `acquire` gave up waiting.
+    TimedOut,
+    /// A guard's lock was lost (see [`LockEvent::reason`]).
+    Lost,
+    /// Someone broke a lock with `force_release`.
+    ForceReleased,
+    /// A stale lock (dead holder, expired lease) was broken.
+    StaleBroken,
+}
+
+/// One event in a manager's [`events`](crate::LockManager::events) stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LockEvent {
+    /// What happened.
+    pub kind: LockEventKind,
+    /// The resource.
+    pub resource: String,
+    /// The backend.
+    pub backend: String,
+    /// The holder concerned (the new holder for `Locked`, the old one otherwise).
+    pub holder: Option<HolderId>,
+    /// The grant's fencing token, when known.
+    pub fencing_token: Option<FencingToken>,
+    /// How long the caller waited (`Locked`, `TimedOut`).
+    pub waited: Option<Duration>,
+    /// How long the lock was held (`Released`, `Lost`).
+    pub held: Option<Duration>,
+    /// Why (`Lost`, `ForceReleased`, `StaleBroken`).
+    pub reason: Option<String>,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+impl LockEvent {
+    /// An event of `kind` on `resource`, now, with no details.
+    pub fn new(kind: LockEventKind, resource: impl Into<String>, backend: impl Into<String>) -> Self {
+        LockEvent {
+            kind,
+            resource: resource.into(),
+            backend: backend.into(),
+            holder: None,
+            fencing_token: None,
+            waited: None,
+            held: None,
+            reason: None,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// Sets the holder.
+    pub fn with_holder(mut self, holder: HolderId) -> Self {
+        self.holder = Some(holder);
+        self
+    }
+
+    /// Sets the fencing token.
+    pub fn with_token(mut self, token: FencingToken) -> Self {
+        self.fencing_token = Some(token);
+        self
+    }
+
+    /// Sets the reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// Receives a manager's [`LockEvent`]s.
+///
+/// A slow receiver that falls more than the channel capacity (1024) behind
+/// gets [`broadcast::error::RecvError::Lagged`] and skips ahead; locking is
+/// never slowed down by a slow listener.
+pub type LockEvents = broadcast::Receiver<LockEvent>;
+
+/// The sending side of a manager's event stream, shared by the manager, its
+/// guards and its backend (which reports events it alone can see, such as a
+/// stale lock it broke).
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    sender: broadcast::Sender<LockEvent>,
+    backend: Arc<str>,
+}
+
+impl EventSink {
+    /// Capacity of the broadcast channel.
+    pub const CAPACITY: usize = 1024;
+
+    /// A new sink for `backend`.
+    pub fn new(backend: &str) -> Self {
+        let (sender, _) = broadcast::channel(Self::CAPACITY);
+        EventSink {
+            sender,
+            backend: backend.into(),
+        }
+    }
+
+    /// A new receiver of every event sent from now on.
+    pub fn subscribe(&self) -> LockEvents {
+        self.sender.subscribe()
+    }
+
+    /// Publishes `event` to every receiver (none is fine) and logs it.
+    pub fn send(&self, event: LockEvent) {
+        tracing::debug!(
+            kind = ?event.kind,
+            resource = %event.resource,
+            backend = %event.backend,
+            holder = event.holder.as_ref().map(HolderId::as_str),
+            reason = event.reason.as_deref(),
+            "lock event"
+        );
+        let _ = self.sender.send(event);
+    }
+
+    /// An event of `kind` on `resource` for this sink's backend.
+    pub fn event(&self, kind: LockEventKind, resource: &str) -> LockEvent {
+        LockEvent::new(kind, resource, &*self.backend)
+    }
+
+    /// The backend name events are stamped with.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Emits a `Lost` event.
+    pub(crate) fn lost(&self, resource: &str, holder: &HolderId, token: FencingToken, held: Duration, reason: &LostReason) {
+        let mut event = self
+            .event(LockEventKind::Lost, resource)
+            .with_holder(holder.clone())
+            .with_token(token)
+            .with_reason(reason.to_string());
+        event.held = Some(held);
+        self.send(event);
+    }
+}

@@ -1,0 +1,154 @@
+//! The guard a caller holds while it owns a lock.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{FencingToken, LockError, LockInfo, LossSignal, LostReason};
+
+/// Proof of holding a lock; the lock is released when the last guard of a
+/// grant goes away.
+///
+/// * Dropping the guard releases the lock without blocking the async runtime
+///   (backends that need I/O release on a background task).
+/// * [`release`](Self::release) releases and tells you whether the lock was
+///   still yours: a lost lock (lease expired, force-released, backend gone) is
+///   an error, because the work done under it may not have been exclusive.
+/// * [`lost`](Self::lost) completes as soon as the lock is known lost, so
+///   long-running work can stop early:
+///
+/// ```
+/// use lockman_core::{AcquireOptions, LockError, LockManager};
+///
+/// async fn poll(locks: &dyn LockManager) -> Result<(), LockError> {
+///
+///     let guard = locks.acquire("inverter_read", AcquireOptions::new()).await?;
+///     tokio::select! {
+///         _ = async { /* talk to the device */ } => {}
+///         reason = guard.lost() => eprintln!("stopping: lock lost because {reason}"),
+///     }
+///     guard.release().await
+/// }
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    grant: Option<Arc<dyn GrantHandle>>,
+    token: FencingToken,
+    loss: LossSignal,
+}
+
+/// What a guard needs from the grant it shares with its reentrant siblings.
+#[async_trait]
+pub(crate) trait GrantHandle: Send + Sync {
+    fn info(&self) -> LockInfo;
+    fn is_lost(&self) -> bool;
+    fn lost_error(&self, reason: LostReason) -> LockError;
+    /// One guard leaves; the last one releases the grant.
+    async fn release(self: Arc<Self>) -> Result<(), LockError>;
+    /// Like `release`, without waiting (from `Drop`).
+    fn release_on_drop(self: Arc<Self>);
+    async fn extend(&self, lease: Duration) -> Result<(), LockError>;
+}
+
+impl LockGuard {
+    pub(crate) fn new(grant: Arc<dyn GrantHandle>, token: FencingToken, loss: LossSignal) -> Self {
+        LockGuard {
+            grant: Some(grant),
+            token,
+            loss,
+        }
+    }
+
+    fn grant(&self) -> &Arc<dyn GrantHandle> {
+        // `grant` is only taken by `release(self)`, after which the guard is gone.
+        self.grant
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("guard used after release"))
+    }
+
+    /// The resource this guard holds.
+    pub fn resource(&self) -> &str {
+        self.loss.resource()
+    }
+
+    /// The fencing token of this grant (shared by reentrant guards).
+    pub fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The lock's current details: holder, lease, hold count and so on.
+    pub fn info(&self) -> LockInfo {
+        self.grant().info()
+    }
+
+    /// Whether the lock is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.grant().is_lost()
+    }
+
+    /// Completes when the lock is lost, with the reason. Never completes for
+    /// a lock that is released normally. The future does not borrow the
+    /// guard, so it can be moved into a task.
+    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        let loss = self.loss.clone();
+        async move { loss.lost().await }
+    }
+
+    /// Extends the lease to `lease` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock was lost, [`LockError::Backend`] if the
+    /// backend could not be reached.
+    pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        self.grant().extend(lease).await
+    }
+
+    /// Releases this guard. The lock itself is released when the last
+    /// reentrant guard of the grant is released.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock had been lost before this call;
+    /// [`LockError::Backend`] if the backend failed to release it (a lease,
+    /// if any, still ends it).
+    pub async fn release(mut self) -> Result<(), LockError> {
+        match self.grant.take() {
+            Some(grant) => grant.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The reason for `lost` as a [`LockError::Lost`], for callers that want to
+    /// bail out with `?`.
+    pub fn check(&self) -> Result<(), LockError> {
+        if self.is_lost() {
+            if let Some(reason) = self.loss.reason() {
+                return Err(self.grant().lost_error(reason.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(grant) = self.grant.take() {
+            grant.release_on_drop();
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("resource", &self.resource())
+            .field("holder", self.loss.holder())
+            .field("fencing_token", &self.token)
+            .field("lost", &self.loss.is_lost())
+            .finish()
+    }
+}

@@ -1,0 +1,67 @@
+//! The lockman contract, and the machinery every backend shares.
+//!
+//! lockman gives programs one lock API with swappable backends. This crate
+//! holds what every backend has in common:
+//!
+//! * **The caller's API**: [`LockManager`] (plus [`LockManagerExt`]),
+//!   [`LockGuard`], [`AcquireOptions`], [`LockInfo`]/[`LockState`],
+//!   [`LockError`], and [`StatusManager`] for named flags. The [`blocking`]
+//!   module offers the same for threads without an async runtime.
+//! * **The backend's API**: [`LockBackend`], a small trait of raw operations
+//!   (grant, release, renew, inspect). Wrapping a backend in [`Locks`] yields a
+//!   full [`LockManager`]: guards that release on drop, reentrancy by
+//!   [`HolderId`], lease renewal and expiry, lost-lock detection, events,
+//!   metrics and tracing are written here once, not in every backend.
+//!
+//! ## A lock's life
+//!
+//! [`LockManager::acquire`] waits (or not, see [`Wait`]) until the backend
+//! grants the resource, and returns a [`LockGuard`]. Each grant carries a
+//! [`FencingToken`] that increases with every new grant. A lock may be given a
+//! lease; without one the backend's default lease (if it has one) is renewed
+//! automatically while the guard lives. If the lease runs out, the lock is
+//! force-released or the backend loses it, the guard reports it *lost*:
+//! [`LockGuard::lost`] completes, [`LockGuard::release`] returns
+//! [`LockError::Lost`], and a [`LockEventKind::Lost`] event is published.
+//!
+//! ## Observability
+//!
+//! Every acquisition runs in a `lockman.acquire` tracing span (resource,
+//! backend, waited_ms, outcome); counters and histograms named in [`metrics`]
+//! go through the `metrics` facade; [`LockManager::events`] streams
+//! [`LockEvent`]s.
+
+pub mod backend;
+pub mod blocking;
+mod error;
+mod event;
+mod guard;
+mod ids;
+mod info;
+mod locks;
+mod loss;
+mod manager;
+pub mod metrics;
+mod name;
+mod options;
+mod runtime;
+mod status;
+
+pub use backend::LockBackend;
+pub use error::{LockError, LostReason};
+pub use event::{EventSink, LockEvent, LockEventKind, LockEvents};
+pub use guard::LockGuard;
+pub use ids::{FencingToken, HolderId};
+pub use info::{Capabilities, LockInfo, LockState, WakeMechanism};
+pub use locks::Locks;
+pub use loss::LossSignal;
+pub use manager::{LockManager, LockManagerExt};
+pub use name::{MAX_NAME_LEN, validate_name};
+pub use options::{AcquireOptions, Wait};
+pub use status::{FlagInfo, FlagOptions, StatusManager};
+
+/// This host's name, looked up once.
+pub fn hostname() -> &'static str {
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+}

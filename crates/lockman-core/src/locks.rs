@@ -1,0 +1,685 @@
+//! [`Locks`]: a complete [`LockManager`] on top of any [`LockBackend`].
+//!
+//! Everything that is the same for every backend lives here, once: name
+//! validation, reentrancy by holder id, the guard lifecycle, lease renewal
+//! (the watchdog) and lease-expiry detection, lost-lock reporting, events,
+//! metrics and tracing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend::{Acquired, Deadline, GrantRequest, LockBackend};
+use crate::guard::GrantHandle;
+use crate::{
+    AcquireOptions, Capabilities, EventSink, FencingToken, HolderId, LockError, LockEventKind, LockEvents,
+    LockGuard, LockInfo, LockManager, LockState, LossSignal, LostReason, Wait, metrics, runtime,
+};
+
+/// A [`LockManager`] built from a backend's raw operations.
+///
+/// Backend crates expose it under their own name, e.g.
+/// `lockman_memory::MemoryLockManager = Locks<MemoryBackend>`. Cloning is
+/// cheap and clones share everything.
+pub struct Locks<B: LockBackend> {
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B: LockBackend> {
+    backend: B,
+    name: &'static str,
+    caps: Capabilities,
+    events: EventSink,
+    /// Grants held by a named holder, so the same holder can re-enter.
+    reentry: Mutex<HashMap<ReentryKey, Reentry<B>>>,
+}
+
+type ReentryKey = (Arc<str>, HolderId);
+
+enum Reentry<B: LockBackend> {
+    /// The holder's first acquisition is in progress; same-holder callers
+    /// wait for its outcome instead of queueing behind themselves.
+    Pending(Arc<Notify>),
+    Held(Arc<Held<B>>),
+}
+
+/// Whether an acquisition may wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Acquire,
+    Try,
+}
+
+impl<B: LockBackend> Locks<B> {
+    /// A manager over `backend`.
+    pub fn new(backend: B) -> Self {
+        let name = backend.name();
+        let caps = backend.capabilities();
+        Locks {
+            shared: Arc::new(Shared {
+                events: EventSink::new(name),
+                backend,
+                name,
+                caps,
+                reentry: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The backend underneath.
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+
+    /// The event sink, for backends and wrappers that report their own events.
+    pub fn event_sink(&self) -> &EventSink {
+        &self.shared.events
+    }
+
+    async fn acquire_with(&self, resource: &str, options: AcquireOptions, mode: Mode) -> Result<Option<LockGuard>, LockError> {
+        crate::validate_name(resource)?;
+        self.shared.backend.validate_name(resource)?;
+        let started = Instant::now();
+        let deadline = match (mode, options.wait) {
+            (Mode::Try, _) | (_, Wait::NoWait) => Deadline::Now,
+            (Mode::Acquire, Wait::Timeout(timeout)) => Deadline::At(started + timeout),
+            (Mode::Acquire, Wait::Forever) => Deadline::Never,
+        };
+        let resource: Arc<str> = Arc::from(resource);
+        let held = match options.holder.clone() {
+            None => self.grant(resource, HolderId::unique(), false, options, deadline, mode, started).await?,
+            Some(holder) => self.reenter_or_grant(resource, holder, options, deadline, mode, started).await?,
+        };
+        Ok(held.map(|held| {
+            let token = held.token;
+            let loss = held.loss().clone();
+            LockGuard::new(held, token, loss)
+        }))
+    }
+
+    /// Re-enters a grant the holder already has, or takes a new one.
+    async fn reenter_or_grant(
+        &self,
+        resource: Arc<str>,
+        holder: HolderId,
+        options: AcquireOptions,
+        deadline: Deadline,
+        mode: Mode,
+        started: Instant,
+    ) -> Result<Option<Arc<Held<B>>>, LockError> {
+        let key: ReentryKey = (resource.clone(), holder.clone());
+        loop {
+            let notify = {
+                let mut table = self.shared.reentry.lock();
+                match table.get(&key) {
+                    Some(Reentry::Held(held)) if !held.is_lost() => {
+                        held.count.fetch_add(1, Ordering::AcqRel);
+                        return Ok(Some(held.clone()));
+                    }
+                    Some(Reentry::Pending(notify)) => notify.clone(),
+                    _ => {
+                        table.insert(key.clone(), Reentry::Pending(Arc::new(Notify::new())));
+                        break;
+                    }
+                }
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if matches!(self.shared.reentry.lock().get(&key), Some(Reentry::Pending(n)) if Arc::ptr_eq(n, &notify)) {
+                let timed_out = match deadline.instant() {
+                    None => {
+                        notified.await;
+                        false
+                    }
+                    Some(at) => tokio::time::timeout_at(at, notified).await.is_err(),
+                };
+                if timed_out {
+                    let holder = self.shared.backend.inspect(&resource).await.ok().and_then(|s| s.info().cloned());
+                    return self.busy(&resource, mode, started, holder);
+                }
+            }
+        }
+        // We own the pending slot: make sure it is cleared however we leave.
+        let pending = PendingSlot {
+            shared: &self.shared,
+            key: Some(key),
+        };
+        let outcome = self.grant(resource, holder, true, options, deadline, mode, started).await;
+        pending.resolve(outcome.as_ref().ok().and_then(Option::as_ref));
+        outcome
+    }
+
+    /// Asks the backend for a new grant.
+    #[allow(clippy::too_many_arguments)]
+    async fn grant(
+        &self,
+        resource: Arc<str>,
+        holder: HolderId,
+        reentrant: bool,
+        options: AcquireOptions,
+        deadline: Deadline,
+        mode: Mode,
+        started: Instant,
+    ) -> Result<Option<Arc<Held<B>>>, LockError> {
+        let caps = &self.shared.caps;
+        let auto_renew = options.lease.is_none() && caps.renewal;
+        let lease = if caps.leases { options.lease.or(caps.default_lease) } else { None };
+        let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
+        let request = GrantRequest {
+            resource,
+            holder,
+            purpose: options.purpose.map(Arc::from),
+            lease,
+            deadline,
+            loss,
+        };
+        let granted = match self.shared.backend.acquire(&request).await? {
+            Acquired::Granted(granted) => granted,
+            Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder),
+        };
+        let waited = started.elapsed();
+        request.loss.set_token(granted.fencing_token);
+        let held = Arc::new(Held {
+            shared: self.shared.clone(),
+            grant: granted.grant,
+            token: granted.fencing_token,
+            acquired_at: SystemTime::now(),
+            acquired: Instant::now(),
+            lease: Mutex::new(LeaseState {
+                length: lease,
+                expires_at: granted.lease_expires_at,
+                last_heartbeat: None,
+            }),
+            auto_renew: auto_renew && lease.is_some(),
+            count: AtomicU32::new(1),
+            reentrant,
+            ended: AtomicBool::new(false),
+            ended_notify: Notify::new(),
+            renew_gate: tokio::sync::Mutex::new(()),
+            request,
+        });
+        metrics::acquired(self.shared.name, waited, granted.contended);
+        let mut event = self
+            .shared
+            .events
+            .event(LockEventKind::Locked, &held.request.resource)
+            .with_holder(held.request.holder.clone())
+            .with_token(held.token);
+        event.waited = Some(waited);
+        self.shared.events.send(event);
+        if held.lease.lock().expires_at.is_some() {
+            let task = if held.auto_renew {
+                Held::keep_alive(held.clone()).boxed()
+            } else {
+                Held::watch_lease_expiry(held.clone()).boxed()
+            };
+            runtime::spawn(task);
+        }
+        Ok(Some(held))
+    }
+
+    fn busy(&self, resource: &str, mode: Mode, started: Instant, holder: Option<LockInfo>) -> Result<Option<Arc<Held<B>>>, LockError> {
+        let waited = started.elapsed();
+        if mode == Mode::Try {
+            metrics::contended(self.shared.name);
+            return Ok(None);
+        }
+        metrics::timed_out(self.shared.name, waited);
+        let mut event = self.shared.events.event(LockEventKind::TimedOut, resource);
+        event.waited = Some(waited);
+        if let Some(info) = &holder {
+            event = event.with_holder(info.holder.clone()).with_token(info.fencing_token);
+        }
+        self.shared.events.send(event);
+        Err(LockError::Timeout {
+            resource: resource.to_owned(),
+            backend: self.shared.name.to_owned(),
+            waited,
+            holder: holder.map(Box::new),
+        })
+    }
+
+    /// Fills in what only this process knows (reentrant hold counts).
+    fn enrich(&self, mut info: LockInfo) -> LockInfo {
+        let key: ReentryKey = (Arc::from(info.resource.as_str()), info.holder.clone());
+        if let Some(Reentry::Held(held)) = self.shared.reentry.lock().get(&key) {
+            if held.token == info.fencing_token {
+                info.hold_count = held.count.load(Ordering::Acquire);
+            }
+        }
+        info
+    }
+}
+
+/// Clears a holder's pending slot in the reentry table, also when the
+/// acquisition is cancelled.
+struct PendingSlot<'a, B: LockBackend> {
+    shared: &'a Shared<B>,
+    key: Option<ReentryKey>,
+}
+
+impl<B: LockBackend> PendingSlot<'_, B> {
+    fn resolve(mut self, held: Option<&Arc<Held<B>>>) {
+        if let Some(key) = self.key.take() {
+            let previous = {
+                let mut table = self.shared.reentry.lock();
+                match held {
+                    Some(held) => table.insert(key, Reentry::Held(held.clone())),
+                    None => table.remove(&key),
+                }
+            };
+            if let Some(Reentry::Pending(notify)) = previous {
+                notify.notify_waiters();
+            }
+        }
+    }
+}
+
+impl<B: LockBackend> Drop for PendingSlot<'_, B> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let previous = self.shared.reentry.lock().remove(&key);
+            if let Some(Reentry::Pending(notify)) = previous {
+                notify.notify_waiters();
+            }
+        }
+    }
+}
+
+impl<B: LockBackend> Clone for Locks<B> {
+    fn clone(&self) -> Self {
+        Locks {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B: LockBackend + Default> Default for Locks<B> {
+    fn default() -> Self {
+        Locks::new(B::default())
+    }
+}
+
+impl<B: LockBackend> fmt::Debug for Locks<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locks").field("backend", &self.shared.backend).finish()
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockManager for Locks<B> {
+    fn name(&self) -> &str {
+        self.shared.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.shared.caps.clone()
+    }
+
+    fn events(&self) -> LockEvents {
+        self.shared.events.subscribe()
+    }
+
+    async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError> {
+        let span = tracing::debug_span!(
+            "lockman.acquire",
+            resource,
+            backend = self.shared.name,
+            waited_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.acquire_with(resource, options, Mode::Acquire).instrument(span.clone()).await;
+        record_outcome(&span, started, &result);
+        match result {
+            Ok(Some(guard)) => Ok(guard),
+            Ok(None) => unreachable!("acquire never returns Ok(None): only try_acquire does"),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn try_acquire(&self, resource: &str, options: AcquireOptions) -> Result<Option<LockGuard>, LockError> {
+        let span = tracing::debug_span!(
+            "lockman.try_acquire",
+            resource,
+            backend = self.shared.name,
+            waited_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.acquire_with(resource, options, Mode::Try).instrument(span.clone()).await;
+        record_outcome(&span, started, &result);
+        result
+    }
+
+    async fn state(&self, resource: &str) -> Result<LockState, LockError> {
+        crate::validate_name(resource)?;
+        self.shared.backend.validate_name(resource)?;
+        Ok(match self.shared.backend.inspect(resource).await? {
+            LockState::Held(info) => LockState::Held(self.enrich(info)),
+            LockState::Stale(info) => LockState::Stale(self.enrich(info)),
+            LockState::Available => LockState::Available,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let listed = self.shared.backend.list().await?;
+        Ok(listed.into_iter().map(|info| self.enrich(info)).collect())
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        crate::validate_name(resource)?;
+        self.shared.backend.validate_name(resource)?;
+        let broken = self.shared.backend.force_release(resource, reason).await?;
+        if let Some(info) = &broken {
+            tracing::warn!(resource, backend = self.shared.name, holder = %info.holder, reason, "lock force-released");
+            let event = self
+                .shared
+                .events
+                .event(LockEventKind::ForceReleased, resource)
+                .with_holder(info.holder.clone())
+                .with_token(info.fencing_token)
+                .with_reason(reason);
+            self.shared.events.send(event);
+        }
+        Ok(broken)
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let broken = self.shared.backend.cleanup_stale().await?;
+        for info in &broken {
+            tracing::info!(resource = %info.resource, backend = self.shared.name, holder = %info.holder, "stale lock broken");
+            let event = self
+                .shared
+                .events
+                .event(LockEventKind::StaleBroken, &info.resource)
+                .with_holder(info.holder.clone())
+                .with_token(info.fencing_token)
+                .with_reason("stale: holder gone or lease expired");
+            self.shared.events.send(event);
+        }
+        Ok(broken)
+    }
+}
+
+fn record_outcome(span: &tracing::Span, started: Instant, result: &Result<Option<LockGuard>, LockError>) {
+    span.record("waited_ms", started.elapsed().as_secs_f64() * 1000.0);
+    span.record(
+        "outcome",
+        match result {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "busy",
+            Err(LockError::Timeout { .. }) => "timed_out",
+            Err(_) => "error",
+        },
+    );
+}
+
+/// One grant, shared by the guards of a holder that re-entered it.
+struct Held<B: LockBackend> {
+    shared: Arc<Shared<B>>,
+    grant: B::Grant,
+    request: GrantRequest,
+    token: FencingToken,
+    acquired_at: SystemTime,
+    acquired: Instant,
+    lease: Mutex<LeaseState>,
+    /// The watchdog renews the lease every third of it.
+    auto_renew: bool,
+    /// Live guards; changed under the reentry table lock when `reentrant`.
+    count: AtomicU32,
+    reentrant: bool,
+    ended: AtomicBool,
+    ended_notify: Notify,
+    /// Held while renewing, so a release never races a renewal.
+    renew_gate: tokio::sync::Mutex<()>,
+}
+
+struct LeaseState {
+    length: Option<Duration>,
+    expires_at: Option<SystemTime>,
+    last_heartbeat: Option<SystemTime>,
+}
+
+impl<B: LockBackend> Held<B> {
+    fn loss(&self) -> &LossSignal {
+        &self.request.loss
+    }
+
+    fn is_lost(&self) -> bool {
+        if self.loss().is_lost() {
+            return true;
+        }
+        // A lease nobody renews is over when the clock says so, even if no
+        // timer has fired yet (or there is no runtime to run one).
+        if !self.auto_renew && !self.ended.load(Ordering::Acquire) {
+            let expired = self.lease.lock().expires_at.is_some_and(|at| at <= SystemTime::now());
+            if expired {
+                self.loss().mark_lost(LostReason::LeaseExpired);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One guard leaves; true if it was the last.
+    fn leave(self: &Arc<Self>) -> bool {
+        if !self.reentrant {
+            return true;
+        }
+        let mut table = self.shared.reentry.lock();
+        if self.count.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        let key: ReentryKey = (self.request.resource.clone(), self.request.holder.clone());
+        if matches!(table.get(&key), Some(Reentry::Held(held)) if Arc::ptr_eq(held, self)) {
+            table.remove(&key);
+        }
+        true
+    }
+
+    fn begin_end(&self) {
+        self.is_lost(); // a lease that ran out is reported before we release
+        self.ended.store(true, Ordering::Release);
+        self.ended_notify.notify_waiters();
+    }
+
+    /// Turns the backend's release result into the caller's, with events and metrics.
+    fn conclude(&self, released: Result<(), LockError>) -> Result<(), LockError> {
+        let held_for = self.acquired.elapsed();
+        let result = match (released, self.loss().reason().cloned()) {
+            (_, Some(reason)) => Err(self.lost_error(reason)),
+            (Ok(()), None) => {
+                self.loss().mark_released();
+                let mut event = self
+                    .shared
+                    .events
+                    .event(LockEventKind::Released, &self.request.resource)
+                    .with_holder(self.request.holder.clone())
+                    .with_token(self.token);
+                event.held = Some(held_for);
+                self.shared.events.send(event);
+                Ok(())
+            }
+            (Err(LockError::Lost { reason, .. }), None) => {
+                self.loss().mark_lost(reason.clone());
+                Err(self.lost_error(reason))
+            }
+            (Err(e), None) => Err(e),
+        };
+        metrics::ended(self.shared.name, held_for, result.is_ok());
+        result
+    }
+
+    async fn release_grant(&self) -> Result<(), LockError> {
+        self.begin_end();
+        let _gate = self.renew_gate.lock().await;
+        self.conclude(self.shared.backend.release(&self.grant).await)
+    }
+
+    /// Renews the default lease every third of it until the grant ends.
+    async fn keep_alive(held: Arc<Self>) {
+        loop {
+            let (length, expires_at) = {
+                let lease = held.lease.lock();
+                (lease.length.unwrap_or(Duration::from_secs(30)), lease.expires_at)
+            };
+            if !held.sleep_unless_ended(length / 3).await {
+                return;
+            }
+            let _gate = held.renew_gate.lock().await;
+            if held.ended.load(Ordering::Acquire) || held.loss().is_lost() {
+                return;
+            }
+            match held.shared.backend.renew(&held.grant, length).await {
+                Ok(expiry) => {
+                    let mut lease = held.lease.lock();
+                    lease.expires_at = Some(expiry);
+                    lease.last_heartbeat = Some(SystemTime::now());
+                }
+                Err(LockError::Lost { reason, .. }) => {
+                    held.loss().mark_lost(reason);
+                    return;
+                }
+                Err(e) => {
+                    if expires_at.is_none_or(|at| at <= SystemTime::now() + length / 3) {
+                        held.loss().mark_lost(LostReason::BackendUnreachable { detail: e.to_string() });
+                        return;
+                    }
+                    tracing::warn!(resource = %held.request.resource, backend = held.shared.name, error = %e, "lease renewal failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Reports the grant lost when a lease nobody renews runs out.
+    async fn watch_lease_expiry(held: Arc<Self>) {
+        loop {
+            let Some(expires_at) = held.lease.lock().expires_at else {
+                return;
+            };
+            let remaining = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+            if !held.sleep_unless_ended(remaining).await {
+                return;
+            }
+            if held.is_lost() {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps for `duration`; false if the grant ended meanwhile.
+    async fn sleep_unless_ended(&self, duration: Duration) -> bool {
+        let ended = self.ended_notify.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if self.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        tokio::select! {
+            _ = ended => false,
+            _ = tokio::time::sleep(duration) => !self.ended.load(Ordering::Acquire),
+        }
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> GrantHandle for Held<B> {
+    fn info(&self) -> LockInfo {
+        let lease = self.lease.lock();
+        let mut info = LockInfo::local(&*self.request.resource, self.request.holder.clone(), self.token, self.shared.name);
+        info.acquired_at = self.acquired_at;
+        info.purpose = self.request.purpose.as_deref().map(str::to_owned);
+        info.lease_expires_at = lease.expires_at;
+        info.last_heartbeat = lease.last_heartbeat;
+        info.hold_count = self.count.load(Ordering::Acquire);
+        info
+    }
+
+    fn is_lost(&self) -> bool {
+        Held::is_lost(self)
+    }
+
+    fn lost_error(&self, reason: LostReason) -> LockError {
+        LockError::Lost {
+            resource: self.request.resource.to_string(),
+            backend: self.shared.name.to_owned(),
+            reason,
+        }
+    }
+
+    async fn release(self: Arc<Self>) -> Result<(), LockError> {
+        if !self.leave() {
+            return match self.loss().reason() {
+                Some(reason) => Err(self.lost_error(reason.clone())),
+                None => Ok(()),
+            };
+        }
+        self.release_grant().await
+    }
+
+    fn release_on_drop(self: Arc<Self>) {
+        if !self.leave() {
+            return;
+        }
+        if !self.auto_renew {
+            if let Some(released) = self.shared.backend.release_now(&self.grant) {
+                self.begin_end();
+                if let Err(e) = self.conclude(released) {
+                    tracing::warn!(error = %e, "releasing a dropped guard");
+                }
+                return;
+            }
+        }
+        runtime::spawn(async move {
+            if let Err(e) = self.release_grant().await {
+                tracing::warn!(error = %e, "releasing a dropped guard");
+            }
+        });
+    }
+
+    async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        if let Some(reason) = self.is_lost().then(|| self.loss().reason().cloned()).flatten() {
+            return Err(self.lost_error(reason));
+        }
+        if !self.shared.caps.renewal {
+            return Err(LockError::Config(format!(
+                "the {} backend cannot extend leases (capabilities().renewal is false)",
+                self.shared.name
+            )));
+        }
+        let _gate = self.renew_gate.lock().await;
+        match self.shared.backend.renew(&self.grant, lease).await {
+            Ok(expiry) => {
+                let mut state = self.lease.lock();
+                state.length = Some(lease);
+                state.expires_at = Some(expiry);
+                state.last_heartbeat = Some(SystemTime::now());
+                Ok(())
+            }
+            Err(LockError::Lost { reason, .. }) => {
+                self.loss().mark_lost(reason.clone());
+                Err(self.lost_error(reason))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Boxes a future so tasks of different bodies share one type.
+trait BoxedTask: std::future::Future<Output = ()> + Send + Sized + 'static {
+    fn boxed(self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self)
+    }
+}
+
+impl<F: std::future::Future<Output = ()> + Send + 'static> BoxedTask for F {}

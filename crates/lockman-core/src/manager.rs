@@ -1,0 +1,140 @@
+//! The lock API callers use: [`LockManager`] and its conveniences.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use async_trait::async_trait;
+
+use crate::{AcquireOptions, Capabilities, LockError, LockEvents, LockGuard, LockInfo, LockState};
+
+/// One lock API over every backend.
+///
+/// Object safe and `Send + Sync`: hold it as `Arc<dyn LockManager>` and let
+/// configuration pick the backend. Backends usually implement it through
+/// [`Locks`](crate::Locks), which supplies guards, reentrancy, leases, events
+/// and metrics on top of a backend's raw operations.
+///
+/// ```
+/// use lockman_core::{AcquireOptions, LockError, LockManager};
+/// use std::time::Duration;
+///
+/// async fn read_registers(locks: &dyn LockManager) -> Result<(), LockError> {
+///     let guard = locks
+///         .acquire("inverter_read", AcquireOptions::new().timeout(Duration::from_secs(5)).purpose("poll"))
+///         .await?;
+///     // ... one transaction on the bus ...
+///     guard.release().await
+/// }
+/// ```
+#[async_trait]
+pub trait LockManager: Debug + Send + Sync {
+    /// The backend's short name (`"memory"`, `"file"`, `"redis"`, ...).
+    fn name(&self) -> &str;
+
+    /// What this backend guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A stream of this manager's [`LockEvent`](crate::LockEvent)s from now on.
+    fn events(&self) -> LockEvents;
+
+    /// Acquires `resource`, waiting as `options.wait` says.
+    ///
+    /// # Errors
+    ///
+    /// * [`LockError::Timeout`] when the wait ran out; it names the holder.
+    /// * [`LockError::InvalidName`] for a name the backend cannot store.
+    /// * [`LockError::Backend`] when the backend failed; never a false grant.
+    async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError>;
+
+    /// Acquires `resource` only if that is possible without waiting
+    /// (`options.wait` is ignored); `Ok(None)` when someone else holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), except that a held lock is `Ok(None)`.
+    async fn try_acquire(&self, resource: &str, options: AcquireOptions) -> Result<Option<LockGuard>, LockError>;
+
+    /// Who holds `resource`, without taking it.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`], [`LockError::Backend`].
+    async fn state(&self, resource: &str) -> Result<LockState, LockError>;
+
+    /// Every lock currently held (or stale) in this backend.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Backend`].
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError>;
+
+    /// Breaks the lock on `resource` whoever holds it; returns what was
+    /// broken. The holder's guard reports the lock lost (where the backend
+    /// can reach it) and a `ForceReleased` event carries `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`], [`LockError::Backend`].
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError>;
+
+    /// Removes locks whose holder is gone or whose lease ran out; returns them.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Backend`].
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError>;
+}
+
+/// Conveniences for every [`LockManager`], including `dyn LockManager`.
+///
+/// ```
+/// use lockman_core::{AcquireOptions, LockError, LockManager, LockManagerExt};
+///
+/// async fn save(locks: &dyn LockManager) -> Result<u32, LockError> {
+///     locks
+///         .with_lock("regcache", AcquireOptions::new().purpose("save cache"), || async {
+///             // ... write the cache file ...
+///             42
+///         })
+///         .await
+/// }
+/// ```
+pub trait LockManagerExt: LockManager {
+    /// Acquires `resource` with the default options (wait forever).
+    fn lock<'a>(&'a self, resource: &'a str) -> impl Future<Output = Result<LockGuard, LockError>> + Send + 'a {
+        self.acquire(resource, AcquireOptions::new())
+    }
+
+    /// Acquires `resource` if it is free right now.
+    fn try_lock<'a>(&'a self, resource: &'a str) -> impl Future<Output = Result<Option<LockGuard>, LockError>> + Send + 'a {
+        self.try_acquire(resource, AcquireOptions::new())
+    }
+
+    /// Runs `work` while holding `resource`, then releases it.
+    ///
+    /// # Errors
+    ///
+    /// Acquisition errors, and [`LockError::Lost`] if the lock was lost while
+    /// `work` ran — its result is then discarded, because it was not produced
+    /// under exclusion.
+    fn with_lock<'a, F, Fut, T>(
+        &'a self,
+        resource: &'a str,
+        options: AcquireOptions,
+        work: F,
+    ) -> impl Future<Output = Result<T, LockError>> + Send + 'a
+    where
+        F: FnOnce() -> Fut + Send + 'a,
+        Fut: Future<Output = T> + Send + 'a,
+        T: Send + 'a,
+    {
+        async move {
+            let guard = self.acquire(resource, options).await?;
+            let output = work().await;
+            guard.release().await?;
+            Ok(output)
+        }
+    }
+}
+
+impl<M: LockManager + ?Sized> LockManagerExt for M {}

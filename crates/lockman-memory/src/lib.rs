@@ -1,0 +1,273 @@
+//! lockman's in-process backend: a per-resource reentrant lock map.
+//!
+//! For one process — a service on a single box, or unit tests that need a
+//! real [`LockManager`] without a server. It is a full backend, not a mock:
+//!
+//! * **FIFO handoff.** A release hands the lock straight to the first waiter
+//!   and wakes it; nobody polls and nobody starves.
+//! * **Timeouts, try-acquire and waiting forever**; a waiter that times out or
+//!   is cancelled never ends up holding the lock.
+//! * **Reentrancy per holder id** (handled by core's [`Locks`]).
+//! * **Optional leases.** A holder that outlives its lease loses the lock to
+//!   the next waiter, and its guard reports it lost.
+//! * **Fencing tokens** strictly increase per grant.
+//! * **Bounded memory.** A resource's entry exists only while it is held or
+//!   waited for.
+//!
+//! ```
+//! use lockman_core::{AcquireOptions, LockManager};
+//! use lockman_memory::MemoryLockManager;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockman_core::LockError> {
+//! let locks = MemoryLockManager::default();
+//! let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
+//! assert!(locks.try_acquire("inverter_read", AcquireOptions::new()).await?.is_none());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+mod status;
+mod sync;
+mod table;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
+use lockman_core::{
+    Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LossSignal, LostReason, WakeMechanism,
+};
+
+pub use status::MemoryStatusManager;
+use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot};
+
+/// The backend name in errors, events and metrics.
+pub const BACKEND: &str = "memory";
+
+/// The in-process lock manager.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lockman_core::LockManager;
+/// use lockman_memory::MemoryLockManager;
+///
+/// let locks: Arc<dyn LockManager> = Arc::new(MemoryLockManager::default());
+/// assert_eq!(locks.name(), "memory");
+/// ```
+pub type MemoryLockManager = Locks<MemoryBackend>;
+
+/// The raw in-process backend; use it through [`MemoryLockManager`].
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    table: LockTable<LossSignal>,
+}
+
+/// A live grant of the memory backend.
+#[derive(Debug)]
+pub struct MemoryGrant {
+    resource: Arc<str>,
+    token: u64,
+}
+
+impl MemoryBackend {
+    /// An empty lock map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many resources the map tracks right now (held, or waited for).
+    /// Zero whenever no lock is held.
+    pub fn tracked_resources(&self) -> usize {
+        self.table.len()
+    }
+
+    /// How many acquirers are waiting, over all resources.
+    pub fn waiting(&self) -> usize {
+        self.table.waiters()
+    }
+
+    fn lost(&self, resource: &str) -> LockError {
+        LockError::Lost {
+            resource: resource.to_owned(),
+            backend: BACKEND.to_owned(),
+            reason: LostReason::Stolen {
+                detail: "the grant is no longer the live one (lease expired or force-released)".to_owned(),
+            },
+        }
+    }
+
+    /// Waits on `slot` until the lock is handed over or the deadline passes,
+    /// evicting a holder whose lease runs out first.
+    async fn wait(&self, resource: &Arc<str>, slot: Arc<Slot<LossSignal>>, deadline: Deadline) -> Acquired<MemoryGrant> {
+        let mut queued = Queued {
+            table: &self.table,
+            resource,
+            slot: Some(slot),
+        };
+        loop {
+            let lease_expiry = self.table.lease_expiry(resource).map(tokio::time::Instant::from_std);
+            let wake_at = match (deadline.instant(), lease_expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let granted = queued.slot().granted();
+            let outcome = match wake_at {
+                Some(at) => tokio::time::timeout_at(at, granted).await.ok(),
+                None => Some(granted.await),
+            };
+            if let Some(grant) = outcome {
+                queued.slot = None;
+                return self.granted(resource, grant, true);
+            }
+            settle(self.table.expire(resource), LostReason::LeaseExpired);
+            if deadline.has_passed() {
+                let slot = queued.slot.take().unwrap_or_else(|| unreachable!("slot is held until we return"));
+                if let Some(grant) = self.table.cancel(resource, &slot) {
+                    return self.granted(resource, grant, true);
+                }
+                let holder = self.table.inspect(resource).map(|(info, _)| info);
+                return Acquired::Busy { holder };
+            }
+        }
+    }
+
+    fn granted(&self, resource: &Arc<str>, grant: table::Grant, waited: bool) -> Acquired<MemoryGrant> {
+        Acquired::Granted(
+            Granted::new(
+                MemoryGrant {
+                    resource: resource.clone(),
+                    token: grant.token,
+                },
+                FencingToken::new(grant.token),
+                grant.lease_expires_at,
+            )
+            .after_waiting(waited),
+        )
+    }
+
+    fn release_sync(&self, grant: &MemoryGrant) -> Result<(), LockError> {
+        let (released, after) = self.table.release(&grant.resource, grant.token);
+        settle(after, LostReason::LeaseExpired);
+        released.map_err(|NotCurrent| self.lost(&grant.resource))
+    }
+}
+
+/// Wakes the new holder and tells evicted holders why they lost the lock.
+fn settle(after: Aftermath<LossSignal>, reason: LostReason) {
+    for evicted in after.evicted {
+        evicted.mark_lost(reason.clone());
+    }
+    if let Some(waker) = after.wake {
+        waker.wake();
+    }
+}
+
+/// A place in a resource's queue, given up when dropped (timeout or
+/// cancellation) — releasing the lock if it was handed over meanwhile.
+struct Queued<'a> {
+    table: &'a LockTable<LossSignal>,
+    resource: &'a Arc<str>,
+    slot: Option<Arc<Slot<LossSignal>>>,
+}
+
+impl Queued<'_> {
+    fn slot(&self) -> &Slot<LossSignal> {
+        self.slot
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("slot is held until we return"))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if let Some(grant) = self.table.cancel(self.resource, &slot) {
+                let (_, after) = self.table.release(self.resource, grant.token);
+                settle(after, LostReason::LeaseExpired);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    type Grant = MemoryGrant;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.leases = true;
+        caps.renewal = true;
+        caps.lost_detection = true;
+        caps.fencing = true;
+        caps.fifo = true;
+        caps.wake = WakeMechanism::DirectHandoff;
+        caps
+    }
+
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
+        let wait = request.deadline != Deadline::Now;
+        let table_request = Request {
+            holder: request.holder.clone(),
+            purpose: request.purpose.clone(),
+            lease: request.lease,
+            tag: request.loss.clone(),
+        };
+        let (attempt, after) = self.table.attempt(&request.resource, table_request, wait);
+        settle(after, LostReason::LeaseExpired);
+        Ok(match attempt {
+            Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
+            Attempt::Busy(holder) => Acquired::Busy { holder: Some(holder) },
+            Attempt::Queued(slot) => self.wait(&request.resource, slot, request.deadline).await,
+        })
+    }
+
+    async fn release(&self, grant: &MemoryGrant) -> Result<(), LockError> {
+        self.release_sync(grant)
+    }
+
+    fn release_now(&self, grant: &MemoryGrant) -> Option<Result<(), LockError>> {
+        Some(self.release_sync(grant))
+    }
+
+    async fn renew(&self, grant: &MemoryGrant, lease: Duration) -> Result<SystemTime, LockError> {
+        let (renewed, after) = self.table.renew(&grant.resource, grant.token, lease);
+        settle(after, LostReason::LeaseExpired);
+        renewed.map_err(|NotCurrent| self.lost(&grant.resource))
+    }
+
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+        Ok(match self.table.inspect(resource) {
+            None => LockState::Available,
+            Some((info, false)) => LockState::Held(info),
+            Some((info, true)) => LockState::Stale(info),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut held: Vec<LockInfo> = self.table.list().into_iter().map(|(info, _)| info).collect();
+        held.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(held)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let (broken, after) = self.table.force_release(resource);
+        settle(after, LostReason::ForceReleased {
+            reason: reason.to_owned(),
+        });
+        Ok(broken)
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let (broken, afters) = self.table.cleanup_stale();
+        for after in afters {
+            settle(after, LostReason::LeaseExpired);
+        }
+        Ok(broken)
+    }
+}

@@ -1,0 +1,552 @@
+//! The lock table: which resource is held by whom, and who waits for it.
+//!
+//! Synchronous and small on purpose, so that the loom model at the bottom can
+//! check every interleaving of grant, release, lease expiry, timeout and
+//! cancellation. The async backend (`lib.rs`) only waits on its slots.
+//!
+//! Invariants:
+//! * an entry exists only while its resource is held; it is removed as soon
+//!   as the resource is free and nobody waits, so memory is bounded by live
+//!   locks and waiters;
+//! * a release hands the lock straight to the first waiter (FIFO): the
+//!   resource is never free in between, so a releaser cannot barge back in
+//!   ahead of a waiter;
+//! * a slot is either in its entry's queue and `Waiting`, or out of it; a
+//!   waiter that gives up takes its slot out under the table lock, and if the
+//!   lock was handed to it meanwhile it gets the grant back (to use or release),
+//!   so no grant is ever stranded.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use lockman_core::{FencingToken, HolderId, LockInfo};
+
+use crate::sync::{Arc, AtomicU64, Mutex};
+
+/// Text shared with core without copying.
+type Text = std::sync::Arc<str>;
+
+/// What an acquirer asks for. `tag` travels with the grant (the backend
+/// stores the guard's loss signal there).
+#[derive(Debug)]
+pub(crate) struct Request<T> {
+    pub(crate) holder: HolderId,
+    pub(crate) purpose: Option<Text>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) tag: T,
+}
+
+/// A grant as the table records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) token: u64,
+    pub(crate) lease_expires_at: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Holding<T> {
+    token: u64,
+    holder: HolderId,
+    purpose: Option<Text>,
+    acquired_at: SystemTime,
+    /// Monotonic expiry for decisions, wall-clock expiry for display.
+    lease: Option<(Instant, SystemTime)>,
+    tag: T,
+}
+
+impl<T> Holding<T> {
+    fn expired(&self, now: Instant) -> bool {
+        self.lease.is_some_and(|(expires, _)| expires <= now)
+    }
+
+    fn info(&self, resource: &str) -> LockInfo {
+        let mut info = LockInfo::local(resource, self.holder.clone(), FencingToken::new(self.token), crate::BACKEND);
+        info.acquired_at = self.acquired_at;
+        info.purpose = self.purpose.as_deref().map(str::to_owned);
+        info.lease_expires_at = self.lease.map(|(_, at)| at);
+        info
+    }
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    holding: Holding<T>,
+    waiters: VecDeque<Arc<Slot<T>>>,
+}
+
+/// Where a queued acquirer waits for the lock to be handed to it.
+#[derive(Debug)]
+pub(crate) struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+}
+
+#[derive(Debug)]
+enum SlotState<T> {
+    Waiting { request: Request<T>, waker: Option<Waker> },
+    Granted(Grant),
+    /// The grant was collected, or the waiter gave up.
+    Closed,
+}
+
+/// The result of an acquisition attempt.
+#[derive(Debug)]
+pub(crate) enum Attempt<T> {
+    Granted(Grant),
+    /// Queued: wait on the slot (and call [`LockTable::cancel`] when giving up).
+    Queued(Arc<Slot<T>>),
+    /// Held by someone else and the caller would not wait.
+    Busy(LockInfo),
+}
+
+/// Work to do after the table lock is dropped: wake the new holder, tell
+/// evicted holders they lost the lock.
+#[must_use = "wake the new holder and report evicted ones"]
+#[derive(Debug)]
+pub(crate) struct Aftermath<T> {
+    pub(crate) wake: Option<Waker>,
+    pub(crate) evicted: Vec<T>,
+}
+
+impl<T> Default for Aftermath<T> {
+    fn default() -> Self {
+        Aftermath {
+            wake: None,
+            evicted: Vec::new(),
+        }
+    }
+}
+
+/// The grant is no longer the live one.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NotCurrent;
+
+#[derive(Debug)]
+pub(crate) struct LockTable<T> {
+    entries: Mutex<HashMap<Text, Entry<T>>>,
+    /// One counter for all resources: strictly increasing per resource, and
+    /// it survives the removal of idle entries.
+    last_token: AtomicU64,
+}
+
+impl<T> Default for LockTable<T> {
+    fn default() -> Self {
+        LockTable {
+            entries: Mutex::new(HashMap::new()),
+            last_token: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T: Clone> LockTable<T> {
+    /// Grants `resource` if it is free (or its holder's lease ran out);
+    /// otherwise queues the request (if `wait`) or reports the holder.
+    pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        let mut after = Aftermath::default();
+        let Some(entry) = entries.get_mut(resource) else {
+            let (holding, grant) = self.holding(request, now);
+            entries.insert(resource.clone(), Entry {
+                holding,
+                waiters: VecDeque::new(),
+            });
+            return (Attempt::Granted(grant), after);
+        };
+        if entry.holding.expired(now) {
+            after.evicted.push(entry.holding.tag.clone());
+            if entry.waiters.is_empty() {
+                let (holding, grant) = self.holding(request, now);
+                entry.holding = holding;
+                return (Attempt::Granted(grant), after);
+            }
+            // Waiters came first: the lock goes to the head of the queue.
+            after.wake = self.hand_off(entry, now).unwrap_or_else(|| unreachable!("queue is not empty"));
+        }
+        if !wait {
+            return (Attempt::Busy(entry.holding.info(resource)), after);
+        }
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting { request, waker: None }),
+        });
+        entry.waiters.push_back(slot.clone());
+        (Attempt::Queued(slot), after)
+    }
+
+    /// Releases a grant, handing the lock to the first waiter.
+    pub(crate) fn release(&self, resource: &str, token: u64) -> (Result<(), NotCurrent>, Aftermath<T>) {
+        let mut entries = self.entries.lock();
+        let mut after = Aftermath::default();
+        let Some(entry) = entries.get_mut(resource) else {
+            return (Err(NotCurrent), after);
+        };
+        if entry.holding.token != token {
+            return (Err(NotCurrent), after);
+        }
+        match self.hand_off(entry, Instant::now()) {
+            Some(wake) => after.wake = wake,
+            None => {
+                entries.remove(resource);
+            }
+        }
+        (Ok(()), after)
+    }
+
+    /// A waiter gives up. If the lock was handed to it meanwhile, the grant
+    /// is returned and the caller must use or release it.
+    pub(crate) fn cancel(&self, resource: &str, slot: &Arc<Slot<T>>) -> Option<Grant> {
+        let mut entries = self.entries.lock();
+        if let Some(entry) = entries.get_mut(resource) {
+            entry.waiters.retain(|queued| !Arc::ptr_eq(queued, slot));
+        }
+        let mut state = slot.state.lock();
+        match std::mem::replace(&mut *state, SlotState::Closed) {
+            SlotState::Granted(grant) => Some(grant),
+            SlotState::Waiting { .. } | SlotState::Closed => None,
+        }
+    }
+
+    /// Sets a new lease on a live grant.
+    pub(crate) fn renew(&self, resource: &str, token: u64, lease: Duration) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        let after = Aftermath::default();
+        let Some(entry) = entries.get_mut(resource) else {
+            return (Err(NotCurrent), after);
+        };
+        if entry.holding.token != token {
+            return (Err(NotCurrent), after);
+        }
+        if entry.holding.expired(now) {
+            drop(entries);
+            return (Err(NotCurrent), self.expire(resource));
+        }
+        let expires_at = SystemTime::now() + lease;
+        entry.holding.lease = Some((now + lease, expires_at));
+        (Ok(expires_at), after)
+    }
+
+    /// Evicts the holder of `resource` if its lease ran out.
+    pub(crate) fn expire(&self, resource: &str) -> Aftermath<T> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        let mut after = Aftermath::default();
+        if let Some(entry) = entries.get_mut(resource) {
+            if entry.holding.expired(now) {
+                after.evicted.push(entry.holding.tag.clone());
+                match self.hand_off(entry, now) {
+                    Some(wake) => after.wake = wake,
+                    None => {
+                        entries.remove(resource);
+                    }
+                }
+            }
+        }
+        after
+    }
+
+    /// Evicts the holder of `resource` whatever its state.
+    pub(crate) fn force_release(&self, resource: &str) -> (Option<LockInfo>, Aftermath<T>) {
+        let mut entries = self.entries.lock();
+        let mut after = Aftermath::default();
+        let Some(entry) = entries.get_mut(resource) else {
+            return (None, after);
+        };
+        let info = entry.holding.info(resource);
+        after.evicted.push(entry.holding.tag.clone());
+        match self.hand_off(entry, Instant::now()) {
+            Some(wake) => after.wake = wake,
+            None => {
+                entries.remove(resource);
+            }
+        }
+        (Some(info), after)
+    }
+
+    /// Evicts every holder whose lease ran out.
+    pub(crate) fn cleanup_stale(&self) -> (Vec<LockInfo>, Vec<Aftermath<T>>) {
+        let now = Instant::now();
+        let expired: Vec<Text> = self
+            .entries
+            .lock()
+            .iter()
+            .filter(|(_, entry)| entry.holding.expired(now))
+            .map(|(resource, _)| resource.clone())
+            .collect();
+        let mut broken = Vec::new();
+        let mut afters = Vec::new();
+        for resource in expired {
+            let info = self.inspect(&resource).map(|(info, _)| info);
+            let after = self.expire(&resource);
+            if !after.evicted.is_empty() {
+                broken.extend(info);
+                afters.push(after);
+            }
+        }
+        (broken, afters)
+    }
+
+    /// The holder of `resource` and whether its lease ran out.
+    pub(crate) fn inspect(&self, resource: &str) -> Option<(LockInfo, bool)> {
+        let now = Instant::now();
+        let entries = self.entries.lock();
+        entries
+            .get(resource)
+            .map(|entry| (entry.holding.info(resource), entry.holding.expired(now)))
+    }
+
+    /// Every holder, and whether its lease ran out.
+    pub(crate) fn list(&self) -> Vec<(LockInfo, bool)> {
+        let now = Instant::now();
+        let entries = self.entries.lock();
+        entries
+            .iter()
+            .map(|(resource, entry)| (entry.holding.info(resource), entry.holding.expired(now)))
+            .collect()
+    }
+
+    /// When the current holder's lease runs out, if it has one.
+    pub(crate) fn lease_expiry(&self, resource: &str) -> Option<Instant> {
+        let entries = self.entries.lock();
+        entries.get(resource).and_then(|entry| entry.holding.lease.map(|(at, _)| at))
+    }
+
+    /// How many resources are held (entries in the map).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    /// How many acquirers wait, over all resources.
+    pub(crate) fn waiters(&self) -> usize {
+        self.entries.lock().values().map(|entry| entry.waiters.len()).sum()
+    }
+
+    fn holding(&self, request: Request<T>, now: Instant) -> (Holding<T>, Grant) {
+        let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
+        let acquired_at = SystemTime::now();
+        let lease = request.lease.map(|lease| (now + lease, acquired_at + lease));
+        let grant = Grant {
+            token,
+            lease_expires_at: lease.map(|(_, at)| at),
+        };
+        let holding = Holding {
+            token,
+            holder: request.holder,
+            purpose: request.purpose,
+            acquired_at,
+            lease,
+            tag: request.tag,
+        };
+        (holding, grant)
+    }
+
+    /// Gives the lock to the first waiter; `None` if nobody waits. Returns the
+    /// waiter's waker (if it registered one yet).
+    fn hand_off(&self, entry: &mut Entry<T>, now: Instant) -> Option<Option<Waker>> {
+        while let Some(slot) = entry.waiters.pop_front() {
+            let mut state = slot.state.lock();
+            if let SlotState::Waiting { request, waker } = std::mem::replace(&mut *state, SlotState::Closed) {
+                let (holding, grant) = self.holding(request, now);
+                *state = SlotState::Granted(grant);
+                entry.holding = holding;
+                return Some(waker);
+            }
+        }
+        None
+    }
+}
+
+impl<T> Slot<T> {
+    /// Completes when the lock is handed to this slot.
+    pub(crate) fn granted(&self) -> Granted<'_, T> {
+        Granted { slot: self }
+    }
+}
+
+/// Future returned by [`Slot::granted`].
+#[derive(Debug)]
+pub(crate) struct Granted<'a, T> {
+    slot: &'a Slot<T>,
+}
+
+impl<T> Future for Granted<'_, T> {
+    type Output = Grant;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Grant> {
+        let mut state = self.slot.state.lock();
+        match &mut *state {
+            SlotState::Granted(grant) => {
+                let grant = *grant;
+                *state = SlotState::Closed;
+                Poll::Ready(grant)
+            }
+            SlotState::Waiting { waker, .. } => {
+                match waker {
+                    Some(known) if known.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            // Only reachable if polled again after completing or cancelling.
+            SlotState::Closed => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(all(test, not(lockman_loom)))]
+mod tests {
+    use super::*;
+
+    fn request(holder: &str) -> Request<()> {
+        Request {
+            holder: HolderId::new(holder),
+            purpose: None,
+            lease: None,
+            tag: (),
+        }
+    }
+
+    #[test]
+    fn release_hands_off_in_arrival_order() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let (Attempt::Granted(first), _) = table.attempt(&resource, request("a"), true) else {
+            panic!("free resource not granted")
+        };
+        let (Attempt::Queued(b), _) = table.attempt(&resource, request("b"), true) else {
+            panic!("not queued")
+        };
+        let (Attempt::Queued(c), _) = table.attempt(&resource, request("c"), true) else {
+            panic!("not queued")
+        };
+        let (released, _) = table.release(&resource, first.token);
+        assert_eq!(released, Ok(()));
+        assert!(table.cancel(&resource, &c).is_none(), "c must still wait");
+        let granted_b = table.cancel(&resource, &b).expect("b is first in line");
+        assert!(granted_b.token > first.token);
+        let (released, _) = table.release(&resource, granted_b.token);
+        assert_eq!(released, Ok(()));
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn stale_token_cannot_release() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let (Attempt::Granted(grant), _) = table.attempt(&resource, request("a"), false) else {
+            panic!("free resource not granted")
+        };
+        let (forced, after) = table.force_release(&resource);
+        assert!(forced.is_some());
+        assert_eq!(after.evicted.len(), 1);
+        assert_eq!(table.release(&resource, grant.token).0, Err(NotCurrent));
+    }
+}
+
+/// Model checks of the handoff protocol: `RUSTFLAGS="--cfg lockman_loom"
+/// cargo test -p lockman-memory --lib --release loom`.
+#[cfg(all(test, lockman_loom))]
+mod loom_model {
+    use super::*;
+
+    fn request(holder: &str) -> Request<()> {
+        Request {
+            holder: HolderId::new(holder),
+            purpose: None,
+            lease: None,
+            tag: (),
+        }
+    }
+
+    fn queued(table: &LockTable<()>, resource: &Text, holder: &str) -> Arc<Slot<()>> {
+        match table.attempt(resource, request(holder), true).0 {
+            Attempt::Queued(slot) => slot,
+            other => panic!("expected to queue, got {other:?}"),
+        }
+    }
+
+    /// A release racing a waiter's timeout: either the waiter gets the lock
+    /// (and releases it) or it leaves, and the table ends empty.
+    #[test]
+    fn loom_release_races_timeout() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let slot = queued(&table, &resource, "b");
+
+            let releaser = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    let (released, after) = table.release(&resource, first.token);
+                    assert_eq!(released, Ok(()));
+                    if let Some(waker) = after.wake {
+                        waker.wake();
+                    }
+                })
+            };
+            // The waiter times out: take the slot back, releasing a grant
+            // that arrived in the meantime.
+            if let Some(grant) = table.cancel(&resource, &slot) {
+                let (released, _) = table.release(&resource, grant.token);
+                assert_eq!(released, Ok(()));
+            }
+            releaser.join().expect("releaser panicked");
+            assert_eq!(table.len(), 0, "a grant was stranded");
+        });
+    }
+
+    /// Two waiters, one gives up while the holder releases: the other must
+    /// end up holding the lock, exactly once, and nothing is left behind.
+    #[test]
+    fn loom_handoff_skips_cancelled_waiter() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let quitter = queued(&table, &resource, "b");
+            let stayer = queued(&table, &resource, "c");
+
+            let releaser = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    let (released, after) = table.release(&resource, first.token);
+                    assert_eq!(released, Ok(()));
+                    if let Some(waker) = after.wake {
+                        waker.wake();
+                    }
+                })
+            };
+            let quitter_thread = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    if let Some(grant) = table.cancel(&resource, &quitter) {
+                        let (released, after) = table.release(&resource, grant.token);
+                        assert_eq!(released, Ok(()));
+                        if let Some(waker) = after.wake {
+                            waker.wake();
+                        }
+                    }
+                })
+            };
+            let grant = loom::future::block_on(stayer.granted());
+            releaser.join().expect("releaser panicked");
+            quitter_thread.join().expect("quitter panicked");
+            let (holder, _) = table.inspect(&resource).expect("the stayer holds the lock");
+            assert_eq!(holder.holder.as_str(), "c");
+            assert_eq!(holder.fencing_token.get(), grant.token);
+            assert_eq!(table.release(&resource, grant.token).0, Ok(()));
+            assert_eq!(table.len(), 0);
+        });
+    }
+}

@@ -1,0 +1,169 @@
+//! The conformance suite every lockman backend must pass.
+//!
+//! Like object_store's `integration.rs`: each check is a public async function
+//! taking a [`Harness`] — one backend under test — and backend differences are
+//! read from [`LockManager::capabilities`] instead of being copied per backend.
+//! A check whose capability the backend lacks prints a `SKIPPED` line and
+//! passes.
+//!
+//! Run the whole suite against a backend with [`conformance_suite!`]:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use lockman_core::{LockManager, StatusManager};
+//! use lockman_testkit::Harness;
+//!
+//! struct MyBackend { /* a fresh, private store */ }
+//!
+//! impl Harness for MyBackend {
+//!     fn locks(&self) -> Arc<dyn LockManager> { todo!() }
+//!     fn status(&self) -> Arc<dyn StatusManager> { todo!() }
+//! }
+//!
+//! // In a test file:
+//! // lockman_testkit::conformance_suite!(MyBackend { });
+//! ```
+//!
+//! Every harness must give a store no other test touches: checks use fixed
+//! resource names and assume they start free.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use lockman_core::{Capabilities, LockManager, StatusManager, WakeMechanism};
+
+pub mod events;
+pub mod exclusion;
+pub mod flags;
+pub mod inspection;
+pub mod leases;
+pub mod names;
+pub mod reentrancy;
+pub mod release;
+pub mod timing;
+
+/// One backend under test, over a store private to this harness.
+pub trait Harness: Send + Sync + 'static {
+    /// The lock manager under test.
+    fn locks(&self) -> Arc<dyn LockManager>;
+
+    /// A second manager over the *same* store, as another process would see
+    /// it (a new connection, another handle on the directory). `None` if the
+    /// backend cannot share a store between managers (the memory backend).
+    fn second_locks(&self) -> Option<Arc<dyn LockManager>> {
+        None
+    }
+
+    /// The status manager under test.
+    fn status(&self) -> Arc<dyn StatusManager>;
+}
+
+/// How late a timeout may fire on a loaded 2-core CI machine before the
+/// suite calls it inaccurate (the median must stay within [`TIMEOUT_MEDIAN_SLACK`]).
+pub const TIMEOUT_MAX_SLACK: Duration = Duration::from_millis(60);
+/// The median lateness allowed for timeouts: "within a few milliseconds".
+pub const TIMEOUT_MEDIAN_SLACK: Duration = Duration::from_millis(10);
+
+/// Generates one `#[tokio::test]` per conformance check, each with a fresh
+/// harness built by `$make` (an expression, evaluated inside the async test,
+/// so it may `.await`).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@tests $make;
+            exclusion::sixteen_tasks_never_overlap,
+            exclusion::plain_threads_never_overlap,
+            exclusion::second_manager_is_excluded,
+            exclusion::distinct_resources_do_not_block,
+            exclusion::try_acquire_free_resource_grants,
+            exclusion::try_acquire_held_resource_is_none,
+            exclusion::no_wait_acquire_fails_at_once,
+            reentrancy::same_holder_reenters,
+            reentrancy::reentrant_release_needs_every_guard,
+            reentrancy::no_holder_is_not_reentrant,
+            reentrancy::different_holders_exclude,
+            reentrancy::blocking_callers_reenter_per_thread,
+            reentrancy::concurrent_first_acquisitions_by_one_holder,
+            timing::timeouts_are_accurate,
+            timing::timeout_error_names_the_holder,
+            timing::waiters_are_woken_promptly,
+            timing::waiters_are_served_fairly,
+            timing::timed_out_waiter_never_holds,
+            timing::cancelled_waiter_never_holds,
+            release::drop_releases,
+            release::explicit_release_releases,
+            release::with_lock_releases_after_work,
+            release::force_release_makes_guard_lost,
+            release::release_of_lost_guard_errors,
+            release::force_release_of_free_resource_is_none,
+            leases::lease_expiry_hands_lock_to_waiter,
+            leases::lease_expiry_marks_guard_lost,
+            leases::extend_keeps_the_lock,
+            leases::default_lease_is_renewed_while_held,
+            leases::fencing_tokens_strictly_increase,
+            leases::fencing_token_is_kept_on_reentry,
+            inspection::state_of_free_resource_is_available,
+            inspection::state_reports_holder_details,
+            inspection::list_shows_every_held_lock,
+            inspection::capabilities_are_consistent,
+            names::hostile_names_are_distinct_or_invalid,
+            names::names_differing_in_case_are_distinct,
+            names::empty_and_nul_names_are_invalid,
+            events::events_report_lock_lifecycle_in_order,
+            flags::flag_set_get_clear,
+            flags::flag_value_round_trips,
+            flags::flag_ttl_expires,
+            flags::flag_list_is_sorted_and_complete,
+            flags::flag_take_is_exactly_once,
+            flags::flag_names_are_validated,
+        );
+    };
+    (@tests $make:expr; $($module:ident :: $check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let harness = $make;
+                $crate::$module::$check(&harness).await;
+            }
+        )+
+    };
+}
+
+/// Prints the loud line for a check the backend cannot run, and returns
+/// whether the capability is present.
+pub fn require(caps: &Capabilities, capability: &str, present: bool) -> bool {
+    if !present {
+        eprintln!(
+            "SKIPPED: this check needs capability `{capability}`, which the backend does not declare ({caps:?})"
+        );
+    }
+    present
+}
+
+/// How long a handoff may take before the suite calls it slow: well under a
+/// poll interval for backends that are told of releases, one maximum poll
+/// interval (plus margin) for polling backends.
+pub fn handoff_bound(caps: &Capabilities) -> Duration {
+    match caps.wake {
+        WakeMechanism::Poll { max, .. } => max + Duration::from_millis(20),
+        _ => Duration::from_millis(10),
+    }
+}
+
+/// Polls `future` once; `Some(output)` if it completed.
+pub async fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(match Pin::new(&mut *future).poll(cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }))
+    .await
+}
+
+/// The median of `samples` (sorted in place).
+pub fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
