@@ -1,1 +1,47 @@
-//! placeholder
+//! # lockman — one lock API, swappable backends
+//!
+//! lockman gives a program one lock API — [`LockManager`] — and lets it pick
+//! the backend: an in-process lock map, lock files on a local or network
+//! disk, a legacy lockfile protocol for mixed old/new fleets, or Redis for
+//! locks shared across machines. Named flags ("force charge is running") go
+//! through [`StatusManager`] on the same backends.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use lockman::{AcquireOptions, LockManager, MemoryLockManager};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockman::LockError> {
+//! let locks: Arc<dyn LockManager> = Arc::new(MemoryLockManager::default());
+//!
+//! let guard = locks
+//!     .acquire("inverter_read", AcquireOptions::new().timeout(Duration::from_secs(5)).purpose("poll"))
+//!     .await?;
+//! println!("token {} — bus is ours", guard.fencing_token());
+//! guard.release().await?; // errors if the lock was lost meanwhile
+//! # Ok(()) }
+//! ```
+//!
+//! ## Crates
+//!
+//! * [`lockman_core`] — the contract and the machinery shared by all
+//!   backends (re-exported here).
+//! * `lockman-memory` — the in-process backend ([`memory`], feature `memory`).
+//! * `lockman-testkit` — the conformance suite every backend passes.
+//!
+//! See `ARCHITECTURE.md` for how an acquisition flows through core and a
+//! backend, and how to add a backend.
+
+pub use lockman_core::{
+    AcquireOptions, Capabilities, EventSink, FencingToken, FlagInfo, FlagOptions, HolderId, LockBackend, LockError,
+    LockEvent, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager, LockManagerExt, LockState, Locks,
+    LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, blocking, hostname, metrics,
+    validate_name,
+};
+
+/// The in-process backend.
+#[cfg(feature = "memory")]
+pub use lockman_memory as memory;
+#[cfg(feature = "memory")]
+pub use lockman_memory::{MemoryLockManager, MemoryStatusManager};

@@ -6,10 +6,10 @@
 //! lease renewal, lost-lock detection, events, metrics and tracing.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LossSignal};
@@ -89,6 +89,9 @@ pub struct Granted<G> {
     pub fencing_token: FencingToken,
     /// When the lease runs out, if there is one.
     pub lease_expires_at: Option<SystemTime>,
+    /// When the grant was made, if the backend recorded it (core reads the
+    /// clock otherwise).
+    pub acquired_at: Option<SystemTime>,
     /// Whether the caller had to wait for another holder (for metrics).
     pub contended: bool,
 }
@@ -96,12 +99,13 @@ pub struct Granted<G> {
 impl<G> Granted<G> {
     /// A grant with `fencing_token`, expiring at `lease_expires_at`.
     pub fn new(grant: G, fencing_token: FencingToken, lease_expires_at: Option<SystemTime>) -> Self {
-        Granted {
-            grant,
-            fencing_token,
-            lease_expires_at,
-            contended: false,
-        }
+        Granted { grant, fencing_token, lease_expires_at, acquired_at: None, contended: false }
+    }
+
+    /// Records when the backend made the grant.
+    pub fn acquired_at(mut self, at: SystemTime) -> Self {
+        self.acquired_at = Some(at);
+        self
     }
 
     /// Marks the grant as one the caller had to wait for.
@@ -125,7 +129,6 @@ impl<G> Granted<G> {
 /// * Fencing tokens strictly increase per grant of a resource.
 /// * `release` and `renew` return [`LockError::Lost`] when the grant is no
 ///   longer the live one (core then reports it lost).
-#[async_trait]
 pub trait LockBackend: Debug + Send + Sync + 'static {
     /// What the backend keeps for a live grant.
     type Grant: Send + Sync + 'static;
@@ -144,10 +147,10 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     }
 
     /// Grants `request`, waiting until its deadline.
-    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<Self::Grant>, LockError>;
+    fn acquire(&self, request: &GrantRequest) -> impl Future<Output = Result<Acquired<Self::Grant>, LockError>> + Send;
 
     /// Releases a grant.
-    async fn release(&self, grant: &Self::Grant) -> Result<(), LockError>;
+    fn release(&self, grant: &Self::Grant) -> impl Future<Output = Result<(), LockError>> + Send;
 
     /// Releases without awaiting, if the backend can do so without blocking
     /// (used when a guard is dropped). `None` makes core run
@@ -158,18 +161,23 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     }
 
     /// Sets the grant's lease to `lease` from now; returns the new expiry.
-    async fn renew(&self, grant: &Self::Grant, lease: Duration) -> Result<SystemTime, LockError>;
+    fn renew(&self, grant: &Self::Grant, lease: Duration)
+    -> impl Future<Output = Result<SystemTime, LockError>> + Send;
 
     /// The state of one resource, without taking it.
-    async fn inspect(&self, resource: &str) -> Result<LockState, LockError>;
+    fn inspect(&self, resource: &str) -> impl Future<Output = Result<LockState, LockError>> + Send;
 
     /// Every held (or stale) lock.
-    async fn list(&self) -> Result<Vec<LockInfo>, LockError>;
+    fn list(&self) -> impl Future<Output = Result<Vec<LockInfo>, LockError>> + Send;
 
     /// Breaks the lock on `resource` whoever holds it, telling the holder's
     /// guard (where the backend can) that it was lost for `reason`.
-    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError>;
+    fn force_release(
+        &self,
+        resource: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<Option<LockInfo>, LockError>> + Send;
 
     /// Removes stale locks; returns what was removed.
-    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError>;
+    fn cleanup_stale(&self) -> impl Future<Output = Result<Vec<LockInfo>, LockError>> + Send;
 }

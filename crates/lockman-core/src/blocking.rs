@@ -121,9 +121,7 @@ pub struct BlockingLockGuard {
 
 impl BlockingLockGuard {
     fn guard(&self) -> &LockGuard {
-        self.guard
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("guard used after release"))
+        self.guard.as_ref().unwrap_or_else(|| unreachable!("guard used after release"))
     }
 
     /// The fencing token of this grant.
@@ -242,7 +240,7 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, LockError> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(LockError::Config(
             "the blocking lock API was called from inside an async runtime, where blocking would stall it; \
-             use the async LockManager there, or call from tokio::task::spawn_blocking"
+             use the async LockManager there, or call it from a plain thread (std::thread::spawn)"
                 .to_owned(),
         ));
     }

@@ -111,10 +111,7 @@ impl LockError {
 
     /// A [`LockError::InvalidName`].
     pub fn invalid_name(name: &str, reason: impl Into<String>) -> Self {
-        LockError::InvalidName {
-            name: name.to_owned(),
-            reason: reason.into(),
-        }
+        LockError::InvalidName { name: name.to_owned(), reason: reason.into() }
     }
 
     /// Whether this is a [`LockError::Timeout`].

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::metrics::Meters;
 use crate::{FencingToken, HolderId, LostReason};
 
 /// What happened to a lock.
@@ -94,11 +95,17 @@ pub type LockEvents = broadcast::Receiver<LockEvent>;
 
 /// The sending side of a manager's event stream, shared by the manager, its
 /// guards and its backend (which reports events it alone can see, such as a
-/// stale lock it broke).
+/// stale lock it broke). Also carries the manager's metric keys.
 #[derive(Clone, Debug)]
 pub struct EventSink {
+    inner: Arc<SinkInner>,
+}
+
+#[derive(Debug)]
+struct SinkInner {
     sender: broadcast::Sender<LockEvent>,
     backend: Arc<str>,
+    meters: Meters,
 }
 
 impl EventSink {
@@ -108,15 +115,17 @@ impl EventSink {
     /// A new sink for `backend`.
     pub fn new(backend: &str) -> Self {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
-        EventSink {
-            sender,
-            backend: backend.into(),
-        }
+        EventSink { inner: Arc::new(SinkInner { sender, backend: backend.into(), meters: Meters::new(backend) }) }
     }
 
     /// A new receiver of every event sent from now on.
     pub fn subscribe(&self) -> LockEvents {
-        self.sender.subscribe()
+        self.inner.sender.subscribe()
+    }
+
+    /// Whether an event would reach anyone (a receiver, or a debug log).
+    pub fn is_observed(&self) -> bool {
+        self.inner.sender.receiver_count() > 0 || tracing::enabled!(tracing::Level::DEBUG)
     }
 
     /// Publishes `event` to every receiver (none is fine) and logs it.
@@ -129,27 +138,43 @@ impl EventSink {
             reason = event.reason.as_deref(),
             "lock event"
         );
-        let _ = self.sender.send(event);
+        let _ = self.inner.sender.send(event);
+    }
+
+    /// Builds and sends an event of `kind` on `resource` — only if someone
+    /// observes events, so unobserved lock operations pay nothing for them.
+    pub fn emit(&self, kind: LockEventKind, resource: &str, details: impl FnOnce(LockEvent) -> LockEvent) {
+        if self.is_observed() {
+            self.send(details(self.event(kind, resource)));
+        }
     }
 
     /// An event of `kind` on `resource` for this sink's backend.
     pub fn event(&self, kind: LockEventKind, resource: &str) -> LockEvent {
-        LockEvent::new(kind, resource, &*self.backend)
+        LockEvent::new(kind, resource, &*self.inner.backend)
     }
 
     /// The backend name events are stamped with.
     pub fn backend(&self) -> &str {
-        &self.backend
+        &self.inner.backend
+    }
+
+    pub(crate) fn meters(&self) -> &Meters {
+        &self.inner.meters
     }
 
     /// Emits a `Lost` event.
-    pub(crate) fn lost(&self, resource: &str, holder: &HolderId, token: FencingToken, held: Duration, reason: &LostReason) {
-        let mut event = self
-            .event(LockEventKind::Lost, resource)
-            .with_holder(holder.clone())
-            .with_token(token)
-            .with_reason(reason.to_string());
-        event.held = Some(held);
-        self.send(event);
+    pub(crate) fn lost(
+        &self,
+        resource: &str,
+        holder: &HolderId,
+        token: FencingToken,
+        held: Duration,
+        reason: &LostReason,
+    ) {
+        self.emit(LockEventKind::Lost, resource, |mut event| {
+            event.held = Some(held);
+            event.with_holder(holder.clone()).with_token(token).with_reason(reason.to_string())
+        });
     }
 }

@@ -55,18 +55,12 @@ pub(crate) trait GrantHandle: Send + Sync {
 
 impl LockGuard {
     pub(crate) fn new(grant: Arc<dyn GrantHandle>, token: FencingToken, loss: LossSignal) -> Self {
-        LockGuard {
-            grant: Some(grant),
-            token,
-            loss,
-        }
+        LockGuard { grant: Some(grant), token, loss }
     }
 
     fn grant(&self) -> &Arc<dyn GrantHandle> {
         // `grant` is only taken by `release(self)`, after which the guard is gone.
-        self.grant
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("guard used after release"))
+        self.grant.as_ref().unwrap_or_else(|| unreachable!("guard used after release"))
     }
 
     /// The resource this guard holds.
@@ -125,10 +119,10 @@ impl LockGuard {
     /// The reason for `lost` as a [`LockError::Lost`], for callers that want to
     /// bail out with `?`.
     pub fn check(&self) -> Result<(), LockError> {
-        if self.is_lost() {
-            if let Some(reason) = self.loss.reason() {
-                return Err(self.grant().lost_error(reason.clone()));
-            }
+        if self.is_lost()
+            && let Some(reason) = self.loss.reason()
+        {
+            return Err(self.grant().lost_error(reason.clone()));
         }
         Ok(())
     }

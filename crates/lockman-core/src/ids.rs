@@ -22,22 +22,33 @@ use serde::{Deserialize, Serialize};
 /// // Every anonymous id is different, so anonymous callers never re-enter.
 /// assert_ne!(HolderId::unique(), HolderId::unique());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct HolderId(Arc<str>);
+#[derive(Clone)]
+pub struct HolderId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Named(Arc<str>),
+    /// Formatted on first use: most anonymous ids are never looked at.
+    Anonymous(Arc<Anonymous>),
+}
+
+struct Anonymous {
+    number: u64,
+    text: OnceLock<Box<str>>,
+}
 
 impl HolderId {
     /// A holder id chosen by the caller, e.g. a job or worker name.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
-        HolderId(id.into())
+        HolderId(Repr::Named(id.into()))
     }
 
     /// A fresh id no other acquisition uses, on this or any other host:
     /// `anon-<process nonce>-<counter>`.
     pub fn unique() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        HolderId(format!("anon-{}-{n}", process_nonce()).into())
+        let number = NEXT.fetch_add(1, Ordering::Relaxed);
+        HolderId(Repr::Anonymous(Arc::new(Anonymous { number, text: OnceLock::new() })))
     }
 
     /// The id of the calling thread: `thread-<process nonce>-<thread number>`.
@@ -47,8 +58,8 @@ impl HolderId {
     pub fn current_thread() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         thread_local! {
-            static ID: HolderId = HolderId(
-                format!("thread-{}-{}", process_nonce(), NEXT.fetch_add(1, Ordering::Relaxed)).into(),
+            static ID: HolderId = HolderId::new(
+                format!("thread-{}-{}", process_nonce(), NEXT.fetch_add(1, Ordering::Relaxed)),
             );
         }
         ID.with(Clone::clone)
@@ -56,19 +67,65 @@ impl HolderId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Repr::Named(id) => id,
+            Repr::Anonymous(anonymous) => {
+                anonymous.text.get_or_init(|| format!("anon-{}-{}", process_nonce(), anonymous.number).into())
+            }
+        }
+    }
+}
+
+impl PartialEq for HolderId {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Anonymous(a), Repr::Anonymous(b)) => a.number == b.number,
+            _ => self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl Eq for HolderId {}
+
+impl std::hash::Hash for HolderId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for HolderId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HolderId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Serialize for HolderId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HolderId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(HolderId::new)
     }
 }
 
 impl fmt::Debug for HolderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for HolderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -139,9 +196,7 @@ mod tests {
     fn current_thread_is_stable_per_thread_and_distinct_across_threads() {
         let here = HolderId::current_thread();
         assert_eq!(here, HolderId::current_thread());
-        let there = std::thread::spawn(HolderId::current_thread)
-            .join()
-            .expect("thread panicked");
+        let there = std::thread::spawn(HolderId::current_thread).join().expect("thread panicked");
         assert_ne!(here, there);
     }
 }

@@ -66,9 +66,7 @@ impl LockInfo {
 
     /// How long the lock has been held, as seen by this host's clock.
     pub fn age(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(self.acquired_at)
-            .unwrap_or_default()
+        SystemTime::now().duration_since(self.acquired_at).unwrap_or_default()
     }
 
     /// Whether the lease ran out before `now`.
@@ -80,14 +78,7 @@ impl LockInfo {
 impl fmt::Display for LockInfo {
     /// `locked by HOLDER on HOST (pid N) for 3.2s [for PURPOSE]`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "locked by {} on {} (pid {}) for {:.1?}",
-            self.holder,
-            self.hostname,
-            self.pid,
-            self.age()
-        )?;
+        write!(f, "locked by {} on {} (pid {}) for {:.1?}", self.holder, self.hostname, self.pid, self.age())?;
         if let Some(purpose) = &self.purpose {
             write!(f, " for {purpose:?}")?;
         }
@@ -187,10 +178,7 @@ impl Default for Capabilities {
             lost_detection: false,
             fencing: false,
             fifo: false,
-            wake: WakeMechanism::Poll {
-                min: Duration::from_millis(10),
-                max: Duration::from_millis(200),
-            },
+            wake: WakeMechanism::Poll { min: Duration::from_millis(10), max: Duration::from_millis(200) },
         }
     }
 }

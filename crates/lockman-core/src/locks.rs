@@ -20,8 +20,8 @@ use tracing::Instrument;
 use crate::backend::{Acquired, Deadline, GrantRequest, LockBackend};
 use crate::guard::GrantHandle;
 use crate::{
-    AcquireOptions, Capabilities, EventSink, FencingToken, HolderId, LockError, LockEventKind, LockEvents,
-    LockGuard, LockInfo, LockManager, LockState, LossSignal, LostReason, Wait, metrics, runtime,
+    AcquireOptions, Capabilities, EventSink, FencingToken, HolderId, LockError, LockEventKind, LockEvents, LockGuard,
+    LockInfo, LockManager, LockState, LossSignal, LostReason, Wait, runtime,
 };
 
 /// A [`LockManager`] built from a backend's raw operations.
@@ -84,7 +84,12 @@ impl<B: LockBackend> Locks<B> {
         &self.shared.events
     }
 
-    async fn acquire_with(&self, resource: &str, options: AcquireOptions, mode: Mode) -> Result<Option<LockGuard>, LockError> {
+    async fn acquire_with(
+        &self,
+        resource: &str,
+        options: AcquireOptions,
+        mode: Mode,
+    ) -> Result<Option<LockGuard>, LockError> {
         crate::validate_name(resource)?;
         self.shared.backend.validate_name(resource)?;
         let started = Instant::now();
@@ -96,7 +101,8 @@ impl<B: LockBackend> Locks<B> {
         let resource: Arc<str> = Arc::from(resource);
         let held = match options.holder.clone() {
             None => self.grant(resource, HolderId::unique(), false, options, deadline, mode, started).await?,
-            Some(holder) => self.reenter_or_grant(resource, holder, options, deadline, mode, started).await?,
+            // Boxed: keeps the anonymous (common) path's future small.
+            Some(holder) => Box::pin(self.reenter_or_grant(resource, holder, options, deadline, mode, started)).await?,
         };
         Ok(held.map(|held| {
             let token = held.token;
@@ -149,10 +155,7 @@ impl<B: LockBackend> Locks<B> {
             }
         }
         // We own the pending slot: make sure it is cleared however we leave.
-        let pending = PendingSlot {
-            shared: &self.shared,
-            key: Some(key),
-        };
+        let pending = PendingSlot { shared: &self.shared, key: Some(key) };
         let outcome = self.grant(resource, holder, true, options, deadline, mode, started).await;
         pending.resolve(outcome.as_ref().ok().and_then(Option::as_ref));
         outcome
@@ -174,32 +177,23 @@ impl<B: LockBackend> Locks<B> {
         let auto_renew = options.lease.is_none() && caps.renewal;
         let lease = if caps.leases { options.lease.or(caps.default_lease) } else { None };
         let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
-        let request = GrantRequest {
-            resource,
-            holder,
-            purpose: options.purpose.map(Arc::from),
-            lease,
-            deadline,
-            loss,
-        };
+        let request = GrantRequest { resource, holder, purpose: options.purpose.map(Arc::from), lease, deadline, loss };
         let granted = match self.shared.backend.acquire(&request).await? {
             Acquired::Granted(granted) => granted,
             Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder),
         };
-        let waited = started.elapsed();
-        request.loss.set_token(granted.fencing_token);
+        let now = Instant::now();
+        let waited = now - started;
+        request.loss.granted(granted.fencing_token, now.into_std());
         let held = Arc::new(Held {
             shared: self.shared.clone(),
             grant: granted.grant,
             token: granted.fencing_token,
-            acquired_at: SystemTime::now(),
-            acquired: Instant::now(),
-            lease: Mutex::new(LeaseState {
-                length: lease,
-                expires_at: granted.lease_expires_at,
-                last_heartbeat: None,
-            }),
+            acquired_at: granted.acquired_at.unwrap_or_else(SystemTime::now),
+            acquired: now,
+            lease: Mutex::new(LeaseState { length: lease, expires_at: granted.lease_expires_at, last_heartbeat: None }),
             auto_renew: auto_renew && lease.is_some(),
+            watched: granted.lease_expires_at.is_some(),
             count: AtomicU32::new(1),
             reentrant,
             ended: AtomicBool::new(false),
@@ -207,16 +201,12 @@ impl<B: LockBackend> Locks<B> {
             renew_gate: tokio::sync::Mutex::new(()),
             request,
         });
-        metrics::acquired(self.shared.name, waited, granted.contended);
-        let mut event = self
-            .shared
-            .events
-            .event(LockEventKind::Locked, &held.request.resource)
-            .with_holder(held.request.holder.clone())
-            .with_token(held.token);
-        event.waited = Some(waited);
-        self.shared.events.send(event);
-        if held.lease.lock().expires_at.is_some() {
+        self.shared.events.meters().acquired(waited, granted.contended);
+        self.shared.events.emit(LockEventKind::Locked, &held.request.resource, |mut event| {
+            event.waited = Some(waited);
+            event.with_holder(held.request.holder.clone()).with_token(held.token)
+        });
+        if held.watched {
             let task = if held.auto_renew {
                 Held::keep_alive(held.clone()).boxed()
             } else {
@@ -227,19 +217,26 @@ impl<B: LockBackend> Locks<B> {
         Ok(Some(held))
     }
 
-    fn busy(&self, resource: &str, mode: Mode, started: Instant, holder: Option<LockInfo>) -> Result<Option<Arc<Held<B>>>, LockError> {
+    fn busy(
+        &self,
+        resource: &str,
+        mode: Mode,
+        started: Instant,
+        holder: Option<LockInfo>,
+    ) -> Result<Option<Arc<Held<B>>>, LockError> {
         let waited = started.elapsed();
         if mode == Mode::Try {
-            metrics::contended(self.shared.name);
+            self.shared.events.meters().contended();
             return Ok(None);
         }
-        metrics::timed_out(self.shared.name, waited);
-        let mut event = self.shared.events.event(LockEventKind::TimedOut, resource);
-        event.waited = Some(waited);
-        if let Some(info) = &holder {
-            event = event.with_holder(info.holder.clone()).with_token(info.fencing_token);
-        }
-        self.shared.events.send(event);
+        self.shared.events.meters().timed_out(waited);
+        self.shared.events.emit(LockEventKind::TimedOut, resource, |mut event| {
+            event.waited = Some(waited);
+            match &holder {
+                Some(info) => event.with_holder(info.holder.clone()).with_token(info.fencing_token),
+                None => event,
+            }
+        });
         Err(LockError::Timeout {
             resource: resource.to_owned(),
             backend: self.shared.name.to_owned(),
@@ -251,10 +248,10 @@ impl<B: LockBackend> Locks<B> {
     /// Fills in what only this process knows (reentrant hold counts).
     fn enrich(&self, mut info: LockInfo) -> LockInfo {
         let key: ReentryKey = (Arc::from(info.resource.as_str()), info.holder.clone());
-        if let Some(Reentry::Held(held)) = self.shared.reentry.lock().get(&key) {
-            if held.token == info.fencing_token {
-                info.hold_count = held.count.load(Ordering::Acquire);
-            }
+        if let Some(Reentry::Held(held)) = self.shared.reentry.lock().get(&key)
+            && held.token == info.fencing_token
+        {
+            info.hold_count = held.count.load(Ordering::Acquire);
         }
         info
     }
@@ -297,9 +294,7 @@ impl<B: LockBackend> Drop for PendingSlot<'_, B> {
 
 impl<B: LockBackend> Clone for Locks<B> {
     fn clone(&self) -> Self {
-        Locks {
-            shared: self.shared.clone(),
-        }
+        Locks { shared: self.shared.clone() }
     }
 }
 
@@ -412,6 +407,9 @@ impl<B: LockBackend> LockManager for Locks<B> {
 }
 
 fn record_outcome(span: &tracing::Span, started: Instant, result: &Result<Option<LockGuard>, LockError>) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("waited_ms", started.elapsed().as_secs_f64() * 1000.0);
     span.record(
         "outcome",
@@ -435,6 +433,8 @@ struct Held<B: LockBackend> {
     lease: Mutex<LeaseState>,
     /// The watchdog renews the lease every third of it.
     auto_renew: bool,
+    /// A watchdog or expiry timer task watches this grant.
+    watched: bool,
     /// Live guards; changed under the reentry table lock when `reentrant`.
     count: AtomicU32,
     reentrant: bool,
@@ -490,7 +490,9 @@ impl<B: LockBackend> Held<B> {
     fn begin_end(&self) {
         self.is_lost(); // a lease that ran out is reported before we release
         self.ended.store(true, Ordering::Release);
-        self.ended_notify.notify_waiters();
+        if self.watched {
+            self.ended_notify.notify_waiters();
+        }
     }
 
     /// Turns the backend's release result into the caller's, with events and metrics.
@@ -500,14 +502,10 @@ impl<B: LockBackend> Held<B> {
             (_, Some(reason)) => Err(self.lost_error(reason)),
             (Ok(()), None) => {
                 self.loss().mark_released();
-                let mut event = self
-                    .shared
-                    .events
-                    .event(LockEventKind::Released, &self.request.resource)
-                    .with_holder(self.request.holder.clone())
-                    .with_token(self.token);
-                event.held = Some(held_for);
-                self.shared.events.send(event);
+                self.shared.events.emit(LockEventKind::Released, &self.request.resource, |mut event| {
+                    event.held = Some(held_for);
+                    event.with_holder(self.request.holder.clone()).with_token(self.token)
+                });
                 Ok(())
             }
             (Err(LockError::Lost { reason, .. }), None) => {
@@ -516,7 +514,7 @@ impl<B: LockBackend> Held<B> {
             }
             (Err(e), None) => Err(e),
         };
-        metrics::ended(self.shared.name, held_for, result.is_ok());
+        self.shared.events.meters().ended(held_for, result.is_ok());
         result
     }
 
@@ -596,7 +594,8 @@ impl<B: LockBackend> Held<B> {
 impl<B: LockBackend> GrantHandle for Held<B> {
     fn info(&self) -> LockInfo {
         let lease = self.lease.lock();
-        let mut info = LockInfo::local(&*self.request.resource, self.request.holder.clone(), self.token, self.shared.name);
+        let mut info =
+            LockInfo::local(&*self.request.resource, self.request.holder.clone(), self.token, self.shared.name);
         info.acquired_at = self.acquired_at;
         info.purpose = self.request.purpose.as_deref().map(str::to_owned);
         info.lease_expires_at = lease.expires_at;
@@ -610,11 +609,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
-        LockError::Lost {
-            resource: self.request.resource.to_string(),
-            backend: self.shared.name.to_owned(),
-            reason,
-        }
+        LockError::Lost { resource: self.request.resource.to_string(), backend: self.shared.name.to_owned(), reason }
     }
 
     async fn release(self: Arc<Self>) -> Result<(), LockError> {
@@ -631,14 +626,14 @@ impl<B: LockBackend> GrantHandle for Held<B> {
         if !self.leave() {
             return;
         }
-        if !self.auto_renew {
-            if let Some(released) = self.shared.backend.release_now(&self.grant) {
-                self.begin_end();
-                if let Err(e) = self.conclude(released) {
-                    tracing::warn!(error = %e, "releasing a dropped guard");
-                }
-                return;
+        if !self.auto_renew
+            && let Some(released) = self.shared.backend.release_now(&self.grant)
+        {
+            self.begin_end();
+            if let Err(e) = self.conclude(released) {
+                tracing::warn!(error = %e, "releasing a dropped guard");
             }
+            return;
         }
         runtime::spawn(async move {
             if let Err(e) = self.release_grant().await {

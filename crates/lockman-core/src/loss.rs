@@ -26,7 +26,8 @@ struct Inner {
     token: AtomicU64,
     resource: Arc<str>,
     holder: HolderId,
-    since: Instant,
+    /// When the grant was made (set once granted).
+    since: OnceLock<Instant>,
     events: EventSink,
 }
 
@@ -41,7 +42,7 @@ impl LossSignal {
                 token: AtomicU64::new(0),
                 resource,
                 holder,
-                since: Instant::now(),
+                since: OnceLock::new(),
                 events,
             }),
         }
@@ -63,12 +64,12 @@ impl LossSignal {
             %reason,
             "lock lost"
         );
-        crate::metrics::lost(self.inner.events.backend());
+        self.inner.events.meters().lost();
         self.inner.events.lost(
             &self.inner.resource,
             &self.inner.holder,
             self.token(),
-            self.inner.since.elapsed(),
+            self.inner.since.get().map(Instant::elapsed).unwrap_or_default(),
             &reason,
         );
         self.inner.notify.notify_waiters();
@@ -108,8 +109,9 @@ impl LossSignal {
         &self.inner.holder
     }
 
-    pub(crate) fn set_token(&self, token: FencingToken) {
+    pub(crate) fn granted(&self, token: FencingToken, at: Instant) {
         self.inner.token.store(token.get(), Ordering::Relaxed);
+        let _ = self.inner.since.set(at);
     }
 
     fn token(&self) -> FencingToken {

@@ -106,7 +106,10 @@ pub trait LockManagerExt: LockManager {
     }
 
     /// Acquires `resource` if it is free right now.
-    fn try_lock<'a>(&'a self, resource: &'a str) -> impl Future<Output = Result<Option<LockGuard>, LockError>> + Send + 'a {
+    fn try_lock<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> impl Future<Output = Result<Option<LockGuard>, LockError>> + Send + 'a {
         self.try_acquire(resource, AcquireOptions::new())
     }
 

@@ -2,9 +2,13 @@
 //!
 //! Nothing is recorded unless the application installs a recorder (for
 //! example `metrics-exporter-prometheus`). Every series carries a `backend`
-//! label.
+//! label. Keys are built once per manager and looked up in the recorder per
+//! event, so a recorder installed after the manager was created still sees
+//! everything, and nothing is allocated per lock operation.
 
 use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata};
 
 /// Counter: new grants.
 pub const ACQUIRED: &str = "lockman_acquired_total";
@@ -23,33 +27,76 @@ pub const HOLD_SECONDS: &str = "lockman_hold_seconds";
 /// Gauge: grants currently held through this process.
 pub const ACTIVE_LOCKS: &str = "lockman_active_locks";
 
-pub(crate) fn acquired(backend: &'static str, waited: Duration, contended: bool) {
-    metrics::counter!(ACQUIRED, "backend" => backend).increment(1);
-    if contended {
-        metrics::counter!(CONTENDED, "backend" => backend).increment(1);
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// One manager's metric keys.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    acquired: Key,
+    contended: Key,
+    timed_out: Key,
+    released: Key,
+    lost: Key,
+    wait: Key,
+    hold: Key,
+    active: Key,
+}
+
+impl Meters {
+    pub(crate) fn new(backend: &str) -> Self {
+        let key = |name: &'static str| Key::from_parts(name, vec![Label::new("backend", backend.to_owned())]);
+        Meters {
+            acquired: key(ACQUIRED),
+            contended: key(CONTENDED),
+            timed_out: key(TIMED_OUT),
+            released: key(RELEASED),
+            lost: key(LOST),
+            wait: key(WAIT_SECONDS),
+            hold: key(HOLD_SECONDS),
+            active: key(ACTIVE_LOCKS),
+        }
     }
-    metrics::histogram!(WAIT_SECONDS, "backend" => backend).record(waited.as_secs_f64());
-    metrics::gauge!(ACTIVE_LOCKS, "backend" => backend).increment(1.0);
-}
 
-pub(crate) fn timed_out(backend: &'static str, waited: Duration) {
-    metrics::counter!(CONTENDED, "backend" => backend).increment(1);
-    metrics::counter!(TIMED_OUT, "backend" => backend).increment(1);
-    metrics::histogram!(WAIT_SECONDS, "backend" => backend).record(waited.as_secs_f64());
-}
-
-pub(crate) fn contended(backend: &'static str) {
-    metrics::counter!(CONTENDED, "backend" => backend).increment(1);
-}
-
-pub(crate) fn ended(backend: &'static str, held: Duration, released: bool) {
-    if released {
-        metrics::counter!(RELEASED, "backend" => backend).increment(1);
+    fn count(key: &Key) {
+        metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
     }
-    metrics::histogram!(HOLD_SECONDS, "backend" => backend).record(held.as_secs_f64());
-    metrics::gauge!(ACTIVE_LOCKS, "backend" => backend).decrement(1.0);
-}
 
-pub(crate) fn lost(backend: &str) {
-    metrics::counter!(LOST, "backend" => backend.to_owned()).increment(1);
+    fn record(key: &Key, value: Duration) {
+        metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA).record(value.as_secs_f64()));
+    }
+
+    fn shift(key: &Key, delta: f64) {
+        metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA).increment(delta));
+    }
+
+    pub(crate) fn acquired(&self, waited: Duration, contended: bool) {
+        Self::count(&self.acquired);
+        if contended {
+            Self::count(&self.contended);
+        }
+        Self::record(&self.wait, waited);
+        Self::shift(&self.active, 1.0);
+    }
+
+    pub(crate) fn timed_out(&self, waited: Duration) {
+        Self::count(&self.contended);
+        Self::count(&self.timed_out);
+        Self::record(&self.wait, waited);
+    }
+
+    pub(crate) fn contended(&self) {
+        Self::count(&self.contended);
+    }
+
+    pub(crate) fn ended(&self, held: Duration, released: bool) {
+        if released {
+            Self::count(&self.released);
+        }
+        Self::record(&self.hold, held);
+        Self::shift(&self.active, -1.0);
+    }
+
+    pub(crate) fn lost(&self) {
+        Self::count(&self.lost);
+    }
 }

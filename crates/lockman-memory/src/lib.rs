@@ -34,14 +34,13 @@ mod table;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
 use lockman_core::{
     Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LossSignal, LostReason, WakeMechanism,
 };
 
 pub use status::MemoryStatusManager;
-use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot};
+use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef};
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "memory";
@@ -100,12 +99,8 @@ impl MemoryBackend {
 
     /// Waits on `slot` until the lock is handed over or the deadline passes,
     /// evicting a holder whose lease runs out first.
-    async fn wait(&self, resource: &Arc<str>, slot: Arc<Slot<LossSignal>>, deadline: Deadline) -> Acquired<MemoryGrant> {
-        let mut queued = Queued {
-            table: &self.table,
-            resource,
-            slot: Some(slot),
-        };
+    async fn wait(&self, resource: &Arc<str>, slot: SlotRef<LossSignal>, deadline: Deadline) -> Acquired<MemoryGrant> {
+        let mut queued = Queued { table: &self.table, resource, slot: Some(slot) };
         loop {
             let lease_expiry = self.table.lease_expiry(resource).map(tokio::time::Instant::from_std);
             let wake_at = match (deadline.instant(), lease_expiry) {
@@ -136,13 +131,11 @@ impl MemoryBackend {
     fn granted(&self, resource: &Arc<str>, grant: table::Grant, waited: bool) -> Acquired<MemoryGrant> {
         Acquired::Granted(
             Granted::new(
-                MemoryGrant {
-                    resource: resource.clone(),
-                    token: grant.token,
-                },
+                MemoryGrant { resource: resource.clone(), token: grant.token },
                 FencingToken::new(grant.token),
                 grant.lease_expires_at,
             )
+            .acquired_at(grant.acquired_at)
             .after_waiting(waited),
         )
     }
@@ -169,29 +162,26 @@ fn settle(after: Aftermath<LossSignal>, reason: LostReason) {
 struct Queued<'a> {
     table: &'a LockTable<LossSignal>,
     resource: &'a Arc<str>,
-    slot: Option<Arc<Slot<LossSignal>>>,
+    slot: Option<SlotRef<LossSignal>>,
 }
 
 impl Queued<'_> {
     fn slot(&self) -> &Slot<LossSignal> {
-        self.slot
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("slot is held until we return"))
+        self.slot.as_deref().unwrap_or_else(|| unreachable!("slot is held until we return"))
     }
 }
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            if let Some(grant) = self.table.cancel(self.resource, &slot) {
-                let (_, after) = self.table.release(self.resource, grant.token);
-                settle(after, LostReason::LeaseExpired);
-            }
+        if let Some(slot) = self.slot.take()
+            && let Some(grant) = self.table.cancel(self.resource, &slot)
+        {
+            let (_, after) = self.table.release(self.resource, grant.token);
+            settle(after, LostReason::LeaseExpired);
         }
     }
 }
 
-#[async_trait]
 impl LockBackend for MemoryBackend {
     type Grant = MemoryGrant;
 
@@ -223,7 +213,8 @@ impl LockBackend for MemoryBackend {
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
             Attempt::Busy(holder) => Acquired::Busy { holder: Some(holder) },
-            Attempt::Queued(slot) => self.wait(&request.resource, slot, request.deadline).await,
+            // Boxed: keeps the uncontended path's future small.
+            Attempt::Queued(slot) => Box::pin(self.wait(&request.resource, slot, request.deadline)).await,
         })
     }
 
@@ -257,9 +248,7 @@ impl LockBackend for MemoryBackend {
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
         let (broken, after) = self.table.force_release(resource);
-        settle(after, LostReason::ForceReleased {
-            reason: reason.to_owned(),
-        });
+        settle(after, LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(broken)
     }
 

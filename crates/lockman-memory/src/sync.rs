@@ -14,10 +14,7 @@ pub(crate) use loom::sync::atomic::AtomicU64;
 
 /// A mutex with parking_lot's panic-free `lock()` on both implementations.
 #[derive(Debug, Default)]
-pub(crate) struct Mutex<T>(
-    #[cfg(not(lockman_loom))] parking_lot::Mutex<T>,
-    #[cfg(lockman_loom)] loom::sync::Mutex<T>,
-);
+pub(crate) struct Mutex<T>(#[cfg(not(lockman_loom))] parking_lot::Mutex<T>, #[cfg(lockman_loom)] loom::sync::Mutex<T>);
 
 #[cfg(not(lockman_loom))]
 pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;

@@ -44,6 +44,7 @@ pub(crate) struct Request<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Grant {
     pub(crate) token: u64,
+    pub(crate) acquired_at: SystemTime,
     pub(crate) lease_expires_at: Option<SystemTime>,
 }
 
@@ -78,6 +79,9 @@ struct Entry<T> {
     waiters: VecDeque<Arc<Slot<T>>>,
 }
 
+/// A shared handle on a [`Slot`].
+pub(crate) type SlotRef<T> = Arc<Slot<T>>;
+
 /// Where a queued acquirer waits for the lock to be handed to it.
 #[derive(Debug)]
 pub(crate) struct Slot<T> {
@@ -86,7 +90,10 @@ pub(crate) struct Slot<T> {
 
 #[derive(Debug)]
 enum SlotState<T> {
-    Waiting { request: Request<T>, waker: Option<Waker> },
+    Waiting {
+        request: Request<T>,
+        waker: Option<Waker>,
+    },
     Granted(Grant),
     /// The grant was collected, or the waiter gave up.
     Closed,
@@ -113,10 +120,7 @@ pub(crate) struct Aftermath<T> {
 
 impl<T> Default for Aftermath<T> {
     fn default() -> Self {
-        Aftermath {
-            wake: None,
-            evicted: Vec::new(),
-        }
+        Aftermath { wake: None, evicted: Vec::new() }
     }
 }
 
@@ -134,10 +138,7 @@ pub(crate) struct LockTable<T> {
 
 impl<T> Default for LockTable<T> {
     fn default() -> Self {
-        LockTable {
-            entries: Mutex::new(HashMap::new()),
-            last_token: AtomicU64::new(0),
-        }
+        LockTable { entries: Mutex::new(HashMap::new()), last_token: AtomicU64::new(0) }
     }
 }
 
@@ -145,51 +146,48 @@ impl<T: Clone> LockTable<T> {
     /// Grants `resource` if it is free (or its holder's lease ran out);
     /// otherwise queues the request (if `wait`) or reports the holder.
     pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
-        let now = Instant::now();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
-        let Some(entry) = entries.get_mut(resource) else {
-            let (holding, grant) = self.holding(request, now);
-            entries.insert(resource.clone(), Entry {
-                holding,
-                waiters: VecDeque::new(),
-            });
-            return (Attempt::Granted(grant), after);
+        let entry = match entries.entry(resource.clone()) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                let (holding, grant) = self.holding(request);
+                vacant.insert(Entry { holding, waiters: VecDeque::new() });
+                return (Attempt::Granted(grant), after);
+            }
+            std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        if entry.holding.expired(now) {
+        if entry.holding.lease.is_some() && entry.holding.expired(Instant::now()) {
             after.evicted.push(entry.holding.tag.clone());
             if entry.waiters.is_empty() {
-                let (holding, grant) = self.holding(request, now);
+                let (holding, grant) = self.holding(request);
                 entry.holding = holding;
                 return (Attempt::Granted(grant), after);
             }
             // Waiters came first: the lock goes to the head of the queue.
-            after.wake = self.hand_off(entry, now).unwrap_or_else(|| unreachable!("queue is not empty"));
+            after.wake = self.hand_off(entry).unwrap_or_else(|| unreachable!("queue is not empty"));
         }
         if !wait {
             return (Attempt::Busy(entry.holding.info(resource)), after);
         }
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::Waiting { request, waker: None }),
-        });
+        let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None }) });
         entry.waiters.push_back(slot.clone());
         (Attempt::Queued(slot), after)
     }
 
     /// Releases a grant, handing the lock to the first waiter.
-    pub(crate) fn release(&self, resource: &str, token: u64) -> (Result<(), NotCurrent>, Aftermath<T>) {
+    pub(crate) fn release(&self, resource: &Text, token: u64) -> (Result<(), NotCurrent>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
-        let Some(entry) = entries.get_mut(resource) else {
+        let std::collections::hash_map::Entry::Occupied(mut occupied) = entries.entry(resource.clone()) else {
             return (Err(NotCurrent), after);
         };
-        if entry.holding.token != token {
+        if occupied.get().holding.token != token {
             return (Err(NotCurrent), after);
         }
-        match self.hand_off(entry, Instant::now()) {
+        match self.hand_off(occupied.get_mut()) {
             Some(wake) => after.wake = wake,
             None => {
-                entries.remove(resource);
+                occupied.remove();
             }
         }
         (Ok(()), after)
@@ -210,7 +208,12 @@ impl<T: Clone> LockTable<T> {
     }
 
     /// Sets a new lease on a live grant.
-    pub(crate) fn renew(&self, resource: &str, token: u64, lease: Duration) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
+    pub(crate) fn renew(
+        &self,
+        resource: &str,
+        token: u64,
+        lease: Duration,
+    ) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         let after = Aftermath::default();
@@ -234,14 +237,14 @@ impl<T: Clone> LockTable<T> {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
-        if let Some(entry) = entries.get_mut(resource) {
-            if entry.holding.expired(now) {
-                after.evicted.push(entry.holding.tag.clone());
-                match self.hand_off(entry, now) {
-                    Some(wake) => after.wake = wake,
-                    None => {
-                        entries.remove(resource);
-                    }
+        if let Some(entry) = entries.get_mut(resource)
+            && entry.holding.expired(now)
+        {
+            after.evicted.push(entry.holding.tag.clone());
+            match self.hand_off(entry) {
+                Some(wake) => after.wake = wake,
+                None => {
+                    entries.remove(resource);
                 }
             }
         }
@@ -257,7 +260,7 @@ impl<T: Clone> LockTable<T> {
         };
         let info = entry.holding.info(resource);
         after.evicted.push(entry.holding.tag.clone());
-        match self.hand_off(entry, Instant::now()) {
+        match self.hand_off(entry) {
             Some(wake) => after.wake = wake,
             None => {
                 entries.remove(resource);
@@ -293,19 +296,14 @@ impl<T: Clone> LockTable<T> {
     pub(crate) fn inspect(&self, resource: &str) -> Option<(LockInfo, bool)> {
         let now = Instant::now();
         let entries = self.entries.lock();
-        entries
-            .get(resource)
-            .map(|entry| (entry.holding.info(resource), entry.holding.expired(now)))
+        entries.get(resource).map(|entry| (entry.holding.info(resource), entry.holding.expired(now)))
     }
 
     /// Every holder, and whether its lease ran out.
     pub(crate) fn list(&self) -> Vec<(LockInfo, bool)> {
         let now = Instant::now();
         let entries = self.entries.lock();
-        entries
-            .iter()
-            .map(|(resource, entry)| (entry.holding.info(resource), entry.holding.expired(now)))
-            .collect()
+        entries.iter().map(|(resource, entry)| (entry.holding.info(resource), entry.holding.expired(now))).collect()
     }
 
     /// When the current holder's lease runs out, if it has one.
@@ -324,32 +322,23 @@ impl<T: Clone> LockTable<T> {
         self.entries.lock().values().map(|entry| entry.waiters.len()).sum()
     }
 
-    fn holding(&self, request: Request<T>, now: Instant) -> (Holding<T>, Grant) {
+    fn holding(&self, request: Request<T>) -> (Holding<T>, Grant) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
         let acquired_at = SystemTime::now();
-        let lease = request.lease.map(|lease| (now + lease, acquired_at + lease));
-        let grant = Grant {
-            token,
-            lease_expires_at: lease.map(|(_, at)| at),
-        };
-        let holding = Holding {
-            token,
-            holder: request.holder,
-            purpose: request.purpose,
-            acquired_at,
-            lease,
-            tag: request.tag,
-        };
+        let lease = request.lease.map(|lease| (Instant::now() + lease, acquired_at + lease));
+        let grant = Grant { token, acquired_at, lease_expires_at: lease.map(|(_, at)| at) };
+        let holding =
+            Holding { token, holder: request.holder, purpose: request.purpose, acquired_at, lease, tag: request.tag };
         (holding, grant)
     }
 
     /// Gives the lock to the first waiter; `None` if nobody waits. Returns the
     /// waiter's waker (if it registered one yet).
-    fn hand_off(&self, entry: &mut Entry<T>, now: Instant) -> Option<Option<Waker>> {
+    fn hand_off(&self, entry: &mut Entry<T>) -> Option<Option<Waker>> {
         while let Some(slot) = entry.waiters.pop_front() {
             let mut state = slot.state.lock();
             if let SlotState::Waiting { request, waker } = std::mem::replace(&mut *state, SlotState::Closed) {
-                let (holding, grant) = self.holding(request, now);
+                let (holding, grant) = self.holding(request);
                 *state = SlotState::Granted(grant);
                 entry.holding = holding;
                 return Some(waker);
@@ -401,12 +390,7 @@ mod tests {
     use super::*;
 
     fn request(holder: &str) -> Request<()> {
-        Request {
-            holder: HolderId::new(holder),
-            purpose: None,
-            lease: None,
-            tag: (),
-        }
+        Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
     }
 
     #[test]
@@ -416,12 +400,8 @@ mod tests {
         let (Attempt::Granted(first), _) = table.attempt(&resource, request("a"), true) else {
             panic!("free resource not granted")
         };
-        let (Attempt::Queued(b), _) = table.attempt(&resource, request("b"), true) else {
-            panic!("not queued")
-        };
-        let (Attempt::Queued(c), _) = table.attempt(&resource, request("c"), true) else {
-            panic!("not queued")
-        };
+        let (Attempt::Queued(b), _) = table.attempt(&resource, request("b"), true) else { panic!("not queued") };
+        let (Attempt::Queued(c), _) = table.attempt(&resource, request("c"), true) else { panic!("not queued") };
         let (released, _) = table.release(&resource, first.token);
         assert_eq!(released, Ok(()));
         assert!(table.cancel(&resource, &c).is_none(), "c must still wait");
@@ -453,12 +433,7 @@ mod loom_model {
     use super::*;
 
     fn request(holder: &str) -> Request<()> {
-        Request {
-            holder: HolderId::new(holder),
-            purpose: None,
-            lease: None,
-            tag: (),
-        }
+        Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
     }
 
     fn queued(table: &LockTable<()>, resource: &Text, holder: &str) -> Arc<Slot<()>> {

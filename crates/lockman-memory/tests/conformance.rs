@@ -13,10 +13,7 @@ struct Memory {
 
 impl Memory {
     fn new() -> Self {
-        Memory {
-            locks: Arc::new(MemoryLockManager::default()),
-            status: Arc::new(MemoryStatusManager::default()),
-        }
+        Memory { locks: Arc::new(MemoryLockManager::default()), status: Arc::new(MemoryStatusManager::default()) }
     }
 }
 

@@ -138,10 +138,7 @@ pub async fn try_acquire_held_resource_is_none(h: &dyn Harness) {
     let locks = h.locks();
     let _held = locks.acquire("held", patient()).await.expect("acquire");
     let started = tokio::time::Instant::now();
-    let second = locks
-        .try_acquire("held", AcquireOptions::new().timeout(Duration::from_secs(5)))
-        .await
-        .expect("try");
+    let second = locks.try_acquire("held", AcquireOptions::new().timeout(Duration::from_secs(5))).await.expect("try");
     assert!(second.is_none(), "a held resource was granted twice");
     assert!(started.elapsed() < Duration::from_secs(1), "try_acquire waited");
 }
@@ -151,10 +148,8 @@ pub async fn no_wait_acquire_fails_at_once(h: &dyn Harness) {
     let locks: Arc<dyn LockManager> = h.locks();
     let _held = locks.acquire("held", patient()).await.expect("acquire");
     let started = tokio::time::Instant::now();
-    let err = locks
-        .acquire("held", AcquireOptions::new().no_wait())
-        .await
-        .expect_err("a held resource was granted twice");
+    let err =
+        locks.acquire("held", AcquireOptions::new().no_wait()).await.expect_err("a held resource was granted twice");
     assert!(err.is_timeout(), "expected a timeout, got {err}");
     assert!(started.elapsed() < Duration::from_secs(1), "no_wait waited");
 }

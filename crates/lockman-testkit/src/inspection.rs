@@ -53,18 +53,10 @@ pub async fn list_shows_every_held_lock(h: &dyn Harness) {
     let b = locks.acquire("list-b", patient().purpose("b")).await.expect("acquire b");
     let c = locks.acquire("list-c", patient()).await.expect("acquire c");
     c.release().await.expect("release c");
-    let mut listed: Vec<(String, Option<String>)> = locks
-        .list()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|info| (info.resource, info.purpose))
-        .collect();
+    let mut listed: Vec<(String, Option<String>)> =
+        locks.list().await.expect("list").into_iter().map(|info| (info.resource, info.purpose)).collect();
     listed.sort();
-    assert_eq!(listed, vec![
-        ("list-a".to_owned(), Some("a".to_owned())),
-        ("list-b".to_owned(), Some("b".to_owned())),
-    ]);
+    assert_eq!(listed, vec![("list-a".to_owned(), Some("a".to_owned())), ("list-b".to_owned(), Some("b".to_owned())),]);
     a.release().await.expect("release a");
     b.release().await.expect("release b");
     assert!(locks.list().await.expect("list").is_empty());

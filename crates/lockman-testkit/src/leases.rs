@@ -77,7 +77,9 @@ pub async fn default_lease_is_renewed_while_held(h: &dyn Harness) {
         return;
     };
     if lease > Duration::from_secs(3) {
-        eprintln!("SKIPPED: default lease {lease:?} is too long to outlive in a test; configure a short one in the harness");
+        eprintln!(
+            "SKIPPED: default lease {lease:?} is too long to outlive in a test; configure a short one in the harness"
+        );
         return;
     }
     let guard = locks.acquire("r", patient()).await.expect("acquire");

@@ -136,9 +136,7 @@ macro_rules! conformance_suite {
 /// whether the capability is present.
 pub fn require(caps: &Capabilities, capability: &str, present: bool) -> bool {
     if !present {
-        eprintln!(
-            "SKIPPED: this check needs capability `{capability}`, which the backend does not declare ({caps:?})"
-        );
+        eprintln!("SKIPPED: this check needs capability `{capability}`, which the backend does not declare ({caps:?})");
     }
     present
 }
@@ -155,10 +153,12 @@ pub fn handoff_bound(caps: &Capabilities) -> Duration {
 
 /// Polls `future` once; `Some(output)` if it completed.
 pub async fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(match Pin::new(&mut *future).poll(cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }))
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *future).poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
     .await
 }
 

@@ -69,10 +69,7 @@ pub async fn names_differing_in_case_are_distinct(h: &dyn Harness) {
 pub async fn empty_and_nul_names_are_invalid(h: &dyn Harness) {
     let locks = h.locks();
     for name in ["", "a\0b", &"y".repeat(lockman_core::MAX_NAME_LEN + 1)] {
-        let err = locks
-            .acquire(name, AcquireOptions::new().no_wait())
-            .await
-            .expect_err("a bad name was accepted");
+        let err = locks.acquire(name, AcquireOptions::new().no_wait()).await.expect_err("a bad name was accepted");
         assert!(matches!(err, LockError::InvalidName { .. }), "{name:?}: expected InvalidName, got {err}");
         assert!(matches!(locks.state(name).await, Err(LockError::InvalidName { .. })));
         assert!(!err.to_string().is_empty());

@@ -58,10 +58,7 @@ pub async fn no_holder_is_not_reentrant(h: &dyn Harness) {
 pub async fn different_holders_exclude(h: &dyn Harness) {
     let locks = h.locks();
     let _first = locks.acquire("r", as_holder("job-1")).await.expect("acquire");
-    let other = locks
-        .try_acquire("r", AcquireOptions::new().holder("job-2"))
-        .await
-        .expect("try");
+    let other = locks.try_acquire("r", AcquireOptions::new().holder("job-2")).await.expect("try");
     assert!(other.is_none(), "a different holder got a held lock");
 }
 
@@ -72,9 +69,8 @@ pub async fn blocking_callers_reenter_per_thread(h: &dyn Harness) {
     let outcome = tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {
             let outer = locks.lock("r").expect("acquire");
-            let inner = locks
-                .acquire("r", AcquireOptions::new().no_wait())
-                .expect("a thread could not re-enter its own lock");
+            let inner =
+                locks.acquire("r", AcquireOptions::new().no_wait()).expect("a thread could not re-enter its own lock");
             let elsewhere = {
                 let locks = locks.clone();
                 std::thread::spawn(move || locks.try_acquire("r", AcquireOptions::new()).map(|g| g.is_some()))

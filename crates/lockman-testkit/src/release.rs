@@ -58,9 +58,8 @@ pub async fn force_release_makes_guard_lost(h: &dyn Harness) {
         .expect("force_release")
         .expect("force_release found no holder");
     assert_eq!(broken.holder.as_str(), "stuck-job");
-    let reason = tokio::time::timeout(LOSS_NOTICE, guard.lost())
-        .await
-        .expect("the guard never learned its lock was broken");
+    let reason =
+        tokio::time::timeout(LOSS_NOTICE, guard.lost()).await.expect("the guard never learned its lock was broken");
     assert!(guard.is_lost());
     if let LostReason::ForceReleased { reason } = &reason {
         assert_eq!(reason, "operator cleared a stuck job");

@@ -20,10 +20,7 @@ pub async fn timeouts_are_accurate(h: &dyn Harness) {
     for timeout_ms in [10u64, 25, 50, 75, 100, 10, 25, 50, 75] {
         let timeout = Duration::from_millis(timeout_ms);
         let started = Instant::now();
-        let err = locks
-            .acquire("r", AcquireOptions::new().timeout(timeout))
-            .await
-            .expect_err("granted a held lock");
+        let err = locks.acquire("r", AcquireOptions::new().timeout(timeout)).await.expect_err("granted a held lock");
         let waited = started.elapsed();
         assert!(err.is_timeout(), "expected a timeout, got {err}");
         assert!(waited >= timeout, "gave up after {waited:?}, before the {timeout:?} timeout");
@@ -38,10 +35,7 @@ pub async fn timeouts_are_accurate(h: &dyn Harness) {
 /// The timeout error names who holds the lock and why.
 pub async fn timeout_error_names_the_holder(h: &dyn Harness) {
     let locks = h.locks();
-    let _held = locks
-        .acquire("r", patient().holder("poller-7").purpose("reading registers"))
-        .await
-        .expect("acquire");
+    let _held = locks.acquire("r", patient().holder("poller-7").purpose("reading registers")).await.expect("acquire");
     let err = locks
         .acquire("r", AcquireOptions::new().timeout(Duration::from_millis(20)))
         .await

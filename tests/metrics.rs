@@ -1,0 +1,62 @@
+//! Every acquisition is counted: the metrics facade sees grants, timeouts,
+//! releases and losses, labelled with the backend.
+//!
+//! (The tracing test lives in its own binary: tracing caches callsite
+//! interest process-wide, and a test running without a subscriber at the
+//! same time would hide the spans.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lockman::{AcquireOptions, LockManager, MemoryLockManager, metrics as names};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+async fn scenario(locks: &MemoryLockManager) {
+    let held = locks.acquire("bus", AcquireOptions::new()).await.expect("acquire");
+    let err = locks
+        .acquire("bus", AcquireOptions::new().timeout(Duration::from_millis(5)))
+        .await
+        .expect_err("granted a held lock");
+    assert!(err.is_timeout());
+    held.release().await.expect("release");
+    let leased = locks.acquire("bus", AcquireOptions::new().lease(Duration::from_millis(1))).await.expect("acquire");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(leased.release().await.is_err(), "an expired lease released cleanly");
+}
+
+#[test]
+fn metrics_count_grants_timeouts_releases_and_losses() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(scenario(&MemoryLockManager::default()));
+    });
+    let mut counters = HashMap::new();
+    let mut histograms = HashMap::new();
+    let mut gauges = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<_> = key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+        assert_eq!(labels, [("backend".to_owned(), "memory".to_owned())], "{key:?}");
+        let name = key.key().name().to_owned();
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(name, n);
+            }
+            DebugValue::Histogram(samples) => {
+                histograms.insert(name, samples.len());
+            }
+            DebugValue::Gauge(g) => {
+                gauges.insert(name, g.into_inner());
+            }
+        }
+    }
+    assert_eq!(counters.get(names::ACQUIRED), Some(&2));
+    assert_eq!(counters.get(names::TIMED_OUT), Some(&1));
+    assert_eq!(counters.get(names::CONTENDED), Some(&1));
+    assert_eq!(counters.get(names::RELEASED), Some(&1));
+    assert_eq!(counters.get(names::LOST), Some(&1));
+    assert_eq!(histograms.get(names::WAIT_SECONDS), Some(&3), "two grants and one timeout waited");
+    assert_eq!(histograms.get(names::HOLD_SECONDS), Some(&2));
+    assert_eq!(gauges.get(names::ACTIVE_LOCKS), Some(&0.0), "the active-locks gauge leaks");
+}
