@@ -42,7 +42,9 @@ pub struct AcquireOptions {
     /// Lease length. `None` means the backend's default lease, renewed
     /// automatically while the guard lives. An explicit lease is *not* renewed:
     /// a holder that outlives it loses the lock (extend it with
-    /// [`LockGuard::extend`](crate::LockGuard::extend)).
+    /// [`LockGuard::extend`](crate::LockGuard::extend)). Backends without
+    /// leases (`capabilities().leases == false`, e.g. kernel file locks that
+    /// vanish with the process) ignore it.
     pub lease: Option<Duration>,
     /// Why the lock is taken; shown to whoever has to wait or inspect it.
     pub purpose: Option<String>,
