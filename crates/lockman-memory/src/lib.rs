@@ -1,7 +1,7 @@
 //! lockman's in-process backend: a per-resource reentrant lock map.
 //!
 //! For one process — a service on a single box, or unit tests that need a
-//! real [`LockManager`] without a server. It is a full backend, not a mock:
+//! real [`LockManager`](lockman_core::LockManager) without a server. It is a full backend, not a mock:
 //!
 //! * **FIFO handoff.** A release hands the lock straight to the first waiter
 //!   and wakes it; nobody polls and nobody starves.
