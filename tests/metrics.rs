@@ -6,23 +6,12 @@
 //! same time would hide the spans.)
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use lockman::{AcquireOptions, LockManager, MemoryLockManager, metrics as names};
+mod common;
+
+use common::scenario;
+use lockman::{MemoryLockManager, metrics as names};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-async fn scenario(locks: &MemoryLockManager) {
-    let held = locks.acquire("bus", AcquireOptions::new()).await.expect("acquire");
-    let err = locks
-        .acquire("bus", AcquireOptions::new().timeout(Duration::from_millis(5)))
-        .await
-        .expect_err("granted a held lock");
-    assert!(err.is_timeout());
-    held.release().await.expect("release");
-    let leased = locks.acquire("bus", AcquireOptions::new().lease(Duration::from_millis(1))).await.expect("acquire");
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(leased.release().await.is_err(), "an expired lease released cleanly");
-}
 
 #[test]
 fn metrics_count_grants_timeouts_releases_and_losses() {

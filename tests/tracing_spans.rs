@@ -3,25 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use lockman::{AcquireOptions, LockManager, MemoryLockManager};
+mod common;
+
+use common::scenario;
+use lockman::MemoryLockManager;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-
-async fn scenario(locks: &MemoryLockManager) {
-    let held = locks.acquire("bus", AcquireOptions::new()).await.expect("acquire");
-    let err = locks
-        .acquire("bus", AcquireOptions::new().timeout(Duration::from_millis(5)))
-        .await
-        .expect_err("granted a held lock");
-    assert!(err.is_timeout());
-    held.release().await.expect("release");
-    let leased = locks.acquire("bus", AcquireOptions::new().lease(Duration::from_millis(1))).await.expect("acquire");
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(leased.release().await.is_err(), "an expired lease released cleanly");
-}
 
 /// Records the fields of `lockman.*` spans.
 #[derive(Clone, Default)]

@@ -436,6 +436,15 @@ mod loom_model {
         Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
     }
 
+    /// Releases `token` and wakes whoever the lock was handed to.
+    fn release_and_wake(table: &LockTable<()>, resource: &Text, token: u64) {
+        let (released, after) = table.release(resource, token);
+        assert_eq!(released, Ok(()));
+        if let Some(waker) = after.wake {
+            waker.wake();
+        }
+    }
+
     fn queued(table: &LockTable<()>, resource: &Text, holder: &str) -> Arc<Slot<()>> {
         match table.attempt(resource, request(holder), true).0 {
             Attempt::Queued(slot) => slot,
@@ -459,11 +468,7 @@ mod loom_model {
                 let table = table.clone();
                 let resource = resource.clone();
                 loom::thread::spawn(move || {
-                    let (released, after) = table.release(&resource, first.token);
-                    assert_eq!(released, Ok(()));
-                    if let Some(waker) = after.wake {
-                        waker.wake();
-                    }
+                    release_and_wake(&table, &resource, first.token);
                 })
             };
             // The waiter times out: take the slot back, releasing a grant
@@ -494,11 +499,7 @@ mod loom_model {
                 let table = table.clone();
                 let resource = resource.clone();
                 loom::thread::spawn(move || {
-                    let (released, after) = table.release(&resource, first.token);
-                    assert_eq!(released, Ok(()));
-                    if let Some(waker) = after.wake {
-                        waker.wake();
-                    }
+                    release_and_wake(&table, &resource, first.token);
                 })
             };
             let quitter_thread = {
@@ -506,11 +507,7 @@ mod loom_model {
                 let resource = resource.clone();
                 loom::thread::spawn(move || {
                     if let Some(grant) = table.cancel(&resource, &quitter) {
-                        let (released, after) = table.release(&resource, grant.token);
-                        assert_eq!(released, Ok(()));
-                        if let Some(waker) = after.wake {
-                            waker.wake();
-                        }
+                        release_and_wake(&table, &resource, grant.token);
                     }
                 })
             };
