@@ -161,6 +161,18 @@ enum AsyncContender {
     Lockman(Arc<dyn LockManager>),
 }
 
+impl AsyncContender {
+    /// Takes the handoff lock; released when the box is dropped.
+    async fn lock(&self) -> Box<dyn Send> {
+        match self {
+            AsyncContender::Tokio(mutex) => Box::new(mutex.clone().lock_owned().await),
+            AsyncContender::Lockman(locks) => {
+                Box::new(locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire"))
+            }
+        }
+    }
+}
+
 impl Handoff for TaskHandoff {
     fn name(&self) -> &'static str {
         self.name
@@ -172,37 +184,20 @@ impl Handoff for TaskHandoff {
             let mut latencies = Vec::with_capacity(rounds);
             for _ in 0..rounds {
                 let (parked_tx, parked_rx) = tokio::sync::oneshot::channel();
-                let released_at = match &contender {
-                    AsyncContender::Tokio(mutex) => {
-                        let held = mutex.clone().lock_owned().await;
-                        let mutex = mutex.clone();
-                        let waiter = tokio::spawn(async move {
-                            let _ = parked_tx.send(());
-                            let _held = mutex.lock().await;
-                            Instant::now()
-                        });
-                        parked_rx.await.expect("waiter gone");
-                        tokio::time::sleep(PARK).await;
-                        let released_at = Instant::now();
-                        drop(held);
-                        waiter.await.expect("waiter").saturating_duration_since(released_at)
-                    }
-                    AsyncContender::Lockman(locks) => {
-                        let held = locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire");
-                        let locks = locks.clone();
-                        let waiter = tokio::spawn(async move {
-                            let _ = parked_tx.send(());
-                            let _held = locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire");
-                            Instant::now()
-                        });
-                        parked_rx.await.expect("waiter gone");
-                        tokio::time::sleep(PARK).await;
-                        let released_at = Instant::now();
-                        drop(held);
-                        waiter.await.expect("waiter").saturating_duration_since(released_at)
-                    }
+                let held = contender.lock().await;
+                let waiter = {
+                    let contender = contender.clone();
+                    tokio::spawn(async move {
+                        let _ = parked_tx.send(());
+                        let _held = contender.lock().await;
+                        Instant::now()
+                    })
                 };
-                latencies.push(released_at);
+                parked_rx.await.expect("waiter gone");
+                tokio::time::sleep(PARK).await;
+                let released_at = Instant::now();
+                drop(held);
+                latencies.push(waiter.await.expect("waiter").saturating_duration_since(released_at));
             }
             latencies
         })

@@ -57,46 +57,45 @@ impl Meters {
         }
     }
 
-    fn count(key: &Key) {
-        metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
-    }
-
-    fn record(key: &Key, value: Duration) {
-        metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA).record(value.as_secs_f64()));
-    }
-
-    fn shift(key: &Key, delta: f64) {
-        metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA).increment(delta));
+    /// One recorder lookup per lock event, however many series it touches.
+    fn with(record: impl FnOnce(&dyn metrics::Recorder)) {
+        metrics::with_recorder(record);
     }
 
     pub(crate) fn acquired(&self, waited: Duration, contended: bool) {
-        Self::count(&self.acquired);
-        if contended {
-            Self::count(&self.contended);
-        }
-        Self::record(&self.wait, waited);
-        Self::shift(&self.active, 1.0);
+        Self::with(|r| {
+            r.register_counter(&self.acquired, &METADATA).increment(1);
+            if contended {
+                r.register_counter(&self.contended, &METADATA).increment(1);
+            }
+            r.register_histogram(&self.wait, &METADATA).record(waited.as_secs_f64());
+            r.register_gauge(&self.active, &METADATA).increment(1.0);
+        });
     }
 
     pub(crate) fn timed_out(&self, waited: Duration) {
-        Self::count(&self.contended);
-        Self::count(&self.timed_out);
-        Self::record(&self.wait, waited);
+        Self::with(|r| {
+            r.register_counter(&self.contended, &METADATA).increment(1);
+            r.register_counter(&self.timed_out, &METADATA).increment(1);
+            r.register_histogram(&self.wait, &METADATA).record(waited.as_secs_f64());
+        });
     }
 
     pub(crate) fn contended(&self) {
-        Self::count(&self.contended);
+        Self::with(|r| r.register_counter(&self.contended, &METADATA).increment(1));
     }
 
     pub(crate) fn ended(&self, held: Duration, released: bool) {
-        if released {
-            Self::count(&self.released);
-        }
-        Self::record(&self.hold, held);
-        Self::shift(&self.active, -1.0);
+        Self::with(|r| {
+            if released {
+                r.register_counter(&self.released, &METADATA).increment(1);
+            }
+            r.register_histogram(&self.hold, &METADATA).record(held.as_secs_f64());
+            r.register_gauge(&self.active, &METADATA).decrement(1.0);
+        });
     }
 
     pub(crate) fn lost(&self) {
-        Self::count(&self.lost);
+        Self::with(|r| r.register_counter(&self.lost, &METADATA).increment(1));
     }
 }

@@ -142,7 +142,7 @@ impl MemoryBackend {
 
     fn release_sync(&self, grant: &MemoryGrant) -> Result<(), LockError> {
         let (released, after) = self.table.release(&grant.resource, grant.token);
-        settle(after, LostReason::LeaseExpired);
+        wake(after);
         released.map_err(|NotCurrent| self.lost(&grant.resource))
     }
 }
@@ -152,6 +152,14 @@ fn settle(after: Aftermath<LossSignal>, reason: LostReason) {
     for evicted in after.evicted {
         evicted.mark_lost(reason.clone());
     }
+    if let Some(waker) = after.wake {
+        waker.wake();
+    }
+}
+
+/// Wakes the new holder after a release (a release never evicts anyone).
+fn wake(after: Aftermath<LossSignal>) {
+    debug_assert!(after.evicted.is_empty(), "a release evicted a holder");
     if let Some(waker) = after.wake {
         waker.wake();
     }
@@ -177,7 +185,7 @@ impl Drop for Queued<'_> {
             && let Some(grant) = self.table.cancel(self.resource, &slot)
         {
             let (_, after) = self.table.release(self.resource, grant.token);
-            settle(after, LostReason::LeaseExpired);
+            wake(after);
         }
     }
 }
