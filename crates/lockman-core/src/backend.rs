@@ -180,4 +180,13 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
 
     /// Removes stale locks; returns what was removed.
     fn cleanup_stale(&self) -> impl Future<Output = Result<Vec<LockInfo>, LockError>> + Send;
+
+    /// Wraps the backend in [`Locks`](crate::Locks), making it a full
+    /// [`LockManager`](crate::LockManager).
+    fn into_manager(self) -> crate::Locks<Self>
+    where
+        Self: Sized,
+    {
+        crate::Locks::new(self)
+    }
 }

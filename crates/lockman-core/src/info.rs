@@ -20,6 +20,8 @@ pub struct LockInfo {
     pub resource: String,
     /// Who holds it.
     pub holder: HolderId,
+    /// The operating-system user running the holding process, if known.
+    pub user: Option<String>,
     /// Host name of the holding process.
     pub hostname: String,
     /// Process id of the holding process.
@@ -52,6 +54,7 @@ impl LockInfo {
         LockInfo {
             resource: resource.into(),
             holder,
+            user: crate::username().map(str::to_owned),
             hostname: crate::hostname().to_owned(),
             pid: std::process::id(),
             acquired_at: SystemTime::now(),
@@ -76,9 +79,20 @@ impl LockInfo {
 }
 
 impl fmt::Display for LockInfo {
-    /// `locked by HOLDER on HOST (pid N) for 3.2s [for PURPOSE]`
+    /// `locked by HOLDER [(user USER)] on HOST (pid N) since T (3.2s ago) [for PURPOSE]`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "locked by {} on {} (pid {}) for {:.1?}", self.holder, self.hostname, self.pid, self.age())?;
+        write!(f, "locked by {}", self.holder)?;
+        if let Some(user) = &self.user {
+            write!(f, " (user {user})")?;
+        }
+        write!(
+            f,
+            " on {} (pid {}) since {} ({:.1?} ago)",
+            self.hostname,
+            self.pid,
+            humantime::format_rfc3339_seconds(self.acquired_at),
+            self.age()
+        )?;
         if let Some(purpose) = &self.purpose {
             write!(f, " for {purpose:?}")?;
         }

@@ -60,6 +60,26 @@ pub use name::{MAX_NAME_LEN, validate_name};
 pub use options::{AcquireOptions, Wait};
 pub use status::{FlagInfo, FlagOptions, StatusManager};
 
+/// The operating-system user running this process (`$USER`, or `$USERNAME`
+/// on Windows), looked up once.
+pub fn username() -> Option<&'static str> {
+    static USERNAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    USERNAME
+        .get_or_init(|| std::env::var("USER").or_else(|_| std::env::var("USERNAME")).ok().filter(|u| !u.is_empty()))
+        .as_deref()
+}
+
+/// Runs `task` on lockman's own background runtime (one thread, I/O and
+/// timers enabled), whatever runtime — if any — the caller is on. Backends
+/// use it for work that needs an I/O driver the caller's runtime may lack.
+pub fn spawn_background<F>(task: F) -> Result<(), LockError>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    runtime::background()?.spawn(task);
+    Ok(())
+}
+
 /// This host's name, looked up once.
 pub fn hostname() -> &'static str {
     static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();

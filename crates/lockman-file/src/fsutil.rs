@@ -1,0 +1,311 @@
+//! File-system building blocks shared by the file backends: the lock
+//! directory, opening without following symlinks, file identity, breaking a
+//! lock file by renaming it to a tombstone, and exclusive creation with
+//! contents.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockman_core::LockError;
+
+/// Every file lockman creates for its own bookkeeping (temp files, tombstones)
+/// starts with this, so listings can skip them and user names never clash.
+pub(crate) const INTERNAL_PREFIX: &str = ".lockman-";
+
+/// A directory that holds lock (or flag) files.
+#[derive(Clone, Debug)]
+pub(crate) struct LockDir {
+    path: PathBuf,
+}
+
+impl LockDir {
+    /// Opens `path`, creating it (and its parents) with `mode` if missing.
+    pub(crate) fn open(path: &Path, mode: u32, backend: &'static str) -> Result<Self, LockError> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(LockError::Config(format!(
+                    "the {backend} backend's directory {} exists but is not a directory; point it at a directory",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir(path, mode).map_err(|e| {
+                LockError::Config(format!(
+                    "the {backend} backend cannot create its directory {}: {e}; create it or choose another path",
+                    path.display()
+                ))
+            })?,
+            Err(e) => {
+                return Err(LockError::Config(format!(
+                    "the {backend} backend cannot use its directory {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(LockDir { path: path.to_owned() })
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `file_name` inside the directory.
+    pub(crate) fn join(&self, file_name: &str) -> PathBuf {
+        self.path.join(file_name)
+    }
+}
+
+#[cfg(unix)]
+fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+}
+
+#[cfg(not(unix))]
+fn create_dir(path: &Path, _mode: u32) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).create(path)
+}
+
+/// Opens `path` read-write, creating it if `create`, refusing a symlink in
+/// the last component (a lock file replaced by a symlink must not redirect
+/// our writes outside the directory).
+pub(crate) fn open_no_follow(path: &Path, create: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(create);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o644);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Which file a path or handle refers to (device and inode on Unix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileId {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            FileId { dev: meta.dev(), ino: meta.ino() }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            FileId { dev: 0, ino: 0 }
+        }
+    }
+
+    pub(crate) fn of_file(file: &File) -> io::Result<FileId> {
+        Ok(FileId::of(&file.metadata()?))
+    }
+
+    /// The file `path` names now, without following a symlink; `None` if
+    /// nothing is there.
+    pub(crate) fn at(path: &Path) -> io::Result<Option<FileId>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Ok(Some(FileId::of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A file's identity plus what changes when someone rewrites it: enough to
+/// notice a legacy process truncating or replacing a lock file we hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) id: FileId,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Snapshot {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Snapshot {
+        Snapshot { id: FileId::of(meta), len: meta.len(), modified: meta.modified().ok() }
+    }
+
+    pub(crate) fn at(path: &Path) -> io::Result<Option<Snapshot>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Ok(Some(Snapshot::of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What [`break_by_rename`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BreakOutcome {
+    /// The file we judged was removed; nobody else removed it first.
+    Broken,
+    /// The path named another file by the time we moved it (someone broke the
+    /// lock first and a new holder took it); it was put back.
+    NotOurs,
+    /// Nothing was there any more.
+    Gone,
+}
+
+/// Removes the lock file at `path` if it is still `expected`, safely against
+/// racing breakers: rename it to a unique tombstone (exactly one rename of a
+/// given file succeeds), then check what was moved. A live file moved by
+/// mistake is put back with `link`, which never overwrites.
+pub(crate) fn break_by_rename(path: &Path, expected: FileId) -> io::Result<BreakOutcome> {
+    let tombstone = sibling(path, "tomb");
+    match std::fs::rename(path, &tombstone) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BreakOutcome::Gone),
+        Err(e) => return Err(e),
+    }
+    let moved = FileId::at(&tombstone)?;
+    if moved == Some(expected) {
+        std::fs::remove_file(&tombstone)?;
+        return Ok(BreakOutcome::Broken);
+    }
+    if let Err(e) = std::fs::hard_link(&tombstone, path) {
+        // A third process created a new file meanwhile; the holder of the one
+        // we moved will find its file replaced and report the lock lost.
+        tracing::warn!(path = %path.display(), error = %e, "could not put back a lock file moved while breaking a stale lock");
+    }
+    std::fs::remove_file(&tombstone)?;
+    Ok(BreakOutcome::NotOurs)
+}
+
+/// Creates `path` with `contents` only if it does not exist, so that readers
+/// never see it half-written: write a temp file, then `link` it into place
+/// (which fails if the path exists). Falls back to `O_CREAT|O_EXCL` where
+/// hard links are not supported (some SMB mounts). `None` if `path` exists.
+pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8]) -> io::Result<Option<File>> {
+    let temp = sibling(path, "new");
+    let mut file = new_file(&temp)?;
+    let written = file.write_all(contents).and_then(|()| file.flush());
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
+            match new_file(path) {
+                Ok(mut file) => {
+                    file.write_all(contents)?;
+                    Ok(Some(file))
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename): readers see
+/// the old contents or the new, never a mix.
+pub(crate) fn replace_with(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let temp = sibling(path, "new");
+    let result = new_file(&temp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.flush()?;
+        drop(file);
+        std::fs::rename(&temp, path)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn new_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o644);
+    }
+    options.open(path)
+}
+
+/// A unique internal file next to `path`: `.lockman-<kind>-<uuid>`.
+pub(crate) fn sibling(path: &Path, kind: &str) -> PathBuf {
+    let name = format!("{INTERNAL_PREFIX}{kind}-{}", uuid::Uuid::new_v4().simple());
+    match path.parent() {
+        Some(parent) => parent.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// Whether process `pid` is running on this host. Unknown (non-Unix) counts
+/// as alive: only the heartbeat then decides.
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+            return false;
+        };
+        !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The time `micros` after the Unix epoch.
+pub(crate) fn from_unix_micros(micros: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros)
+}
+
+/// A backend error for an I/O failure on `path`.
+pub(crate) fn io_error(
+    backend: &'static str,
+    action: &str,
+    resource: Option<&str>,
+    path: &Path,
+    error: io::Error,
+) -> LockError {
+    let hint = match error.kind() {
+        io::ErrorKind::PermissionDenied => "; check the directory's permissions",
+        io::ErrorKind::NotFound => "; the lock directory may have been removed",
+        _ if error.raw_os_error() == Some(rustix_eloop()) => {
+            "; the lock file is a symlink, which lockman refuses — remove it"
+        }
+        io::ErrorKind::InvalidInput => "; something other than a regular file is in the way — remove it",
+        _ => "",
+    };
+    LockError::Backend {
+        backend: backend.to_owned(),
+        action: action.to_owned(),
+        resource: resource.map(str::to_owned),
+        message: format!("{}: {error}{hint}", path.display()),
+        source: Some(Box::new(error)),
+    }
+}
+
+fn rustix_eloop() -> i32 {
+    #[cfg(unix)]
+    {
+        rustix::io::Errno::LOOP.raw_os_error()
+    }
+    #[cfg(not(unix))]
+    {
+        -1
+    }
+}

@@ -1,0 +1,370 @@
+//! `file:///dir`: one lock file per resource, locked with the operating
+//! system's lock (`flock` on Unix, `LockFileEx` on Windows).
+
+use std::fs::{File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
+use lockman_core::{
+    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
+};
+
+use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
+use crate::record::{self, Record, RecordState};
+use crate::sentinel::{Sentinel, Watched};
+use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+use crate::{FileOptions, naming};
+
+/// The backend name in errors, events and metrics.
+pub const BACKEND: &str = "file";
+
+/// The suffix of lock files in kernel-lock mode.
+pub(crate) const LOCK_SUFFIX: &str = ".lock";
+
+/// The kernel-lock file manager: `Locks<FileBackend>`.
+///
+/// ```
+/// use lockman_core::{AcquireOptions, LockBackend, LockManager};
+/// use lockman_file::{FileBackend, FileOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman_core::LockError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let locks = FileBackend::open(FileOptions::new(dir.path()))?.into_manager();
+/// let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
+/// // Another process opening the same directory now waits (or times out).
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub type FileLockManager = Locks<FileBackend>;
+
+/// The raw kernel-lock backend; use it through [`FileLockManager`].
+#[derive(Debug)]
+pub struct FileBackend {
+    dir: LockDir,
+    sentinel: Sentinel,
+}
+
+/// A held lock file: the open handle carries the kernel lock.
+#[derive(Debug)]
+pub struct FileGrant {
+    resource: Arc<str>,
+    file: File,
+    path: PathBuf,
+    id: FileId,
+    watch_id: u64,
+}
+
+impl FileBackend {
+    /// A backend over `options.dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] if the directory cannot be created or is not one.
+    pub fn open(options: FileOptions) -> Result<Self, LockError> {
+        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?;
+        let sentinel = Sentinel::new(
+            options.loss_check_interval,
+            "the lock file was deleted or replaced by another process (force-released or cleaned up)",
+        );
+        Ok(FileBackend { dir, sentinel })
+    }
+
+    /// The directory holding the lock files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The lock file used for `resource`.
+    pub fn lock_file(&self, resource: &str) -> PathBuf {
+        self.dir.join(&naming::encoded_file_name(resource, LOCK_SUFFIX))
+    }
+
+    fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
+        io_error(BACKEND, action, Some(resource), path, error)
+    }
+
+    /// Takes the kernel lock on the file `path` names, waiting until `deadline`.
+    /// `Ok(None)` if the deadline passed first; the file stays open (and so
+    /// readable) in the error-free busy case via `busy`.
+    async fn lock_path(
+        &self,
+        resource: &str,
+        path: &Path,
+        deadline: Deadline,
+    ) -> Result<Result<(File, FileId, bool), Option<LockInfo>>, LockError> {
+        let mut waited = false;
+        let mut backoff = Backoff::new(Duration::from_millis(1), poll_max());
+        let mut watch: Option<ChangeWatch> = None;
+        'reopen: loop {
+            let file = fsutil::open_no_follow(path, true).map_err(|e| self.io("opening the lock file", resource, path, e))?;
+            let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, path, e))?;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => {
+                        // Someone may have deleted (cleanup) or replaced the file
+                        // while we opened or waited: then our lock is on an orphan.
+                        match FileId::at(path) {
+                            Ok(Some(now)) if now == id => return Ok(Ok((file, id, waited))),
+                            Ok(_) => continue 'reopen,
+                            Err(e) => return Err(self.io("checking the lock file", resource, path, e)),
+                        }
+                    }
+                    Err(TryLockError::WouldBlock) => {}
+                    Err(TryLockError::Error(e)) => return Err(self.io("locking the lock file", resource, path, e)),
+                }
+                if deadline.has_passed() {
+                    return Ok(Err(holder_of(&file)));
+                }
+                if watch.is_none() && notifications_supported() {
+                    // Watch first, then look again: a release in between is not missed.
+                    watch = ChangeWatch::new(path);
+                    if watch.is_some() {
+                        continue;
+                    }
+                }
+                waited = true;
+                if !wait_for_change(watch.as_ref(), &mut backoff, deadline, None).await {
+                    return Ok(Err(holder_of(&file)));
+                }
+                if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
+                    watch = None;
+                    continue 'reopen;
+                }
+            }
+        }
+    }
+
+    fn release_sync(&self, grant: &FileGrant) -> Result<(), LockError> {
+        self.sentinel.unwatch(grant.watch_id);
+        let ours = matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id);
+        if ours && let Err(e) = record::mark_released(&grant.file) {
+            tracing::warn!(path = %grant.path.display(), error = %e, "cannot mark the lock record released");
+        }
+        // Unlock before close, so waiters woken by the close find it free.
+        let unlocked = grant.file.unlock();
+        if !ours {
+            return Err(LockError::Lost {
+                resource: grant.resource.to_string(),
+                backend: BACKEND.to_owned(),
+                reason: LostReason::Stolen {
+                    detail: format!(
+                        "the lock file {} was deleted or replaced by another process while held",
+                        grant.path.display()
+                    ),
+                },
+            });
+        }
+        unlocked.map_err(|e| io_error(BACKEND, "unlocking", None, &grant.path, e))
+    }
+
+    /// Opens an existing lock file for inspection; `None` if there is none.
+    fn open_existing(&self, resource: &str, path: &Path) -> Result<Option<File>, LockError> {
+        match fsutil::open_no_follow(path, false) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("opening the lock file", resource, path, e)),
+        }
+    }
+
+    /// The state of an open lock file: probe the kernel lock with a shared
+    /// try-lock (released at once), then read the record.
+    fn state_of(&self, file: &File, resource: &str) -> Result<LockState, io::Error> {
+        match file.try_lock_shared() {
+            Ok(()) => {
+                file.unlock()?;
+                Ok(LockState::Available)
+            }
+            Err(TryLockError::WouldBlock) => {
+                Ok(LockState::Held(holder_of(file).unwrap_or_else(|| unknown_holder(resource))))
+            }
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
+        let entries = std::fs::read_dir(self.dir.path())
+            .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.ends_with(LOCK_SUFFIX) && !n.starts_with('.')))
+            .map(|entry| entry.path())
+            .collect())
+    }
+}
+
+impl LockBackend for FileBackend {
+    type Grant = FileGrant;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.cross_process = true;
+        caps.lost_detection = true;
+        caps.fencing = true;
+        caps.wake = if notifications_supported() {
+            WakeMechanism::Notification
+        } else {
+            WakeMechanism::Poll { min: Duration::from_millis(1), max: poll_max() }
+        };
+        caps
+    }
+
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
+        let resource = &*request.resource;
+        let path = self.lock_file(resource);
+        let (file, id, waited) = match self.lock_path(resource, &path, request.deadline).await? {
+            Ok(locked) => locked,
+            Err(holder) => return Ok(Acquired::Busy { holder }),
+        };
+        // The file's last token (if readable) and the clock both floor the
+        // next one, so tokens keep increasing even if the file was deleted.
+        let previous = match record::read_from(&file) {
+            Ok(Ok(Some((record, _)))) => record.token,
+            _ => 0,
+        };
+        let now = SystemTime::now();
+        let token = (previous + 1).max(unix_micros(now));
+        Record::new(request, token, now)
+            .write_to(&file, RecordState::Held)
+            .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
+        let snapshot = Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
+        let watch_id = self.sentinel.watch(Watched {
+            resource: request.resource.clone(),
+            path: path.clone(),
+            snapshot,
+            strict: false,
+            loss: request.loss.clone(),
+        });
+        Ok(Acquired::Granted(
+            Granted::new(FileGrant { resource: request.resource.clone(), file, path, id, watch_id }, FencingToken::new(token), None)
+                .acquired_at(now)
+                .after_waiting(waited),
+        ))
+    }
+
+    async fn release(&self, grant: &FileGrant) -> Result<(), LockError> {
+        self.release_sync(grant)
+    }
+
+    fn release_now(&self, grant: &FileGrant) -> Option<Result<(), LockError>> {
+        Some(self.release_sync(grant))
+    }
+
+    async fn renew(&self, _grant: &FileGrant, _lease: Duration) -> Result<SystemTime, LockError> {
+        Err(LockError::Config(
+            "the file backend has no leases: a kernel lock lasts until released or the process exits; \
+             use file:///dir?mode=lease for leases"
+                .to_owned(),
+        ))
+    }
+
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+        let path = self.lock_file(resource);
+        let Some(file) = self.open_existing(resource, &path)? else {
+            return Ok(LockState::Available);
+        };
+        self.state_of(&file, resource).map_err(|e| self.io("probing the lock", resource, &path, e))
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut held = Vec::new();
+        for path in self.lock_files()? {
+            let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
+            let unnamed = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match self.state_of(&file, &unnamed) {
+                Ok(LockState::Held(info)) => held.push(info),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot probe a lock file"),
+            }
+        }
+        held.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(held)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let path = self.lock_file(resource);
+        let Some(file) = self.open_existing(resource, &path)? else {
+            return Ok(None);
+        };
+        let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, &path, e))?;
+        let info = match self.state_of(&file, resource).map_err(|e| self.io("probing the lock", resource, &path, e))? {
+            LockState::Held(info) => info,
+            _ => return Ok(None),
+        };
+        // A kernel lock cannot be taken from a live process; removing its file
+        // lets newcomers lock a fresh one, and the holder notices its file is gone.
+        match fsutil::break_by_rename(&path, id) {
+            Ok(BreakOutcome::Broken) => {}
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => return Ok(None),
+            Err(e) => return Err(self.io("removing the lock file", resource, &path, e)),
+        }
+        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        Ok(Some(info))
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        // A kernel lock dies with its process, so nothing is ever *held* by a
+        // dead holder; what remains are files. Remove every unlocked one
+        // (bounding the directory) and report those a crashed holder left.
+        let mut crashed = Vec::new();
+        for path in self.lock_files()? {
+            let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            let Ok(id) = FileId::of_file(&file) else { continue };
+            let left = match record::read_from(&file) {
+                Ok(Ok(Some((record, RecordState::Held)))) => Some(record),
+                _ => None,
+            };
+            // Removing it while we hold its lock is safe: anyone who opened it
+            // meanwhile finds the path changed after locking, and retries.
+            match fsutil::break_by_rename(&path, id) {
+                Ok(BreakOutcome::Broken) => {
+                    if let Some(record) = left {
+                        crashed.push(record.to_info(BACKEND));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file"),
+            }
+        }
+        Ok(crashed)
+    }
+}
+
+/// The holder named by the record in `file`, if it holds a readable one.
+fn holder_of(file: &File) -> Option<LockInfo> {
+    match record::read_from(file) {
+        Ok(Ok(Some((record, RecordState::Held)))) => Some(record.to_info(BACKEND)),
+        Ok(Err(corrupt)) => {
+            tracing::warn!(error = %corrupt, "unreadable lock record");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A holder that left no readable record: another program using `flock`
+/// (e.g. util-linux `flock(1)`), or a lockman holder that has not written its
+/// record yet.
+fn unknown_holder(resource: &str) -> LockInfo {
+    let mut info = LockInfo::local(resource, HolderId::new("unknown"), FencingToken::new(0), BACKEND);
+    info.user = None;
+    info.hostname = "unknown".to_owned();
+    info.pid = 0;
+    info
+}
+
+/// The longest a waiter goes without re-checking (change notifications
+/// usually wake it long before).
+fn poll_max() -> Duration {
+    Duration::from_millis(if notifications_supported() { 250 } else { 50 })
+}

@@ -1,0 +1,102 @@
+//! lockman's file backends: locks and flags kept as files in a directory.
+//!
+//! Three flavours of lock, one [`StatusManager`](lockman_core::StatusManager)
+//! for flags:
+//!
+//! | flavour | URL | excludes | a crashed holder | waiters wake by |
+//! |---|---|---|---|---|
+//! | [`FileLockManager`] | `file:///dir` | processes on this host (and hosts sharing a file system with working `flock`) | releases at once (the kernel drops its lock) | inotify on Linux, bounded backoff elsewhere |
+//! | [`LeaseFileLockManager`] | `file:///dir?mode=lease` | processes and hosts sharing the directory, even where kernel locks are unreliable (SMB, some NFS, synced folders) | after its heartbeat is older than the lease, or at once if its pid is dead on this host | inotify locally, bounded backoff |
+//! | [`LegacyFileLockManager`] | `legacy-file:///dir` | new processes strictly; old existence-check daemons as far as their protocol allows | new: at once; old: after the resource's stale age | as above |
+//!
+//! Every flavour encodes resource names injectively into safe file names
+//! (a readable prefix plus a hash; see [`FileBackend::lock_file`]), never
+//! writes outside its directory, refuses symlinks, keeps holder metadata
+//! readable by `state`/`list` without taking the lock, hands out fencing
+//! tokens that keep increasing across processes, and reports a lock lost
+//! when its file is deleted or replaced under it.
+//!
+//! ```
+//! use lockman_core::{AcquireOptions, LockBackend, LockManager};
+//! use lockman_file::{FileBackend, FileOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockman_core::LockError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let locks = FileBackend::open(FileOptions::new(dir.path()))?.into_manager();
+//! let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
+//! println!("{:?}", locks.state("inverter_read").await?);
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+mod fsutil;
+mod kernel;
+mod naming;
+mod record;
+mod sentinel;
+mod status;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use kernel::{BACKEND, FileBackend, FileGrant, FileLockManager};
+
+/// Where and how a file backend keeps its lock files.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockman_file::FileOptions;
+///
+/// let options = FileOptions::new("/run/myapp/locks").dir_mode(0o770).loss_check_interval(Duration::from_millis(500));
+/// assert_eq!(options.dir(), std::path::Path::new("/run/myapp/locks"));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct FileOptions {
+    dir: PathBuf,
+    dir_mode: u32,
+    loss_check_interval: Duration,
+    default_lease: Duration,
+}
+
+impl FileOptions {
+    /// Lock files in `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        FileOptions {
+            dir: dir.as_ref().to_owned(),
+            dir_mode: 0o700,
+            loss_check_interval: Duration::from_secs(1),
+            default_lease: Duration::from_secs(30),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Permissions for the directory if it has to be created (Unix; default
+    /// `0o700`, private to this user). Use `0o770` or `0o777` with care when
+    /// processes of several users share the locks.
+    pub fn dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode;
+        self
+    }
+
+    /// How often held locks are re-checked for having been deleted or
+    /// replaced by another process (default 1 s). Breaks made by this process
+    /// are reported at once.
+    pub fn loss_check_interval(mut self, interval: Duration) -> Self {
+        self.loss_check_interval = interval;
+        self
+    }
+
+    /// The lease given to locks whose caller names none, renewed every third
+    /// of it while the guard lives (lease mode only; default 30 s).
+    pub fn default_lease(mut self, lease: Duration) -> Self {
+        self.default_lease = lease;
+        self
+    }
+}

@@ -1,0 +1,91 @@
+//! Resource names to file names: injective, safe on every file system, and
+//! bounded in length.
+//!
+//! A name becomes `<readable prefix>-<hash>` plus a suffix. The prefix keeps
+//! only lowercase ASCII letters, digits, `_` and `-` (so `ls` still shows what
+//! a file is for); the hash is SHA-256 of the exact bytes, truncated to 128
+//! bits. Names that differ anywhere — including only in case — get different
+//! hashes, so they never share a file, even on case-insensitive file systems,
+//! and no name can contain a path separator or `..` after encoding.
+
+use sha2::{Digest, Sha256};
+
+/// The most readable characters kept from a name.
+const PREFIX_MAX: usize = 40;
+
+/// The encoded file name for `name`, ending in `suffix` (e.g. `".lock"`).
+pub(crate) fn encoded_file_name(name: &str, suffix: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut out = String::with_capacity(PREFIX_MAX + 34 + suffix.len());
+    for c in name.chars() {
+        if out.len() >= PREFIX_MAX {
+            break;
+        }
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out.push('-');
+    for byte in &digest[..16] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out.push_str(suffix);
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Whether `name` can be used verbatim as a file name in a directory: one
+/// path component of ASCII letters, digits, `.`, `_` and `-`, not `.` or
+/// `..`, and not one of lockman's own internal names.
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && !name.starts_with(crate::fsutil::INTERNAL_PREFIX)
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_is_safe_and_bounded() {
+        for name in ["../../etc/passwd", "..", "/", "a/b", "a\\b", "x".repeat(1024).as_str(), "zürich-🔒", "con"] {
+            let encoded = encoded_file_name(name, ".lock");
+            assert!(encoded.len() <= PREFIX_MAX + 1 + 32 + 5, "{encoded} is too long");
+            assert!(!encoded.contains('/') && !encoded.contains('\\') && !encoded.starts_with('.'), "{encoded}");
+            assert!(encoded.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b)));
+        }
+    }
+
+    #[test]
+    fn names_differing_only_in_case_or_punctuation_get_distinct_files() {
+        let names = ["Inverter_Read", "inverter_read", "a/b", "a_b", "a%2Fb", "a\\b", "Zürich", "zürich"];
+        let mut files: Vec<String> = names.iter().map(|n| encoded_file_name(n, ".lock").to_lowercase()).collect();
+        files.sort();
+        files.dedup();
+        assert_eq!(files.len(), names.len(), "two names share a file (compared case-insensitively)");
+    }
+
+    #[test]
+    fn encoding_is_stable_across_versions() {
+        // Other processes (and older lockman builds) must find the same file.
+        assert_eq!(encoded_file_name("inverter_read", ".lock"), "inverter_read-9a2b1bc8c0c0e3f2cf6c12b1b6c4d1d2.lock");
+    }
+
+    #[test]
+    fn plain_names() {
+        assert!(is_plain_file_name(".FCRunning1"));
+        assert!(is_plain_file_name(".tpcRunning_2"));
+        for bad in ["", ".", "..", "a/b", "a b", "é", ".lockman-tmp-x"] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The holder record kept in a lock file: who holds it, since when, for what,
+//! and the last fencing token.
+//!
+//! Layout: a fixed 27-byte header, then a JSON body:
+//!
+//! ```text
+//! LMF1 H 1a2b3c4d 0000000123\n{"resource":"inverter_read",...}
+//! ```
+//!
+//! `H`/`R` is the state (held / released) at a fixed offset, so a release
+//! flips one byte; the hex field is the CRC-32 of the body and the number its
+//! length. A reader racing a writer may read a mix of two records; the CRC
+//! catches that and the reader retries, so nobody ever *returns* a torn
+//! record. Bytes past the body (left by a longer earlier record) are ignored.
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use lockman_core::backend::GrantRequest;
+use lockman_core::{FencingToken, HolderId, LockInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{from_unix_micros, unix_micros};
+
+const MAGIC: &[u8; 5] = b"LMF1 ";
+const STATE_OFFSET: u64 = 5;
+const HEADER_LEN: usize = 27;
+/// Bodies larger than this are refused as corrupt.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A holder's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) resource: String,
+    pub(crate) holder: String,
+    #[serde(default)]
+    pub(crate) user: Option<String>,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    #[serde(default)]
+    pub(crate) purpose: Option<String>,
+    pub(crate) acquired_at_us: u64,
+    /// The lease length, if the grant has one.
+    #[serde(default)]
+    pub(crate) lease_ms: Option<u64>,
+    /// The last time the holder proved it is alive (lease files).
+    #[serde(default)]
+    pub(crate) heartbeat_us: Option<u64>,
+    pub(crate) token: u64,
+}
+
+/// Whether the record's holder still holds the lock (as far as the record
+/// knows: a kernel lock outlives no crash, so the lock itself is the truth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordState {
+    Held,
+    Released,
+}
+
+impl Record {
+    /// A record for a new grant of `request` in this process.
+    pub(crate) fn new(request: &GrantRequest, token: u64, now: SystemTime) -> Record {
+        Record {
+            resource: request.resource.to_string(),
+            holder: request.holder.as_str().to_owned(),
+            user: lockman_core::username().map(str::to_owned),
+            host: lockman_core::hostname().to_owned(),
+            pid: std::process::id(),
+            purpose: request.purpose.as_deref().map(str::to_owned),
+            acquired_at_us: unix_micros(now),
+            lease_ms: request.lease.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+            heartbeat_us: request.lease.map(|_| unix_micros(now)),
+            token,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Option<Duration> {
+        self.lease_ms.map(Duration::from_millis)
+    }
+
+    /// When the lease runs out: the last heartbeat (or the grant) plus the lease.
+    pub(crate) fn lease_expires_at(&self) -> Option<SystemTime> {
+        let lease = self.lease()?;
+        Some(from_unix_micros(self.heartbeat_us.unwrap_or(self.acquired_at_us)) + lease)
+    }
+
+    /// Whether the holder ran on this host and its process is gone.
+    pub(crate) fn holder_process_is_dead(&self) -> bool {
+        self.host == lockman_core::hostname() && !crate::fsutil::pid_alive(self.pid)
+    }
+
+    pub(crate) fn to_info(&self, backend: &str) -> LockInfo {
+        let mut info =
+            LockInfo::local(self.resource.clone(), HolderId::new(self.holder.as_str()), FencingToken::new(self.token), backend);
+        info.user = self.user.clone();
+        info.hostname = self.host.clone();
+        info.pid = self.pid;
+        info.purpose = self.purpose.clone();
+        info.acquired_at = from_unix_micros(self.acquired_at_us);
+        info.lease_expires_at = self.lease_expires_at();
+        info.last_heartbeat = self.heartbeat_us.map(from_unix_micros);
+        info
+    }
+
+    /// The record as stored: header plus body.
+    pub(crate) fn encode(&self, state: RecordState) -> Vec<u8> {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(MAGIC);
+        out.push(state_byte(state));
+        out.extend_from_slice(format!(" {:08x} {:010}\n", crc32fast::hash(&body), body.len()).as_bytes());
+        debug_assert_eq!(out.len(), HEADER_LEN);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses a stored record. `Ok(None)`: no record (an empty file).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Option<(Record, RecordState)>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() < HEADER_LEN || &bytes[..5] != MAGIC {
+            return Err(format!("not a lockman record ({} bytes, bad header)", bytes.len()));
+        }
+        let state = match bytes[5] {
+            b'H' => RecordState::Held,
+            b'R' => RecordState::Released,
+            other => return Err(format!("unknown record state {:?}", char::from(other))),
+        };
+        let header = std::str::from_utf8(&bytes[6..HEADER_LEN]).map_err(|_| "garbled record header".to_owned())?;
+        let mut fields = header.split_ascii_whitespace();
+        let crc = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
+        let len = fields.next().and_then(|f| f.parse::<usize>().ok());
+        let (Some(crc), Some(len)) = (crc, len) else {
+            return Err("garbled record header".to_owned());
+        };
+        if len > MAX_BODY {
+            return Err(format!("record body of {len} bytes is implausibly large"));
+        }
+        let Some(body) = bytes.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Err(format!("record truncated: {} of {len} body bytes", bytes.len() - HEADER_LEN));
+        };
+        if crc32fast::hash(body) != crc {
+            return Err("record checksum mismatch (torn or corrupt)".to_owned());
+        }
+        let record = serde_json::from_slice(body).map_err(|e| format!("record body unreadable: {e}"))?;
+        Ok(Some((record, state)))
+    }
+
+    /// Writes the record at the start of `file` (one positioned write).
+    pub(crate) fn write_to(&self, file: &File, state: RecordState) -> io::Result<()> {
+        write_at(file, &self.encode(state), 0)
+    }
+}
+
+fn state_byte(state: RecordState) -> u8 {
+    match state {
+        RecordState::Held => b'H',
+        RecordState::Released => b'R',
+    }
+}
+
+/// Marks the record in `file` released (one byte; the CRC does not cover it).
+pub(crate) fn mark_released(file: &File) -> io::Result<()> {
+    write_at(file, &[state_byte(RecordState::Released)], STATE_OFFSET)
+}
+
+/// Reads the record in `file`, retrying a few times if a concurrent write
+/// tore it. `Ok(None)`: the file holds no record.
+pub(crate) fn read_from(file: &File) -> io::Result<Result<Option<(Record, RecordState)>, String>> {
+    let mut buf = vec![0u8; 1024];
+    let mut last = Ok(None);
+    for attempt in 0..5 {
+        let n = read_at(file, &mut buf)?;
+        if n == buf.len() && buf.len() < HEADER_LEN + MAX_BODY {
+            buf.resize((buf.len() * 4).min(HEADER_LEN + MAX_BODY), 0);
+            continue;
+        }
+        last = Record::decode(&buf[..n]);
+        if last.is_ok() {
+            return Ok(last);
+        }
+        if attempt > 0 {
+            std::thread::yield_now();
+        }
+    }
+    Ok(last)
+}
+
+/// Reads as much as fits into `buf` from offset 0.
+fn read_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = pread(file, &mut buf[filled..], filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+#[cfg(unix)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            resource: "inverter_read".into(),
+            holder: "poller".into(),
+            user: Some("givtcp".into()),
+            host: "box".into(),
+            pid: 42,
+            purpose: Some("poll\nregisters".into()),
+            acquired_at_us: 1_700_000_000_000_000,
+            lease_ms: Some(30_000),
+            heartbeat_us: None,
+            token: 7,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_state() {
+        let bytes = record().encode(RecordState::Held);
+        assert_eq!(Record::decode(&bytes), Ok(Some((record(), RecordState::Held))));
+        let mut released = bytes.clone();
+        released[STATE_OFFSET as usize] = b'R';
+        assert_eq!(Record::decode(&released), Ok(Some((record(), RecordState::Released))));
+    }
+
+    #[test]
+    fn trailing_bytes_of_a_longer_old_record_are_ignored() {
+        let mut bytes = record().encode(RecordState::Held);
+        bytes.extend_from_slice(b"leftover from a longer record");
+        assert!(Record::decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn truncated_torn_and_garbage_records_are_errors() {
+        let bytes = record().encode(RecordState::Held);
+        for cut in [1, 10, HEADER_LEN, bytes.len() - 1] {
+            assert!(Record::decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
+        }
+        let mut torn = bytes.clone();
+        let last = torn.len() - 3;
+        torn[last] ^= 0x20;
+        assert!(Record::decode(&torn).unwrap_err().contains("checksum"));
+        assert!(Record::decode(b"hello world, not a record at all").is_err());
+        assert_eq!(Record::decode(b""), Ok(None));
+    }
+}

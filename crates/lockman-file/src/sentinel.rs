@@ -1,0 +1,123 @@
+//! Noticing that a lock we hold was taken from us by another process.
+//!
+//! Another process cannot take a kernel lock away, but it can delete or
+//! replace the lock file (`lockctl release --force`, a cleanup script, a
+//! legacy daemon that deletes lockfiles it does not own), after which a newcomer
+//! locks a fresh file. One task per backend re-checks every held grant's file
+//! at a fixed interval and reports the grant lost when the path no longer
+//! names the file we hold. Grants broken by this very process are reported at
+//! once instead.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use lockman_core::{LossSignal, LostReason};
+use parking_lot::Mutex;
+
+use crate::fsutil::Snapshot;
+
+/// The held grants of one backend, watched for loss.
+#[derive(Debug)]
+pub(crate) struct Sentinel {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    held: Mutex<HashMap<u64, Watched>>,
+    next_id: AtomicU64,
+    interval: Duration,
+    started: std::sync::Once,
+    /// Why a vanished file was lost, for the message.
+    detail: &'static str,
+}
+
+/// One held grant.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    pub(crate) resource: Arc<str>,
+    /// The file to re-check, and what it must still look like.
+    pub(crate) path: PathBuf,
+    pub(crate) snapshot: Snapshot,
+    /// Compare length and modification time too (legacy files), not just identity.
+    pub(crate) strict: bool,
+    pub(crate) loss: LossSignal,
+}
+
+impl Sentinel {
+    /// A sentinel checking every `interval`; `detail` explains a loss.
+    pub(crate) fn new(interval: Duration, detail: &'static str) -> Self {
+        Sentinel {
+            inner: Arc::new(Inner {
+                held: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                interval,
+                started: std::sync::Once::new(),
+                detail,
+            }),
+        }
+    }
+
+    /// Starts watching a grant; the id stops it.
+    pub(crate) fn watch(&self, watched: Watched) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.held.lock().insert(id, watched);
+        self.inner.started.call_once(|| {
+            let weak = Arc::downgrade(&self.inner);
+            if let Err(e) = lockman_core::spawn_background(patrol(weak)) {
+                tracing::warn!(error = %e, "cannot watch held lock files for loss");
+            }
+        });
+        id
+    }
+
+    /// Stops watching a grant (it is being released).
+    pub(crate) fn unwatch(&self, id: u64) {
+        self.inner.held.lock().remove(&id);
+    }
+
+    /// Reports every grant of `resource` held in this process lost for `reason`.
+    pub(crate) fn mark_resource_lost(&self, resource: &str, reason: LostReason) {
+        let mut held = self.inner.held.lock();
+        held.retain(|_, watched| {
+            if &*watched.resource == resource {
+                watched.loss.mark_lost(reason.clone());
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+async fn patrol(inner: Weak<Inner>) {
+    loop {
+        let Some(interval) = inner.upgrade().map(|i| i.interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let to_check: Vec<(u64, PathBuf, Snapshot, bool)> =
+            inner.held.lock().iter().map(|(id, w)| (*id, w.path.clone(), w.snapshot, w.strict)).collect();
+        for (id, path, expected, strict) in to_check {
+            let now = match Snapshot::at(&path) {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot re-check a held lock file");
+                    continue;
+                }
+            };
+            let intact = match now {
+                None => false,
+                Some(now) if strict => now == expected,
+                Some(now) => now.id == expected.id,
+            };
+            if !intact && let Some(watched) = inner.held.lock().remove(&id) {
+                watched.loss.mark_lost(LostReason::Stolen {
+                    detail: format!("{} ({})", inner.detail, path.display()),
+                });
+            }
+        }
+    }
+}

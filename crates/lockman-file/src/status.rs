@@ -1,0 +1,1 @@
+//! Flags as files in a directory (being written; see the helper's brief).
