@@ -160,9 +160,15 @@ pub(crate) enum BreakOutcome {
 
 /// Removes the lock file at `path` if it is still `expected`, safely against
 /// racing breakers: rename it to a unique tombstone (exactly one rename of a
-/// given file succeeds), then check what was moved. A live file moved by
-/// mistake is put back with `link`, which never overwrites.
-pub(crate) fn break_by_rename(path: &Path, expected: FileId) -> io::Result<BreakOutcome> {
+/// given file succeeds), then re-check what was moved — that it is the file
+/// judged, and that `still_breakable` (given the tombstone's path) still
+/// holds, e.g. that a lease judged stale was not renewed meanwhile. A file
+/// moved by mistake is put back with `link`, which never overwrites.
+pub(crate) fn break_by_rename(
+    path: &Path,
+    expected: FileId,
+    still_breakable: impl FnOnce(&Path) -> bool,
+) -> io::Result<BreakOutcome> {
     let tombstone = sibling(path, "tomb");
     match std::fs::rename(path, &tombstone) {
         Ok(()) => {}
@@ -170,7 +176,7 @@ pub(crate) fn break_by_rename(path: &Path, expected: FileId) -> io::Result<Break
         Err(e) => return Err(e),
     }
     let moved = FileId::at(&tombstone)?;
-    if moved == Some(expected) {
+    if moved == Some(expected) && still_breakable(&tombstone) {
         std::fs::remove_file(&tombstone)?;
         return Ok(BreakOutcome::Broken);
     }
@@ -244,6 +250,21 @@ pub(crate) fn sibling(path: &Path, kind: &str) -> PathBuf {
         Some(parent) => parent.join(name),
         None => PathBuf::from(name),
     }
+}
+
+/// The files in `dir` whose names end in `suffix`, skipping hidden and
+/// internal ones.
+pub(crate) fn files_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.ends_with(suffix) && !n.starts_with('.')))
+        .map(|entry| entry.path())
+        .collect())
+}
+
+/// The last component of `path`, for messages about files with no readable record.
+pub(crate) fn file_name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Whether process `pid` is running on this host. Unknown (non-Unix) counts

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
 use lockman_core::{
-    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
+    Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
 };
 
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
@@ -179,20 +179,15 @@ impl FileBackend {
                 Ok(LockState::Available)
             }
             Err(TryLockError::WouldBlock) => {
-                Ok(LockState::Held(holder_of(file).unwrap_or_else(|| unknown_holder(resource))))
+                Ok(LockState::Held(holder_of(file).unwrap_or_else(|| record::unknown_holder(resource, BACKEND))))
             }
             Err(TryLockError::Error(e)) => Err(e),
         }
     }
 
     fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        let entries = std::fs::read_dir(self.dir.path())
-            .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))?;
-        Ok(entries
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.ends_with(LOCK_SUFFIX) && !n.starts_with('.')))
-            .map(|entry| entry.path())
-            .collect())
+        fsutil::files_with_suffix(self.dir.path(), LOCK_SUFFIX)
+            .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
     }
 }
 
@@ -277,7 +272,7 @@ impl LockBackend for FileBackend {
         let mut held = Vec::new();
         for path in self.lock_files()? {
             let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
-            let unnamed = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let unnamed = fsutil::file_name_of(&path);
             match self.state_of(&file, &unnamed) {
                 Ok(LockState::Held(info)) => held.push(info),
                 Ok(_) => {}
@@ -300,7 +295,7 @@ impl LockBackend for FileBackend {
         };
         // A kernel lock cannot be taken from a live process; removing its file
         // lets newcomers lock a fresh one, and the holder notices its file is gone.
-        match fsutil::break_by_rename(&path, id) {
+        match fsutil::break_by_rename(&path, id, |_| true) {
             Ok(BreakOutcome::Broken) => {}
             Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => return Ok(None),
             Err(e) => return Err(self.io("removing the lock file", resource, &path, e)),
@@ -326,7 +321,7 @@ impl LockBackend for FileBackend {
             };
             // Removing it while we hold its lock is safe: anyone who opened it
             // meanwhile finds the path changed after locking, and retries.
-            match fsutil::break_by_rename(&path, id) {
+            match fsutil::break_by_rename(&path, id, |_| true) {
                 Ok(BreakOutcome::Broken) => {
                     if let Some(record) = left {
                         crashed.push(record.to_info(BACKEND));
@@ -350,17 +345,6 @@ fn holder_of(file: &File) -> Option<LockInfo> {
         }
         _ => None,
     }
-}
-
-/// A holder that left no readable record: another program using `flock`
-/// (e.g. util-linux `flock(1)`), or a lockman holder that has not written its
-/// record yet.
-fn unknown_holder(resource: &str) -> LockInfo {
-    let mut info = LockInfo::local(resource, HolderId::new("unknown"), FencingToken::new(0), BACKEND);
-    info.user = None;
-    info.hostname = "unknown".to_owned();
-    info.pid = 0;
-    info
 }
 
 /// The longest a waiter goes without re-checking (change notifications

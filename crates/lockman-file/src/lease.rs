@@ -1,0 +1,361 @@
+//! `file:///dir?mode=lease`: lease files for network shares, where kernel
+//! locks cannot be trusted (SMB, some NFS mounts, synced folders).
+//!
+//! A lock is a file created exclusively (written aside, then `link`ed into
+//! place, so readers never see it half-written) holding the holder's record
+//! and a heartbeat the holder renews while its guard lives. It is stale when
+//! the heartbeat is older than the lease, or at once when its pid is dead on
+//! this same host; the next acquirer (or `cleanup_stale`) breaks it by
+//! renaming it to a unique tombstone — of several racing breakers exactly one
+//! rename succeeds — and re-checking what it moved.
+//!
+//! Lease files judge staleness by the holder's clock: hosts sharing the
+//! directory need clocks in step to well within the lease.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
+use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, LostReason, WakeMechanism};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
+use crate::record::{self, Record, RecordState};
+use crate::sentinel::{Sentinel, Watched};
+use crate::watch::{Backoff, ChangeWatch, wait_for_change};
+use crate::{FileOptions, naming};
+
+/// The backend name in errors, events and metrics.
+pub const LEASE_BACKEND: &str = "file-lease";
+
+const LEASE_SUFFIX: &str = ".lease";
+const SEQUENCE_SUFFIX: &str = ".seq";
+
+/// The lease-file manager: `Locks<LeaseFileBackend>`.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockman_core::{AcquireOptions, LockBackend, LockManager};
+/// use lockman_file::{FileOptions, LeaseFileBackend};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman_core::LockError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let options = FileOptions::new(dir.path()).default_lease(Duration::from_secs(10));
+/// let locks = LeaseFileBackend::open(options)?.into_manager();
+/// let guard = locks.acquire("nightly-report", AcquireOptions::new().purpose("render")).await?;
+/// // The heartbeat is renewed every ~3.3 s while `guard` lives.
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub type LeaseFileLockManager = lockman_core::Locks<LeaseFileBackend>;
+
+/// The raw lease-file backend; use it through [`LeaseFileLockManager`].
+#[derive(Debug)]
+pub struct LeaseFileBackend {
+    dir: LockDir,
+    default_lease: Duration,
+    sentinel: Sentinel,
+}
+
+/// A held lease file.
+#[derive(Debug)]
+pub struct LeaseGrant {
+    resource: Arc<str>,
+    file: File,
+    path: PathBuf,
+    id: FileId,
+    record: Mutex<Record>,
+    watch_id: u64,
+}
+
+impl LeaseFileBackend {
+    /// A backend over `options.dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] if the directory cannot be created or is not one.
+    pub fn open(options: FileOptions) -> Result<Self, LockError> {
+        let dir = LockDir::open(&options.dir, options.dir_mode, LEASE_BACKEND)?;
+        let sentinel = Sentinel::new(
+            options.loss_check_interval,
+            "the lease file was broken as stale or deleted by another process",
+        );
+        Ok(LeaseFileBackend { dir, default_lease: options.default_lease, sentinel })
+    }
+
+    /// The lease file used for `resource`.
+    pub fn lease_file(&self, resource: &str) -> PathBuf {
+        self.dir.join(&naming::encoded_file_name(resource, LEASE_SUFFIX))
+    }
+
+    fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
+        io_error(LEASE_BACKEND, action, Some(resource), path, error)
+    }
+
+    /// Creates the lease file if nobody holds one. `Ok(None)` if it exists.
+    fn try_create(&self, request: &GrantRequest, path: &Path) -> Result<Option<(LeaseGrant, u64)>, LockError> {
+        let resource = &*request.resource;
+        let now = SystemTime::now();
+        let mut record = Record::new(request, 0, now);
+        record.lease_ms = Some(u64::try_from(request.lease.unwrap_or(self.default_lease).as_millis()).unwrap_or(u64::MAX));
+        record.heartbeat_us = Some(unix_micros(now));
+        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
+            .map_err(|e| self.io("creating the lease file", resource, path, e))?
+        else {
+            return Ok(None);
+        };
+        // We hold the lease: only we write the sequence file now.
+        let sequence = path.with_extension(&SEQUENCE_SUFFIX[1..]);
+        let previous = std::fs::read_to_string(&sequence).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        record.token = (previous + 1).max(unix_micros(now));
+        let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lease file", resource, path, e))?;
+        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes())
+            .and_then(|()| record.write_to(&file, RecordState::Held));
+        if let Err(e) = stored {
+            let _ = fsutil::break_by_rename(path, id, |_| true);
+            return Err(self.io("recording the lease", resource, path, e));
+        }
+        let watch_id = self.sentinel.watch(Watched {
+            resource: request.resource.clone(),
+            path: path.to_owned(),
+            snapshot: Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lease file", resource, path, e))?),
+            strict: false,
+            loss: request.loss.clone(),
+        });
+        let token = record.token;
+        Ok(Some((
+            LeaseGrant { resource: request.resource.clone(), file, path: path.to_owned(), id, record: Mutex::new(record), watch_id },
+            token,
+        )))
+    }
+
+    /// Looks at an existing lease file: its holder, and whether it is stale.
+    fn examine(&self, resource: &str, path: &Path) -> Result<Option<Existing>, LockError> {
+        let file = match fsutil::open_no_follow(path, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("opening the lease file", resource, path, e)),
+        };
+        let meta = file.metadata().map_err(|e| self.io("inspecting the lease file", resource, path, e))?;
+        let id = FileId::of(&meta);
+        let now = SystemTime::now();
+        let read = record::read_from(&file).map_err(|e| self.io("reading the lease file", resource, path, e))?;
+        Ok(Some(match read {
+            Ok(Some((record, _))) => {
+                let stale_at = record.lease_expires_at().unwrap_or(now);
+                let stale = stale_at <= now || record.holder_process_is_dead();
+                Existing { id, info: Some(record.to_info(LEASE_BACKEND)), stale, stale_at }
+            }
+            // Unreadable (a half-written file from the no-link fallback, or
+            // corruption): give it one default lease from its last change.
+            unreadable => {
+                if let Err(corrupt) = unreadable {
+                    tracing::warn!(path = %path.display(), error = %corrupt, "unreadable lease file");
+                }
+                let stale_at = meta.modified().unwrap_or(now) + self.default_lease;
+                Existing { id, info: None, stale: stale_at <= now, stale_at }
+            }
+        }))
+    }
+
+    /// Breaks a lease judged stale, unless it was renewed meanwhile.
+    fn break_stale(&self, resource: &str, path: &Path, id: FileId) -> Result<bool, LockError> {
+        let still_stale = |tombstone: &Path| match fsutil::open_no_follow(tombstone, false).map(|f| record::read_from(&f)) {
+            Ok(Ok(Ok(Some((record, _))))) => {
+                record.lease_expires_at().is_some_and(|at| at <= SystemTime::now()) || record.holder_process_is_dead()
+            }
+            _ => true,
+        };
+        match fsutil::break_by_rename(path, id, still_stale) {
+            Ok(BreakOutcome::Broken) => {
+                tracing::info!(resource, path = %path.display(), "broke a stale lease file");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(self.io("breaking a stale lease file", resource, path, e)),
+        }
+    }
+
+    fn release_sync(&self, grant: &LeaseGrant) -> Result<(), LockError> {
+        self.sentinel.unwatch(grant.watch_id);
+        if !matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id) {
+            return Err(self.stolen(grant));
+        }
+        match fsutil::break_by_rename(&grant.path, grant.id, |_| true) {
+            Ok(BreakOutcome::Broken) => Ok(()),
+            Ok(_) => Err(self.stolen(grant)),
+            Err(e) => Err(self.io("removing the lease file", &grant.resource, &grant.path, e)),
+        }
+    }
+
+    fn stolen(&self, grant: &LeaseGrant) -> LockError {
+        LockError::Lost {
+            resource: grant.resource.to_string(),
+            backend: LEASE_BACKEND.to_owned(),
+            reason: LostReason::Stolen {
+                detail: format!(
+                    "the lease file {} was broken as stale or deleted by another process",
+                    grant.path.display()
+                ),
+            },
+        }
+    }
+
+    fn lease_files(&self) -> Result<Vec<PathBuf>, LockError> {
+        fsutil::files_with_suffix(self.dir.path(), LEASE_SUFFIX)
+            .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))
+    }
+}
+
+/// An existing lease file, as examined.
+struct Existing {
+    id: FileId,
+    info: Option<LockInfo>,
+    stale: bool,
+    stale_at: SystemTime,
+}
+
+impl LockBackend for LeaseFileBackend {
+    type Grant = LeaseGrant;
+
+    fn name(&self) -> &'static str {
+        LEASE_BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.cross_process = true;
+        caps.cross_host = true;
+        caps.leases = true;
+        caps.renewal = true;
+        caps.default_lease = Some(self.default_lease);
+        caps.lost_detection = true;
+        caps.fencing = true;
+        // Local changes wake waiters through inotify, but changes made by
+        // other hosts on a network share are only seen by re-checking.
+        caps.wake = WakeMechanism::Poll { min: Duration::from_millis(1), max: LEASE_POLL_MAX };
+        caps
+    }
+
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LeaseGrant>, LockError> {
+        let resource = &*request.resource;
+        let path = self.lease_file(resource);
+        let mut backoff = Backoff::new(Duration::from_millis(1), LEASE_POLL_MAX);
+        let mut watch: Option<ChangeWatch> = None;
+        let mut waited = false;
+        loop {
+            if let Some((grant, token)) = self.try_create(request, &path)? {
+                let expires = grant.record.lock().lease_expires_at();
+                let acquired_at = fsutil::from_unix_micros(grant.record.lock().acquired_at_us);
+                return Ok(Acquired::Granted(
+                    Granted::new(grant, FencingToken::new(token), expires).acquired_at(acquired_at).after_waiting(waited),
+                ));
+            }
+            let Some(existing) = self.examine(resource, &path)? else {
+                continue; // released meanwhile
+            };
+            if existing.stale {
+                self.break_stale(resource, &path, existing.id)?;
+                continue;
+            }
+            if request.deadline.has_passed() {
+                return Ok(Acquired::Busy { holder: existing.info });
+            }
+            if watch.is_none() {
+                // Watch first, then look again, so a release in between is not missed.
+                watch = ChangeWatch::new(&path);
+                if watch.is_some() {
+                    continue;
+                }
+            }
+            waited = true;
+            let stale_at = Instant::now() + existing.stale_at.duration_since(SystemTime::now()).unwrap_or_default();
+            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(stale_at)).await {
+                return Ok(Acquired::Busy { holder: existing.info });
+            }
+            // The file we watched may be gone; watch whatever is there next.
+            watch = None;
+        }
+    }
+
+    async fn release(&self, grant: &LeaseGrant) -> Result<(), LockError> {
+        self.release_sync(grant)
+    }
+
+    fn release_now(&self, grant: &LeaseGrant) -> Option<Result<(), LockError>> {
+        Some(self.release_sync(grant))
+    }
+
+    async fn renew(&self, grant: &LeaseGrant, lease: Duration) -> Result<SystemTime, LockError> {
+        if !matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id) {
+            return Err(self.stolen(grant));
+        }
+        let now = SystemTime::now();
+        let mut record = grant.record.lock().clone();
+        record.heartbeat_us = Some(unix_micros(now));
+        record.lease_ms = Some(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        record
+            .write_to(&grant.file, RecordState::Held)
+            .map_err(|e| self.io("renewing the lease", &grant.resource, &grant.path, e))?;
+        *grant.record.lock() = record;
+        Ok(now + lease)
+    }
+
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+        let path = self.lease_file(resource);
+        Ok(match self.examine(resource, &path)? {
+            None => LockState::Available,
+            Some(existing) => {
+                let info = existing.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND));
+                if existing.stale { LockState::Stale(info) } else { LockState::Held(info) }
+            }
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut held = Vec::new();
+        for path in self.lease_files()? {
+            let unnamed = fsutil::file_name_of(&path);
+            if let Some(existing) = self.examine(&unnamed, &path)? {
+                held.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
+            }
+        }
+        held.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(held)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let path = self.lease_file(resource);
+        let Some(existing) = self.examine(resource, &path)? else {
+            return Ok(None);
+        };
+        match fsutil::break_by_rename(&path, existing.id, |_| true) {
+            Ok(BreakOutcome::Broken) => {}
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(self.io("removing the lease file", resource, &path, e)),
+        }
+        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        Ok(Some(existing.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND))))
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut broken = Vec::new();
+        for path in self.lease_files()? {
+            let unnamed = fsutil::file_name_of(&path);
+            let Some(existing) = self.examine(&unnamed, &path)? else { continue };
+            if existing.stale && self.break_stale(&unnamed, &path, existing.id)? {
+                broken.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
+            }
+        }
+        Ok(broken)
+    }
+}
+
+/// The longest a lease waiter goes without re-checking: changes made by
+/// other hosts are seen no later than this.
+const LEASE_POLL_MAX: Duration = Duration::from_millis(100);
