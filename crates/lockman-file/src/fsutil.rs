@@ -88,7 +88,7 @@ pub(crate) fn open_no_follow(path: &Path, create: bool) -> io::Result<File> {
 }
 
 /// Which file a path or handle refers to (device and inode on Unix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileId {
     dev: u64,
     ino: u64,

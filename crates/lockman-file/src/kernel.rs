@@ -1,21 +1,22 @@
 //! `file:///dir`: one lock file per resource, locked with the operating
 //! system's lock (`flock` on Unix, `LockFileEx` on Windows).
 
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
+use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{
     Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
 };
 
-use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
-use crate::record::{self, Record, RecordState};
+use crate::flock::{self, Locked};
+use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+use crate::watch::notifications_supported;
 use crate::{FileOptions, naming};
 
 /// The backend name in errors, events and metrics.
@@ -87,57 +88,6 @@ impl FileBackend {
         io_error(BACKEND, action, Some(resource), path, error)
     }
 
-    /// Takes the kernel lock on the file `path` names, waiting until `deadline`.
-    /// `Ok(None)` if the deadline passed first; the file stays open (and so
-    /// readable) in the error-free busy case via `busy`.
-    async fn lock_path(
-        &self,
-        resource: &str,
-        path: &Path,
-        deadline: Deadline,
-    ) -> Result<Result<(File, FileId, bool), Option<LockInfo>>, LockError> {
-        let mut waited = false;
-        let mut backoff = Backoff::new(Duration::from_millis(1), poll_max());
-        let mut watch: Option<ChangeWatch> = None;
-        'reopen: loop {
-            let file = fsutil::open_no_follow(path, true).map_err(|e| self.io("opening the lock file", resource, path, e))?;
-            let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, path, e))?;
-            loop {
-                match file.try_lock() {
-                    Ok(()) => {
-                        // Someone may have deleted (cleanup) or replaced the file
-                        // while we opened or waited: then our lock is on an orphan.
-                        match FileId::at(path) {
-                            Ok(Some(now)) if now == id => return Ok(Ok((file, id, waited))),
-                            Ok(_) => continue 'reopen,
-                            Err(e) => return Err(self.io("checking the lock file", resource, path, e)),
-                        }
-                    }
-                    Err(TryLockError::WouldBlock) => {}
-                    Err(TryLockError::Error(e)) => return Err(self.io("locking the lock file", resource, path, e)),
-                }
-                if deadline.has_passed() {
-                    return Ok(Err(holder_of(&file)));
-                }
-                if watch.is_none() && notifications_supported() {
-                    // Watch first, then look again: a release in between is not missed.
-                    watch = ChangeWatch::new(path);
-                    if watch.is_some() {
-                        continue;
-                    }
-                }
-                waited = true;
-                if !wait_for_change(watch.as_ref(), &mut backoff, deadline, None).await {
-                    return Ok(Err(holder_of(&file)));
-                }
-                if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
-                    watch = None;
-                    continue 'reopen;
-                }
-            }
-        }
-    }
-
     fn release_sync(&self, grant: &FileGrant) -> Result<(), LockError> {
         self.sentinel.unwatch(grant.watch_id);
         let ours = matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id);
@@ -170,21 +120,6 @@ impl FileBackend {
         }
     }
 
-    /// The state of an open lock file: probe the kernel lock with a shared
-    /// try-lock (released at once), then read the record.
-    fn state_of(&self, file: &File, resource: &str) -> Result<LockState, io::Error> {
-        match file.try_lock_shared() {
-            Ok(()) => {
-                file.unlock()?;
-                Ok(LockState::Available)
-            }
-            Err(TryLockError::WouldBlock) => {
-                Ok(LockState::Held(holder_of(file).unwrap_or_else(|| record::unknown_holder(resource, BACKEND))))
-            }
-            Err(TryLockError::Error(e)) => Err(e),
-        }
-    }
-
     fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
         fsutil::files_with_suffix(self.dir.path(), LOCK_SUFFIX)
             .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
@@ -206,7 +141,7 @@ impl LockBackend for FileBackend {
         caps.wake = if notifications_supported() {
             WakeMechanism::Notification
         } else {
-            WakeMechanism::Poll { min: Duration::from_millis(1), max: poll_max() }
+            WakeMechanism::Poll { min: Duration::from_millis(1), max: flock::POLL_MAX }
         };
         caps
     }
@@ -214,21 +149,13 @@ impl LockBackend for FileBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
         let resource = &*request.resource;
         let path = self.lock_file(resource);
-        let (file, id, waited) = match self.lock_path(resource, &path, request.deadline).await? {
+        let Locked { file, id, waited } = match flock::lock(BACKEND, resource, &path, request.deadline).await? {
             Ok(locked) => locked,
             Err(holder) => return Ok(Acquired::Busy { holder }),
         };
-        // The file's last token (if readable) and the clock both floor the
-        // next one, so tokens keep increasing even if the file was deleted.
-        let previous = match record::read_from(&file) {
-            Ok(Ok(Some((record, _)))) => record.token,
-            _ => 0,
-        };
-        let now = SystemTime::now();
-        let token = (previous + 1).max(unix_micros(now));
-        Record::new(request, token, now)
-            .write_to(&file, RecordState::Held)
-            .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
+        let (record, now) = flock::next_record(&file, request);
+        record.write_to(&file, RecordState::Held).map_err(|e| self.io("writing the holder record", resource, &path, e))?;
+        let token = record.token;
         let snapshot = Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
@@ -265,7 +192,7 @@ impl LockBackend for FileBackend {
         let Some(file) = self.open_existing(resource, &path)? else {
             return Ok(LockState::Available);
         };
-        self.state_of(&file, resource).map_err(|e| self.io("probing the lock", resource, &path, e))
+        flock::probe(&file, resource, BACKEND).map_err(|e| self.io("probing the lock", resource, &path, e))
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
@@ -273,7 +200,7 @@ impl LockBackend for FileBackend {
         for path in self.lock_files()? {
             let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
             let unnamed = fsutil::file_name_of(&path);
-            match self.state_of(&file, &unnamed) {
+            match flock::probe(&file, &unnamed, BACKEND) {
                 Ok(LockState::Held(info)) => held.push(info),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot probe a lock file"),
@@ -289,7 +216,7 @@ impl LockBackend for FileBackend {
             return Ok(None);
         };
         let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, &path, e))?;
-        let info = match self.state_of(&file, resource).map_err(|e| self.io("probing the lock", resource, &path, e))? {
+        let info = match flock::probe(&file, resource, BACKEND).map_err(|e| self.io("probing the lock", resource, &path, e))? {
             LockState::Held(info) => info,
             _ => return Ok(None),
         };
@@ -335,20 +262,3 @@ impl LockBackend for FileBackend {
     }
 }
 
-/// The holder named by the record in `file`, if it holds a readable one.
-fn holder_of(file: &File) -> Option<LockInfo> {
-    match record::read_from(file) {
-        Ok(Ok(Some((record, RecordState::Held)))) => Some(record.to_info(BACKEND)),
-        Ok(Err(corrupt)) => {
-            tracing::warn!(error = %corrupt, "unreadable lock record");
-            None
-        }
-        _ => None,
-    }
-}
-
-/// The longest a waiter goes without re-checking (change notifications
-/// usually wake it long before).
-fn poll_max() -> Duration {
-    Duration::from_millis(if notifications_supported() { 250 } else { 50 })
-}

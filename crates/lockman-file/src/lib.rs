@@ -30,9 +30,11 @@
 //! # Ok(()) }
 //! ```
 
+mod flock;
 mod fsutil;
 mod kernel;
 mod lease;
+mod legacy;
 mod naming;
 mod record;
 mod sentinel;
@@ -43,6 +45,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kernel::{BACKEND, FileBackend, FileGrant, FileLockManager};
+pub use legacy::{
+    LEGACY_BACKEND, LegacyFileBackend, LegacyFileLockManager, LegacyGrant, LegacyOptions, LegacyPolicy, LegacyResource,
+};
 pub use lease::{LEASE_BACKEND, LeaseFileBackend, LeaseFileLockManager, LeaseGrant};
 
 /// Where and how a file backend keeps its lock files.

@@ -48,6 +48,9 @@ pub(crate) struct Record {
     #[serde(default)]
     pub(crate) heartbeat_us: Option<u64>,
     pub(crate) token: u64,
+    /// In a legacy sidecar: the legacy lock file this grant created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) guards: Option<crate::fsutil::FileId>,
 }
 
 /// Whether the record's holder still holds the lock (as far as the record
@@ -72,6 +75,7 @@ impl Record {
             lease_ms: request.lease.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
             heartbeat_us: request.lease.map(|_| unix_micros(now)),
             token,
+            guards: None,
         }
     }
 
@@ -253,6 +257,7 @@ mod tests {
             lease_ms: Some(30_000),
             heartbeat_us: None,
             token: 7,
+            guards: None,
         }
     }
 

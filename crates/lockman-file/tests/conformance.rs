@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockman_core::{LockBackend, LockManager, StatusManager};
-use lockman_file::{FileBackend, FileOptions, LeaseFileBackend};
+use lockman_file::{FileBackend, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
 use lockman_testkit::Harness;
 
 /// One flavour over a private temporary directory.
@@ -50,6 +50,12 @@ fn lease(dir: &Path) -> Arc<dyn LockManager> {
     Arc::new(LeaseFileBackend::open(options).expect("open").into_manager())
 }
 
+/// Legacy lockfiles with GivTCP's names for inverter 1 (the suite's own
+/// resource names are unmapped, so they exercise the default naming).
+fn legacy(dir: &Path) -> Arc<dyn LockManager> {
+    Arc::new(LegacyFileBackend::open(LegacyOptions::givtcp(dir, 1)).expect("open").into_manager())
+}
+
 mod kernel {
     use super::*;
     lockman_testkit::conformance_suite!(Files::new(kernel));
@@ -58,4 +64,9 @@ mod kernel {
 mod lease {
     use super::*;
     lockman_testkit::conformance_suite!(Files::new(super::lease));
+}
+
+mod legacy {
+    use super::*;
+    lockman_testkit::conformance_suite!(Files::new(super::legacy));
 }

@@ -1,0 +1,123 @@
+//! Taking and probing a kernel lock on a file, shared by the kernel-lock
+//! backend and the legacy backend's sidecar lock.
+
+use std::fs::{File, TryLockError};
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use lockman_core::backend::{Deadline, GrantRequest};
+use lockman_core::{LockError, LockInfo, LockState};
+
+use crate::fsutil::{self, FileId, io_error, unix_micros};
+use crate::record::{self, Record, RecordState};
+use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+
+/// The longest a waiter goes without re-checking (change notifications
+/// usually wake it long before).
+pub(crate) const POLL_MAX: Duration =
+    Duration::from_millis(if cfg!(target_os = "linux") { 250 } else { 50 });
+
+/// A file we hold the kernel lock of.
+pub(crate) struct Locked {
+    pub(crate) file: File,
+    pub(crate) id: FileId,
+    /// Whether we had to wait for another holder.
+    pub(crate) waited: bool,
+}
+
+/// Takes the kernel lock on the file `path` names (creating it), waiting
+/// until `deadline`. `Ok(Err(holder))` if the deadline passed first.
+///
+/// Cancel-safe: the only await is the wait, and the lock is taken only by the
+/// synchronous `try_lock` right before returning.
+pub(crate) async fn lock(
+    backend: &'static str,
+    resource: &str,
+    path: &Path,
+    deadline: Deadline,
+) -> Result<Result<Locked, Option<LockInfo>>, LockError> {
+    let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
+    let mut waited = false;
+    let mut backoff = Backoff::new(Duration::from_millis(1), POLL_MAX);
+    let mut watch: Option<ChangeWatch> = None;
+    'reopen: loop {
+        let file = fsutil::open_no_follow(path, true).map_err(|e| io("opening the lock file", e))?;
+        let id = FileId::of_file(&file).map_err(|e| io("inspecting the lock file", e))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    // Someone may have deleted (cleanup) or replaced the file
+                    // while we opened or waited: then our lock is on an orphan.
+                    match FileId::at(path) {
+                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, id, waited })),
+                        Ok(_) => continue 'reopen,
+                        Err(e) => return Err(io("checking the lock file", e)),
+                    }
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(io("locking the lock file", e)),
+            }
+            if deadline.has_passed() {
+                return Ok(Err(holder_of(&file, backend)));
+            }
+            if watch.is_none() && notifications_supported() {
+                // Watch first, then look again: a release in between is not missed.
+                watch = ChangeWatch::new(path);
+                if watch.is_some() {
+                    continue;
+                }
+            }
+            waited = true;
+            if !wait_for_change(watch.as_ref(), &mut backoff, deadline, None).await {
+                return Ok(Err(holder_of(&file, backend)));
+            }
+            if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
+                watch = None;
+                continue 'reopen;
+            }
+        }
+    }
+}
+
+/// The record for a new grant in a freshly locked `file`. The file's last
+/// token (if readable) and the clock both floor the new token, so tokens keep
+/// increasing even if the file was deleted and recreated.
+pub(crate) fn next_record(file: &File, request: &GrantRequest) -> (Record, SystemTime) {
+    let previous = match record::read_from(file) {
+        Ok(Ok(Some((record, _)))) => record.token,
+        _ => 0,
+    };
+    let now = SystemTime::now();
+    (Record::new(request, (previous + 1).max(unix_micros(now)), now), now)
+}
+
+/// Whether anyone holds `file`'s kernel lock, probed with a shared try-lock
+/// that is dropped at once, with the holder's record if it is held.
+///
+/// The probe holds a shared lock for two system calls; a `try_acquire` in
+/// another process at that very instant sees the lock busy.
+pub(crate) fn probe(file: &File, resource: &str, backend: &str) -> io::Result<LockState> {
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock()?;
+            Ok(LockState::Available)
+        }
+        Err(TryLockError::WouldBlock) => {
+            Ok(LockState::Held(holder_of(file, backend).unwrap_or_else(|| record::unknown_holder(resource, backend))))
+        }
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The holder named by the record in `file`, if it holds a readable one.
+pub(crate) fn holder_of(file: &File, backend: &str) -> Option<LockInfo> {
+    match record::read_from(file) {
+        Ok(Ok(Some((record, RecordState::Held)))) => Some(record.to_info(backend)),
+        Ok(Err(corrupt)) => {
+            tracing::warn!(error = %corrupt, "unreadable lock record");
+            None
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,596 @@
+//! `legacy-file:///dir`: locks that old existence-check daemons respect.
+//!
+//! Old daemons (protocols A and B in `LEGACY.md`) lock a resource by
+//! creating a file such as `.lockfile` if it does not exist, and unlock it by
+//! deleting it. This backend takes the same file, so old and new processes
+//! exclude each other during a rollout, and adds what the old protocol lacks:
+//!
+//! 1. **New processes exclude each other strictly** with a kernel lock on a
+//!    sidecar file next to the legacy file (`.lockfile.flock`, never deleted by
+//!    normal operation). A crashed new process releases it at once.
+//! 2. **Holding the sidecar**, a new process creates the legacy file
+//!    exclusively (written aside and `link`ed into place), containing what v3
+//!    readers accept: the UTC time in Python `isoformat()` form. The sidecar's
+//!    record names that file by identity, so a file left by a crashed new
+//!    process is recognised and broken at once.
+//! 3. **A file an old process made** is waited for (notification plus bounded
+//!    backoff), or given up on at once for resources whose policy is
+//!    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour). It is stale, and
+//!    broken, once its modification time is older than the resource's
+//!    `stale_after`.
+//! 4. **Release** removes the file only if it is still the one we created
+//!    (same identity, length and modification time); otherwise the lock was
+//!    stolen and the release reports it lost. While held, the file is
+//!    re-checked every `loss_check_interval`, so a steal is reported promptly.
+//!
+//! # When an old and a new process can both be inside
+//!
+//! New-vs-new is strictly exclusive. New-vs-old can overlap only when the old
+//! code breaks its own rules:
+//!
+//! * **Check-then-create race (A and B):** an old process sees no file, we
+//!   create ours, then it truncates ours with its non-exclusive open. We
+//!   notice the truncation (length/mtime change) and report the lock lost.
+//! * **Protocol B's steal:** a v3 reader that waited 5 s deletes the file it
+//!   does not own and goes on. We notice the deletion and report the lock
+//!   lost. Keep critical sections under 5 s while v3 processes run.
+//! * **Error handlers and start-up** of old processes delete the file
+//!   unconditionally: same as above.
+//! * **A stale file that was not stale:** an old holder hung longer than
+//!   `stale_after`, we broke its file, and it resumed. Set `stale_after`
+//!   above the old code's longest critical section.
+//!
+//! In every case but the last, the new process's guard reports the loss.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
+use lockman_core::{
+    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason, WakeMechanism,
+};
+use tokio::time::Instant;
+
+use crate::flock::{self, Locked};
+use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::record::{self, Record, RecordState};
+use crate::sentinel::{Sentinel, Watched};
+use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+use crate::naming;
+
+/// The backend name in errors, events and metrics.
+pub const LEGACY_BACKEND: &str = "legacy-file";
+
+const LEGACY_SUFFIX: &str = ".lockfile";
+const SIDECAR_SUFFIX: &str = ".flock";
+
+/// The legacy-lockfile manager: `Locks<LegacyFileBackend>`.
+///
+/// ```
+/// use lockman_core::{AcquireOptions, LockBackend, LockManager};
+/// use lockman_file::{LegacyFileBackend, LegacyOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman_core::LockError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// // The names GivTCP v2/v3 use for inverter 1, in its working folder.
+/// let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1))?.into_manager();
+/// let guard = locks.acquire("inverter_read", AcquireOptions::new().no_wait()).await?;
+/// assert!(dir.path().join(".lockfile").exists()); // what old daemons check
+/// guard.release().await?;
+/// assert!(!dir.path().join(".lockfile").exists());
+/// # Ok(()) }
+/// ```
+pub type LegacyFileLockManager = lockman_core::Locks<LegacyFileBackend>;
+
+/// What to do when an old process holds a resource's legacy file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LegacyPolicy {
+    /// Give up at once, like protocol A ("Lockfile set so aborting").
+    SkipIfBusy,
+    /// Wait, up to the caller's timeout, like protocol B.
+    Wait,
+}
+
+/// How one resource maps onto the legacy protocol.
+#[derive(Clone, Debug)]
+pub struct LegacyResource {
+    file: PathBuf,
+    stale_after: Option<Duration>,
+    policy: LegacyPolicy,
+}
+
+impl LegacyResource {
+    /// The resource's legacy file: relative to the backend's directory, or
+    /// absolute (e.g. under a shared cache folder).
+    pub fn new(file: impl AsRef<Path>) -> Self {
+        LegacyResource { file: file.as_ref().to_owned(), stale_after: None, policy: LegacyPolicy::Wait }
+    }
+
+    /// Treat an old process's file as stale (and break it) once it is this
+    /// old. Default: the backend's [`LegacyOptions::stale_after`].
+    pub fn stale_after(mut self, age: Duration) -> Self {
+        self.stale_after = Some(age);
+        self
+    }
+
+    /// What to do when an old process holds the file (default: wait).
+    pub fn policy(mut self, policy: LegacyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// Where the legacy files live and which resource uses which.
+///
+/// Resources without a mapping get a file of their own named like
+/// `inverter_read-<hash>.lockfile` (nothing old uses those).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LegacyOptions {
+    dir: PathBuf,
+    dir_mode: u32,
+    resources: HashMap<String, LegacyResource>,
+    stale_after: Duration,
+    loss_check_interval: Duration,
+}
+
+impl LegacyOptions {
+    /// Legacy files in `dir` (an old daemon's working folder).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        LegacyOptions {
+            dir: dir.as_ref().to_owned(),
+            dir_mode: 0o700,
+            resources: HashMap::new(),
+            stale_after: Duration::from_secs(300),
+            loss_check_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// The mapping GivTCP uses for inverter `n` in its working folder `dir`:
+    /// `inverter_read` → `.lockfile` (protocol A: skip if busy) and
+    /// `regcache` → `.regcache_lockfile_<n>` (protocol B: wait), both stale
+    /// after 60 s.
+    pub fn givtcp(dir: impl AsRef<Path>, n: u32) -> Self {
+        let stale = Duration::from_secs(60);
+        LegacyOptions::new(dir)
+            .resource("inverter_read", LegacyResource::new(".lockfile").stale_after(stale).policy(LegacyPolicy::SkipIfBusy))
+            .resource("regcache", LegacyResource::new(format!(".regcache_lockfile_{n}")).stale_after(stale))
+    }
+
+    /// Maps `resource` to its legacy file.
+    pub fn resource(mut self, resource: impl Into<String>, mapping: LegacyResource) -> Self {
+        self.resources.insert(resource.into(), mapping);
+        self
+    }
+
+    /// The default age after which an old process's file is stale (5 min).
+    pub fn stale_after(mut self, age: Duration) -> Self {
+        self.stale_after = age;
+        self
+    }
+
+    /// Permissions for the directory if it has to be created (default `0o700`).
+    pub fn dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode;
+        self
+    }
+
+    /// How often a held legacy file is re-checked for having been deleted or
+    /// rewritten by an old process (default 500 ms).
+    pub fn loss_check_interval(mut self, interval: Duration) -> Self {
+        self.loss_check_interval = interval;
+        self
+    }
+}
+
+/// The raw legacy backend; use it through [`LegacyFileLockManager`].
+#[derive(Debug)]
+pub struct LegacyFileBackend {
+    dir: LockDir,
+    options: LegacyOptions,
+    sentinel: Sentinel,
+}
+
+/// A held legacy lock: the sidecar's kernel lock and the legacy file we made.
+#[derive(Debug)]
+pub struct LegacyGrant {
+    resource: Arc<str>,
+    sidecar: File,
+    sidecar_path: PathBuf,
+    path: PathBuf,
+    snapshot: Snapshot,
+    watch_id: u64,
+}
+
+/// Where one resource's files are.
+struct Files {
+    path: PathBuf,
+    sidecar: PathBuf,
+    stale_after: Duration,
+    policy: LegacyPolicy,
+}
+
+/// Who is behind an existing legacy file.
+enum Occupant {
+    /// A new process (alive if its sidecar is locked, else crashed).
+    New { record: Record, alive: bool },
+    /// An old process, or one we cannot identify.
+    Old { since: SystemTime, stale: bool },
+}
+
+impl LegacyFileBackend {
+    /// A backend over `options`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] if the directory cannot be created, or a mapped
+    /// file name is empty or ends in `/`.
+    pub fn open(options: LegacyOptions) -> Result<Self, LockError> {
+        let dir = LockDir::open(&options.dir, options.dir_mode, LEGACY_BACKEND)?;
+        for (resource, mapping) in &options.resources {
+            if mapping.file.file_name().is_none() {
+                return Err(LockError::Config(format!(
+                    "legacy file for {resource:?} is {:?}, which names no file; give a file name such as \".lockfile\"",
+                    mapping.file
+                )));
+            }
+        }
+        let sentinel = Sentinel::new(
+            options.loss_check_interval,
+            "the legacy lock file was deleted or rewritten by another process (an old daemon broke or took the lock)",
+        );
+        Ok(LegacyFileBackend { dir, options, sentinel })
+    }
+
+    /// The legacy file used for `resource`.
+    pub fn legacy_file(&self, resource: &str) -> PathBuf {
+        self.files(resource).path
+    }
+
+    fn files(&self, resource: &str) -> Files {
+        let (path, stale_after, policy) = match self.options.resources.get(resource) {
+            Some(mapping) => (
+                self.dir.path().join(&mapping.file),
+                mapping.stale_after.unwrap_or(self.options.stale_after),
+                mapping.policy,
+            ),
+            None => (
+                self.dir.join(&naming::encoded_file_name(resource, LEGACY_SUFFIX)),
+                self.options.stale_after,
+                LegacyPolicy::Wait,
+            ),
+        };
+        let mut sidecar = path.clone().into_os_string();
+        sidecar.push(SIDECAR_SUFFIX);
+        Files { path, sidecar: PathBuf::from(sidecar), stale_after, policy }
+    }
+
+    fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
+        io_error(LEGACY_BACKEND, action, Some(resource), path, error)
+    }
+
+    /// Who holds the legacy file at `files.path`, if anyone. `sidecar` is our
+    /// own locked sidecar when we hold it (then no other new process is alive).
+    fn occupant(&self, resource: &str, files: &Files, sidecar: Option<&File>) -> Result<Option<(FileId, Occupant)>, LockError> {
+        let meta = match std::fs::symlink_metadata(&files.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("inspecting the legacy lock file", resource, &files.path, e)),
+        };
+        if !meta.is_file() {
+            return Err(self.io(
+                "inspecting the legacy lock file",
+                resource,
+                &files.path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file (a symlink or directory?)"),
+            ));
+        }
+        let id = FileId::of(&meta);
+        let opened;
+        let sidecar_file = match sidecar {
+            Some(file) => Some(file),
+            None => {
+                opened = fsutil::open_no_follow(&files.sidecar, false).ok();
+                opened.as_ref()
+            }
+        };
+        if let Some(file) = sidecar_file
+            && let Ok(Ok(Some((record, state)))) = record::read_from(file)
+            && record.guards == Some(id)
+        {
+            let alive = match sidecar {
+                Some(_) => false,
+                None => state == RecordState::Held && matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Held(_))),
+            };
+            return Ok(Some((id, Occupant::New { record, alive })));
+        }
+        let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
+        let stale = since + files.stale_after <= SystemTime::now();
+        Ok(Some((id, Occupant::Old { since, stale })))
+    }
+
+    /// Breaks the legacy file `id` at `files.path` if it is still unchanged.
+    fn break_file(&self, resource: &str, files: &Files, id: FileId, why: &str) -> Result<bool, LockError> {
+        let before = Snapshot::at(&files.path).ok().flatten();
+        let unchanged = |tombstone: &Path| Snapshot::at(tombstone).ok().flatten() == before;
+        match fsutil::break_by_rename(&files.path, id, unchanged) {
+            Ok(BreakOutcome::Broken) => {
+                tracing::warn!(resource, path = %files.path.display(), why, "broke a legacy lock file");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(self.io("breaking the legacy lock file", resource, &files.path, e)),
+        }
+    }
+
+    fn release_sync(&self, grant: &LegacyGrant) -> Result<(), LockError> {
+        self.sentinel.unwatch(grant.watch_id);
+        let intact = Snapshot::at(&grant.path).ok().flatten() == Some(grant.snapshot);
+        let removed = intact
+            && matches!(
+                fsutil::break_by_rename(&grant.path, grant.snapshot.id, |t| Snapshot::at(t).ok().flatten() == Some(grant.snapshot)),
+                Ok(BreakOutcome::Broken)
+            );
+        if let Err(e) = record::mark_released(&grant.sidecar) {
+            tracing::warn!(path = %grant.sidecar_path.display(), error = %e, "cannot mark the sidecar record released");
+        }
+        let unlocked = grant.sidecar.unlock();
+        if !removed {
+            return Err(LockError::Lost {
+                resource: grant.resource.to_string(),
+                backend: LEGACY_BACKEND.to_owned(),
+                reason: LostReason::Stolen {
+                    detail: format!(
+                        "the legacy lock file {} was deleted or rewritten while held — an old process broke or took the lock",
+                        grant.path.display()
+                    ),
+                },
+            });
+        }
+        unlocked.map_err(|e| self.io("unlocking the sidecar", &grant.resource, &grant.sidecar_path, e))
+    }
+
+    fn state_of(&self, resource: &str, files: &Files) -> Result<LockState, LockError> {
+        Ok(match self.occupant(resource, files, None)? {
+            None => LockState::Available,
+            Some((_, Occupant::New { record, alive })) => {
+                let info = record.to_info(LEGACY_BACKEND);
+                if alive { LockState::Held(info) } else { LockState::Stale(info) }
+            }
+            Some((_, Occupant::Old { since, stale })) => {
+                let info = old_holder(resource, &files.path, since);
+                if stale { LockState::Stale(info) } else { LockState::Held(info) }
+            }
+        })
+    }
+
+    /// Every resource whose files may exist: the mapped ones, and unmapped
+    /// ones found in the directory (named by their sidecar's record).
+    fn known_resources(&self) -> Result<Vec<String>, LockError> {
+        let mut names: Vec<String> = self.options.resources.keys().cloned().collect();
+        let sidecars = fsutil::files_with_suffix(self.dir.path(), &format!("{LEGACY_SUFFIX}{SIDECAR_SUFFIX}"))
+            .map_err(|e| io_error(LEGACY_BACKEND, "listing legacy lock files", None, self.dir.path(), e))?;
+        for sidecar in sidecars {
+            if let Ok(file) = fsutil::open_no_follow(&sidecar, false)
+                && let Ok(Ok(Some((record, _)))) = record::read_from(&file)
+                && !self.options.resources.contains_key(&record.resource)
+            {
+                names.push(record.resource);
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+impl LockBackend for LegacyFileBackend {
+    type Grant = LegacyGrant;
+
+    fn name(&self) -> &'static str {
+        LEGACY_BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.cross_process = true;
+        caps.lost_detection = true;
+        caps.fencing = true;
+        caps.wake = if notifications_supported() {
+            WakeMechanism::Notification
+        } else {
+            WakeMechanism::Poll { min: Duration::from_millis(1), max: flock::POLL_MAX }
+        };
+        caps
+    }
+
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LegacyGrant>, LockError> {
+        let resource = &*request.resource;
+        let files = self.files(resource);
+        // 1. Among new processes: the sidecar's kernel lock.
+        let Locked { file: sidecar, waited, .. } =
+            match flock::lock(LEGACY_BACKEND, resource, &files.sidecar, request.deadline).await? {
+                Ok(locked) => locked,
+                Err(holder) => return Ok(Acquired::Busy { holder }),
+            };
+        // 2. Against old processes: the legacy file itself.
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        let mut watch: Option<ChangeWatch> = None;
+        let mut waited_for_old = false;
+        loop {
+            let (mut record, now) = flock::next_record(&sidecar, request);
+            let created = fsutil::create_exclusive_with(&files.path, python_isoformat(now).as_bytes())
+                .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
+            if let Some(file) = created {
+                let snapshot = Snapshot::of(
+                    &file.metadata().map_err(|e| self.io("inspecting the legacy lock file", resource, &files.path, e))?,
+                );
+                record.guards = Some(snapshot.id);
+                if let Err(e) = record.write_to(&sidecar, RecordState::Held) {
+                    let _ = fsutil::break_by_rename(&files.path, snapshot.id, |_| true);
+                    return Err(self.io("writing the holder record", resource, &files.sidecar, e));
+                }
+                let watch_id = self.sentinel.watch(Watched {
+                    resource: request.resource.clone(),
+                    path: files.path.clone(),
+                    snapshot,
+                    strict: true,
+                    loss: request.loss.clone(),
+                });
+                let grant = LegacyGrant {
+                    resource: request.resource.clone(),
+                    sidecar,
+                    sidecar_path: files.sidecar,
+                    path: files.path,
+                    snapshot,
+                    watch_id,
+                };
+                return Ok(Acquired::Granted(
+                    Granted::new(grant, FencingToken::new(record.token), None)
+                        .acquired_at(now)
+                        .after_waiting(waited || waited_for_old),
+                ));
+            }
+            let Some((id, occupant)) = self.occupant(resource, &files, Some(&sidecar))? else {
+                continue; // removed meanwhile
+            };
+            let since = match occupant {
+                Occupant::New { .. } => {
+                    // We hold the sidecar, so its maker is gone: it crashed.
+                    self.break_file(resource, &files, id, "left by a crashed lockman process")?;
+                    continue;
+                }
+                Occupant::Old { stale: true, .. } => {
+                    self.break_file(resource, &files, id, "stale: older than stale_after")?;
+                    continue;
+                }
+                Occupant::Old { since, stale: false } => since,
+            };
+            let holder = Some(old_holder(resource, &files.path, since));
+            if files.policy == LegacyPolicy::SkipIfBusy || request.deadline.has_passed() {
+                return Ok(Acquired::Busy { holder });
+            }
+            if watch.is_none() {
+                watch = ChangeWatch::new(&files.path);
+                if watch.is_some() {
+                    continue;
+                }
+            }
+            waited_for_old = true;
+            let stale_at = since + files.stale_after;
+            let wake_by = Instant::now() + stale_at.duration_since(SystemTime::now()).unwrap_or_default();
+            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(wake_by)).await {
+                return Ok(Acquired::Busy { holder });
+            }
+            watch = None;
+        }
+    }
+
+    async fn release(&self, grant: &LegacyGrant) -> Result<(), LockError> {
+        self.release_sync(grant)
+    }
+
+    fn release_now(&self, grant: &LegacyGrant) -> Option<Result<(), LockError>> {
+        Some(self.release_sync(grant))
+    }
+
+    async fn renew(&self, _grant: &LegacyGrant, _lease: Duration) -> Result<SystemTime, LockError> {
+        Err(LockError::Config(
+            "the legacy-file backend has no leases (old daemons would not honour them); \
+             staleness is judged by each resource's stale_after"
+                .to_owned(),
+        ))
+    }
+
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+        self.state_of(resource, &self.files(resource))
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut held = Vec::new();
+        for resource in self.known_resources()? {
+            if let Some(info) = self.state_of(&resource, &self.files(&resource))?.info() {
+                held.push(info.clone());
+            }
+        }
+        Ok(held)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let files = self.files(resource);
+        let Some((id, occupant)) = self.occupant(resource, &files, None)? else {
+            return Ok(None);
+        };
+        if !self.break_file(resource, &files, id, reason)? {
+            return Ok(None);
+        }
+        let info = match occupant {
+            Occupant::New { record, alive } => {
+                if alive {
+                    // A live new holder keeps its sidecar locked; move the
+                    // sidecar aside too, so newcomers lock a fresh one.
+                    if let Ok(Some(sidecar)) = FileId::at(&files.sidecar) {
+                        let _ = fsutil::break_by_rename(&files.sidecar, sidecar, |_| true);
+                    }
+                }
+                record.to_info(LEGACY_BACKEND)
+            }
+            Occupant::Old { since, .. } => old_holder(resource, &files.path, since),
+        };
+        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        Ok(Some(info))
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut broken = Vec::new();
+        for resource in self.known_resources()? {
+            let files = self.files(&resource);
+            let Some((id, occupant)) = self.occupant(&resource, &files, None)? else { continue };
+            let info = match occupant {
+                Occupant::New { record, alive: false } => record.to_info(LEGACY_BACKEND),
+                Occupant::Old { since, stale: true } => old_holder(&resource, &files.path, since),
+                _ => continue,
+            };
+            if self.break_file(&resource, &files, id, "stale")? {
+                broken.push(info);
+            }
+        }
+        Ok(broken)
+    }
+}
+
+/// What is known of an old process holding `path`: nothing but the file's age.
+fn old_holder(resource: &str, path: &Path, since: SystemTime) -> LockInfo {
+    let mut info = record::unknown_holder(resource, LEGACY_BACKEND);
+    info.holder = HolderId::new("legacy process");
+    info.acquired_at = since;
+    info.purpose = Some(format!("legacy lockfile {}", path.display()));
+    info
+}
+
+/// `2025-11-10T12:34:56.123456+00:00`: what Python's `datetime.isoformat()`
+/// writes for an aware UTC time, as v3 daemons do.
+fn python_isoformat(at: SystemTime) -> String {
+    let rfc3339 = humantime::format_rfc3339_micros(at).to_string();
+    match rfc3339.strip_suffix('Z') {
+        Some(local) => format!("{local}+00:00"),
+        None => rfc3339,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isoformat_matches_python() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_762_778_096_123_456);
+        assert_eq!(python_isoformat(at), "2025-11-10T12:34:56.123456+00:00");
+    }
+}
