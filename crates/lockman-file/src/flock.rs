@@ -15,8 +15,7 @@ use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_chang
 
 /// The longest a waiter goes without re-checking (change notifications
 /// usually wake it long before).
-pub(crate) const POLL_MAX: Duration =
-    Duration::from_millis(if cfg!(target_os = "linux") { 250 } else { 50 });
+pub(crate) const POLL_MAX: Duration = Duration::from_millis(if cfg!(target_os = "linux") { 250 } else { 50 });
 
 /// A file we hold the kernel lock of.
 pub(crate) struct Locked {

@@ -124,8 +124,9 @@ impl FileId {
 }
 
 /// A file's identity plus what changes when someone rewrites it: enough to
-/// notice a legacy process truncating or replacing a lock file we hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// notice a legacy process truncating or replacing a lock file we hold, and
+/// to tell our file from a new one that reuses its inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Snapshot {
     pub(crate) id: FileId,
     len: u64,

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
-use lockman_core::{
-    Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
-};
+use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism};
 
 use crate::flock::{self, Locked};
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
@@ -154,9 +152,12 @@ impl LockBackend for FileBackend {
             Err(holder) => return Ok(Acquired::Busy { holder }),
         };
         let (record, now) = flock::next_record(&file, request);
-        record.write_to(&file, RecordState::Held).map_err(|e| self.io("writing the holder record", resource, &path, e))?;
+        record
+            .write_to(&file, RecordState::Held)
+            .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
         let token = record.token;
-        let snapshot = Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
+        let snapshot =
+            Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
             path: path.clone(),
@@ -165,9 +166,13 @@ impl LockBackend for FileBackend {
             loss: request.loss.clone(),
         });
         Ok(Acquired::Granted(
-            Granted::new(FileGrant { resource: request.resource.clone(), file, path, id, watch_id }, FencingToken::new(token), None)
-                .acquired_at(now)
-                .after_waiting(waited),
+            Granted::new(
+                FileGrant { resource: request.resource.clone(), file, path, id, watch_id },
+                FencingToken::new(token),
+                None,
+            )
+            .acquired_at(now)
+            .after_waiting(waited),
         ))
     }
 
@@ -216,7 +221,9 @@ impl LockBackend for FileBackend {
             return Ok(None);
         };
         let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, &path, e))?;
-        let info = match flock::probe(&file, resource, BACKEND).map_err(|e| self.io("probing the lock", resource, &path, e))? {
+        let info = match flock::probe(&file, resource, BACKEND)
+            .map_err(|e| self.io("probing the lock", resource, &path, e))?
+        {
             LockState::Held(info) => info,
             _ => return Ok(None),
         };
@@ -261,4 +268,3 @@ impl LockBackend for FileBackend {
         Ok(crashed)
     }
 }
-

@@ -102,7 +102,8 @@ impl LeaseFileBackend {
         let resource = &*request.resource;
         let now = SystemTime::now();
         let mut record = Record::new(request, 0, now);
-        record.lease_ms = Some(u64::try_from(request.lease.unwrap_or(self.default_lease).as_millis()).unwrap_or(u64::MAX));
+        record.lease_ms =
+            Some(u64::try_from(request.lease.unwrap_or(self.default_lease).as_millis()).unwrap_or(u64::MAX));
         record.heartbeat_us = Some(unix_micros(now));
         let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
@@ -123,13 +124,22 @@ impl LeaseFileBackend {
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
             path: path.to_owned(),
-            snapshot: Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lease file", resource, path, e))?),
+            snapshot: Snapshot::of(
+                &file.metadata().map_err(|e| self.io("inspecting the lease file", resource, path, e))?,
+            ),
             strict: false,
             loss: request.loss.clone(),
         });
         let token = record.token;
         Ok(Some((
-            LeaseGrant { resource: request.resource.clone(), file, path: path.to_owned(), id, record: Mutex::new(record), watch_id },
+            LeaseGrant {
+                resource: request.resource.clone(),
+                file,
+                path: path.to_owned(),
+                id,
+                record: Mutex::new(record),
+                watch_id,
+            },
             token,
         )))
     }
@@ -165,7 +175,9 @@ impl LeaseFileBackend {
 
     /// Breaks a lease judged stale, unless it was renewed meanwhile.
     fn break_stale(&self, resource: &str, path: &Path, id: FileId) -> Result<bool, LockError> {
-        let still_stale = |tombstone: &Path| match fsutil::open_no_follow(tombstone, false).map(|f| record::read_from(&f)) {
+        let still_stale = |tombstone: &Path| match fsutil::open_no_follow(tombstone, false)
+            .map(|f| record::read_from(&f))
+        {
             Ok(Ok(Ok(Some((record, _))))) => {
                 record.lease_expires_at().is_some_and(|at| at <= SystemTime::now()) || record.holder_process_is_dead()
             }
@@ -253,7 +265,9 @@ impl LockBackend for LeaseFileBackend {
                 let expires = grant.record.lock().lease_expires_at();
                 let acquired_at = fsutil::from_unix_micros(grant.record.lock().acquired_at_us);
                 return Ok(Acquired::Granted(
-                    Granted::new(grant, FencingToken::new(token), expires).acquired_at(acquired_at).after_waiting(waited),
+                    Granted::new(grant, FencingToken::new(token), expires)
+                        .acquired_at(acquired_at)
+                        .after_waiting(waited),
                 ));
             }
             let Some(existing) = self.examine(resource, &path)? else {

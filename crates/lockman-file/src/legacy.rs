@@ -50,17 +50,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
-use lockman_core::{
-    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason, WakeMechanism,
-};
+use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason, WakeMechanism};
 use tokio::time::Instant;
 
 use crate::flock::{self, Locked};
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::naming;
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
-use crate::naming;
 
 /// The backend name in errors, events and metrics.
 pub const LEGACY_BACKEND: &str = "legacy-file";
@@ -103,13 +101,33 @@ pub struct LegacyResource {
     file: PathBuf,
     stale_after: Option<Duration>,
     policy: LegacyPolicy,
+    settle: Duration,
 }
 
 impl LegacyResource {
     /// The resource's legacy file: relative to the backend's directory, or
     /// absolute (e.g. under a shared cache folder).
     pub fn new(file: impl AsRef<Path>) -> Self {
-        LegacyResource { file: file.as_ref().to_owned(), stale_after: None, policy: LegacyPolicy::Wait }
+        LegacyResource {
+            file: file.as_ref().to_owned(),
+            stale_after: None,
+            policy: LegacyPolicy::Wait,
+            settle: Duration::from_millis(2),
+        }
+    }
+
+    /// How long to wait after creating the legacy file before going in,
+    /// re-checking that no old process opened it meanwhile (default 2 ms).
+    ///
+    /// Old daemons check `exists()` and then create the file with a plain
+    /// truncating open; one that checked just before we created the file
+    /// truncates ours an instant later and goes in. Waiting this long and
+    /// looking again turns nearly all such races into a clean wait; a race
+    /// slower than this is still detected and reported as a lost lock. Zero
+    /// turns the check off.
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// Treat an old process's file as stale (and break it) once it is this
@@ -159,7 +177,10 @@ impl LegacyOptions {
     pub fn givtcp(dir: impl AsRef<Path>, n: u32) -> Self {
         let stale = Duration::from_secs(60);
         LegacyOptions::new(dir)
-            .resource("inverter_read", LegacyResource::new(".lockfile").stale_after(stale).policy(LegacyPolicy::SkipIfBusy))
+            .resource(
+                "inverter_read",
+                LegacyResource::new(".lockfile").stale_after(stale).policy(LegacyPolicy::SkipIfBusy),
+            )
             .resource("regcache", LegacyResource::new(format!(".regcache_lockfile_{n}")).stale_after(stale))
     }
 
@@ -214,6 +235,24 @@ struct Files {
     sidecar: PathBuf,
     stale_after: Duration,
     policy: LegacyPolicy,
+    settle: Duration,
+}
+
+/// A legacy file we just created, removed on drop unless kept.
+struct MadeFile<'a> {
+    path: &'a Path,
+    snapshot: Snapshot,
+    keep: bool,
+}
+
+impl Drop for MadeFile<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let snapshot = self.snapshot;
+            let _ =
+                fsutil::break_by_rename(self.path, snapshot.id, |t| Snapshot::at(t).ok().flatten() == Some(snapshot));
+        }
+    }
 }
 
 /// Who is behind an existing legacy file.
@@ -254,21 +293,24 @@ impl LegacyFileBackend {
     }
 
     fn files(&self, resource: &str) -> Files {
-        let (path, stale_after, policy) = match self.options.resources.get(resource) {
+        let (path, stale_after, policy, settle) = match self.options.resources.get(resource) {
             Some(mapping) => (
                 self.dir.path().join(&mapping.file),
                 mapping.stale_after.unwrap_or(self.options.stale_after),
                 mapping.policy,
+                mapping.settle,
             ),
+            // No old process knows these files: nothing to settle.
             None => (
                 self.dir.join(&naming::encoded_file_name(resource, LEGACY_SUFFIX)),
                 self.options.stale_after,
                 LegacyPolicy::Wait,
+                Duration::ZERO,
             ),
         };
         let mut sidecar = path.clone().into_os_string();
         sidecar.push(SIDECAR_SUFFIX);
-        Files { path, sidecar: PathBuf::from(sidecar), stale_after, policy }
+        Files { path, sidecar: PathBuf::from(sidecar), stale_after, policy, settle }
     }
 
     fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
@@ -277,7 +319,12 @@ impl LegacyFileBackend {
 
     /// Who holds the legacy file at `files.path`, if anyone. `sidecar` is our
     /// own locked sidecar when we hold it (then no other new process is alive).
-    fn occupant(&self, resource: &str, files: &Files, sidecar: Option<&File>) -> Result<Option<(FileId, Occupant)>, LockError> {
+    fn occupant(
+        &self,
+        resource: &str,
+        files: &Files,
+        sidecar: Option<&File>,
+    ) -> Result<Option<(FileId, Occupant)>, LockError> {
         let meta = match std::fs::symlink_metadata(&files.path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -292,6 +339,7 @@ impl LegacyFileBackend {
             ));
         }
         let id = FileId::of(&meta);
+        let snapshot = Snapshot::of(&meta);
         let opened;
         let sidecar_file = match sidecar {
             Some(file) => Some(file),
@@ -300,13 +348,16 @@ impl LegacyFileBackend {
                 opened.as_ref()
             }
         };
+        // Ours only if the sidecar's last grant made exactly this file and was
+        // never released: a released grant removed its file, and a file now
+        // there is an old process's, even if it reuses the inode number.
         if let Some(file) = sidecar_file
-            && let Ok(Ok(Some((record, state)))) = record::read_from(file)
-            && record.guards == Some(id)
+            && let Ok(Ok(Some((record, RecordState::Held)))) = record::read_from(file)
+            && record.guards == Some(snapshot)
         {
             let alive = match sidecar {
                 Some(_) => false,
-                None => state == RecordState::Held && matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Held(_))),
+                None => matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Held(_))),
             };
             return Ok(Some((id, Occupant::New { record, alive })));
         }
@@ -334,7 +385,8 @@ impl LegacyFileBackend {
         let intact = Snapshot::at(&grant.path).ok().flatten() == Some(grant.snapshot);
         let removed = intact
             && matches!(
-                fsutil::break_by_rename(&grant.path, grant.snapshot.id, |t| Snapshot::at(t).ok().flatten() == Some(grant.snapshot)),
+                fsutil::break_by_rename(&grant.path, grant.snapshot.id, |t| Snapshot::at(t).ok().flatten()
+                    == Some(grant.snapshot)),
                 Ok(BreakOutcome::Broken)
             );
         if let Err(e) = record::mark_released(&grant.sidecar) {
@@ -429,13 +481,29 @@ impl LockBackend for LegacyFileBackend {
                 .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
             if let Some(file) = created {
                 let snapshot = Snapshot::of(
-                    &file.metadata().map_err(|e| self.io("inspecting the legacy lock file", resource, &files.path, e))?,
+                    &file
+                        .metadata()
+                        .map_err(|e| self.io("inspecting the legacy lock file", resource, &files.path, e))?,
                 );
-                record.guards = Some(snapshot.id);
-                if let Err(e) = record.write_to(&sidecar, RecordState::Held) {
-                    let _ = fsutil::break_by_rename(&files.path, snapshot.id, |_| true);
-                    return Err(self.io("writing the holder record", resource, &files.sidecar, e));
+                // Removes the file again if we fail or are cancelled before granting.
+                let mut made = MadeFile { path: &files.path, snapshot, keep: false };
+                record.guards = Some(snapshot);
+                record
+                    .write_to(&sidecar, RecordState::Held)
+                    .map_err(|e| self.io("writing the holder record", resource, &files.sidecar, e))?;
+                if !files.settle.is_zero() {
+                    // An old process that saw no file an instant ago may be
+                    // about to open it (its check-then-create race). If it
+                    // does so now, it thinks the file is its own: let it have it.
+                    tokio::time::sleep(files.settle).await;
+                    if Snapshot::at(&files.path).ok().flatten() != Some(snapshot) {
+                        tracing::info!(resource, path = %files.path.display(), "an old process took the legacy file as we created it; waiting for it");
+                        made.keep = true;
+                        continue;
+                    }
                 }
+                made.keep = true;
+                drop(made);
                 let watch_id = self.sentinel.watch(Watched {
                     resource: request.resource.clone(),
                     path: files.path.clone(),

@@ -45,10 +45,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kernel::{BACKEND, FileBackend, FileGrant, FileLockManager};
+pub use lease::{LEASE_BACKEND, LeaseFileBackend, LeaseFileLockManager, LeaseGrant};
 pub use legacy::{
     LEGACY_BACKEND, LegacyFileBackend, LegacyFileLockManager, LegacyGrant, LegacyOptions, LegacyPolicy, LegacyResource,
 };
-pub use lease::{LEASE_BACKEND, LeaseFileBackend, LeaseFileLockManager, LeaseGrant};
+pub use status::{FileStatusManager, FlagDirOptions};
 
 /// Where and how a file backend keeps its lock files.
 ///

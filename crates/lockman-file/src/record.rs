@@ -50,7 +50,7 @@ pub(crate) struct Record {
     pub(crate) token: u64,
     /// In a legacy sidecar: the legacy lock file this grant created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) guards: Option<crate::fsutil::FileId>,
+    pub(crate) guards: Option<crate::fsutil::Snapshot>,
 }
 
 /// Whether the record's holder still holds the lock (as far as the record
@@ -95,8 +95,12 @@ impl Record {
     }
 
     pub(crate) fn to_info(&self, backend: &str) -> LockInfo {
-        let mut info =
-            LockInfo::local(self.resource.clone(), HolderId::new(self.holder.as_str()), FencingToken::new(self.token), backend);
+        let mut info = LockInfo::local(
+            self.resource.clone(),
+            HolderId::new(self.holder.as_str()),
+            FencingToken::new(self.token),
+            backend,
+        );
         info.user = self.user.clone();
         info.hostname = self.host.clone();
         info.pid = self.pid;

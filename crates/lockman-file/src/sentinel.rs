@@ -114,9 +114,7 @@ async fn patrol(inner: Weak<Inner>) {
                 Some(now) => now.id == expected.id,
             };
             if !intact && let Some(watched) = inner.held.lock().remove(&id) {
-                watched.loss.mark_lost(LostReason::Stolen {
-                    detail: format!("{} ({})", inner.detail, path.display()),
-                });
+                watched.loss.mark_lost(LostReason::Stolen { detail: format!("{} ({})", inner.detail, path.display()) });
             }
         }
     }

@@ -161,4 +161,3 @@ mod imp {
 pub(crate) fn notifications_supported() -> bool {
     cfg!(target_os = "linux")
 }
-

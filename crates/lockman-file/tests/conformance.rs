@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockman_core::{LockBackend, LockManager, StatusManager};
-use lockman_file::{FileBackend, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
+use lockman_file::{
+    FileBackend, FileOptions, FileStatusManager, FlagDirOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions,
+};
 use lockman_testkit::Harness;
 
 /// One flavour over a private temporary directory.
@@ -21,7 +23,7 @@ impl Files {
     fn new(open: fn(&Path) -> Arc<dyn LockManager>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let locks = open(dir.path());
-        let status = Arc::new(lockman_memory::MemoryStatusManager::default());
+        let status = Arc::new(FileStatusManager::open(FlagDirOptions::new(dir.path().join("flags"))).expect("flags"));
         Files { dir, open, locks, status }
     }
 }
