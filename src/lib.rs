@@ -45,3 +45,9 @@ pub use lockman_core::{
 pub use lockman_memory as memory;
 #[cfg(feature = "memory")]
 pub use lockman_memory::{MemoryLockManager, MemoryStatusManager};
+
+/// The file backends: kernel-locked lock files, lease files, legacy lockfiles, and file flags.
+#[cfg(feature = "file")]
+pub use lockman_file as file;
+#[cfg(feature = "file")]
+pub use lockman_file::{FileLockManager, FileStatusManager, LeaseFileLockManager, LegacyFileLockManager};

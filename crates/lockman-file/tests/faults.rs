@@ -1,0 +1,276 @@
+//! Faults and bad input for the file backends: lock files deleted, replaced
+//! or cleaned up under holders and waiters, symlinks, unusable directories,
+//! truncated records, and names that try to escape the directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use lockman_core::{AcquireOptions, LockBackend, LockError, LockManager, LockState, LostReason};
+use lockman_file::{FileBackend, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
+
+/// How long a holder may take to notice its file is gone (the loss check
+/// interval used below, plus scheduling slack).
+const NOTICE: Duration = Duration::from_secs(2);
+
+fn quick(dir: &Path) -> FileOptions {
+    FileOptions::new(dir).loss_check_interval(Duration::from_millis(50))
+}
+
+fn kernel(dir: &Path) -> (FileBackend, Arc<dyn LockManager>) {
+    let backend = FileBackend::open(quick(dir)).expect("open");
+    let locks = Arc::new(FileBackend::open(quick(dir)).expect("open").into_manager());
+    (backend, locks)
+}
+
+/// py-filelock #574: deleting lock files must not break mutual exclusion.
+/// Our `cleanup_stale` deletes every unlocked lock file, over and over,
+/// while four managers (as four processes would) take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_deleting_lock_files_never_breaks_exclusion() {
+    let dir = tempfile::tempdir().expect("dir");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let cleaner = {
+        let locks = kernel(dir.path()).1;
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut passes = 0u32;
+            while !done.load(Ordering::Acquire) {
+                locks.cleanup_stale().await.expect("cleanup");
+                passes += 1;
+                tokio::task::yield_now().await;
+            }
+            passes
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let locks = kernel(dir.path()).1;
+            let inside = inside.clone();
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    let guard = locks.acquire("shared", AcquireOptions::new()).await.expect("acquire");
+                    assert_eq!(inside.fetch_add(1, Ordering::AcqRel), 0, "two holders at once");
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, Ordering::AcqRel);
+                    guard.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    done.store(true, Ordering::Release);
+    let passes = cleaner.await.expect("cleaner");
+    assert!(passes > 10, "the cleaner hardly ran ({passes} passes)");
+}
+
+/// A holder whose lock file is deleted by an outside tool learns it lost the
+/// lock; a newcomer gets a fresh file and a larger fencing token.
+#[tokio::test]
+async fn deleted_lock_file_makes_the_holder_lost() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (backend, locks) = kernel(dir.path());
+    let guard = locks.acquire("victim", AcquireOptions::new()).await.expect("acquire");
+    std::fs::remove_file(backend.lock_file("victim")).expect("delete");
+    let reason = tokio::time::timeout(NOTICE, guard.lost()).await.expect("the holder never noticed");
+    assert!(matches!(reason, LostReason::Stolen { .. }), "{reason:?}");
+    let other = kernel(dir.path()).1;
+    let next = other.acquire("victim", AcquireOptions::new().no_wait()).await.expect("a fresh file is free");
+    assert!(next.fencing_token() > guard.fencing_token());
+    let err = guard.release().await.expect_err("releasing a lost lock succeeded");
+    assert!(err.is_lost());
+}
+
+/// The same when another file is renamed over it.
+#[tokio::test]
+async fn replaced_lock_file_makes_the_holder_lost() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (backend, locks) = kernel(dir.path());
+    let guard = locks.acquire("victim", AcquireOptions::new()).await.expect("acquire");
+    let impostor = dir.path().join("impostor");
+    std::fs::write(&impostor, "").expect("write");
+    std::fs::rename(&impostor, backend.lock_file("victim")).expect("replace");
+    tokio::time::timeout(NOTICE, guard.lost()).await.expect("the holder never noticed");
+    assert!(guard.release().await.expect_err("release of a lost lock").is_lost());
+}
+
+/// A waiter blocked on a file that is deleted moves on to the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_follows_a_deleted_and_recreated_lock_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (backend, locks) = kernel(dir.path());
+    let holder = locks.acquire("r", AcquireOptions::new()).await.expect("acquire");
+    let waiter = {
+        let locks = kernel(dir.path()).1;
+        tokio::spawn(async move { locks.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(10))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the waiter block on the old file
+    std::fs::remove_file(backend.lock_file("r")).expect("delete");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("waiter stuck").expect("join");
+    let got = got.expect("the waiter did not move to the new file");
+    // The old holder is lost; the waiter holds the file the path names now.
+    tokio::time::timeout(NOTICE, holder.lost()).await.expect("old holder not told");
+    assert!(locks.try_acquire("r", AcquireOptions::new()).await.expect("try").is_none(), "new holder not excluding");
+    drop(got);
+}
+
+/// Fencing tokens keep increasing across managers, and after the lock file
+/// (and the token stored in it) was deleted.
+#[tokio::test]
+async fn fencing_tokens_increase_across_managers_and_deletion() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (backend, first) = kernel(dir.path());
+    let second = kernel(dir.path()).1;
+    let mut last = 0;
+    for round in 0..20 {
+        let locks = if round % 2 == 0 { &first } else { &second };
+        let guard = locks.acquire("r", AcquireOptions::new()).await.expect("acquire");
+        let token = guard.fencing_token().get();
+        assert!(token > last, "round {round}: token {token} after {last}");
+        last = token;
+        guard.release().await.expect("release");
+        if round == 10 {
+            std::fs::remove_file(backend.lock_file("r")).expect("delete");
+        }
+    }
+}
+
+/// A lock file replaced by a symlink is refused, and nothing is written
+/// through it.
+#[tokio::test]
+async fn symlinked_lock_file_is_refused() {
+    let root = tempfile::tempdir().expect("dir");
+    let dir = root.path().join("locks");
+    let backend = FileBackend::open(FileOptions::new(&dir)).expect("open");
+    let outside = root.path().join("outside.txt");
+    std::fs::write(&outside, "precious").expect("write");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&outside, backend.lock_file("victim")).expect("symlink");
+    let locks = backend.into_manager();
+    let err = locks.acquire("victim", AcquireOptions::new().no_wait()).await.expect_err("followed a symlink");
+    assert!(matches!(err, LockError::Backend { .. }), "{err}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert!(locks.state("victim").await.is_err(), "state read through a symlink");
+    assert_eq!(std::fs::read_to_string(&outside).expect("read"), "precious");
+}
+
+/// A path that is a file, or under one, is a configuration error naming it.
+#[test]
+fn unusable_directories_are_config_errors() {
+    let root = tempfile::tempdir().expect("dir");
+    let file = root.path().join("not-a-dir");
+    std::fs::write(&file, "").expect("write");
+    for dir in [file.clone(), file.join("below")] {
+        let err = FileBackend::open(FileOptions::new(&dir)).expect_err("opened an unusable directory");
+        assert!(matches!(err, LockError::Config(_)), "{err}");
+        assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err} does not name {dir:?}");
+    }
+}
+
+/// A new directory is private to its user unless configured otherwise.
+#[cfg(unix)]
+#[test]
+fn new_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("dir");
+    let private = root.path().join("private");
+    FileBackend::open(FileOptions::new(&private)).expect("open");
+    assert_eq!(std::fs::metadata(&private).expect("meta").permissions().mode() & 0o777, 0o700);
+    let shared = root.path().join("shared");
+    FileBackend::open(FileOptions::new(&shared).dir_mode(0o750)).expect("open");
+    assert_eq!(std::fs::metadata(&shared).expect("meta").permissions().mode() & 0o777, 0o750);
+}
+
+/// An unwritable directory gives a clear error (root bypasses permissions,
+/// so this only runs as another user).
+#[cfg(unix)]
+#[tokio::test]
+async fn unwritable_directory_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    if rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: running as root, which writes to any directory");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = FileBackend::open(FileOptions::new(dir.path())).expect("open").into_manager();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let err = locks.acquire("r", AcquireOptions::new().no_wait()).await.expect_err("wrote to a read-only directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod back");
+    assert!(matches!(err, LockError::Backend { .. }), "{err}");
+    assert!(err.to_string().contains("permission"), "{err}");
+}
+
+/// A truncated record is survived: the state reads, the lock is granted,
+/// and the token still increases (the clock floors it).
+#[tokio::test]
+async fn truncated_record_is_recovered_from() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (backend, locks) = kernel(dir.path());
+    let first = locks.acquire("r", AcquireOptions::new()).await.expect("acquire");
+    let token = first.fencing_token();
+    let path = backend.lock_file("r");
+    std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(12).expect("truncate");
+    let state = locks.state("r").await.expect("state of a held lock with a torn record");
+    assert!(state.is_held(), "{state:?}");
+    first.release().await.expect("release");
+    std::fs::write(&path, b"LMF1 H garbage that is no record").expect("corrupt");
+    assert_eq!(locks.state("r").await.expect("state"), LockState::Available);
+    let next = locks.acquire("r", AcquireOptions::new().no_wait()).await.expect("acquire over a corrupt record");
+    assert!(next.fencing_token() > token);
+}
+
+/// A corrupt lease file is judged by its age: held while young, stale (and
+/// broken) once older than the default lease.
+#[tokio::test]
+async fn corrupt_lease_file_is_broken_after_the_default_lease() {
+    let dir = tempfile::tempdir().expect("dir");
+    let backend =
+        LeaseFileBackend::open(FileOptions::new(dir.path()).default_lease(Duration::from_secs(5))).expect("open");
+    let path = backend.lease_file("r");
+    let locks = backend.into_manager();
+    std::fs::write(&path, b"\x00\x01 not a record").expect("corrupt");
+    assert!(locks.state("r").await.expect("state").is_held());
+    assert!(locks.try_acquire("r", AcquireOptions::new()).await.expect("try").is_none(), "broke a young lease file");
+    let old = SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&path).expect("open").set_modified(old).expect("age it");
+    assert!(matches!(locks.state("r").await.expect("state"), LockState::Stale(_)));
+    let guard = locks.try_acquire("r", AcquireOptions::new()).await.expect("try");
+    assert!(guard.is_some(), "a stale corrupt lease file was not broken");
+}
+
+/// Hostile names never create anything outside the directory, in any flavour.
+#[tokio::test]
+async fn hostile_names_stay_inside_the_directory() {
+    let root = tempfile::tempdir().expect("dir");
+    let dir = root.path().join("locks");
+    let flavours: Vec<Arc<dyn LockManager>> = vec![
+        Arc::new(FileBackend::open(FileOptions::new(&dir)).expect("open").into_manager()),
+        Arc::new(LeaseFileBackend::open(FileOptions::new(&dir)).expect("open").into_manager()),
+        Arc::new(LegacyFileBackend::open(LegacyOptions::new(&dir)).expect("open").into_manager()),
+    ];
+    for locks in flavours {
+        let mut guards = Vec::new();
+        for name in lockman_testkit::names::hostile_names() {
+            match locks.try_acquire(&name, AcquireOptions::new()).await {
+                Ok(Some(guard)) => guards.push(guard),
+                Ok(None) => panic!("{}: {name:?} collided", locks.name()),
+                Err(LockError::InvalidName { .. }) => {}
+                Err(e) => panic!("{}: {name:?}: {e}", locks.name()),
+            }
+        }
+        assert!(guards.len() >= 15, "{}: most hostile names should simply work", locks.name());
+    }
+    let mut outside: Vec<String> = std::fs::read_dir(root.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    outside.sort();
+    assert_eq!(outside, vec!["locks".to_owned()], "something was created outside the lock directory");
+    for entry in std::fs::read_dir(&dir).expect("ls") {
+        assert!(entry.expect("entry").file_type().expect("type").is_file(), "a subdirectory was created");
+    }
+}
