@@ -1,16 +1,5 @@
 //! `file:///dir?mode=lease`: lease files for network shares, where kernel
-//! locks cannot be trusted (SMB, some NFS mounts, synced folders).
-//!
-//! A lock is a file created exclusively (written aside, then `link`ed into
-//! place, so readers never see it half-written) holding the holder's record
-//! and a heartbeat the holder renews while its guard lives. It is stale when
-//! the heartbeat is older than the lease, or at once when its pid is dead on
-//! this same host; the next acquirer (or `cleanup_stale`) breaks it by
-//! renaming it to a unique tombstone — of several racing breakers exactly one
-//! rename succeeds — and re-checking what it moved.
-//!
-//! Lease files judge staleness by the holder's clock: hosts sharing the
-//! directory need clocks in step to well within the lease.
+//! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::fs::File;
 use std::io;
@@ -35,6 +24,20 @@ pub const LEASE_BACKEND: &str = "file-lease";
 const LEASE_SUFFIX: &str = ".lease";
 const SEQUENCE_SUFFIX: &str = ".seq";
 
+/// `file:///dir?mode=lease`: lease files for network shares, where kernel
+/// locks cannot be trusted (SMB, some NFS mounts, synced folders).
+///
+/// A lock is a file created exclusively (written aside, then `link`ed into
+/// place, so readers never see it half-written) holding the holder's record
+/// and a heartbeat the holder renews while its guard lives. It is stale when
+/// the heartbeat is older than the lease, or at once when its pid is dead on
+/// this same host; the next acquirer (or `cleanup_stale`) breaks it by
+/// renaming it to a unique tombstone — of several racing breakers exactly one
+/// rename succeeds — and re-checking what it moved.
+///
+/// Lease files judge staleness by the holder's clock: hosts sharing the
+/// directory need clocks in step to well within the lease.
+///
 /// The lease-file manager: `Locks<LeaseFileBackend>`.
 ///
 /// ```

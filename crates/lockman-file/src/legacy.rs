@@ -1,46 +1,5 @@
 //! `legacy-file:///dir`: locks that old existence-check daemons respect.
-//!
-//! Old daemons (protocols A and B in `LEGACY.md`) lock a resource by
-//! creating a file such as `.lockfile` if it does not exist, and unlock it by
-//! deleting it. This backend takes the same file, so old and new processes
-//! exclude each other during a rollout, and adds what the old protocol lacks:
-//!
-//! 1. **New processes exclude each other strictly** with a kernel lock on a
-//!    sidecar file next to the legacy file (`.lockfile.flock`, never deleted by
-//!    normal operation). A crashed new process releases it at once.
-//! 2. **Holding the sidecar**, a new process creates the legacy file
-//!    exclusively (written aside and `link`ed into place), containing what v3
-//!    readers accept: the UTC time in Python `isoformat()` form. The sidecar's
-//!    record names that file by identity, so a file left by a crashed new
-//!    process is recognised and broken at once.
-//! 3. **A file an old process made** is waited for (notification plus bounded
-//!    backoff), or given up on at once for resources whose policy is
-//!    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour). It is stale, and
-//!    broken, once its modification time is older than the resource's
-//!    `stale_after`.
-//! 4. **Release** removes the file only if it is still the one we created
-//!    (same identity, length and modification time); otherwise the lock was
-//!    stolen and the release reports it lost. While held, the file is
-//!    re-checked every `loss_check_interval`, so a steal is reported promptly.
-//!
-//! # When an old and a new process can both be inside
-//!
-//! New-vs-new is strictly exclusive. New-vs-old can overlap only when the old
-//! code breaks its own rules:
-//!
-//! * **Check-then-create race (A and B):** an old process sees no file, we
-//!   create ours, then it truncates ours with its non-exclusive open. We
-//!   notice the truncation (length/mtime change) and report the lock lost.
-//! * **Protocol B's steal:** a v3 reader that waited 5 s deletes the file it
-//!   does not own and goes on. We notice the deletion and report the lock
-//!   lost. Keep critical sections under 5 s while v3 processes run.
-//! * **Error handlers and start-up** of old processes delete the file
-//!   unconditionally: same as above.
-//! * **A stale file that was not stale:** an old holder hung longer than
-//!   `stale_after`, we broke its file, and it resumed. Set `stale_after`
-//!   above the old code's longest critical section.
-//!
-//! In every case but the last, the new process's guard reports the loss.
+//! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,6 +25,50 @@ pub const LEGACY_BACKEND: &str = "legacy-file";
 const LEGACY_SUFFIX: &str = ".lockfile";
 const SIDECAR_SUFFIX: &str = ".flock";
 
+/// `legacy-file:///dir`: locks that old existence-check daemons respect.
+///
+/// Old daemons (protocols A and B in `LEGACY.md`) lock a resource by
+/// creating a file such as `.lockfile` if it does not exist, and unlock it by
+/// deleting it. This backend takes the same file, so old and new processes
+/// exclude each other during a rollout, and adds what the old protocol lacks:
+///
+/// 1. **New processes exclude each other strictly** with a kernel lock on a
+///    sidecar file next to the legacy file (`.lockfile.flock`, never deleted by
+///    normal operation). A crashed new process releases it at once.
+/// 2. **Holding the sidecar**, a new process creates the legacy file
+///    exclusively (written aside and `link`ed into place), containing what v3
+///    readers accept: the UTC time in Python `isoformat()` form. The sidecar's
+///    record names that file by identity, so a file left by a crashed new
+///    process is recognised and broken at once.
+/// 3. **A file an old process made** is waited for (notification plus bounded
+///    backoff), or given up on at once for resources whose policy is
+///    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour). It is stale, and
+///    broken, once its modification time is older than the resource's
+///    `stale_after`.
+/// 4. **Release** removes the file only if it is still the one we created
+///    (same identity, length and modification time); otherwise the lock was
+///    stolen and the release reports it lost. While held, the file is
+///    re-checked every `loss_check_interval`, so a steal is reported promptly.
+///
+/// # When an old and a new process can both be inside
+///
+/// New-vs-new is strictly exclusive. New-vs-old can overlap only when the old
+/// code breaks its own rules:
+///
+/// * **Check-then-create race (A and B):** an old process sees no file, we
+///   create ours, then it truncates ours with its non-exclusive open. We
+///   notice the truncation (length/mtime change) and report the lock lost.
+/// * **Protocol B's steal:** a v3 reader that waited 5 s deletes the file it
+///   does not own and goes on. We notice the deletion and report the lock
+///   lost. Keep critical sections under 5 s while v3 processes run.
+/// * **Error handlers and start-up** of old processes delete the file
+///   unconditionally: same as above.
+/// * **A stale file that was not stale:** an old holder hung longer than
+///   `stale_after`, we broke its file, and it resumed. Set `stale_after`
+///   above the old code's longest critical section.
+///
+/// In every case but the last, the new process's guard reports the loss.
+///
 /// The legacy-lockfile manager: `Locks<LegacyFileBackend>`.
 ///
 /// ```

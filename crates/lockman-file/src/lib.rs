@@ -9,12 +9,32 @@
 //! | [`LeaseFileLockManager`] | `file:///dir?mode=lease` | processes and hosts sharing the directory, even where kernel locks are unreliable (SMB, some NFS, synced folders) | after its heartbeat is older than the lease, or at once if its pid is dead on this host | inotify locally, bounded backoff |
 //! | [`LegacyFileLockManager`] | `legacy-file:///dir` | new processes strictly; old existence-check daemons as far as their protocol allows | new: at once; old: after the resource's stale age | as above |
 //!
+//! Flags: [`FileStatusManager`] keeps one file per flag (`.FCRunning1`
+//! holding `job-7\n15:00`, byte for byte what old readers expect), with TTLs
+//! and real names in a hidden sidecar directory, and one-shot flags consumed
+//! atomically by rename.
+//!
 //! Every flavour encodes resource names injectively into safe file names
 //! (a readable prefix plus a hash; see [`FileBackend::lock_file`]), never
 //! writes outside its directory, refuses symlinks, keeps holder metadata
 //! readable by `state`/`list` without taking the lock, hands out fencing
 //! tokens that keep increasing across processes, and reports a lock lost
 //! when its file is deleted or replaced under it.
+//!
+//! # Caveats
+//!
+//! * `state`/`list` on the kernel flavour probe the lock with a shared
+//!   try-lock held for two system calls; a `try_acquire` in another process
+//!   at that instant sees the lock busy.
+//! * Kernel locks on network file systems are only as good as the server's
+//!   lock support (NFSv4 implements `flock` as whole-file POSIX locks; SMB
+//!   varies). Use lease mode there. Lease mode judges staleness by the
+//!   holder's clock, so hosts need clocks in step to well within the lease,
+//!   and a holder paused longer than its lease loses the lock (its guard
+//!   reports it when it resumes).
+//! * Fencing tokens are microsecond timestamps floored on the previous token
+//!   stored beside the lock, so they keep increasing when a lock file is
+//!   deleted — unless the clock also steps back past the last token.
 //!
 //! ```
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};

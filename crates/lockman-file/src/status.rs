@@ -1,66 +1,5 @@
 //! Flags as files in a directory: [`FileStatusManager`].
-//!
-//! # On-disk layout
-//!
-//! ```text
-//! <dir>/
-//!   .FCRunning1                          a flag set by name (plain names are used verbatim)
-//!   .fullrefresh                         a one-shot flag, possibly created by an old daemon
-//!   @zurich-<32 hex>.flag                a flag whose name is not a plain file name (encoded)
-//!   .lockman-flags/                      lockman's metadata, hidden from old readers
-//!     .FCRunning1~<16 hex>.json          sidecar of `.FCRunning1`, keyed by the file's identity
-//!     @zurich-<32 hex>.flag~<16 hex>.json
-//! ```
-//!
-//! * **One file per flag.** The file exists while the flag is set; clearing
-//!   deletes it. Its content is the flag's value, byte for byte (an empty
-//!   file when the flag has no value), written atomically (a temp file
-//!   renamed into place), so a reader never sees half a value.
-//! * **File names.** A name configured with [`FlagDirOptions::file_name`] is
-//!   used exactly. Otherwise a *plain* flag name — ASCII letters, digits, `.`,
-//!   `_` and `-`, at most 200 bytes, not `.`/`..`, not starting with
-//!   `.lockman-` — is the file name itself, so `.FCRunning1`, `.tpcRunning_2`
-//!   and `.fullrefresh` are exactly the files old daemons use. Any other name
-//!   (`../../etc/passwd`, `a/b`, unicode, 1024 bytes) becomes `@` + a readable
-//!   prefix + a 128-bit SHA-256 hash + `.flag`: injective, one safe path
-//!   component, and never equal to a plain name (plain names cannot contain
-//!   `@`). Nothing is ever written outside the directory.
-//! * **Sidecars.** What old readers must not see — the TTL, when the flag was
-//!   set, whether an empty file means "no value" or the value `""`, and the
-//!   real name behind an encoded file — lives in a JSON sidecar under
-//!   `.lockman-flags/`. A sidecar is named after the flag file *and* that
-//!   file's identity (device, inode, length, modification time) at the time
-//!   it was set, and is only believed while the flag file still has that
-//!   identity. A flag file deleted and recreated (or rewritten) by an old
-//!   process therefore reads as the old process wrote it, and the stale
-//!   sidecar is ignored, then removed by the next `list` (or `set` of that
-//!   flag) once it is a minute old. (A replacement with the same inode,
-//!   length and modification time — possible only within the file system's
-//!   timestamp granularity — cannot be told apart.) Concurrent `set`s from several
-//!   processes each write their own sidecar, so whichever file wins the final
-//!   rename finds its own metadata.
-//!
-//! # Legacy compatibility
-//!
-//! * A v3 daemon's `.FCRunning1` holding `job-7\n15:00` (no trailing newline)
-//!   is written exactly so by `set(".FCRunning1", value("job-7\n15:00"))`,
-//!   and a file an old process wrote reads back as a flag whose value is its
-//!   content (`None` if empty; bytes that are not UTF-8 are replaced, not
-//!   refused) and whose `set_at` is the file's modification time.
-//! * `.fullrefresh`, created empty by an old process, is consumed exactly
-//!   once by [`take`](StatusManager::take): the file is renamed to a unique
-//!   internal name, and only the caller whose rename succeeded gets it — even
-//!   across threads and processes.
-//! * An expired TTL'd flag reads as cleared everywhere and its file is deleted
-//!   lazily by the next reader. Old readers, which know nothing of TTLs, see
-//!   it until then.
-//! * Symlinks are never followed: a symlink (or anything but a regular file)
-//!   where a flag file should be is reported as an error naming the path.
-//!
-//! Names that differ only in ASCII case are distinct files on case-sensitive
-//! file systems (Linux); on case-insensitive ones (macOS, Windows, most SMB
-//! shares) two *plain* names differing only in case share one file. Encoded
-//! names never collide.
+//! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, Metadata, OpenOptions};
@@ -176,9 +115,72 @@ impl FlagDirOptions {
     }
 }
 
-/// Flags kept as files in a directory, readable and writable by old daemons
-/// that test for a file's existence (see the [module docs](self) for the
-/// layout).
+/// Flags as files in a directory: [`FileStatusManager`].
+///
+/// # On-disk layout
+///
+/// ```text
+/// <dir>/
+///   .FCRunning1                          a flag set by name (plain names are used verbatim)
+///   .fullrefresh                         a one-shot flag, possibly created by an old daemon
+///   @zurich-<32 hex>.flag                a flag whose name is not a plain file name (encoded)
+///   .lockman-flags/                      lockman's metadata, hidden from old readers
+///     .FCRunning1~<16 hex>.json          sidecar of `.FCRunning1`, keyed by the file's identity
+///     @zurich-<32 hex>.flag~<16 hex>.json
+/// ```
+///
+/// * **One file per flag.** The file exists while the flag is set; clearing
+///   deletes it. Its content is the flag's value, byte for byte (an empty
+///   file when the flag has no value), written atomically (a temp file
+///   renamed into place), so a reader never sees half a value.
+/// * **File names.** A name configured with [`FlagDirOptions::file_name`] is
+///   used exactly. Otherwise a *plain* flag name — ASCII letters, digits, `.`,
+///   `_` and `-`, at most 200 bytes, not `.`/`..`, not starting with
+///   `.lockman-` — is the file name itself, so `.FCRunning1`, `.tpcRunning_2`
+///   and `.fullrefresh` are exactly the files old daemons use. Any other name
+///   (`../../etc/passwd`, `a/b`, unicode, 1024 bytes) becomes `@` + a readable
+///   prefix + a 128-bit SHA-256 hash + `.flag`: injective, one safe path
+///   component, and never equal to a plain name (plain names cannot contain
+///   `@`). Nothing is ever written outside the directory.
+/// * **Sidecars.** What old readers must not see — the TTL, when the flag was
+///   set, whether an empty file means "no value" or the value `""`, and the
+///   real name behind an encoded file — lives in a JSON sidecar under
+///   `.lockman-flags/`. A sidecar is named after the flag file *and* that
+///   file's identity (device, inode, length, modification time) at the time
+///   it was set, and is only believed while the flag file still has that
+///   identity. A flag file deleted and recreated (or rewritten) by an old
+///   process therefore reads as the old process wrote it, and the stale
+///   sidecar is ignored, then removed by the next `list` (or `set` of that
+///   flag) once it is a minute old. (A replacement with the same inode,
+///   length and modification time — possible only within the file system's
+///   timestamp granularity — cannot be told apart.) Concurrent `set`s from several
+///   processes each write their own sidecar, so whichever file wins the final
+///   rename finds its own metadata.
+///
+/// # Legacy compatibility
+///
+/// * A v3 daemon's `.FCRunning1` holding `job-7\n15:00` (no trailing newline)
+///   is written exactly so by `set(".FCRunning1", value("job-7\n15:00"))`,
+///   and a file an old process wrote reads back as a flag whose value is its
+///   content (`None` if empty; bytes that are not UTF-8 are replaced, not
+///   refused) and whose `set_at` is the file's modification time.
+/// * `.fullrefresh`, created empty by an old process, is consumed exactly
+///   once by [`take`](StatusManager::take): the file is renamed to a unique
+///   internal name, and only the caller whose rename succeeded gets it — even
+///   across threads and processes.
+/// * An expired TTL'd flag reads as cleared everywhere and its file is deleted
+///   lazily by the next reader. Old readers, which know nothing of TTLs, see
+///   it until then.
+/// * Symlinks are never followed: a symlink (or anything but a regular file)
+///   where a flag file should be is reported as an error naming the path.
+///
+/// Names that differ only in ASCII case are distinct files on case-sensitive
+/// file systems (Linux); on case-insensitive ones (macOS, Windows, most SMB
+/// shares) two *plain* names differing only in case share one file. Encoded
+/// names never collide.
+///
+/// In short: flags kept as files in a directory, readable and writable by
+/// old daemons that test for a file's existence (layout above).
 ///
 /// [`list`](StatusManager::list) returns every set flag that lockman set
 /// (it has a sidecar) plus every existing file configured with
