@@ -174,7 +174,9 @@ pub struct Capabilities {
     pub lost_detection: bool,
     /// Fencing tokens strictly increase per grant of a resource.
     pub fencing: bool,
-    /// Waiters are served in arrival order.
+    /// Waiters of this manager are served in arrival order, so a releaser
+    /// cannot barge ahead of them. (Whether processes sharing a store are
+    /// served in order is up to the backend; see its docs.)
     pub fifo: bool,
     /// How waiters learn of a release.
     pub wake: WakeMechanism,

@@ -1,10 +1,14 @@
 //! Taking and probing a kernel lock on a file, shared by the kernel-lock
 //! backend and the legacy backend's sidecar lock.
 
+use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use lockman_core::backend::{Deadline, GrantRequest};
 use lockman_core::{LockError, LockInfo, LockState};
@@ -23,6 +27,64 @@ pub(crate) struct Locked {
     pub(crate) id: FileId,
     /// Whether we had to wait for another holder.
     pub(crate) waited: bool,
+    /// Our turn in this manager's queue for the resource; end it (drop it)
+    /// right after unlocking, so the next local waiter goes at once.
+    pub(crate) turn: Turn,
+}
+
+/// Waiters of one manager queue per resource in arrival order before they
+/// contend for the kernel lock, so a releaser cannot barge ahead of waiters
+/// in its own process (the kernel wakes `flock` waiters in no order), and a
+/// local handoff needs no file-system notification. Entries exist only
+/// while someone holds or waits for the resource.
+#[derive(Debug, Default)]
+pub(crate) struct LocalQueue {
+    lanes: Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A grant's turn, shared with the [`Sentinel`](crate::sentinel::Sentinel)
+/// so a lost grant gives up its turn at once: waiters in this process then
+/// go for the (new) lock file without waiting for the lost guard to drop.
+pub(crate) type SharedTurn = Arc<Mutex<Option<Turn>>>;
+
+/// A turn in a [`LocalQueue`] lane: the lane's lock, if we got it.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    lane: Arc<tokio::sync::Mutex<()>>,
+    resource: Arc<str>,
+    lanes: Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl LocalQueue {
+    /// Waits (until `deadline`) for our turn at `resource`.
+    pub(crate) async fn enter(&self, resource: &Arc<str>, deadline: Deadline) -> Turn {
+        let lane = self.lanes.lock().entry(resource.clone()).or_default().clone();
+        let guard = match deadline {
+            Deadline::Now => lane.clone().try_lock_owned().ok(),
+            Deadline::At(at) => tokio::time::timeout_at(at, lane.clone().lock_owned()).await.ok(),
+            Deadline::Never => Some(lane.clone().lock_owned().await),
+        };
+        Turn { guard, lane, resource: resource.clone(), lanes: self.lanes.clone() }
+    }
+}
+
+impl Turn {
+    /// Whether the turn came before the deadline.
+    pub(crate) fn is_ours(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut lanes = self.lanes.lock();
+        // Only the map and we still know the lane: nobody holds or waits.
+        if Arc::strong_count(&self.lane) == 2 {
+            lanes.remove(&self.resource);
+        }
+    }
 }
 
 /// Takes the kernel lock on the file `path` names (creating it), waiting
@@ -32,12 +94,20 @@ pub(crate) struct Locked {
 /// synchronous `try_lock` right before returning.
 pub(crate) async fn lock(
     backend: &'static str,
-    resource: &str,
+    queue: &LocalQueue,
+    resource: &Arc<str>,
     path: &Path,
     deadline: Deadline,
 ) -> Result<Result<Locked, Option<LockInfo>>, LockError> {
     let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
-    let mut waited = false;
+    let started = tokio::time::Instant::now();
+    let turn = queue.enter(resource, deadline).await;
+    if !turn.is_ours() {
+        // Another task of this manager holds it (or is ahead of us).
+        let holder = fsutil::open_no_follow(path, false).ok().and_then(|file| holder_of(&file, backend));
+        return Ok(Err(holder));
+    }
+    let mut waited = started.elapsed() > Duration::from_millis(1);
     let mut backoff = Backoff::new(Duration::from_millis(1), POLL_MAX);
     let mut watch: Option<ChangeWatch> = None;
     'reopen: loop {
@@ -49,7 +119,7 @@ pub(crate) async fn lock(
                     // Someone may have deleted (cleanup) or replaced the file
                     // while we opened or waited: then our lock is on an orphan.
                     match FileId::at(path) {
-                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, id, waited })),
+                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, id, waited, turn })),
                         Ok(_) => continue 'reopen,
                         Err(e) => return Err(io("checking the lock file", e)),
                     }
@@ -118,5 +188,25 @@ pub(crate) fn holder_of(file: &File, backend: &str) -> Option<LockInfo> {
             None
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_lanes_exist_only_while_used() {
+        let queue = LocalQueue::default();
+        let resource: Arc<str> = Arc::from("r");
+        let first = queue.enter(&resource, Deadline::Now).await;
+        assert!(first.is_ours());
+        let second = queue.enter(&resource, Deadline::Now).await;
+        assert!(!second.is_ours(), "two turns at once");
+        drop(second);
+        assert_eq!(queue.lanes.lock().len(), 1);
+        drop(first);
+        assert!(queue.lanes.lock().is_empty(), "an unused lane was kept");
+        assert!(queue.enter(&resource, Deadline::Now).await.is_ours());
     }
 }

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
+
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism};
 
-use crate::flock::{self, Locked};
+use crate::flock::{self, LocalQueue, Locked, SharedTurn};
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
@@ -45,6 +47,7 @@ pub type FileLockManager = Locks<FileBackend>;
 pub struct FileBackend {
     dir: LockDir,
     sentinel: Sentinel,
+    queue: LocalQueue,
 }
 
 /// A held lock file: the open handle carries the kernel lock.
@@ -55,6 +58,7 @@ pub struct FileGrant {
     path: PathBuf,
     id: FileId,
     watch_id: u64,
+    turn: SharedTurn,
 }
 
 impl FileBackend {
@@ -69,7 +73,7 @@ impl FileBackend {
             options.loss_check_interval,
             "the lock file was deleted or replaced by another process (force-released or cleaned up)",
         );
-        Ok(FileBackend { dir, sentinel })
+        Ok(FileBackend { dir, sentinel, queue: LocalQueue::default() })
     }
 
     /// The directory holding the lock files.
@@ -94,6 +98,7 @@ impl FileBackend {
         }
         // Unlock before close, so waiters woken by the close find it free.
         let unlocked = grant.file.unlock();
+        drop(grant.turn.lock().take()); // the next waiter in this process goes now
         if !ours {
             return Err(LockError::Lost {
                 resource: grant.resource.to_string(),
@@ -136,6 +141,8 @@ impl LockBackend for FileBackend {
         caps.cross_process = true;
         caps.lost_detection = true;
         caps.fencing = true;
+        // In arrival order within this manager; processes race for the kernel lock.
+        caps.fifo = true;
         caps.wake = if notifications_supported() {
             WakeMechanism::Notification
         } else {
@@ -147,10 +154,11 @@ impl LockBackend for FileBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
         let resource = &*request.resource;
         let path = self.lock_file(resource);
-        let Locked { file, id, waited } = match flock::lock(BACKEND, resource, &path, request.deadline).await? {
-            Ok(locked) => locked,
-            Err(holder) => return Ok(Acquired::Busy { holder }),
-        };
+        let Locked { file, id, waited, turn } =
+            match flock::lock(BACKEND, &self.queue, &request.resource, &path, request.deadline).await? {
+                Ok(locked) => locked,
+                Err(holder) => return Ok(Acquired::Busy { holder }),
+            };
         let (record, now) = flock::next_record(&file, request);
         record
             .write_to(&file, RecordState::Held)
@@ -158,16 +166,18 @@ impl LockBackend for FileBackend {
         let token = record.token;
         let snapshot =
             Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
+        let turn: SharedTurn = Arc::new(Mutex::new(Some(turn)));
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
             path: path.clone(),
             snapshot,
             strict: false,
             loss: request.loss.clone(),
+            turn: Some(turn.clone()),
         });
         Ok(Acquired::Granted(
             Granted::new(
-                FileGrant { resource: request.resource.clone(), file, path, id, watch_id },
+                FileGrant { resource: request.resource.clone(), file, path, id, watch_id, turn },
                 FencingToken::new(token),
                 None,
             )

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, LostReason, WakeMechanism};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::flock::{LocalQueue, SharedTurn};
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
@@ -63,6 +64,7 @@ pub struct LeaseFileBackend {
     dir: LockDir,
     default_lease: Duration,
     sentinel: Sentinel,
+    queue: LocalQueue,
 }
 
 /// A held lease file.
@@ -74,6 +76,7 @@ pub struct LeaseGrant {
     id: FileId,
     record: Mutex<Record>,
     watch_id: u64,
+    turn: SharedTurn,
 }
 
 impl LeaseFileBackend {
@@ -88,7 +91,7 @@ impl LeaseFileBackend {
             options.loss_check_interval,
             "the lease file was broken as stale or deleted by another process",
         );
-        Ok(LeaseFileBackend { dir, default_lease: options.default_lease, sentinel })
+        Ok(LeaseFileBackend { dir, default_lease: options.default_lease, sentinel, queue: LocalQueue::default() })
     }
 
     /// The lease file used for `resource`.
@@ -101,7 +104,12 @@ impl LeaseFileBackend {
     }
 
     /// Creates the lease file if nobody holds one. `Ok(None)` if it exists.
-    fn try_create(&self, request: &GrantRequest, path: &Path) -> Result<Option<(LeaseGrant, u64)>, LockError> {
+    fn try_create(
+        &self,
+        request: &GrantRequest,
+        path: &Path,
+        turn: &SharedTurn,
+    ) -> Result<Option<(LeaseGrant, u64)>, LockError> {
         let resource = &*request.resource;
         let now = SystemTime::now();
         let mut record = Record::new(request, 0, now);
@@ -132,6 +140,7 @@ impl LeaseFileBackend {
             ),
             strict: false,
             loss: request.loss.clone(),
+            turn: Some(turn.clone()),
         });
         let token = record.token;
         Ok(Some((
@@ -142,6 +151,7 @@ impl LeaseFileBackend {
                 id,
                 record: Mutex::new(record),
                 watch_id,
+                turn: turn.clone(),
             },
             token,
         )))
@@ -199,9 +209,12 @@ impl LeaseFileBackend {
     fn release_sync(&self, grant: &LeaseGrant) -> Result<(), LockError> {
         self.sentinel.unwatch(grant.watch_id);
         if !matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id) {
+            drop(grant.turn.lock().take());
             return Err(self.stolen(grant));
         }
-        match fsutil::break_by_rename(&grant.path, grant.id, |_| true) {
+        let removed = fsutil::break_by_rename(&grant.path, grant.id, |_| true);
+        drop(grant.turn.lock().take()); // the next waiter in this process goes now
+        match removed {
             Ok(BreakOutcome::Broken) => Ok(()),
             Ok(_) => Err(self.stolen(grant)),
             Err(e) => Err(self.io("removing the lease file", &grant.resource, &grant.path, e)),
@@ -251,6 +264,8 @@ impl LockBackend for LeaseFileBackend {
         caps.default_lease = Some(self.default_lease);
         caps.lost_detection = true;
         caps.fencing = true;
+        // In arrival order within this manager; processes and hosts race.
+        caps.fifo = true;
         // Local changes wake waiters through inotify, but changes made by
         // other hosts on a network share are only seen by re-checking.
         caps.wake = WakeMechanism::Poll { min: Duration::from_millis(1), max: LEASE_POLL_MAX };
@@ -262,9 +277,29 @@ impl LockBackend for LeaseFileBackend {
         let path = self.lease_file(resource);
         let mut backoff = Backoff::new(Duration::from_millis(1), LEASE_POLL_MAX);
         let mut watch: Option<ChangeWatch> = None;
-        let mut waited = false;
+        let started = Instant::now();
+        // Our turn among this manager's waiters. A holder here whose lease
+        // runs out keeps its turn until its guard drops, so queue no longer
+        // than the holder's lease; past it, go and break the stale file.
+        let turn = loop {
+            let existing = self.examine(resource, &path)?;
+            let stale_at = existing.as_ref().map(|e| instant_of(e.stale_at));
+            let turn = self.queue.enter(&request.resource, earlier(request.deadline, stale_at)).await;
+            if turn.is_ours() {
+                break Some(turn);
+            }
+            let existing = self.examine(resource, &path)?;
+            if request.deadline.has_passed() {
+                return Ok(Acquired::Busy { holder: existing.and_then(|e| e.info) });
+            }
+            if existing.is_none_or(|e| e.stale) {
+                break None;
+            }
+        };
+        let turn: SharedTurn = Arc::new(Mutex::new(turn));
+        let mut waited = started.elapsed() > Duration::from_millis(1);
         loop {
-            if let Some((grant, token)) = self.try_create(request, &path)? {
+            if let Some((grant, token)) = self.try_create(request, &path, &turn)? {
                 let expires = grant.record.lock().lease_expires_at();
                 let acquired_at = fsutil::from_unix_micros(grant.record.lock().acquired_at_us);
                 return Ok(Acquired::Granted(
@@ -291,8 +326,9 @@ impl LockBackend for LeaseFileBackend {
                 }
             }
             waited = true;
-            let stale_at = Instant::now() + existing.stale_at.duration_since(SystemTime::now()).unwrap_or_default();
-            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(stale_at)).await {
+            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(instant_of(existing.stale_at)))
+                .await
+            {
                 return Ok(Acquired::Busy { holder: existing.info });
             }
             // The file we watched may be gone; watch whatever is there next.
@@ -370,6 +406,20 @@ impl LockBackend for LeaseFileBackend {
             }
         }
         Ok(broken)
+    }
+}
+
+/// The monotonic instant at which the wall-clock time `at` comes.
+fn instant_of(at: SystemTime) -> Instant {
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// `deadline`, or `at` if that comes first.
+fn earlier(deadline: Deadline, at: Option<Instant>) -> Deadline {
+    match (deadline, at) {
+        (Deadline::Now, _) | (_, None) => deadline,
+        (Deadline::Never, Some(at)) => Deadline::At(at),
+        (Deadline::At(limit), Some(at)) => Deadline::At(limit.min(at)),
     }
 }
 

@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason, WakeMechanism};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::flock::{self, Locked};
+use crate::flock::{self, LocalQueue, Locked, SharedTurn};
 use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::naming;
 use crate::record::{self, Record, RecordState};
@@ -219,6 +220,7 @@ pub struct LegacyFileBackend {
     dir: LockDir,
     options: LegacyOptions,
     sentinel: Sentinel,
+    queue: LocalQueue,
 }
 
 /// A held legacy lock: the sidecar's kernel lock and the legacy file we made.
@@ -230,6 +232,7 @@ pub struct LegacyGrant {
     path: PathBuf,
     snapshot: Snapshot,
     watch_id: u64,
+    turn: SharedTurn,
 }
 
 /// Where one resource's files are.
@@ -287,7 +290,7 @@ impl LegacyFileBackend {
             options.loss_check_interval,
             "the legacy lock file was deleted or rewritten by another process (an old daemon broke or took the lock)",
         );
-        Ok(LegacyFileBackend { dir, options, sentinel })
+        Ok(LegacyFileBackend { dir, options, sentinel, queue: LocalQueue::default() })
     }
 
     /// The legacy file used for `resource`.
@@ -396,6 +399,7 @@ impl LegacyFileBackend {
             tracing::warn!(path = %grant.sidecar_path.display(), error = %e, "cannot mark the sidecar record released");
         }
         let unlocked = grant.sidecar.unlock();
+        drop(grant.turn.lock().take()); // the next waiter in this process goes now
         if !removed {
             return Err(LockError::Lost {
                 resource: grant.resource.to_string(),
@@ -457,6 +461,8 @@ impl LockBackend for LegacyFileBackend {
         caps.cross_process = true;
         caps.lost_detection = true;
         caps.fencing = true;
+        // In arrival order within this manager; processes race for the kernel lock.
+        caps.fifo = true;
         caps.wake = if notifications_supported() {
             WakeMechanism::Notification
         } else {
@@ -469,11 +475,18 @@ impl LockBackend for LegacyFileBackend {
         let resource = &*request.resource;
         let files = self.files(resource);
         // 1. Among new processes: the sidecar's kernel lock.
-        let Locked { file: sidecar, waited, .. } =
-            match flock::lock(LEGACY_BACKEND, resource, &files.sidecar, request.deadline).await? {
-                Ok(locked) => locked,
-                Err(holder) => return Ok(Acquired::Busy { holder }),
-            };
+        let Locked { file: sidecar, waited, turn, .. } = match flock::lock(
+            LEGACY_BACKEND,
+            &self.queue,
+            &request.resource,
+            &files.sidecar,
+            request.deadline,
+        )
+        .await?
+        {
+            Ok(locked) => locked,
+            Err(holder) => return Ok(Acquired::Busy { holder }),
+        };
         // 2. Against old processes: the legacy file itself.
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
         let mut watch: Option<ChangeWatch> = None;
@@ -507,12 +520,14 @@ impl LockBackend for LegacyFileBackend {
                 }
                 made.keep = true;
                 drop(made);
+                let turn: SharedTurn = Arc::new(Mutex::new(Some(turn)));
                 let watch_id = self.sentinel.watch(Watched {
                     resource: request.resource.clone(),
                     path: files.path.clone(),
                     snapshot,
                     strict: true,
                     loss: request.loss.clone(),
+                    turn: Some(turn.clone()),
                 });
                 let grant = LegacyGrant {
                     resource: request.resource.clone(),
@@ -521,6 +536,7 @@ impl LockBackend for LegacyFileBackend {
                     path: files.path,
                     snapshot,
                     watch_id,
+                    turn,
                 };
                 return Ok(Acquired::Granted(
                     Granted::new(grant, FencingToken::new(record.token), None)

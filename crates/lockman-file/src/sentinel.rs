@@ -17,6 +17,7 @@ use std::time::Duration;
 use lockman_core::{LossSignal, LostReason};
 use parking_lot::Mutex;
 
+use crate::flock::SharedTurn;
 use crate::fsutil::Snapshot;
 
 /// The held grants of one backend, watched for loss.
@@ -45,6 +46,17 @@ pub(crate) struct Watched {
     /// Compare length and modification time too (legacy files), not just identity.
     pub(crate) strict: bool,
     pub(crate) loss: LossSignal,
+    /// The grant's place in its manager's queue, given up when it is lost.
+    pub(crate) turn: Option<SharedTurn>,
+}
+
+impl Watched {
+    fn lost(&self, reason: LostReason) {
+        self.loss.mark_lost(reason);
+        if let Some(turn) = &self.turn {
+            drop(turn.lock().take());
+        }
+    }
 }
 
 impl Sentinel {
@@ -84,7 +96,7 @@ impl Sentinel {
         let mut held = self.inner.held.lock();
         held.retain(|_, watched| {
             if &*watched.resource == resource {
-                watched.loss.mark_lost(reason.clone());
+                watched.lost(reason.clone());
                 false
             } else {
                 true
@@ -114,7 +126,7 @@ async fn patrol(inner: Weak<Inner>) {
                 Some(now) => now.id == expected.id,
             };
             if !intact && let Some(watched) = inner.held.lock().remove(&id) {
-                watched.loss.mark_lost(LostReason::Stolen { detail: format!("{} ({})", inner.detail, path.display()) });
+                watched.lost(LostReason::Stolen { detail: format!("{} ({})", inner.detail, path.display()) });
             }
         }
     }
