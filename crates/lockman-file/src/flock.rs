@@ -39,7 +39,7 @@ pub(crate) struct Locked {
 /// while someone holds or waits for the resource.
 #[derive(Debug, Default)]
 pub(crate) struct LocalQueue {
-    lanes: Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>,
+    lanes: Lanes,
 }
 
 /// A grant's turn, shared with the [`Sentinel`](crate::sentinel::Sentinel)
@@ -47,13 +47,16 @@ pub(crate) struct LocalQueue {
 /// go for the (new) lock file without waiting for the lost guard to drop.
 pub(crate) type SharedTurn = Arc<Mutex<Option<Turn>>>;
 
+/// One FIFO lane (a fair async mutex) per resource in use.
+type Lanes = Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>;
+
 /// A turn in a [`LocalQueue`] lane: the lane's lock, if we got it.
 #[derive(Debug)]
 pub(crate) struct Turn {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     lane: Arc<tokio::sync::Mutex<()>>,
     resource: Arc<str>,
-    lanes: Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>,
+    lanes: Lanes,
 }
 
 impl LocalQueue {
