@@ -274,3 +274,74 @@ async fn hostile_names_stay_inside_the_directory() {
         assert!(entry.expect("entry").file_type().expect("type").is_file(), "a subdirectory was created");
     }
 }
+
+/// Lease-mode timeouts say who holds the lock, where, since when, and why.
+#[tokio::test]
+async fn lease_timeout_names_user_host_pid_since_and_purpose() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = LeaseFileBackend::open(FileOptions::new(dir.path())).expect("open").into_manager();
+    let _held = locks.acquire("report", AcquireOptions::new().purpose("nightly render")).await.expect("acquire");
+    let other = LeaseFileBackend::open(FileOptions::new(dir.path())).expect("open").into_manager();
+    let err = other.acquire("report", AcquireOptions::new().no_wait()).await.expect_err("a held lease was granted");
+    let message = err.to_string();
+    for part in [
+        lockman_core::hostname().to_owned(),
+        format!("(pid {})", std::process::id()),
+        "since ".to_owned(),
+        "nightly render".to_owned(),
+    ] {
+        assert!(message.contains(&part), "{message:?} lacks {part:?}");
+    }
+    if let Some(user) = lockman_core::username() {
+        assert!(message.contains(&format!("(user {user})")), "{message:?} lacks the user");
+    }
+}
+
+/// An old daemon that deletes our legacy file and makes its own (protocol
+/// B's steal) takes the lock from us: the guard reports it lost.
+#[tokio::test]
+async fn legacy_lock_stolen_by_an_old_process_is_reported_lost() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = LegacyOptions::givtcp(dir.path(), 1).loss_check_interval(Duration::from_millis(50));
+    let locks = LegacyFileBackend::open(options).expect("open").into_manager();
+    let guard = locks.acquire("regcache", AcquireOptions::new()).await.expect("acquire");
+    let path = dir.path().join(".regcache_lockfile_1");
+    std::fs::remove_file(&path).expect("steal: delete");
+    std::fs::write(&path, "2025-11-10T12:34:56.123456+00:00").expect("steal: create");
+    let reason = tokio::time::timeout(NOTICE, guard.lost()).await.expect("the theft went unnoticed");
+    assert!(reason.to_string().contains("old"), "{reason}");
+    assert!(guard.release().await.expect_err("released a stolen lock").is_lost());
+    assert!(path.exists(), "our release removed the old process's file");
+}
+
+/// An old daemon that checked for the file just before we created it, and
+/// then truncates ours with its plain open, keeps the lock: we wait for it
+/// instead of both going in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_old_process_racing_our_create_keeps_the_lock() {
+    let dir = tempfile::tempdir().expect("dir");
+    let resource = lockman_file::LegacyResource::new(".lockfile").settle(Duration::from_millis(400));
+    let options = LegacyOptions::new(dir.path()).resource("inverter_read", resource);
+    let locks = LegacyFileBackend::open(options).expect("open").into_manager();
+    let path = dir.path().join(".lockfile");
+    let acquiring = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks.acquire("inverter_read", AcquireOptions::new().timeout(Duration::from_secs(10))).await
+        })
+    };
+    // Observe our create, then act as the racing old process: a truncating open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "lockman never created the legacy file");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    std::fs::File::create(&path).expect("old process: open(path, 'w')");
+    tokio::time::sleep(Duration::from_millis(600)).await; // well past the settle
+    assert!(!acquiring.is_finished(), "went in while the old process held its (truncated) file");
+    std::fs::remove_file(&path).expect("old process: done, delete");
+    let guard = tokio::time::timeout(Duration::from_secs(5), acquiring).await.expect("stuck").expect("join");
+    let guard = guard.expect("acquire after the old process finished");
+    assert!(path.exists());
+    guard.release().await.expect("release");
+}
