@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use lockman_core::backend::{Deadline, GrantRequest};
 use lockman_core::{LockError, LockInfo, LockState};
 
-use crate::fsutil::{self, FileId, io_error, unix_micros};
+use crate::fsutil::{self, Access, FileId, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
 
@@ -35,11 +35,21 @@ pub(crate) struct Locked {
 /// Waiters of one manager queue per resource in arrival order before they
 /// contend for the kernel lock, so a releaser cannot barge ahead of waiters
 /// in its own process (the kernel wakes `flock` waiters in no order), and a
-/// local handoff needs no file-system notification. Entries exist only
-/// while someone holds or waits for the resource.
+/// local handoff needs no file-system notification. A lane exists only while
+/// someone holds or waits for the resource.
 #[derive(Debug, Default)]
 pub(crate) struct LocalQueue {
     lanes: Lanes,
+}
+
+/// One FIFO lane (a fair async mutex) per resource in use, with a count of
+/// its users (holder and waiters) so the last one out removes it.
+type Lanes = Arc<Mutex<HashMap<Arc<str>, Lane>>>;
+
+#[derive(Debug)]
+struct Lane {
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    users: usize,
 }
 
 /// A grant's turn, shared with the [`Sentinel`](crate::sentinel::Sentinel)
@@ -47,14 +57,12 @@ pub(crate) struct LocalQueue {
 /// go for the (new) lock file without waiting for the lost guard to drop.
 pub(crate) type SharedTurn = Arc<Mutex<Option<Turn>>>;
 
-/// One FIFO lane (a fair async mutex) per resource in use.
-type Lanes = Arc<Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>>;
-
-/// A turn in a [`LocalQueue`] lane: the lane's lock, if we got it.
+/// A place in a [`LocalQueue`] lane, and the lane's lock once we have it.
+/// Dropping it (also mid-wait, when an acquisition is cancelled) leaves the lane.
 #[derive(Debug)]
 pub(crate) struct Turn {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    lane: Arc<tokio::sync::Mutex<()>>,
+    waited: bool,
     resource: Arc<str>,
     lanes: Lanes,
 }
@@ -62,13 +70,26 @@ pub(crate) struct Turn {
 impl LocalQueue {
     /// Waits (until `deadline`) for our turn at `resource`.
     pub(crate) async fn enter(&self, resource: &Arc<str>, deadline: Deadline) -> Turn {
-        let lane = self.lanes.lock().entry(resource.clone()).or_default().clone();
-        let guard = match deadline {
-            Deadline::Now => lane.clone().try_lock_owned().ok(),
-            Deadline::At(at) => tokio::time::timeout_at(at, lane.clone().lock_owned()).await.ok(),
-            Deadline::Never => Some(lane.clone().lock_owned().await),
+        let mutex = {
+            let mut lanes = self.lanes.lock();
+            let lane = lanes.entry(resource.clone()).or_insert_with(|| Lane { mutex: Arc::default(), users: 0 });
+            lane.users += 1;
+            lane.mutex.clone()
         };
-        Turn { guard, lane, resource: resource.clone(), lanes: self.lanes.clone() }
+        let mut turn = Turn {
+            guard: mutex.clone().try_lock_owned().ok(),
+            waited: false,
+            resource: resource.clone(),
+            lanes: self.lanes.clone(),
+        };
+        if turn.guard.is_none() && deadline != Deadline::Now {
+            turn.waited = true;
+            turn.guard = match deadline.instant() {
+                Some(at) => tokio::time::timeout_at(at, mutex.lock_owned()).await.ok(),
+                None => Some(mutex.lock_owned().await),
+            };
+        }
+        turn
     }
 }
 
@@ -77,15 +98,22 @@ impl Turn {
     pub(crate) fn is_ours(&self) -> bool {
         self.guard.is_some()
     }
+
+    /// Whether another task of this manager was ahead of us.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut lanes = self.lanes.lock();
-        // Only the map and we still know the lane: nobody holds or waits.
-        if Arc::strong_count(&self.lane) == 2 {
-            lanes.remove(&self.resource);
+        if let Some(lane) = lanes.get_mut(&self.resource) {
+            lane.users -= 1;
+            if lane.users == 0 {
+                lanes.remove(&self.resource);
+            }
         }
     }
 }
@@ -103,18 +131,17 @@ pub(crate) async fn lock(
     deadline: Deadline,
 ) -> Result<Result<Locked, Option<LockInfo>>, LockError> {
     let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
-    let started = tokio::time::Instant::now();
     let turn = queue.enter(resource, deadline).await;
     if !turn.is_ours() {
         // Another task of this manager holds it (or is ahead of us).
-        let holder = fsutil::open_no_follow(path, false).ok().and_then(|file| holder_of(&file, backend));
+        let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
         return Ok(Err(holder));
     }
-    let mut waited = started.elapsed() > Duration::from_millis(1);
+    let mut waited = turn.waited();
     let mut backoff = Backoff::new(Duration::from_millis(1), POLL_MAX);
     let mut watch: Option<ChangeWatch> = None;
     'reopen: loop {
-        let file = fsutil::open_no_follow(path, true).map_err(|e| io("opening the lock file", e))?;
+        let file = fsutil::open_no_follow(path, Access::Create).map_err(|e| io("opening the lock file", e))?;
         let id = FileId::of_file(&file).map_err(|e| io("inspecting the lock file", e))?;
         loop {
             match file.try_lock() {
@@ -123,7 +150,10 @@ pub(crate) async fn lock(
                     // while we opened or waited: then our lock is on an orphan.
                     match FileId::at(path) {
                         Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, id, waited, turn })),
-                        Ok(_) => continue 'reopen,
+                        Ok(_) => {
+                            watch = None;
+                            continue 'reopen;
+                        }
                         Err(e) => return Err(io("checking the lock file", e)),
                     }
                 }
@@ -211,5 +241,28 @@ mod tests {
         drop(first);
         assert!(queue.lanes.lock().is_empty(), "an unused lane was kept");
         assert!(queue.enter(&resource, Deadline::Now).await.is_ours());
+        assert!(queue.lanes.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leave_no_lane_behind() {
+        let queue = LocalQueue::default();
+        let resource: Arc<str> = Arc::from("r");
+        let held = queue.enter(&resource, Deadline::Now).await;
+        let mut waiting = Box::pin(queue.enter(&resource, Deadline::Never));
+        assert!(futures_poll_once(&mut waiting).await.is_none(), "got a held turn");
+        drop(waiting); // cancelled mid-wait
+        drop(held);
+        assert!(queue.lanes.lock().is_empty(), "a cancelled waiter leaked its lane");
+    }
+
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

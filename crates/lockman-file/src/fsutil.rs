@@ -69,16 +69,31 @@ fn create_dir(path: &Path, _mode: u32) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).create(path)
 }
 
-/// Opens `path` read-write, creating it if `create`, refusing a symlink in
-/// the last component (a lock file replaced by a symlink must not redirect
-/// our writes outside the directory).
-pub(crate) fn open_no_follow(path: &Path, create: bool) -> io::Result<File> {
+/// How [`open_no_follow`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read-write, created if missing (taking a lock).
+    Create,
+    /// Read-only, never created (inspecting; kernel locks work on read-only
+    /// handles, and other users may lack write permission).
+    Read,
+}
+
+/// Opens `path`, refusing a symlink in the last component (a lock file
+/// replaced by a symlink must not redirect our writes outside the directory).
+///
+/// New files get mode `0o666` less the umask, as files conventionally do;
+/// the directory (private by default) is what keeps other users out.
+pub(crate) fn open_no_follow(path: &Path, access: Access) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    options.read(true).write(true).create(create);
+    options.read(true);
+    if access == Access::Create {
+        options.write(true).create(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o644);
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o666);
     }
     let file = options.open(path)?;
     if !file.metadata()?.is_file() {
@@ -170,6 +185,13 @@ pub(crate) fn break_by_rename(
     expected: FileId,
     still_breakable: impl FnOnce(&Path) -> bool,
 ) -> io::Result<BreakOutcome> {
+    // Look first: moving a file that is not the one judged opens a window
+    // (until it is put back) in which a newcomer can take the path.
+    match FileId::at(path)? {
+        None => return Ok(BreakOutcome::Gone),
+        Some(now) if now != expected => return Ok(BreakOutcome::NotOurs),
+        Some(_) => {}
+    }
     let tombstone = sibling(path, "tomb");
     match std::fs::rename(path, &tombstone) {
         Ok(()) => {}
@@ -178,7 +200,7 @@ pub(crate) fn break_by_rename(
     }
     let moved = FileId::at(&tombstone)?;
     if moved == Some(expected) && still_breakable(&tombstone) {
-        std::fs::remove_file(&tombstone)?;
+        remove_tombstone(&tombstone);
         return Ok(BreakOutcome::Broken);
     }
     if let Err(e) = std::fs::hard_link(&tombstone, path) {
@@ -186,8 +208,16 @@ pub(crate) fn break_by_rename(
         // we moved will find its file replaced and report the lock lost.
         tracing::warn!(path = %path.display(), error = %e, "could not put back a lock file moved while breaking a stale lock");
     }
-    std::fs::remove_file(&tombstone)?;
+    remove_tombstone(&tombstone);
     Ok(BreakOutcome::NotOurs)
+}
+
+/// Deletes a tombstone; the lock path is already free, so a failure here is
+/// only litter (`.lockman-tomb-*`), logged rather than reported.
+fn remove_tombstone(tombstone: &Path) {
+    if let Err(e) = std::fs::remove_file(tombstone) {
+        tracing::warn!(path = %tombstone.display(), error = %e, "could not delete a tombstone; remove it by hand");
+    }
 }
 
 /// Creates `path` with `contents` only if it does not exist, so that readers
@@ -205,10 +235,15 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8]) -> io::Result<
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
             match new_file(path) {
-                Ok(mut file) => {
-                    file.write_all(contents)?;
-                    Ok(Some(file))
-                }
+                Ok(mut file) => match file.write_all(contents) {
+                    Ok(()) => Ok(Some(file)),
+                    Err(e) => {
+                        // We created it exclusively, so it is ours to remove:
+                        // a half-written lock file would block others for a lease.
+                        let _ = std::fs::remove_file(path);
+                        Err(e)
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(e),
             }
@@ -239,7 +274,7 @@ fn new_file(path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o644);
+        options.mode(0o666);
     }
     options.open(path)
 }

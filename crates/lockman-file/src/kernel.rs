@@ -13,7 +13,7 @@ use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism};
 
 use crate::flock::{self, LocalQueue, Locked, SharedTurn};
-use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::notifications_supported;
@@ -116,7 +116,7 @@ impl FileBackend {
 
     /// Opens an existing lock file for inspection; `None` if there is none.
     fn open_existing(&self, resource: &str, path: &Path) -> Result<Option<File>, LockError> {
-        match fsutil::open_no_follow(path, false) {
+        match fsutil::open_no_follow(path, Access::Read) {
             Ok(file) => Ok(Some(file)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("opening the lock file", resource, path, e)),
@@ -213,7 +213,7 @@ impl LockBackend for FileBackend {
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let mut held = Vec::new();
         for path in self.lock_files()? {
-            let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
+            let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };
             let unnamed = fsutil::file_name_of(&path);
             match flock::probe(&file, &unnamed, BACKEND) {
                 Ok(LockState::Held(info)) => held.push(info),
@@ -254,11 +254,17 @@ impl LockBackend for FileBackend {
         // (bounding the directory) and report those a crashed holder left.
         let mut crashed = Vec::new();
         for path in self.lock_files()? {
-            let Ok(file) = fsutil::open_no_follow(&path, false) else { continue };
+            let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };
             if file.try_lock().is_err() {
                 continue;
             }
+            // Only a file the path still names: one we locked after another
+            // cleanup removed it is an orphan, and moving the path now would
+            // move a live holder's file.
             let Ok(id) = FileId::of_file(&file) else { continue };
+            if !matches!(FileId::at(&path), Ok(Some(now)) if now == id) {
+                continue;
+            }
             let left = match record::read_from(&file) {
                 Ok(Ok(Some((record, RecordState::Held)))) => Some(record),
                 _ => None,

@@ -12,8 +12,8 @@ use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, L
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::flock::{LocalQueue, SharedTurn};
-use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
+use crate::flock::{LocalQueue, SharedTurn, Turn};
+use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::{Backoff, ChangeWatch, wait_for_change};
@@ -159,7 +159,7 @@ impl LeaseFileBackend {
 
     /// Looks at an existing lease file: its holder, and whether it is stale.
     fn examine(&self, resource: &str, path: &Path) -> Result<Option<Existing>, LockError> {
-        let file = match fsutil::open_no_follow(path, false) {
+        let file = match fsutil::open_no_follow(path, Access::Read) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io("opening the lease file", resource, path, e)),
@@ -188,14 +188,10 @@ impl LeaseFileBackend {
 
     /// Breaks a lease judged stale, unless it was renewed meanwhile.
     fn break_stale(&self, resource: &str, path: &Path, id: FileId) -> Result<bool, LockError> {
-        let still_stale = |tombstone: &Path| match fsutil::open_no_follow(tombstone, false)
-            .map(|f| record::read_from(&f))
-        {
-            Ok(Ok(Ok(Some((record, _))))) => {
-                record.lease_expires_at().is_some_and(|at| at <= SystemTime::now()) || record.holder_process_is_dead()
-            }
-            _ => true,
-        };
+        // Judged again on what was moved, the same way: a renewal since the
+        // first look (or a record torn by one) makes it live again.
+        let still_stale =
+            |tombstone: &Path| self.examine(resource, tombstone).ok().flatten().is_some_and(|existing| existing.stale);
         match fsutil::break_by_rename(path, id, still_stale) {
             Ok(BreakOutcome::Broken) => {
                 tracing::info!(resource, path = %path.display(), "broke a stale lease file");
@@ -277,7 +273,6 @@ impl LockBackend for LeaseFileBackend {
         let path = self.lease_file(resource);
         let mut backoff = Backoff::new(Duration::from_millis(1), LEASE_POLL_MAX);
         let mut watch: Option<ChangeWatch> = None;
-        let started = Instant::now();
         // Our turn among this manager's waiters. A holder here whose lease
         // runs out keeps its turn until its guard drops, so queue no longer
         // than the holder's lease; past it, go and break the stale file.
@@ -296,8 +291,8 @@ impl LockBackend for LeaseFileBackend {
                 break None;
             }
         };
+        let mut waited = turn.as_ref().is_some_and(Turn::waited);
         let turn: SharedTurn = Arc::new(Mutex::new(turn));
-        let mut waited = started.elapsed() > Duration::from_millis(1);
         loop {
             if let Some((grant, token)) = self.try_create(request, &path, &turn)? {
                 let expires = grant.record.lock().lease_expires_at();

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::flock::{self, LocalQueue, Locked, SharedTurn};
-use crate::fsutil::{self, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::naming;
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
@@ -38,7 +38,8 @@ const SIDECAR_SUFFIX: &str = ".flock";
 ///    normal operation). A crashed new process releases it at once.
 /// 2. **Holding the sidecar**, a new process creates the legacy file
 ///    exclusively (written aside and `link`ed into place), containing what v3
-///    readers accept: the UTC time in Python `isoformat()` form. The sidecar's
+///    readers accept: the UTC time in Python `isoformat()` form, then a line
+///    naming the lockman holder. The sidecar's
 ///    record names that file by identity, so a file left by a crashed new
 ///    process is recognised and broken at once.
 /// 3. **A file an old process made** is waited for (notification plus bounded
@@ -264,7 +265,7 @@ impl Drop for MadeFile<'_> {
 /// Who is behind an existing legacy file.
 enum Occupant {
     /// A new process (alive if its sidecar is locked, else crashed).
-    New { record: Record, alive: bool },
+    New { record: Box<Record>, alive: bool },
     /// An old process, or one we cannot identify.
     Old { since: SystemTime, stale: bool },
 }
@@ -330,7 +331,7 @@ impl LegacyFileBackend {
         resource: &str,
         files: &Files,
         sidecar: Option<&File>,
-    ) -> Result<Option<(FileId, Occupant)>, LockError> {
+    ) -> Result<Option<(Snapshot, Occupant)>, LockError> {
         let meta = match std::fs::symlink_metadata(&files.path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -344,13 +345,12 @@ impl LegacyFileBackend {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a regular file (a symlink or directory?)"),
             ));
         }
-        let id = FileId::of(&meta);
         let snapshot = Snapshot::of(&meta);
         let opened;
         let sidecar_file = match sidecar {
             Some(file) => Some(file),
             None => {
-                opened = fsutil::open_no_follow(&files.sidecar, false).ok();
+                opened = fsutil::open_no_follow(&files.sidecar, Access::Read).ok();
                 opened.as_ref()
             }
         };
@@ -365,18 +365,23 @@ impl LegacyFileBackend {
                 Some(_) => false,
                 None => matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Held(_))),
             };
-            return Ok(Some((id, Occupant::New { record, alive })));
+            return Ok(Some((snapshot, Occupant::New { record: Box::new(record), alive })));
         }
         let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
         let stale = since + files.stale_after <= SystemTime::now();
-        Ok(Some((id, Occupant::Old { since, stale })))
+        Ok(Some((snapshot, Occupant::Old { since, stale })))
     }
 
     /// Breaks the legacy file `id` at `files.path` if it is still unchanged.
-    fn break_file(&self, resource: &str, files: &Files, id: FileId, why: &str) -> Result<bool, LockError> {
-        let before = Snapshot::at(&files.path).ok().flatten();
-        let unchanged = |tombstone: &Path| Snapshot::at(tombstone).ok().flatten() == before;
-        match fsutil::break_by_rename(&files.path, id, unchanged) {
+    /// Breaks the legacy file at `files.path` if it is still exactly the one
+    /// judged (identity, length and modification time: an inode number alone
+    /// is soon reused for a newer file).
+    fn break_file(&self, resource: &str, files: &Files, judged: Snapshot, why: &str) -> Result<bool, LockError> {
+        let unchanged = |path: &Path| Snapshot::at(path).ok().flatten() == Some(judged);
+        if !unchanged(&files.path) {
+            return Ok(false);
+        }
+        match fsutil::break_by_rename(&files.path, judged.id, unchanged) {
             Ok(BreakOutcome::Broken) => {
                 tracing::warn!(resource, path = %files.path.display(), why, "broke a legacy lock file");
                 Ok(true)
@@ -436,7 +441,7 @@ impl LegacyFileBackend {
         let sidecars = fsutil::files_with_suffix(self.dir.path(), &format!("{LEGACY_SUFFIX}{SIDECAR_SUFFIX}"))
             .map_err(|e| io_error(LEGACY_BACKEND, "listing legacy lock files", None, self.dir.path(), e))?;
         for sidecar in sidecars {
-            if let Ok(file) = fsutil::open_no_follow(&sidecar, false)
+            if let Ok(file) = fsutil::open_no_follow(&sidecar, Access::Read)
                 && let Ok(Ok(Some((record, _)))) = record::read_from(&file)
                 && !self.options.resources.contains_key(&record.resource)
             {
@@ -493,7 +498,7 @@ impl LockBackend for LegacyFileBackend {
         let mut waited_for_old = false;
         loop {
             let (mut record, now) = flock::next_record(&sidecar, request);
-            let created = fsutil::create_exclusive_with(&files.path, python_isoformat(now).as_bytes())
+            let created = fsutil::create_exclusive_with(&files.path, legacy_contents(now, &record).as_bytes())
                 .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
             if let Some(file) = created {
                 let snapshot = Snapshot::of(
@@ -544,17 +549,17 @@ impl LockBackend for LegacyFileBackend {
                         .after_waiting(waited || waited_for_old),
                 ));
             }
-            let Some((id, occupant)) = self.occupant(resource, &files, Some(&sidecar))? else {
+            let Some((judged, occupant)) = self.occupant(resource, &files, Some(&sidecar))? else {
                 continue; // removed meanwhile
             };
             let since = match occupant {
                 Occupant::New { .. } => {
                     // We hold the sidecar, so its maker is gone: it crashed.
-                    self.break_file(resource, &files, id, "left by a crashed lockman process")?;
+                    self.break_file(resource, &files, judged, "left by a crashed lockman process")?;
                     continue;
                 }
                 Occupant::Old { stale: true, .. } => {
-                    self.break_file(resource, &files, id, "stale: older than stale_after")?;
+                    self.break_file(resource, &files, judged, "stale: older than stale_after")?;
                     continue;
                 }
                 Occupant::Old { since, stale: false } => since,
@@ -611,10 +616,10 @@ impl LockBackend for LegacyFileBackend {
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
         let files = self.files(resource);
-        let Some((id, occupant)) = self.occupant(resource, &files, None)? else {
+        let Some((judged, occupant)) = self.occupant(resource, &files, None)? else {
             return Ok(None);
         };
-        if !self.break_file(resource, &files, id, reason)? {
+        if !self.break_file(resource, &files, judged, reason)? {
             return Ok(None);
         }
         let info = match occupant {
@@ -638,13 +643,13 @@ impl LockBackend for LegacyFileBackend {
         let mut broken = Vec::new();
         for resource in self.known_resources()? {
             let files = self.files(&resource);
-            let Some((id, occupant)) = self.occupant(&resource, &files, None)? else { continue };
+            let Some((judged, occupant)) = self.occupant(&resource, &files, None)? else { continue };
             let info = match occupant {
                 Occupant::New { record, alive: false } => record.to_info(LEGACY_BACKEND),
                 Occupant::Old { since, stale: true } => old_holder(&resource, &files.path, since),
                 _ => continue,
             };
-            if self.break_file(&resource, &files, id, "stale")? {
+            if self.break_file(&resource, &files, judged, "stale")? {
                 broken.push(info);
             }
         }
@@ -659,6 +664,21 @@ fn old_holder(resource: &str, path: &Path, since: SystemTime) -> LockInfo {
     info.acquired_at = since;
     info.purpose = Some(format!("legacy lockfile {}", path.display()));
     info
+}
+
+/// What a new process writes into a legacy file: the first line is what v3
+/// daemons write (and the only thing any old reader looks at); the second
+/// marks it as ours and makes it longer than anything an old daemon writes,
+/// so an old process rewriting it is noticed even where modification times
+/// are coarse.
+fn legacy_contents(now: SystemTime, record: &Record) -> String {
+    format!(
+        "{}\n# lockman: held by pid {} on {} (fencing token {})",
+        python_isoformat(now),
+        record.pid,
+        record.host,
+        record.token
+    )
 }
 
 /// `2025-11-10T12:34:56.123456+00:00`: what Python's `datetime.isoformat()`

@@ -24,17 +24,28 @@
 //! # Caveats
 //!
 //! * `state`/`list` on the kernel flavour probe the lock with a shared
-//!   try-lock held for two system calls; a `try_acquire` in another process
-//!   at that instant sees the lock busy.
+//!   try-lock held for two system calls, and `cleanup_stale` try-locks every
+//!   file; a `try_acquire` in another process at that instant sees the lock
+//!   busy.
 //! * Kernel locks on network file systems are only as good as the server's
 //!   lock support (NFSv4 implements `flock` as whole-file POSIX locks; SMB
 //!   varies). Use lease mode there. Lease mode judges staleness by the
 //!   holder's clock, so hosts need clocks in step to well within the lease,
 //!   and a holder paused longer than its lease loses the lock (its guard
-//!   reports it when it resumes).
+//!   reports it when it resumes). A holder's pid is only judged dead where it
+//!   means the same process: same host name, boot and pid namespace (so
+//!   containers sharing a host name do not break each other's leases).
 //! * Fencing tokens are microsecond timestamps floored on the previous token
-//!   stored beside the lock, so they keep increasing when a lock file is
-//!   deleted — unless the clock also steps back past the last token.
+//!   (kept in the lock file, the lease's `.seq` file, or the legacy sidecar).
+//!   Where `cleanup_stale` or `force_release` removed that file, only the
+//!   clock floors the next token, so a clock stepped back past the last
+//!   token could repeat one.
+//! * File operations are plain system calls made on the calling task (they
+//!   take microseconds on a local disk); on a hard-mounted network share
+//!   that stops responding they block the runtime thread until it answers.
+//! * Each resource waited on in a manager uses one inotify instance while it
+//!   waits (Linux allows 128 per user by default); past that, waiters fall
+//!   back to bounded backoff.
 //!
 //! ```
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};

@@ -48,6 +48,10 @@ pub(crate) struct Record {
     #[serde(default)]
     pub(crate) heartbeat_us: Option<u64>,
     pub(crate) token: u64,
+    /// This boot of this machine and the holder's pid namespace (Linux), so
+    /// a pid is only judged where it means the same process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) machine: Option<String>,
     /// In a legacy sidecar: the legacy lock file this grant created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) guards: Option<crate::fsutil::Snapshot>,
@@ -70,13 +74,21 @@ impl Record {
             user: lockman_core::username().map(str::to_owned),
             host: lockman_core::hostname().to_owned(),
             pid: std::process::id(),
-            purpose: request.purpose.as_deref().map(str::to_owned),
+            purpose: request.purpose.as_deref().map(capped),
             acquired_at_us: unix_micros(now),
             lease_ms: request.lease.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
             heartbeat_us: request.lease.map(|_| unix_micros(now)),
             token,
+            machine: machine_id().map(str::to_owned),
             guards: None,
         }
+    }
+
+    /// Whether the holder ran on this machine *and* in this pid namespace,
+    /// so its pid can be checked here: the same host name is not enough
+    /// (containers with host networking share it but not their pids).
+    pub(crate) fn holder_is_local(&self) -> bool {
+        self.host == lockman_core::hostname() && self.machine.is_some() && self.machine.as_deref() == machine_id()
     }
 
     pub(crate) fn lease(&self) -> Option<Duration> {
@@ -91,7 +103,7 @@ impl Record {
 
     /// Whether the holder ran on this host and its process is gone.
     pub(crate) fn holder_process_is_dead(&self) -> bool {
-        self.host == lockman_core::hostname() && !crate::fsutil::pid_alive(self.pid)
+        self.holder_is_local() && !crate::fsutil::pid_alive(self.pid)
     }
 
     pub(crate) fn to_info(&self, backend: &str) -> LockInfo {
@@ -167,6 +179,35 @@ fn state_byte(state: RecordState) -> u8 {
         RecordState::Held => b'H',
         RecordState::Released => b'R',
     }
+}
+
+/// The longest purpose kept in a record; longer ones are cut (a record
+/// must stay small enough to read back whole).
+const MAX_PURPOSE: usize = 1024;
+
+fn capped(purpose: &str) -> String {
+    if purpose.len() <= MAX_PURPOSE {
+        return purpose.to_owned();
+    }
+    let mut end = MAX_PURPOSE;
+    while !purpose.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &purpose[..end])
+}
+
+/// `<boot id>/<pid namespace>` on Linux: equal only for processes whose
+/// pids can be checked against each other. `None` elsewhere (then pids are
+/// never judged, and only heartbeats and ages decide).
+pub(crate) fn machine_id() -> Option<&'static str> {
+    static MACHINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            Some(format!("{}/{}", boot.trim(), pid_ns.to_string_lossy()))
+        })
+        .as_deref()
 }
 
 /// Who holds a lock that left no readable record: another program using
@@ -261,6 +302,7 @@ mod tests {
             lease_ms: Some(30_000),
             heartbeat_us: None,
             token: 7,
+            machine: None,
             guards: None,
         }
     }
