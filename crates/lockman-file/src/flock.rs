@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use lockman_core::backend::{Deadline, GrantRequest};
 use lockman_core::{LockError, LockInfo, LockState};
 
-use crate::fsutil::{self, Access, FileId, io_error, unix_micros};
+use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
 
@@ -24,7 +24,8 @@ pub(crate) const POLL_MAX: Duration = Duration::from_millis(if cfg!(target_os = 
 /// A file we hold the kernel lock of.
 pub(crate) struct Locked {
     pub(crate) file: File,
-    pub(crate) id: FileId,
+    /// The file as opened (its identity is what the path must keep naming).
+    pub(crate) snapshot: Snapshot,
     /// Whether we had to wait for another holder.
     pub(crate) waited: bool,
     /// Our turn in this manager's queue for the resource; end it (drop it)
@@ -141,15 +142,17 @@ pub(crate) async fn lock(
     let mut backoff = Backoff::new(Duration::from_millis(1), POLL_MAX);
     let mut watch: Option<ChangeWatch> = None;
     'reopen: loop {
-        let file = fsutil::open_no_follow(path, Access::Create).map_err(|e| io("opening the lock file", e))?;
-        let id = FileId::of_file(&file).map_err(|e| io("inspecting the lock file", e))?;
+        let (file, meta) =
+            fsutil::open_no_follow_with_meta(path, Access::Create).map_err(|e| io("opening the lock file", e))?;
+        let snapshot = Snapshot::of(&meta);
+        let id = snapshot.id;
         loop {
             match file.try_lock() {
                 Ok(()) => {
                     // Someone may have deleted (cleanup) or replaced the file
                     // while we opened or waited: then our lock is on an orphan.
                     match FileId::at(path) {
-                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, id, waited, turn })),
+                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, snapshot, waited, turn })),
                         Ok(_) => {
                             watch = None;
                             continue 'reopen;

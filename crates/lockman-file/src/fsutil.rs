@@ -85,6 +85,12 @@ pub(crate) enum Access {
 /// New files get mode `0o666` less the umask, as files conventionally do;
 /// the directory (private by default) is what keeps other users out.
 pub(crate) fn open_no_follow(path: &Path, access: Access) -> io::Result<File> {
+    open_no_follow_with_meta(path, access).map(|(file, _)| file)
+}
+
+/// [`open_no_follow`], also returning the file's metadata (one `fstat`
+/// serves both the regular-file check and the caller's identity check).
+pub(crate) fn open_no_follow_with_meta(path: &Path, access: Access) -> io::Result<(File, std::fs::Metadata)> {
     let mut options = OpenOptions::new();
     options.read(true);
     if access == Access::Create {
@@ -96,10 +102,11 @@ pub(crate) fn open_no_follow(path: &Path, access: Access) -> io::Result<File> {
         options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o666);
     }
     let file = options.open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// Which file a path or handle refers to (device and inode on Unix).

@@ -13,7 +13,7 @@ use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism};
 
 use crate::flock::{self, LocalQueue, Locked, SharedTurn};
-use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
+use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
 use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::notifications_supported;
@@ -154,7 +154,7 @@ impl LockBackend for FileBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
         let resource = &*request.resource;
         let path = self.lock_file(resource);
-        let Locked { file, id, waited, turn } =
+        let Locked { file, snapshot, waited, turn } =
             match flock::lock(BACKEND, &self.queue, &request.resource, &path, request.deadline).await? {
                 Ok(locked) => locked,
                 Err(holder) => return Ok(Acquired::Busy { holder }),
@@ -164,8 +164,7 @@ impl LockBackend for FileBackend {
             .write_to(&file, RecordState::Held)
             .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
         let token = record.token;
-        let snapshot =
-            Snapshot::of(&file.metadata().map_err(|e| self.io("inspecting the lock file", resource, &path, e))?);
+        let id = snapshot.id;
         let turn: SharedTurn = Arc::new(Mutex::new(Some(turn)));
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),

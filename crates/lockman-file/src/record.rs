@@ -253,10 +253,11 @@ fn read_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         let n = pread(file, &mut buf[filled..], filled as u64)?;
-        if n == 0 {
+        filled += n;
+        // A short read of a regular file means end of file: no second call to learn it.
+        if n == 0 || filled < buf.len() {
             break;
         }
-        filled += n;
     }
     Ok(filled)
 }

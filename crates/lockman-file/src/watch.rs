@@ -126,15 +126,20 @@ mod imp {
         loop {
             tokio::select! {
                 ready = fd.readable() => {
-                    let Ok(mut ready) = ready else { return };
+                    let Ok(mut ready) = ready else { break };
                     // Drain: any event at all means "look again".
                     while rustix::io::read(fd.get_ref(), &mut buf).is_ok_and(|n| n > 0) {}
                     ready.clear_ready();
                     changed.notify_one();
                 }
-                _ = &mut stopped => return,
+                _ = &mut stopped => break,
             }
         }
+        // Closing an inotify instance waits for the kernel to retire its
+        // marks (milliseconds); doing it here would stall every other
+        // waiter's wake-up on this one-thread runtime.
+        let fd = fd.into_inner();
+        drop(tokio::task::spawn_blocking(move || drop(fd)));
     }
 }
 

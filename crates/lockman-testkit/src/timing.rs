@@ -95,21 +95,32 @@ pub async fn waiters_are_served_fairly(h: &dyn Harness) {
     }
     let taken = Arc::new(AtomicU32::new(0));
     let start = Arc::new(Barrier::new(WORKERS));
+    // Count only once every worker has had the lock once: before that, an OS
+    // thread the machine did not schedule yet says nothing about the backend.
+    let arrived = Arc::new(AtomicU32::new(0));
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (locks, taken, start) = (locks.clone(), taken.clone(), start.clone());
+            let (locks, taken, start, arrived) = (locks.clone(), taken.clone(), start.clone(), arrived.clone());
             tokio::spawn(async move {
                 start.wait().await;
                 let mut mine = 0u32;
+                let mut first = true;
                 loop {
                     let guard = locks.acquire("hot", patient()).await.expect("acquire");
-                    let done = taken.fetch_add(1, Ordering::SeqCst) >= TOTAL;
+                    if first {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        first = false;
+                    }
+                    let counting = arrived.load(Ordering::SeqCst) == WORKERS as u32;
+                    let done = counting && taken.fetch_add(1, Ordering::SeqCst) >= TOTAL;
                     tokio::task::yield_now().await;
                     guard.release().await.expect("release");
                     if done {
                         return mine;
                     }
-                    mine += 1;
+                    if counting {
+                        mine += 1;
+                    }
                 }
             })
         })
