@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use lockman_core::backend::{Deadline, GrantRequest};
-use lockman_core::{LockError, LockInfo, LockState};
+use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
 use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
@@ -20,6 +20,24 @@ use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_chang
 /// The longest a waiter goes without re-checking (change notifications
 /// usually wake it long before).
 pub(crate) const POLL_MAX: Duration = Duration::from_millis(if cfg!(target_os = "linux") { 250 } else { 50 });
+
+/// What a backend built on [`lock`] guarantees: cross-process exclusion,
+/// crash safety by the kernel, fencing, lost-lock detection by the sentinel,
+/// arrival order within a manager (processes race for the kernel lock), and
+/// inotify wake-ups where the platform has them.
+pub(crate) fn capabilities() -> Capabilities {
+    let mut caps = Capabilities::default();
+    caps.cross_process = true;
+    caps.lost_detection = true;
+    caps.fencing = true;
+    caps.fifo = true;
+    caps.wake = if notifications_supported() {
+        WakeMechanism::Notification
+    } else {
+        WakeMechanism::Poll { min: Duration::from_millis(1), max: POLL_MAX }
+    };
+    caps
+}
 
 /// A file we hold the kernel lock of.
 pub(crate) struct Locked {

@@ -10,13 +10,12 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
-use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism};
+use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason};
 
 use crate::flock::{self, LocalQueue, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
 use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::watch::notifications_supported;
 use crate::{FileOptions, naming};
 
 /// The backend name in errors, events and metrics.
@@ -137,18 +136,7 @@ impl LockBackend for FileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.cross_process = true;
-        caps.lost_detection = true;
-        caps.fencing = true;
-        // In arrival order within this manager; processes race for the kernel lock.
-        caps.fifo = true;
-        caps.wake = if notifications_supported() {
-            WakeMechanism::Notification
-        } else {
-            WakeMechanism::Poll { min: Duration::from_millis(1), max: flock::POLL_MAX }
-        };
-        caps
+        flock::capabilities()
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {

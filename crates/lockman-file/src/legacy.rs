@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
-use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason, WakeMechanism};
+use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LostReason};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -18,7 +18,7 @@ use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_er
 use crate::naming;
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+use crate::watch::{Backoff, ChangeWatch, wait_for_change};
 
 /// The backend name in errors, events and metrics.
 pub const LEGACY_BACKEND: &str = "legacy-file";
@@ -462,18 +462,7 @@ impl LockBackend for LegacyFileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.cross_process = true;
-        caps.lost_detection = true;
-        caps.fencing = true;
-        // In arrival order within this manager; processes race for the kernel lock.
-        caps.fifo = true;
-        caps.wake = if notifications_supported() {
-            WakeMechanism::Notification
-        } else {
-            WakeMechanism::Poll { min: Duration::from_millis(1), max: flock::POLL_MAX }
-        };
-        caps
+        flock::capabilities()
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LegacyGrant>, LockError> {
