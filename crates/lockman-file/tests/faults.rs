@@ -345,3 +345,33 @@ async fn legacy_old_process_racing_our_create_keeps_the_lock() {
     assert!(path.exists());
     guard.release().await.expect("release");
 }
+
+/// Eight managers racing to break one stale lease: exactly one wins, and
+/// the rest see it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_breakers_of_a_stale_lease_have_one_winner() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().expect("dir");
+        let open = || LeaseFileBackend::open(FileOptions::new(dir.path())).expect("open").into_manager();
+        let stale = open().acquire("r", AcquireOptions::new().lease(Duration::from_millis(30))).await.expect("acquire");
+        tokio::time::sleep(Duration::from_millis(60)).await; // the explicit lease is not renewed
+        let start = Arc::new(tokio::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, start) = (open(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    locks.try_acquire("r", AcquireOptions::new().lease(Duration::from_secs(30))).await.expect("try")
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            if let Some(guard) = racer.await.expect("join") {
+                winners.push(guard);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {} breakers won", winners.len());
+        assert!(stale.is_lost());
+    }
+}
