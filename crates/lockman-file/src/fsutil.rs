@@ -101,12 +101,45 @@ pub(crate) fn open_no_follow_with_meta(path: &Path, access: Access) -> io::Resul
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o666);
     }
-    let file = options.open(path)?;
+    let file = open_without_atime(&options, path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
     Ok((file, meta))
+}
+
+/// Whether the open file still has a name (it was not deleted, or replaced
+/// by a rename over it). Unknown counts as yes.
+pub(crate) fn has_links(file: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().map_or(true, |meta| meta.nlink() > 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        true
+    }
+}
+
+/// Opens with `O_NOATIME` where allowed (we own the file): every acquire
+/// reads the previous record from a file just written, which would otherwise
+/// dirty the inode with a new access time each time.
+fn open_without_atime(options: &OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut no_atime = options.clone();
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOATIME;
+        no_atime.custom_flags(flags.bits() as i32);
+        match no_atime.open(path) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {}
+            opened => return opened,
+        }
+    }
+    options.open(path)
 }
 
 /// Which file a path or handle refers to (device and inode on Unix).

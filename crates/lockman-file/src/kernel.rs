@@ -55,7 +55,6 @@ pub struct FileGrant {
     resource: Arc<str>,
     file: File,
     path: PathBuf,
-    id: FileId,
     watch_id: u64,
     turn: SharedTurn,
 }
@@ -91,7 +90,10 @@ impl FileBackend {
 
     fn release_sync(&self, grant: &FileGrant) -> Result<(), LockError> {
         self.sentinel.unwatch(grant.watch_id);
-        let ours = matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id);
+        // Deleted, or replaced by a rename over it: either way our file has no
+        // name left (checked on the handle, which is cheaper than the path;
+        // the sentinel covers a file merely renamed away).
+        let ours = fsutil::has_links(&grant.file);
         if ours && let Err(e) = record::mark_released(&grant.file) {
             tracing::warn!(path = %grant.path.display(), error = %e, "cannot mark the lock record released");
         }
@@ -152,7 +154,6 @@ impl LockBackend for FileBackend {
             .write_to(&file, RecordState::Held)
             .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
         let token = record.token;
-        let id = snapshot.id;
         let turn: SharedTurn = Arc::new(Mutex::new(Some(turn)));
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
@@ -164,7 +165,7 @@ impl LockBackend for FileBackend {
         });
         Ok(Acquired::Granted(
             Granted::new(
-                FileGrant { resource: request.resource.clone(), file, path, id, watch_id, turn },
+                FileGrant { resource: request.resource.clone(), file, path, watch_id, turn },
                 FencingToken::new(token),
                 None,
             )
