@@ -51,3 +51,9 @@ pub use lockman_memory::{MemoryLockManager, MemoryStatusManager};
 pub use lockman_file as file;
 #[cfg(feature = "file")]
 pub use lockman_file::{FileLockManager, FileStatusManager, LeaseFileLockManager, LegacyFileLockManager};
+
+/// The Redis backend and Redis flags.
+#[cfg(feature = "redis")]
+pub use lockman_redis as redis;
+#[cfg(feature = "redis")]
+pub use lockman_redis::{RedisLockManager, RedisStatusManager};

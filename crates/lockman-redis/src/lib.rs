@@ -1,0 +1,548 @@
+//! lockman's Redis backend: locks shared by processes on many machines.
+//!
+//! * **One round trip** to acquire and one to release on the fast path: each
+//!   operation is one Lua script (`EVALSHA`). A lock is a hash holding the
+//!   holder id, hold count, fencing token and metadata (host, pid, purpose,
+//!   acquired-at), with the lease as its `PEXPIRE`.
+//! * **Waiters are told**: one subscriber connection per manager hears every
+//!   release (pub/sub); a waiter retries on a message, or after the holder's
+//!   remaining TTL or its own timeout, whichever is first.
+//! * **Watchdog**: without an explicit lease a lock gets the default (30 s),
+//!   renewed every third of it while the guard lives; a failed renewal marks
+//!   the guard lost (core's [`Locks`](lockman_core::Locks) does this for every
+//!   backend).
+//! * **Fencing tokens** increase per grant, also after a restart that lost
+//!   all data: each token is floored at the server's clock in microseconds.
+//!   That orders grants as seen by *this* Redis; as Kleppmann notes, a lease
+//!   on one Redis is not a consensus lock — a holder paused past its lease can
+//!   still act, so storage that takes the token must reject older ones, and a
+//!   failover to a replica that missed the last writes can grant twice.
+//! * **Failures**: every command is bounded by the caller's remaining time
+//!   and the response timeout; with Redis down, `acquire` returns a `Backend`
+//!   error in time — never a false grant. The connection manager reconnects.
+//!
+//! Passwords in URLs never appear in `Debug` output, errors or logs.
+//!
+//! ```no_run
+//! use lockman_core::{AcquireOptions, LockBackend, LockManager};
+//! use lockman_redis::{RedisBackend, RedisOptions};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), lockman_core::LockError> {
+//! let locks = RedisBackend::connect(RedisOptions::new("redis://127.0.0.1:6379/0")).await?.into_manager();
+//! let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+mod keys;
+mod scripts;
+mod status;
+mod waiters;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
+use lockman_core::{
+    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
+};
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+
+use keys::Keys;
+pub use status::RedisStatusManager;
+use waiters::Listeners;
+
+/// The backend name in errors, events and metrics.
+pub const BACKEND: &str = "redis";
+
+/// The Redis lock manager: `Locks<RedisBackend>`.
+pub type RedisLockManager = Locks<RedisBackend>;
+
+/// How to reach Redis and how to name keys.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockman_redis::RedisOptions;
+///
+/// let options = RedisOptions::new("redis://:secret@cache.internal:6379/2").prefix("givtcp:lock");
+/// assert!(!format!("{options:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    url: String,
+    prefix: String,
+    default_lease: Duration,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (with the `tls` feature).
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            prefix: "lockman".to_owned(),
+            default_lease: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Prefix of every key (default `lockman`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lease of locks whose caller names none, renewed every third of it (default 30 s).
+    pub fn default_lease(mut self, lease: Duration) -> Self {
+        self.default_lease = lease;
+        self
+    }
+
+    /// How long to wait for a connection (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for any reply (default 2 s; a caller's shorter
+    /// deadline wins).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("default_lease", &self.default_lease)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// `scheme://user:***@host…`: the password (the part before `@` after the
+/// first `:` of the authority) is hidden.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The raw Redis backend; use it through [`RedisLockManager`].
+pub struct RedisBackend {
+    connection: ConnectionManager,
+    keys: Keys,
+    listeners: Arc<Listeners>,
+    options: RedisOptions,
+    /// Dropped with the backend, which ends the release subscriber.
+    _stop_subscriber: tokio::sync::oneshot::Sender<()>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// A live Redis grant: who holds it and under which token.
+#[derive(Debug)]
+pub struct RedisGrant {
+    resource: Arc<str>,
+    holder: HolderId,
+    token: String,
+}
+
+impl RedisBackend {
+    /// Connects (bounded by the connect timeout) and starts the release subscriber.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] for a URL that cannot be used; [`LockError::Backend`]
+    /// if Redis cannot be reached.
+    pub async fn connect(options: RedisOptions) -> Result<Self, LockError> {
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
+            LockError::Config(format!(
+                "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
+                options.redacted_url(),
+                e.detail().unwrap_or("bad URL")
+            ))
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = tokio::time::timeout(
+            options.connect_timeout + Duration::from_millis(100),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| unreachable_error(&options, "connecting", "no answer within the connect timeout"))?
+        .map_err(|e| unreachable_error(&options, "connecting", &e.to_string()))?;
+        let keys = Keys::new(&options.prefix);
+        let listeners = Arc::new(Listeners::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(waiters::subscribe(client, keys.clone(), Arc::downgrade(&listeners), stopped));
+        Ok(RedisBackend { connection, keys, listeners, options, _stop_subscriber: stop })
+    }
+
+    /// Runs one script, bounded by `deadline` (if any) and the response timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        action: &str,
+        resource: Option<&str>,
+        deadline: Deadline,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        let limit = match deadline {
+            Deadline::At(at) => at.saturating_duration_since(Instant::now()).min(self.options.response_timeout),
+            Deadline::Now | Deadline::Never => self.options.response_timeout,
+        };
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(limit, invocation.invoke_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.failed(action, resource, &e.to_string())),
+            Err(_) => Err(self.failed(action, resource, &format!("no answer within {limit:?}"))),
+        }
+    }
+
+    fn failed(&self, action: &str, resource: Option<&str>, detail: &str) -> LockError {
+        LockError::Backend {
+            backend: BACKEND.to_owned(),
+            action: action.to_owned(),
+            resource: resource.map(str::to_owned),
+            message: format!(
+                "Redis at {}: {detail}; check that Redis is running and reachable",
+                self.options.redacted_url()
+            ),
+            source: None,
+        }
+    }
+
+    fn lost(&self, grant: &RedisGrant) -> LockError {
+        LockError::Lost {
+            resource: grant.resource.to_string(),
+            backend: BACKEND.to_owned(),
+            reason: LostReason::Stolen {
+                detail: "the Redis key is gone or held by another holder (lease expired or force-released)".to_owned(),
+            },
+        }
+    }
+
+    /// Undoes a grant whose reply we may have missed; best effort, in the background.
+    fn abandon(&self, resource: &str, holder: &HolderId) {
+        let mut connection = self.connection.clone();
+        let (lock, channel, holder) =
+            (self.keys.lock(resource), self.keys.channel(resource), holder.as_str().to_owned());
+        tokio::spawn(async move {
+            let undone: Result<i64, _> =
+                scripts::ABANDON.key(lock).arg(holder).arg(channel).invoke_async(&mut connection).await;
+            if let Err(e) = undone {
+                tracing::debug!(backend = BACKEND, error = %e, "could not undo an unanswered grant; it expires with its lease");
+            }
+        });
+    }
+
+    /// One attempt to take the lock: `Ok(Ok(granted))` or `Ok(Err((pttl, holder)))`.
+    async fn attempt(
+        &self,
+        request: &GrantRequest,
+        lease: Duration,
+        budget: Deadline,
+    ) -> Result<Result<(String, u64), (Duration, Option<LockInfo>)>, LockError> {
+        let resource = &*request.resource;
+        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(resource))
+            .key(self.keys.fence(resource))
+            .arg(request.holder.as_str())
+            .arg(millis(lease))
+            .arg(resource)
+            .arg(lockman_core::hostname())
+            .arg(std::process::id())
+            .arg(request.purpose.as_deref().unwrap_or(""))
+            .arg(lockman_core::username().unwrap_or(""));
+        // If this future is dropped or times out after the script ran, the
+        // grant would be orphaned until its lease ran out: undo it.
+        let mut pending = Pending { backend: self, request, armed: true };
+        let reply: Vec<String> = match self.run("acquiring", Some(resource), budget, invocation).await {
+            Ok(reply) => reply,
+            Err(e) => return Err(e),
+        };
+        pending.armed = false;
+        match reply.first().map(String::as_str) {
+            Some("1") => {
+                let token = reply.get(1).cloned().unwrap_or_default();
+                let acquired_us = reply.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
+                Ok(Ok((token, acquired_us)))
+            }
+            Some("0") => {
+                let pttl = reply.get(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+                let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+                Ok(Err((ttl, parse_info(resource, &reply[2..], Some(pttl)))))
+            }
+            _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
+        }
+    }
+}
+
+/// Undoes an acquisition whose reply was not processed.
+struct Pending<'a> {
+    backend: &'a RedisBackend,
+    request: &'a GrantRequest,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.backend.abandon(&self.request.resource, &self.request.holder);
+        }
+    }
+}
+
+impl LockBackend for RedisBackend {
+    type Grant = RedisGrant;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        caps.cross_process = true;
+        caps.cross_host = true;
+        caps.leases = true;
+        caps.renewal = true;
+        caps.default_lease = Some(self.options.default_lease);
+        caps.lost_detection = true;
+        caps.fencing = true;
+        caps.wake = WakeMechanism::Notification;
+        caps
+    }
+
+    async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<RedisGrant>, LockError> {
+        let resource = &*request.resource;
+        let lease = request.lease.unwrap_or(self.options.default_lease);
+        let mut waited = false;
+        let mut last_busy: Option<Option<LockInfo>> = None;
+        let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource));
+        loop {
+            // Listen before asking, so a release between the two is heard.
+            let notified = waiting.as_ref().map(|w| w.notify.clone());
+            let notified = notified.as_ref().map(|n| n.notified());
+            let mut notified = notified.map(Box::pin);
+            if let Some(n) = notified.as_mut() {
+                n.as_mut().enable();
+            }
+            // The first try may use the whole response timeout; a retry after
+            // waiting gets what is left of the caller's time (at least a
+            // round trip's worth), and a retry that fails once the caller's
+            // time is up reports the lock busy, as it last was.
+            let budget = match (&last_busy, request.deadline) {
+                (None, first) => first,
+                (Some(_), Deadline::At(at)) => Deadline::At(at.max(Instant::now() + MIN_ATTEMPT)),
+                (Some(_), other) => other,
+            };
+            let attempt = match self.attempt(request, lease, budget).await {
+                Err(_) if request.deadline.has_passed() && last_busy.is_some() => {
+                    return Ok(Acquired::Busy { holder: last_busy.flatten() });
+                }
+                attempt => attempt?,
+            };
+            match attempt {
+                Ok((token, acquired_us)) => {
+                    let numeric = token.parse::<u64>().unwrap_or(0);
+                    self.listeners.hold(resource, numeric, request.loss.clone());
+                    let grant =
+                        RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token };
+                    return Ok(Acquired::Granted(
+                        Granted::new(grant, FencingToken::new(numeric), Some(SystemTime::now() + lease))
+                            .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
+                            .after_waiting(waited),
+                    ));
+                }
+                Err((ttl, holder)) => {
+                    let Some(notified) = notified else { return Ok(Acquired::Busy { holder }) };
+                    if request.deadline.has_passed() {
+                        return Ok(Acquired::Busy { holder });
+                    }
+                    last_busy = Some(holder);
+                    waited = true;
+                    // A lease with no TTL reported (-1) still gets re-checked now and then.
+                    let ttl = if ttl.is_zero() { Duration::from_millis(50) } else { ttl };
+                    let mut wake_at = Instant::now() + ttl;
+                    if let Some(at) = request.deadline.instant() {
+                        wake_at = wake_at.min(at);
+                    }
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(wake_at) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&self, grant: &RedisGrant) -> Result<(), LockError> {
+        let resource = &*grant.resource;
+        self.listeners.unhold(resource, grant.token.parse().unwrap_or(0));
+        let mut invocation = scripts::RELEASE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(resource))
+            .arg(grant.holder.as_str())
+            .arg(&grant.token)
+            .arg(self.keys.channel(resource));
+        let left: i64 = self.run("releasing", Some(resource), Deadline::Now, invocation).await?;
+        if left < 0 { Err(self.lost(grant)) } else { Ok(()) }
+    }
+
+    async fn renew(&self, grant: &RedisGrant, lease: Duration) -> Result<SystemTime, LockError> {
+        let resource = &*grant.resource;
+        let mut invocation = scripts::RENEW.prepare_invoke();
+        invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(&grant.token).arg(millis(lease));
+        let sent = SystemTime::now();
+        let renewed: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, invocation).await?;
+        if renewed == 1 { Ok(sent + lease) } else { Err(self.lost(grant)) }
+    }
+
+    async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+        let mut invocation = scripts::INSPECT.prepare_invoke();
+        invocation.key(self.keys.lock(resource));
+        let fields: Vec<String> = self.run("inspecting", Some(resource), Deadline::Now, invocation).await?;
+        Ok(state_of(resource, &fields))
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut connection = self.connection.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
+                self.options.response_timeout,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.keys.lock_pattern())
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| self.failed("listing locks", None, "no answer to SCAN"))?
+            .map_err(|e| self.failed("listing locks", None, &e.to_string()))?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut held = Vec::new();
+        for key in keys {
+            let Some(resource) = self.keys.resource_of_lock(&key) else { continue };
+            if let Some(info) = self.inspect(resource).await?.info() {
+                held.push(info.clone());
+            }
+        }
+        held.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(held)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let mut invocation = scripts::FORCE_RELEASE.prepare_invoke();
+        invocation.key(self.keys.lock(resource)).arg(self.keys.channel(resource)).arg(reason);
+        let fields: Vec<String> = self.run("force-releasing", Some(resource), Deadline::Now, invocation).await?;
+        Ok(state_of(resource, &fields).info().cloned())
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        // Redis expires leases itself: nothing stale outlives its lease.
+        Ok(Vec::new())
+    }
+}
+
+/// The least time given to one acquisition attempt: about a round trip, so
+/// a wait that ends at the deadline still gets its last look.
+const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The state from `HGETALL` fields followed by the PTTL.
+fn state_of(resource: &str, fields: &[String]) -> LockState {
+    let Some((pttl, fields)) = fields.split_last() else { return LockState::Available };
+    match parse_info(resource, fields, pttl.parse().ok()) {
+        Some(info) => LockState::Held(info),
+        None => LockState::Available,
+    }
+}
+
+/// A `LockInfo` from a lock hash's field/value pairs.
+fn parse_info(resource: &str, fields: &[String], pttl: Option<i64>) -> Option<LockInfo> {
+    let get = |name: &str| fields.chunks(2).find(|pair| pair[0] == name).and_then(|pair| pair.get(1));
+    let holder = get("holder")?;
+    let token = get("token").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let mut info = LockInfo::local(resource, HolderId::new(holder.as_str()), FencingToken::new(token), BACKEND);
+    info.hostname = get("host").cloned().unwrap_or_default();
+    info.pid = get("pid").and_then(|p| p.parse().ok()).unwrap_or(0);
+    info.user = get("user").filter(|u| !u.is_empty()).cloned();
+    info.purpose = get("purpose").filter(|p| !p.is_empty()).cloned();
+    if let Some(us) = get("acquired_us").and_then(|a| a.parse().ok()) {
+        info.acquired_at = UNIX_EPOCH + Duration::from_micros(us);
+    }
+    info.hold_count = get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+    if let Some(ms) = pttl.and_then(|p| u64::try_from(p).ok()) {
+        info.lease_expires_at = Some(SystemTime::now() + Duration::from_millis(ms));
+    }
+    Some(info)
+}
+
+fn unreachable_error(options: &RedisOptions, action: &str, detail: &str) -> LockError {
+    LockError::Backend {
+        backend: BACKEND.to_owned(),
+        action: action.to_owned(),
+        resource: None,
+        message: format!(
+            "cannot reach Redis at {}: {detail}; check the URL, that redis-server is running, and the network",
+            options.redacted_url()
+        ),
+        source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("rediss://alice:hunter2@host/1"), "rediss://alice:***@host/1");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        let options = RedisOptions::new("redis://u:hunter2@h:1/0");
+        assert!(!format!("{options:?}").contains("hunter2"));
+    }
+}
