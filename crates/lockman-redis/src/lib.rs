@@ -9,7 +9,7 @@
 //!   remaining TTL or its own timeout, whichever is first.
 //! * **Watchdog**: without an explicit lease a lock gets the default (30 s),
 //!   renewed every third of it while the guard lives; a failed renewal marks
-//!   the guard lost (core's [`Locks`](lockman_core::Locks) does this for every
+//!   the guard lost (core's [`Locks`] does this for every
 //!   backend).
 //! * **Fencing tokens** increase per grant, also after a restart that lost
 //!   all data: each token is floored at the server's clock in microseconds.
@@ -214,8 +214,18 @@ impl RedisBackend {
         action: &str,
         resource: Option<&str>,
         deadline: Deadline,
-        invocation: redis::ScriptInvocation<'_>,
+        invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LockError> {
+        self.run_raw(deadline, invocation).await.map_err(|e| self.failed(action, resource, &e.detail))
+    }
+
+    /// [`run`](Self::run), keeping whether the connection dropped (then the
+    /// connection manager reconnects, but does not resend the command).
+    async fn run_raw<T: redis::FromRedisValue>(
+        &self,
+        deadline: Deadline,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, RunError> {
         let limit = match deadline {
             Deadline::At(at) => at.saturating_duration_since(Instant::now()).min(self.options.response_timeout),
             Deadline::Now | Deadline::Never => self.options.response_timeout,
@@ -223,8 +233,10 @@ impl RedisBackend {
         let mut connection = self.connection.clone();
         match tokio::time::timeout(limit, invocation.invoke_async(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.failed(action, resource, &e.to_string())),
-            Err(_) => Err(self.failed(action, resource, &format!("no answer within {limit:?}"))),
+            Ok(Err(e)) => {
+                Err(RunError { dropped: e.is_connection_dropped() || e.is_io_error(), detail: e.to_string() })
+            }
+            Err(_) => Err(RunError { dropped: false, detail: format!("no answer within {limit:?}") }),
         }
     }
 
@@ -287,7 +299,7 @@ impl RedisBackend {
         // If this future is dropped or times out after the script ran, the
         // grant would be orphaned until its lease ran out: undo it.
         let mut pending = Pending { backend: self, request, armed: true };
-        let reply: Vec<String> = match self.run("acquiring", Some(resource), budget, invocation).await {
+        let reply: Vec<String> = match self.run("acquiring", Some(resource), budget, &invocation).await {
             Ok(reply) => reply,
             Err(e) => return Err(e),
         };
@@ -305,6 +317,19 @@ impl RedisBackend {
             }
             _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
         }
+    }
+}
+
+/// Why a command failed.
+struct RunError {
+    /// The connection broke (the command may or may not have run).
+    dropped: bool,
+    detail: String,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
     }
 }
 
@@ -415,7 +440,16 @@ impl LockBackend for RedisBackend {
             .arg(grant.holder.as_str())
             .arg(&grant.token)
             .arg(self.keys.channel(resource));
-        let left: i64 = self.run("releasing", Some(resource), Deadline::Now, invocation).await?;
+        let left: i64 = match self.run_raw(Deadline::Now, &invocation).await {
+            Ok(left) => left,
+            // Reconnected, but the command was not resent: send it again. If
+            // the first one did run, the lock is gone now — released, by us.
+            Err(e) if e.dropped => match self.run("releasing", Some(resource), Deadline::Now, &invocation).await? {
+                -1 => 0,
+                left => left,
+            },
+            Err(e) => return Err(self.failed("releasing", Some(resource), &e.detail)),
+        };
         if left < 0 { Err(self.lost(grant)) } else { Ok(()) }
     }
 
@@ -424,14 +458,14 @@ impl LockBackend for RedisBackend {
         let mut invocation = scripts::RENEW.prepare_invoke();
         invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(&grant.token).arg(millis(lease));
         let sent = SystemTime::now();
-        let renewed: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, invocation).await?;
+        let renewed: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, &invocation).await?;
         if renewed == 1 { Ok(sent + lease) } else { Err(self.lost(grant)) }
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
         let mut invocation = scripts::INSPECT.prepare_invoke();
         invocation.key(self.keys.lock(resource));
-        let fields: Vec<String> = self.run("inspecting", Some(resource), Deadline::Now, invocation).await?;
+        let fields: Vec<String> = self.run("inspecting", Some(resource), Deadline::Now, &invocation).await?;
         Ok(state_of(resource, &fields))
     }
 
@@ -473,7 +507,7 @@ impl LockBackend for RedisBackend {
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
         let mut invocation = scripts::FORCE_RELEASE.prepare_invoke();
         invocation.key(self.keys.lock(resource)).arg(self.keys.channel(resource)).arg(reason);
-        let fields: Vec<String> = self.run("force-releasing", Some(resource), Deadline::Now, invocation).await?;
+        let fields: Vec<String> = self.run("force-releasing", Some(resource), Deadline::Now, &invocation).await?;
         Ok(state_of(resource, &fields).info().cloned())
     }
 
