@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 use crate::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, LossSignal};
 
+pub use crate::queue::{LocalQueue, Turn};
+
 /// When a waiting acquisition must give up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deadline {

@@ -44,6 +44,7 @@ mod manager;
 pub mod metrics;
 mod name;
 mod options;
+mod queue;
 mod runtime;
 mod status;
 

@@ -1,7 +1,6 @@
 //! Taking and probing a kernel lock on a file, shared by the kernel-lock
 //! backend and the legacy backend's sidecar lock.
 
-use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
 use std::path::Path;
@@ -10,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use lockman_core::backend::{Deadline, GrantRequest};
+use lockman_core::backend::{Deadline, GrantRequest, LocalQueue, Turn};
 use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
 use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
@@ -51,91 +50,11 @@ pub(crate) struct Locked {
     pub(crate) turn: Turn,
 }
 
-/// Waiters of one manager queue per resource in arrival order before they
-/// contend for the kernel lock, so a releaser cannot barge ahead of waiters
-/// in its own process (the kernel wakes `flock` waiters in no order), and a
-/// local handoff needs no file-system notification. A lane exists only while
-/// someone holds or waits for the resource.
-#[derive(Debug, Default)]
-pub(crate) struct LocalQueue {
-    lanes: Lanes,
-}
-
-/// One FIFO lane (a fair async mutex) per resource in use, with a count of
-/// its users (holder and waiters) so the last one out removes it.
-type Lanes = Arc<Mutex<HashMap<Arc<str>, Lane>>>;
-
-#[derive(Debug)]
-struct Lane {
-    mutex: Arc<tokio::sync::Mutex<()>>,
-    users: usize,
-}
-
-/// A grant's turn, shared with the [`Sentinel`](crate::sentinel::Sentinel)
-/// so a lost grant gives up its turn at once: waiters in this process then
-/// go for the (new) lock file without waiting for the lost guard to drop.
+/// A grant's turn in this manager's [`LocalQueue`], shared with the
+/// [`Sentinel`](crate::sentinel::Sentinel) so a lost grant gives up its turn
+/// at once: waiters in this process then go for the (new) lock file without
+/// waiting for the lost guard to drop.
 pub(crate) type SharedTurn = Arc<Mutex<Option<Turn>>>;
-
-/// A place in a [`LocalQueue`] lane, and the lane's lock once we have it.
-/// Dropping it (also mid-wait, when an acquisition is cancelled) leaves the lane.
-#[derive(Debug)]
-pub(crate) struct Turn {
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    waited: bool,
-    resource: Arc<str>,
-    lanes: Lanes,
-}
-
-impl LocalQueue {
-    /// Waits (until `deadline`) for our turn at `resource`.
-    pub(crate) async fn enter(&self, resource: &Arc<str>, deadline: Deadline) -> Turn {
-        let mutex = {
-            let mut lanes = self.lanes.lock();
-            let lane = lanes.entry(resource.clone()).or_insert_with(|| Lane { mutex: Arc::default(), users: 0 });
-            lane.users += 1;
-            lane.mutex.clone()
-        };
-        let mut turn = Turn {
-            guard: mutex.clone().try_lock_owned().ok(),
-            waited: false,
-            resource: resource.clone(),
-            lanes: self.lanes.clone(),
-        };
-        if turn.guard.is_none() && deadline != Deadline::Now {
-            turn.waited = true;
-            turn.guard = match deadline.instant() {
-                Some(at) => tokio::time::timeout_at(at, mutex.lock_owned()).await.ok(),
-                None => Some(mutex.lock_owned().await),
-            };
-        }
-        turn
-    }
-}
-
-impl Turn {
-    /// Whether the turn came before the deadline.
-    pub(crate) fn is_ours(&self) -> bool {
-        self.guard.is_some()
-    }
-
-    /// Whether another task of this manager was ahead of us.
-    pub(crate) fn waited(&self) -> bool {
-        self.waited
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut lanes = self.lanes.lock();
-        if let Some(lane) = lanes.get_mut(&self.resource) {
-            lane.users -= 1;
-            if lane.users == 0 {
-                lanes.remove(&self.resource);
-            }
-        }
-    }
-}
 
 /// Takes the kernel lock on the file `path` names (creating it), waiting
 /// until `deadline`. `Ok(Err(holder))` if the deadline passed first.
@@ -242,48 +161,5 @@ pub(crate) fn holder_of(file: &File, backend: &str) -> Option<LockInfo> {
             None
         }
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn queue_lanes_exist_only_while_used() {
-        let queue = LocalQueue::default();
-        let resource: Arc<str> = Arc::from("r");
-        let first = queue.enter(&resource, Deadline::Now).await;
-        assert!(first.is_ours());
-        let second = queue.enter(&resource, Deadline::Now).await;
-        assert!(!second.is_ours(), "two turns at once");
-        drop(second);
-        assert_eq!(queue.lanes.lock().len(), 1);
-        drop(first);
-        assert!(queue.lanes.lock().is_empty(), "an unused lane was kept");
-        assert!(queue.enter(&resource, Deadline::Now).await.is_ours());
-        assert!(queue.lanes.lock().is_empty());
-    }
-
-    #[tokio::test]
-    async fn cancelled_waiters_leave_no_lane_behind() {
-        let queue = LocalQueue::default();
-        let resource: Arc<str> = Arc::from("r");
-        let held = queue.enter(&resource, Deadline::Now).await;
-        let mut waiting = Box::pin(queue.enter(&resource, Deadline::Never));
-        assert!(futures_poll_once(&mut waiting).await.is_none(), "got a held turn");
-        drop(waiting); // cancelled mid-wait
-        drop(held);
-        assert!(queue.lanes.lock().is_empty(), "a cancelled waiter leaked its lane");
-    }
-
-    async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
-                std::task::Poll::Ready(out) => Some(out),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
     }
 }

@@ -12,11 +12,12 @@ use parking_lot::Mutex;
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason};
 
-use crate::flock::{self, LocalQueue, Locked, SharedTurn};
+use crate::flock::{self, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
 use crate::record::{self, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::{FileOptions, naming};
+use lockman_core::backend::LocalQueue;
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "file";

@@ -12,12 +12,13 @@ use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, L
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::flock::{LocalQueue, SharedTurn, Turn};
+use crate::flock::SharedTurn;
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::{Backoff, ChangeWatch, wait_for_change};
 use crate::{FileOptions, naming};
+use lockman_core::backend::{LocalQueue, Turn};
 
 /// The backend name in errors, events and metrics.
 pub const LEASE_BACKEND: &str = "file-lease";

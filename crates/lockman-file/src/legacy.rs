@@ -13,12 +13,13 @@ use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, Lo
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::flock::{self, LocalQueue, Locked, SharedTurn};
+use crate::flock::{self, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::naming;
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::{Backoff, ChangeWatch, wait_for_change};
+use lockman_core::backend::LocalQueue;
 
 /// The backend name in errors, events and metrics.
 pub const LEGACY_BACKEND: &str = "legacy-file";

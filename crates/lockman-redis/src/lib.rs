@@ -44,7 +44,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
 use lockman_core::{
     Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
 };
@@ -155,6 +155,9 @@ pub struct RedisBackend {
     connection: ConnectionManager,
     keys: Keys,
     listeners: Arc<Listeners>,
+    /// This manager's waiters, in arrival order: only the first of them
+    /// contends for a busy lock, so a releaser cannot barge ahead of them.
+    queue: LocalQueue,
     options: RedisOptions,
     /// Dropped with the backend, which ends the release subscriber.
     _stop_subscriber: tokio::sync::oneshot::Sender<()>,
@@ -205,7 +208,7 @@ impl RedisBackend {
         let listeners = Arc::new(Listeners::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(waiters::subscribe(client, keys.clone(), Arc::downgrade(&listeners), stopped));
-        Ok(RedisBackend { connection, keys, listeners, options, _stop_subscriber: stop })
+        Ok(RedisBackend { connection, keys, listeners, queue: LocalQueue::default(), options, _stop_subscriber: stop })
     }
 
     /// Runs one script, bounded by `deadline` (if any) and the response timeout.
@@ -318,6 +321,15 @@ impl RedisBackend {
             _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
         }
     }
+
+    /// The lock's state, asked with at most `limit` to answer.
+    async fn inspect_within(&self, resource: &str, limit: Duration) -> Result<LockState, LockError> {
+        let mut invocation = scripts::INSPECT.prepare_invoke();
+        invocation.key(self.keys.lock(resource));
+        let deadline = Deadline::At(Instant::now() + limit);
+        let fields: Vec<String> = self.run("inspecting", Some(resource), deadline, &invocation).await?;
+        Ok(state_of(resource, &fields))
+    }
 }
 
 /// Why a command failed.
@@ -364,6 +376,7 @@ impl LockBackend for RedisBackend {
         caps.default_lease = Some(self.options.default_lease);
         caps.lost_detection = true;
         caps.fencing = true;
+        caps.fifo = true;
         caps.wake = WakeMechanism::Notification;
         caps
     }
@@ -371,7 +384,18 @@ impl LockBackend for RedisBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<RedisGrant>, LockError> {
         let resource = &*request.resource;
         let lease = request.lease.unwrap_or(self.options.default_lease);
-        let mut waited = false;
+        // Wait behind this manager's earlier waiters (the turn is given up
+        // as soon as this call returns). `try_acquire` does not queue.
+        let turn = match request.deadline {
+            Deadline::Now => None,
+            deadline => Some(self.queue.enter(&request.resource, deadline).await),
+        };
+        if turn.as_ref().is_some_and(|turn| !turn.is_ours()) {
+            // Timed out in the queue: still say who holds it, if Redis tells us at once.
+            let holder = self.inspect_within(resource, MIN_ATTEMPT).await.ok().and_then(|s| s.info().cloned());
+            return Ok(Acquired::Busy { holder });
+        }
+        let mut waited = turn.as_ref().is_some_and(|turn| turn.waited());
         let mut last_busy: Option<Option<LockInfo>> = None;
         let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource));
         loop {
@@ -463,10 +487,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
-        let mut invocation = scripts::INSPECT.prepare_invoke();
-        invocation.key(self.keys.lock(resource));
-        let fields: Vec<String> = self.run("inspecting", Some(resource), Deadline::Now, &invocation).await?;
-        Ok(state_of(resource, &fields))
+        self.inspect_within(resource, self.options.response_timeout).await
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
