@@ -459,9 +459,10 @@ impl<B: LockBackend> Held<B> {
         if self.loss().is_lost() {
             return true;
         }
-        // A lease nobody renews is over when the clock says so, even if no
-        // timer has fired yet (or there is no runtime to run one).
-        if !self.auto_renew && !self.ended.load(Ordering::Acquire) {
+        // A lease is over when the clock says so, even if no timer has fired
+        // yet (or there is no runtime to run one), and even if the watchdog
+        // is still waiting for an answer to its renewal.
+        if !self.ended.load(Ordering::Acquire) {
             let expired = self.lease.lock().expires_at.is_some_and(|at| at <= SystemTime::now());
             if expired {
                 self.loss().mark_lost(LostReason::LeaseExpired);
@@ -538,7 +539,26 @@ impl<B: LockBackend> Held<B> {
             if held.ended.load(Ordering::Acquire) || held.loss().is_lost() {
                 return;
             }
-            match held.shared.backend.renew(&held.grant, length).await {
+            // A renewal answered after the lease ran out is too late: the
+            // store may have granted the lock to someone else meanwhile.
+            let renewal = held.shared.backend.renew(&held.grant, length);
+            let renewed = match expires_at.map(|at| at.duration_since(SystemTime::now())) {
+                None => renewal.await,
+                Some(Ok(left)) => match tokio::time::timeout(left, renewal).await {
+                    Ok(renewed) => renewed,
+                    Err(_) => {
+                        held.loss().mark_lost(LostReason::BackendUnreachable {
+                            detail: format!("no answer to the lease renewal before the {length:?} lease ran out"),
+                        });
+                        return;
+                    }
+                },
+                Some(Err(_)) => {
+                    held.loss().mark_lost(LostReason::LeaseExpired);
+                    return;
+                }
+            };
+            match renewed {
                 Ok(expiry) => {
                     let mut lease = held.lease.lock();
                     lease.expires_at = Some(expiry);
