@@ -394,8 +394,9 @@ fn main() {
     uncontended(&mut criterion, &server);
     throughput(&mut criterion, &server);
     criterion.final_summary();
-    // `cargo test --benches` runs the bench in test mode; skip the long summary there.
-    if !std::env::args().any(|arg| arg == "--test" || arg == "--list") {
+    // Skip the long summary in test mode (`cargo test --benches`), when
+    // listing, and when profiling one benchmark.
+    if !std::env::args().any(|arg| matches!(arg.as_str(), "--test" | "--list" | "--profile-time")) {
         summary(&server);
     }
 }

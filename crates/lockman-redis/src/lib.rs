@@ -12,8 +12,9 @@
 //!   the guard lost (core's [`Locks`] does this for every
 //!   backend).
 //! * **Fencing tokens** increase per grant, also after a restart that lost
-//!   all data: each token is floored at the server's clock in microseconds.
-//!   That orders grants as seen by *this* Redis; as Kleppmann notes, a lease
+//!   all data: a per-resource counter (`INCR`) that, when missing, restarts
+//!   at the server's clock in microseconds — above every earlier token as
+//!   long as that clock does not step back. That orders grants as seen by *this* Redis; as Kleppmann notes, a lease
 //!   on one Redis is not a consensus lock — a holder paused past its lease can
 //!   still act, so storage that takes the token must reject older ones, and a
 //!   failover to a replica that missed the last writes can grant twice.
@@ -294,11 +295,12 @@ impl RedisBackend {
             .key(self.keys.fence(resource))
             .arg(request.holder.as_str())
             .arg(millis(lease))
-            .arg(resource)
+            .arg(unix_micros(SystemTime::now()))
             .arg(lockman_core::hostname())
             .arg(std::process::id())
             .arg(request.purpose.as_deref().unwrap_or(""))
-            .arg(lockman_core::username().unwrap_or(""));
+            .arg(lockman_core::username().unwrap_or(""))
+            .arg(if request.deadline == Deadline::Now { "0" } else { "1" });
         // If this future is dropped or times out after the script ran, the
         // grant would be orphaned until its lease ran out: undo it.
         let mut pending = Pending { backend: self, request, armed: true };
@@ -541,6 +543,10 @@ impl LockBackend for RedisBackend {
 /// The least time given to one acquisition attempt: about a round trip, so
 /// a wait that ends at the deadline still gets its last look.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -3,7 +3,7 @@
 //! Keys of one resource share the hash tag `{resource}`, so they land in one
 //! Redis Cluster slot: `<prefix>:{<resource>}:lock` (a hash: holder, hold
 //! count, fencing token, metadata) and `<prefix>:{<resource>}:fence` (the
-//! last token, kept a week so tokens keep increasing between grants).
+//! fencing counter, with a week-long TTL; see [`ACQUIRE`]).
 
 use std::sync::LazyLock;
 
@@ -11,12 +11,19 @@ use redis::Script;
 
 /// Grants or re-enters the lock; on a busy lock returns its TTL and fields.
 ///
-/// KEYS: lock, fence. ARGV: holder, lease ms, resource, host, pid, purpose,
-/// user. Returns `{"1", token, acquired_us}` or `{"0", pttl, field, value, ...}`.
+/// KEYS: lock, fence. ARGV: holder, lease ms, acquired-at (µs since the
+/// epoch, the client's clock), host, pid, purpose, user, and `1` if the
+/// caller will wait for a busy lock (it is then marked `waited`, so its
+/// release is published). Returns `{"1", token, acquired_us}` or
+/// `{"0", pttl, field, value, ...}`.
 ///
-/// The token is the last token plus one, floored at the server's `TIME` in
-/// microseconds: after a restart that lost every key, tokens still exceed
-/// all earlier ones (as long as the server clock does not step back).
+/// The token is the fence counter plus one (`INCR`). When the counter is
+/// missing — a new resource, its week-long TTL ran out, or a restart lost
+/// every key — it restarts at the server's `TIME` in microseconds. That is
+/// above every earlier token as long as the server clock does not step back:
+/// the counter itself started at that clock and grew by one per grant, and
+/// two grants of one resource are always more than a microsecond apart (each
+/// is a script run, with a release or an expiry between them).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -28,39 +35,42 @@ if holder == ARGV[1] then
   return {'1', f[1], f[2]}
 end
 if holder then
+  if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'waited', '1') end
   local busy = {'0', tostring(redis.call('PTTL', KEYS[1]))}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
   return busy
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local token = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
-if token < now then token = now end
-local tok = string.format('%.0f', token)
-local at = string.format('%.0f', now)
-redis.call('SET', KEYS[2], tok, 'PX', 604800000)
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', tok, 'acquired_us', at,
-  'resource', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'lease_ms', ARGV[2])
+local token = redis.call('INCR', KEYS[2])
+if token == 1 then
+  local t = redis.call('TIME')
+  token = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', KEYS[2], token, 'PX', 604800000)
+else
+  token = string.format('%.0f', token)
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
+  'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'1', tok, at}
+return {'1', token, ARGV[3]}
 "#,
     )
 });
 
-/// Releases one hold if holder and token match; deletes the lock and
-/// publishes on the release channel when the count reaches zero.
+/// Releases one hold if holder and token match; deletes the lock when the
+/// count reaches zero, and then publishes on the release channel if anyone
+/// waited for this grant (an uncontended release sends no message, so no
+/// subscriber does any work for it).
 ///
 /// KEYS: lock. ARGV: holder, token, channel. Returns -1 (not ours), 0
 /// (released) or the remaining count.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local f = redis.call('HMGET', KEYS[1], 'holder', 'token')
+local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count', 'waited')
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return -1 end
-local left = redis.call('HINCRBY', KEYS[1], 'count', -1)
-if left > 0 then return left end
+if f[3] ~= '1' then return redis.call('HINCRBY', KEYS[1], 'count', -1) end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], 'released')
+if f[4] then redis.call('PUBLISH', ARGV[3], 'released') end
 return 0
 "#,
     )
@@ -75,7 +85,6 @@ pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 local f = redis.call('HMGET', KEYS[1], 'holder', 'token')
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[1], 'lease_ms', ARGV[3])
 return 1
 "#,
     )

@@ -152,7 +152,8 @@ fn monitored_command(line: &str) -> Option<String> {
 }
 
 /// After a warm-up cycle (which loads the scripts), one uncontended acquire
-/// plus release costs exactly two round trips: one `EVALSHA` each. Anything
+/// plus release costs exactly two round trips: one `EVALSHA` each, and the
+/// release publishes nothing (no one waited). Anything
 /// else lockman sends (an extra `PTTL`, a `SCRIPT LOAD`, an `INSPECT` before
 /// releasing, a `PING`) shows up here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,6 +185,12 @@ async fn uncontended_cycle_sends_exactly_two_commands() {
     assert!(
         sent.len() == 2 && sent.iter().all(|line| monitored_command(line).as_deref() == Some("EVALSHA")),
         "expected exactly two EVALSHA from an uncontended acquire + release, the server saw:\n{}",
+        seen.join("\n")
+    );
+    // Nobody waited, so the release tells no subscriber.
+    assert!(
+        !seen.iter().any(|line| monitored_command(line).as_deref() == Some("PUBLISH")),
+        "an uncontended release published a message:\n{}",
         seen.join("\n")
     );
 }
