@@ -493,29 +493,9 @@ impl LockBackend for RedisBackend {
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
-        let mut connection = self.connection.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
-                self.options.response_timeout,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(self.keys.lock_pattern())
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut connection),
-            )
+        let keys = scan(&self.connection, &self.keys.lock_pattern(), self.options.response_timeout)
             .await
-            .map_err(|_| self.failed("listing locks", None, "no answer to SCAN"))?
-            .map_err(|e| self.failed("listing locks", None, &e.to_string()))?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+            .map_err(|detail| self.failed("listing locks", None, &detail))?;
         let mut held = Vec::new();
         for key in keys {
             let Some(resource) = self.keys.resource_of_lock(&key) else { continue };
@@ -543,6 +523,31 @@ impl LockBackend for RedisBackend {
 /// The least time given to one acquisition attempt: about a round trip, so
 /// a wait that ends at the deadline still gets its last look.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+
+/// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks the
+/// server), each batch bounded by `timeout`.
+pub(crate) async fn scan(
+    connection: &ConnectionManager,
+    pattern: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let mut connection = connection.clone();
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let mut command = redis::cmd("SCAN");
+        command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
+        let (next, batch): (u64, Vec<String>) = tokio::time::timeout(timeout, command.query_async(&mut connection))
+            .await
+            .map_err(|_| format!("no answer to SCAN within {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            return Ok(keys);
+        }
+    }
+}
 
 fn unix_micros(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

@@ -159,29 +159,10 @@ impl StatusManager for RedisStatusManager {
     }
 
     async fn list(&self) -> Result<Vec<FlagInfo>, LockError> {
-        let mut connection = self.connection.clone();
-        let mut names = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
-                self.options.response_timeout,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(self.keys.flag_pattern())
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut connection),
-            )
+        let keys = crate::scan(&self.connection, &self.keys.flag_pattern(), self.options.response_timeout)
             .await
-            .map_err(|_| self.failed("listing flags", "*", "no answer to SCAN"))?
-            .map_err(|e| self.failed("listing flags", "*", &e.to_string()))?;
-            names.extend(batch.iter().filter_map(|key| self.keys.flag_of_key(key).map(str::to_owned)));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+            .map_err(|detail| self.failed("listing flags", "*", &detail))?;
+        let names = keys.iter().filter_map(|key| self.keys.flag_of_key(key).map(str::to_owned));
         let mut flags = Vec::new();
         for name in names {
             if let Some(info) = self.get(&name).await? {
