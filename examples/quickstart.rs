@@ -1,21 +1,35 @@
-//! A tour of lockman on the in-process backend: four pollers share one
-//! device bus, a command waits its turn, a timeout names the holder, and a
-//! status flag marks a long-running mode.
+//! A tour of lockman: four pollers share one device bus, a command waits its
+//! turn, a timeout names the holder, and a status flag marks a long-running
+//! mode.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! Run it with `cargo run --example quickstart` (the in-process backend), or
+//! pick another backend at runtime:
+//! `LOCKMAN_URL=file:///tmp/locks cargo run --example quickstart`,
+//! `LOCKMAN_URL=redis://127.0.0.1:6379/0 cargo run --example quickstart`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lockman::{
-    AcquireOptions, FlagOptions, LockError, LockManager, MemoryLockManager, MemoryStatusManager, StatusManager,
-};
+use lockman::{AcquireOptions, FlagOptions, LockError};
 
 #[tokio::main]
-async fn main() -> Result<(), LockError> {
-    let locks: Arc<dyn LockManager> = Arc::new(MemoryLockManager::default());
-    let status: Arc<dyn StatusManager> = Arc::new(MemoryStatusManager::default());
+async fn main() -> std::process::ExitCode {
+    match tour().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quickstart failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn tour() -> Result<(), LockError> {
+    // The backend comes from LOCKMAN_URL / lockman.toml / USE_NEW_LOCKS;
+    // the in-process one by default.
+    let backends = lockman::from_env().await?;
+    println!("backend: {}", backends.chosen);
+    let (locks, status) = (backends.locks, backends.status);
     let mut events = locks.events();
 
     // Four pollers, each reading the bus 25 times; a bus transaction must

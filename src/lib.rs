@@ -33,10 +33,18 @@
 //! See `ARCHITECTURE.md` for how an acquisition flows through core and a
 //! backend, and how to add a backend.
 
+pub mod blocking;
+mod config;
+mod connect;
+
+pub use config::{CONFIG_ENV, CONFIG_FILE, Config, RedisConfig, USE_NEW_LOCKS_ENV, redact_url};
+pub use connect::{Backends, connect, connect_with, from_env};
+pub use lockman_core::BridgedLockManager;
+
 pub use lockman_core::{
     AcquireOptions, Capabilities, EventSink, FencingToken, FlagInfo, FlagOptions, HolderId, LockBackend, LockError,
     LockEvent, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager, LockManagerExt, LockState, Locks,
-    LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, blocking, hostname, metrics,
+    LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, hostname, metrics,
     validate_name,
 };
 

@@ -235,8 +235,16 @@ fn with_thread_holder(mut options: AcquireOptions) -> AcquireOptions {
     options
 }
 
-/// Runs `future` to completion on lockman's background runtime.
-fn block_on<F: Future>(future: F) -> Result<F::Output, LockError> {
+/// Runs `future` to completion on lockman's background runtime, from a
+/// plain thread; tasks it spawns (a Redis connection's, say) live on that
+/// runtime. Used to build blocking front ends such as `lockman::blocking::connect`.
+///
+/// # Errors
+///
+/// [`LockError::Config`] when called from inside an async runtime, where
+/// blocking would stall it; [`LockError::Backend`] if the background runtime
+/// cannot start.
+pub fn block_on<F: Future>(future: F) -> Result<F::Output, LockError> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(LockError::Config(
             "the blocking lock API was called from inside an async runtime, where blocking would stall it; \

@@ -33,6 +33,7 @@
 
 pub mod backend;
 pub mod blocking;
+pub mod bridge;
 mod error;
 mod event;
 mod guard;
@@ -49,6 +50,7 @@ mod runtime;
 mod status;
 
 pub use backend::LockBackend;
+pub use bridge::BridgedLockManager;
 pub use error::{LockError, LostReason};
 pub use event::{EventSink, LockEvent, LockEventKind, LockEvents};
 pub use guard::LockGuard;

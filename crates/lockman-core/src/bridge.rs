@@ -1,0 +1,363 @@
+//! [`BridgedLockManager`]: one lock manager made of two, for rolling a new
+//! backend out beside processes that still use an old one.
+//!
+//! A new backend alone does not exclude processes still on the old lock
+//! protocol — switching to it without a bridge lets old and new processes
+//! into the same critical section (the bug of the earlier `USE_NEW_LOCKS`
+//! refactor). The bridge takes the new backend's lock first and then the old
+//! one, and releases them in reverse, so every stage of a rollout stays
+//! exclusive: bridged processes exclude each other through the new backend
+//! and old processes through the old lock.
+//!
+//! Like object_store's wrapper stores, the bridge is a [`LockManager`]
+//! itself, over any two managers; backends know nothing of it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::guard::GrantHandle;
+use crate::{
+    AcquireOptions, Capabilities, EventSink, LockError, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager,
+    LockState, LossSignal, LostReason, Wait,
+};
+
+/// Holds a resource in `primary` (the new backend) and then in `legacy` (the
+/// old protocol, e.g. `legacy-file://`), releasing in reverse order.
+///
+/// * The guard's fencing token, lease and reentrancy are the primary's; the
+///   legacy lock is taken with the same options and the time left.
+/// * The guard is lost as soon as either lock is lost (for example, an old
+///   process stole the legacy file).
+/// * `state`, `list`, `force_release` and `cleanup_stale` look at both:
+///   a resource is held if either side holds it.
+/// * The bridge is one manager to its callers: its name is
+///   `<primary>+<legacy>` (e.g. `redis+legacy-file`), and it reports its own
+///   events (locked when both locks are held, released, timed out, lost,
+///   force-released) and stamps its name on errors and lock details. Which
+///   side a holder or failure was on stays visible in the holder's details;
+///   each side's own events remain on [`primary`](Self::primary) and
+///   [`legacy`](Self::legacy).
+///
+/// ```
+/// use std::sync::Arc;
+/// use lockman_core::{AcquireOptions, BridgedLockManager, LockError, LockManager};
+///
+/// async fn poll(new_backend: Arc<dyn LockManager>, legacy: Arc<dyn LockManager>) -> Result<(), LockError> {
+///     let locks = BridgedLockManager::new(new_backend, legacy);
+///     let guard = locks.acquire("inverter_read", AcquireOptions::new()).await?;
+///     // ... old and new daemons are both kept out ...
+///     guard.release().await // the legacy lock first, then the new one
+/// }
+/// ```
+pub struct BridgedLockManager {
+    primary: Arc<dyn LockManager>,
+    legacy: Arc<dyn LockManager>,
+    name: String,
+    events: EventSink,
+}
+
+impl BridgedLockManager {
+    /// Locks in `primary`, then in `legacy`.
+    pub fn new(primary: Arc<dyn LockManager>, legacy: Arc<dyn LockManager>) -> Self {
+        let name = format!("{}+{}", primary.name(), legacy.name());
+        let events = EventSink::new(&name);
+        BridgedLockManager { primary, legacy, name, events }
+    }
+
+    /// The new backend.
+    pub fn primary(&self) -> &Arc<dyn LockManager> {
+        &self.primary
+    }
+
+    /// The old protocol's manager.
+    pub fn legacy(&self) -> &Arc<dyn LockManager> {
+        &self.legacy
+    }
+
+    /// The legacy side's options: the primary's, waiting only for what is
+    /// left of the caller's time.
+    fn legacy_options(options: &AcquireOptions, started: Instant) -> AcquireOptions {
+        let mut legacy = options.clone();
+        if let Wait::Timeout(timeout) = options.wait {
+            legacy.wait = match timeout.checked_sub(started.elapsed()) {
+                Some(left) if !left.is_zero() => Wait::Timeout(left),
+                _ => Wait::NoWait,
+            };
+        }
+        legacy
+    }
+
+    /// Both sides' grants as one guard.
+    fn bridge(&self, primary: LockGuard, legacy: LockGuard, started: Instant) -> LockGuard {
+        let token = primary.fencing_token();
+        let holder = primary.info().holder;
+        let loss = LossSignal::new(Arc::from(primary.resource()), holder.clone(), self.events.clone());
+        loss.granted(token, std::time::Instant::now());
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let legacy_lost = legacy.lost();
+        let legacy = Arc::new(Mutex::new(Some(legacy)));
+        let watch = {
+            let (loss, primary_lost, legacy) = (loss.clone(), primary.lost(), legacy.clone());
+            async move {
+                let reason = tokio::select! {
+                    reason = primary_lost => reason,
+                    reason = legacy_lost => reason,
+                    _ = ended_rx => return,
+                };
+                loss.mark_lost(reason);
+                // The grant is gone (say the primary's lease ran out and a
+                // waiter has it now): let go of the legacy lock too, or that
+                // waiter would wait for it behind a holder that lost.
+                let held = legacy.lock().take();
+                drop(held);
+            }
+        };
+        crate::runtime::spawn(watch);
+        self.events.emit(LockEventKind::Locked, primary.resource(), |mut event| {
+            event.waited = Some(started.elapsed());
+            event.with_holder(holder).with_token(token)
+        });
+        let grant = Arc::new(BridgedGrant {
+            legacy,
+            primary,
+            _ended: ended_tx,
+            loss: loss.clone(),
+            name: self.name.clone(),
+            events: self.events.clone(),
+            since: std::time::Instant::now(),
+            legacy_extends: self.legacy.capabilities().renewal,
+        });
+        LockGuard::new(grant, token, loss)
+    }
+
+    /// The error as this manager's: a timeout or loss names the bridge (the
+    /// holder's details still say which side it was on).
+    fn own_error(&self, error: LockError) -> LockError {
+        match error {
+            LockError::Timeout { resource, waited, holder, .. } => {
+                LockError::Timeout { resource, backend: self.name.clone(), waited, holder }
+            }
+            LockError::Lost { resource, reason, .. } => {
+                LockError::Lost { resource, backend: self.name.clone(), reason }
+            }
+            other => other,
+        }
+    }
+
+    fn own_info(&self, mut info: LockInfo) -> LockInfo {
+        info.backend = self.name.clone();
+        info
+    }
+}
+
+impl fmt::Debug for BridgedLockManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BridgedLockManager").field("primary", &self.primary).field("legacy", &self.legacy).finish()
+    }
+}
+
+#[async_trait]
+impl LockManager for BridgedLockManager {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The primary's guarantees (it orders bridged processes); exclusion
+    /// across processes needs both sides to provide it.
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = self.primary.capabilities();
+        let legacy = self.legacy.capabilities();
+        caps.cross_process &= legacy.cross_process;
+        caps.lost_detection |= legacy.lost_detection;
+        caps
+    }
+
+    fn events(&self) -> LockEvents {
+        self.events.subscribe()
+    }
+
+    async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError> {
+        let started = Instant::now();
+        let acquired = async {
+            let primary = self.primary.acquire(resource, options.clone()).await?;
+            // On error the primary guard drops here and is released.
+            let legacy = self.legacy.acquire(resource, Self::legacy_options(&options, started)).await?;
+            Ok::<_, LockError>((primary, legacy))
+        };
+        match acquired.await {
+            Ok((primary, legacy)) => Ok(self.bridge(primary, legacy, started)),
+            Err(e) => {
+                if e.is_timeout() {
+                    self.events.emit(LockEventKind::TimedOut, resource, |mut event| {
+                        event.waited = Some(started.elapsed());
+                        event
+                    });
+                }
+                Err(self.own_error(e))
+            }
+        }
+    }
+
+    async fn try_acquire(&self, resource: &str, options: AcquireOptions) -> Result<Option<LockGuard>, LockError> {
+        let started = Instant::now();
+        let Some(primary) = self.primary.try_acquire(resource, options.clone()).await.map_err(|e| self.own_error(e))?
+        else {
+            return Ok(None);
+        };
+        match self.legacy.try_acquire(resource, options).await.map_err(|e| self.own_error(e))? {
+            Some(legacy) => Ok(Some(self.bridge(primary, legacy, started))),
+            None => {
+                primary.release().await.map_err(|e| self.own_error(e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The primary's state if it is held there, else the legacy side's (an
+    /// old process may hold the legacy lock alone).
+    async fn state(&self, resource: &str) -> Result<LockState, LockError> {
+        let state = match self.primary.state(resource).await? {
+            LockState::Available => self.legacy.state(resource).await?,
+            held => held,
+        };
+        Ok(match state {
+            LockState::Held(info) => LockState::Held(self.own_info(info)),
+            LockState::Stale(info) => LockState::Stale(self.own_info(info)),
+            available => available,
+        })
+    }
+
+    /// Every primary lock, and every legacy lock of a resource the primary
+    /// does not list (held by an old process).
+    async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut locks = self.primary.list().await?;
+        let held: HashSet<String> = locks.iter().map(|info| info.resource.clone()).collect();
+        locks.extend(self.legacy.list().await?.into_iter().filter(|info| !held.contains(&info.resource)));
+        let mut locks: Vec<LockInfo> = locks.into_iter().map(|info| self.own_info(info)).collect();
+        locks.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(locks)
+    }
+
+    async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let legacy = self.legacy.force_release(resource, reason).await?;
+        let primary = self.primary.force_release(resource, reason).await?;
+        let broken = primary.or(legacy).map(|info| self.own_info(info));
+        if let Some(info) = &broken {
+            self.events.emit(LockEventKind::ForceReleased, resource, |event| {
+                event.with_holder(info.holder.clone()).with_token(info.fencing_token).with_reason(reason)
+            });
+        }
+        Ok(broken)
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut broken = self.primary.cleanup_stale().await?;
+        broken.extend(self.legacy.cleanup_stale().await?);
+        Ok(broken.into_iter().map(|info| self.own_info(info)).collect())
+    }
+}
+
+/// The two guards of one bridged grant. Only the bridged [`LockGuard`]
+/// holds it, so its release owns it; the loss watch shares only the legacy
+/// guard's cell.
+struct BridgedGrant {
+    /// Taken out early when the grant is lost.
+    legacy: Arc<Mutex<Option<LockGuard>>>,
+    primary: LockGuard,
+    /// Dropped with the grant, which stops the loss watch.
+    _ended: tokio::sync::oneshot::Sender<()>,
+    loss: LossSignal,
+    name: String,
+    events: EventSink,
+    since: std::time::Instant,
+    /// Whether the legacy side has leases to extend (legacy lockfiles do not).
+    legacy_extends: bool,
+}
+
+#[async_trait]
+impl GrantHandle for BridgedGrant {
+    fn info(&self) -> LockInfo {
+        let mut info = self.primary.info();
+        info.backend = self.name.clone();
+        info
+    }
+
+    fn is_lost(&self) -> bool {
+        self.loss.is_lost() || self.primary.is_lost() || self.legacy.lock().as_ref().is_some_and(LockGuard::is_lost)
+    }
+
+    fn lost_error(&self, reason: LostReason) -> LockError {
+        LockError::Lost { resource: self.loss.resource().to_string(), backend: self.name.clone(), reason }
+    }
+
+    /// Releases the legacy lock, then the primary one.
+    async fn release(self: Arc<Self>) -> Result<(), LockError> {
+        let Some(grant) = Arc::into_inner(self) else {
+            unreachable!("a bridged grant has exactly one guard");
+        };
+        let token = grant.primary.fencing_token();
+        let BridgedGrant { legacy, primary, loss, name, events, since, .. } = grant;
+        let held = legacy.lock().take();
+        let legacy = match held {
+            Some(guard) => guard.release().await,
+            None => Ok(()), // let go when the grant was lost
+        };
+        let primary = primary.release().await;
+        let released = match (primary, legacy) {
+            // A lost side matters most: the work may not have been exclusive.
+            (Err(e), _) | (_, Err(e)) if e.is_lost() => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        };
+        let lost =
+            |reason: LostReason| LockError::Lost { resource: loss.resource().to_string(), backend: name, reason };
+        match (released, loss.reason().cloned()) {
+            (_, Some(reason)) => Err(lost(reason)),
+            (Ok(()), None) => {
+                loss.mark_released();
+                events.emit(LockEventKind::Released, loss.resource(), |mut event| {
+                    event.held = Some(since.elapsed());
+                    event.with_holder(loss.holder().clone()).with_token(token)
+                });
+                Ok(())
+            }
+            (Err(LockError::Lost { reason, .. }), None) => {
+                loss.mark_lost(reason.clone());
+                Err(lost(reason))
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Releases in the background, in the same order.
+    fn release_on_drop(self: Arc<Self>) {
+        crate::runtime::spawn(async move {
+            if let Err(e) = self.release().await {
+                tracing::warn!(error = %e, "releasing a dropped bridged guard");
+            }
+        });
+    }
+
+    /// Extends the primary's lease, and the legacy side's if it has one.
+    async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        self.primary.extend(lease).await?;
+        if !self.legacy_extends {
+            return Ok(());
+        }
+        // Out of the cell for the await; put back after (unless lost meanwhile).
+        let Some(guard) = self.legacy.lock().take() else { return Ok(()) };
+        let extended = guard.extend(lease).await;
+        if self.loss.is_lost() {
+            drop(guard);
+        } else {
+            *self.legacy.lock() = Some(guard);
+        }
+        extended
+    }
+}

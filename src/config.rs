@@ -1,0 +1,301 @@
+//! [`Config`]: which backend to run, loaded with figment from built-in
+//! defaults, then an optional TOML file, then environment variables.
+//!
+//! All configuration loading lives in this module, so the loader (figment)
+//! can be swapped without touching the rest of the crate. The keys are listed on [`Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use lockman_core::LockError;
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming the TOML file to load instead of `lockman.toml`.
+pub const CONFIG_ENV: &str = "LOCKMAN_CONFIG";
+/// The rollout switch: `false` runs the legacy lockfile backend, `true` runs `url`.
+pub const USE_NEW_LOCKS_ENV: &str = "USE_NEW_LOCKS";
+/// The TOML file read from the working directory when `LOCKMAN_CONFIG` is unset.
+pub const CONFIG_FILE: &str = "lockman.toml";
+
+/// Which backends to run and how, loaded by [`Config::load`] from built-in
+/// defaults, then an optional TOML file, then environment variables.
+///
+/// | key (`lockman.toml`) | environment variable | meaning |
+/// |---|---|---|
+/// | `url` | `LOCKMAN_URL` | where locks live (default `memory://`) |
+/// | `status_url` | `LOCKMAN_STATUS_URL` | where flags live (default: see [`Config::status_url`]) |
+/// | `default_wait` | `LOCKMAN_DEFAULT_WAIT` | how long an acquire waits by default (`500ms`, `30s`, `5m`; unset: forever) |
+/// | `lease` | `LOCKMAN_LEASE` | the default lease of backends that have leases (Redis, lease files) |
+/// | `legacy_url` | `LOCKMAN_LEGACY_URL` | the legacy lockfiles, used when `USE_NEW_LOCKS=false` |
+/// | `legacy_bridge` | `LOCKMAN_LEGACY_BRIDGE` | also take this legacy lock after the new one (rollout) |
+/// | `use_new_locks` | `USE_NEW_LOCKS` | `false`: run the legacy backend; `true`: run `url` |
+/// | `redis.prefix` | `LOCKMAN_REDIS__PREFIX` | key prefix (default `lockman`) |
+/// | `redis.connect_timeout` | `LOCKMAN_REDIS__CONNECT_TIMEOUT` | default 2 s |
+/// | `redis.response_timeout` | `LOCKMAN_REDIS__RESPONSE_TIMEOUT` | default 2 s |
+///
+/// The TOML file is `lockman.toml` in the working directory, or the file
+/// named by `LOCKMAN_CONFIG` (which must then exist). Options in a URL's query
+/// string (`redis://host/0?prefix=app&lease=10s`) win over these keys.
+///
+/// ```
+/// let config = lockman::Config::for_url("file:///run/myapp/locks");
+/// assert_eq!(config.lock_url().unwrap(), "file:///run/myapp/locks");
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where locks live: `memory://`, `file:///dir`, `legacy-file:///dir`,
+    /// `redis://host:port/db` or `rediss://…`.
+    pub url: String,
+    /// Where flags live. Unset: beside the locks — except while legacy
+    /// lockfiles are in use (`USE_NEW_LOCKS=false`, or a legacy bridge), when
+    /// flags stay in the legacy folder, where old daemons read them.
+    pub status_url: Option<String>,
+    /// How long an acquisition waits by default ([`Backends::acquire_options`](crate::Backends::acquire_options)); unset: forever.
+    #[serde(with = "text_duration")]
+    pub default_wait: Option<Duration>,
+    /// The default lease of backends with leases; unset: the backend's (30 s).
+    #[serde(with = "text_duration")]
+    pub lease: Option<Duration>,
+    /// The legacy lockfiles (`legacy-file:///dir…`) run when `USE_NEW_LOCKS=false`.
+    /// Unset: the legacy bridge's URL.
+    pub legacy_url: Option<String>,
+    /// With a bridge, every acquisition also takes this legacy lock after
+    /// the new backend's, so old daemons stay excluded during a rollout.
+    pub legacy_bridge: Option<String>,
+    /// The rollout switch (`USE_NEW_LOCKS`): `false` runs the legacy
+    /// lockfiles, `true` runs `url`; unset, `url`.
+    pub use_new_locks: Option<bool>,
+    /// Redis settings (`[redis]` in the TOML file, `LOCKMAN_REDIS__*`).
+    pub redis: RedisConfig,
+    /// Where each key's value came from, for error messages.
+    #[serde(skip)]
+    origins: BTreeMap<String, String>,
+}
+
+/// The `[redis]` section of [`Config`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Prefix of every key (default `lockman`).
+    pub prefix: Option<String>,
+    /// How long to wait for a connection (default 2 s).
+    #[serde(with = "text_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for any reply (default 2 s).
+    #[serde(with = "text_duration")]
+    pub response_timeout: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            url: "memory://".to_owned(),
+            status_url: None,
+            default_wait: None,
+            lease: None,
+            legacy_url: None,
+            legacy_bridge: None,
+            use_new_locks: None,
+            redis: RedisConfig::default(),
+            origins: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The defaults with `url` as the lock backend.
+    pub fn for_url(url: impl Into<String>) -> Self {
+        let mut config = Config { url: url.into(), ..Config::default() };
+        config.origins.insert("url".to_owned(), "the URL given to lockman::connect".to_owned());
+        config
+    }
+
+    /// Loads defaults, then `lockman.toml` in the working directory (or the
+    /// file named by `LOCKMAN_CONFIG`), then `LOCKMAN_*` environment
+    /// variables (nested keys with `__`) and `USE_NEW_LOCKS`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] naming the key and where its bad value came from
+    /// (the file, or the environment variable), or a missing `LOCKMAN_CONFIG` file.
+    pub fn load() -> Result<Self, LockError> {
+        let file = match std::env::var_os(CONFIG_ENV) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if !path.is_file() {
+                    return Err(LockError::Config(format!(
+                        "{CONFIG_ENV} names {}, which is not a readable file: create it, or unset {CONFIG_ENV} \
+                         to read {CONFIG_FILE} from the working directory",
+                        path.display()
+                    )));
+                }
+                Some(path)
+            }
+            None => Some(PathBuf::from(CONFIG_FILE)).filter(|path| path.is_file()),
+        };
+        let file = file.map_or_else(Figment::new, |path| Figment::new().merge(Toml::file_exact(path)));
+        Self::load_from(file, Env::prefixed("LOCKMAN_"))
+    }
+
+    /// Loads from `file` (a figment provider for the TOML layer) and `env`
+    /// (the `LOCKMAN_` variables); split out so tests can give both.
+    fn load_from(file: Figment, env: Env) -> Result<Self, LockError> {
+        let env = env.ignore(&["CONFIG", "REQUIRE_REDIS"]).split("__");
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(file)
+            .merge(env)
+            .merge(Env::raw().only(&[USE_NEW_LOCKS_ENV]));
+        let mut config: Config =
+            figment.extract().map_err(|e| LockError::Config(format!("bad lockman configuration: {e}")))?;
+        for key in ["url", "status_url", "legacy_url", "legacy_bridge", "use_new_locks"] {
+            if let Some(metadata) = figment.find_metadata(key) {
+                let origin = match &metadata.source {
+                    Some(figment::Source::File(path)) => format!("`{key}` in {}", path.display()),
+                    _ if metadata.name.contains("environment") => {
+                        // figment names a prefixed source "`LOCKMAN_` environment variable(s)".
+                        let prefix = metadata.name.split('`').nth(1).unwrap_or("");
+                        format!("environment variable {prefix}{}", key.to_ascii_uppercase())
+                    }
+                    _ => format!("the default `{key}`"),
+                };
+                config.origins.insert(key.to_owned(), origin);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Where `key`'s value came from ("environment variable LOCKMAN_URL",
+    /// "`url` in lockman.toml", …), for error messages.
+    pub fn origin(&self, key: &str) -> String {
+        self.origins.get(key).cloned().unwrap_or_else(|| format!("the configured `{key}`"))
+    }
+
+    /// The lock backend the rollout switch selects: the legacy URL when
+    /// `use_new_locks` is `false`, else `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Config`] when `USE_NEW_LOCKS=false` but no legacy URL is configured.
+    pub fn lock_url(&self) -> Result<&str, LockError> {
+        if self.use_new_locks == Some(false) {
+            return self.legacy_url.as_deref().or(self.legacy_bridge.as_deref()).ok_or_else(|| {
+                LockError::Config(format!(
+                    "{} is false, which runs the legacy lockfiles, but no legacy URL is configured: set \
+                     LOCKMAN_LEGACY_URL (e.g. legacy-file:///app/GivTCP_1?givtcp=1) or LOCKMAN_LEGACY_BRIDGE",
+                    self.origin("use_new_locks")
+                ))
+            });
+        }
+        Ok(&self.url)
+    }
+
+    /// Where [`lock_url`](Self::lock_url) came from.
+    pub(crate) fn lock_url_origin(&self) -> String {
+        match (self.use_new_locks, &self.legacy_url) {
+            (Some(false), Some(_)) => self.origin("legacy_url"),
+            (Some(false), None) => self.origin("legacy_bridge"),
+            _ => self.origin("url"),
+        }
+    }
+
+    /// The legacy lock to take after the new one, if a bridge applies: only
+    /// when the new backend runs (`USE_NEW_LOCKS` is not `false`).
+    pub fn bridge_url(&self) -> Option<&str> {
+        match self.use_new_locks {
+            Some(false) => None,
+            _ => self.legacy_bridge.as_deref(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    /// Passwords in URLs are shown as `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |url: &Option<String>| url.as_deref().map(redact_url);
+        f.debug_struct("Config")
+            .field("url", &redact_url(&self.url))
+            .field("status_url", &redacted(&self.status_url))
+            .field("default_wait", &self.default_wait)
+            .field("lease", &self.lease)
+            .field("legacy_url", &redacted(&self.legacy_url))
+            .field("legacy_bridge", &redacted(&self.legacy_bridge))
+            .field("use_new_locks", &self.use_new_locks)
+            .field("redis", &self.redis)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***` (and unchanged if it does not parse).
+///
+/// ```
+/// assert_eq!(lockman::redact_url("redis://:hunter2@cache:6379/0"), "redis://:***@cache:6379/0");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => "<a URL with a password>".to_owned(),
+        },
+        Ok(_) => url.to_owned(),
+        // Not a URL we can read: hide anything that looks like credentials.
+        Err(_) => match url.split_once('@') {
+            Some((_, rest)) => format!("***@{rest}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h 30m` (humantime).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like 500ms, 30s or 5m"))
+}
+
+/// Optional durations as text (`"30s"`) in TOML and environment variables.
+mod text_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_some(&humantime::format_duration(*duration).to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            Some(text) => super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://alice:hunter2@h:1/0"), "redis://alice:***@h:1/0");
+        assert_eq!(redact_url("file:///tmp/x"), "file:///tmp/x");
+        let config =
+            Config { legacy_bridge: Some("rediss://:pw@h/0".to_owned()), ..Config::for_url("redis://:pw@h/0") };
+        assert!(!format!("{config:?}").contains("pw@"), "{config:?}");
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("soon").unwrap_err().contains("500ms, 30s or 5m"));
+    }
+}

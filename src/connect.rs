@@ -1,0 +1,451 @@
+//! Choosing a backend at runtime: [`connect`] a URL, or [`from_env`].
+//!
+//! | URL | backend | query options |
+//! |---|---|---|
+//! | `memory://` | in-process (feature `memory`) | — |
+//! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `loss_check=1s`, `flag.NAME=FILE` |
+//! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `flag.NAME=FILE` |
+//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `protocol=resp3` |
+//!
+//! Flags live beside the locks unless [`Config::status_url`] says otherwise
+//! (for `file://` and `legacy-file://`, in the same directory).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockman_core::{AcquireOptions, BridgedLockManager, LockError, LockManager, StatusManager};
+
+use crate::config::{Config, parse_duration, redact_url};
+
+/// The URL schemes lockman knows, for error messages.
+const SCHEMES: &str = "memory://, file:///dir, legacy-file:///dir, redis://host:port/db, rediss://host:port/db";
+
+/// The lock manager and status manager a configuration selected.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman::LockError> {
+/// let backends = lockman::connect("memory://").await?;
+/// let guard = backends.locks.acquire("inverter_read", backends.acquire_options()).await?;
+/// println!("running on {}", backends.chosen);
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Backends {
+    /// The lock manager (a [`BridgedLockManager`] when a legacy bridge applies).
+    pub locks: Arc<dyn LockManager>,
+    /// The flags.
+    pub status: Arc<dyn StatusManager>,
+    /// What was chosen, for logs and banners, with passwords redacted:
+    /// `redis://127.0.0.1:6379/0 bridged with legacy-file:///app/GivTCP_1; flags: legacy-file:///app/GivTCP_1`.
+    pub chosen: String,
+    default_wait: Option<Duration>,
+}
+
+impl Backends {
+    /// Acquisition options with the configured default wait
+    /// (`LOCKMAN_DEFAULT_WAIT`; wait forever if unset).
+    pub fn acquire_options(&self) -> AcquireOptions {
+        match self.default_wait {
+            Some(wait) => AcquireOptions::new().timeout(wait),
+            None => AcquireOptions::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backends").field("chosen", &self.chosen).field("default_wait", &self.default_wait).finish()
+    }
+}
+
+/// Connects to the backend `url` names, with default settings otherwise.
+///
+/// # Errors
+///
+/// [`LockError::Config`] for an unknown scheme (listing the valid ones), a
+/// scheme whose cargo feature is not compiled in, or a bad option;
+/// [`LockError::Backend`] if the directory or server cannot be used.
+pub async fn connect(url: &str) -> Result<Backends, LockError> {
+    connect_with(&Config::for_url(url)).await
+}
+
+/// Loads [`Config`] (defaults, `lockman.toml`, environment) and connects.
+///
+/// # Errors
+///
+/// As [`Config::load`] and [`connect_with`].
+pub async fn from_env() -> Result<Backends, LockError> {
+    connect_with(&Config::load()?).await
+}
+
+/// Connects to the backends `config` selects: the rollout switch picks the
+/// lock URL, a legacy bridge wraps it, and flags go where
+/// [`Config::status_url`] says.
+///
+/// # Errors
+///
+/// As [`connect`].
+pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
+    let lock_url = config.lock_url()?;
+    let target = Target::parse(lock_url, &config.lock_url_origin())?;
+    let opened = target.open(config).await?;
+    let mut chosen = redact_url(lock_url);
+    let mut locks = opened.locks;
+    let mut legacy_status = None;
+    if let Some(bridge_url) = config.bridge_url() {
+        let legacy = Target::parse(bridge_url, &config.origin("legacy_bridge"))?;
+        if !matches!(legacy, Target::LegacyFile { .. }) {
+            tracing::warn!(bridge = %redact_url(bridge_url), "the legacy bridge is not a legacy-file:// URL");
+        }
+        let legacy = legacy.open(config).await?;
+        locks = Arc::new(BridgedLockManager::new(locks, legacy.locks));
+        legacy_status = Some((bridge_url, legacy.status));
+        chosen = format!("{chosen} bridged with {}", redact_url(bridge_url));
+    }
+    let (status, status_url) = match (&config.status_url, legacy_status) {
+        (Some(url), _) => {
+            let target = Target::parse(url, &config.origin("status_url"))?;
+            (target.open(config).await?.status, url.as_str())
+        }
+        // During a rollout, flags stay where old daemons read them.
+        (None, Some((url, status))) => (status, url),
+        (None, None) => (opened.status, lock_url),
+    };
+    chosen = format!("{chosen}; flags: {}", redact_url(status_url));
+    tracing::info!(backend = %chosen, "lockman backends chosen");
+    Ok(Backends { locks, status, chosen, default_wait: config.default_wait })
+}
+
+/// A parsed backend URL.
+enum Target {
+    Memory,
+    File { dir: std::path::PathBuf, lease_mode: bool, options: Options },
+    LegacyFile { dir: std::path::PathBuf, options: Options },
+    Redis { url: String, options: Options },
+}
+
+/// One lock and one status manager.
+struct Opened {
+    locks: Arc<dyn LockManager>,
+    status: Arc<dyn StatusManager>,
+}
+
+/// A URL's query options, each read at most once; what is left is an error.
+struct Options {
+    values: BTreeMap<String, String>,
+    /// The URL (redacted) and where it came from, for messages.
+    context: String,
+    valid: &'static str,
+}
+
+impl Options {
+    fn new(url: &url::Url, origin: &str, valid: &'static str) -> Self {
+        let values = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        Options { values, context: format!("{} (from {origin})", redact_url(url.as_str())), valid }
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.values.remove(key)
+    }
+
+    /// Every `PREFIX.NAME=value`, as (NAME, value).
+    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = self.values.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let value = self.values.remove(&key)?;
+                Some((key[prefix.len()..].to_owned(), value))
+            })
+            .collect()
+    }
+
+    #[cfg_attr(not(any(feature = "file", feature = "redis")), allow(dead_code))]
+    fn duration(&mut self, key: &str) -> Result<Option<Duration>, LockError> {
+        self.take(key).map(|text| parse_duration(&text).map_err(|e| self.bad(key, &e))).transpose()
+    }
+
+    fn bad(&self, key: &str, problem: &str) -> LockError {
+        LockError::Config(format!("option `{key}` of {}: {problem}", self.context))
+    }
+
+    /// Refuses options nobody read (typos, options of another backend).
+    fn finish(self) -> Result<(), LockError> {
+        match self.values.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(LockError::Config(format!(
+                "unknown option `{key}` in {}; valid options here: {}",
+                self.context, self.valid
+            ))),
+        }
+    }
+}
+
+impl Target {
+    fn parse(text: &str, origin: &str) -> Result<Target, LockError> {
+        let url = url::Url::parse(text).map_err(|e| {
+            LockError::Config(format!(
+                "cannot read the backend URL {} from {origin}: {e}; valid forms: {SCHEMES}",
+                redact_url(text)
+            ))
+        })?;
+        match url.scheme() {
+            "memory" => {
+                Options::new(&url, origin, "none").finish()?;
+                Ok(Target::Memory)
+            }
+            scheme @ ("file" | "legacy-file") => {
+                let dir = file_dir(&url, origin)?;
+                if scheme == "file" {
+                    let mut options = Options::new(&url, origin, "mode=lease, lease, dir_mode, loss_check, flag.NAME");
+                    let lease_mode = match options.take("mode").as_deref() {
+                        None | Some("kernel") => false,
+                        Some("lease") => true,
+                        Some(other) => {
+                            return Err(options.bad("mode", &format!("{other:?} is not a mode: use kernel or lease")));
+                        }
+                    };
+                    Ok(Target::File { dir, lease_mode, options })
+                } else {
+                    let options = Options::new(
+                        &url,
+                        origin,
+                        "givtcp=N, lock.RESOURCE, policy.RESOURCE, stale_after, stale_after.RESOURCE, dir_mode, flag.NAME",
+                    );
+                    Ok(Target::LegacyFile { dir, options })
+                }
+            }
+            "redis" | "rediss" => {
+                let options = Options::new(&url, origin, "prefix, lease, connect_timeout, response_timeout, protocol");
+                Ok(Target::Redis { url: text.to_owned(), options })
+            }
+            other => Err(LockError::Config(format!(
+                "unknown lock backend `{other}://` in {} (from {origin}); valid schemes: {SCHEMES}",
+                redact_url(text)
+            ))),
+        }
+    }
+
+    async fn open(self, config: &Config) -> Result<Opened, LockError> {
+        match self {
+            Target::Memory => open_memory(),
+            Target::File { dir, lease_mode, options } => open_file(dir, lease_mode, options, config),
+            Target::LegacyFile { dir, options } => open_legacy(dir, options),
+            Target::Redis { url, options } => open_redis(url, options, config).await,
+        }
+    }
+}
+
+fn file_dir(url: &url::Url, origin: &str) -> Result<std::path::PathBuf, LockError> {
+    let dir = url.to_file_path().ok().filter(|path| path.as_os_str().len() > 1);
+    dir.ok_or_else(|| {
+        LockError::Config(format!(
+            "{} (from {origin}) does not name a directory: write {}:///absolute/path/to/dir",
+            redact_url(url.as_str()),
+            url.scheme()
+        ))
+    })
+}
+
+fn feature_missing(scheme: &str, feature: &str) -> LockError {
+    LockError::Config(format!(
+        "{scheme}:// needs lockman's `{feature}` cargo feature, which this build left out: enable it \
+         (lockman = {{ features = [\"{feature}\"] }}; the default features include it)"
+    ))
+}
+
+#[cfg(feature = "memory")]
+fn open_memory() -> Result<Opened, LockError> {
+    Ok(Opened {
+        locks: Arc::new(crate::MemoryLockManager::default()),
+        status: Arc::new(crate::MemoryStatusManager::default()),
+    })
+}
+
+#[cfg(not(feature = "memory"))]
+fn open_memory() -> Result<Opened, LockError> {
+    Err(feature_missing("memory", "memory"))
+}
+
+/// The flag directory's options: `flag.NAME=FILE` exact names.
+#[cfg(feature = "file")]
+fn flag_dir(dir: &std::path::Path, options: &mut Options, dir_mode: Option<u32>) -> lockman_file::FlagDirOptions {
+    let mut flags = lockman_file::FlagDirOptions::new(dir);
+    if let Some(mode) = dir_mode {
+        flags = flags.dir_mode(mode);
+    }
+    for (flag, file) in options.take_prefixed("flag.") {
+        flags = flags.file_name(flag, file);
+    }
+    flags
+}
+
+#[cfg(feature = "file")]
+fn dir_mode(options: &mut Options) -> Result<Option<u32>, LockError> {
+    options
+        .take("dir_mode")
+        .map(|text| {
+            u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .map_err(|_| options.bad("dir_mode", &format!("{text:?} is not an octal mode like 0700")))
+        })
+        .transpose()
+}
+
+#[cfg(feature = "file")]
+fn open_file(
+    dir: std::path::PathBuf,
+    lease_mode: bool,
+    mut options: Options,
+    config: &Config,
+) -> Result<Opened, LockError> {
+    use lockman_core::LockBackend;
+    use lockman_file::{FileBackend, FileOptions, FileStatusManager, LeaseFileBackend};
+
+    let mut file = FileOptions::new(&dir);
+    let mode = dir_mode(&mut options)?;
+    if let Some(mode) = mode {
+        file = file.dir_mode(mode);
+    }
+    if let Some(lease) = options.duration("lease")?.or(config.lease) {
+        file = file.default_lease(lease);
+    }
+    if let Some(interval) = options.duration("loss_check")? {
+        file = file.loss_check_interval(interval);
+    }
+    let flags = flag_dir(&dir, &mut options, mode);
+    options.finish()?;
+    let locks: Arc<dyn LockManager> = if lease_mode {
+        Arc::new(LeaseFileBackend::open(file)?.into_manager())
+    } else {
+        Arc::new(FileBackend::open(file)?.into_manager())
+    };
+    Ok(Opened { locks, status: Arc::new(FileStatusManager::open(flags)?) })
+}
+
+#[cfg(feature = "file")]
+fn open_legacy(dir: std::path::PathBuf, mut options: Options) -> Result<Opened, LockError> {
+    use lockman_core::LockBackend;
+    use lockman_file::{FileStatusManager, LegacyFileBackend, LegacyOptions, LegacyPolicy, LegacyResource};
+
+    let mut legacy = match options.take("givtcp") {
+        Some(n) => {
+            let n = n.parse().map_err(|_| options.bad("givtcp", &format!("{n:?} is not an inverter number")))?;
+            LegacyOptions::givtcp(&dir, n)
+        }
+        None => LegacyOptions::new(&dir),
+    };
+    let mode = dir_mode(&mut options)?;
+    if let Some(mode) = mode {
+        legacy = legacy.dir_mode(mode);
+    }
+    if let Some(age) = options.duration("stale_after")? {
+        legacy = legacy.stale_after(age);
+    }
+    let mut mappings: BTreeMap<String, LegacyResource> = BTreeMap::new();
+    for (resource, file) in options.take_prefixed("lock.") {
+        mappings.insert(resource, LegacyResource::new(file));
+    }
+    for (resource, text) in options.take_prefixed("stale_after.") {
+        let age = parse_duration(&text).map_err(|e| options.bad(&format!("stale_after.{resource}"), &e))?;
+        let mapping = mapping_for(&mut mappings, &resource, &options, "stale_after")?;
+        *mapping = mapping.clone().stale_after(age);
+    }
+    for (resource, text) in options.take_prefixed("policy.") {
+        let policy = match text.as_str() {
+            "skip" => LegacyPolicy::SkipIfBusy,
+            "wait" => LegacyPolicy::Wait,
+            other => {
+                return Err(options.bad(&format!("policy.{resource}"), &format!("{other:?} is not skip or wait")));
+            }
+        };
+        let mapping = mapping_for(&mut mappings, &resource, &options, "policy")?;
+        *mapping = mapping.clone().policy(policy);
+    }
+    for (resource, mapping) in mappings {
+        legacy = legacy.resource(resource, mapping);
+    }
+    let flags = flag_dir(&dir, &mut options, mode);
+    options.finish()?;
+    Ok(Opened {
+        locks: Arc::new(LegacyFileBackend::open(legacy)?.into_manager()),
+        status: Arc::new(FileStatusManager::open(flags)?),
+    })
+}
+
+/// The `lock.RESOURCE` mapping a per-resource option refers to.
+#[cfg(feature = "file")]
+fn mapping_for<'a>(
+    mappings: &'a mut BTreeMap<String, lockman_file::LegacyResource>,
+    resource: &str,
+    options: &Options,
+    option: &str,
+) -> Result<&'a mut lockman_file::LegacyResource, LockError> {
+    mappings.get_mut(resource).ok_or_else(|| {
+        options.bad(
+            &format!("{option}.{resource}"),
+            &format!("there is no `lock.{resource}=FILE` to apply it to (name the legacy file first)"),
+        )
+    })
+}
+
+#[cfg(not(feature = "file"))]
+fn open_file(_: std::path::PathBuf, _: bool, _: Options, _: &Config) -> Result<Opened, LockError> {
+    Err(feature_missing("file", "file"))
+}
+
+#[cfg(not(feature = "file"))]
+fn open_legacy(_: std::path::PathBuf, _: Options) -> Result<Opened, LockError> {
+    Err(feature_missing("legacy-file", "file"))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: String, mut options: Options, config: &Config) -> Result<Opened, LockError> {
+    use lockman_core::LockBackend;
+    use lockman_redis::{RedisBackend, RedisOptions, RedisStatusManager};
+
+    if url.starts_with("rediss:") && !cfg!(feature = "redis-tls") {
+        return Err(feature_missing("rediss", "redis-tls"));
+    }
+    let mut redis = RedisOptions::new(strip_own_options(&url));
+    if let Some(prefix) = options.take("prefix").or_else(|| config.redis.prefix.clone()) {
+        redis = redis.prefix(prefix);
+    }
+    if let Some(lease) = options.duration("lease")?.or(config.lease) {
+        redis = redis.default_lease(lease);
+    }
+    if let Some(timeout) = options.duration("connect_timeout")?.or(config.redis.connect_timeout) {
+        redis = redis.connect_timeout(timeout);
+    }
+    if let Some(timeout) = options.duration("response_timeout")?.or(config.redis.response_timeout) {
+        redis = redis.response_timeout(timeout);
+    }
+    options.take("protocol"); // the redis crate reads it from the URL itself
+    options.finish()?;
+    let backend = RedisBackend::connect(redis).await?;
+    let status = Arc::new(RedisStatusManager::new(&backend));
+    Ok(Opened { locks: Arc::new(backend.into_manager()), status })
+}
+
+/// The URL without lockman's own query options, for the redis crate.
+#[cfg(feature = "redis")]
+fn strip_own_options(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else { return text.to_owned() };
+    let kept: Vec<(String, String)> =
+        url.query_pairs().filter(|(key, _)| key == "protocol").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    url.to_string()
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: String, _: Options, _: &Config) -> Result<Opened, LockError> {
+    Err(feature_missing("redis", "redis"))
+}
