@@ -1,0 +1,182 @@
+//! Loading `Config`: defaults < `lockman.toml` (or `LOCKMAN_CONFIG`) <
+//! environment, the rollout switch, and errors that name the key and where
+//! the bad value came from. Every test runs in a figment `Jail` (its own
+//! working directory and environment, one test at a time), which is why
+//! these tests have a test binary of their own.
+
+#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error, which is large.
+
+use std::time::Duration;
+
+use figment::Jail;
+use lockman::{Config, LockError};
+
+/// `Config::load`, with its error as a jail error.
+fn load() -> figment::error::Result<Config> {
+    Config::load().map_err(|e| figment::Error::from(e.to_string()))
+}
+
+fn load_err() -> String {
+    match Config::load() {
+        Ok(config) => panic!("loaded a bad configuration: {config:?}"),
+        Err(LockError::Config(message)) => message,
+        Err(other) => panic!("expected a configuration error, got {other}"),
+    }
+}
+
+#[test]
+fn defaults_are_the_memory_backend_waiting_forever() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        let config = load()?;
+        assert_eq!(config.lock_url().expect("url"), "memory://");
+        assert_eq!((config.default_wait, config.lease, config.use_new_locks), (None, None, None));
+        assert_eq!(config.bridge_url(), None);
+        Ok(())
+    });
+}
+
+#[test]
+fn file_overrides_defaults_and_env_overrides_the_file() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "lockman.toml",
+            r#"
+            url = "file:///srv/locks"
+            default_wait = "2s"
+            lease = "45s"
+            [redis]
+            prefix = "from-file"
+            "#,
+        )?;
+        let config = load()?;
+        assert_eq!(config.url, "file:///srv/locks");
+        assert_eq!(config.default_wait, Some(Duration::from_secs(2)));
+        assert_eq!(config.redis.prefix.as_deref(), Some("from-file"));
+        assert!(config.origin("url").contains("lockman.toml"), "{}", config.origin("url"));
+
+        jail.set_env("LOCKMAN_URL", "redis://127.0.0.1:1/0");
+        jail.set_env("LOCKMAN_DEFAULT_WAIT", "500ms");
+        jail.set_env("LOCKMAN_REDIS__PREFIX", "from-env");
+        let config = load()?;
+        assert_eq!(config.url, "redis://127.0.0.1:1/0");
+        assert_eq!(config.default_wait, Some(Duration::from_millis(500)));
+        assert_eq!(config.lease, Some(Duration::from_secs(45)), "a key the environment does not set stays the file's");
+        assert_eq!(config.redis.prefix.as_deref(), Some("from-env"));
+        assert_eq!(config.origin("url"), "environment variable LOCKMAN_URL");
+        Ok(())
+    });
+}
+
+#[test]
+fn lockman_config_names_another_file_which_must_exist() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("lockman.toml", r#"url = "file:///ignored""#)?;
+        jail.create_file("site.toml", r#"url = "legacy-file:///app/GivTCP_1""#)?;
+        jail.set_env("LOCKMAN_CONFIG", "site.toml");
+        assert_eq!(load()?.url, "legacy-file:///app/GivTCP_1");
+
+        jail.set_env("LOCKMAN_CONFIG", "missing.toml");
+        let message = load_err();
+        assert!(message.contains("LOCKMAN_CONFIG") && message.contains("missing.toml"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_values_name_the_key_and_where_they_came_from() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("LOCKMAN_LEASE", "soon");
+        let message = load_err();
+        for expected in ["LEASE", "LOCKMAN_", "soon", "30s"] {
+            assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
+        }
+
+        jail.clear_env();
+        jail.create_file("lockman.toml", "default_wait = \"forever-ish\"\n")?;
+        let message = load_err();
+        for expected in ["default_wait", "lockman.toml", "forever-ish"] {
+            assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
+        }
+
+        jail.clear_env();
+        jail.create_file("lockman.toml", "")?;
+        jail.set_env("USE_NEW_LOCKS", "maybe");
+        let message = load_err();
+        assert!(message.contains("USE_NEW_LOCKS"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn use_new_locks_switches_between_legacy_and_new_with_the_bridge() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("LOCKMAN_URL", "redis://127.0.0.1:1/0");
+        jail.set_env("LOCKMAN_LEGACY_BRIDGE", "legacy-file:///app/GivTCP_1?givtcp=1");
+
+        // Unset: the configured URL, bridged.
+        let config = load()?;
+        assert_eq!(config.lock_url().expect("url"), "redis://127.0.0.1:1/0");
+        assert_eq!(config.bridge_url(), Some("legacy-file:///app/GivTCP_1?givtcp=1"));
+
+        // Off: the legacy lockfiles alone, like the old daemon.
+        jail.set_env("USE_NEW_LOCKS", "false");
+        let config = load()?;
+        assert_eq!(config.lock_url().expect("url"), "legacy-file:///app/GivTCP_1?givtcp=1");
+        assert_eq!(config.bridge_url(), None);
+
+        // An explicit legacy URL wins over the bridge's.
+        jail.set_env("LOCKMAN_LEGACY_URL", "legacy-file:///app/GivTCP_2?givtcp=2");
+        assert_eq!(load()?.lock_url().expect("url"), "legacy-file:///app/GivTCP_2?givtcp=2");
+
+        // On: the new backend, bridged.
+        jail.set_env("USE_NEW_LOCKS", "true");
+        let config = load()?;
+        assert_eq!(config.lock_url().expect("url"), "redis://127.0.0.1:1/0");
+        assert!(config.bridge_url().is_some());
+        Ok(())
+    });
+}
+
+#[test]
+fn switching_off_without_a_legacy_url_says_what_to_set() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("USE_NEW_LOCKS", "false");
+        let config = load()?;
+        let Err(LockError::Config(message)) = config.lock_url() else { panic!("no error without a legacy URL") };
+        for expected in ["USE_NEW_LOCKS", "LOCKMAN_LEGACY_URL", "LOCKMAN_LEGACY_BRIDGE"] {
+            assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn from_env_connects_to_what_the_environment_names() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        let dir = jail.directory().join("locks");
+        jail.set_env("LOCKMAN_URL", format!("file://{}", dir.display()));
+        jail.set_env("LOCKMAN_DEFAULT_WAIT", "250ms");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let backends = lockman::from_env().await.expect("from_env");
+            assert_eq!(backends.locks.name(), "file");
+            assert!(backends.chosen.starts_with("file://"), "{}", backends.chosen);
+            assert_eq!(backends.acquire_options().wait, lockman::Wait::Timeout(Duration::from_millis(250)));
+            let guard = backends.locks.acquire("inverter_read", backends.acquire_options()).await.expect("acquire");
+            guard.release().await.expect("release");
+        });
+        assert!(dir.is_dir(), "the lock directory was not created");
+
+        // And from a plain thread, through the blocking facade.
+        let backends = lockman::blocking::from_env().expect("blocking from_env");
+        backends.locks.lock("inverter_read").expect("lock").release().expect("release");
+        Ok(())
+    });
+}
