@@ -5,7 +5,7 @@
 //! | `memory://` | in-process (feature `memory`) | — |
 //! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `loss_check=1s`, `flag.NAME=FILE` |
 //! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `flag.NAME=FILE` |
-//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `protocol=resp3` |
+//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `protocol=resp3` |
 //!
 //! Flags live beside the locks unless [`Config::status_url`] says otherwise
 //! (for `file://` and `legacy-file://`, in the same directory).
@@ -424,11 +424,30 @@ async fn open_redis(url: String, mut options: Options, config: &Config) -> Resul
     if let Some(timeout) = options.duration("response_timeout")?.or(config.redis.response_timeout) {
         redis = redis.response_timeout(timeout);
     }
+    if let Some(path) = options.take("tls_ca") {
+        redis = with_tls_ca(redis, &path, &options)?;
+    }
     options.take("protocol"); // the redis crate reads it from the URL itself
     options.finish()?;
     let backend = RedisBackend::connect(redis).await?;
     let status = Arc::new(RedisStatusManager::new(&backend));
     Ok(Opened { locks: Arc::new(backend.into_manager()), status })
+}
+
+/// Trusts the PEM CA certificates in the file at `path` for `rediss://`.
+#[cfg(all(feature = "redis", feature = "redis-tls"))]
+fn with_tls_ca(
+    redis: lockman_redis::RedisOptions,
+    path: &str,
+    options: &Options,
+) -> Result<lockman_redis::RedisOptions, LockError> {
+    let pem = std::fs::read(path).map_err(|e| options.bad("tls_ca", &format!("cannot read {path}: {e}")))?;
+    Ok(redis.tls_root_certificates(pem))
+}
+
+#[cfg(all(feature = "redis", not(feature = "redis-tls")))]
+fn with_tls_ca(_: lockman_redis::RedisOptions, _: &str, _: &Options) -> Result<lockman_redis::RedisOptions, LockError> {
+    Err(feature_missing("rediss", "redis-tls"))
 }
 
 /// The URL without lockman's own query options, for the redis crate.

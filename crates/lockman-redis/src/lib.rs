@@ -79,6 +79,9 @@ pub struct RedisOptions {
     default_lease: Duration,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// PEM CA certificates trusted for `rediss://` instead of the platform's.
+    #[cfg(feature = "tls")]
+    tls_root_certificates: Option<Vec<u8>>,
 }
 
 impl RedisOptions {
@@ -90,7 +93,19 @@ impl RedisOptions {
             default_lease: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            #[cfg(feature = "tls")]
+            tls_root_certificates: None,
         }
+    }
+
+    /// For `rediss://` (with the `tls` feature): trust the CA certificates in
+    /// `pem` (one or more PEM blocks), instead of the platform's trust store —
+    /// for a server whose certificate a private CA signed. The certificate
+    /// must still name the URL's host.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificates = Some(pem.into());
+        self
     }
 
     /// Prefix of every key (default `lockman`).
@@ -126,13 +141,16 @@ impl RedisOptions {
 
 impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisOptions")
+        let mut debug = f.debug_struct("RedisOptions");
+        debug
             .field("url", &self.redacted_url())
             .field("prefix", &self.prefix)
             .field("default_lease", &self.default_lease)
             .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .finish()
+            .field("response_timeout", &self.response_timeout);
+        #[cfg(feature = "tls")]
+        debug.field("tls_root_certificates", &self.tls_root_certificates.as_ref().map(|_| "<PEM>"));
+        debug.finish()
     }
 }
 
@@ -186,13 +204,9 @@ impl RedisBackend {
     /// [`LockError::Config`] for a URL that cannot be used; [`LockError::Backend`]
     /// if Redis cannot be reached.
     pub async fn connect(options: RedisOptions) -> Result<Self, LockError> {
-        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
-            LockError::Config(format!(
-                "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
-                options.redacted_url(),
-                e.detail().unwrap_or("bad URL")
-            ))
-        })?;
+        #[cfg(feature = "tls")]
+        install_crypto_provider();
+        let client = open_client(&options)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -517,6 +531,44 @@ impl LockBackend for RedisBackend {
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         // Redis expires leases itself: nothing stale outlives its lease.
         Ok(Vec::new())
+    }
+}
+
+/// The client for `options`: its URL, and the CA certificates it trusts.
+fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &options.tls_root_certificates {
+        if !options.url.starts_with("rediss://") {
+            return Err(LockError::Config(format!(
+                "Redis URL {}: TLS root certificates need a rediss:// URL",
+                options.redacted_url()
+            )));
+        }
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+        // These errors (a bad URL or PEM) never quote the URL.
+        return redis::Client::build_with_tls(options.url.as_str(), certificates).map_err(|e| {
+            LockError::Config(format!(
+                "cannot use Redis URL {} with its TLS root certificates: {e}",
+                options.redacted_url()
+            ))
+        });
+    }
+    redis::Client::open(options.url.as_str()).map_err(|e| {
+        LockError::Config(format!(
+            "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
+            options.redacted_url(),
+            e.detail().unwrap_or("bad URL")
+        ))
+    })
+}
+
+/// rustls needs a process-wide crypto provider, which the redis crate does
+/// not choose: use ring, unless the application installed one already.
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An error means another thread installed one first: as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -13,6 +13,11 @@
 //! tests may also [`pause`](RedisServer::pause) it (`SIGSTOP`): connections are
 //! still accepted by the kernel, but nothing answers.
 //!
+//! [`RedisServer::start_tls`] starts one that also accepts TLS on a second
+//! port (`rediss://`), with a throwaway CA and server certificate made by the
+//! `openssl` command-line tool in the server's directory; plain connections
+//! (and [`command`](RedisServer::command)) keep working on [`port`](RedisServer::port).
+//!
 //! This module is Unix-only (it sends signals to the server).
 //!
 //! ```no_run
@@ -64,6 +69,15 @@ const RESTART_ATTEMPTS: usize = 20;
 /// The port of the machine's shared Redis, which tests must never use.
 const SHARED_REDIS_PORT: u16 = 6379;
 
+/// The files of a TLS server, in its directory: the CA certificate, and the
+/// server's certificate (for `127.0.0.1` and `localhost`) and key.
+const CA_CERT: &str = "ca.crt";
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+
+/// How long the certificates made by [`RedisServer::start_tls`] are valid.
+const CERT_DAYS: &str = "2";
+
 /// A `redis-server` child process private to one test, listening on
 /// `127.0.0.1` at a free port, with its log in a private temporary directory.
 ///
@@ -76,13 +90,17 @@ pub struct RedisServer {
     /// been seen to exit.
     child: Option<Child>,
     port: u16,
+    /// The TLS port of a server from [`start_tls`](Self::start_tls).
+    tls_port: Option<u16>,
     dir: PathBuf,
 }
 
-/// Why one attempt at starting the server failed in a way worth retrying.
+/// Why one attempt at starting the server failed without a panic.
 enum StartFailure {
-    /// The server could not bind its port (another process took it).
+    /// The server could not bind its port (another process took it): worth retrying.
     PortTaken,
+    /// This `redis-server` was built without TLS (it rejects `--tls-port`).
+    NoTls,
 }
 
 impl RedisServer {
@@ -98,26 +116,71 @@ impl RedisServer {
     /// be spawned for another reason; or if it exits or never answers (the
     /// message includes the tail of its log).
     pub fn start() -> Option<RedisServer> {
-        let dir = make_private_dir();
-        let mut server = RedisServer { child: None, port: 0, dir };
+        RedisServer { child: None, port: 0, tls_port: None, dir: make_private_dir() }.start_in_dir()
+    }
+
+    /// Like [`start`](Self::start), but the server also accepts TLS
+    /// connections on a second free loopback port ([`tls_url`](Self::tls_url)),
+    /// with a certificate for `127.0.0.1` (and `localhost`) signed by a
+    /// throwaway CA ([`tls_ca_file`](Self::tls_ca_file)), both made with the
+    /// `openssl` command-line tool in the server's directory. Clients need no
+    /// certificate (`--tls-auth-clients no`). The plain [`port`](Self::port)
+    /// stays open, for [`command`](Self::command) and the readiness check.
+    ///
+    /// Returns `None` after printing a `SKIPPED` line to stderr if
+    /// `redis-server` or `openssl` is not on `PATH`, or if `redis-server` was
+    /// built without TLS — unless `LOCKMAN_REQUIRE_REDIS=1`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`start`](Self::start); if `openssl` fails; and, with
+    /// `LOCKMAN_REQUIRE_REDIS=1`, if `openssl` is missing or `redis-server`
+    /// lacks TLS.
+    pub fn start_tls() -> Option<RedisServer> {
+        let server = RedisServer { child: None, port: 0, tls_port: Some(0), dir: make_private_dir() };
+        match make_certificates(&server.dir) {
+            Ok(()) => server.start_in_dir(),
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                drop(server);
+                skip_or_panic(
+                    "openssl not found on PATH (it makes the TLS test certificates); install it (apt-get install openssl)",
+                )
+            }
+            Err(error) => panic!("cannot make the TLS test certificates: {error}"),
+        }
+    }
+
+    /// Starts the server in its directory, on fresh free ports at each attempt.
+    fn start_in_dir(mut self) -> Option<RedisServer> {
         for _ in 0..START_ATTEMPTS {
-            server.port = free_port();
-            match server.spawn() {
+            self.port = free_port();
+            if self.tls_port.is_some() {
+                self.tls_port = Some(free_port_but(self.port));
+            }
+            match self.spawn() {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::NotFound => {
-                    drop(server);
-                    return skip_or_panic();
+                    drop(self);
+                    return skip_or_panic("redis-server not found on PATH; install it (apt-get install redis-server)");
                 }
                 Err(error) => panic!("cannot spawn redis-server: {error}"),
             }
-            match server.wait_ready() {
-                Ok(()) => return Some(server),
+            match self.wait_ready() {
+                Ok(()) => return Some(self),
                 Err(StartFailure::PortTaken) => continue,
+                Err(StartFailure::NoTls) => {
+                    eprintln!("redis-server rejected --tls-port; log tail:\n{}", self.log_tail());
+                    drop(self);
+                    return skip_or_panic(
+                        "redis-server was built without TLS (it rejects --tls-port); install one built with TLS \
+                         (Debian's is)",
+                    );
+                }
             }
         }
         panic!(
-            "redis-server could not bind a free loopback port in {START_ATTEMPTS} attempts; log tail:\n{}",
-            server.log_tail()
+            "redis-server could not bind free loopback ports in {START_ATTEMPTS} attempts; log tail:\n{}",
+            self.log_tail()
         );
     }
 
@@ -132,8 +195,41 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// The directory holding the server's files (`redis.log`, `stdio.log`),
-    /// removed when the server is dropped.
+    /// The loopback port of TLS connections (never 6379) of a server from
+    /// [`start_tls`](Self::start_tls), `None` for one from [`start`](Self::start).
+    /// It stays the same across [`restart`](Self::restart).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The TLS URL of database 0 on this server: `rediss://127.0.0.1:PORT/0`.
+    /// Clients must trust [`tls_ca_file`](Self::tls_ca_file).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.expect_tls("tls_url"))
+    }
+
+    /// The PEM file of the CA that signed the server's certificate (in
+    /// [`dir`](Self::dir)).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.expect_tls("tls_ca_file");
+        self.dir.join(CA_CERT)
+    }
+
+    fn expect_tls(&self, what: &str) -> u16 {
+        self.tls_port.unwrap_or_else(|| panic!("{what}() on a redis-server not started with start_tls()"))
+    }
+
+    /// The directory holding the server's files (`redis.log`, `stdio.log`;
+    /// `ca.crt`, `server.crt` and `server.key` for a TLS server), removed
+    /// when the server is dropped.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -183,6 +279,7 @@ impl RedisServer {
                 Ok(()) => return,
                 // Another process holds the port, perhaps only for a moment.
                 Err(StartFailure::PortTaken) => thread::sleep(Duration::from_millis(100)),
+                Err(StartFailure::NoTls) => panic!("redis-server rejects --tls-port, which it took before"),
             }
         }
         panic!(
@@ -245,30 +342,43 @@ impl RedisServer {
         }
     }
 
-    /// Spawns `redis-server` on `self.port`; `self.child` must be `None`.
+    /// Spawns `redis-server` on `self.port` (and `self.tls_port`, if any);
+    /// `self.child` must be `None`.
     fn spawn(&mut self) -> io::Result<()> {
         debug_assert!(self.child.is_none());
         let stdio_log = OpenOptions::new().create(true).append(true).open(self.dir.join("stdio.log"))?;
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
-            .arg(self.dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(stdio_log.try_clone()?)
-            .stderr(stdio_log)
-            .spawn()?;
+            .arg(self.dir.join("redis.log"));
+        if let Some(tls_port) = self.tls_port {
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(self.dir.join(SERVER_CERT))
+                .arg("--tls-key-file")
+                .arg(self.dir.join(SERVER_KEY))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join(CA_CERT))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command.stdin(Stdio::null()).stdout(stdio_log.try_clone()?).stderr(stdio_log).spawn()?;
         self.child = Some(child);
         Ok(())
     }
 
-    /// Waits until the spawned server answers `PING` on its port.
+    /// Waits until the spawned server answers `PING` on its (plain) port. It
+    /// binds all its ports before it answers, and exits if it cannot bind one.
     ///
     /// Panics (the server is then killed by `Drop`) if it exits for any reason
-    /// but a taken port, or does not answer within [`READY_TIMEOUT`].
+    /// but a taken port or missing TLS support, or does not answer within
+    /// [`READY_TIMEOUT`].
     fn wait_ready(&mut self) -> Result<(), StartFailure> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -281,6 +391,9 @@ impl RedisServer {
                     let log = self.log_tail();
                     if log.contains("Address already in use") {
                         return Err(StartFailure::PortTaken);
+                    }
+                    if self.tls_port.is_some() && log.contains("Bad directive") && log.contains("tls-port") {
+                        return Err(StartFailure::NoTls);
                     }
                     panic!("redis-server on port {} exited at start ({status}); log tail:\n{log}", self.port);
                 }
@@ -349,20 +462,62 @@ impl Drop for RedisServer {
     }
 }
 
-/// Reports a missing `redis-server`: `None` with a loud line, or a panic when
-/// [`REQUIRE_ENV`] is `1`.
-fn skip_or_panic() -> Option<RedisServer> {
+/// Reports why no server can run (`problem`, with its fix): `None` with a
+/// loud line, or a panic when [`REQUIRE_ENV`] is `1`.
+fn skip_or_panic(problem: &str) -> Option<RedisServer> {
     if std::env::var_os(REQUIRE_ENV).is_some_and(|value| value == "1") {
-        panic!(
-            "redis-server not found on PATH and {REQUIRE_ENV}=1: install it (apt-get install redis-server) \
-             or unset {REQUIRE_ENV} to skip Redis tests"
-        );
+        panic!("{problem}; {REQUIRE_ENV}=1, so this fails the test (unset {REQUIRE_ENV} to skip Redis tests)");
     }
-    eprintln!(
-        "SKIPPED: redis-server not found on PATH; install it (apt-get install redis-server) \
-         or set {REQUIRE_ENV}=1 to make this a failure"
-    );
+    eprintln!("SKIPPED: {problem}, or set {REQUIRE_ENV}=1 to make this a failure");
     None
+}
+
+/// Makes, in `dir`, a throwaway CA ([`CA_CERT`]) and a server certificate
+/// for `127.0.0.1` and `localhost` signed by it ([`SERVER_CERT`],
+/// [`SERVER_KEY`]), with the `openssl` command-line tool: P-256 keys, valid
+/// for [`CERT_DAYS`] days. The CA's key and the other scratch files are removed.
+///
+/// An error of kind `NotFound` means `openssl` is not on `PATH`.
+fn make_certificates(dir: &Path) -> io::Result<()> {
+    const NEW_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    fs::write(
+        dir.join("server.ext"),
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\n\
+         subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+    )?;
+    // A name of its own, so that another server's CA is not mistaken for it.
+    let ca_name = format!("/CN=lockman test CA {}", dir.file_name().unwrap_or_default().to_string_lossy());
+    #[rustfmt::skip]
+    let steps: [&[&[&str]]; 3] = [
+        &[&["req", "-x509"], &NEW_KEY, &["-days", CERT_DAYS, "-subj", &ca_name,
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", "ca.key", "-out", CA_CERT]],
+        &[&["req", "-new"], &NEW_KEY, &["-subj", "/CN=127.0.0.1", "-keyout", SERVER_KEY, "-out", "server.csr"]],
+        &[&["x509", "-req", "-in", "server.csr", "-CA", CA_CERT, "-CAkey", "ca.key", "-set_serial", "2",
+            "-days", CERT_DAYS, "-extfile", "server.ext", "-out", SERVER_CERT]],
+    ];
+    let log_path = dir.join("openssl.log");
+    for step in steps {
+        let args = step.concat();
+        let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let status = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()?;
+        if !status.success() {
+            let output = fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(io::Error::other(format!("openssl {} failed ({status}):\n{output}", args.join(" "))));
+        }
+    }
+    for scratch in ["ca.key", "server.csr", "server.ext", "openssl.log"] {
+        fs::remove_file(dir.join(scratch))?;
+    }
+    Ok(())
 }
 
 /// A loopback port that was free a moment ago (and is not 6379).
@@ -372,6 +527,16 @@ fn free_port() -> u16 {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0 to find a free port");
         let port = listener.local_addr().expect("local address of a bound listener").port();
         if port != SHARED_REDIS_PORT {
+            return port;
+        }
+    }
+}
+
+/// A free loopback port other than `taken`.
+fn free_port_but(taken: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port != taken {
             return port;
         }
     }
@@ -584,6 +749,44 @@ mod tests {
         assert_eq!(server.command(&["CONFIG", "GET", "appendonly"]).unwrap(), "appendonly\nno");
         assert_eq!(server.command(&["CONFIG", "GET", "bind"]).unwrap(), "bind\n127.0.0.1");
         assert!(server.dir().join("redis.log").exists());
+    }
+
+    #[test]
+    fn start_tls_serves_tls_beside_the_plain_port() {
+        let Some(mut server) = RedisServer::start_tls() else { return };
+        let tls_port = server.tls_port().expect("a TLS port");
+        assert!(tls_port != server.port() && tls_port != SHARED_REDIS_PORT, "TLS port {tls_port}");
+        assert_eq!(server.tls_url(), format!("rediss://127.0.0.1:{tls_port}/0"));
+        assert_eq!(server.command(&["CONFIG", "GET", "tls-port"]).unwrap(), format!("tls-port\n{tls_port}"));
+        assert_eq!(server.command(&["CONFIG", "GET", "tls-auth-clients"]).unwrap(), "tls-auth-clients\nno");
+        assert_eq!(server.command(&["CONFIG", "GET", "bind"]).unwrap(), "bind\n127.0.0.1");
+        // The server's certificate is signed by the CA; the CA's key is gone.
+        let ca = server.tls_ca_file();
+        assert_eq!(ca, server.dir().join(CA_CERT));
+        let verified = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&ca)
+            .arg(server.dir().join(SERVER_CERT))
+            .output()
+            .expect("openssl verify");
+        assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+        let files: Vec<_> = fs::read_dir(server.dir()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert!(!files.iter().any(|name| name == "ca.key"), "{files:?}");
+        // A TCP connection to the TLS port is accepted.
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, tls_port));
+        TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT).expect("connect to the TLS port");
+
+        server.restart();
+        assert_eq!(server.tls_port(), Some(tls_port));
+        assert_eq!(server.command(&["CONFIG", "GET", "tls-port"]).unwrap(), format!("tls-port\n{tls_port}"));
+    }
+
+    #[test]
+    fn a_plain_server_has_no_tls() {
+        let Some(server) = RedisServer::start() else { return };
+        assert_eq!(server.tls_port(), None);
+        assert_eq!(server.command(&["CONFIG", "GET", "tls-port"]).unwrap(), "tls-port\n0");
     }
 
     #[test]
