@@ -106,7 +106,19 @@ async fn run(args: Args) -> Result<(), LockError> {
         daemon(&args, &bus, backends).await?
     } else {
         drop(backends);
-        run_processes(&args, bus_dir.path())?
+        // Ctrl-C reaches the daemon processes too (one process group); they
+        // finish and report, and this process waits for them instead of dying.
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| io_error("listening for Ctrl-C", e))?;
+        tokio::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                eprintln!("interrupted: waiting for the daemon processes to finish");
+            }
+        });
+        let (args, dir) = (args.clone(), bus_dir.path().to_owned());
+        tokio::task::spawn_blocking(move || run_processes(&args, &dir))
+            .await
+            .map_err(|e| LockError::Config(format!("waiting for the daemon processes: {e}")))??
     };
     let overlaps = bus.overlaps()?;
     println!(
