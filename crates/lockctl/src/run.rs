@@ -1,0 +1,297 @@
+//! `lockctl run`: hold a lock while a command runs, like `flock(1)`.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::pin::pin;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use lockman::{AcquireOptions, Backends, Capabilities, LockError, LockGuard};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::SignalKind;
+
+use crate::cli::RunArgs;
+use crate::exit::{self, Failure};
+use crate::output;
+use crate::watch::listen;
+
+/// Acquires, runs the command, releases; the exit code is the command's
+/// (or one of lockctl's own, see [`exit`]).
+pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
+    let Some(program) = args.command.first() else {
+        return Err(Failure::new(exit::USAGE, "no command to run: put it after `--`"));
+    };
+    let mut signals = Signals::new()?;
+    let caps = backends.locks.capabilities();
+    if !caps.cross_process {
+        output::note(&format!(
+            "note: {} locks exclude only holders inside this lockctl process, not other processes",
+            backends.locks.name()
+        ));
+    }
+    if args.lease.is_some() && !caps.leases {
+        output::note(&format!(
+            "note: --lease has no effect on the {} backend: its locks last until released or lockctl exits",
+            backends.locks.name()
+        ));
+    }
+
+    let guard = tokio::select! {
+        acquired = backends.locks.acquire(&args.resource, acquire_options(backends, args, program)) => match acquired {
+            Ok(guard) => guard,
+            Err(e) if e.is_timeout() => return Err(Failure::new(args.conflict_exit_code, exit::one_line(&e.to_string()))),
+            Err(e) => return Err(e.into()),
+        },
+        signal = signals.recv() => {
+            return Err(Failure::new(
+                signal.exit_code(),
+                format!("interrupted by {} while waiting for {}", signal.name, output::quoted(&args.resource)),
+            ));
+        }
+    };
+    tracing::info!(resource = %args.resource, token = %guard.fencing_token(), "lock acquired; starting the command");
+
+    let mut child = match spawn(&guard, args) {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
+            let message = format!("cannot run {}: {e}", program.to_string_lossy());
+            if let Err(e) = guard.release().await {
+                output::note(&format!("also: {e}"));
+            }
+            return Err(Failure::new(code, message));
+        }
+    };
+
+    let mut lost = false;
+    let status = {
+        let mut renewal = pin!(keep_extending(&guard, args.lease, &caps));
+        let mut lost_signal = pin!(guard.lost());
+        loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                signal = signals.recv() => forward(&child, signal),
+                _ = &mut lost_signal, if !lost => {
+                    lost = true;
+                    report_loss(&guard, &child, args.keep_running_if_lost);
+                }
+                () = &mut renewal => {}
+            }
+        }
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            // The command may still run; the lock is released on the way out anyway.
+            drop(guard);
+            return Err(Failure::new(exit::OSERR, format!("cannot wait for the command: {e}")));
+        }
+    };
+
+    match guard.release().await {
+        Ok(()) if !lost => Ok(exit::of_status(status)),
+        Ok(()) => Err(lost_exit(status)),
+        Err(e) if e.is_lost() => {
+            if !lost {
+                // Found out only now (e.g. a lease that ran out unnoticed).
+                output::note(&e.to_string());
+            }
+            Err(lost_exit(status))
+        }
+        Err(e) if lost => {
+            tracing::warn!(error = %e, "releasing a lost lock");
+            Err(lost_exit(status))
+        }
+        Err(e) => {
+            // The work was done under the lock; only the release failed (a
+            // lease, if any, still ends the lock), so the command's status stands.
+            output::note(&format!("warning: the command finished, but releasing the lock failed: {e}"));
+            Ok(exit::of_status(status))
+        }
+    }
+}
+
+/// The options: wait (`--no-wait`, `--wait`, else the configured default),
+/// lease, purpose.
+fn acquire_options(backends: &Backends, args: &RunArgs, program: &OsStr) -> AcquireOptions {
+    let mut options = backends.acquire_options();
+    if args.no_wait {
+        options = options.no_wait();
+    } else if let Some(wait) = args.wait {
+        options = options.wait(wait);
+    }
+    if let Some(lease) = args.lease {
+        options = options.lease(lease);
+    }
+    // By default only the program name, not its arguments: the purpose is
+    // stored in the backend (and shown on other hosts), arguments may hold secrets.
+    let purpose = args.purpose.clone().unwrap_or_else(|| format!("lockctl run {}", program.to_string_lossy()));
+    options.purpose(purpose)
+}
+
+/// Starts the command with the lock's details in its environment.
+fn spawn(guard: &LockGuard, args: &RunArgs) -> std::io::Result<Child> {
+    let info = guard.info();
+    let mut command = Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("LOCKMAN_RESOURCE", &args.resource)
+        .env("LOCKMAN_HOLDER", info.holder.as_str())
+        .env("LOCKMAN_FENCING_TOKEN", guard.fencing_token().to_string());
+    command.spawn()
+}
+
+/// Says at once that the lock is lost, and stops the command unless told not to.
+fn report_loss(guard: &LockGuard, child: &Child, keep_running: bool) {
+    let lost = match guard.check() {
+        Err(e) => e.to_string(),
+        Ok(()) => format!("the lock on {} was lost", output::quoted(guard.resource())),
+    };
+    let action = match child.id() {
+        Some(pid) if keep_running => format!("the command (pid {pid}) keeps running (--keep-running-if-lost)"),
+        Some(pid) => {
+            send(pid, Signal::TERM);
+            format!("sent SIGTERM to the command (pid {pid})")
+        }
+        None => "the command had already exited".to_owned(),
+    };
+    output::note(&format!("{lost} — {action}; lockctl will exit {}", exit::LOST));
+}
+
+/// The failure `run` ends with after a loss.
+fn lost_exit(status: ExitStatus) -> Failure {
+    Failure::new(
+        exit::LOST,
+        format!(
+            "the lock was lost while the command ran; the command exited with status {} (exit code {})",
+            describe(status),
+            exit::LOST
+        ),
+    )
+}
+
+/// `0`, `3`, `killed by signal 15`.
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(signal)) => format!("{} (killed by signal {signal})", exit::of_status(status)),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// With `--lease`, extends the lease every third of it; never completes
+/// (a loss is reported through the guard's `lost()`).
+fn keep_extending<'a>(
+    guard: &'a LockGuard,
+    lease: Option<Duration>,
+    caps: &Capabilities,
+) -> impl Future<Output = ()> + 'a {
+    let renewable = caps.leases && caps.renewal;
+    async move {
+        let Some(lease) = lease.filter(|_| renewable) else {
+            return std::future::pending().await;
+        };
+        let period = lease / 3;
+        let mut next = period;
+        loop {
+            tokio::time::sleep(next).await;
+            next = period;
+            match guard.extend(lease).await {
+                Ok(()) => tracing::debug!(resource = guard.resource(), ?lease, "lease extended"),
+                // `lost()` fires too, and reports it.
+                Err(e) if e.is_lost() => return std::future::pending().await,
+                Err(LockError::Config(message)) => {
+                    output::note(&format!("cannot extend the lease, so it will run out: {message}"));
+                    return std::future::pending().await;
+                }
+                Err(e) => {
+                    // Try again soon; if the lease runs out first, the guard reports the loss.
+                    tracing::warn!(resource = guard.resource(), error = %e, "extending the lease failed; retrying");
+                    next = period / 3;
+                }
+            }
+        }
+    }
+}
+
+/// A signal lockctl forwards.
+#[derive(Clone, Copy, Debug)]
+struct Forwarded {
+    signal: Signal,
+    name: &'static str,
+}
+
+impl Forwarded {
+    /// 128 + the signal number, as a shell reports a process it killed.
+    fn exit_code(self) -> u8 {
+        (128 + self.signal.as_raw()).clamp(0, 255) as u8
+    }
+}
+
+/// The signals `run` catches and forwards to the command.
+struct Signals {
+    streams: Vec<(tokio::signal::unix::Signal, Forwarded)>,
+}
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        let wanted = [
+            (SignalKind::interrupt(), Signal::INT, "SIGINT"),
+            (SignalKind::terminate(), Signal::TERM, "SIGTERM"),
+            (SignalKind::hangup(), Signal::HUP, "SIGHUP"),
+            (SignalKind::user_defined1(), Signal::USR1, "SIGUSR1"),
+            (SignalKind::user_defined2(), Signal::USR2, "SIGUSR2"),
+        ];
+        let mut streams = Vec::with_capacity(wanted.len());
+        for (kind, signal, name) in wanted {
+            streams.push((listen(kind)?, Forwarded { signal, name }));
+        }
+        Ok(Signals { streams })
+    }
+
+    /// The next signal received.
+    async fn recv(&mut self) -> Forwarded {
+        std::future::poll_fn(|cx| {
+            for (stream, forwarded) in &mut self.streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*forwarded);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Passes `signal` on to the command, unless the terminal already sent it.
+fn forward(child: &Child, signal: Forwarded) {
+    let Some(pid) = child.id() else { return };
+    if signal.signal == Signal::INT && terminal_signals_our_group() {
+        tracing::debug!("SIGINT came from the terminal, which sent it to the command too; not forwarding");
+        return;
+    }
+    tracing::info!(signal = signal.name, pid, "forwarding a signal to the command");
+    send(pid, signal.signal);
+}
+
+fn send(pid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return };
+    if let Err(e) = kill_process(pid, signal) {
+        tracing::warn!(%e, "cannot signal the command");
+    }
+}
+
+/// Whether lockctl runs in its terminal's foreground process group: then
+/// Ctrl-C sends SIGINT to the whole group — the command included — and
+/// forwarding it would deliver it twice.
+fn terminal_signals_our_group() -> bool {
+    use rustix::termios::tcgetpgrp;
+
+    let ours = rustix::process::getpgrp();
+    tcgetpgrp(std::io::stdin()) == Ok(ours)
+        || tcgetpgrp(std::io::stdout()) == Ok(ours)
+        || tcgetpgrp(std::io::stderr()) == Ok(ours)
+}
