@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockman::AcquireOptions;
 
@@ -89,22 +89,9 @@ fn run_fleet(switched_on: &[(&str, String)], dir: &Path) -> (u64, u64) {
         let stdin = child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "go").expect("send go");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    lockman_testkit::processes::wait_all_succeed(&mut children, Duration::from_secs(60));
     let mut overlaps = 0;
     for child in &mut children {
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "an instance failed: {status}");
-                break;
-            }
-            if Instant::now() > deadline {
-                for child in &mut children {
-                    let _ = child.kill();
-                }
-                panic!("the instances ran past 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let said: Vec<String> =
             BufReader::new(child.stdout.take().expect("stdout")).lines().map_while(Result::ok).collect();
         let count = said.iter().find_map(|line| line.rsplit_once("overlaps=")).and_then(|(_, n)| n.parse::<u64>().ok());

@@ -164,22 +164,7 @@ fn four_processes_share_a_counter() {
                 .expect("spawn")
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for child in &mut children {
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "child failed: {status}");
-                break;
-            }
-            if Instant::now() > deadline {
-                for child in &mut children {
-                    let _ = child.kill();
-                }
-                panic!("children ran past 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    lockman_testkit::processes::wait_all_succeed(&mut children, Duration::from_secs(60));
     let total = std::fs::read_to_string(Path::new(&counter)).expect("read");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(total.trim(), "1000", "lost updates");

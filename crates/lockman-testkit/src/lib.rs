@@ -41,6 +41,7 @@ pub mod flags;
 pub mod inspection;
 pub mod leases;
 pub mod names;
+pub mod processes;
 pub mod redis_server;
 pub mod reentrancy;
 pub mod release;
