@@ -37,6 +37,7 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
         ));
     }
 
+    tracing::info!(resource = %args.resource, "acquiring the lock");
     let guard = tokio::select! {
         acquired = backends.locks.acquire(&args.resource, acquire_options(backends, args, program)) => match acquired {
             Ok(guard) => guard,
