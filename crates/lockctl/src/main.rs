@@ -74,6 +74,13 @@ async fn dispatch(cli: &Cli) -> Result<u8, Failure> {
     }
     let backends = settings::connect(&cli.global).await?;
     tracing::info!(backend = %backends.chosen, "connected");
+    if !backends.locks.capabilities().cross_process {
+        output::note(&format!(
+            "note: {} locks live inside one process: this lockctl sees and excludes only its own, not other \
+             processes' (use file://, legacy-file:// or redis:// to share locks)",
+            backends.locks.name()
+        ));
+    }
     let json = cli.global.json;
     match &cli.command {
         Command::List => inspect::list(&backends, json).await,

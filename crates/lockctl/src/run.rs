@@ -24,12 +24,6 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
     };
     let mut signals = Signals::new()?;
     let caps = backends.locks.capabilities();
-    if !caps.cross_process {
-        output::note(&format!(
-            "note: {} locks exclude only holders inside this lockctl process, not other processes",
-            backends.locks.name()
-        ));
-    }
     if args.lease.is_some() && !caps.leases {
         output::note(&format!(
             "note: --lease has no effect on the {} backend: its locks last until released or lockctl exits",

@@ -30,10 +30,18 @@ pub fn load(global: &Global) -> Result<Config, Failure> {
         None => Config::load()?,
     };
     if let Some(url) = &global.url {
-        config.url = url.clone();
-        if config.use_new_locks == Some(false) {
+        // `for_url` records where the URL came from for error messages (the
+        // loaded config would say "the default `url`"); the rest is copied.
+        let loaded = config;
+        config = Config::for_url(url.clone());
+        config.status_url = loaded.status_url;
+        config.default_wait = loaded.default_wait;
+        config.lease = loaded.lease;
+        config.legacy_url = loaded.legacy_url;
+        config.legacy_bridge = loaded.legacy_bridge;
+        config.redis = loaded.redis;
+        if loaded.use_new_locks == Some(false) {
             tracing::info!("--url given: ignoring USE_NEW_LOCKS=false, which would pick the legacy lockfiles instead");
-            config.use_new_locks = None;
         }
     }
     Ok(config)
