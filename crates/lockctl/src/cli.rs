@@ -199,10 +199,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration ({e}); write it like 500ms, 30s or 5m"))
 }
 
-/// A duration that must be more than zero.
+/// The longest lease or TTL accepted: backends compute expiry times from it,
+/// and Redis refuses (and clocks overflow at) absurd ones.
+const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A lease or TTL: more than zero, at most ten years.
 fn parse_lease(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("must be longer than zero".to_owned()),
+        duration if duration > MAX_LEASE => Err(format!("{text:?} is too long: at most 10 years")),
         duration => Ok(duration),
     }
 }
@@ -247,5 +252,7 @@ mod tests {
         assert_eq!(parse_wait("1m"), Ok(Wait::Timeout(Duration::from_secs(60))));
         assert!(parse_wait("soon").unwrap_err().contains("30s"));
         assert!(parse_lease("0s").is_err());
+        assert!(parse_lease("11y").unwrap_err().contains("at most 10 years"));
+        assert_eq!(parse_lease("30s"), Ok(Duration::from_secs(30)));
     }
 }

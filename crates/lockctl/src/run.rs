@@ -1,6 +1,6 @@
 //! `lockctl run`: hold a lock while a command runs, like `flock(1)`.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::pin::pin;
 use std::process::ExitStatus;
@@ -19,7 +19,7 @@ use crate::watch::listen;
 /// Acquires, runs the command, releases; the exit code is the command's
 /// (or one of lockctl's own, see [`exit`]).
 pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
-    let Some(program) = args.command.first() else {
+    let Some((program, arguments)) = args.command.split_first() else {
         return Err(Failure::new(exit::USAGE, "no command to run: put it after `--`"));
     };
     let mut signals = Signals::new()?;
@@ -47,7 +47,7 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
     };
     tracing::info!(resource = %args.resource, token = %guard.fencing_token(), "lock acquired; starting the command");
 
-    let mut child = match spawn(&guard, args) {
+    let mut child = match spawn(&guard, &args.resource, program, arguments) {
         Ok(child) => child,
         Err(e) => {
             let code = if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
@@ -126,15 +126,14 @@ fn acquire_options(backends: &Backends, args: &RunArgs, program: &OsStr) -> Acqu
 }
 
 /// Starts the command with the lock's details in its environment.
-fn spawn(guard: &LockGuard, args: &RunArgs) -> std::io::Result<Child> {
+fn spawn(guard: &LockGuard, resource: &str, program: &OsStr, arguments: &[OsString]) -> std::io::Result<Child> {
     let info = guard.info();
-    let mut command = Command::new(&args.command[0]);
-    command
-        .args(&args.command[1..])
-        .env("LOCKMAN_RESOURCE", &args.resource)
+    Command::new(program)
+        .args(arguments)
+        .env("LOCKMAN_RESOURCE", resource)
         .env("LOCKMAN_HOLDER", info.holder.as_str())
-        .env("LOCKMAN_FENCING_TOKEN", guard.fencing_token().to_string());
-    command.spawn()
+        .env("LOCKMAN_FENCING_TOKEN", guard.fencing_token().to_string())
+        .spawn()
 }
 
 /// Says at once that the lock is lost, and stops the command unless told not to.

@@ -206,8 +206,8 @@ fn force_release_of_a_file_lock_makes_its_run_report_the_loss() {
 #[test]
 fn force_release_of_a_redis_lock_makes_its_run_report_the_loss() {
     let Some(server) = RedisServer::start() else { return };
-    // A 1 s lease is renewed every 333 ms: the renewal finds the lock gone.
-    let url = format!("{}?lease=1s", server.url());
+    // A 2 s lease is renewed every 667 ms: the renewal finds the lock gone.
+    let url = format!("{}?lease=2s", server.url());
     force_release_is_reported_by_the_holder(&url, "operator test");
 }
 
@@ -230,8 +230,8 @@ fn keep_running_if_lost_reports_but_leaves_the_command_alone() {
 
 fn explicit_lease_is_extended(url: &str) {
     let sandbox = Sandbox::new();
-    // The command outlives its 600 ms lease several times over.
-    let out = output(sandbox.at(url, &["run", "--lease", "600ms", "job", "--", "sleep", "2"]));
+    // The command outlives its 1 s lease three times over.
+    let out = output(sandbox.at(url, &["run", "--lease", "1s", "job", "--", "sleep", "3"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
 }
