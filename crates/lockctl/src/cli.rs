@@ -45,7 +45,7 @@ pub struct Global {
     /// Log what happens to stderr (-v info, -vv debug, -vvv trace; RUST_LOG overrides).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Print JSON for scripts (list: one array; status, flag get: one object; watch: one object per line).
+    /// Print JSON for scripts (list, cleanup, flag list: one array; status, flag get: one object or null; watch: one object per line).
     #[arg(long, global = true)]
     pub json: bool,
 }

@@ -56,6 +56,8 @@ Exit codes:
   126  run: the command could not be executed
   127  run: the command was not found
   N    run: the command's own exit status; 128+S if a signal S killed it
+       (or interrupted the wait for the lock)
+  141  stdout was closed by its reader (lockctl list | head -1)
 
 Errors are one line on stderr: `lockctl: <message>`.";
 
@@ -154,5 +156,6 @@ mod tests {
         }
         assert!(HELP_TABLE.contains(&format!("\n  {CANNOT_EXECUTE}  ")));
         assert!(HELP_TABLE.contains(&format!("\n  {NOT_FOUND}  ")));
+        assert!(HELP_TABLE.contains(&format!("\n  {BROKEN_PIPE}  ")));
     }
 }
