@@ -144,6 +144,33 @@ impl Config {
         Self::load_from(file, Env::prefixed("LOCKMAN_"))
     }
 
+    /// [`Config::load`] with `path` as the TOML file instead of `lockman.toml`
+    /// or `LOCKMAN_CONFIG` (a `--config` flag, say); the environment still
+    /// applies on top.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`], and [`LockError::Config`] if `path` is not a readable file.
+    pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Self, LockError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(LockError::Config(format!("the configuration file {} is not a readable file", path.display())));
+        }
+        Self::load_from(Figment::new().merge(Toml::file_exact(path)), Env::prefixed("LOCKMAN_"))
+    }
+
+    /// Replaces the lock URL (a `--url` flag, say), naming `origin` in error
+    /// messages. An explicit URL also wins over `USE_NEW_LOCKS=false`, which
+    /// would otherwise pick the legacy URL; a legacy bridge still applies.
+    pub fn override_url(&mut self, url: impl Into<String>, origin: impl Into<String>) {
+        self.url = url.into();
+        if self.use_new_locks == Some(false) {
+            tracing::info!("an explicit lock URL overrides USE_NEW_LOCKS=false");
+            self.use_new_locks = None;
+        }
+        self.origins.insert("url".to_owned(), origin.into());
+    }
+
     /// Loads from `file` (a figment provider for the TOML layer) and `env`
     /// (the `LOCKMAN_` variables); split out so tests can give both.
     fn load_from(file: Figment, env: Env) -> Result<Self, LockError> {

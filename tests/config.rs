@@ -180,3 +180,28 @@ fn from_env_connects_to_what_the_environment_names() {
         Ok(())
     });
 }
+
+#[test]
+fn a_named_file_and_an_explicit_url_override_the_usual_sources() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("lockman.toml", r#"url = "file:///ignored""#)?;
+        jail.create_file("ops.toml", "url = \"file:///from-ops\"\nlease = \"10s\"\n")?;
+        jail.set_env("USE_NEW_LOCKS", "false");
+        jail.set_env("LOCKMAN_LEGACY_URL", "legacy-file:///app/GivTCP_1");
+        let mut config = Config::load_file("ops.toml").map_err(|e| figment::Error::from(e.to_string()))?;
+        assert_eq!(config.url, "file:///from-ops");
+        assert_eq!(config.lease, Some(Duration::from_secs(10)));
+        assert_eq!(config.lock_url().expect("url"), "legacy-file:///app/GivTCP_1", "the switch still applies");
+
+        config.override_url("redis://127.0.0.1:1/0", "--url");
+        assert_eq!(config.lock_url().expect("url"), "redis://127.0.0.1:1/0", "an explicit URL beats the switch");
+        assert_eq!(config.origin("url"), "--url");
+
+        let Err(LockError::Config(message)) = Config::load_file("missing.toml") else {
+            panic!("loaded a missing file")
+        };
+        assert!(message.contains("missing.toml"), "{message}");
+        Ok(())
+    });
+}

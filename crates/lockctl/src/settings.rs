@@ -2,9 +2,8 @@
 //! and the process-wide set-up (logging, the metrics exporter).
 
 use std::net::SocketAddr;
-use std::path::Path;
 
-use lockman::{Backends, Config, LockError};
+use lockman::{Backends, Config};
 
 use crate::cli::Global;
 use crate::exit::{self, Failure};
@@ -26,48 +25,13 @@ pub async fn connect(global: &Global) -> Result<Backends, Failure> {
 ///   ignore `--url`); a configured legacy bridge and `status_url` still apply.
 pub fn load(global: &Global) -> Result<Config, Failure> {
     let mut config = match &global.config {
-        Some(path) => load_file(path)?,
+        Some(path) => Config::load_file(path)?,
         None => Config::load()?,
     };
     if let Some(url) = &global.url {
-        // `for_url` records where the URL came from for error messages (the
-        // loaded config would say "the default `url`"); the rest is copied.
-        let loaded = config;
-        config = Config::for_url(url.clone());
-        config.status_url = loaded.status_url;
-        config.default_wait = loaded.default_wait;
-        config.lease = loaded.lease;
-        config.legacy_url = loaded.legacy_url;
-        config.legacy_bridge = loaded.legacy_bridge;
-        config.redis = loaded.redis;
-        if loaded.use_new_locks == Some(false) {
-            tracing::info!("--url given: ignoring USE_NEW_LOCKS=false, which would pick the legacy lockfiles instead");
-        }
+        config.override_url(url.clone(), "--url");
     }
     Ok(config)
-}
-
-/// [`Config::load`] with `path` as the TOML file.
-///
-/// The facade reads the file named by `LOCKMAN_CONFIG`, and setting that
-/// variable from here would need `unsafe` (`std::env::set_var`), so this
-/// layers the same providers in the same order (defaults < file <
-/// `LOCKMAN_*` < `USE_NEW_LOCKS`). Replace it with `Config::load_file(path)`
-/// once the facade has one; until then error messages for bad values from
-/// the file say "the configured `key`" where the facade would name the file.
-fn load_file(path: &Path) -> Result<Config, LockError> {
-    use figment::Figment;
-    use figment::providers::{Env, Format, Serialized, Toml};
-
-    if !path.is_file() {
-        return Err(LockError::Config(format!("--config names {}, which is not a readable file", path.display())));
-    }
-    Figment::from(Serialized::defaults(Config::default()))
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed("LOCKMAN_").ignore(&["CONFIG", "REQUIRE_REDIS"]).split("__"))
-        .merge(Env::raw().only(&[lockman::USE_NEW_LOCKS_ENV]))
-        .extract()
-        .map_err(|e| LockError::Config(format!("bad lockman configuration in {}: {e}", path.display())))
 }
 
 /// Logs to stderr: nothing by default, `-v` info, `-vv` debug, `-vvv`

@@ -220,7 +220,7 @@ fn bad_urls_are_configuration_errors() {
 
     let out = output(sandbox.lockctl(&["--config", "/nonexistent/lockman.toml", "list"]));
     assert_eq!(out.code, Some(78), "{out:?}");
-    assert!(out.stderr.contains("--config names /nonexistent/lockman.toml"), "{out:?}");
+    assert!(out.stderr.contains("configuration file /nonexistent/lockman.toml is not a readable file"), "{out:?}");
 }
 
 #[test]
