@@ -92,10 +92,16 @@ impl<B: LockBackend> Locks<B> {
     ) -> Result<Option<LockGuard>, LockError> {
         crate::validate_name(resource)?;
         self.shared.backend.validate_name(resource)?;
+        if let Some(lease) = options.lease {
+            check_lease(lease, resource, self.shared.name)?;
+        }
         let started = Instant::now();
         let deadline = match (mode, options.wait) {
             (Mode::Try, _) | (_, Wait::NoWait) => Deadline::Now,
-            (Mode::Acquire, Wait::Timeout(timeout)) => Deadline::At(started + timeout),
+            // A timeout too long to represent is no timeout.
+            (Mode::Acquire, Wait::Timeout(timeout)) => {
+                started.checked_add(timeout).map_or(Deadline::Never, Deadline::At)
+            }
             (Mode::Acquire, Wait::Forever) => Deadline::Never,
         };
         let resource: Arc<str> = Arc::from(resource);
@@ -672,6 +678,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
                 self.shared.name
             )));
         }
+        check_lease(lease, &self.request.resource, self.shared.name)?;
         let _gate = self.renew_gate.lock().await;
         match self.shared.backend.renew(&self.grant, lease).await {
             Ok(expiry) => {
@@ -698,3 +705,14 @@ trait BoxedTask: std::future::Future<Output = ()> + Send + Sized + 'static {
 }
 
 impl<F: std::future::Future<Output = ()> + Send + 'static> BoxedTask for F {}
+
+/// Refuses a lease too long for the clocks to add (backends compute its end).
+fn check_lease(lease: Duration, resource: &str, backend: &str) -> Result<(), LockError> {
+    if Instant::now().checked_add(lease).is_none() || SystemTime::now().checked_add(lease).is_none() {
+        return Err(LockError::Config(format!(
+            "a lease of {lease:?} for {resource:?} on {backend} is too long to keep time for; leave the lease \
+             unset for a lock kept alive while its guard lives"
+        )));
+    }
+    Ok(())
+}

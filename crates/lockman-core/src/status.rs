@@ -70,7 +70,8 @@ impl FlagInfo {
             name: name.into(),
             value: options.value.clone(),
             set_at,
-            expires_at: options.ttl.map(|ttl| set_at + ttl),
+            // A TTL too long to represent never expires (rather than panicking).
+            expires_at: options.ttl.and_then(|ttl| set_at.checked_add(ttl)),
             backend: backend.into(),
         }
     }

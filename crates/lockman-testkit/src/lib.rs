@@ -95,6 +95,7 @@ macro_rules! conformance_suite {
             timing::waiters_are_served_fairly,
             timing::timed_out_waiter_never_holds,
             timing::cancelled_waiter_never_holds,
+            timing::extreme_durations_are_handled,
             release::drop_releases,
             release::explicit_release_releases,
             release::with_lock_releases_after_work,

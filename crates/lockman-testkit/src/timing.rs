@@ -177,3 +177,18 @@ pub async fn cancelled_waiter_never_holds(h: &dyn Harness) {
         assert_eq!(locks.state("r").await.expect("state"), LockState::Available);
     }
 }
+
+/// Durations too long for the clocks are handled, never a panic: a huge
+/// timeout waits as long as it takes, a huge lease or extension is refused.
+pub async fn extreme_durations_are_handled(h: &dyn Harness) {
+    let locks = h.locks();
+    let guard = locks.acquire("r", AcquireOptions::new().timeout(Duration::MAX)).await.expect("a huge timeout");
+    let err = guard.extend(Duration::MAX).await.expect_err("extended a lease to the end of time");
+    assert!(matches!(err, LockError::Config(_)), "{err}");
+    guard.release().await.expect("release");
+    let err = locks
+        .acquire("r", AcquireOptions::new().lease(Duration::MAX))
+        .await
+        .expect_err("granted a lease to the end of time");
+    assert!(matches!(err, LockError::Config(_)), "{err}");
+}
