@@ -40,6 +40,10 @@ use lockman::blocking::BlockingLockManager;
 use lockman::file::{FileBackend, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
 use lockman::{AcquireOptions, LockBackend, LockManager};
 
+use support::{percentile, print_fairness_header, print_fairness_row};
+
+mod support;
+
 /// Set (to `flock:<dir>` or `lockman:<dir>`) when this binary runs as the
 /// child waiter of the cross-process handoff instead of as the bench.
 const CHILD_ENV: &str = "LOCKMAN_FILE_BENCH_CHILD";
@@ -308,10 +312,6 @@ fn child_waiter(spec: &str) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// `WORKERS` threads on one resource for `FAIRNESS_RUN`; acquisitions per worker.
 fn fairness(lock: &ThreadLock) -> Vec<u64> {
     let start = Arc::new(Barrier::new(WORKERS + 1));
@@ -365,19 +365,11 @@ fn summary() {
     );
 
     println!("\nfile: fairness, {WORKERS} workers on 1 resource for {FAIRNESS_RUN:?}, acquisitions per worker");
-    println!("{:<70} {:>10} {:>10} {:>8} {:>10}", "contender", "fewest", "most", "min/max", "total");
+    print_fairness_header();
     for (kind, name) in THREAD_CONTENDERS {
         let dir = temp_dir();
         let counts = fairness(&ThreadLock::new(kind, dir.path()));
-        let (fewest, most) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
-        println!(
-            "{:<70} {:>10} {:>10} {:>8.2} {:>10}",
-            name,
-            fewest,
-            most,
-            fewest as f64 / most.max(1) as f64,
-            counts.iter().sum::<u64>()
-        );
+        print_fairness_row(name, &counts);
     }
 }
 

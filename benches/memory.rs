@@ -18,6 +18,10 @@ use lockman::blocking::BlockingLockManager;
 use lockman::{AcquireOptions, LockManager, MemoryLockManager};
 use parking_lot::{Mutex, ReentrantMutex};
 
+use support::percentile;
+
+mod support;
+
 /// The naive lock map: get-or-insert an `Arc<ReentrantMutex>` per name.
 #[derive(Default)]
 struct NaiveMap(Mutex<HashMap<String, Arc<ReentrantMutex<()>>>>);
@@ -395,10 +399,6 @@ fn throughput(c: &mut Criterion) {
         }
         group.finish();
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Handoff percentiles and fairness, every contender from this same run.

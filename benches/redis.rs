@@ -39,6 +39,10 @@ use lockman::{AcquireOptions, LockBackend, LockGuard, LockManager};
 use lockman_testkit::redis_server::RedisServer;
 use redis::aio::ConnectionManager;
 
+use support::{percentile, print_fairness_header, print_fairness_row};
+
+mod support;
+
 /// How long a holder gives the waiter to park before the measured release.
 const PARK: Duration = Duration::from_millis(2);
 /// Handoffs measured per lockman contender, after [`HANDOFF_WARMUP`] discarded ones.
@@ -313,10 +317,6 @@ async fn fairness(locks: Vec<TaskLock>) -> Vec<u64> {
     counts
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Round trip, handoff percentiles and fairness, every contender from this same run.
 fn summary(server: &RedisServer) {
     let rt = runtime(2);
@@ -360,7 +360,7 @@ fn summary(server: &RedisServer) {
         }
 
         println!("\nredis: fairness, {TASKS} tasks on 1 resource for {FAIRNESS_RUN:?}, acquisitions per task");
-        println!("{:<62} {:>10} {:>10} {:>8} {:>10}", "contender", "fewest", "most", "min/max", "total");
+        print_fairness_header();
         let mut managers = Vec::new();
         for _ in 0..TASKS {
             managers.push(TaskLock::Lockman(lockman_manager(server).await));
@@ -372,15 +372,7 @@ fn summary(server: &RedisServer) {
         ];
         for (name, locks) in rows {
             let counts = fairness(locks).await;
-            let (fewest, most) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
-            println!(
-                "{:<62} {:>10} {:>10} {:>8.2} {:>10}",
-                name,
-                fewest,
-                most,
-                fewest as f64 / most.max(1) as f64,
-                counts.iter().sum::<u64>()
-            );
+            print_fairness_row(name, &counts);
         }
     });
 }
