@@ -93,6 +93,20 @@ impl LockGuard {
 
     /// Extends the lease to `lease` from now.
     ///
+    /// * A guard with an explicit lease ([`AcquireOptions::lease`](crate::AcquireOptions::lease))
+    ///   is not renewed: its lease now ends `lease` from now, and the lock is
+    ///   lost then unless extended again.
+    /// * A guard the watchdog keeps alive (acquired without a lease on a
+    ///   backend with a default lease) keeps being renewed, and `lease`
+    ///   becomes the length it is renewed with for the rest of the grant: the
+    ///   store's lease never ends sooner than `lease` after the last renewal,
+    ///   so the lock survives a pause of the process (or a partition) of up
+    ///   to `lease`. A `lease` shorter than the default is allowed and
+    ///   renewed as often as it needs.
+    ///
+    /// Either way [`lost`](Self::lost) completes when the lease in force
+    /// ends without a renewal, not later.
+    ///
     /// # Errors
     ///
     /// [`LockError::Lost`] if the lock was lost, [`LockError::Backend`] if the

@@ -205,6 +205,7 @@ impl<B: LockBackend> Locks<B> {
             ended: AtomicBool::new(false),
             ended_notify: Notify::new(),
             renew_gate: tokio::sync::Mutex::new(()),
+            lease_changed: Notify::new(),
             request,
         });
         self.shared.events.meters().acquired(waited, granted.contended);
@@ -448,6 +449,9 @@ struct Held<B: LockBackend> {
     ended_notify: Notify,
     /// Held while renewing, so a release never races a renewal.
     renew_gate: tokio::sync::Mutex<()>,
+    /// Told (one permit) when `extend` changed the lease, so the watchdog or
+    /// expiry timer re-arms for the new length instead of the old one.
+    lease_changed: Notify,
 }
 
 struct LeaseState {
@@ -531,20 +535,32 @@ impl<B: LockBackend> Held<B> {
         self.conclude(self.shared.backend.release(&self.grant).await)
     }
 
-    /// Renews the default lease every third of it until the grant ends.
+    /// Renews the lease every third of it until the grant ends.
+    ///
+    /// The length renewed with is read when renewing, under the renew gate:
+    /// an `extend` sets a new length, and renewing with the one read before
+    /// it would shrink the store's lease back behind the caller's back.
     async fn keep_alive(held: Arc<Self>) {
+        let mut due = held.acquired + held.lease_length() / 3;
         loop {
-            let (length, expires_at) = {
-                let lease = held.lease.lock();
-                (lease.length.unwrap_or(Duration::from_secs(30)), lease.expires_at)
-            };
-            if !held.sleep_unless_ended(length / 3).await {
-                return;
+            match held.sleep_until(due).await {
+                Wake::Ended => return,
+                // Extended: the store's lease was just set, renew a third
+                // of the new length from now (sooner, if it got shorter).
+                Wake::LeaseChanged => {
+                    due = Instant::now() + held.lease_length() / 3;
+                    continue;
+                }
+                Wake::Due => {}
             }
             let _gate = held.renew_gate.lock().await;
-            if held.ended.load(Ordering::Acquire) || held.loss().is_lost() {
+            if held.ended.load(Ordering::Acquire) || held.is_lost() {
                 return;
             }
+            let (length, expires_at) = {
+                let lease = held.lease.lock();
+                (lease.length.unwrap_or(DEFAULT_RENEWED_LEASE), lease.expires_at)
+            };
             // A renewal answered after the lease ran out is too late: the
             // store may have granted the lock to someone else meanwhile.
             let renewal = held.shared.backend.renew(&held.grant, length);
@@ -564,6 +580,7 @@ impl<B: LockBackend> Held<B> {
                     return;
                 }
             };
+            due = Instant::now() + length / 3;
             match renewed {
                 Ok(expiry) => {
                     let mut lease = held.lease.lock();
@@ -592,7 +609,8 @@ impl<B: LockBackend> Held<B> {
                 return;
             };
             let remaining = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-            if !held.sleep_unless_ended(remaining).await {
+            // An extend (longer or shorter) wakes us to look at the new expiry.
+            if held.sleep_until(Instant::now() + remaining).await == Wake::Ended {
                 return;
             }
             if held.is_lost() {
@@ -601,20 +619,50 @@ impl<B: LockBackend> Held<B> {
         }
     }
 
-    /// Sleeps for `duration`; false if the grant ended meanwhile.
-    async fn sleep_unless_ended(&self, duration: Duration) -> bool {
+    /// The lease length in force (the default, or the last extension).
+    fn lease_length(&self) -> Duration {
+        self.lease.lock().length.unwrap_or(DEFAULT_RENEWED_LEASE)
+    }
+
+    /// Sleeps until `at`, or until the grant ends or its lease is extended,
+    /// or until the lease runs out if that comes first (so a loss is reported
+    /// at the lease's end, never later).
+    async fn sleep_until(&self, at: Instant) -> Wake {
         let ended = self.ended_notify.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
         if self.ended.load(Ordering::Acquire) {
-            return false;
+            return Wake::Ended;
         }
+        let lease_end = self.lease.lock().expires_at.map(|end| {
+            let left = end.duration_since(SystemTime::now()).unwrap_or_default();
+            Instant::now().checked_add(left).unwrap_or(at)
+        });
+        let at = lease_end.map_or(at, |end| end.min(at));
         tokio::select! {
-            _ = ended => false,
-            _ = tokio::time::sleep(duration) => !self.ended.load(Ordering::Acquire),
+            _ = ended => Wake::Ended,
+            // A permit is stored if the extension came before we got here.
+            _ = self.lease_changed.notified() => {
+                if self.ended.load(Ordering::Acquire) { Wake::Ended } else { Wake::LeaseChanged }
+            }
+            _ = tokio::time::sleep_until(at) => {
+                if self.ended.load(Ordering::Acquire) { Wake::Ended } else { Wake::Due }
+            }
         }
     }
 }
+
+/// Why [`Held::sleep_until`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Ended,
+    LeaseChanged,
+    Due,
+}
+
+/// The watchdog's lease when a renewed grant somehow has no length (it
+/// always has one: auto-renewal needs a default lease).
+const DEFAULT_RENEWED_LEASE: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl<B: LockBackend> GrantHandle for Held<B> {
@@ -686,6 +734,8 @@ impl<B: LockBackend> GrantHandle for Held<B> {
                 state.length = Some(lease);
                 state.expires_at = Some(expiry);
                 state.last_heartbeat = Some(SystemTime::now());
+                drop(state);
+                self.lease_changed.notify_one();
                 Ok(())
             }
             Err(LockError::Lost { reason, .. }) => {

@@ -61,6 +61,7 @@ pub type MemoryLockManager = Locks<MemoryBackend>;
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     table: LockTable<LossSignal>,
+    default_lease: Option<Duration>,
 }
 
 /// A live grant of the memory backend.
@@ -74,6 +75,24 @@ impl MemoryBackend {
     /// An empty lock map.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty lock map whose grants get `lease` unless the caller sets
+    /// one; core's watchdog renews it while the guard lives, as on the
+    /// Redis and lease-file backends. In one process a lease guards against
+    /// nothing a guard's drop does not; this is for testing code meant for a
+    /// leased backend (extend, renewal, loss) without one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockman_core::{LockBackend, LockManager};
+    /// use lockman_memory::MemoryBackend;
+    ///
+    /// let locks = MemoryBackend::with_default_lease(Duration::from_secs(2)).into_manager();
+    /// assert_eq!(locks.capabilities().default_lease, Some(Duration::from_secs(2)));
+    /// ```
+    pub fn with_default_lease(lease: Duration) -> Self {
+        MemoryBackend { default_lease: Some(lease), ..Self::default() }
     }
 
     /// How many resources the map tracks right now (held, or waited for).
@@ -201,6 +220,7 @@ impl LockBackend for MemoryBackend {
         let mut caps = Capabilities::default();
         caps.leases = true;
         caps.renewal = true;
+        caps.default_lease = self.default_lease;
         caps.lost_detection = true;
         caps.fencing = true;
         caps.fifo = true;

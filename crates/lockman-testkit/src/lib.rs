@@ -106,6 +106,7 @@ macro_rules! conformance_suite {
             leases::lease_expiry_marks_guard_lost,
             leases::extend_keeps_the_lock,
             leases::default_lease_is_renewed_while_held,
+            leases::extend_outlasts_the_default_lease,
             leases::fencing_tokens_strictly_increase,
             leases::fencing_token_is_kept_on_reentry,
             inspection::state_of_free_resource_is_available,
