@@ -9,7 +9,10 @@
 //!   is cancelled never ends up holding the lock.
 //! * **Reentrancy per holder id** (handled by core's [`Locks`]).
 //! * **Optional leases.** A holder that outlives its lease loses the lock to
-//!   the next waiter, and its guard reports it lost.
+//!   the next waiter at the lease's end (the first waiter's timer follows
+//!   whoever holds the lock and their current lease), and its guard reports
+//!   it lost. [`MemoryBackend::with_default_lease`] gives every grant a lease
+//!   that core renews, like the Redis and lease-file backends.
 //! * **Fencing tokens** strictly increase per grant.
 //! * **Bounded memory.** A resource's entry exists only while it is held or
 //!   waited for.
@@ -40,7 +43,7 @@ use lockman_core::{
 };
 
 pub use status::MemoryStatusManager;
-use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef};
+use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "memory";
@@ -118,6 +121,11 @@ impl MemoryBackend {
 
     /// Waits on `slot` until the lock is handed over or the deadline passes,
     /// evicting a holder whose lease runs out first.
+    ///
+    /// The wake-up is the earlier of the deadline and the *current* holder's
+    /// lease end; the table tells the first waiter to compute it again
+    /// whenever the holder or its lease changes, so a lease that runs out
+    /// hands the lock on at its end even if nobody else touches the resource.
     async fn wait(&self, resource: &Arc<str>, slot: SlotRef<LossSignal>, deadline: Deadline) -> Acquired<MemoryGrant> {
         let mut queued = Queued { table: &self.table, resource, slot: Some(slot) };
         loop {
@@ -131,14 +139,20 @@ impl MemoryBackend {
                 Some(at) => tokio::time::timeout_at(at, granted).await.ok(),
                 None => Some(granted.await),
             };
-            if let Some(grant) = outcome {
-                queued.slot = None;
-                return self.granted(resource, grant, true);
+            match outcome {
+                Some(Wakeup::Granted(grant)) => {
+                    queued.slot = None;
+                    return self.granted(resource, grant, true);
+                }
+                Some(Wakeup::Rearm) => continue,
+                None => {}
             }
             settle(self.table.expire(resource), LostReason::LeaseExpired);
             if deadline.has_passed() {
                 let slot = queued.slot.take().unwrap_or_else(|| unreachable!("slot is held until we return"));
-                if let Some(grant) = self.table.cancel(resource, &slot) {
+                let (grant, after) = self.table.cancel(resource, &slot);
+                wake(after);
+                if let Some(grant) = grant {
                     return self.granted(resource, grant, true);
                 }
                 let holder = self.table.inspect(resource).map(|(info, _)| info);
@@ -166,22 +180,19 @@ impl MemoryBackend {
     }
 }
 
-/// Wakes the new holder and tells evicted holders why they lost the lock.
+/// Wakes the new holder (and the waiter to re-arm) and tells evicted holders
+/// why they lost the lock.
 fn settle(after: Aftermath<LossSignal>, reason: LostReason) {
-    for evicted in after.evicted {
+    for evicted in after.wake() {
         evicted.mark_lost(reason.clone());
-    }
-    if let Some(waker) = after.wake {
-        waker.wake();
     }
 }
 
-/// Wakes the new holder after a release (a release never evicts anyone).
+/// Wakes the new holder (and the waiter to re-arm) after a release or a
+/// waiter leaving; neither evicts anyone.
 fn wake(after: Aftermath<LossSignal>) {
-    debug_assert!(after.evicted.is_empty(), "a release evicted a holder");
-    if let Some(waker) = after.wake {
-        waker.wake();
-    }
+    let evicted = after.wake();
+    debug_assert!(evicted.is_empty(), "a release evicted a holder");
 }
 
 /// A place in a resource's queue, given up when dropped (timeout or
@@ -200,11 +211,13 @@ impl Queued<'_> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take()
-            && let Some(grant) = self.table.cancel(self.resource, &slot)
-        {
-            let (_, after) = self.table.release(self.resource, grant.token);
+        if let Some(slot) = self.slot.take() {
+            let (grant, after) = self.table.cancel(self.resource, &slot);
             wake(after);
+            if let Some(grant) = grant {
+                let (_, after) = self.table.release(self.resource, grant.token);
+                wake(after);
+            }
         }
     }
 }

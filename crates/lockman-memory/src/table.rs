@@ -14,7 +14,12 @@
 //! * a slot is either in its entry's queue and `Waiting`, or out of it; a
 //!   waiter that gives up takes its slot out under the table lock, and if the
 //!   lock was handed to it meanwhile it gets the grant back (to use or release),
-//!   so no grant is ever stranded.
+//!   so no grant is ever stranded;
+//! * the first waiter in a queue watches the current holder's lease: whenever
+//!   the holder changes, its lease is set or shortened, or the first waiter
+//!   leaves, the (new) first waiter is told to re-arm its timer, so an
+//!   expired lease hands the lock on at the lease's end with no other
+//!   activity — also when the waiter queued behind a holder with no lease.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -93,6 +98,9 @@ enum SlotState<T> {
     Waiting {
         request: Request<T>,
         waker: Option<Waker>,
+        /// The holder or its lease changed since the waiter last looked:
+        /// its wake-up time is stale.
+        rearm: bool,
     },
     Granted(Grant),
     /// The grant was collected, or the waiter gave up.
@@ -109,18 +117,39 @@ pub(crate) enum Attempt<T> {
     Busy(LockInfo),
 }
 
-/// Work to do after the table lock is dropped: wake the new holder, tell
-/// evicted holders they lost the lock.
+/// What a waiter's [`Granted`] future completes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wakeup {
+    /// The lock was handed to this waiter.
+    Granted(Grant),
+    /// Still waiting, but the holder or its lease changed: look again at
+    /// when the lease ends.
+    Rearm,
+}
+
+/// Work to do after the table lock is dropped: wake the new holder and the
+/// waiter that must re-arm its timer, tell evicted holders they lost the lock.
 #[must_use = "wake the new holder and report evicted ones"]
 #[derive(Debug)]
 pub(crate) struct Aftermath<T> {
     pub(crate) wake: Option<Waker>,
+    pub(crate) rearm: Option<Waker>,
     pub(crate) evicted: Vec<T>,
 }
 
 impl<T> Default for Aftermath<T> {
     fn default() -> Self {
-        Aftermath { wake: None, evicted: Vec::new() }
+        Aftermath { wake: None, rearm: None, evicted: Vec::new() }
+    }
+}
+
+impl<T> Aftermath<T> {
+    /// Wakes the new holder and the waiter that must re-arm.
+    pub(crate) fn wake(self) -> Vec<T> {
+        for waker in [self.wake, self.rearm].into_iter().flatten() {
+            waker.wake();
+        }
+        self.evicted
     }
 }
 
@@ -164,12 +193,12 @@ impl<T: Clone> LockTable<T> {
                 return (Attempt::Granted(grant), after);
             }
             // Waiters came first: the lock goes to the head of the queue.
-            after.wake = self.hand_off(entry).unwrap_or_else(|| unreachable!("queue is not empty"));
+            self.hand_off(entry, &mut after);
         }
         if !wait {
             return (Attempt::Busy(entry.holding.info(resource)), after);
         }
-        let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None }) });
+        let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None, rearm: false }) });
         entry.waiters.push_back(slot.clone());
         (Attempt::Queued(slot), after)
     }
@@ -184,27 +213,31 @@ impl<T: Clone> LockTable<T> {
         if occupied.get().holding.token != token {
             return (Err(NotCurrent), after);
         }
-        match self.hand_off(occupied.get_mut()) {
-            Some(wake) => after.wake = wake,
-            None => {
-                occupied.remove();
-            }
+        if !self.hand_off(occupied.get_mut(), &mut after) {
+            occupied.remove();
         }
         (Ok(()), after)
     }
 
     /// A waiter gives up. If the lock was handed to it meanwhile, the grant
-    /// is returned and the caller must use or release it.
-    pub(crate) fn cancel(&self, resource: &str, slot: &Arc<Slot<T>>) -> Option<Grant> {
+    /// is returned and the caller must use or release it. If it was the
+    /// first waiter, the next one takes over watching the holder's lease.
+    pub(crate) fn cancel(&self, resource: &str, slot: &Arc<Slot<T>>) -> (Option<Grant>, Aftermath<T>) {
         let mut entries = self.entries.lock();
+        let mut after = Aftermath::default();
         if let Some(entry) = entries.get_mut(resource) {
+            let was_first = entry.waiters.front().is_some_and(|first| Arc::ptr_eq(first, slot));
             entry.waiters.retain(|queued| !Arc::ptr_eq(queued, slot));
+            if was_first {
+                after.rearm = Self::rearm_first(entry);
+            }
         }
         let mut state = slot.state.lock();
-        match std::mem::replace(&mut *state, SlotState::Closed) {
+        let grant = match std::mem::replace(&mut *state, SlotState::Closed) {
             SlotState::Granted(grant) => Some(grant),
             SlotState::Waiting { .. } | SlotState::Closed => None,
-        }
+        };
+        (grant, after)
     }
 
     /// Sets a new lease on a live grant.
@@ -216,7 +249,7 @@ impl<T: Clone> LockTable<T> {
     ) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
         let now = Instant::now();
         let mut entries = self.entries.lock();
-        let after = Aftermath::default();
+        let mut after = Aftermath::default();
         let Some(entry) = entries.get_mut(resource) else {
             return (Err(NotCurrent), after);
         };
@@ -228,7 +261,13 @@ impl<T: Clone> LockTable<T> {
             return (Err(NotCurrent), self.expire(resource));
         }
         let expires_at = SystemTime::now() + lease;
+        let shortened = entry.holding.lease.is_none_or(|(previous, _)| now + lease < previous);
         entry.holding.lease = Some((now + lease, expires_at));
+        // The first waiter sleeps until the old end (or forever, if there
+        // was none): it must look again. A longer lease needs no wake-up.
+        if shortened {
+            after.rearm = Self::rearm_first(entry);
+        }
         (Ok(expires_at), after)
     }
 
@@ -241,11 +280,8 @@ impl<T: Clone> LockTable<T> {
             && entry.holding.expired(now)
         {
             after.evicted.push(entry.holding.tag.clone());
-            match self.hand_off(entry) {
-                Some(wake) => after.wake = wake,
-                None => {
-                    entries.remove(resource);
-                }
+            if !self.hand_off(entry, &mut after) {
+                entries.remove(resource);
             }
         }
         after
@@ -260,11 +296,8 @@ impl<T: Clone> LockTable<T> {
         };
         let info = entry.holding.info(resource);
         after.evicted.push(entry.holding.tag.clone());
-        match self.hand_off(entry) {
-            Some(wake) => after.wake = wake,
-            None => {
-                entries.remove(resource);
-            }
+        if !self.hand_off(entry, &mut after) {
+            entries.remove(resource);
         }
         (Some(info), after)
     }
@@ -332,24 +365,44 @@ impl<T: Clone> LockTable<T> {
         (holding, grant)
     }
 
-    /// Gives the lock to the first waiter; `None` if nobody waits. Returns the
-    /// waiter's waker (if it registered one yet).
-    fn hand_off(&self, entry: &mut Entry<T>) -> Option<Option<Waker>> {
+    /// Gives the lock to the first waiter and tells the next one to re-arm
+    /// for the new holder's lease; false if nobody waits. The wakers (of
+    /// those that registered one yet) go into `after`.
+    fn hand_off(&self, entry: &mut Entry<T>, after: &mut Aftermath<T>) -> bool {
         while let Some(slot) = entry.waiters.pop_front() {
             let mut state = slot.state.lock();
-            if let SlotState::Waiting { request, waker } = std::mem::replace(&mut *state, SlotState::Closed) {
+            if let SlotState::Waiting { request, waker, .. } = std::mem::replace(&mut *state, SlotState::Closed) {
                 let (holding, grant) = self.holding(request);
                 *state = SlotState::Granted(grant);
                 entry.holding = holding;
-                return Some(waker);
+                after.wake = waker;
+                drop(state);
+                after.rearm = Self::rearm_first(entry);
+                return true;
             }
         }
-        None
+        false
+    }
+
+    /// Tells the first waiter that the holder or its lease changed, so it
+    /// computes its wake-up again. Returns its waker, to wake once the table
+    /// lock is dropped.
+    fn rearm_first(entry: &Entry<T>) -> Option<Waker> {
+        let first = entry.waiters.front()?;
+        let mut state = first.state.lock();
+        match &mut *state {
+            SlotState::Waiting { waker, rearm, .. } => {
+                *rearm = true;
+                waker.clone()
+            }
+            SlotState::Granted(_) | SlotState::Closed => None,
+        }
     }
 }
 
 impl<T> Slot<T> {
-    /// Completes when the lock is handed to this slot.
+    /// Completes when the lock is handed to this slot, or when the waiter
+    /// must re-arm its timer for a new holder or lease.
     pub(crate) fn granted(&self) -> Granted<'_, T> {
         Granted { slot: self }
     }
@@ -362,15 +415,19 @@ pub(crate) struct Granted<'a, T> {
 }
 
 impl<T> Future for Granted<'_, T> {
-    type Output = Grant;
+    type Output = Wakeup;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Grant> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Wakeup> {
         let mut state = self.slot.state.lock();
         match &mut *state {
             SlotState::Granted(grant) => {
                 let grant = *grant;
                 *state = SlotState::Closed;
-                Poll::Ready(grant)
+                Poll::Ready(Wakeup::Granted(grant))
+            }
+            SlotState::Waiting { rearm, .. } if *rearm => {
+                *rearm = false;
+                Poll::Ready(Wakeup::Rearm)
             }
             SlotState::Waiting { waker, .. } => {
                 match waker {
@@ -404,8 +461,8 @@ mod tests {
         let (Attempt::Queued(c), _) = table.attempt(&resource, request("c"), true) else { panic!("not queued") };
         let (released, _) = table.release(&resource, first.token);
         assert_eq!(released, Ok(()));
-        assert!(table.cancel(&resource, &c).is_none(), "c must still wait");
-        let granted_b = table.cancel(&resource, &b).expect("b is first in line");
+        assert!(table.cancel(&resource, &c).0.is_none(), "c must still wait");
+        let granted_b = table.cancel(&resource, &b).0.expect("b is first in line");
         assert!(granted_b.token > first.token);
         let (released, _) = table.release(&resource, granted_b.token);
         assert_eq!(released, Ok(()));
@@ -436,13 +493,35 @@ mod loom_model {
         Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
     }
 
-    /// Releases `token` and wakes whoever the lock was handed to.
+    /// Releases `token` and wakes whoever the lock was handed to (and the
+    /// waiter told to re-arm).
     fn release_and_wake(table: &LockTable<()>, resource: &Text, token: u64) {
         let (released, after) = table.release(resource, token);
         assert_eq!(released, Ok(()));
-        if let Some(waker) = after.wake {
-            waker.wake();
+        after.wake();
+    }
+
+    /// Gives up `slot` as a timed-out waiter does, waking whoever must
+    /// re-arm; the grant, if the lock was handed over meanwhile.
+    fn cancel_and_wake(table: &LockTable<()>, resource: &Text, slot: &Arc<Slot<()>>) -> Option<Grant> {
+        let (grant, after) = table.cancel(resource, slot);
+        after.wake();
+        grant
+    }
+
+    /// Waits as the backend's waiter does: re-arming is not a grant.
+    fn wait_for_grant(slot: &Slot<()>) -> Grant {
+        loop {
+            if let Wakeup::Granted(grant) = loom::future::block_on(slot.granted()) {
+                return grant;
+            }
         }
+    }
+
+    /// Waits for the next wake-up, which must be a request to re-arm.
+    fn wait_for_rearm(slot: &Slot<()>) {
+        let wakeup = loom::future::block_on(slot.granted());
+        assert_eq!(wakeup, Wakeup::Rearm, "expected to be told to re-arm");
     }
 
     fn queued(table: &LockTable<()>, resource: &Text, holder: &str) -> Arc<Slot<()>> {
@@ -473,7 +552,7 @@ mod loom_model {
             };
             // The waiter times out: take the slot back, releasing a grant
             // that arrived in the meantime.
-            if let Some(grant) = table.cancel(&resource, &slot) {
+            if let Some(grant) = cancel_and_wake(&table, &resource, &slot) {
                 let (released, _) = table.release(&resource, grant.token);
                 assert_eq!(released, Ok(()));
             }
@@ -506,17 +585,110 @@ mod loom_model {
                 let table = table.clone();
                 let resource = resource.clone();
                 loom::thread::spawn(move || {
-                    if let Some(grant) = table.cancel(&resource, &quitter) {
+                    if let Some(grant) = cancel_and_wake(&table, &resource, &quitter) {
                         release_and_wake(&table, &resource, grant.token);
                     }
                 })
             };
-            let grant = loom::future::block_on(stayer.granted());
+            let grant = wait_for_grant(&stayer);
             releaser.join().expect("releaser panicked");
             quitter_thread.join().expect("quitter panicked");
             let (holder, _) = table.inspect(&resource).expect("the stayer holds the lock");
             assert_eq!(holder.holder.as_str(), "c");
             assert_eq!(holder.fencing_token.get(), grant.token);
+            assert_eq!(table.release(&resource, grant.token).0, Ok(()));
+            assert_eq!(table.len(), 0);
+        });
+    }
+
+    /// A release hands the lock to the first waiter and tells the next one to
+    /// re-arm (the new holder may have a lease the old one had not): a
+    /// waiter with no deadline that queued behind a lease-less holder must
+    /// not sleep on (loom reports a deadlock if nobody wakes it).
+    #[test]
+    fn loom_handoff_rearms_next_waiter() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let next = queued(&table, &resource, "b");
+            let after_next = queued(&table, &resource, "c");
+
+            let releaser = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    release_and_wake(&table, &resource, first.token);
+                })
+            };
+            wait_for_rearm(&after_next);
+            releaser.join().expect("releaser panicked");
+            let (holder, _) = table.inspect(&resource).expect("b holds the lock");
+            assert_eq!(holder.holder.as_str(), "b");
+            let granted = cancel_and_wake(&table, &resource, &next).expect("b was handed the lock");
+            release_and_wake(&table, &resource, granted.token);
+            let last = wait_for_grant(&after_next);
+            assert_eq!(table.release(&resource, last.token).0, Ok(()));
+            assert_eq!(table.len(), 0);
+        });
+    }
+
+    /// The first waiter giving up (a timeout) passes the watch on the
+    /// holder's lease to the next waiter, which is told to re-arm.
+    #[test]
+    fn loom_first_waiter_leaving_rearms_next() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let quitter = queued(&table, &resource, "b");
+            let stayer = queued(&table, &resource, "c");
+
+            let quitter_thread = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    assert!(cancel_and_wake(&table, &resource, &quitter).is_none(), "b was granted a held lock");
+                })
+            };
+            wait_for_rearm(&stayer);
+            quitter_thread.join().expect("quitter panicked");
+            release_and_wake(&table, &resource, first.token);
+            let grant = wait_for_grant(&stayer);
+            assert_eq!(table.release(&resource, grant.token).0, Ok(()));
+            assert_eq!(table.len(), 0);
+        });
+    }
+
+    /// A holder that sets a lease (or shortens it) tells the first waiter to
+    /// re-arm, racing the waiter's wait.
+    #[test]
+    fn loom_new_lease_rearms_first_waiter() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let waiter = queued(&table, &resource, "b");
+
+            let renewer = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    let (renewed, after) = table.renew(&resource, first.token, Duration::from_secs(60));
+                    assert!(renewed.is_ok());
+                    after.wake();
+                })
+            };
+            wait_for_rearm(&waiter);
+            renewer.join().expect("renewer panicked");
+            release_and_wake(&table, &resource, first.token);
+            let grant = wait_for_grant(&waiter);
             assert_eq!(table.release(&resource, grant.token).0, Ok(()));
             assert_eq!(table.len(), 0);
         });
