@@ -70,3 +70,167 @@ mod redis_bridged_with_legacy {
         None => return,
     });
 }
+
+/// The bridged guard's `extend` under cancellation and concurrency, over two
+/// in-process managers whose legacy side renews slowly.
+mod extend {
+    use std::time::{Duration, SystemTime};
+
+    use lockman::backend::{Acquired, GrantRequest};
+    use lockman::memory::{MemoryBackend, MemoryGrant};
+    use lockman::{
+        AcquireOptions, BridgedLockManager, Capabilities, LockBackend, LockError, LockInfo, LockState, Locks,
+    };
+    use parking_lot::Mutex;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// How the wrapped backend's `renew` behaves.
+    #[derive(Clone, Copy, Debug)]
+    enum Renew {
+        AtOnce,
+        /// Takes this long (a slow disk or link).
+        Slow(Duration),
+        /// Never answers (a hung legacy share): the caller has to give up.
+        Stalled,
+    }
+
+    /// A real memory backend whose `renew` can be made slow or hang, to
+    /// stand for a legacy store that is slow to renew. Everything else is
+    /// the memory backend's.
+    #[derive(Debug)]
+    struct SlowRenew {
+        inner: MemoryBackend,
+        renew: Mutex<Renew>,
+        /// Told when a renewal starts.
+        renewing: Notify,
+    }
+
+    impl SlowRenew {
+        fn manager() -> Arc<Locks<SlowRenew>> {
+            let backend =
+                SlowRenew { inner: MemoryBackend::new(), renew: Mutex::new(Renew::AtOnce), renewing: Notify::new() };
+            Arc::new(Locks::new(backend))
+        }
+
+        fn set(&self, renew: Renew) {
+            *self.renew.lock() = renew;
+        }
+    }
+
+    impl LockBackend for SlowRenew {
+        type Grant = MemoryGrant;
+
+        fn name(&self) -> &'static str {
+            "slow-renew-memory"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+
+        async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
+            self.inner.acquire(request).await
+        }
+
+        async fn release(&self, grant: &MemoryGrant) -> Result<(), LockError> {
+            self.inner.release(grant).await
+        }
+
+        fn release_now(&self, grant: &MemoryGrant) -> Option<Result<(), LockError>> {
+            self.inner.release_now(grant)
+        }
+
+        async fn renew(&self, grant: &MemoryGrant, lease: Duration) -> Result<SystemTime, LockError> {
+            self.renewing.notify_one();
+            let renew = *self.renew.lock();
+            match renew {
+                Renew::AtOnce => {}
+                Renew::Slow(delay) => tokio::time::sleep(delay).await,
+                Renew::Stalled => std::future::pending().await,
+            }
+            self.inner.renew(grant, lease).await
+        }
+
+        async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
+            self.inner.inspect(resource).await
+        }
+
+        async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+            self.inner.list().await
+        }
+
+        async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
+            self.inner.force_release(resource, reason).await
+        }
+
+        async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+            self.inner.cleanup_stale().await
+        }
+    }
+
+    fn bridge() -> (BridgedLockManager, Arc<lockman::MemoryLockManager>, Arc<Locks<SlowRenew>>) {
+        let primary = Arc::new(lockman::MemoryLockManager::default());
+        let legacy = SlowRenew::manager();
+        (BridgedLockManager::new(primary.clone(), legacy.clone()), primary, legacy)
+    }
+
+    fn expiry(state: LockState) -> SystemTime {
+        state.info().and_then(|info| info.lease_expires_at).expect("held, with a lease")
+    }
+
+    /// An `extend` dropped while the legacy side is renewing (a timeout, a
+    /// `select!`) leaves both locks held: the legacy lock is not released
+    /// behind the bridged guard's back, and `release` then frees both.
+    #[tokio::test]
+    async fn cancelled_extend_keeps_the_legacy_lock() {
+        let (bridge, primary, legacy) = bridge();
+        let guard = bridge.acquire("r", AcquireOptions::new().lease(Duration::from_secs(30))).await.expect("acquire");
+        let ours = legacy.state("r").await.expect("state");
+        legacy.backend().set(Renew::Stalled);
+        tokio::select! {
+            extended = guard.extend(Duration::from_secs(60)) => panic!("extend finished through a hung renew: {extended:?}"),
+            // The legacy renewal is under way: give up on the extend now.
+            () = legacy.backend().renewing.notified() => {}
+        }
+        let intruder = legacy.try_acquire("r", AcquireOptions::new()).await.expect("try_acquire");
+        assert!(intruder.is_none(), "the cancelled extend released the legacy lock while the bridged guard holds it");
+        let state = legacy.state("r").await.expect("state");
+        assert_eq!(state, ours, "the legacy lock is no longer the bridged guard's grant");
+        assert!(!guard.is_lost());
+
+        // The guard still works: extend (renewing again) and release both.
+        legacy.backend().set(Renew::AtOnce);
+        guard.extend(Duration::from_secs(60)).await.expect("extend after a cancelled one");
+        let later = SystemTime::now() + Duration::from_secs(50);
+        assert!(expiry(legacy.state("r").await.expect("state")) > later, "the legacy lease was not extended");
+        guard.release().await.expect("release");
+        assert_eq!(legacy.state("r").await.expect("state"), LockState::Available);
+        assert_eq!(primary.state("r").await.expect("state"), LockState::Available);
+    }
+
+    /// Two `extend`s at once both reach the legacy side, in order: the
+    /// second does not skip it while the first is renewing there.
+    #[tokio::test]
+    async fn concurrent_extends_both_extend_the_legacy_lock() {
+        let (bridge, primary, legacy) = bridge();
+        let guard = bridge.acquire("r", AcquireOptions::new().lease(Duration::from_secs(30))).await.expect("acquire");
+        legacy.backend().set(Renew::Slow(Duration::from_millis(20)));
+        let (short, long) = tokio::join!(guard.extend(Duration::from_secs(2)), guard.extend(Duration::from_secs(60)));
+        short.expect("the first extend");
+        long.expect("the second extend");
+        let later = SystemTime::now() + Duration::from_secs(50);
+        assert!(
+            expiry(primary.state("r").await.expect("state")) > later,
+            "the primary lease is not the last extension"
+        );
+        assert!(
+            expiry(legacy.state("r").await.expect("state")) > later,
+            "the second extend skipped the legacy lock: it ends with the first extension"
+        );
+        assert!(!guard.is_lost());
+        guard.release().await.expect("release");
+        assert_eq!(legacy.state("r").await.expect("state"), LockState::Available);
+    }
+}

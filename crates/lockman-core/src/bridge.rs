@@ -101,7 +101,7 @@ impl BridgedLockManager {
         loss.granted(token, std::time::Instant::now());
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let legacy_lost = legacy.lost();
-        let legacy = Arc::new(Mutex::new(Some(legacy)));
+        let legacy = Arc::new(Mutex::new(Some(Arc::new(legacy))));
         let watch = {
             let (loss, primary_lost, legacy) = (loss.clone(), primary.lost(), legacy.clone());
             async move {
@@ -113,7 +113,8 @@ impl BridgedLockManager {
                 loss.mark_lost(reason);
                 // The grant is gone (say the primary's lease ran out and a
                 // waiter has it now): let go of the legacy lock too, or that
-                // waiter would wait for it behind a holder that lost.
+                // waiter would wait for it behind a holder that lost. (An
+                // `extend` still renewing there lets go when it finishes.)
                 let held = legacy.lock().take();
                 drop(held);
             }
@@ -266,9 +267,14 @@ impl LockManager for BridgedLockManager {
 /// The two guards of one bridged grant. Only the bridged [`LockGuard`]
 /// holds it, so its release owns it; the loss watch shares only the legacy
 /// guard's cell.
+///
+/// The legacy guard never leaves its cell while the grant is held: `extend`
+/// works through a shared handle on it, so dropping an `extend` future (a
+/// timeout, a `select!`) cannot drop — and so release — the legacy lock, and
+/// concurrent `extend`s all reach it (the legacy manager orders them).
 struct BridgedGrant {
-    /// Taken out early when the grant is lost.
-    legacy: Arc<Mutex<Option<LockGuard>>>,
+    /// Taken out early when the grant is lost, and by `release`.
+    legacy: Arc<Mutex<Option<Arc<LockGuard>>>>,
     primary: LockGuard,
     /// Dropped with the grant, which stops the loss watch.
     _ended: tokio::sync::oneshot::Sender<()>,
@@ -289,7 +295,7 @@ impl GrantHandle for BridgedGrant {
     }
 
     fn is_lost(&self) -> bool {
-        self.loss.is_lost() || self.primary.is_lost() || self.legacy.lock().as_ref().is_some_and(LockGuard::is_lost)
+        self.loss.is_lost() || self.primary.is_lost() || self.legacy.lock().as_ref().is_some_and(|g| g.is_lost())
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
@@ -304,8 +310,15 @@ impl GrantHandle for BridgedGrant {
         let token = grant.primary.fencing_token();
         let BridgedGrant { legacy, primary, loss, name, events, since, .. } = grant;
         let held = legacy.lock().take();
-        let legacy = match held {
-            Some(guard) => guard.release().await,
+        let legacy = match held.map(Arc::try_unwrap) {
+            Some(Ok(guard)) => guard.release().await,
+            // Only an `extend` shares the guard, and it borrows the bridged
+            // guard that `release` consumes: none can be running now.
+            Some(Err(shared)) => {
+                tracing::warn!(resource = %loss.resource(), backend = %name, "the legacy guard was still shared at release; it is released when the last user lets go");
+                drop(shared);
+                Ok(())
+            }
             None => Ok(()), // let go when the grant was lost
         };
         let primary = primary.release().await;
@@ -345,19 +358,25 @@ impl GrantHandle for BridgedGrant {
     }
 
     /// Extends the primary's lease, and the legacy side's if it has one.
+    ///
+    /// Cancel-safe: dropped midway, one side may be extended and the other
+    /// not, but both locks stay held (extend again to even them out).
     async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        if let Some(reason) = self.loss.reason() {
+            return Err(self.lost_error(reason.clone()));
+        }
         self.primary.extend(lease).await?;
         if !self.legacy_extends {
             return Ok(());
         }
-        // Out of the cell for the await; put back after (unless lost meanwhile).
-        let Some(guard) = self.legacy.lock().take() else { return Ok(()) };
-        let extended = guard.extend(lease).await;
-        if self.loss.is_lost() {
-            drop(guard);
-        } else {
-            *self.legacy.lock() = Some(guard);
+        // A handle, not the guard: the guard stays in its cell across the await.
+        let shared = self.legacy.lock().clone();
+        match shared {
+            Some(guard) => guard.extend(lease).await,
+            // Taken out because the grant was lost.
+            None => Err(self.lost_error(self.loss.reason().cloned().unwrap_or(LostReason::Stolen {
+                detail: "the legacy lock was let go after the grant was lost".to_owned(),
+            }))),
         }
-        extended
     }
 }
