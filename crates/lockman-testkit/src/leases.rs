@@ -135,6 +135,31 @@ pub async fn extend_outlasts_the_default_lease(h: &dyn Harness) {
     guard.release().await.expect("release");
 }
 
+/// A lease shortened by `extend` is lost at its new end: `lost()` completes
+/// then, not at the end of the lease it replaced.
+pub async fn shortened_lease_is_lost_at_its_end(h: &dyn Harness) {
+    let locks = h.locks();
+    let caps = locks.capabilities();
+    if !require(&caps, "renewal", caps.renewal) {
+        return;
+    }
+    let guard = locks.acquire("r", patient().lease(Duration::from_secs(20))).await.expect("acquire");
+    // Some work under the long lease first (by then any timer for its end is set).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let short = Duration::from_millis(200);
+    guard.extend(short).await.expect("extend to a shorter lease");
+    let expiry = guard.info().lease_expires_at.expect("a leased lock has an expiry");
+    let reason = tokio::time::timeout(LOSS_NOTICE, guard.lost())
+        .await
+        .expect("lost() did not complete when the shortened lease ended");
+    let noticed = SystemTime::now();
+    assert_eq!(reason, LostReason::LeaseExpired);
+    assert!(noticed + Duration::from_millis(5) >= expiry, "reported lost before its lease ended");
+    let late = noticed.duration_since(expiry).unwrap_or_default();
+    assert!(late <= Duration::from_millis(250), "lost() completed {late:?} after the lease ended");
+    assert!(guard.release().await.expect_err("released an expired lock").is_lost());
+}
+
 /// For `period`, `other` cannot take `r` from `guard`, the guard is not lost,
 /// and the store's expiry stays at or after `expires_no_earlier_than`.
 async fn assert_stays_held(
