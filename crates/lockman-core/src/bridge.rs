@@ -34,6 +34,10 @@ use crate::{
 ///   legacy lock is taken with the same options and the time left.
 /// * The guard is lost as soon as either lock is lost (for example, an old
 ///   process stole the legacy file).
+/// * `extend` extends the primary's lease, then the legacy side's (if it has
+///   leases). It is cancel-safe: a dropped `extend` future may leave one side
+///   extended and not the other, but never lets go of either lock; two
+///   `extend`s at once both reach both sides.
 /// * `state`, `list`, `force_release` and `cleanup_stale` look at both:
 ///   a resource is held if either side holds it.
 /// * The bridge is one manager to its callers: its name is
