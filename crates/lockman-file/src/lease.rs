@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -275,20 +276,31 @@ impl LockBackend for LeaseFileBackend {
         let mut backoff = Backoff::new(Duration::from_millis(1), LEASE_POLL_MAX);
         let mut watch: Option<ChangeWatch> = None;
         // Our turn among this manager's waiters. A holder here whose lease
-        // runs out keeps its turn until its guard drops, so queue no longer
-        // than the holder's lease; past it, go and break the stale file.
+        // runs out keeps its turn until its guard drops, so while queued
+        // re-check its lease file at least every LEASE_POLL_MAX (and at the
+        // lease's end), keeping our place in the lane; once the file is stale,
+        // go and break it without waiting for the turn.
+        let lane_wait = if request.deadline == Deadline::Now { Deadline::Now } else { Deadline::Never };
+        let mut entering = pin!(self.queue.enter(&request.resource, lane_wait));
         let turn = loop {
             let existing = self.examine(resource, &path)?;
-            let stale_at = existing.as_ref().map(|e| instant_of(e.stale_at));
-            let turn = self.queue.enter(&request.resource, earlier(request.deadline, stale_at)).await;
-            if turn.is_ours() {
+            let recheck_at = Instant::now() + LEASE_POLL_MAX;
+            let recheck_at = existing.as_ref().map_or(recheck_at, |e| recheck_at.min(instant_of(e.stale_at)));
+            let wake = earlier(request.deadline, Some(recheck_at));
+            let entered = match wake.instant() {
+                Some(at) => tokio::time::timeout_at(at, &mut entering).await.ok(),
+                None => Some((&mut entering).await),
+            };
+            // `enter` completes only with our turn, except for a no-wait
+            // caller, whose deadline has then passed: it never polls again.
+            if let Some(turn) = entered.filter(Turn::is_ours) {
                 break Some(turn);
             }
             let existing = self.examine(resource, &path)?;
             if request.deadline.has_passed() {
                 return Ok(Acquired::Busy { holder: existing.and_then(|e| e.info) });
             }
-            if existing.is_none_or(|e| e.stale) {
+            if existing.is_some_and(|e| e.stale) {
                 break None;
             }
         };
