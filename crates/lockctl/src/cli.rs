@@ -84,7 +84,9 @@ pub enum Command {
 
 const RUN_HELP: &str = "\
 The command gets LOCKMAN_RESOURCE, LOCKMAN_HOLDER and LOCKMAN_FENCING_TOKEN in
-its environment (hand the token to storage that rejects older tokens).
+its environment (hand the token to storage that rejects older tokens), and on
+kernel-locked backends (file://, legacy-file://) LOCKMAN_LOCK_FD, the locked
+descriptor it inherits.
 
 While it runs, the lock is kept alive: without --lease the backend's default
 lease (Redis, lease files) is renewed automatically; with --lease D the lease
@@ -96,6 +98,18 @@ after the command exits.
 If the lock is lost while the command runs (force-released, lease not
 renewable, lock file removed), lockctl says so on stderr at once, sends the
 command SIGTERM (unless --keep-running-if-lost), waits for it and exits 76.
+
+If lockctl itself is killed (SIGKILL, the OOM killer), the command does not
+run on outside the lock: on Linux the kernel kills it as lockctl exits
+(PR_SET_PDEATHSIG), before the lock can pass to anyone; without a controlling
+terminal it runs in a process group of its own, which a reaper process
+(lockctl-reaper) kills within milliseconds of lockctl's death, with whatever
+the command started in it; and on kernel locks the inherited descriptor keeps
+the lock held until every process holding it has exited (as with flock(1);
+there is no -o/--close: close LOCKMAN_LOCK_FD in a process that must not hold
+the lock). When the command exits, lockctl releases the lock at once, also for
+background processes the command left holding the descriptor, and leaves
+them running. The README details what holds on each backend.
 
 Examples:
   lockctl --url file:///run/app/locks run nightly -- /usr/local/bin/backup

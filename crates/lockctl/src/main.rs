@@ -14,6 +14,7 @@
 //! `LOCKMAN_*`, see `lockman::Config`), `--config` and `--url`. Exit codes
 //! and messages are listed in `lockctl --help` and the README ([`exit`]).
 
+mod child;
 mod cli;
 mod exit;
 mod flags;
@@ -32,6 +33,9 @@ use crate::cli::{Cli, Command};
 use crate::exit::Failure;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == child::REAPER_ARG) {
+        return child::reaper_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,16 +1,16 @@
 //! `lockctl run`: hold a lock while a command runs, like `flock(1)`.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::future::Future;
 use std::pin::pin;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use lockman::{AcquireOptions, Backends, Capabilities, LockError, LockGuard};
-use rustix::process::{Pid, Signal, kill_process};
-use tokio::process::{Child, Command};
+use rustix::process::Signal;
 use tokio::signal::unix::SignalKind;
 
+use crate::child::{self, StartError, Started};
 use crate::cli::RunArgs;
 use crate::exit::{self, Failure};
 use crate::output;
@@ -47,11 +47,24 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
     };
     tracing::info!(resource = %args.resource, token = %guard.fencing_token(), "lock acquired; starting the command");
 
-    let mut child = match spawn(&guard, &args.resource, program, arguments) {
-        Ok(child) => child,
+    let mut started = match child::start(&guard, &args.resource, program, arguments).await {
+        Ok(started) => started,
         Err(e) => {
-            let code = if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_EXECUTE };
-            let message = format!("cannot run {}: {e}", program.to_string_lossy());
+            let (code, message) = match e {
+                StartError::Command(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (exit::NOT_FOUND, format!("cannot run {}: {e}", program.to_string_lossy()))
+                }
+                StartError::Command(e) => {
+                    (exit::CANNOT_EXECUTE, format!("cannot run {}: {e}", program.to_string_lossy()))
+                }
+                StartError::Reaper(e) => (
+                    exit::OSERR,
+                    format!(
+                        "did not run {}: cannot start the reaper that would stop it if lockctl were killed ({e})",
+                        program.to_string_lossy()
+                    ),
+                ),
+            };
             if let Err(e) = guard.release().await {
                 output::note(&format!("also: {e}"));
             }
@@ -65,11 +78,11 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
         let mut lost_signal = pin!(guard.lost());
         loop {
             tokio::select! {
-                status = child.wait() => break status,
-                signal = signals.recv() => forward(&child, signal),
+                status = started.child.wait() => break status,
+                signal = signals.recv() => forward(&started, signal),
                 _ = &mut lost_signal, if !lost => {
                     lost = true;
-                    report_loss(&guard, &child, args.keep_running_if_lost);
+                    report_loss(&guard, &started, args.keep_running_if_lost);
                 }
                 () = &mut renewal => {}
             }
@@ -78,11 +91,15 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
     let status = match status {
         Ok(status) => status,
         Err(e) => {
-            // The command may still run; the lock is released on the way out anyway.
+            // The command may still run: stop it (dropping `started` makes the
+            // reaper, if any, kill its group) before the lock goes.
+            let _ = started.signal(Signal::KILL);
+            drop(started);
             drop(guard);
             return Err(Failure::new(exit::OSERR, format!("cannot wait for the command: {e}")));
         }
     };
+    started.finish().await;
 
     match guard.release().await {
         Ok(()) if !lost => Ok(exit::of_status(status)),
@@ -125,29 +142,19 @@ fn acquire_options(backends: &Backends, args: &RunArgs, program: &OsStr) -> Acqu
     options.purpose(purpose)
 }
 
-/// Starts the command with the lock's details in its environment.
-fn spawn(guard: &LockGuard, resource: &str, program: &OsStr, arguments: &[OsString]) -> std::io::Result<Child> {
-    let info = guard.info();
-    Command::new(program)
-        .args(arguments)
-        .env("LOCKMAN_RESOURCE", resource)
-        .env("LOCKMAN_HOLDER", info.holder.as_str())
-        .env("LOCKMAN_FENCING_TOKEN", guard.fencing_token().to_string())
-        .spawn()
-}
-
 /// Says at once that the lock is lost, and stops the command unless told not to.
-fn report_loss(guard: &LockGuard, child: &Child, keep_running: bool) {
+fn report_loss(guard: &LockGuard, started: &Started, keep_running: bool) {
     let lost = match guard.check() {
         Err(e) => e.to_string(),
         Ok(()) => format!("the lock on {} was lost", output::quoted(guard.resource())),
     };
-    let action = match child.id() {
+    let action = match started.child.id() {
         Some(pid) if keep_running => format!("the command (pid {pid}) keeps running (--keep-running-if-lost)"),
-        Some(pid) => {
-            send(pid, Signal::TERM);
-            format!("sent SIGTERM to the command (pid {pid})")
-        }
+        Some(_) => match started.signal(Signal::TERM) {
+            Some(pid) if started.shares_our_group() => format!("sent SIGTERM to the command (pid {pid})"),
+            Some(pid) => format!("sent SIGTERM to the command (pid {pid}) and its process group"),
+            None => "the command had already exited".to_owned(),
+        },
         None => "the command had already exited".to_owned(),
     };
     output::note(&format!("{lost} — {action}; lockctl will exit {}", exit::LOST));
@@ -260,22 +267,16 @@ impl Signals {
     }
 }
 
-/// Passes `signal` on to the command, unless the terminal already sent it.
-fn forward(child: &Child, signal: Forwarded) {
-    let Some(pid) = child.id() else { return };
-    if signal.signal == Signal::INT && terminal_signals_our_group() {
+/// Passes `signal` on to the command (and its process group, if it has its
+/// own), unless the terminal already sent it.
+fn forward(started: &Started, signal: Forwarded) {
+    let Some(pid) = started.child.id() else { return };
+    if signal.signal == Signal::INT && started.shares_our_group() && terminal_signals_our_group() {
         tracing::debug!("SIGINT came from the terminal, which sent it to the command too; not forwarding");
         return;
     }
     tracing::info!(signal = signal.name, pid, "forwarding a signal to the command");
-    send(pid, signal.signal);
-}
-
-fn send(pid: u32, signal: Signal) {
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return };
-    if let Err(e) = kill_process(pid, signal) {
-        tracing::warn!(%e, "cannot signal the command");
-    }
+    started.signal(signal.signal);
 }
 
 /// Whether lockctl runs in its terminal's foreground process group: then

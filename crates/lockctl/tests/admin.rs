@@ -19,14 +19,18 @@ fn hold(sandbox: &Sandbox, url: &str, resource: &str) -> Proc {
     holder
 }
 
-/// A holder killed with SIGKILL: its command is killed too, so nothing
-/// releases the lock. Returns the dead lockctl's pid.
-fn crash(mut holder: Proc) -> i32 {
+/// A holder killed with SIGKILL, so nothing releases the lock. Its command
+/// dies with it; until then (and until whatever inherited a kernel lock's
+/// descriptor is gone too) the lock stays held. Returns the dead lockctl's pid.
+fn crash(sandbox: &Sandbox, url: &str, mut holder: Proc) -> i32 {
     let pid = holder.pid();
     holder.signal(Signal::KILL);
     let status = holder.wait(STEP);
     assert_eq!(status.code(), None, "killed by a signal");
-    drop(holder); // kills the orphaned command
+    drop(holder); // kills the command, should it have outlived lockctl
+    common::eventually("the killed holder's command to let go of the lock", STEP, || {
+        output(sandbox.at(url, &["status", "job"])).code != Some(1)
+    });
     pid
 }
 
@@ -58,7 +62,7 @@ fn status_and_cleanup(url: &str) {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("no stale locks"), "a live holder is not stale: {out:?}");
 
-    crash(holder);
+    crash(&sandbox, url, holder);
     let out = output(sandbox.at(url, &["status", "job"]));
     assert_eq!(out.code, Some(2), "stale after the holder was killed: {out:?}");
     assert!(out.stdout.contains("\"job\": stale"), "{out:?}");
@@ -101,8 +105,8 @@ fn cleanup_tidies_a_killed_kernel_lock_holders_file() {
     let sandbox = Sandbox::new();
     let url = sandbox.url("file", "locks", "");
     let holder = hold(&sandbox, &url, "job");
-    let pid = crash(holder);
-    // The kernel dropped the lock with the process: free at once, nothing stale.
+    let pid = crash(&sandbox, &url, holder);
+    // The kernel dropped the lock with the last process holding it: free, nothing stale.
     let out = output(sandbox.at(&url, &["status", "job"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     // cleanup removes the file it left, naming the crashed holder.

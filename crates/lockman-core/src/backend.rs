@@ -162,6 +162,22 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         None
     }
 
+    /// The descriptor that carries the grant's kernel lock, if its lock is one
+    /// (Unix; `None` by default, and for leases, Redis and in-process locks).
+    ///
+    /// A child process that inherits a descriptor of the same open file
+    /// description shares the lock (`flock` locks belong to the description,
+    /// not the process): the kernel then keeps the lock until every process
+    /// holding the description has closed it, so a child that outlives this
+    /// process stays under the lock, as with `flock(1)`. An explicit release
+    /// (unlock) still ends the lock for every sharer. See
+    /// [`LockGuard::lock_fd`](crate::LockGuard::lock_fd).
+    #[cfg(unix)]
+    fn lock_fd<'g>(&self, grant: &'g Self::Grant) -> Option<std::os::fd::BorrowedFd<'g>> {
+        let _ = grant;
+        None
+    }
+
     /// Sets the grant's lease to `lease` from now; returns the new expiry.
     fn renew(&self, grant: &Self::Grant, lease: Duration)
     -> impl Future<Output = Result<SystemTime, LockError>> + Send;

@@ -361,6 +361,12 @@ impl GrantHandle for BridgedGrant {
         });
     }
 
+    /// The primary's: it is the lock bridged processes exclude each other by.
+    #[cfg(unix)]
+    fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.primary.lock_fd()
+    }
+
     /// Extends the primary's lease, and the legacy side's if it has one.
     ///
     /// Cancel-safe: dropped midway, one side may be extended and the other

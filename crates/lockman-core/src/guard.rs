@@ -51,6 +51,11 @@ pub(crate) trait GrantHandle: Send + Sync {
     /// Like `release`, without waiting (from `Drop`).
     fn release_on_drop(self: Arc<Self>);
     async fn extend(&self, lease: Duration) -> Result<(), LockError>;
+    /// The descriptor carrying the grant's kernel lock, if it has one.
+    #[cfg(unix)]
+    fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl LockGuard {
@@ -113,6 +118,39 @@ impl LockGuard {
     /// backend could not be reached.
     pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
         self.grant().extend(lease).await
+    }
+
+    /// The descriptor whose open file description holds this lock's kernel
+    /// lock (`flock`), for handing the lock to a child process; `None` where
+    /// the lock is not a descriptor (leases, Redis, in-process). Unix only.
+    ///
+    /// Let a child inherit it (clear `FD_CLOEXEC` in the child, between fork
+    /// and exec) and the child *shares* the lock: if this process dies, the
+    /// kernel keeps the lock until every process holding the description —
+    /// the child, and whatever it passed the descriptor on to — has exited or
+    /// closed it, as `flock(1)` does for its command. This is what
+    /// `lockctl run` does. Closing an inherited copy gives up only that
+    /// copy's share; unlocking it (`flock -u`) ends the lock for everyone, and
+    /// so does this guard's release — so release only after the child exits.
+    /// Do not read or write through it: on the file backends it is the lock
+    /// file, holding the holder record.
+    ///
+    /// On a [`BridgedLockManager`](crate::BridgedLockManager) guard it is the
+    /// primary side's descriptor.
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: &dyn lockman_core::LockManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    ///
+    /// let guard = locks.acquire("nightly", lockman_core::AcquireOptions::new()).await?;
+    /// if let Some(fd) = guard.lock_fd() {
+    ///     println!("the kernel lock is on descriptor {}", fd.as_raw_fd());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.grant().lock_fd()
     }
 
     /// Releases this guard. The lock itself is released when the last

@@ -745,6 +745,11 @@ impl<B: LockBackend> GrantHandle for Held<B> {
             Err(e) => Err(e),
         }
     }
+
+    #[cfg(unix)]
+    fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.shared.backend.lock_fd(&self.grant)
+    }
 }
 
 /// Boxes a future so tasks of different bodies share one type.

@@ -183,6 +183,13 @@ impl LockBackend for FileBackend {
         Some(self.release_sync(grant))
     }
 
+    /// The lock file's descriptor: the kernel lock is on its open file description.
+    #[cfg(unix)]
+    fn lock_fd<'g>(&self, grant: &'g FileGrant) -> Option<std::os::fd::BorrowedFd<'g>> {
+        use std::os::fd::AsFd;
+        Some(grant.file.as_fd())
+    }
+
     async fn renew(&self, _grant: &FileGrant, _lease: Duration) -> Result<SystemTime, LockError> {
         Err(LockError::Config(
             "the file backend has no leases: a kernel lock lasts until released or the process exits; \

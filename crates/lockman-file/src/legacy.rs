@@ -582,6 +582,13 @@ impl LockBackend for LegacyFileBackend {
         Some(self.release_sync(grant))
     }
 
+    /// The sidecar's descriptor: its kernel lock is what excludes new processes.
+    #[cfg(unix)]
+    fn lock_fd<'g>(&self, grant: &'g LegacyGrant) -> Option<std::os::fd::BorrowedFd<'g>> {
+        use std::os::fd::AsFd;
+        Some(grant.sidecar.as_fd())
+    }
+
     async fn renew(&self, _grant: &LegacyGrant, _lease: Duration) -> Result<SystemTime, LockError> {
         Err(LockError::Config(
             "the legacy-file backend has no leases (old daemons would not honour them); \
