@@ -45,9 +45,9 @@ const SIDECAR_SUFFIX: &str = ".flock";
 ///    process is recognised and broken at once.
 /// 3. **A file an old process made** is waited for (notification plus bounded
 ///    backoff), or given up on at once for resources whose policy is
-///    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour). It is stale, and
-///    broken, once its modification time is older than the resource's
-///    `stale_after`.
+///    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour) when the caller
+///    chose no wait (see [`LegacyPolicy`]). It is stale, and broken, once its
+///    modification time is older than the resource's `stale_after`.
 /// 4. **Release** removes the file only if it is still the one we created
 ///    (same identity, length and modification time); otherwise the lock was
 ///    stolen and the release reports it lost. While held, the file is
@@ -92,10 +92,26 @@ const SIDECAR_SUFFIX: &str = ".flock";
 pub type LegacyFileLockManager = lockman_core::Locks<LegacyFileBackend>;
 
 /// What to do when an old process holds a resource's legacy file.
+///
+/// The policy is the resource's *default*; a wait the caller chose wins.
+/// On a [`SkipIfBusy`](Self::SkipIfBusy) resource, an acquire whose options
+/// name no wait (`AcquireOptions` left at its default; `lockctl run` without
+/// `--wait`, `--no-wait` or a configured default wait) gives up at once when
+/// an old process's file exists, like protocol A, failing with a
+/// [`LockError::Timeout`] (exit 75 in `lockctl`) that reads "skipped …
+/// without waiting: an old (legacy) process holds `<file>` (written 3.0s ago)
+/// and the resource's legacy policy is skip". A wait the caller chose —
+/// `timeout(d)`, `wait_forever()`, `wait(..)`, `lockctl run --wait 30s`, a
+/// configured default wait — is honoured: the acquire waits for the old
+/// process to delete its file (or for the file to pass `stale_after`, when it
+/// is broken) until that wait runs out. `no_wait()` and `try_acquire` never
+/// wait. The policy concerns old processes only: new processes queue for
+/// each other on the sidecar lock within the caller's wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LegacyPolicy {
-    /// Give up at once, like protocol A ("Lockfile set so aborting").
+    /// Give up at once, like protocol A ("Lockfile set so aborting"),
+    /// unless the caller chose a wait.
     SkipIfBusy,
     /// Wait, up to the caller's timeout, like protocol B.
     Wait,
@@ -555,7 +571,11 @@ impl LockBackend for LegacyFileBackend {
                 Occupant::Old { since, stale: false } => since,
             };
             let holder = Some(old_holder(resource, &files.path, since));
-            if files.policy == LegacyPolicy::SkipIfBusy || request.deadline.has_passed() {
+            // The resource's policy is the default; a wait the caller chose wins.
+            if files.policy == LegacyPolicy::SkipIfBusy && !request.explicit_wait {
+                return Ok(Acquired::Skipped { holder, reason: skip_reason(&files.path, since) });
+            }
+            if request.deadline.has_passed() {
                 return Ok(Acquired::Busy { holder });
             }
             if watch.is_none() {
@@ -647,13 +667,25 @@ impl LockBackend for LegacyFileBackend {
     }
 }
 
-/// What is known of an old process holding `path`: nothing but the file's age.
+/// What is known of an old process holding `path`: nothing but the file's
+/// age. Shown as "locked by an old (legacy) process (PATH exists) since T
+/// (3.0s ago)".
 fn old_holder(resource: &str, path: &Path, since: SystemTime) -> LockInfo {
     let mut info = record::unknown_holder(resource, LEGACY_BACKEND);
-    info.holder = HolderId::new("legacy process");
+    info.holder = HolderId::new("an old (legacy) process");
     info.acquired_at = since;
-    info.purpose = Some(format!("legacy lockfile {}", path.display()));
+    info.purpose = Some(format!("{} exists", path.display()));
     info
+}
+
+/// Why an acquire with no wait of the caller's gave up on a skip-if-busy resource.
+fn skip_reason(path: &Path, since: SystemTime) -> String {
+    let age = SystemTime::now().duration_since(since).unwrap_or_default();
+    format!(
+        "an old (legacy) process holds {} (written {age:.1?} ago) and the resource's legacy policy is skip, \
+         as the old daemons do; give a wait (lockctl --wait 30s, AcquireOptions::timeout) to wait for it instead",
+        path.display()
+    )
 }
 
 /// What a new process writes into a legacy file: the first line is what v3

@@ -375,3 +375,63 @@ async fn racing_breakers_of_a_stale_lease_have_one_winner() {
         assert!(stale.is_lost());
     }
 }
+
+/// A skip-if-busy legacy resource (GivTCP's `.lockfile`) held by an old
+/// process: a caller that names a wait gets it honoured — the old process's
+/// file removed ~300 ms later lets the acquire in, well within the wait.
+#[tokio::test]
+async fn legacy_skip_policy_honours_an_explicit_wait() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+    let path = dir.path().join(".lockfile");
+    std::fs::write(&path, "").expect("old process: create .lockfile");
+    let old_process = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await; // its critical section
+            std::fs::remove_file(&path).expect("old process: delete .lockfile");
+        })
+    };
+    let started = std::time::Instant::now();
+    let guard = locks
+        .acquire("inverter_read", AcquireOptions::new().timeout(Duration::from_secs(10)))
+        .await
+        .expect("an explicit wait was not honoured on a skip-if-busy resource");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "went in after {took:?}, while the old process held its file");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    old_process.await.expect("join");
+    guard.release().await.expect("release");
+}
+
+/// The same resource with no wait named: the resource's policy applies (skip
+/// at once), and the error says so — not "timed out after 211µs" — and
+/// names the old process's file the way a person would.
+#[tokio::test]
+async fn legacy_skip_policy_says_what_happened() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+    let path = dir.path().join(".lockfile");
+    std::fs::write(&path, "").expect("old process: create .lockfile");
+    let started = std::time::Instant::now();
+    let err = locks.acquire("inverter_read", AcquireOptions::new()).await.expect_err("went in past an old process");
+    assert!(started.elapsed() < Duration::from_secs(2), "the skip policy waited {:?}", started.elapsed());
+    assert!(err.is_timeout(), "a skip is a busy lock (exit 75 in lockctl): {err}");
+    let message = err.to_string();
+    eprintln!("{message}");
+    for part in ["skipped", &path.display().to_string(), "legacy policy is skip", "old (legacy) process"] {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+    for wrong in ["timed out", "pid 0", "unknown"] {
+        assert!(!message.contains(wrong), "{message:?} says {wrong:?}");
+    }
+    // Who holds it, as `state` (and `lockctl status`) shows it.
+    let state = locks.state("inverter_read").await.expect("state");
+    let holder = state.info().expect("held").to_string();
+    eprintln!("{holder}");
+    assert!(holder.starts_with("locked by an old (legacy) process"), "{holder:?}");
+    assert!(holder.contains(&path.display().to_string()), "{holder:?}");
+    for wrong in ["pid 0", "unknown"] {
+        assert!(!holder.contains(wrong), "{holder:?} says {wrong:?}");
+    }
+}
