@@ -435,3 +435,42 @@ async fn legacy_skip_policy_says_what_happened() {
         assert!(!holder.contains(wrong), "{holder:?} says {wrong:?}");
     }
 }
+
+/// A new process that crashed between linking its legacy file into place
+/// and recording it in the sidecar left a file that carries our marker while
+/// the sidecar is free: that is ours, broken at once — not judged an old
+/// process's and waited for until `stale_after`. Both with a sidecar that
+/// never had a record and with one whose last grant was released.
+#[tokio::test]
+async fn legacy_file_left_by_a_crash_before_the_sidecar_record_is_broken_at_once() {
+    // A pid that is surely dead: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    child.wait().expect("wait");
+    let dead_pid = child.id();
+    let marked = format!(
+        "2025-11-10T12:34:56.123456+00:00\n# lockman: held by pid {dead_pid} on {} (fencing token 7)",
+        lockman_core::hostname()
+    );
+    for sidecar_used_before in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+        let path = dir.path().join(".regcache_lockfile_1");
+        let sidecar = dir.path().join(".regcache_lockfile_1.flock");
+        if sidecar_used_before {
+            let guard = locks.acquire("regcache", AcquireOptions::new()).await.expect("an earlier grant");
+            guard.release().await.expect("release");
+        } else {
+            std::fs::write(&sidecar, "").expect("an empty sidecar");
+        }
+        std::fs::write(&path, &marked).expect("the crashed process's legacy file");
+        let state = locks.state("regcache").await.expect("state");
+        assert!(matches!(state, LockState::Stale(_)), "sidecar used before: {sidecar_used_before}: {state:?}");
+        let guard = locks
+            .acquire("regcache", AcquireOptions::new().no_wait())
+            .await
+            .unwrap_or_else(|e| panic!("sidecar used before: {sidecar_used_before}: {e}"));
+        let now = std::fs::read_to_string(&path).expect("read");
+        assert!(!now.contains(&format!("pid {dead_pid} ")), "the crashed process's file is still there: {now:?}");
+        guard.release().await.expect("release");
+    }
+}
