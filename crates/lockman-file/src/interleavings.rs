@@ -165,3 +165,35 @@ async fn legacy_force_release_leaves_a_sidecar_taken_after_its_judgement() {
     );
     n.release().await.expect("N releases");
 }
+
+/// The primitive under item 8, driven directly: a file moved by mistake
+/// (no longer breakable once moved) while a third process creates the path.
+/// Without a say from the caller it is not put back over the newcomer, and
+/// the break reports whose file was displaced; with one, it goes back.
+#[test]
+fn a_file_moved_by_mistake_is_displaced_or_restored_over_a_newcomer() {
+    use crate::fsutil::{self, BreakOutcome, FileId};
+    for restore in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("r.lock");
+        std::fs::write(&path, "live holder").expect("holder's file");
+        let _held = std::fs::File::open(&path).expect("the holder keeps it open");
+        let holder = FileId::at(&path).expect("stat").expect("exists");
+        let newcomer_creates = |_: &Path| {
+            std::fs::write(&path, "newcomer").expect("the third process creates the path");
+            false // renewed meanwhile: not breakable after all
+        };
+        let outcome =
+            fsutil::break_by_rename_or_restore(&path, holder, newcomer_creates, |_, _| restore).expect("break");
+        let now = FileId::at(&path).expect("stat").expect("the path names a file");
+        if restore {
+            assert_eq!(outcome, BreakOutcome::NotOurs);
+            assert_eq!(now, holder, "the holder's file did not go back");
+        } else {
+            assert_eq!(outcome, BreakOutcome::Displaced(holder));
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), "newcomer");
+        }
+        let litter: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").filter_map(Result::ok).collect();
+        assert_eq!(litter.len(), 1, "tombstones left: {litter:?}");
+    }
+}
