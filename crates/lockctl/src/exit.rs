@@ -130,6 +130,7 @@ mod tests {
             backend: "file".into(),
             waited: std::time::Duration::ZERO,
             holder: None,
+            skipped: None,
         };
         assert_eq!(Failure::from(timeout).code, TIMED_OUT);
         assert_eq!(Failure::from(LockError::invalid_name("", "empty")).code, BAD_NAME);

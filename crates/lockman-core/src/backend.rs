@@ -64,6 +64,12 @@ pub struct GrantRequest {
     pub lease: Option<Duration>,
     /// When to stop waiting.
     pub deadline: Deadline,
+    /// Whether the caller chose the wait (a wait setter on its
+    /// [`AcquireOptions`](crate::AcquireOptions), or `try_acquire`); `false`
+    /// when it left the default (wait forever). A backend with its own
+    /// per-resource default for a busy resource (legacy-file's skip policy)
+    /// applies it only then, and reports it with [`Acquired::Skipped`].
+    pub explicit_wait: bool,
     /// Report here if the grant is later lost (lease expired and handed on,
     /// force-released, stolen). Keep a clone with the grant.
     pub loss: LossSignal,
@@ -78,6 +84,17 @@ pub enum Acquired<G> {
     Busy {
         /// Who held it, if the backend can tell.
         holder: Option<LockInfo>,
+    },
+    /// Someone else held it and the backend gave up without waiting, by
+    /// its own policy for the resource (only when the caller chose no wait:
+    /// [`GrantRequest::explicit_wait`] is false). Reported to the caller as
+    /// a [`LockError::Timeout`] whose `skipped` says why.
+    Skipped {
+        /// Who held it, if the backend can tell.
+        holder: Option<LockInfo>,
+        /// What happened and what to do, e.g. "an old (legacy) process
+        /// holds /app/.lockfile and the resource's legacy policy is skip".
+        reason: String,
     },
 }
 

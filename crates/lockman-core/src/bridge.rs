@@ -145,8 +145,8 @@ impl BridgedLockManager {
     /// holder's details still say which side it was on).
     fn own_error(&self, error: LockError) -> LockError {
         match error {
-            LockError::Timeout { resource, waited, holder, .. } => {
-                LockError::Timeout { resource, backend: self.name.clone(), waited, holder }
+            LockError::Timeout { resource, waited, holder, skipped, .. } => {
+                LockError::Timeout { resource, backend: self.name.clone(), waited, holder, skipped }
             }
             LockError::Lost { resource, reason, .. } => {
                 LockError::Lost { resource, backend: self.name.clone(), reason }

@@ -12,8 +12,9 @@ use crate::LockInfo;
 #[non_exhaustive]
 pub enum LockError {
     /// The wait ran out (or no wait was allowed) while someone else held the
-    /// resource. `holder` names them when the backend could tell.
-    #[error("timed out after {waited:?} waiting for {resource:?} on {backend}: {}", describe_holder(.holder.as_deref()))]
+    /// resource, or the backend's policy for the resource said not to wait
+    /// (`skipped`). `holder` names them when the backend could tell.
+    #[error("{}", describe_timeout(.resource, .backend, *.waited, .holder.as_deref(), .skipped.as_deref()))]
     Timeout {
         /// The resource.
         resource: String,
@@ -23,6 +24,10 @@ pub enum LockError {
         waited: std::time::Duration,
         /// Who held it when the wait ended.
         holder: Option<Box<LockInfo>>,
+        /// Why the backend did not wait at all, when a policy of its own
+        /// made it give up (legacy-file's skip-if-busy resources); `None`
+        /// when the caller's wait ran out.
+        skipped: Option<String>,
     },
 
     /// The operation needs a held lock, and this caller does not hold it.
@@ -122,6 +127,22 @@ impl LockError {
     /// Whether this is a [`LockError::Lost`].
     pub fn is_lost(&self) -> bool {
         matches!(self, LockError::Lost { .. })
+    }
+}
+
+fn describe_timeout(
+    resource: &str,
+    backend: &str,
+    waited: std::time::Duration,
+    holder: Option<&LockInfo>,
+    skipped: Option<&str>,
+) -> String {
+    match skipped {
+        // Nothing timed out: say what the backend did and why.
+        Some(why) => format!("skipped {resource:?} on {backend} without waiting: {why}"),
+        None => {
+            format!("timed out after {waited:?} waiting for {resource:?} on {backend}: {}", describe_holder(holder))
+        }
     }
 }
 

@@ -79,20 +79,30 @@ impl LockInfo {
 }
 
 impl fmt::Display for LockInfo {
-    /// `locked by HOLDER [(user USER)] on HOST (pid N) since T (3.2s ago) [for PURPOSE]`
+    /// `locked by HOLDER [(user USER)] on HOST (pid N) since T (3.2s ago) [for PURPOSE]`,
+    /// or, when no process is known (pid 0: an old daemon's lock file, a lock
+    /// taken by another program), `locked by HOLDER [(PURPOSE)] since T (3.2s ago)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = humantime::format_rfc3339_seconds(self.acquired_at);
+        if self.pid == 0 {
+            // "on unknown (pid 0)" tells a person nothing; the backend says
+            // what it does know in the holder and purpose.
+            write!(f, "locked by {}", self.holder)?;
+            if let Some(purpose) = &self.purpose {
+                // Control characters escaped: the text may hold a path.
+                f.write_str(" (")?;
+                for c in purpose.chars() {
+                    if c.is_control() { write!(f, "{}", c.escape_default())? } else { write!(f, "{c}")? }
+                }
+                f.write_str(")")?;
+            }
+            return write!(f, " since {since} ({:.1?} ago)", self.age());
+        }
         write!(f, "locked by {}", self.holder)?;
         if let Some(user) = &self.user {
             write!(f, " (user {user})")?;
         }
-        write!(
-            f,
-            " on {} (pid {}) since {} ({:.1?} ago)",
-            self.hostname,
-            self.pid,
-            humantime::format_rfc3339_seconds(self.acquired_at),
-            self.age()
-        )?;
+        write!(f, " on {} (pid {}) since {since} ({:.1?} ago)", self.hostname, self.pid, self.age())?;
         if let Some(purpose) = &self.purpose {
             write!(f, " for {purpose:?}")?;
         }

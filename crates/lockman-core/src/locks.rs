@@ -156,7 +156,7 @@ impl<B: LockBackend> Locks<B> {
                 };
                 if timed_out {
                     let holder = self.shared.backend.inspect(&resource).await.ok().and_then(|s| s.info().cloned());
-                    return self.busy(&resource, mode, started, holder);
+                    return self.busy(&resource, mode, started, holder, None);
                 }
             }
         }
@@ -183,10 +183,15 @@ impl<B: LockBackend> Locks<B> {
         let auto_renew = options.lease.is_none() && caps.renewal;
         let lease = if caps.leases { options.lease.or(caps.default_lease) } else { None };
         let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
-        let request = GrantRequest { resource, holder, purpose: options.purpose.map(Arc::from), lease, deadline, loss };
+        let explicit_wait = mode == Mode::Try || options.wait_is_explicit();
+        let purpose = options.purpose.map(Arc::from);
+        let request = GrantRequest { resource, holder, purpose, lease, deadline, explicit_wait, loss };
         let granted = match self.shared.backend.acquire(&request).await? {
             Acquired::Granted(granted) => granted,
-            Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder),
+            Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder, None),
+            Acquired::Skipped { holder, reason } => {
+                return self.busy(&request.resource, mode, started, holder, Some(reason));
+            }
         };
         let now = Instant::now();
         let waited = now - started;
@@ -230,6 +235,7 @@ impl<B: LockBackend> Locks<B> {
         mode: Mode,
         started: Instant,
         holder: Option<LockInfo>,
+        skipped: Option<String>,
     ) -> Result<Option<Arc<Held<B>>>, LockError> {
         let waited = started.elapsed();
         if mode == Mode::Try {
@@ -249,6 +255,7 @@ impl<B: LockBackend> Locks<B> {
             backend: self.shared.name.to_owned(),
             waited,
             holder: holder.map(Box::new),
+            skipped,
         })
     }
 

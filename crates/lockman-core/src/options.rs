@@ -37,7 +37,11 @@ pub enum Wait {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct AcquireOptions {
-    /// How long to wait for a held resource.
+    /// How long to wait for a held resource. Left at the default (no wait
+    /// setter called), a backend may apply its own per-resource default
+    /// instead: legacy-file gives up at once on a resource whose legacy
+    /// policy is skip-if-busy when an old process holds it. A wait chosen
+    /// with a setter (even [`wait_forever`](Self::wait_forever)) is honoured.
     pub wait: Wait,
     /// Lease length. `None` means the backend's default lease, renewed
     /// automatically while the guard lives. An explicit lease is *not* renewed:
@@ -50,6 +54,10 @@ pub struct AcquireOptions {
     pub purpose: Option<String>,
     /// Who is acquiring. Acquisitions with the same holder re-enter.
     pub holder: Option<HolderId>,
+    /// Whether a wait was chosen with [`no_wait`](Self::no_wait),
+    /// [`timeout`](Self::timeout), [`wait_forever`](Self::wait_forever) or
+    /// [`wait`](Self::wait), rather than left at the default.
+    wait_chosen: bool,
 }
 
 impl AcquireOptions {
@@ -61,25 +69,37 @@ impl AcquireOptions {
     /// Fail at once if the resource is held.
     pub fn no_wait(mut self) -> Self {
         self.wait = Wait::NoWait;
+        self.wait_chosen = true;
         self
     }
 
     /// Wait at most `timeout` for the resource.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.wait = Wait::Timeout(timeout);
+        self.wait_chosen = true;
         self
     }
 
     /// Wait as long as it takes.
     pub fn wait_forever(mut self) -> Self {
         self.wait = Wait::Forever;
+        self.wait_chosen = true;
         self
     }
 
     /// Sets the wait policy directly.
     pub fn wait(mut self, wait: Wait) -> Self {
         self.wait = wait;
+        self.wait_chosen = true;
         self
+    }
+
+    /// Whether the caller chose how long to wait: any of the wait setters
+    /// was called, or [`wait`](Self::wait) was set to something other than
+    /// the default [`Wait::Forever`]. Backends with their own default for a
+    /// busy resource (legacy-file's skip policy) apply it only when not.
+    pub(crate) fn wait_is_explicit(&self) -> bool {
+        self.wait_chosen || self.wait != Wait::Forever
     }
 
     /// Holds the lock for at most `lease` unless extended.

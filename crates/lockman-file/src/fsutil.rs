@@ -208,10 +208,15 @@ pub(crate) enum BreakOutcome {
     /// The file we judged was removed; nobody else removed it first.
     Broken,
     /// The path named another file by the time we moved it (someone broke the
-    /// lock first and a new holder took it); it was put back.
+    /// lock first and a new holder took it), or the file was no longer
+    /// breakable; it was put back.
     NotOurs,
     /// Nothing was there any more.
     Gone,
+    /// We moved a file by mistake (as for `NotOurs`), and a third process
+    /// created the path while it was aside and kept it: the moved file (this
+    /// identity) is gone, and whoever held it has lost the lock. Report it.
+    Displaced(FileId),
 }
 
 /// Removes the lock file at `path` if it is still `expected`, safely against
@@ -219,11 +224,29 @@ pub(crate) enum BreakOutcome {
 /// given file succeeds), then re-check what was moved — that it is the file
 /// judged, and that `still_breakable` (given the tombstone's path) still
 /// holds, e.g. that a lease judged stale was not renewed meanwhile. A file
-/// moved by mistake is put back with `link`, which never overwrites.
+/// moved by mistake is put back without overwriting anything (`link`, or a
+/// no-replace rename); if a third process created the path meanwhile, the
+/// moved file is [`Displaced`](BreakOutcome::Displaced).
 pub(crate) fn break_by_rename(
     path: &Path,
     expected: FileId,
     still_breakable: impl FnOnce(&Path) -> bool,
+) -> io::Result<BreakOutcome> {
+    break_by_rename_or_restore(path, expected, still_breakable, |_, _| false)
+}
+
+/// [`break_by_rename`], but when a file moved by mistake cannot be put back
+/// because a third process created the path meanwhile, `restore_over(moved,
+/// current)` (the tombstone's path and `path`) decides whether the moved file
+/// goes back anyway, replacing the newcomer's: its holder was there first,
+/// and the newcomer took the path only because we had emptied it. The
+/// newcomer then finds its file replaced (before granting, or by its loss
+/// check) instead of the earlier holder losing its lock.
+pub(crate) fn break_by_rename_or_restore(
+    path: &Path,
+    expected: FileId,
+    still_breakable: impl FnOnce(&Path) -> bool,
+    restore_over: impl FnOnce(&Path, &Path) -> bool,
 ) -> io::Result<BreakOutcome> {
     // Look first: moving a file that is not the one judged opens a window
     // (until it is put back) in which a newcomer can take the path.
@@ -232,24 +255,77 @@ pub(crate) fn break_by_rename(
         Some(now) if now != expected => return Ok(BreakOutcome::NotOurs),
         Some(_) => {}
     }
+    crate::testhook::point("break.before_rename", path);
     let tombstone = sibling(path, "tomb");
     match std::fs::rename(path, &tombstone) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BreakOutcome::Gone),
         Err(e) => return Err(e),
     }
+    crate::testhook::point("break.moved", path);
     let moved = FileId::at(&tombstone)?;
     if moved == Some(expected) && still_breakable(&tombstone) {
         remove_tombstone(&tombstone);
         return Ok(BreakOutcome::Broken);
     }
-    if let Err(e) = std::fs::hard_link(&tombstone, path) {
-        // A third process created a new file meanwhile; the holder of the one
-        // we moved will find its file replaced and report the lock lost.
-        tracing::warn!(path = %path.display(), error = %e, "could not put back a lock file moved while breaking a stale lock");
+    let Some(moved) = moved else {
+        return Ok(BreakOutcome::Gone); // someone removed our tombstone: nothing to put back
+    };
+    match put_back(&tombstone, path) {
+        Ok(()) => {
+            remove_tombstone(&tombstone);
+            Ok(BreakOutcome::NotOurs)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && restore_over(&tombstone, path) => {
+            // Atomically replaces the newcomer's file with the one it displaced.
+            match std::fs::rename(&tombstone, path) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "put back a lock file moved by mistake over one created meanwhile");
+                    Ok(BreakOutcome::NotOurs)
+                }
+                Err(e) => Ok(displaced(path, &tombstone, moved, &e)),
+            }
+        }
+        Err(e) => Ok(displaced(path, &tombstone, moved, &e)),
     }
-    remove_tombstone(&tombstone);
-    Ok(BreakOutcome::NotOurs)
+}
+
+/// A file moved by mistake could not be put back: log it, clear the
+/// tombstone, and say whose file it was.
+fn displaced(path: &Path, tombstone: &Path, moved: FileId, error: &io::Error) -> BreakOutcome {
+    tracing::warn!(
+        path = %path.display(),
+        error = %error,
+        "could not put back a lock file moved by mistake while breaking a stale lock; its holder has lost the lock"
+    );
+    remove_tombstone(tombstone);
+    BreakOutcome::Displaced(moved)
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then): a hard
+/// link where the file system has them, else a no-replace rename (Linux).
+fn put_back(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
+            rename_no_replace(from, to)
+                .map_err(|no_rename| if no_rename.kind() == io::ErrorKind::Unsupported { e } else { no_rename })
+        }
+        linked => linked,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(|e| match e {
+        rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS => io::Error::from(io::ErrorKind::Unsupported),
+        other => io::Error::from(other),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_no_replace(_from: &Path, _to: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 /// Deletes a tombstone; the lock path is already free, so a failure here is

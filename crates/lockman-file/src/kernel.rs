@@ -89,6 +89,14 @@ impl FileBackend {
         io_error(BACKEND, action, Some(resource), path, error)
     }
 
+    /// Why a grant whose file a breaker moved by mistake, and could not put
+    /// back, is lost.
+    fn displaced(&self, path: &Path) -> LostReason {
+        LostReason::Stolen {
+            detail: format!("the lock file {} was moved aside and another process took its place", path.display()),
+        }
+    }
+
     fn release_sync(&self, grant: &FileGrant) -> Result<(), LockError> {
         self.sentinel.unwatch(grant.watch_id);
         // Deleted, or replaced by a rename over it: either way our file has no
@@ -235,12 +243,18 @@ impl LockBackend for FileBackend {
         };
         // A kernel lock cannot be taken from a live process; removing its file
         // lets newcomers lock a fresh one, and the holder notices its file is gone.
+        let victims = self.sentinel.grants_on(&path, id);
         match fsutil::break_by_rename(&path, id, |_| true) {
             Ok(BreakOutcome::Broken) => {}
             Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => return Ok(None),
+            Ok(BreakOutcome::Displaced(moved)) => {
+                self.sentinel.mark_lost(&self.sentinel.grants_on(&path, moved), &self.displaced(&path));
+                return Ok(None);
+            }
             Err(e) => return Err(self.io("removing the lock file", resource, &path, e)),
         }
-        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        crate::testhook::point("kernel.force_release.broken", &path);
+        self.sentinel.mark_lost(&victims, &LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(Some(info))
     }
 
@@ -273,7 +287,10 @@ impl LockBackend for FileBackend {
                         crashed.push(record.to_info(BACKEND));
                     }
                 }
-                Ok(_) => {}
+                Ok(BreakOutcome::Displaced(moved)) => {
+                    self.sentinel.mark_lost(&self.sentinel.grants_on(&path, moved), &self.displaced(&path));
+                }
+                Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => {}
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file"),
             }
         }

@@ -36,7 +36,17 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// the heartbeat is older than the lease, or at once when its pid is dead on
 /// this same host; the next acquirer (or `cleanup_stale`) breaks it by
 /// renaming it to a unique tombstone — of several racing breakers exactly one
-/// rename succeeds — and re-checking what it moved.
+/// rename succeeds — and re-checking what it moved. A live file moved by
+/// mistake (another breaker and a newcomer got there first) is put back; if
+/// a third process created the path meanwhile, the earlier grant's file
+/// still goes back over the later one (ranked by token), whose creator finds
+/// its file gone before granting or by its loss check.
+///
+/// Fencing tokens: each grant's token is above the `.seq` file's last one
+/// and the clock (µs). A creator writes its token to `.seq` and then checks
+/// that its file is still in place before granting, so a creator paused past
+/// its lease and broken meanwhile gets no grant, and a successor always
+/// reads a token above every granted one.
 ///
 /// Lease files judge staleness by the holder's clock: hosts sharing the
 /// directory need clocks in step to well within the lease.
@@ -105,7 +115,8 @@ impl LeaseFileBackend {
         io_error(LEASE_BACKEND, action, Some(resource), path, error)
     }
 
-    /// Creates the lease file if nobody holds one. `Ok(None)` if it exists.
+    /// Creates the lease file if nobody holds one. `Ok(None)` if it exists,
+    /// or if ours was broken before it could be granted; then look again.
     fn try_create(
         &self,
         request: &GrantRequest,
@@ -113,26 +124,45 @@ impl LeaseFileBackend {
         turn: &SharedTurn,
     ) -> Result<Option<(LeaseGrant, u64)>, LockError> {
         let resource = &*request.resource;
+        let sequence = path.with_extension(&SEQUENCE_SUFFIX[1..]);
         let now = SystemTime::now();
         let mut record = Record::new(request, 0, now);
         record.lease_ms =
             Some(u64::try_from(request.lease.unwrap_or(self.default_lease).as_millis()).unwrap_or(u64::MAX));
         record.heartbeat_us = Some(unix_micros(now));
+        // The file carries a real token from the moment it appears: a breaker
+        // that moved it by mistake ranks it by its token to put it back.
+        record.token = next_token(read_sequence(&sequence), now);
         let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
         else {
             return Ok(None);
         };
-        // We hold the lease: only we write the sequence file now.
-        let sequence = path.with_extension(&SEQUENCE_SUFFIX[1..]);
-        let previous = std::fs::read_to_string(&sequence).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
-        record.token = (previous + 1).max(unix_micros(now));
+        crate::testhook::point("lease.created", path);
         let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lease file", resource, path, e))?;
+        // We hold the lease: only we write the sequence file now. A grant
+        // made and released between our first read and the create took a
+        // token we must be above.
+        let taken = read_sequence(&sequence);
+        let token_changed = taken >= record.token;
+        if token_changed {
+            record.token = next_token(taken, SystemTime::now());
+        }
         let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes())
-            .and_then(|()| record.write_to(&file, RecordState::Held));
+            .and_then(|()| if token_changed { record.write_to(&file, RecordState::Held) } else { Ok(()) });
         if let Err(e) = stored {
             let _ = fsutil::break_by_rename(path, id, |_| true);
             return Err(self.io("recording the lease", resource, path, e));
+        }
+        // Still ours? A creator paused past its lease since the create may
+        // have been broken as stale and succeeded by a newer grant, whose
+        // token it must not follow: no grant then. Checked after the sequence
+        // file is written, so whoever breaks us after this reads a higher one.
+        let still_ours =
+            FileId::at(path).map_err(|e| self.io("checking the lease file", resource, path, e))? == Some(id);
+        if !still_ours {
+            tracing::info!(resource, path = %path.display(), "our new lease file was broken as stale before it was granted; looking again");
+            return Ok(None);
         }
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
@@ -194,13 +224,59 @@ impl LeaseFileBackend {
         // first look (or a record torn by one) makes it live again.
         let still_stale =
             |tombstone: &Path| self.examine(resource, tombstone).ok().flatten().is_some_and(|existing| existing.stale);
-        match fsutil::break_by_rename(path, id, still_stale) {
-            Ok(BreakOutcome::Broken) => {
+        match self.break_file(resource, path, id, still_stale) {
+            Ok(true) => {
                 tracing::info!(resource, path = %path.display(), "broke a stale lease file");
                 Ok(true)
             }
-            Ok(_) => Ok(false),
+            Ok(false) => Ok(false),
             Err(e) => Err(self.io("breaking a stale lease file", resource, path, e)),
+        }
+    }
+
+    /// Breaks the lease file `id` at `path` with [`fsutil`]'s rename dance.
+    /// A live file moved by mistake goes back even over one a third process
+    /// created meanwhile, when that one is a later grant (see
+    /// [`restores_over`](Self::restores_over)); a grant of ours that loses
+    /// its file anyway is reported lost at once.
+    fn break_file(
+        &self,
+        resource: &str,
+        path: &Path,
+        id: FileId,
+        still_breakable: impl FnOnce(&Path) -> bool,
+    ) -> io::Result<bool> {
+        let restore_over = |moved: &Path, current: &Path| self.restores_over(resource, moved, current);
+        match fsutil::break_by_rename_or_restore(path, id, still_breakable, restore_over)? {
+            BreakOutcome::Broken => Ok(true),
+            BreakOutcome::NotOurs | BreakOutcome::Gone => Ok(false),
+            BreakOutcome::Displaced(moved) => {
+                let reason = LostReason::Stolen {
+                    detail: format!(
+                        "the lease file {} was moved aside by a process breaking a stale lease, and another took its place",
+                        path.display()
+                    ),
+                };
+                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &reason);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether the lease file `moved` aside by mistake goes back over
+    /// `current`, created at its path while it was aside: when `moved` is a
+    /// live lease and `current` a later grant (a higher token) or one still
+    /// being written (no readable record). `current` took the path only
+    /// because it was emptied by mistake; its creator finds it replaced
+    /// before granting, or by its loss check.
+    fn restores_over(&self, resource: &str, moved: &Path, current: &Path) -> bool {
+        let Ok(Some(Existing { info: Some(moved), stale: false, .. })) = self.examine(resource, moved) else {
+            return false;
+        };
+        match self.examine(resource, current) {
+            Ok(Some(Existing { info: Some(current), .. })) => current.fencing_token > moved.fencing_token,
+            Ok(Some(Existing { info: None, .. }) | None) => true,
+            Err(_) => false,
         }
     }
 
@@ -210,11 +286,11 @@ impl LeaseFileBackend {
             drop(grant.turn.lock().take());
             return Err(self.stolen(grant));
         }
-        let removed = fsutil::break_by_rename(&grant.path, grant.id, |_| true);
+        let removed = self.break_file(&grant.resource, &grant.path, grant.id, |_| true);
         drop(grant.turn.lock().take()); // the next waiter in this process goes now
         match removed {
-            Ok(BreakOutcome::Broken) => Ok(()),
-            Ok(_) => Err(self.stolen(grant)),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.stolen(grant)),
             Err(e) => Err(self.io("removing the lease file", &grant.resource, &grant.path, e)),
         }
     }
@@ -395,12 +471,13 @@ impl LockBackend for LeaseFileBackend {
         let Some(existing) = self.examine(resource, &path)? else {
             return Ok(None);
         };
-        match fsutil::break_by_rename(&path, existing.id, |_| true) {
-            Ok(BreakOutcome::Broken) => {}
-            Ok(_) => return Ok(None),
+        let victims = self.sentinel.grants_on(&path, existing.id);
+        match self.break_file(resource, &path, existing.id, |_| true) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
             Err(e) => return Err(self.io("removing the lease file", resource, &path, e)),
         }
-        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        self.sentinel.mark_lost(&victims, &LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(Some(existing.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND))))
     }
 
@@ -415,6 +492,18 @@ impl LockBackend for LeaseFileBackend {
         }
         Ok(broken)
     }
+}
+
+/// The last token handed out for the resource, from its sequence file (0 if
+/// none is readable).
+fn read_sequence(sequence: &Path) -> u64 {
+    std::fs::read_to_string(sequence).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The token after `previous`, floored on the clock (microseconds) so tokens
+/// keep increasing even where the sequence file was lost.
+fn next_token(previous: u64, now: SystemTime) -> u64 {
+    previous.saturating_add(1).max(unix_micros(now))
 }
 
 /// The monotonic instant at which the wall-clock time `at` comes.

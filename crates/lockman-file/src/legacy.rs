@@ -40,18 +40,25 @@ const SIDECAR_SUFFIX: &str = ".flock";
 /// 2. **Holding the sidecar**, a new process creates the legacy file
 ///    exclusively (written aside and `link`ed into place), containing what v3
 ///    readers accept: the UTC time in Python `isoformat()` form, then a line
-///    naming the lockman holder. The sidecar's
-///    record names that file by identity, so a file left by a crashed new
-///    process is recognised and broken at once.
+///    naming the lockman holder (its marker). The sidecar's record names
+///    that file by identity, so a file left by a crashed new process is
+///    recognised and broken at once — also one whose maker crashed before
+///    writing that record: a file with our marker while no new process
+///    holds the sidecar (and the marker's pid is not running on this host).
 /// 3. **A file an old process made** is waited for (notification plus bounded
 ///    backoff), or given up on at once for resources whose policy is
-///    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour). It is stale, and
-///    broken, once its modification time is older than the resource's
-///    `stale_after`.
+///    [`LegacyPolicy::SkipIfBusy`] (protocol A's behaviour) when the caller
+///    chose no wait (see [`LegacyPolicy`]). It is stale, and broken, once its
+///    modification time is older than the resource's `stale_after`.
 /// 4. **Release** removes the file only if it is still the one we created
 ///    (same identity, length and modification time); otherwise the lock was
 ///    stolen and the release reports it lost. While held, the file is
 ///    re-checked every `loss_check_interval`, so a steal is reported promptly.
+/// 5. **`force_release`** breaks the legacy file it judged and reports lost
+///    only the grant on that file (not one taken just after). For a live new
+///    holder it also moves the sidecar aside, so newcomers lock a fresh one —
+///    only while the sidecar still records that holder's grant (checked
+///    before and on what was moved; a sidecar moved by mistake goes back).
 ///
 /// # When an old and a new process can both be inside
 ///
@@ -92,10 +99,26 @@ const SIDECAR_SUFFIX: &str = ".flock";
 pub type LegacyFileLockManager = lockman_core::Locks<LegacyFileBackend>;
 
 /// What to do when an old process holds a resource's legacy file.
+///
+/// The policy is the resource's *default*; a wait the caller chose wins.
+/// On a [`SkipIfBusy`](Self::SkipIfBusy) resource, an acquire whose options
+/// name no wait (`AcquireOptions` left at its default; `lockctl run` without
+/// `--wait`, `--no-wait` or a configured default wait) gives up at once when
+/// an old process's file exists, like protocol A, failing with a
+/// [`LockError::Timeout`] (exit 75 in `lockctl`) that reads "skipped …
+/// without waiting: an old (legacy) process holds `<file>` (written 3.0s ago)
+/// and the resource's legacy policy is skip". A wait the caller chose —
+/// `timeout(d)`, `wait_forever()`, `wait(..)`, `lockctl run --wait 30s`, a
+/// configured default wait — is honoured: the acquire waits for the old
+/// process to delete its file (or for the file to pass `stale_after`, when it
+/// is broken) until that wait runs out. `no_wait()` and `try_acquire` never
+/// wait. The policy concerns old processes only: new processes queue for
+/// each other on the sidecar lock within the caller's wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LegacyPolicy {
-    /// Give up at once, like protocol A ("Lockfile set so aborting").
+    /// Give up at once, like protocol A ("Lockfile set so aborting"),
+    /// unless the caller chose a wait.
     SkipIfBusy,
     /// Wait, up to the caller's timeout, like protocol B.
     Wait,
@@ -265,8 +288,9 @@ impl Drop for MadeFile<'_> {
 
 /// Who is behind an existing legacy file.
 enum Occupant {
-    /// A new process (alive if its sidecar is locked, else crashed).
-    New { record: Box<Record>, alive: bool },
+    /// A new process (alive if its sidecar is locked, else crashed); its
+    /// record was read from the sidecar file `sidecar`.
+    New { record: Box<Record>, alive: bool, sidecar: Option<FileId> },
     /// An old process, or one we cannot identify.
     Old { since: SystemTime, stale: bool },
 }
@@ -355,6 +379,7 @@ impl LegacyFileBackend {
                 opened.as_ref()
             }
         };
+        let sidecar_id = sidecar_file.and_then(|file| FileId::of_file(file).ok());
         // Ours only if the sidecar's last grant made exactly this file and was
         // never released: a released grant removed its file, and a file now
         // there is an old process's, even if it reuses the inode number.
@@ -366,11 +391,43 @@ impl LegacyFileBackend {
                 Some(_) => false,
                 None => matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Held(_))),
             };
-            return Ok(Some((snapshot, Occupant::New { record: Box::new(record), alive })));
+            return Ok(Some((snapshot, Occupant::New { record: Box::new(record), alive, sidecar: sidecar_id })));
         }
         let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
+        // Our marker, but no grant recorded for the file: a new process
+        // crashed between linking it into place and writing the sidecar
+        // record. Ours to break at once — if no new process holds the sidecar
+        // now (one that does may be between those two steps), and the
+        // marker's process is not still running here (a sidecar replaced
+        // under a live holder must not get its file broken).
+        if let Some(marker) = Marker::read(&files.path, snapshot.id)
+            && self.sidecar_is_free(resource, files, sidecar, sidecar_file, sidecar_id)
+            && !marker.process_runs_here()
+        {
+            let record = marker.into_record(resource, since);
+            return Ok(Some((snapshot, Occupant::New { record: Box::new(record), alive: false, sidecar: sidecar_id })));
+        }
         let stale = since + files.stale_after <= SystemTime::now();
         Ok(Some((snapshot, Occupant::Old { since, stale })))
+    }
+
+    /// Whether no new process holds the resource's sidecar lock: `ours` is
+    /// the sidecar we hold (free for us if it is still the file the sidecar
+    /// path names, not one moved aside), else `opened` is the sidecar file
+    /// (none: it does not exist), probed.
+    fn sidecar_is_free(
+        &self,
+        resource: &str,
+        files: &Files,
+        ours: Option<&File>,
+        opened: Option<&File>,
+        id: Option<FileId>,
+    ) -> bool {
+        match (ours, opened) {
+            (Some(_), _) => id.is_some() && matches!(FileId::at(&files.sidecar), Ok(now) if now == id),
+            (None, Some(file)) => matches!(flock::probe(file, resource, LEGACY_BACKEND), Ok(LockState::Available)),
+            (None, None) => !files.sidecar.exists(),
+        }
     }
 
     /// Breaks the legacy file `id` at `files.path` if it is still unchanged.
@@ -387,7 +444,17 @@ impl LegacyFileBackend {
                 tracing::warn!(resource, path = %files.path.display(), why, "broke a legacy lock file");
                 Ok(true)
             }
-            Ok(_) => Ok(false),
+            Ok(BreakOutcome::Displaced(moved)) => {
+                let reason = LostReason::Stolen {
+                    detail: format!(
+                        "the legacy lock file {} was moved aside by a process breaking a stale lock, and another took its place",
+                        files.path.display()
+                    ),
+                };
+                self.sentinel.mark_lost(&self.sentinel.grants_on(&files.path, moved), &reason);
+                Ok(false)
+            }
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => Ok(false),
             Err(e) => Err(self.io("breaking the legacy lock file", resource, &files.path, e)),
         }
     }
@@ -421,10 +488,45 @@ impl LegacyFileBackend {
         unlocked.map_err(|e| self.io("unlocking the sidecar", &grant.resource, &grant.sidecar_path, e))
     }
 
+    /// Moves aside the sidecar (the file `judged_sidecar`) of the live holder
+    /// `judged`, whose legacy file was just broken, so newcomers lock a fresh
+    /// one — only while it still records that grant: the holder may have
+    /// released meanwhile and a newcomer locked the same sidecar. Re-checked
+    /// on what was moved; a sidecar moved by mistake goes back, over a fresh
+    /// one created meanwhile if need be (its locker finds the path changed).
+    fn move_sidecar_aside(&self, resource: &str, files: &Files, judged_sidecar: FileId, judged: &Record) {
+        let records_judged = |path: &Path| {
+            fsutil::open_no_follow(path, Access::Read).is_ok_and(|file| {
+                matches!(
+                    record::read_from(&file),
+                    Ok(Ok(Some((record, RecordState::Held)))) if record.token == judged.token && record.guards == judged.guards
+                )
+            })
+        };
+        if !records_judged(&files.sidecar) {
+            tracing::info!(resource, path = %files.sidecar.display(), "the sidecar records a newer grant; left in place");
+            return;
+        }
+        match fsutil::break_by_rename_or_restore(&files.sidecar, judged_sidecar, records_judged, |_, _| true) {
+            Ok(BreakOutcome::Broken) => {}
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => {
+                tracing::info!(resource, path = %files.sidecar.display(), "the sidecar was taken by a newer grant; left in place");
+            }
+            Ok(BreakOutcome::Displaced(_)) => tracing::error!(
+                resource,
+                path = %files.sidecar.display(),
+                "a sidecar moved aside by mistake could not be put back; two new processes may hold the lock until one notices"
+            ),
+            Err(e) => {
+                tracing::warn!(resource, path = %files.sidecar.display(), error = %e, "cannot move the sidecar aside")
+            }
+        }
+    }
+
     fn state_of(&self, resource: &str, files: &Files) -> Result<LockState, LockError> {
         Ok(match self.occupant(resource, files, None)? {
             None => LockState::Available,
-            Some((_, Occupant::New { record, alive })) => {
+            Some((_, Occupant::New { record, alive, .. })) => {
                 let info = record.to_info(LEGACY_BACKEND);
                 if alive { LockState::Held(info) } else { LockState::Stale(info) }
             }
@@ -555,7 +657,11 @@ impl LockBackend for LegacyFileBackend {
                 Occupant::Old { since, stale: false } => since,
             };
             let holder = Some(old_holder(resource, &files.path, since));
-            if files.policy == LegacyPolicy::SkipIfBusy || request.deadline.has_passed() {
+            // The resource's policy is the default; a wait the caller chose wins.
+            if files.policy == LegacyPolicy::SkipIfBusy && !request.explicit_wait {
+                return Ok(Acquired::Skipped { holder, reason: skip_reason(&files.path, since) });
+            }
+            if request.deadline.has_passed() {
                 return Ok(Acquired::Busy { holder });
             }
             if watch.is_none() {
@@ -616,23 +722,23 @@ impl LockBackend for LegacyFileBackend {
         let Some((judged, occupant)) = self.occupant(resource, &files, None)? else {
             return Ok(None);
         };
+        let victims = self.sentinel.grants_on(&files.path, judged.id);
         if !self.break_file(resource, &files, judged, reason)? {
             return Ok(None);
         }
+        crate::testhook::point("legacy.force_release.broken", &files.path);
         let info = match occupant {
-            Occupant::New { record, alive } => {
-                if alive {
+            Occupant::New { record, alive, sidecar } => {
+                if alive && let Some(sidecar) = sidecar {
                     // A live new holder keeps its sidecar locked; move the
                     // sidecar aside too, so newcomers lock a fresh one.
-                    if let Ok(Some(sidecar)) = FileId::at(&files.sidecar) {
-                        let _ = fsutil::break_by_rename(&files.sidecar, sidecar, |_| true);
-                    }
+                    self.move_sidecar_aside(resource, &files, sidecar, &record);
                 }
                 record.to_info(LEGACY_BACKEND)
             }
             Occupant::Old { since, .. } => old_holder(resource, &files.path, since),
         };
-        self.sentinel.mark_resource_lost(resource, LostReason::ForceReleased { reason: reason.to_owned() });
+        self.sentinel.mark_lost(&victims, &LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(Some(info))
     }
 
@@ -642,7 +748,7 @@ impl LockBackend for LegacyFileBackend {
             let files = self.files(&resource);
             let Some((judged, occupant)) = self.occupant(&resource, &files, None)? else { continue };
             let info = match occupant {
-                Occupant::New { record, alive: false } => record.to_info(LEGACY_BACKEND),
+                Occupant::New { record, alive: false, .. } => record.to_info(LEGACY_BACKEND),
                 Occupant::Old { since, stale: true } => old_holder(&resource, &files.path, since),
                 _ => continue,
             };
@@ -654,13 +760,25 @@ impl LockBackend for LegacyFileBackend {
     }
 }
 
-/// What is known of an old process holding `path`: nothing but the file's age.
+/// What is known of an old process holding `path`: nothing but the file's
+/// age. Shown as "locked by an old (legacy) process (PATH exists) since T
+/// (3.0s ago)".
 fn old_holder(resource: &str, path: &Path, since: SystemTime) -> LockInfo {
     let mut info = record::unknown_holder(resource, LEGACY_BACKEND);
-    info.holder = HolderId::new("legacy process");
+    info.holder = HolderId::new("an old (legacy) process");
     info.acquired_at = since;
-    info.purpose = Some(format!("legacy lockfile {}", path.display()));
+    info.purpose = Some(format!("{} exists", path.display()));
     info
+}
+
+/// Why an acquire with no wait of the caller's gave up on a skip-if-busy resource.
+fn skip_reason(path: &Path, since: SystemTime) -> String {
+    let age = SystemTime::now().duration_since(since).unwrap_or_default();
+    format!(
+        "an old (legacy) process holds {} (written {age:.1?} ago) and the resource's legacy policy is skip, \
+         as the old daemons do; give a wait (lockctl --wait 30s, AcquireOptions::timeout) to wait for it instead",
+        path.display()
+    )
 }
 
 /// What a new process writes into a legacy file: the first line is what v3
@@ -670,12 +788,68 @@ fn old_holder(resource: &str, path: &Path, since: SystemTime) -> LockInfo {
 /// are coarse.
 fn legacy_contents(now: SystemTime, record: &Record) -> String {
     format!(
-        "{}\n# lockman: held by pid {} on {} (fencing token {})",
+        "{}\n{MARKER_PREFIX}{} on {} (fencing token {})",
         python_isoformat(now),
         record.pid,
         record.host,
         record.token
     )
+}
+
+/// How our marker line (the second line of a legacy file we made) begins.
+const MARKER_PREFIX: &str = "# lockman: held by pid ";
+
+/// What our marker line says about the new process that made a legacy file.
+#[derive(Debug, PartialEq, Eq)]
+struct Marker {
+    pid: u32,
+    host: String,
+    token: u64,
+}
+
+impl Marker {
+    /// The marker in the legacy file `id` at `path`, if it carries one.
+    fn read(path: &Path, id: FileId) -> Option<Marker> {
+        let file = fsutil::open_no_follow(path, Access::Read).ok()?;
+        if FileId::of_file(&file).ok()? != id {
+            return None;
+        }
+        let mut text = String::new();
+        // Ours are well under this; old daemons write a timestamp or nothing.
+        io::Read::read_to_string(&mut io::Read::take(&file, 4096), &mut text).ok()?;
+        Marker::parse(text.lines().nth(1)?)
+    }
+
+    /// Parses `# lockman: held by pid 42 on box (fencing token 7)`.
+    fn parse(line: &str) -> Option<Marker> {
+        let (pid, rest) = line.strip_prefix(MARKER_PREFIX)?.split_once(" on ")?;
+        let (host, token) = rest.rsplit_once(" (fencing token ")?;
+        Some(Marker { pid: pid.parse().ok()?, host: host.to_owned(), token: token.strip_suffix(')')?.parse().ok()? })
+    }
+
+    /// Whether the process that wrote it still runs on this host (another
+    /// process than this one: a file of ours no grant records is an orphan).
+    fn process_runs_here(&self) -> bool {
+        self.host == lockman_core::hostname() && self.pid != std::process::id() && fsutil::pid_alive(self.pid)
+    }
+
+    /// A record of the crashed grant, for `state`, `list` and `cleanup_stale`.
+    fn into_record(self, resource: &str, since: SystemTime) -> Record {
+        Record {
+            resource: resource.to_owned(),
+            holder: "unknown (crashed before recording its grant)".to_owned(),
+            user: None,
+            host: self.host,
+            pid: self.pid,
+            purpose: None,
+            acquired_at_us: fsutil::unix_micros(since),
+            lease_ms: None,
+            heartbeat_us: None,
+            token: self.token,
+            machine: None,
+            guards: None,
+        }
+    }
 }
 
 /// `2025-11-10T12:34:56.123456+00:00`: what Python's `datetime.isoformat()`

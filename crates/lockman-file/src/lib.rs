@@ -70,7 +70,11 @@ mod naming;
 mod record;
 mod sentinel;
 mod status;
+mod testhook;
 mod watch;
+
+#[cfg(test)]
+mod interleavings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

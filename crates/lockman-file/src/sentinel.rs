@@ -9,7 +9,7 @@
 //! once instead.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use lockman_core::{LossSignal, LostReason};
 use parking_lot::Mutex;
 
 use crate::flock::SharedTurn;
-use crate::fsutil::Snapshot;
+use crate::fsutil::{FileId, Snapshot};
 
 /// The held grants of one backend, watched for loss.
 #[derive(Debug)]
@@ -52,6 +52,7 @@ pub(crate) struct Watched {
 
 impl Watched {
     fn lost(&self, reason: LostReason) {
+        tracing::debug!(resource = %self.resource, path = %self.path.display(), %reason, "a held lock file was lost");
         self.loss.mark_lost(reason);
         if let Some(turn) = &self.turn {
             drop(turn.lock().take());
@@ -91,17 +92,23 @@ impl Sentinel {
         self.inner.held.lock().remove(&id);
     }
 
-    /// Reports every grant of `resource` held in this process lost for `reason`.
-    pub(crate) fn mark_resource_lost(&self, resource: &str, reason: LostReason) {
+    /// The grants held on the file `id` at `path`. Ask *before* breaking
+    /// that file, and report just these: once it is gone, a grant taken
+    /// right after on a fresh file (which may even reuse the inode number)
+    /// is not the one broken.
+    pub(crate) fn grants_on(&self, path: &Path, id: FileId) -> Vec<u64> {
+        let held = self.inner.held.lock();
+        held.iter().filter(|(_, w)| w.path == path && w.snapshot.id == id).map(|(id, _)| *id).collect()
+    }
+
+    /// Reports the grants `ids` (from [`grants_on`](Self::grants_on)) lost for `reason`.
+    pub(crate) fn mark_lost(&self, ids: &[u64], reason: &LostReason) {
         let mut held = self.inner.held.lock();
-        held.retain(|_, watched| {
-            if &*watched.resource == resource {
+        for id in ids {
+            if let Some(watched) = held.remove(id) {
                 watched.lost(reason.clone());
-                false
-            } else {
-                true
             }
-        });
+        }
     }
 }
 

@@ -543,7 +543,8 @@ impl FileStatusManager {
                 self.remove_sidecar(file, &stamp);
             }
             Ok(BreakOutcome::Gone) => self.remove_sidecar(file, &stamp),
-            Ok(BreakOutcome::NotOurs) => {}
+            // Rewritten meanwhile: set again (by whoever holds the path now).
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Displaced(_)) => {}
             Err(e) => tracing::warn!(
                 flag = name, path = %path.display(), error = %e,
                 "cannot remove an expired flag file; it reads as cleared, but old processes still see it"

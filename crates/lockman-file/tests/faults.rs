@@ -375,3 +375,102 @@ async fn racing_breakers_of_a_stale_lease_have_one_winner() {
         assert!(stale.is_lost());
     }
 }
+
+/// A skip-if-busy legacy resource (GivTCP's `.lockfile`) held by an old
+/// process: a caller that names a wait gets it honoured — the old process's
+/// file removed ~300 ms later lets the acquire in, well within the wait.
+#[tokio::test]
+async fn legacy_skip_policy_honours_an_explicit_wait() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+    let path = dir.path().join(".lockfile");
+    std::fs::write(&path, "").expect("old process: create .lockfile");
+    let old_process = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await; // its critical section
+            std::fs::remove_file(&path).expect("old process: delete .lockfile");
+        })
+    };
+    let started = std::time::Instant::now();
+    let guard = locks
+        .acquire("inverter_read", AcquireOptions::new().timeout(Duration::from_secs(10)))
+        .await
+        .expect("an explicit wait was not honoured on a skip-if-busy resource");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "went in after {took:?}, while the old process held its file");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    old_process.await.expect("join");
+    guard.release().await.expect("release");
+}
+
+/// The same resource with no wait named: the resource's policy applies (skip
+/// at once), and the error says so — not "timed out after 211µs" — and
+/// names the old process's file the way a person would.
+#[tokio::test]
+async fn legacy_skip_policy_says_what_happened() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+    let path = dir.path().join(".lockfile");
+    std::fs::write(&path, "").expect("old process: create .lockfile");
+    let started = std::time::Instant::now();
+    let err = locks.acquire("inverter_read", AcquireOptions::new()).await.expect_err("went in past an old process");
+    assert!(started.elapsed() < Duration::from_secs(2), "the skip policy waited {:?}", started.elapsed());
+    assert!(err.is_timeout(), "a skip is a busy lock (exit 75 in lockctl): {err}");
+    let message = err.to_string();
+    eprintln!("{message}");
+    for part in ["skipped", &path.display().to_string(), "legacy policy is skip", "old (legacy) process"] {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+    for wrong in ["timed out", "pid 0", "unknown"] {
+        assert!(!message.contains(wrong), "{message:?} says {wrong:?}");
+    }
+    // Who holds it, as `state` (and `lockctl status`) shows it.
+    let state = locks.state("inverter_read").await.expect("state");
+    let holder = state.info().expect("held").to_string();
+    eprintln!("{holder}");
+    assert!(holder.starts_with("locked by an old (legacy) process"), "{holder:?}");
+    assert!(holder.contains(&path.display().to_string()), "{holder:?}");
+    for wrong in ["pid 0", "unknown"] {
+        assert!(!holder.contains(wrong), "{holder:?} says {wrong:?}");
+    }
+}
+
+/// A new process that crashed between linking its legacy file into place
+/// and recording it in the sidecar left a file that carries our marker while
+/// the sidecar is free: that is ours, broken at once — not judged an old
+/// process's and waited for until `stale_after`. Both with a sidecar that
+/// never had a record and with one whose last grant was released.
+#[tokio::test]
+async fn legacy_file_left_by_a_crash_before_the_sidecar_record_is_broken_at_once() {
+    // A pid that is surely dead: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    child.wait().expect("wait");
+    let dead_pid = child.id();
+    let marked = format!(
+        "2025-11-10T12:34:56.123456+00:00\n# lockman: held by pid {dead_pid} on {} (fencing token 7)",
+        lockman_core::hostname()
+    );
+    for sidecar_used_before in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let locks = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open").into_manager();
+        let path = dir.path().join(".regcache_lockfile_1");
+        let sidecar = dir.path().join(".regcache_lockfile_1.flock");
+        if sidecar_used_before {
+            let guard = locks.acquire("regcache", AcquireOptions::new()).await.expect("an earlier grant");
+            guard.release().await.expect("release");
+        } else {
+            std::fs::write(&sidecar, "").expect("an empty sidecar");
+        }
+        std::fs::write(&path, &marked).expect("the crashed process's legacy file");
+        let state = locks.state("regcache").await.expect("state");
+        assert!(matches!(state, LockState::Stale(_)), "sidecar used before: {sidecar_used_before}: {state:?}");
+        let guard = locks
+            .acquire("regcache", AcquireOptions::new().no_wait())
+            .await
+            .unwrap_or_else(|e| panic!("sidecar used before: {sidecar_used_before}: {e}"));
+        let now = std::fs::read_to_string(&path).expect("read");
+        assert!(!now.contains(&format!("pid {dead_pid} ")), "the crashed process's file is still there: {now:?}");
+        guard.release().await.expect("release");
+    }
+}

@@ -83,7 +83,8 @@ async fn count(locks: &dyn LockManager, dir: &Path, resource: &str, n: u32, who:
     while done < n {
         let guard = match locks.acquire(resource, AcquireOptions::new().timeout(Duration::from_secs(20))).await {
             Ok(guard) => guard,
-            // A skip-if-busy legacy resource held by an old process: try again, as a poller would.
+            // Held past the wait (by an old process, which the explicit wait
+            // above waits for even on a skip-if-busy resource): try again, as a poller would.
             Err(LockError::Timeout { .. }) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;

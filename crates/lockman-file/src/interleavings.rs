@@ -1,0 +1,199 @@
+//! Interleavings of several processes, driven step by step through the
+//! test hooks (see `testhook`), for the races the file backends must survive.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use lockman_core::{AcquireOptions, LockBackend, LockManager};
+
+use crate::record::{self, RecordState};
+use crate::testhook;
+use crate::{FileBackend, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
+
+fn inode(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).expect("stat").ino()
+}
+
+fn lease_manager(dir: &Path) -> crate::LeaseFileLockManager {
+    LeaseFileBackend::open(FileOptions::new(dir).loss_check_interval(Duration::from_millis(20)))
+        .expect("open")
+        .into_manager()
+}
+
+/// Item 8. A breaker judged a stale lease file, but by the time it moved the
+/// path, another breaker had broken that file and a newcomer N had taken the
+/// lease: it moved N's live file. While it held it aside, a third process C
+/// created the path. Putting N's file back must not fail and leave N — the
+/// live, earlier holder — without its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_file_moved_by_mistake_is_put_back_over_a_file_created_meanwhile() {
+    let dir = tempfile::tempdir().expect("dir");
+    let stale_holder = lease_manager(dir.path());
+    let path = stale_holder.backend().lease_file("r");
+    let stale = stale_holder.acquire("r", AcquireOptions::new().lease(Duration::from_millis(30))).await.expect("S");
+    tokio::time::sleep(Duration::from_millis(60)).await; // its explicit lease is not renewed: stale
+    // The breaker B stops after judging S and checking the path, before moving it.
+    let mut before_move = testhook::pause("break.before_rename", &path);
+    let breaker = {
+        let locks = lease_manager(dir.path());
+        tokio::spawn(async move { locks.try_acquire("r", AcquireOptions::new()).await })
+    };
+    before_move.reached().await;
+    // Meanwhile another breaker breaks S, and the newcomer N takes the lease.
+    std::fs::rename(&path, dir.path().join("broken-by-another-breaker")).expect("break S");
+    let newcomer = lease_manager(dir.path());
+    let n = newcomer.acquire("r", AcquireOptions::new().no_wait()).await.expect("N");
+    let n_inode = inode(&path);
+    // As B moves N's file aside, a third process C creates the path (its
+    // record says it came after N: a higher token).
+    let third = {
+        let path = path.clone();
+        let file = std::fs::File::open(&path).expect("open N's file");
+        let (mut record, _) = record::read_from(&file).expect("read").expect("record").expect("N's record");
+        record.token += 1;
+        record.holder = "third".into();
+        move || std::fs::write(&path, record.encode(RecordState::Held)).expect("C creates the lease file")
+    };
+    testhook::arm("break.moved", &path, third);
+    before_move.resume();
+    let b = breaker.await.expect("join").expect("B's try_acquire");
+    assert!(b.is_none(), "B went in while N held the lease");
+    assert_eq!(inode(&path), n_inode, "N, the live holder, lost its lease file to the third process");
+    n.extend(Duration::from_secs(30)).await.expect("N still holds its lease");
+    assert!(!n.is_lost());
+    n.release().await.expect("N releases");
+    drop(stale);
+}
+
+/// Item 12. A creator paused past its lease between creating its lease
+/// file and reading the `.seq` file, and broken meanwhile by a successor,
+/// must not come back with a grant (let alone one whose token is above the
+/// successor's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_creator_paused_past_its_lease_gets_no_grant_above_its_successor() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = lease_manager(dir.path()).backend().lease_file("r");
+    let mut created = testhook::pause("lease.created", &path);
+    let paused = {
+        let locks = lease_manager(dir.path());
+        tokio::spawn(async move {
+            let guard = locks.try_acquire("r", AcquireOptions::new().lease(Duration::from_millis(30))).await;
+            (guard, locks)
+        })
+    };
+    created.reached().await;
+    tokio::time::sleep(Duration::from_millis(60)).await; // the paused creator's lease runs out
+    let successor_locks = lease_manager(dir.path());
+    let successor = successor_locks
+        .try_acquire("r", AcquireOptions::new())
+        .await
+        .expect("successor's try_acquire")
+        .expect("the successor did not break the expired lease");
+    created.resume();
+    let (guard, _locks) = paused.await.expect("join");
+    if let Some(guard) = guard.expect("paused creator's try_acquire") {
+        panic!(
+            "the paused creator came back with token {} while its successor holds token {}",
+            guard.fencing_token(),
+            successor.fencing_token()
+        );
+    }
+    assert!(!successor.is_lost());
+    successor.release().await.expect("successor releases");
+}
+
+/// Item 13, kernel files. `force_release` breaks H's lock file, and before
+/// it reports H lost, a newcomer N of the same manager takes the lock on a
+/// fresh file: only H may be reported lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_force_release_reports_only_the_grant_it_broke() {
+    let dir = tempfile::tempdir().expect("dir");
+    let open = || FileBackend::open(FileOptions::new(dir.path()).loss_check_interval(Duration::from_secs(60)));
+    let holder_locks = open().expect("open").into_manager();
+    let h = holder_locks.acquire("r", AcquireOptions::new()).await.expect("H");
+    let admin = open().expect("open").into_manager();
+    let path = admin.backend().lock_file("r");
+    let mut broken = testhook::pause("kernel.force_release.broken", &path);
+    let force = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.force_release("r", "test").await })
+    };
+    broken.reached().await;
+    let n = admin.acquire("r", AcquireOptions::new().no_wait()).await.expect("N takes the fresh lock file");
+    broken.resume();
+    assert!(force.await.expect("join").expect("force_release").is_some(), "H was not broken");
+    assert!(!n.is_lost(), "N, granted after the break, was reported lost");
+    n.release().await.expect("N releases");
+    drop(h);
+}
+
+/// Item 13, legacy files. `force_release` judged a live new holder H and
+/// broke its legacy file; before it moved the sidecar aside, H released and
+/// a newcomer N took the lock (the same sidecar). The sidecar is N's now:
+/// it must stay, and N must not be reported lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_force_release_leaves_a_sidecar_taken_after_its_judgement() {
+    let dir = tempfile::tempdir().expect("dir");
+    let open = || {
+        LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1).loss_check_interval(Duration::from_secs(60)))
+            .expect("open")
+            .into_manager()
+    };
+    let holder_locks = open();
+    let h = holder_locks.acquire("regcache", AcquireOptions::new()).await.expect("H");
+    let admin = open();
+    let path = admin.backend().legacy_file("regcache");
+    let sidecar = dir.path().join(".regcache_lockfile_1.flock");
+    let sidecar_inode = inode(&sidecar);
+    let mut broken = testhook::pause("legacy.force_release.broken", &path);
+    let force = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.force_release("regcache", "test").await })
+    };
+    broken.reached().await;
+    assert!(h.release().await.expect_err("H's file was broken").is_lost());
+    let n = admin.acquire("regcache", AcquireOptions::new().no_wait()).await.expect("N");
+    broken.resume();
+    assert!(force.await.expect("join").expect("force_release").is_some(), "H was not broken");
+    assert!(!n.is_lost(), "N, granted after the break, was reported lost");
+    assert_eq!(inode(&sidecar), sidecar_inode, "N's sidecar was moved aside");
+    let other = open();
+    assert!(
+        other.try_acquire("regcache", AcquireOptions::new()).await.expect("try").is_none(),
+        "another new process went in beside N"
+    );
+    n.release().await.expect("N releases");
+}
+
+/// The primitive under item 8, driven directly: a file moved by mistake
+/// (no longer breakable once moved) while a third process creates the path.
+/// Without a say from the caller it is not put back over the newcomer, and
+/// the break reports whose file was displaced; with one, it goes back.
+#[test]
+fn a_file_moved_by_mistake_is_displaced_or_restored_over_a_newcomer() {
+    use crate::fsutil::{self, BreakOutcome, FileId};
+    for restore in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("r.lock");
+        std::fs::write(&path, "live holder").expect("holder's file");
+        let _held = std::fs::File::open(&path).expect("the holder keeps it open");
+        let holder = FileId::at(&path).expect("stat").expect("exists");
+        let newcomer_creates = |_: &Path| {
+            std::fs::write(&path, "newcomer").expect("the third process creates the path");
+            false // renewed meanwhile: not breakable after all
+        };
+        let outcome =
+            fsutil::break_by_rename_or_restore(&path, holder, newcomer_creates, |_, _| restore).expect("break");
+        let now = FileId::at(&path).expect("stat").expect("the path names a file");
+        if restore {
+            assert_eq!(outcome, BreakOutcome::NotOurs);
+            assert_eq!(now, holder, "the holder's file did not go back");
+        } else {
+            assert_eq!(outcome, BreakOutcome::Displaced(holder));
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), "newcomer");
+        }
+        let litter: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").filter_map(Result::ok).collect();
+        assert_eq!(litter.len(), 1, "tombstones left: {litter:?}");
+    }
+}
