@@ -236,6 +236,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Relays one client connection until both directions are closed, or a cut.
 async fn relay_connection(mut client: TcpStream, mut cuts: watch::Receiver<u64>, shared: Arc<Shared>) {
+    let generation = *cuts.borrow();
     let connected = tokio::select! {
         connected = TcpStream::connect(shared.target) => connected,
         _ = cuts.changed() => return,
@@ -255,13 +256,16 @@ async fn relay_connection(mut client: TcpStream, mut cuts: watch::Receiver<u64>,
         let (server_read, server_write) = server.split();
         let both = async {
             tokio::join!(
-                pump(client_read, server_write, &shared.to_server),
-                pump(server_read, client_write, &shared.to_client),
+                pump(client_read, server_write, &shared.to_server, &shared.cuts, generation),
+                pump(server_read, client_write, &shared.to_client, &shared.cuts, generation),
             )
         };
+        // The cut first: a `resume` right after a `cut` must not let held
+        // bytes out before the cut is seen.
         tokio::select! {
-            _ = both => false,
+            biased;
             _ = cuts.changed() => true,
+            _ = both => false,
         }
     };
     if cut {
@@ -273,8 +277,15 @@ async fn relay_connection(mut client: TcpStream, mut cuts: watch::Receiver<u64>,
 }
 
 /// Copies `from` to `to` through the lane's delay and stall, then shuts down
-/// `to`'s write side (passing on an end of stream). Ends early if either side fails.
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, lane: &Lane) {
+/// `to`'s write side (passing on an end of stream). Ends early if either side
+/// fails, or once the connection (of cut `generation`) has been cut.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    lane: &Lane,
+    cuts: &watch::Sender<u64>,
+    generation: u64,
+) {
     // Bytes of this pump in flight; given back to the lane however it ends.
     let mine = InFlight { lane, bytes: AtomicU64::new(0) };
     let (chunks, mut queued) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
@@ -297,7 +308,8 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin,
         while let Some((due, chunk)) = queued.recv().await {
             tokio::time::sleep_until(due).await;
             let resumed = stalled.wait_for(|stalled| !*stalled).await.is_ok();
-            if !resumed || to.write_all(&chunk).await.is_err() {
+            // Nothing held may get out once the connection is cut.
+            if !resumed || *cuts.borrow() != generation || to.write_all(&chunk).await.is_err() {
                 return;
             }
             mine.sub(chunk.len());
@@ -437,6 +449,31 @@ mod tests {
         let reply = tokio::time::timeout(BOUND, round_trip(&mut again, b"again")).await.unwrap().unwrap();
         assert_eq!(reply, b"again");
         assert_eq!(relay.accepted(), 2);
+    }
+
+    /// On a current-thread runtime nothing runs between `cut` and `resume`,
+    /// so the connection sees both at once.
+    #[tokio::test]
+    async fn resume_right_after_cut_lets_nothing_held_through() {
+        let (echo, _server) = echo_server().await;
+        let relay = TcpRelay::start(echo).await.unwrap();
+        for round in 0..100 {
+            let stream = TcpStream::connect(relay.addr()).await.unwrap();
+            let (mut read_half, mut write_half) = stream.into_split();
+            relay.stall(Direction::ToClient);
+            write_half.write_all(b"held").await.unwrap();
+            tokio::time::timeout(BOUND, relay.wait_in_flight(Direction::ToClient, 4)).await.unwrap();
+            // A reader already waiting, as a client's connection driver is.
+            let reading = tokio::spawn(async move {
+                let mut reply = Vec::new();
+                let _ = read_half.read_to_end(&mut reply).await;
+                reply
+            });
+            relay.cut();
+            relay.resume(Direction::ToClient);
+            let reply = tokio::time::timeout(BOUND, reading).await.unwrap().unwrap();
+            assert!(reply.is_empty(), "round {round}: held bytes got through a cut: {reply:?}");
+        }
     }
 
     #[tokio::test]
