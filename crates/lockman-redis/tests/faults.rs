@@ -146,6 +146,8 @@ async fn tokens_increase_after_a_restart_from_an_older_snapshot() {
         guard.release().await.expect("release");
     }
     let fence = server.command(&["GET", "lockman:{r}:fence"]).expect("GET the fence");
+    let fence_ttl: i64 = server.command(&["PTTL", "lockman:{r}:fence"]).expect("PTTL").parse().expect("a number");
+    assert!(fence_ttl > 0, "the fence key never expires (PTTL {fence_ttl}): one key kept per name ever locked");
     server.kill();
     server.restart();
     let restored = server.command(&["GET", "lockman:{r}:fence"]).expect("GET the fence");
