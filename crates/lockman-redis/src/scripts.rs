@@ -161,8 +161,7 @@ local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {} end
 table.insert(fields, tostring(redis.call('PTTL', KEYS[1])))
 redis.call('DEL', KEYS[1])
-local last = tonumber(redis.call('GET', KEYS[2]))
-if last then redis.call('SET', KEYS[2], string.format('%.0f', last + 1), 'PX', 604800000) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
 redis.call('PUBLISH', ARGV[1], 'forced:' .. ARGV[2])
 return fields
 "#,

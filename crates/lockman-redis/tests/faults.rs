@@ -267,6 +267,35 @@ async fn retried_release_reports_a_lock_lost_before_it() {
     taken.release().await.expect("the other client's release");
 }
 
+/// As above, but the lock was broken (`force_release`) and nobody took it
+/// since, and the holder never heard of the break (its subscriber's message
+/// is stalled and cut with the release): the retry must still report the
+/// loss — the break moved the fence on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_release_reports_a_lock_broken_before_it() {
+    let Some(server) = RedisServer::start() else { return };
+    let (relay, holder_options) = relayed(&server).await;
+    let holder = manager(holder_options).await;
+    let admin = manager(options(&server)).await;
+    let guard = holder.acquire("r", AcquireOptions::new().lease(Duration::from_secs(30))).await.expect("acquire");
+    wait_for_subscribers(&server, 2).await;
+
+    relay.stall(Direction::ToClient);
+    admin.force_release("r", "operator").await.expect("force release").expect("it was held");
+    relay.stall(Direction::ToServer);
+    let releasing = tokio::spawn(async move { guard.release().await });
+    tokio::time::timeout(BOUND, relay.wait_in_flight(Direction::ToServer, 1)).await.expect("the release never left");
+    relay.cut();
+    relay.resume(Direction::ToServer);
+    relay.resume(Direction::ToClient);
+    let released = tokio::time::timeout(BOUND, releasing).await.expect("release hung").expect("task");
+    let said = match &released {
+        Err(LockError::Lost { .. }) => released.expect_err("lost").to_string(),
+        other => panic!("a retried release of a lock broken before it answered {other:?}; it must report the loss"),
+    };
+    assert!(said.contains("retried after the connection dropped"), "not the retry's report: {said}");
+}
+
 /// A release whose reply is lost with its connection, after Redis ran it:
 /// the retry must see that the first attempt released the lock (`Ok`, and
 /// the lock is free), not report a loss.
