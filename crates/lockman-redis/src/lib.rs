@@ -11,16 +11,36 @@
 //!   renewed every third of it while the guard lives; a failed renewal marks
 //!   the guard lost (core's [`Locks`] does this for every
 //!   backend).
-//! * **Fencing tokens** increase per grant, also after a restart that lost
-//!   all data: a per-resource counter (`INCR`) that, when missing, restarts
-//!   at the server's clock in microseconds — above every earlier token as
-//!   long as that clock does not step back. That orders grants as seen by *this* Redis; as Kleppmann notes, a lease
-//!   on one Redis is not a consensus lock — a holder paused past its lease can
-//!   still act, so storage that takes the token must reject older ones, and a
-//!   failover to a replica that missed the last writes can grant twice.
+//! * **Fencing tokens** increase strictly per grant, also after a restart
+//!   that lost some or all data (a restore from an older RDB snapshot, AOF
+//!   `everysec` losing its last second, a lagging replica promoted): each
+//!   new token is `max(last token + 1, the server's clock in µs)`, so it is
+//!   above every earlier token as long as the server's clock does not step
+//!   back (after a failover: the new primary's clock is not behind the old
+//!   one's by more than the failover took) and a resource is not granted
+//!   faster than once per microsecond. That orders grants as seen by *this*
+//!   Redis; as Kleppmann notes, a lease on one Redis is not a consensus lock
+//!   — a holder paused past its lease can still act, so storage that takes
+//!   the token must reject older ones, and a failover to a replica that
+//!   missed the last writes can grant twice.
+//! * **Leases mean what they say**: a guard's lease (acquire, renewal,
+//!   re-entry) is dated from before its request was sent, so the expiry it
+//!   believes in — `info().lease_expires_at`, `is_lost()` — is never later
+//!   than the key's in Redis, however late the reply arrives (given client
+//!   and server clocks that run at the same rate).
+//! * **One holder id in two managers** (two processes given the same id)
+//!   share one grant as two holds — same token — freed when both are
+//!   released. Neither shortens the lease the other relies on, and undoing
+//!   an acquire whose answer never came takes back only that attempt's hold.
 //! * **Failures**: every command is bounded by the caller's remaining time
 //!   and the response timeout; with Redis down, `acquire` returns a `Backend`
 //!   error in time — never a false grant. The connection manager reconnects.
+//!   A release whose connection dropped is sent again, and reports `Ok`
+//!   only if the lock was still ours (released now), or our first attempt
+//!   is seen to have run, or the lock is gone with no grant or break since
+//!   ours — otherwise [`LockError::Lost`]: never a silent `Ok` when someone
+//!   else may have held the lock. A release that gets no answer at all is a
+//!   `Backend` error saying the outcome is unknown.
 //!
 //! Passwords in URLs never appear in `Debug` output, errors or logs.
 //!
@@ -188,12 +208,25 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A live Redis grant: who holds it and under which token.
+/// A live Redis grant: who holds it, under which token, and which hold of
+/// it is this one.
 #[derive(Debug)]
 pub struct RedisGrant {
     resource: Arc<str>,
     holder: HolderId,
     token: String,
+    /// Names this hold in the lock hash (`h:<hold>`), unique per acquire
+    /// attempt, so a release or undo takes back exactly this hold.
+    hold: String,
+}
+
+/// What one successful acquire attempt got.
+struct Grant {
+    token: String,
+    acquired_us: u64,
+    /// When the lease ends at the earliest: counted from before the request
+    /// was sent, so never later than Redis's own expiry.
+    lease_expires_at: SystemTime,
 }
 
 impl RedisBackend {
@@ -272,36 +305,40 @@ impl RedisBackend {
     }
 
     fn lost(&self, grant: &RedisGrant) -> LockError {
+        self.lost_because(grant, "the Redis key is gone or held by another holder (lease expired or force-released)")
+    }
+
+    fn lost_because(&self, grant: &RedisGrant, detail: &str) -> LockError {
         LockError::Lost {
             resource: grant.resource.to_string(),
             backend: BACKEND.to_owned(),
-            reason: LostReason::Stolen {
-                detail: "the Redis key is gone or held by another holder (lease expired or force-released)".to_owned(),
-            },
+            reason: LostReason::Stolen { detail: detail.to_owned() },
         }
     }
 
-    /// Undoes a grant whose reply we may have missed; best effort, in the background.
-    fn abandon(&self, resource: &str, holder: &HolderId) {
+    /// Undoes the hold an acquire attempt may have added, if we missed its
+    /// reply; best effort, in the background.
+    fn abandon(&self, resource: &str, hold: &str) {
         let mut connection = self.connection.clone();
-        let (lock, channel, holder) =
-            (self.keys.lock(resource), self.keys.channel(resource), holder.as_str().to_owned());
+        let (lock, channel, hold) = (self.keys.lock(resource), self.keys.channel(resource), hold.to_owned());
         tokio::spawn(async move {
             let undone: Result<i64, _> =
-                scripts::ABANDON.key(lock).arg(holder).arg(channel).invoke_async(&mut connection).await;
+                scripts::ABANDON.key(lock).arg(hold).arg(channel).invoke_async(&mut connection).await;
             if let Err(e) = undone {
                 tracing::debug!(backend = BACKEND, error = %e, "could not undo an unanswered grant; it expires with its lease");
             }
         });
     }
 
-    /// One attempt to take the lock: `Ok(Ok(granted))` or `Ok(Err((pttl, holder)))`.
+    /// One attempt to take the lock, adding the hold `hold`:
+    /// `Ok(Ok(granted))` or `Ok(Err((pttl, holder)))`.
     async fn attempt(
         &self,
         request: &GrantRequest,
         lease: Duration,
+        hold: &str,
         budget: Deadline,
-    ) -> Result<Result<(String, u64), (Duration, Option<LockInfo>)>, LockError> {
+    ) -> Result<Result<Grant, (Duration, Option<LockInfo>)>, LockError> {
         let resource = &*request.resource;
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
         invocation
@@ -314,10 +351,15 @@ impl RedisBackend {
             .arg(std::process::id())
             .arg(request.purpose.as_deref().unwrap_or(""))
             .arg(lockman_core::username().unwrap_or(""))
-            .arg(if request.deadline == Deadline::Now { "0" } else { "1" });
+            .arg(if request.deadline == Deadline::Now { "0" } else { "1" })
+            .arg(hold);
         // If this future is dropped or times out after the script ran, the
-        // grant would be orphaned until its lease ran out: undo it.
-        let mut pending = Pending { backend: self, request, armed: true };
+        // hold would be orphaned until its lease ran out: undo it.
+        let mut pending = Pending { backend: self, resource, hold, armed: true };
+        // Redis starts the lease when it runs the script, which is after
+        // this: dated from here, the guard's lease never outlasts the key's,
+        // however late the reply comes.
+        let sent = SystemTime::now();
         let reply: Vec<String> = match self.run("acquiring", Some(resource), budget, &invocation).await {
             Ok(reply) => reply,
             Err(e) => return Err(e),
@@ -327,7 +369,17 @@ impl RedisBackend {
             Some("1") => {
                 let token = reply.get(1).cloned().unwrap_or_default();
                 let acquired_us = reply.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
-                Ok(Ok((token, acquired_us)))
+                // The lease left: ours, or longer when re-entering a grant
+                // another manager holds under the same holder id.
+                let Some(left) = reply.get(3).and_then(|v| v.parse::<u64>().ok()) else {
+                    return Err(self.failed(
+                        "acquiring",
+                        Some(resource),
+                        &format!("unexpected script reply {reply:?}"),
+                    ));
+                };
+                let lease_expires_at = sent + Duration::from_millis(left);
+                Ok(Ok(Grant { token, acquired_us, lease_expires_at }))
             }
             Some("0") => {
                 let pttl = reply.get(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
@@ -364,14 +416,15 @@ impl std::fmt::Display for RunError {
 /// Undoes an acquisition whose reply was not processed.
 struct Pending<'a> {
     backend: &'a RedisBackend,
-    request: &'a GrantRequest,
+    resource: &'a str,
+    hold: &'a str,
     armed: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.backend.abandon(&self.request.resource, &self.request.holder);
+            self.backend.abandon(self.resource, self.hold);
         }
     }
 }
@@ -431,20 +484,23 @@ impl LockBackend for RedisBackend {
                 (Some(_), Deadline::At(at)) => Deadline::At(at.max(Instant::now() + MIN_ATTEMPT)),
                 (Some(_), other) => other,
             };
-            let attempt = match self.attempt(request, lease, budget).await {
+            // A new hold id per attempt: an undone attempt must never take
+            // back the hold a later one added.
+            let hold = HolderId::unique().as_str().to_owned();
+            let attempt = match self.attempt(request, lease, &hold, budget).await {
                 Err(_) if request.deadline.has_passed() && last_busy.is_some() => {
                     return Ok(Acquired::Busy { holder: last_busy.flatten() });
                 }
                 attempt => attempt?,
             };
             match attempt {
-                Ok((token, acquired_us)) => {
+                Ok(Grant { token, acquired_us, lease_expires_at }) => {
                     let numeric = token.parse::<u64>().unwrap_or(0);
                     self.listeners.hold(resource, numeric, request.loss.clone());
                     let grant =
-                        RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token };
+                        RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold };
                     return Ok(Acquired::Granted(
-                        Granted::new(grant, FencingToken::new(numeric), Some(SystemTime::now() + lease))
+                        Granted::new(grant, FencingToken::new(numeric), Some(lease_expires_at))
                             .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
                             .after_waiting(waited),
                     ));
@@ -474,21 +530,54 @@ impl LockBackend for RedisBackend {
     async fn release(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
         self.listeners.unhold(resource, grant.token.parse().unwrap_or(0));
-        let mut invocation = scripts::RELEASE.prepare_invoke();
-        invocation
-            .key(self.keys.lock(resource))
-            .arg(grant.holder.as_str())
-            .arg(&grant.token)
-            .arg(self.keys.channel(resource));
-        let left: i64 = match self.run_raw(Deadline::Now, &invocation).await {
+        let release = |retry: &'static str| {
+            let mut invocation = scripts::RELEASE.prepare_invoke();
+            invocation
+                .key(self.keys.lock(resource))
+                .key(self.keys.fence(resource))
+                .arg(grant.holder.as_str())
+                .arg(&grant.token)
+                .arg(self.keys.channel(resource))
+                .arg(&grant.hold)
+                .arg(retry);
+            invocation
+        };
+        let left: i64 = match self.run_raw(Deadline::Now, &release("0")).await {
             Ok(left) => left,
-            // Reconnected, but the command was not resent: send it again. If
-            // the first one did run, the lock is gone now — released, by us.
-            Err(e) if e.dropped => match self.run("releasing", Some(resource), Deadline::Now, &invocation).await? {
-                -1 => 0,
-                left => left,
-            },
-            Err(e) => return Err(self.failed("releasing", Some(resource), &e.detail)),
+            // Reconnected, but the command was not resent, and it may or may
+            // not have run: send it again, marked as a retry, so the script
+            // tells a release that already happened from a lock lost before
+            // it (see `scripts::RELEASE`).
+            Err(e) if e.dropped => {
+                let left: i64 = self.run_raw(Deadline::Now, &release("1")).await.map_err(|retry| {
+                    self.failed(
+                        "releasing",
+                        Some(resource),
+                        &format!(
+                            "the connection dropped ({}) and the retry failed too ({}); whether the lock was \
+                             released is unknown — it is freed when its lease runs out at the latest",
+                            e.detail, retry.detail
+                        ),
+                    )
+                })?;
+                if left < 0 {
+                    return Err(self.lost_because(
+                        grant,
+                        "the release was retried after the connection dropped, and by then the lock was no \
+                         longer ours and nothing showed that the first attempt released it: either it did and \
+                         another grant followed, or the lock was lost before (lease expired, broken, or Redis \
+                         lost it); work done under it may not have been exclusive",
+                    ));
+                }
+                left
+            }
+            Err(e) => {
+                let detail = format!(
+                    "{}; whether the lock was released is unknown — it is freed when its lease runs out at the latest",
+                    e.detail
+                );
+                return Err(self.failed("releasing", Some(resource), &detail));
+            }
         };
         if left < 0 { Err(self.lost(grant)) } else { Ok(()) }
     }
@@ -497,9 +586,13 @@ impl LockBackend for RedisBackend {
         let resource = &*grant.resource;
         let mut invocation = scripts::RENEW.prepare_invoke();
         invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(&grant.token).arg(millis(lease));
+        // As for acquire: dated from before the request, never after Redis's expiry.
         let sent = SystemTime::now();
-        let renewed: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, &invocation).await?;
-        if renewed == 1 { Ok(sent + lease) } else { Err(self.lost(grant)) }
+        let left: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, &invocation).await?;
+        match u64::try_from(left) {
+            Ok(left) => Ok(sent + Duration::from_millis(left)),
+            Err(_) => Err(self.lost(grant)),
+        }
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
@@ -523,7 +616,11 @@ impl LockBackend for RedisBackend {
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
         let mut invocation = scripts::FORCE_RELEASE.prepare_invoke();
-        invocation.key(self.keys.lock(resource)).arg(self.keys.channel(resource)).arg(reason);
+        invocation
+            .key(self.keys.lock(resource))
+            .key(self.keys.fence(resource))
+            .arg(self.keys.channel(resource))
+            .arg(reason);
         let fields: Vec<String> = self.run("force-releasing", Some(resource), Deadline::Now, &invocation).await?;
         Ok(state_of(resource, &fields).info().cloned())
     }

@@ -2,8 +2,9 @@
 //!
 //! Keys of one resource share the hash tag `{resource}`, so they land in one
 //! Redis Cluster slot: `<prefix>:{<resource>}:lock` (a hash: holder, hold
-//! count, fencing token, metadata) and `<prefix>:{<resource>}:fence` (the
-//! fencing counter, with a week-long TTL; see [`ACQUIRE`]).
+//! count, fencing token, metadata, and one `h:<hold id>` field per hold) and
+//! `<prefix>:{<resource>}:fence` (the latest token, with a week-long TTL;
+//! see [`ACQUIRE`]).
 
 use std::sync::LazyLock;
 
@@ -12,27 +13,52 @@ use redis::Script;
 /// Grants or re-enters the lock; on a busy lock returns its TTL and fields.
 ///
 /// KEYS: lock, fence. ARGV: holder, lease ms, acquired-at (µs since the
-/// epoch, the client's clock), host, pid, purpose, user, and `1` if the
-/// caller will wait for a busy lock (it is then marked `waited`, so its
-/// release is published). Returns `{"1", token, acquired_us}` or
+/// epoch, the client's clock), host, pid, purpose, user, `1` if the caller
+/// will wait for a busy lock (it is then marked `waited`, so its release is
+/// published), and the hold id: a string unique to this attempt, stored as
+/// the field `h:<hold id>` so that [`RELEASE`] and [`ABANDON`] can take back
+/// exactly this hold. Returns `{"1", token, acquired_us, lease ms left}` or
 /// `{"0", pttl, field, value, ...}`.
 ///
-/// The token is the fence counter plus one (`INCR`). When the counter is
-/// missing — a new resource, its week-long TTL ran out, or a restart lost
-/// every key — it restarts at the server's `TIME` in microseconds. That is
-/// above every earlier token as long as the server clock does not step back:
-/// the counter itself started at that clock and grew by one per grant, and
-/// two grants of one resource are always more than a microsecond apart (each
-/// is a script run, with a release or an expiry between them).
+/// **Tokens.** A new grant's token is `max(last + 1, now)`: `last` is the
+/// resource's latest token (the fence key, which lives a week from its
+/// creation), `now` the server's `TIME` in microseconds. So a token exceeds
+/// every token issued before it, even when the fence came back older or not
+/// at all — a restart from an older RDB snapshot, AOF `everysec` losing its
+/// last second, a lagging replica promoted, the fence's TTL run out:
+/// every earlier token was at most the server clock when it was issued plus
+/// `r`, the lead the `+ 1` gives the counter over the clock when grants of
+/// one resource come faster than one per microsecond (in practice none: a
+/// grant takes a script run, and a release or an expiry lies between two
+/// grants). The next token is at least the clock now, which is past all of
+/// them once more than `r` microseconds went by. This holds as long as
+/// (1) the server's clock never steps back — an NTP step, or after a
+/// failover a new primary whose clock is behind the old one's by more than
+/// the failover took — and (2) tokens are not issued faster than one per
+/// microsecond for long, which would let the counter run ahead of the clock
+/// and a lost fence hand out tokens from within that lead again. The cost
+/// is a `TIME` and an `INCRBY` (in place, keeping the TTL) beside the `INCR`
+/// per new grant, in the same round trip: under 2 µs of server CPU.
+///
+/// **One holder id in two managers** (say two processes given the same id):
+/// the second acquire re-enters the first's grant — same token, one more
+/// hold — and never shortens its lease: the TTL is raised to this lease if
+/// it is shorter, else left as it is, and the lease left is returned, so
+/// each guard dates its lease from what the key really has.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local holder = redis.call('HGET', KEYS[1], 'holder')
 if holder == ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'count', 1)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   local f = redis.call('HMGET', KEYS[1], 'token', 'acquired_us')
-  return {'1', f[1], f[2]}
+  redis.call('HINCRBY', KEYS[1], 'count', 1)
+  redis.call('HSET', KEYS[1], 'h:' .. ARGV[9], '1')
+  local left = redis.call('PTTL', KEYS[1])
+  if left < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    left = ARGV[2]
+  end
+  return {'1', f[1], f[2], tostring(left)}
 end
 if holder then
   if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'waited', '1') end
@@ -40,35 +66,59 @@ if holder then
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
   return busy
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-  local t = redis.call('TIME')
-  token = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('SET', KEYS[2], token, 'PX', 604800000)
-else
-  token = string.format('%.0f', token)
-end
+if token == 1 then redis.call('PEXPIRE', KEYS[2], 604800000) end
+if token < now then token = redis.call('INCRBY', KEYS[2], string.format('%.0f', now - token)) end
+token = string.format('%.0f', token)
 redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
-  'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7])
+  'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'1', token, ARGV[3]}
+return {'1', token, ARGV[3], ARGV[2]}
 "#,
     )
 });
 
-/// Releases one hold if holder and token match; deletes the lock when the
-/// count reaches zero, and then publishes on the release channel if anyone
-/// waited for this grant (an uncontended release sends no message, so no
-/// subscriber does any work for it).
+/// Releases one hold — the one named by the hold id — if holder and token
+/// match; deletes the lock when the last hold goes, and then publishes on
+/// the release channel if anyone waited for this grant (an uncontended
+/// release sends no message, so no subscriber does any work for it).
 ///
-/// KEYS: lock. ARGV: holder, token, channel. Returns -1 (not ours), 0
-/// (released) or the remaining count.
+/// KEYS: lock, fence. ARGV: holder, token, channel, hold id, and `1` if this
+/// is a retry after the connection dropped (the first attempt may or may
+/// not have run). Returns -1 (not ours), 0 (released) or the remaining
+/// count of other holds.
+///
+/// The only hold of a grant is released without looking at its hold field
+/// (the fast path: it can only be ours on a first attempt, as a guard is
+/// released once). A retry answers as the first attempt would have, where
+/// it can know:
+/// * the grant is still ours but our hold is gone: only our release removes
+///   it, so the first attempt ran; the remaining count is returned and
+///   nothing else is touched (no second hold is taken back);
+/// * the lock is gone and the fence still ends at our token: no grant was
+///   made since ours, and nobody broke it ([`FORCE_RELEASE`] moves the
+///   fence on) — whether our first attempt or the lease's end removed it,
+///   nobody else held the lock after us: 0;
+/// * otherwise (another grant followed, or the fence was lost) the first
+///   attempt may have run or the lock may have been lost before it: -1, for
+///   the caller to report as lost. This costs nothing on the fast path.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count', 'waited')
-if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return -1 end
-if f[3] ~= '1' then return redis.call('HINCRBY', KEYS[1], 'count', -1) end
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
+  if ARGV[5] == '1' and not f[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return 0 end
+  return -1
+end
+if f[3] ~= '1' or ARGV[5] == '1' then
+  if redis.call('HDEL', KEYS[1], 'h:' .. ARGV[4]) == 0 then
+    if ARGV[5] == '1' then return tonumber(f[3]) end
+    return -1
+  end
+  if f[3] ~= '1' then return redis.call('HINCRBY', KEYS[1], 'count', -1) end
+end
 redis.call('DEL', KEYS[1])
 if f[4] then redis.call('PUBLISH', ARGV[3], 'released') end
 return 0
@@ -76,24 +126,34 @@ return 0
     )
 });
 
-/// Sets the lease to ARGV[3] ms from now if holder and token match.
+/// Renews the lease if holder and token match: sets it to ARGV[3] ms from
+/// now — except that a grant shared with another hold (one holder id in two
+/// managers) is never shortened, as the other hold may rely on the longer
+/// lease.
 ///
-/// KEYS: lock. ARGV: holder, token, lease ms. Returns 1, or 0 if not ours.
+/// KEYS: lock. ARGV: holder, token, lease ms. Returns the lease left in ms
+/// (≥ 0), or -1 if not ours.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local f = redis.call('HMGET', KEYS[1], 'holder', 'token')
-if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count')
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return -1 end
+if f[3] ~= '1' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= tonumber(ARGV[3]) then return left end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return tonumber(ARGV[3])
 "#,
     )
 });
 
-/// Deletes the lock whoever holds it, telling waiters and the holder.
+/// Deletes the lock whoever holds it, telling waiters and the holder, and
+/// moves the fence on by one, so that a holder's retried [`RELEASE`] can tell
+/// its lock was broken.
 ///
-/// KEYS: lock. ARGV: channel, reason. Returns the lock's fields and its
-/// PTTL last, or an empty array if it was free.
+/// KEYS: lock, fence. ARGV: channel, reason. Returns the lock's fields and
+/// its PTTL last, or an empty array if it was free.
 pub(crate) static FORCE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -101,6 +161,7 @@ local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return {} end
 table.insert(fields, tostring(redis.call('PTTL', KEYS[1])))
 redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
 redis.call('PUBLISH', ARGV[1], 'forced:' .. ARGV[2])
 return fields
 "#,
@@ -121,15 +182,19 @@ return fields
     )
 });
 
-/// Undoes a grant whose reply never reached us (timeout, cancellation): the
-/// lock is deleted if this holder got it with one hold.
+/// Undoes an acquire attempt whose reply never reached us (timeout,
+/// cancellation, dropped connection): takes back the hold that attempt
+/// added, if it added one — a new grant or a re-entry — and deletes the lock
+/// if that was the last hold. It names the hold by the attempt's unique hold
+/// id, not by holder: with one holder id in two managers, the other
+/// manager's hold (same holder, same token) is never touched.
 ///
-/// KEYS: lock. ARGV: holder, channel.
+/// KEYS: lock. ARGV: hold id, channel. Returns 1 if a hold was taken back.
 pub(crate) static ABANDON: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local f = redis.call('HMGET', KEYS[1], 'holder', 'count')
-if f[1] ~= ARGV[1] or f[2] ~= '1' then return 0 end
+if redis.call('HDEL', KEYS[1], 'h:' .. ARGV[1]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[1], 'count', -1) > 0 then return 1 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], 'released')
 return 1

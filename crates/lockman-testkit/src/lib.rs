@@ -44,6 +44,7 @@ pub mod names;
 pub mod processes;
 pub mod redis_server;
 pub mod reentrancy;
+pub mod relay;
 pub mod release;
 pub mod timing;
 

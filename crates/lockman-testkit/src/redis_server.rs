@@ -8,10 +8,16 @@
 //! environment variable `LOCKMAN_REQUIRE_REDIS=1` is set (as in CI), in which
 //! case it panics.
 //!
-//! The server keeps nothing on disk (`--save "" --appendonly no`), so killing
-//! and restarting it loses every key — the crash that fault tests want. Fault
+//! The server keeps nothing on disk by itself (`--save "" --appendonly no`),
+//! so killing and restarting it loses every key — the crash that fault tests
+//! want. A test may take a snapshot with [`save`](RedisServer::save): the
+//! next restart loads it, so the store comes back as it was at the snapshot
+//! and loses only the writes after it (a restore from an older backup, AOF
+//! `everysec` losing its last second, a promoted replica that lagged). Fault
 //! tests may also [`pause`](RedisServer::pause) it (`SIGSTOP`): connections are
-//! still accepted by the kernel, but nothing answers.
+//! still accepted by the kernel, but nothing answers. [`monitor`](RedisServer::monitor)
+//! shows every command the server runs, and [`crate::relay::TcpRelay`] puts a
+//! delaying, stalling or cutting relay between a client and the server.
 //!
 //! [`RedisServer::start_tls`] starts one that also accepts TLS on a second
 //! port (`rediss://`), with a throwaway CA and server certificate made by the
@@ -264,8 +270,9 @@ impl RedisServer {
         self.signal(Signal::CONT, "resume");
     }
 
-    /// Kills the server if it is running, then starts a new one with an empty
-    /// store on the *same* port and waits until it answers `PING`.
+    /// Kills the server if it is running, then starts a new one on the *same*
+    /// port and waits until it answers `PING`. The new server's store is
+    /// empty, or holds the last snapshot [`save`](Self::save) wrote.
     ///
     /// # Panics
     ///
@@ -287,6 +294,40 @@ impl RedisServer {
             self.port,
             self.log_tail()
         );
+    }
+
+    /// Writes a snapshot of the whole store (`SAVE`, to `dump.rdb` in
+    /// [`dir`](Self::dir)). The next [`restart`](Self::restart) loads it: the
+    /// store comes back as it was now, without any write made after.
+    ///
+    /// # Errors
+    ///
+    /// As for [`command`](Self::command), e.g. if the server is not running.
+    pub fn save(&self) -> Result<(), String> {
+        match self.command(&["SAVE"])?.as_str() {
+            "OK" => Ok(()),
+            other => Err(format!("SAVE answered {other:?}")),
+        }
+    }
+
+    /// Opens a `MONITOR` connection: from now on, every command the server
+    /// runs is reported by [`Monitor::next_line`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`command`](Self::command).
+    pub fn monitor(&self) -> Result<Monitor, String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let stream =
+            TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT).map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        stream.set_write_timeout(Some(COMMAND_TIMEOUT)).map_err(|e| format!("set write timeout: {e}"))?;
+        (&stream).write_all(&encode_command(&["MONITOR"])).map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut monitor = Monitor { reader: RespReader { stream: BufReader::new(stream), deadline: Instant::now() } };
+        match monitor.next_line(COMMAND_TIMEOUT)?.as_str() {
+            "OK" => Ok(monitor),
+            other => Err(format!("MONITOR answered {other:?}")),
+        }
     }
 
     /// Whether the server process is alive (a paused server is). Reaps it if
@@ -462,6 +503,54 @@ impl Drop for RedisServer {
     }
 }
 
+/// A `MONITOR` connection to a [`RedisServer`], from [`RedisServer::monitor`].
+///
+/// Redis runs one command at a time and writes to its clients between
+/// commands, so once a line has arrived, the command it reports — and the
+/// whole script, for a command a script ran — has finished.
+#[derive(Debug)]
+pub struct Monitor {
+    reader: RespReader<TcpStream>,
+}
+
+impl Monitor {
+    /// The next command the server ran, as `MONITOR` prints it:
+    /// `<unix time> [<db> <client address>] "NAME" "arg"…`, with `lua` as the
+    /// client address of a command run by a script. Waits at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// If nothing arrives within `timeout`, or the connection fails.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<String, String> {
+        self.reader.deadline = Instant::now() + timeout;
+        match self.reader.read_value(0) {
+            Ok(Reply::Simple(line)) => Ok(line),
+            Ok(other) => Err(format!("unexpected MONITOR output {other:?}")),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(format!("no command within {timeout:?}"))
+            }
+            Err(e) => Err(format!("MONITOR connection: {e}")),
+        }
+    }
+
+    /// Reads lines until one satisfies `wanted` and returns it, waiting at
+    /// most `timeout` in all.
+    ///
+    /// # Errors
+    ///
+    /// As for [`next_line`](Self::next_line), when `timeout` runs out first.
+    pub fn wait_for(&mut self, timeout: Duration, mut wanted: impl FnMut(&str) -> bool) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.next_line(left).map_err(|e| format!("waiting {timeout:?} for a command: {e}"))?;
+            if wanted(&line) {
+                return Ok(line);
+            }
+        }
+    }
+}
+
 /// Reports why no server can run (`problem`, with its fix): `None` with a
 /// loud line, or a panic when [`REQUIRE_ENV`] is `1`.
 fn skip_or_panic(problem: &str) -> Option<RedisServer> {
@@ -591,6 +680,7 @@ impl Reply {
 }
 
 /// Reads RESP2 replies, failing once `deadline` has passed.
+#[derive(Debug)]
 struct RespReader<R> {
     stream: BufReader<R>,
     deadline: Instant,
@@ -811,6 +901,33 @@ mod tests {
         server.restart();
         assert_eq!(server.port(), port);
         assert_eq!(server.command(&["PING"]).unwrap(), "PONG");
+    }
+
+    #[test]
+    fn restart_loads_the_last_snapshot() {
+        let Some(mut server) = RedisServer::start() else { return };
+        assert_eq!(server.command(&["SET", "k", "saved"]).unwrap(), "OK");
+        server.save().unwrap();
+        assert_eq!(server.command(&["SET", "k", "after the snapshot"]).unwrap(), "OK");
+        assert_eq!(server.command(&["SET", "later", "x"]).unwrap(), "OK");
+        server.kill();
+        server.restart();
+        assert_eq!(server.command(&["GET", "k"]).unwrap(), "saved");
+        assert_eq!(server.command(&["GET", "later"]).unwrap(), "(nil)");
+    }
+
+    #[test]
+    fn monitor_reports_commands_and_script_commands() {
+        let Some(server) = RedisServer::start() else { return };
+        let mut monitor = server.monitor().unwrap();
+        assert_eq!(server.command(&["SET", "k", "v"]).unwrap(), "OK");
+        let line = monitor.wait_for(COMMAND_TIMEOUT, |line| line.contains("\"SET\"")).unwrap();
+        assert!(line.ends_with("\"SET\" \"k\" \"v\""), "{line}");
+        assert_eq!(server.command(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"]).unwrap(), "v");
+        let line = monitor.wait_for(COMMAND_TIMEOUT, |line| line.contains(" lua] ")).unwrap();
+        assert!(line.ends_with("\"GET\" \"k\""), "{line}");
+        let error = monitor.next_line(Duration::from_millis(100)).unwrap_err();
+        assert!(error.contains("no command within"), "{error}");
     }
 
     #[test]
