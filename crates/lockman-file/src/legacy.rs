@@ -589,7 +589,7 @@ impl LockBackend for LegacyFileBackend {
         let mut watch: Option<ChangeWatch> = None;
         let mut waited_for_old = false;
         loop {
-            let (mut record, now) = flock::next_record(&sidecar, request);
+            let (mut record, now) = flock::next_record(LEGACY_BACKEND, &files.sidecar, &sidecar, request)?;
             let created = fsutil::create_exclusive_with(&files.path, legacy_contents(now, &record).as_bytes())
                 .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
             if let Some(file) = created {
