@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockman_core::{AcquireOptions, FlagOptions, LockBackend, LockError, LockManager, LockState, StatusManager};
-use lockman_file::{FileBackend, FileOptions, FileStatusManager, FlagDirOptions, LeaseFileBackend};
+use lockman_file::{
+    FileBackend, FileOptions, FileStatusManager, FlagDirOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions,
+};
 
 /// How long any single operation may take here; a hang is a failure.
 const BOUND: Duration = Duration::from_secs(10);
@@ -284,6 +286,49 @@ async fn lease_files_with_times_from_the_far_future_go_stale() {
             .unwrap_or_else(|e| panic!("{resource}: a planted lease never went stale: {e}"));
         assert!(started.elapsed() < Duration::from_secs(5), "{resource}");
         guard.release().await.expect("release");
+    }
+}
+
+/// A kernel lock file held by a process whose record claims times from the
+/// far future: listed and inspected as an unknown holder, never with those
+/// times.
+#[tokio::test]
+async fn kernel_record_with_far_future_times_is_not_believed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let backend = FileBackend::open(FileOptions::new(dir.path())).expect("open");
+    let path = backend.lock_file("r");
+    let far = 300_000_000_000_000_000;
+    std::fs::write(&path, record_bytes(b'H', &body(7, far, Some(far), None))).expect("plant");
+    // Hold its kernel lock as the planting process would.
+    let held = std::fs::File::open(&path).expect("open");
+    held.lock().expect("flock");
+    let locks = backend.into_manager();
+    let sane = SystemTime::now() + Duration::from_secs(3600);
+    let listed = locks.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].acquired_at <= sane && listed[0].last_heartbeat.is_none_or(|at| at <= sane), "{listed:?}");
+    match locks.state("r").await.expect("state") {
+        LockState::Held(info) => assert!(info.acquired_at <= sane, "{info:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A legacy lock file whose modification time is centuries ahead (anyone
+/// who owns a file can set it) is judged stale, not held for ever.
+#[tokio::test]
+async fn legacy_file_modified_in_the_far_future_goes_stale() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = LegacyOptions::givtcp(dir.path(), 1).stale_after(Duration::from_secs(3600));
+    let backend = LegacyFileBackend::open(options).expect("open");
+    let path = backend.legacy_file("regcache");
+    std::fs::write(&path, "2025-11-10T12:34:56.123456+00:00").expect("an old process's file");
+    let year_3000 = UNIX_EPOCH + Duration::from_secs(32_503_680_000);
+    std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(year_3000)).expect("touch");
+    let locks = backend.into_manager();
+    let state = locks.state("regcache").await.expect("state");
+    assert!(matches!(state, LockState::Stale(_)), "{state:?}");
+    if let LockState::Stale(info) = &state {
+        assert!(info.acquired_at <= SystemTime::now(), "{:?}", info.acquired_at);
     }
 }
 
