@@ -163,6 +163,13 @@ impl FlagDirOptions {
 ///   timestamp granularity — cannot be told apart.) Concurrent `set`s from several
 ///   processes each write their own sidecar, so whichever file wins the final
 ///   rename finds its own metadata.
+/// * **Foreign metadata.** A sidecar is only believed if it is owned by the
+///   owner of the flag file it describes (whoever set the flag wrote both).
+///   `.lockman-flags` itself must be owned by this user, root or the flag
+///   directory's owner (or, in a group-writable flag directory, belong to
+///   its group), and be writable by group or others only where the flag
+///   directory is; otherwise every operation that needs it fails with an
+///   error naming it and how to fix it (remove it; lockman recreates it).
 ///
 /// # Legacy compatibility
 ///
@@ -297,7 +304,8 @@ impl FileStatusManager {
     /// [`LockError::Config`] if the directory cannot be created or is not
     /// one, if a configured file name is not one plain path component or is
     /// shared by two flags, if a configured flag name is invalid, or if
-    /// `.lockman-flags` in the directory is not a directory.
+    /// `.lockman-flags` in the directory is not a directory. (One another
+    /// user controls is refused when used; see "Foreign metadata" above.)
     ///
     /// ```
     /// use lockman_file::{FileStatusManager, FlagDirOptions};

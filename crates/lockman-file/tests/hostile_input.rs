@@ -240,6 +240,21 @@ async fn lease_fencing_token_exhaustion_is_refused() {
     assert!(matches!(locks.state("r").await.expect("state"), LockState::Available));
 }
 
+/// The legacy backend's sidecar record holding `u64::MAX`: refused, and the
+/// legacy file is not left behind for old processes to wait on.
+#[tokio::test]
+async fn legacy_fencing_token_exhaustion_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let backend = LegacyFileBackend::open(LegacyOptions::givtcp(dir.path(), 1)).expect("open");
+    let legacy = backend.legacy_file("regcache");
+    let sidecar = dir.path().join(".regcache_lockfile_1.flock");
+    std::fs::write(&sidecar, record_bytes(b'R', &body(u64::MAX, now_us(), None, None))).expect("plant");
+    let locks = backend.into_manager();
+    let err = locks.acquire("regcache", AcquireOptions::new().no_wait()).await.expect_err("issued a token after MAX");
+    assert!(err.to_string().contains("exhausted") && err.to_string().contains(".flock"), "{err}");
+    assert!(!legacy.exists(), "a refused grant left the legacy lock file behind");
+}
+
 // ---------------------------------------------------------------- item 2
 
 /// Lease files planted with times from the far future (acquired and
