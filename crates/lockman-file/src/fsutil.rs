@@ -563,7 +563,7 @@ pub(crate) fn io_error(
         io::ErrorKind::PermissionDenied => "; check the directory's permissions",
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
         _ if error.raw_os_error() == Some(rustix_eloop()) => {
-            "; the lock file is a symlink, which lockman refuses — remove it"
+            "; it is a symlink, which lockman never follows — remove it"
         }
         io::ErrorKind::InvalidInput => {
             "; something other than a regular file is in the way (lockman never reads or locks through it) — remove it"
