@@ -122,16 +122,29 @@ pub(crate) async fn lock(
     }
 }
 
-/// The record for a new grant in a freshly locked `file`. The file's last
-/// token (if readable) and the clock both floor the new token, so tokens keep
-/// increasing even if the file was deleted and recreated.
-pub(crate) fn next_record(file: &File, request: &GrantRequest) -> (Record, SystemTime) {
-    let previous = match record::read_from(file) {
-        Ok(Ok(Some((record, _)))) => record.token,
+/// The record for a new grant in a freshly locked `file` (at `path`). The
+/// file's last token (if readable) and the clock both floor the new token, so
+/// tokens keep increasing even if the file was deleted and recreated.
+///
+/// # Errors
+///
+/// [`LockError::Backend`] if the file's last token is `u64::MAX`: no larger
+/// one exists, and a token that does not increase is never issued.
+pub(crate) fn next_record(
+    backend: &'static str,
+    path: &Path,
+    file: &File,
+    request: &GrantRequest,
+) -> Result<(Record, SystemTime), LockError> {
+    // The token only: a record whose times are implausible still carries the
+    // token it was granted with, which the next one must be above.
+    let previous = match record::read_token_from(file) {
+        Ok(Some(token)) => token,
         _ => 0,
     };
     let now = SystemTime::now();
-    (Record::new(request, (previous + 1).max(unix_micros(now)), now), now)
+    let token = fsutil::next_token(backend, &request.resource, path, previous, unix_micros(now))?;
+    Ok((Record::new(request, token, now), now))
 }
 
 /// Whether anyone holds `file`'s kernel lock, probed with a shared try-lock

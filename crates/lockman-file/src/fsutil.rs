@@ -99,14 +99,91 @@ pub(crate) fn open_no_follow_with_meta(path: &Path, access: Access) -> io::Resul
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).mode(0o666);
+        // O_NONBLOCK: opening a named pipe planted where a lock file should be
+        // would otherwise wait forever for a writer. Cleared again below.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.custom_flags(flags.bits() as i32).mode(0o666);
     }
     let file = open_without_atime(&options, path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        return Err(not_a_regular_file(&meta));
     }
+    clear_nonblock(&file)?;
     Ok((file, meta))
+}
+
+/// The error for a path that names something other than a regular file (a
+/// named pipe, socket, device or directory): never read, locked or written.
+pub(crate) fn not_a_regular_file(meta: &std::fs::Metadata) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{}, not a regular file", describe_kind(meta)))
+}
+
+/// What kind of file `meta` describes, for messages.
+pub(crate) fn describe_kind(meta: &std::fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+/// Puts `file` back in blocking mode: `O_NONBLOCK` was only for the open.
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let flags = rustix::fs::fcntl_getfl(file)?;
+        if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+            rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::NONBLOCK)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// Reads the whole regular file at `path` — never through a symlink, never
+/// waiting on a named pipe — refusing one longer than `cap` bytes (as
+/// `InvalidData`) rather than allocating for it. `None` if nothing is there.
+///
+/// Every file lockman reads back whole is one it writes small itself, so a
+/// longer one is corrupt or planted; the cap bounds what it can cost.
+pub(crate) fn read_capped(path: &Path, cap: usize) -> io::Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    use std::io::Read;
+    let (file, meta) = match open_no_follow_with_meta(path, Access::Read) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    let mut content = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(cap).min(cap));
+    // One byte past the cap tells "exactly the cap" from "longer".
+    Read::take(&file, limit).read_to_end(&mut content)?;
+    if content.len() > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("longer than {cap} bytes, more than lockman ever writes there; corrupt or planted"),
+        ));
+    }
+    Ok(Some((content, meta)))
 }
 
 /// Whether the open file still has a name (it was not deleted, or replaced
@@ -132,7 +209,7 @@ fn open_without_atime(options: &OpenOptions, path: &Path) -> io::Result<File> {
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut no_atime = options.clone();
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOATIME;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOATIME;
         no_atime.custom_flags(flags.bits() as i32);
         match no_atime.open(path) {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {}
@@ -436,6 +513,34 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// The fencing token after `previous`, at least `floor`; an error naming
+/// `path` if `previous` is already the largest token there is. Tokens must
+/// only ever increase, so one that would wrap or stand still is never issued.
+pub(crate) fn next_token(
+    backend: &'static str,
+    resource: &str,
+    path: &Path,
+    previous: u64,
+    floor: u64,
+) -> Result<u64, LockError> {
+    match previous.checked_add(1) {
+        Some(next) => Ok(next.max(floor)),
+        None => Err(LockError::Backend {
+            backend: backend.to_owned(),
+            action: "issuing a fencing token".to_owned(),
+            resource: Some(resource.to_owned()),
+            message: format!(
+                "{}: the fencing token counter is exhausted (the last token is {previous}, the largest there is); \
+                 no later token can be issued. Tokens that high are only ever planted or corrupt: check who can \
+                 write the directory, then remove the file while nobody holds the lock (tokens then restart from \
+                 the clock, so fenced services must forget the old maximum)",
+                path.display()
+            ),
+            source: None,
+        }),
+    }
+}
+
 /// Microseconds since the Unix epoch.
 pub(crate) fn unix_micros(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -458,9 +563,14 @@ pub(crate) fn io_error(
         io::ErrorKind::PermissionDenied => "; check the directory's permissions",
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
         _ if error.raw_os_error() == Some(rustix_eloop()) => {
-            "; the lock file is a symlink, which lockman refuses — remove it"
+            "; it is a symlink, which lockman never follows — remove it"
         }
-        io::ErrorKind::InvalidInput => "; something other than a regular file is in the way — remove it",
+        io::ErrorKind::InvalidInput => {
+            "; something other than a regular file is in the way (lockman never reads or locks through it) — remove it"
+        }
+        io::ErrorKind::InvalidData => {
+            "; it is corrupt or was planted: check who can write the directory, then remove it"
+        }
         _ => "",
     };
     LockError::Backend {

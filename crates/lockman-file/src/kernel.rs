@@ -158,7 +158,8 @@ impl LockBackend for FileBackend {
                 Ok(locked) => locked,
                 Err(holder) => return Ok(Acquired::Busy { holder }),
             };
-        let (record, now) = flock::next_record(&file, request);
+        // On an error the file (and with it the kernel lock) and our turn are dropped.
+        let (record, now) = flock::next_record(BACKEND, &path, &file, request)?;
         record
             .write_to(&file, RecordState::Held)
             .map_err(|e| self.io("writing the holder record", resource, &path, e))?;

@@ -49,7 +49,18 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// reads a token above every granted one.
 ///
 /// Lease files judge staleness by the holder's clock: hosts sharing the
-/// directory need clocks in step to well within the lease.
+/// directory need clocks in step to well within the lease. Times in a record
+/// are untrusted input: a record whose grant or heartbeat time is further
+/// ahead of this host's clock than its lease (at least ten minutes), or
+/// whose lease exceeds 1000 years, is treated like a corrupt file — held for
+/// one default lease from its last change, then broken — as is a corrupt
+/// file whose change time is in the future.
+///
+/// Only regular files are ever read: a named pipe, symlink or device in place
+/// of a lease or `.seq` file is an error naming the path for its resource,
+/// and skipped (with a warning) by `list` and `cleanup_stale`. The `.seq`
+/// file is read at most 64 bytes. A token counter at `u64::MAX` is an error,
+/// never a repeated or wrapped token.
 ///
 /// The lease-file manager: `Locks<LeaseFileBackend>`.
 ///
@@ -132,7 +143,9 @@ impl LeaseFileBackend {
         record.heartbeat_us = Some(unix_micros(now));
         // The file carries a real token from the moment it appears: a breaker
         // that moved it by mistake ranks it by its token to put it back.
-        record.token = next_token(read_sequence(&sequence), now);
+        let previous =
+            read_sequence(&sequence).map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))?;
+        record.token = fsutil::next_token(LEASE_BACKEND, resource, &sequence, previous, unix_micros(now))?;
         let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
         else {
@@ -143,10 +156,26 @@ impl LeaseFileBackend {
         // We hold the lease: only we write the sequence file now. A grant
         // made and released between our first read and the create took a
         // token we must be above.
-        let taken = read_sequence(&sequence);
-        let token_changed = taken >= record.token;
-        if token_changed {
-            record.token = next_token(taken, SystemTime::now());
+        let taken = read_sequence(&sequence)
+            .map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))
+            .and_then(|taken| {
+                if taken < record.token {
+                    return Ok(None);
+                }
+                let floor = unix_micros(SystemTime::now());
+                fsutil::next_token(LEASE_BACKEND, resource, &sequence, taken, floor).map(Some)
+            });
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                // Not granted: our file must not block others until it goes stale.
+                let _ = fsutil::break_by_rename(path, id, |_| true);
+                return Err(e);
+            }
+        };
+        let token_changed = taken.is_some();
+        if let Some(token) = taken {
+            record.token = token;
         }
         let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes())
             .and_then(|()| if token_changed { record.write_to(&file, RecordState::Held) } else { Ok(()) });
@@ -207,12 +236,17 @@ impl LeaseFileBackend {
                 Existing { id, info: Some(record.to_info(LEASE_BACKEND)), stale, stale_at }
             }
             // Unreadable (a half-written file from the no-link fallback, or
-            // corruption): give it one default lease from its last change.
+            // corruption, or implausible times): give it one default lease
+            // from its last change. A change time in the future is as
+            // untrusted as the record (anyone who owns the file can set it):
+            // beyond the clock allowance, the file is stale at once.
             unreadable => {
                 if let Err(corrupt) = unreadable {
                     tracing::warn!(path = %path.display(), error = %corrupt, "unreadable lease file");
                 }
-                let stale_at = meta.modified().unwrap_or(now) + self.default_lease;
+                let modified = meta.modified().unwrap_or(now);
+                let plausible = now.checked_add(record::CLOCK_AHEAD_ALLOWANCE).is_none_or(|latest| modified <= latest);
+                let stale_at = if plausible { modified + self.default_lease } else { now };
                 Existing { id, info: None, stale: stale_at <= now, stale_at }
             }
         }))
@@ -458,6 +492,9 @@ impl LockBackend for LeaseFileBackend {
         let mut held = Vec::new();
         for path in self.lease_files()? {
             let unnamed = fsutil::file_name_of(&path);
+            if !is_regular_file(&path) {
+                continue;
+            }
             if let Some(existing) = self.examine(&unnamed, &path)? {
                 held.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
             }
@@ -485,6 +522,9 @@ impl LockBackend for LeaseFileBackend {
         let mut broken = Vec::new();
         for path in self.lease_files()? {
             let unnamed = fsutil::file_name_of(&path);
+            if !is_regular_file(&path) {
+                continue;
+            }
             let Some(existing) = self.examine(&unnamed, &path)? else { continue };
             if existing.stale && self.break_stale(&unnamed, &path, existing.id)? {
                 broken.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
@@ -494,16 +534,39 @@ impl LockBackend for LeaseFileBackend {
     }
 }
 
+/// The most a sequence file may hold: one decimal `u64` (20 digits), with
+/// room for whitespace. Anything longer is corrupt or planted.
+const MAX_SEQUENCE_LEN: usize = 64;
+
 /// The last token handed out for the resource, from its sequence file (0 if
-/// none is readable).
-fn read_sequence(sequence: &Path) -> u64 {
-    std::fs::read_to_string(sequence).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
+/// there is none, or it does not hold a number). Read without following a
+/// symlink or waiting on a named pipe, and at most [`MAX_SEQUENCE_LEN`]
+/// bytes: anything else in its place is an error.
+fn read_sequence(sequence: &Path) -> io::Result<u64> {
+    let Some((bytes, _)) = fsutil::read_capped(sequence, MAX_SEQUENCE_LEN)? else {
+        return Ok(0);
+    };
+    let parsed = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if parsed.is_none() && !bytes.is_empty() {
+        tracing::warn!(path = %sequence.display(), "unreadable token sequence file; tokens continue from the clock");
+    }
+    Ok(parsed.unwrap_or(0))
 }
 
-/// The token after `previous`, floored on the clock (microseconds) so tokens
-/// keep increasing even where the sequence file was lost.
-fn next_token(previous: u64, now: SystemTime) -> u64 {
-    previous.saturating_add(1).max(unix_micros(now))
+/// Whether `path` names a regular file (not following a symlink). Listing
+/// and cleanup skip anything else with a warning — a named pipe or symlink
+/// planted under a lease file's name is no lease, and must neither hang nor
+/// fail the whole listing; `inspect` and `acquire` of its resource report it.
+fn is_regular_file(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => true,
+        Ok(meta) => {
+            tracing::warn!(path = %path.display(), kind = fsutil::describe_kind(&meta), "not a regular file where a lease file should be; skipped (remove it)");
+            false
+        }
+        // Gone meanwhile: examine says so. Other errors: examine reports them.
+        Err(_) => true,
+    }
 }
 
 /// The monotonic instant at which the wall-clock time `at` comes.

@@ -393,7 +393,7 @@ impl LegacyFileBackend {
             };
             return Ok(Some((snapshot, Occupant::New { record: Box::new(record), alive, sidecar: sidecar_id })));
         }
-        let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
+        let since = judged_since(&files.path, &meta, files.stale_after);
         // Our marker, but no grant recorded for the file: a new process
         // crashed between linking it into place and writing the sidecar
         // record. Ours to break at once — if no new process holds the sidecar
@@ -589,7 +589,7 @@ impl LockBackend for LegacyFileBackend {
         let mut watch: Option<ChangeWatch> = None;
         let mut waited_for_old = false;
         loop {
-            let (mut record, now) = flock::next_record(&sidecar, request);
+            let (mut record, now) = flock::next_record(LEGACY_BACKEND, &files.sidecar, &sidecar, request)?;
             let created = fsutil::create_exclusive_with(&files.path, legacy_contents(now, &record).as_bytes())
                 .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
             if let Some(file) = created {
@@ -758,6 +758,21 @@ impl LockBackend for LegacyFileBackend {
         }
         Ok(broken)
     }
+}
+
+/// When the legacy file at `path` was last changed, as staleness is judged.
+/// Its modification time is untrusted (whoever owns the file can set it): one
+/// further ahead of this host's clock than the allowance for clock skew is
+/// planted or broken, and is judged as if the file were already
+/// `stale_after` old — else it would never go stale.
+fn judged_since(path: &Path, meta: &std::fs::Metadata, stale_after: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    let modified = meta.modified().unwrap_or(now);
+    if now.checked_add(record::CLOCK_AHEAD_ALLOWANCE).is_some_and(|latest| modified > latest) {
+        tracing::warn!(path = %path.display(), "legacy lock file modified in the future; judged stale");
+        return now.checked_sub(stale_after).unwrap_or(std::time::UNIX_EPOCH);
+    }
+    modified
 }
 
 /// What is known of an old process holding `path`: nothing but the file's

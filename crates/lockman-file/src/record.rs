@@ -29,6 +29,13 @@ const HEADER_LEN: usize = 27;
 /// Bodies larger than this are refused as corrupt.
 const MAX_BODY: usize = 64 * 1024;
 
+/// The longest lease a record may claim; a longer one is corrupt or planted.
+pub(crate) const MAX_RECORD_LEASE: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
+
+/// How far ahead of this host's clock a record's times may be, at least
+/// (a lease-holding record may be ahead by its lease, if longer).
+pub(crate) const CLOCK_AHEAD_ALLOWANCE: Duration = Duration::from_secs(10 * 60);
+
 /// A holder's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -99,6 +106,35 @@ impl Record {
     pub(crate) fn lease_expires_at(&self) -> Option<SystemTime> {
         let lease = self.lease()?;
         Some(from_unix_micros(self.heartbeat_us.unwrap_or(self.acquired_at_us)) + lease)
+    }
+
+    /// Refuses times no honest holder writes, so that a planted or corrupt
+    /// record can neither keep a lease alive for ever nor hand callers
+    /// [`LockInfo`] times too large to format: a lease over
+    /// [`MAX_RECORD_LEASE`], or a grant or heartbeat time further ahead of
+    /// this host's clock than the record's own lease (at least
+    /// [`CLOCK_AHEAD_ALLOWANCE`]) — hosts sharing lease files must keep
+    /// their clocks in step well within the lease anyway.
+    pub(crate) fn check_times(&self, now: SystemTime) -> Result<(), String> {
+        let lease = self.lease();
+        if let Some(lease) = lease
+            && lease > MAX_RECORD_LEASE
+        {
+            return Err(format!("implausible record: a lease of {} ms", self.lease_ms.unwrap_or_default()));
+        }
+        let allowance = lease.unwrap_or_default().max(CLOCK_AHEAD_ALLOWANCE);
+        let latest = unix_micros(now).saturating_add(u64::try_from(allowance.as_micros()).unwrap_or(u64::MAX));
+        for (what, at) in [("acquired", Some(self.acquired_at_us)), ("heartbeat", self.heartbeat_us)] {
+            if let Some(at) = at
+                && at > latest
+            {
+                return Err(format!(
+                    "implausible record: its {what} time ({at} µs after 1970) is more than {allowance:?} ahead \
+                     of this host's clock"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the holder ran on this host and its process is gone.
@@ -227,8 +263,31 @@ pub(crate) fn mark_released(file: &File) -> io::Result<()> {
 }
 
 /// Reads the record in `file`, retrying a few times if a concurrent write
-/// tore it. `Ok(None)`: the file holds no record.
+/// tore it. `Ok(None)`: the file holds no record. A record whose times are
+/// implausible (see [`Record::check_times`]) is reported as corrupt, like a
+/// torn one: callers then judge the file by its age, never by those times.
 pub(crate) fn read_from(file: &File) -> io::Result<Result<Option<(Record, RecordState)>, String>> {
+    Ok(match read_decoded(file)? {
+        Ok(Some((record, state))) => match record.check_times(SystemTime::now()) {
+            Ok(()) => Ok(Some((record, state))),
+            Err(implausible) => Err(implausible),
+        },
+        other => other,
+    })
+}
+
+/// The last fencing token recorded in `file`, even if the record's times are
+/// implausible (the token is what a successor must stay above). `Ok(None)`
+/// if there is no readable record.
+pub(crate) fn read_token_from(file: &File) -> io::Result<Option<u64>> {
+    Ok(match read_decoded(file)? {
+        Ok(Some((record, _))) => Some(record.token),
+        _ => None,
+    })
+}
+
+/// [`read_from`] without the plausibility check.
+fn read_decoded(file: &File) -> io::Result<Result<Option<(Record, RecordState)>, String>> {
     let mut buf = vec![0u8; 1024];
     let mut last = Ok(None);
     for attempt in 0..5 {

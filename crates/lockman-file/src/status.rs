@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,13 @@ const SIDECAR_SEPARATOR: char = '~';
 
 /// The suffix of sidecar files.
 const SIDECAR_SUFFIX: &str = ".json";
+
+/// The longest flag value (flag file) this backend writes or reads: a longer
+/// file is refused as corrupt rather than read into memory.
+const MAX_FLAG_VALUE: usize = 1024 * 1024;
+
+/// The longest sidecar read back; lockman's own are a few hundred bytes.
+const MAX_SIDECAR_LEN: usize = 64 * 1024;
 
 /// The sidecar format version written by this build.
 const SIDECAR_VERSION: u32 = 1;
@@ -156,6 +163,13 @@ impl FlagDirOptions {
 ///   timestamp granularity — cannot be told apart.) Concurrent `set`s from several
 ///   processes each write their own sidecar, so whichever file wins the final
 ///   rename finds its own metadata.
+/// * **Foreign metadata.** A sidecar is only believed if it is owned by the
+///   owner of the flag file it describes (whoever set the flag wrote both).
+///   `.lockman-flags` itself must be owned by this user, root or the flag
+///   directory's owner (or, in a group-writable flag directory, belong to
+///   its group), and be writable by group or others only where the flag
+///   directory is; otherwise every operation that needs it fails with an
+///   error naming it and how to fix it (remove it; lockman recreates it).
 ///
 /// # Legacy compatibility
 ///
@@ -172,7 +186,11 @@ impl FlagDirOptions {
 ///   lazily by the next reader. Old readers, which know nothing of TTLs, see
 ///   it until then.
 /// * Symlinks are never followed: a symlink (or anything but a regular file)
-///   where a flag file should be is reported as an error naming the path.
+///   where a flag file should be is reported as an error naming the path,
+///   without opening it (a named pipe never blocks a reader).
+/// * Flag values are at most 1 MiB: `set` refuses a longer one, and a longer
+///   flag file (or a sidecar over 64 KiB) is reported as corrupt, never read
+///   into memory.
 ///
 /// Names that differ only in ASCII case are distinct files on case-sensitive
 /// file systems (Linux); on case-insensitive ones (macOS, Windows, most SMB
@@ -286,7 +304,8 @@ impl FileStatusManager {
     /// [`LockError::Config`] if the directory cannot be created or is not
     /// one, if a configured file name is not one plain path component or is
     /// shared by two flags, if a configured flag name is invalid, or if
-    /// `.lockman-flags` in the directory is not a directory.
+    /// `.lockman-flags` in the directory is not a directory. (One another
+    /// user controls is refused when used; see "Foreign metadata" above.)
     ///
     /// ```
     /// use lockman_file::{FileStatusManager, FlagDirOptions};
@@ -423,7 +442,21 @@ impl FileStatusManager {
     /// than a directory is in its place.
     fn meta_dir_exists(&self, action: &str, flag: Option<&str>) -> Result<bool, LockError> {
         match std::fs::symlink_metadata(&self.meta_dir) {
-            Ok(meta) if meta.is_dir() => Ok(true),
+            Ok(meta) if meta.is_dir() => match self.untrusted_meta_dir(&meta) {
+                None => Ok(true),
+                Some(why) => Err(LockError::backend(
+                    BACKEND,
+                    action,
+                    flag,
+                    format!(
+                        "{path} (lockman's flag metadata) {why}, so another user could rewrite when your flags \
+                         expire or what they hold; lockman refuses to use it. Remove it (`rm -r {path}`) and lockman \
+                         recreates it safely, and keep the flag directory {dir} writable only by users you trust",
+                        path = self.meta_dir.display(),
+                        dir = self.dir.path().display(),
+                    ),
+                )),
+            },
             Ok(meta) => Err(LockError::backend(
                 BACKEND,
                 action,
@@ -431,12 +464,50 @@ impl FileStatusManager {
                 format!(
                     "{} is {}, not a directory; lockman keeps flag metadata there and never follows links — remove it",
                     self.meta_dir.display(),
-                    describe(&meta)
+                    fsutil::describe_kind(&meta)
                 ),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io(action, flag, &self.meta_dir, e)),
         }
+    }
+
+    /// Why the metadata directory `meta` cannot be trusted, if it cannot:
+    /// it must be owned by us, root, or the flag directory's owner (or, in a
+    /// group-shared flag directory, belong to its group), and be writable by
+    /// group or others only where the flag directory itself is (as when
+    /// lockman creates it, mirroring the flag directory's mode). Otherwise a
+    /// user who could not touch our flags could rewrite their metadata.
+    #[cfg(unix)]
+    fn untrusted_meta_dir(&self, meta: &Metadata) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let (dir_uid, dir_gid, dir_mode) =
+            std::fs::metadata(self.dir.path()).map_or((me, u32::MAX, 0), |dir| (dir.uid(), dir.gid(), dir.mode()));
+        let group_shared = dir_mode & 0o020 != 0 && dir_mode & 0o002 == 0;
+        let owner_trusted = [me, 0, dir_uid].contains(&meta.uid())
+            || (group_shared && meta.gid() == dir_gid && meta.mode() & 0o002 == 0);
+        if !owner_trusted {
+            return Some(format!(
+                "is owned by uid {} (not you, uid {me}, nor root, nor the flag directory's owner)",
+                meta.uid()
+            ));
+        }
+        let extra_write = meta.mode() & 0o022 & !dir_mode;
+        if extra_write != 0 {
+            return Some(format!(
+                "has mode {:04o}: writable by {} although the flag directory (mode {:04o}) is not",
+                meta.mode() & 0o7777,
+                if extra_write & 0o002 != 0 { "everyone" } else { "its group" },
+                dir_mode & 0o7777
+            ));
+        }
+        None
+    }
+
+    #[cfg(not(unix))]
+    fn untrusted_meta_dir(&self, _meta: &Metadata) -> Option<String> {
+        None
     }
 
     fn ensure_meta_dir(&self, action: &str, flag: &str) -> Result<(), LockError> {
@@ -468,9 +539,21 @@ impl FileStatusManager {
     /// The sidecar describing the flag file `file` with identity `stamp`, if
     /// there is a valid one. Unreadable sidecars are reported and ignored:
     /// the flag then reads as an old process would see it.
-    fn load_sidecar(&self, file: &str, stamp: &Stamp) -> Option<Sidecar> {
+    ///
+    /// Only a sidecar owned by the flag file's owner is believed: whoever set
+    /// the flag wrote both, and a sidecar planted by anyone else (who may
+    /// create files in a shared metadata directory) must not decide when
+    /// another user's flag expires.
+    fn load_sidecar(&self, file: &str, stamp: &Stamp, flag_meta: &Metadata) -> Option<Sidecar> {
         let path = self.sidecar_path(file, stamp);
-        let bytes = match read_no_follow(&path) {
+        let bytes = match fsutil::read_capped(&path, MAX_SIDECAR_LEN) {
+            Ok(Some((_, meta))) if !same_owner(&meta, flag_meta) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "flag metadata not owned by the flag file's owner; ignored (remove it)"
+                );
+                return None;
+            }
             Ok(Some((bytes, _))) => bytes,
             Ok(None) => return None,
             Err(e) => {
@@ -513,16 +596,21 @@ impl FileStatusManager {
     fn read_flag(&self, name: &str, file: &str, action: &str) -> Result<Option<Found>, LockError> {
         let path = self.dir.join(file);
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => return Err(not_a_file(action, Some(name), &path, describe(&meta))),
+            Ok(meta) if !meta.is_file() => {
+                return Err(not_a_file(action, Some(name), &path, fsutil::describe_kind(&meta)));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(action, Some(name), &path, e)),
         }
-        let Some((content, meta)) = read_no_follow(&path).map_err(|e| self.io(action, Some(name), &path, e))? else {
+        let Some((content, meta)) =
+            fsutil::read_capped(&path, MAX_FLAG_VALUE).map_err(|e| self.io(action, Some(name), &path, e))?
+        else {
             return Ok(None);
         };
         let stamp = Stamp::of(&meta);
-        let sidecar = if self.meta_dir_exists(action, Some(name))? { self.load_sidecar(file, &stamp) } else { None };
+        let sidecar =
+            if self.meta_dir_exists(action, Some(name))? { self.load_sidecar(file, &stamp, &meta) } else { None };
         let info = flag_info(name, &content, &meta, sidecar.as_ref());
         if info.expired_at(SystemTime::now()) {
             self.remove_expired(name, &path, file, &meta);
@@ -557,12 +645,26 @@ impl FileStatusManager {
         let file = self.resolve(flag)?;
         let path = self.dir.join(&file);
         let previous = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => return Err(not_a_file(ACTION, Some(flag), &path, describe(&meta))),
+            Ok(meta) if !meta.is_file() => {
+                return Err(not_a_file(ACTION, Some(flag), &path, fsutil::describe_kind(&meta)));
+            }
             Ok(meta) => Some(Stamp::of(&meta)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(self.io(ACTION, Some(flag), &path, e)),
         };
         let content = options.value.as_deref().unwrap_or("").as_bytes();
+        if content.len() > MAX_FLAG_VALUE {
+            return Err(LockError::backend(
+                BACKEND,
+                ACTION,
+                Some(flag),
+                format!(
+                    "a value of {} bytes is longer than flag files may be ({MAX_FLAG_VALUE} bytes); keep large data \
+                     elsewhere and put a reference to it in the flag",
+                    content.len()
+                ),
+            ));
+        }
         let temp = fsutil::sibling(&path, "new");
         let stamp = match write_new(&temp, content) {
             Ok(meta) => Stamp::of(&meta),
@@ -615,7 +717,9 @@ impl FileStatusManager {
         let file = self.resolve(flag)?;
         let path = self.dir.join(&file);
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => return Err(not_a_file(action, Some(flag), &path, describe(&meta))),
+            Ok(meta) if !meta.is_file() => {
+                return Err(not_a_file(action, Some(flag), &path, fsutil::describe_kind(&meta)));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(action, Some(flag), &path, e)),
@@ -627,7 +731,7 @@ impl FileStatusManager {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(action, Some(flag), &path, e)),
         }
-        let (content, meta) = match read_no_follow(&taken) {
+        let (content, meta) = match fsutil::read_capped(&taken, MAX_FLAG_VALUE) {
             Ok(Some(read)) => read,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -642,7 +746,7 @@ impl FileStatusManager {
         };
         let stamp = Stamp::of(&meta);
         let sidecar = match self.meta_dir_exists(action, Some(flag)) {
-            Ok(true) => self.load_sidecar(&file, &stamp),
+            Ok(true) => self.load_sidecar(&file, &stamp, &meta),
             Ok(false) => None,
             Err(e) => {
                 tracing::warn!(flag, error = %e, "flag metadata unusable while consuming a flag");
@@ -673,7 +777,7 @@ impl FileStatusManager {
             let path = self.dir.join(&sidecar.file);
             let current = match std::fs::symlink_metadata(&path) {
                 Ok(meta) if meta.is_file() => Some(Stamp::of(&meta)),
-                Ok(meta) => return Err(not_a_file(ACTION, Some(&sidecar.name), &path, describe(&meta))),
+                Ok(meta) => return Err(not_a_file(ACTION, Some(&sidecar.name), &path, fsutil::describe_kind(&meta))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(self.io(ACTION, Some(&sidecar.name), &path, e)),
             };
@@ -737,7 +841,7 @@ impl FileStatusManager {
             if !name.ends_with(SIDECAR_SUFFIX) || prefix.as_ref().is_some_and(|prefix| !name.starts_with(prefix)) {
                 continue;
             }
-            let bytes = match read_no_follow(&path) {
+            let bytes = match fsutil::read_capped(&path, MAX_SIDECAR_LEN) {
                 Ok(Some((bytes, _))) => bytes,
                 Ok(None) => continue,
                 Err(e) => {
@@ -857,28 +961,18 @@ fn is_old(path: &Path) -> bool {
         .is_some_and(|age| age > STALE_SIDECAR_GRACE)
 }
 
-/// Reads the regular file at `path` without following a symlink and without
-/// blocking on a FIFO; `None` if nothing is there.
-fn read_no_follow(path: &Path) -> io::Result<Option<(Vec<u8>, Metadata)>> {
-    let mut options = OpenOptions::new();
-    options.read(true);
+/// Whether two files have the same owner (always, where there are no owners).
+fn same_owner(a: &Metadata, b: &Metadata) -> bool {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
+        use std::os::unix::fs::MetadataExt;
+        a.uid() == b.uid()
     }
-    let mut file = match options.open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        true
     }
-    let mut content = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(64 * 1024));
-    file.read_to_end(&mut content)?;
-    Ok(Some((content, meta)))
 }
 
 /// Creates `path` (which must not exist) with `content`, and returns its
@@ -907,18 +1001,6 @@ fn is_symlink_error(error: &io::Error) -> bool {
     {
         let _ = error;
         false
-    }
-}
-
-/// What kind of non-regular file `meta` describes.
-fn describe(meta: &Metadata) -> &'static str {
-    let kind = meta.file_type();
-    if kind.is_symlink() {
-        "a symlink"
-    } else if kind.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
     }
 }
 
