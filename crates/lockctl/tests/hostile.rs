@@ -4,8 +4,11 @@
 
 mod common;
 
-use common::{Output, Sandbox, output};
+use std::path::Path;
+
+use common::{Output, Proc, STEP, Sandbox, output, waiting_shell};
 use lockman_testkit::redis_server::RedisServer;
+use rustix::process::Signal;
 
 /// 3e17 µs after 1970: about the year 11476, past any calendar formatter.
 const FAR_FUTURE_US: &str = "300000000000000000";
@@ -47,15 +50,43 @@ fn assert_no_crash(what: &str, out: &Output) {
     assert!(!out.stderr.contains("panicked"), "{what} panicked: {out:?}");
 }
 
-/// No raw escape, carriage return, bell or bidi control, and no line the
-/// planted text started.
-fn assert_terminal_safe(what: &str, out: &Output) {
+/// What is unsafe in `out`: raw escape, carriage return, bell or bidi
+/// control characters, or a line the planted text started.
+fn terminal_hazards(what: &str, out: &Output) -> Vec<String> {
+    let mut found = Vec::new();
     for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
         for bad in ['\x1b', '\r', '\x07', '\u{202e}', '\u{9b}'] {
-            assert!(!text.contains(bad), "{what}: raw {bad:?} on {stream}: {out:?}");
+            if text.contains(bad) {
+                found.push(format!("{what}: raw {bad:?} on {stream}: {text:?}"));
+            }
         }
-        assert!(!text.lines().any(|line| line.starts_with("FAKE")), "{what}: a faked line on {stream}: {out:?}");
+        if text.lines().any(|line| line.starts_with("FAKE")) {
+            found.push(format!("{what}: a faked line on {stream}: {text:?}"));
+        }
     }
+    found
+}
+
+fn assert_terminal_safe(what: &str, out: &Output) {
+    let found = terminal_hazards(what, out);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+/// Runs every command in `commands` (each must show the planted text) and
+/// fails listing every hazard found, not only the first.
+fn assert_all_terminal_safe(sandbox: &Sandbox, url: &str, commands: &[&[&str]]) {
+    let mut found = Vec::new();
+    for args in commands {
+        let out = output(sandbox.at(url, args));
+        let what = format!("{args:?}");
+        assert_no_crash(&what, &out);
+        assert!(
+            out.stdout.contains("evil") || out.stderr.contains("evil") || args.contains(&"cleanup"),
+            "{what}: the planted text is shown, escaped: {out:?}"
+        );
+        found.extend(terminal_hazards(&what, &out));
+    }
+    assert!(found.is_empty(), "{} hazards:\n{}", found.len(), found.join("\n"));
 }
 
 #[test]
@@ -120,16 +151,7 @@ fn planted_redis_text_reaches_no_terminal_raw() {
         &["--json", "flag", "get", ".FCRunning1"],
         &["release", "--force", "--reason", HOSTILE, "job"],
     ];
-    for args in commands {
-        let out = output(sandbox.at(&url, args));
-        let what = format!("{args:?}");
-        assert_no_crash(&what, &out);
-        assert_terminal_safe(&what, &out);
-        assert!(
-            out.stdout.contains("evil") || out.stderr.contains("evil") || args[0] == "cleanup",
-            "{what}: the planted text is shown, escaped: {out:?}"
-        );
-    }
+    assert_all_terminal_safe(&sandbox, &url, &commands);
     // `release` said whose lock it broke; plant it again for the JSON form.
     plant_lock(&server, "job", "1700000000000000", HOSTILE);
     let out = output(sandbox.at(&url, &["--json", "release", "--force", "job"]));
@@ -137,4 +159,121 @@ fn planted_redis_text_reaches_no_terminal_raw() {
     assert_terminal_safe("--json release", &out);
     let value: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(value["host"], HOSTILE, "JSON keeps the exact value: {out:?}");
+}
+
+/// CRC-32 (IEEE), as lease records carry it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// Plants a held lease record for `resource` in `dir`, as another user of a
+/// shared directory could: named like the `.seq` file a real run left.
+fn plant_lease(dir: &Path, resource: &str, body: &str) {
+    let seq = std::fs::read_dir(dir)
+        .expect("the lock directory exists")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.extension().is_some_and(|ext| ext == "seq")
+                && path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{resource}-")))
+        })
+        .unwrap_or_else(|| panic!("no .seq file for {resource} in {}", dir.display()));
+    let mut record = format!("LMF1 H {:08x} {:010}\n", crc32(body.as_bytes()), body.len()).into_bytes();
+    record.extend_from_slice(body.as_bytes());
+    std::fs::write(seq.with_extension("lease"), record).expect("cannot plant the lease record");
+}
+
+#[test]
+fn a_planted_lease_record_with_an_absurd_time_does_not_crash_lockctl() {
+    let sandbox = Sandbox::new();
+    let url = sandbox.url("file", "locks", "mode=lease");
+    let out = output(sandbox.at(&url, &["run", "job", "--", "true"]));
+    assert_eq!(out.code, Some(0), "a first run names the files: {out:?}");
+    let body = format!(
+        r#"{{"resource":"job","holder":"planted","user":null,"host":"elsewhere","pid":1,"purpose":null,"acquired_at_us":{FAR_FUTURE_US},"lease_ms":30000,"heartbeat_us":{FAR_FUTURE_US},"token":7}}"#
+    );
+    plant_lease(&sandbox.file("locks"), "job", &body);
+
+    for args in [&["list"][..], &["status", "job"], &["--json", "list"], &["--json", "status", "job"]] {
+        let out = output(sandbox.at(&url, args));
+        assert_no_crash(&format!("{args:?}"), &out);
+        assert!(out.stdout.contains("planted"), "{args:?}: {out:?}");
+    }
+    let out = output(sandbox.at(&url, &["run", "-n", "job", "--", "true"]));
+    assert_no_crash("run -n", &out);
+    let out = output(sandbox.at(&url, &["cleanup"]));
+    assert_no_crash("cleanup", &out);
+}
+
+/// The attack through `$USER` and `--purpose`: a neighbour's own `lockctl
+/// run` stores them in its lock record; root's commands print them.
+#[test]
+fn a_neighbours_user_and_purpose_reach_no_terminal_raw() {
+    let sandbox = Sandbox::new();
+    let url = sandbox.url("file", "locks", "mode=lease");
+    let shell = waiting_shell(0);
+    let mut hold = sandbox.at(&url, &["run", "--purpose", HOSTILE, "job", "--", "sh", "-c", &shell]);
+    hold.env("USER", HOSTILE);
+    let mut holder = Proc::spawn(hold);
+    holder.wait_ready();
+
+    let commands: [&[&str]; 5] = [
+        &["list"],
+        &["status", "job"],
+        &["--json", "list"],
+        &["run", "-n", "job", "--", "true"],
+        &["release", "--force", "job"],
+    ];
+    assert_all_terminal_safe(&sandbox, &url, &commands);
+    holder.signal(Signal::KILL);
+    holder.wait(STEP);
+    drop(holder);
+
+    // A holder killed outright leaves its record for `cleanup`.
+    let mut hold = sandbox.at(&url, &["run", "--purpose", HOSTILE, "job", "--", "sh", "-c", &shell]);
+    hold.env("USER", HOSTILE);
+    let mut holder = Proc::spawn(hold);
+    holder.wait_ready();
+    holder.signal(Signal::KILL);
+    holder.wait(STEP);
+    drop(holder);
+    common::eventually("the killed holder's lock to be stale", STEP, || {
+        output(sandbox.at(&url, &["status", "job"])).code == Some(2)
+    });
+    let out = output(sandbox.at(&url, &["cleanup"]));
+    assert_no_crash("cleanup", &out);
+    assert_terminal_safe("cleanup", &out);
+    assert!(out.stdout.starts_with("removed stale lock \"job\""), "{out:?}");
+    assert!(out.stdout.contains("evil"), "{out:?}");
+}
+
+#[test]
+fn watch_shows_planted_text_escaped() {
+    let Some(server) = RedisServer::start() else { return };
+    let sandbox = Sandbox::new();
+    let url = server.url();
+    let mut text = Proc::spawn(sandbox.at(&url, &["watch", "--poll", "100ms"]));
+    let mut json = Proc::spawn(sandbox.at(&url, &["--json", "watch", "--poll", "100ms"]));
+    for watch in [&text, &json] {
+        common::eventually("the note on stderr", STEP, || watch.stderr().contains("note: lock events are published"));
+    }
+    plant_lock(&server, "job", "1700000000000000", HOSTILE);
+    let line = text.wait_for_line("locked", STEP);
+    assert!(line.contains("evil"), "{line:?}");
+    let line = json.wait_for_line("\"kind\":\"locked\"", STEP);
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(event["holder"], HOSTILE, "JSON keeps the exact value");
+    for (what, watch) in [("watch", &mut text), ("--json watch", &mut json)] {
+        watch.signal(Signal::INT);
+        let status = watch.wait(STEP);
+        let out = watch.output(status);
+        assert_eq!(out.code, Some(0), "{what}: {out:?}");
+        assert_terminal_safe(what, &out);
+    }
 }
