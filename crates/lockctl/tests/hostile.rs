@@ -200,10 +200,17 @@ fn a_planted_lease_record_with_an_absurd_time_does_not_crash_lockctl() {
     );
     plant_lease(&sandbox.file("locks"), "job", &body);
 
+    // Whether the backend shows the record with its time flagged, clamps the
+    // time or refuses the record as corrupt is the backend's call; lockctl
+    // must answer either way.
     for args in [&["list"][..], &["status", "job"], &["--json", "list"], &["--json", "status", "job"]] {
         let out = output(sandbox.at(&url, args));
         assert_no_crash(&format!("{args:?}"), &out);
-        assert!(out.stdout.contains("planted"), "{args:?}: {out:?}");
+        assert!(matches!(out.code, Some(0..=2)), "{args:?}: {out:?}");
+        if args[0] == "--json" {
+            let parsed = serde_json::from_str::<serde_json::Value>(&out.stdout);
+            assert!(parsed.is_ok(), "{args:?}: not JSON: {out:?}");
+        }
     }
     let out = output(sandbox.at(&url, &["run", "-n", "job", "--", "true"]));
     assert_no_crash("run -n", &out);
