@@ -40,6 +40,8 @@ mod connect;
 pub use config::{CONFIG_ENV, CONFIG_FILE, Config, RedisConfig, USE_NEW_LOCKS_ENV, redact_url};
 pub use connect::{Backends, connect, connect_with, from_env};
 pub use lockman_core::BridgedLockManager;
+/// Printing stored text and times safely (escaping control and bidi characters).
+pub use lockman_core::display;
 
 pub use lockman_core::{
     AcquireOptions, Capabilities, EventSink, FencingToken, FlagInfo, FlagOptions, HolderId, LockBackend, LockError,

@@ -1,18 +1,31 @@
 //! How locks, flags and events look: tables for people, JSON for scripts.
+//!
+//! Everything shown comes from records other users or hosts wrote, so it is
+//! untrusted: every stored string goes through [`printable`] (lockman's
+//! [`display::escape`]: control and bidi characters escaped), every stored
+//! time through [`rfc3339`] (never fails, flags a corrupt one), and, as a last
+//! guard, [`say`] and [`note`] escape any control or bidi character left but
+//! the newlines of a table. JSON keeps every value exact but writes control,
+//! bidi and line-separator characters as `\uXXXX` escapes, so it is safe on a
+//! terminal too; a stored time out of range (before 1970, after 9999) is
+//! `null` there.
 
 use std::time::{Duration, SystemTime};
 
+use lockman::display;
 use lockman::{FlagInfo, LockEvent, LockInfo, LockState};
 use serde::Serialize;
 
 use crate::exit::{self, Failure};
 
 /// Writes `text` to stdout, ending it with a newline if it has none, and
-/// flushes. A closed pipe (`lockctl list | head -1`) ends lockctl quietly
+/// flushes; control and bidi characters other than newlines are escaped
+/// (every stored field already is: this is the last guard). A closed pipe (`lockctl list | head -1`) ends lockctl quietly
 /// with 141 (128 + SIGPIPE), as if the signal had killed it.
 pub fn say(text: &str) -> Result<(), Failure> {
     use std::io::Write;
 
+    let text = display::escape_keeping_newlines(text);
     let mut stdout = std::io::stdout().lock();
     let newline = if text.ends_with('\n') { "" } else { "\n" };
     let written = stdout.write_all(text.as_bytes()).and_then(|()| stdout.write_all(newline.as_bytes()));
@@ -23,19 +36,48 @@ pub fn say(text: &str) -> Result<(), Failure> {
     }
 }
 
-/// Writes `lockctl: <text>` as one line to stderr (ignoring a closed stderr:
-/// there is nowhere left to complain).
+/// Writes `lockctl: <text>` as one line to stderr, control and bidi
+/// characters escaped (ignoring a closed stderr: there is nowhere left to
+/// complain).
 pub fn note(text: &str) {
     use std::io::Write;
 
-    let _ = writeln!(std::io::stderr().lock(), "lockctl: {}", exit::one_line(text));
+    let _ = writeln!(std::io::stderr().lock(), "lockctl: {}", display::escape(&exit::one_line(text)));
 }
 
-/// Prints `value` as JSON on one line.
+/// Prints `value` as JSON on one line (see [`TerminalSafeJson`]).
 pub fn say_json(value: &impl Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string(value)
+    let mut text = Vec::with_capacity(256);
+    value
+        .serialize(&mut serde_json::Serializer::with_formatter(&mut text, TerminalSafeJson))
         .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON output: {e}")))?;
+    let text = String::from_utf8(text)
+        .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot write JSON output: not UTF-8: {e}")))?;
     say(&text)
+}
+
+/// Compact JSON that also writes DEL, C1 controls, bidi controls and the
+/// line/paragraph separators as `\uXXXX` (serde_json escapes only C0
+/// controls): the same value for a parser, nothing a terminal acts on.
+pub struct TerminalSafeJson;
+
+impl serde_json::ser::Formatter for TerminalSafeJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(display::needs_escape) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            // Every character `needs_escape` matches is in the Basic
+            // Multilingual Plane, so one \uXXXX says it.
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
 }
 
 /// The state column: what `status` exits with, as a word.
@@ -100,12 +142,12 @@ impl<'a> LockJson<'a> {
             user: info.and_then(|i| i.user.as_deref()),
             host: info.map(|i| i.hostname.as_str()),
             pid: info.map(|i| i.pid),
-            acquired_at: info.map(|i| rfc3339(i.acquired_at)),
+            acquired_at: info.and_then(|i| display::rfc3339(i.acquired_at)),
             age_seconds: info.map(|i| since(i.acquired_at, now).as_secs_f64()),
             purpose: info.and_then(|i| i.purpose.as_deref()),
-            lease_expires_at: info.and_then(|i| i.lease_expires_at).map(rfc3339),
+            lease_expires_at: info.and_then(|i| i.lease_expires_at).and_then(display::rfc3339),
             lease_left_seconds: info.and_then(|i| i.lease_expires_at).map(|at| until(at, now).as_secs_f64()),
-            last_heartbeat: info.and_then(|i| i.last_heartbeat).map(rfc3339),
+            last_heartbeat: info.and_then(|i| i.last_heartbeat).and_then(display::rfc3339),
             fencing_token: info.map(|i| i.fencing_token.get()),
             hold_count: info.map(|i| i.hold_count),
             backend: info.map(|i| i.backend.as_str()),
@@ -118,7 +160,7 @@ impl<'a> LockJson<'a> {
 pub struct FlagJson<'a> {
     name: &'a str,
     value: Option<&'a str>,
-    set_at: String,
+    set_at: Option<String>,
     age_seconds: f64,
     expires_at: Option<String>,
     ttl_left_seconds: Option<f64>,
@@ -131,9 +173,9 @@ impl<'a> FlagJson<'a> {
         FlagJson {
             name: &flag.name,
             value: flag.value.as_deref(),
-            set_at: rfc3339(flag.set_at),
+            set_at: display::rfc3339(flag.set_at),
             age_seconds: since(flag.set_at, now).as_secs_f64(),
-            expires_at: flag.expires_at.map(rfc3339),
+            expires_at: flag.expires_at.and_then(display::rfc3339),
             ttl_left_seconds: flag.expires_at.map(|at| until(at, now).as_secs_f64()),
             backend: &flag.backend,
         }
@@ -337,7 +379,7 @@ pub fn lock_details(resource: &str, state: &LockState, now: SystemTime) -> Strin
     }
     field("token", info.fencing_token.to_string());
     field("hold count", info.hold_count.to_string());
-    field("backend", info.backend.clone());
+    field("backend", printable(&info.backend));
     if word == StateWord::Stale {
         field("note", "the holder is gone or its lease ran out; `lockctl cleanup` removes it".to_owned());
     }
@@ -358,7 +400,7 @@ pub fn flag_details(flag: &FlagInfo, now: SystemTime) -> String {
             Some(at) => format!("in {} ({})", short_duration(until(at, now)), rfc3339(at)),
         },
     );
-    field("backend", flag.backend.clone());
+    field("backend", printable(&flag.backend));
     lines.push(String::new());
     lines.join("\n")
 }
@@ -372,9 +414,10 @@ fn lease_left(expires_at: Option<SystemTime>, now: SystemTime) -> String {
     }
 }
 
-/// `2025-11-10T12:34:56Z`.
+/// `2025-11-10T12:34:56Z`; a time out of any calendar (a corrupt or planted
+/// record) is shown as such, never an error.
 pub fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    display::Timestamp(at).to_string()
 }
 
 fn since(then: SystemTime, now: SystemTime) -> Duration {
@@ -397,13 +440,11 @@ pub fn short_duration(duration: Duration) -> String {
     }
 }
 
-/// `text` with control characters escaped, so a name cannot break a table or a terminal.
+/// `text` with control and bidi characters escaped, so a stored name cannot
+/// break a table or drive a terminal: lockman's [`display::escape`], the one
+/// escaping every output of lockctl uses.
 pub fn printable(text: &str) -> String {
-    if text.chars().any(char::is_control) {
-        text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
-    } else {
-        text.to_owned()
-    }
+    display::escape(text).into_owned()
 }
 
 /// `text` in double quotes, escaped like a Rust string.
@@ -440,6 +481,30 @@ mod tests {
         assert_eq!(printable("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
         assert_eq!(printable("zähler/../x"), "zähler/../x");
         assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn json_is_exact_but_terminal_safe() {
+        let hostile = "a\x1b[2J\r\n\u{7}\u{7f}\u{9b}\u{202e}\u{2066}\u{2028}zähler";
+        let mut text = Vec::new();
+        serde::Serialize::serialize(&hostile, &mut serde_json::Serializer::with_formatter(&mut text, TerminalSafeJson))
+            .expect("serializes");
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(!text.contains(display::needs_escape), "{text:?}");
+        assert!(text.contains("\\u202e") && text.contains("zähler"), "{text:?}");
+        assert_eq!(serde_json::from_str::<String>(&text).expect("parses"), hostile);
+    }
+
+    #[test]
+    fn corrupt_times_show_instead_of_failing() {
+        let planted = std::time::UNIX_EPOCH + Duration::from_micros(300_000_000_000_000_000);
+        assert!(rfc3339(planted).starts_with("in the far future (corrupt?"));
+        let mut info = LockInfo::local("r", lockman::HolderId::new("h"), lockman::FencingToken::new(1), "redis");
+        info.acquired_at = planted;
+        info.lease_expires_at = Some(planted);
+        let json = LockJson::new("r", StateWord::Held, Some(&info), SystemTime::now());
+        assert!(json.acquired_at.is_none() && json.lease_expires_at.is_none(), "{json:?}");
+        assert!(lock_details("r", &LockState::Held(info), SystemTime::now()).contains("far future"));
     }
 
     #[test]

@@ -3,11 +3,18 @@
 use std::fmt;
 
 use crate::LockInfo;
+use crate::display::Escaped;
 
 /// Errors returned by lock and status operations.
 ///
 /// Every message names the resource (where there is one) and the backend, and
 /// says what the caller can do about it.
+///
+/// Messages never fail to format and show text from the backend (a holder's
+/// details, a reason, a backend's message) with control and bidi characters
+/// escaped (see [`display`](crate::display)), so printing one cannot drive a
+/// terminal. [`LockError::Config`] is shown as given: it describes the
+/// caller's own configuration (a TOML error spans several lines).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
@@ -31,7 +38,7 @@ pub enum LockError {
     },
 
     /// The operation needs a held lock, and this caller does not hold it.
-    #[error("{resource:?} is not held by this caller on {backend}")]
+    #[error("{resource:?} is not held by this caller on {}", Escaped(.backend))]
     NotHeld {
         /// The resource.
         resource: String,
@@ -41,7 +48,10 @@ pub enum LockError {
 
     /// The lock was lost before it was released: whatever it protected may
     /// have been touched by someone else meanwhile.
-    #[error("lock on {resource:?} ({backend}) was lost: {reason}; work done under it may not have been exclusive")]
+    #[error(
+        "lock on {resource:?} ({}) was lost: {reason}; work done under it may not have been exclusive",
+        Escaped(.backend)
+    )]
     Lost {
         /// The resource.
         resource: String,
@@ -61,7 +71,13 @@ pub enum LockError {
     },
 
     /// The backend failed (I/O, network, protocol, corrupt metadata).
-    #[error("{backend} backend failed {action}{}: {message}", fmt_resource(.resource.as_deref()))]
+    #[error(
+        "{} backend failed {}{}: {}",
+        Escaped(.backend),
+        Escaped(.action),
+        fmt_resource(.resource.as_deref()),
+        Escaped(.message)
+    )]
     Backend {
         /// The backend.
         backend: String,
@@ -139,9 +155,13 @@ fn describe_timeout(
 ) -> String {
     match skipped {
         // Nothing timed out: say what the backend did and why.
-        Some(why) => format!("skipped {resource:?} on {backend} without waiting: {why}"),
+        Some(why) => format!("skipped {resource:?} on {} without waiting: {}", Escaped(backend), Escaped(why)),
         None => {
-            format!("timed out after {waited:?} waiting for {resource:?} on {backend}: {}", describe_holder(holder))
+            format!(
+                "timed out after {waited:?} waiting for {resource:?} on {}: {}",
+                Escaped(backend),
+                describe_holder(holder)
+            )
         }
     }
 }
@@ -184,10 +204,12 @@ impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LostReason::LeaseExpired => f.write_str("its lease expired"),
-            LostReason::ForceReleased { reason } => write!(f, "it was force-released ({reason})"),
-            LostReason::Stolen { detail } => write!(f, "another holder took it ({detail})"),
+            // The reason travels through the backend (a Redis message, a
+            // record): another client chose it.
+            LostReason::ForceReleased { reason } => write!(f, "it was force-released ({})", Escaped(reason)),
+            LostReason::Stolen { detail } => write!(f, "another holder took it ({})", Escaped(detail)),
             LostReason::BackendUnreachable { detail } => {
-                write!(f, "the backend was unreachable past the lease ({detail})")
+                write!(f, "the backend was unreachable past the lease ({})", Escaped(detail))
             }
         }
     }

@@ -124,8 +124,12 @@ impl fmt::Debug for HolderId {
 }
 
 impl fmt::Display for HolderId {
+    /// The id for people: control and bidi characters escaped, since an id
+    /// read back from a backend was written by whoever could write there
+    /// (see [`display`](crate::display)). [`as_str`](HolderId::as_str) is the
+    /// exact id.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        fmt::Display::fmt(&crate::display::Escaped(self.as_str()), f)
     }
 }
 
@@ -198,5 +202,12 @@ mod tests {
         assert_eq!(here, HolderId::current_thread());
         let there = std::thread::spawn(HolderId::current_thread).join().expect("thread panicked");
         assert_ne!(here, there);
+    }
+
+    #[test]
+    fn display_escapes_a_planted_id_and_as_str_keeps_it() {
+        let planted = HolderId::new("h\x1b]0;t\x07\u{202e}");
+        assert_eq!(planted.to_string(), "h\\u{1b}]0;t\\u{7}\\u{202e}");
+        assert_eq!(planted.as_str(), "h\x1b]0;t\x07\u{202e}");
     }
 }

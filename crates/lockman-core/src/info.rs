@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::display::{Escaped, Timestamp};
 use crate::{FencingToken, HolderId};
 
 /// Everything known about one held lock.
@@ -82,28 +83,38 @@ impl fmt::Display for LockInfo {
     /// `locked by HOLDER [(user USER)] on HOST (pid N) since T (3.2s ago) [for PURPOSE]`,
     /// or, when no process is known (pid 0: an old daemon's lock file, a lock
     /// taken by another program), `locked by HOLDER [(PURPOSE)] since T (3.2s ago)`.
+    ///
+    /// The fields come from a record anyone able to write the store may have
+    /// planted: text is shown with control and bidi characters escaped, and a
+    /// time out of range is shown as such (see [`display`](crate::display)),
+    /// so this never fails.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let since = humantime::format_rfc3339_seconds(self.acquired_at);
+        write!(f, "locked by {}", Escaped(self.holder.as_str()))?;
         if self.pid == 0 {
             // "on unknown (pid 0)" tells a person nothing; the backend says
             // what it does know in the holder and purpose.
-            write!(f, "locked by {}", self.holder)?;
             if let Some(purpose) = &self.purpose {
-                // Control characters escaped: the text may hold a path.
-                f.write_str(" (")?;
-                for c in purpose.chars() {
-                    if c.is_control() { write!(f, "{}", c.escape_default())? } else { write!(f, "{c}")? }
-                }
-                f.write_str(")")?;
+                write!(f, " ({})", Escaped(purpose))?;
             }
-            return write!(f, " since {since} ({:.1?} ago)", self.age());
+        } else {
+            if let Some(user) = &self.user {
+                write!(f, " (user {})", Escaped(user))?;
+            }
+            write!(f, " on {} (pid {})", Escaped(&self.hostname), self.pid)?;
         }
-        write!(f, "locked by {}", self.holder)?;
-        if let Some(user) = &self.user {
-            write!(f, " (user {user})")?;
+        write!(f, " since {}", Timestamp(self.acquired_at))?;
+        match SystemTime::now().duration_since(self.acquired_at) {
+            Ok(age) => write!(f, " ({age:.1?} ago)")?,
+            // Hosts' clocks differ a little; more than a minute ahead is worth saying.
+            Err(ahead) if ahead.duration() > Duration::from_secs(60) => {
+                write!(f, " ({:.0?} ahead of this host's clock)", ahead.duration())?
+            }
+            Err(_) => write!(f, " ({:.1?} ago)", Duration::ZERO)?,
         }
-        write!(f, " on {} (pid {}) since {since} ({:.1?} ago)", self.hostname, self.pid, self.age())?;
-        if let Some(purpose) = &self.purpose {
+        if self.pid != 0
+            && let Some(purpose) = &self.purpose
+        {
+            // Debug quoting escapes control and bidi characters too.
             write!(f, " for {purpose:?}")?;
         }
         Ok(())
@@ -205,6 +216,83 @@ impl Default for Capabilities {
             fencing: false,
             fifo: false,
             wake: WakeMechanism::Poll { min: Duration::from_millis(10), max: Duration::from_millis(200) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::LockError;
+    use crate::display::needs_escape;
+
+    fn planted(acquired_us: u64) -> LockInfo {
+        let mut info = LockInfo::local("job", HolderId::new("h"), FencingToken::new(1), "redis");
+        info.acquired_at = UNIX_EPOCH + Duration::from_micros(acquired_us);
+        info.lease_expires_at = Some(UNIX_EPOCH + Duration::from_micros(acquired_us));
+        info.last_heartbeat = Some(info.acquired_at);
+        info
+    }
+
+    fn timeout(holder: LockInfo) -> LockError {
+        LockError::Timeout {
+            resource: "job".into(),
+            backend: "redis".into(),
+            waited: Duration::ZERO,
+            holder: Some(Box::new(holder)),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn absurd_times_display_without_failing() {
+        for (us, shown) in [
+            (u64::MAX, format!("in the far future (corrupt? {}µs after the Unix epoch)", u64::MAX)),
+            (300_000_000_000_000_000, "in the far future (corrupt? 300000000000000000µs".to_owned()),
+            (0, "since 1970-01-01T00:00:00Z (".to_owned()),
+        ] {
+            for pid in [0, 42] {
+                let mut info = planted(us);
+                info.pid = pid;
+                let text = info.to_string();
+                assert!(text.contains(&shown), "{us}, pid {pid}: {text}");
+                let error = timeout(info.clone()).to_string();
+                assert!(error.contains(&shown), "{us}, pid {pid}: {error}");
+                // A serializer does not fail either (times after 1970).
+                assert!(serde_json::to_string(&info).is_ok(), "{us}");
+            }
+        }
+        assert!(planted(u64::MAX).to_string().contains("ahead of this host's clock"));
+    }
+
+    #[test]
+    fn stored_text_cannot_drive_a_terminal() {
+        let hostile = "x\x1b[2J\x1b]0;title\x07\r\nFAKE LINE\u{202e}txt";
+        let mut info = planted(1_700_000_000_000_000);
+        info.holder = HolderId::new(hostile);
+        info.hostname = hostile.to_owned();
+        info.user = Some(hostile.to_owned());
+        info.purpose = Some(hostile.to_owned());
+        for pid in [0, 42] {
+            info.pid = pid;
+            let texts = [
+                info.to_string(),
+                timeout(info.clone()).to_string(),
+                LockError::Lost {
+                    resource: "job".into(),
+                    backend: "redis".into(),
+                    reason: crate::LostReason::ForceReleased { reason: hostile.into() },
+                }
+                .to_string(),
+                LockError::backend("redis", "listing", Some(hostile), hostile).to_string(),
+                LockError::invalid_name(hostile, "bad").to_string(),
+            ];
+            for text in texts {
+                assert!(!text.contains(needs_escape), "pid {pid}: {text:?}");
+                assert!(text.contains("FAKE LINE"), "the text is kept, escaped: {text:?}");
+            }
         }
     }
 }

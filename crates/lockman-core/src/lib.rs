@@ -30,10 +30,20 @@
 //! backend, waited_ms, outcome); counters and histograms named in [`metrics`]
 //! go through the `metrics` facade; [`LockManager::events`] streams
 //! [`LockEvent`]s.
+//!
+//! ## Untrusted records
+//!
+//! What a backend reads back (holder, host, user, purpose, flag values,
+//! times) was written by whoever could write the store. The `Display` of
+//! [`LockInfo`], [`LockError`] and [`LostReason`] escapes control and bidi
+//! characters in such text and never fails on an out-of-range time; see
+//! [`display`] for the functions, which programs printing these fields
+//! themselves should use too.
 
 pub mod backend;
 pub mod blocking;
 pub mod bridge;
+pub mod display;
 mod error;
 mod event;
 mod guard;

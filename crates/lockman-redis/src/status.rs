@@ -3,7 +3,7 @@
 //! `PX`. Listing uses `SCAN`, never `KEYS`.
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
@@ -98,14 +98,15 @@ impl RedisStatusManager {
         let has_value = get("has_value").is_some_and(|v| v == "1");
         let mut info = FlagInfo::new(flag, &FlagOptions::new(), BACKEND);
         info.value = if has_value { get("value").cloned() } else { None };
-        if let Some(us) = get("set_us").and_then(|v| v.parse().ok()) {
-            info.set_at = UNIX_EPOCH + Duration::from_micros(us);
+        // Written by any client of the server: an unreadable time counts as absent.
+        if let Some(at) = get("set_us").and_then(|v| v.parse().ok()).and_then(lockman_core::display::from_unix_micros) {
+            info.set_at = at;
         }
         info.expires_at = pttl
             .parse::<i64>()
             .ok()
             .and_then(|ms| u64::try_from(ms).ok())
-            .map(|ms| SystemTime::now() + Duration::from_millis(ms));
+            .and_then(|ms| SystemTime::now().checked_add(Duration::from_millis(ms)));
         Some(info)
     }
 }
