@@ -67,7 +67,7 @@ impl FileBackend {
     ///
     /// [`LockError::Config`] if the directory cannot be created or is not one.
     pub fn open(options: FileOptions) -> Result<Self, LockError> {
-        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?.with_file_mode(options.file_mode);
         let sentinel = Sentinel::new(
             options.loss_check_interval,
             "the lock file was deleted or replaced by another process (force-released or cleaned up)",
@@ -134,7 +134,7 @@ impl FileBackend {
     }
 
     fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::files_with_suffix(self.dir.path(), LOCK_SUFFIX)
+        fsutil::encoded_files_with_suffix(self.dir.path(), LOCK_SUFFIX)
             .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
     }
 }
@@ -158,6 +158,9 @@ impl LockBackend for FileBackend {
                 Ok(locked) => locked,
                 Err(holder) => return Ok(Acquired::Busy { holder }),
             };
+        // Kernel lock files outlive their holders: other users of a shared
+        // directory must be able to open this one after we release it.
+        self.dir.adopt(&file, &path);
         let (record, now) = flock::next_record(&file, request);
         record
             .write_to(&file, RecordState::Held)

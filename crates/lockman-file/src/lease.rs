@@ -98,7 +98,7 @@ impl LeaseFileBackend {
     ///
     /// [`LockError::Config`] if the directory cannot be created or is not one.
     pub fn open(options: FileOptions) -> Result<Self, LockError> {
-        let dir = LockDir::open(&options.dir, options.dir_mode, LEASE_BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, LEASE_BACKEND)?.with_file_mode(options.file_mode);
         let sentinel = Sentinel::new(
             options.loss_check_interval,
             "the lease file was broken as stale or deleted by another process",
@@ -133,7 +133,7 @@ impl LeaseFileBackend {
         // The file carries a real token from the moment it appears: a breaker
         // that moved it by mistake ranks it by its token to put it back.
         record.token = next_token(read_sequence(&sequence), now);
-        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
+        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held), self.dir.file_mode())
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
         else {
             return Ok(None);
@@ -148,7 +148,7 @@ impl LeaseFileBackend {
         if token_changed {
             record.token = next_token(taken, SystemTime::now());
         }
-        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes())
+        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes(), self.dir.file_mode())
             .and_then(|()| if token_changed { record.write_to(&file, RecordState::Held) } else { Ok(()) });
         if let Err(e) = stored {
             let _ = fsutil::break_by_rename(path, id, |_| true);
@@ -309,7 +309,7 @@ impl LeaseFileBackend {
     }
 
     fn lease_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::files_with_suffix(self.dir.path(), LEASE_SUFFIX)
+        fsutil::encoded_files_with_suffix(self.dir.path(), LEASE_SUFFIX)
             .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))
     }
 }
