@@ -27,8 +27,8 @@ impl LockDir {
     /// Opens `path`, creating it with exactly `mode` if missing (its missing
     /// parents get the default mode, `0o777` less the umask, as `mkdir -p`
     /// gives them). Refuses a path another user could redirect (see
-    /// [`check_path`]) and a directory every user can write without the
-    /// sticky bit.
+    /// [`check_path`]), including a `mode` every user could write without
+    /// the sticky bit.
     pub(crate) fn open(path: &Path, mode: u32, backend: &'static str) -> Result<Self, LockError> {
         let refuse = |why: String| {
             LockError::Config(format!(
@@ -36,15 +36,12 @@ impl LockDir {
                 path.display()
             ))
         };
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(refuse(format!(
-                "dir_mode {mode:#o} would let every user delete or replace other users' lock files; add the \
-                 sticky bit ({:#o}) or drop write for others",
-                mode | 0o1000
-            )));
-        }
-        match check_path(path).map_err(|e| refuse(e.to_string()))? {
+        let cannot_use = |e: io::Error| {
+            LockError::Config(format!("the {backend} backend cannot use its directory {}: {e}", path.display()))
+        };
+        match check_path(path).map_err(cannot_use)? {
             PathState::Directory => {}
+            PathState::Unsafe(why) => return Err(refuse(why)),
             PathState::NotDirectory => {
                 return Err(LockError::Config(format!(
                     "the {backend} backend's directory {} exists but is not a directory; point it at a directory",
@@ -52,6 +49,13 @@ impl LockDir {
                 )));
             }
             PathState::Missing => {
+                if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                    return Err(refuse(format!(
+                        "dir_mode {mode:#o} would let every user delete or replace other users' lock files; add \
+                         the sticky bit ({:#o}) or drop write for others",
+                        mode | 0o1000
+                    )));
+                }
                 create_dir(path, mode).map_err(|e| {
                     LockError::Config(format!(
                         "the {backend} backend cannot create its directory {}: {e}; create it or choose another path",
@@ -60,8 +64,9 @@ impl LockDir {
                 })?;
                 // Again, on what now exists: someone may have raced us to a
                 // missing component.
-                match check_path(path).map_err(|e| refuse(e.to_string()))? {
+                match check_path(path).map_err(cannot_use)? {
                     PathState::Directory => {}
+                    PathState::Unsafe(why) => return Err(refuse(why)),
                     _ => {
                         return Err(LockError::Config(format!(
                             "the {backend} backend's directory {} was replaced while being created; look at who \
@@ -113,7 +118,8 @@ const SAFE_DIR_FIX: &str = "lockman only uses a directory whose path no other us
      it writable by every user without the sticky bit, in a sticky world-writable directory (/tmp, /run/lock) only \
      entries owned by root or you, and nothing reached through a directory or symlink of another user that leads \
      to a different owner — create the directory as root or yourself outside such places (e.g. /run/lock/APP or \
-     /srv/APP/locks), or fix its owner and mode";
+     /srv/APP/locks), or fix its owner and mode (a network mount showing every directory as 0777: mount it \
+     with a narrower mode, e.g. cifs dir_mode=0770)";
 
 /// Gives `file` exactly `mode` (all 12 permission bits) if one is set, it is
 /// owned by this user, and its mode differs.
@@ -144,10 +150,12 @@ pub(crate) enum PathState {
     NotDirectory,
     /// Nothing (from some component on).
     Missing,
+    /// A path another user could redirect: why.
+    Unsafe(String),
 }
 
 /// Walks `path` from `/` as the kernel resolves it, following symlinks, and
-/// refuses a path that another user could redirect — the rules of
+/// finds it [`Unsafe`](PathState::Unsafe) if another user could redirect it — the rules of
 /// systemd-tmpfiles' "unsafe path transition" check, plus OpenSSH
 /// StrictModes' refusal of world-writable directories:
 ///
@@ -174,7 +182,6 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
     const MAX_LINKS: u32 = 40;
     let us = rustix::process::geteuid().as_raw();
     let trusted = |uid: u32| uid == 0 || uid == us;
-    let unsafe_path = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     let world_writable = |meta: &std::fs::Metadata| meta.mode() & 0o002 != 0;
     let sticky = |meta: &std::fs::Metadata| meta.mode() & 0o1000 != 0;
 
@@ -206,7 +213,7 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
             (parent, meta)
         } else {
             if world_writable(&current_meta) && !sticky(&current_meta) {
-                return Err(unsafe_path(format!(
+                return Ok(PathState::Unsafe(format!(
                     "{} is writable by every user and has no sticky bit, so anyone can replace what is in it",
                     current.display()
                 )));
@@ -215,7 +222,7 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
             match std::fs::symlink_metadata(&next) {
                 Ok(meta) => {
                     if world_writable(&current_meta) && !trusted(meta.uid()) {
-                        return Err(unsafe_path(format!(
+                        return Ok(PathState::Unsafe(format!(
                             "{} is owned by uid {} and sits in {}, which every user can write: its owner could \
                              replace it with a symlink to anywhere",
                             next.display(),
@@ -230,7 +237,7 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
             }
         };
         if !trusted(previous_uid) && meta.uid() != previous_uid {
-            return Err(unsafe_path(format!(
+            return Ok(PathState::Unsafe(format!(
                 "{} (owned by uid {}) is reached through something owned by uid {}, another user, who could \
                  point it anywhere (an unsafe path transition)",
                 next.display(),
@@ -249,7 +256,7 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
                 current = PathBuf::from("/");
                 current_meta = std::fs::symlink_metadata(&current)?;
                 if !trusted(previous_uid) && current_meta.uid() != previous_uid {
-                    return Err(unsafe_path(format!(
+                    return Ok(PathState::Unsafe(format!(
                         "{} is a symlink owned by uid {}, another user, to {}: following it could lead anywhere \
                          (an unsafe path transition)",
                         next.display(),
@@ -268,7 +275,7 @@ pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
         current_meta = meta;
     }
     if world_writable(&current_meta) && !sticky(&current_meta) {
-        return Err(unsafe_path(format!(
+        return Ok(PathState::Unsafe(format!(
             "{} is writable by every user and has no sticky bit, so anyone can delete or replace lock files in it",
             current.display()
         )));
@@ -716,7 +723,10 @@ pub(crate) fn io_error(
     error: io::Error,
 ) -> LockError {
     let hint = match error.kind() {
-        io::ErrorKind::PermissionDenied => "; check the directory's permissions",
+        io::ErrorKind::PermissionDenied => {
+            "; check the permissions of the directory and its files (where several users share a directory, \
+             give it group write and the setgid bit, and every user file_mode=0660: see FileOptions::file_mode)"
+        }
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
         _ if error.raw_os_error() == Some(rustix_eloop()) => {
             "; the lock file is a symlink, which lockman refuses — remove it"
