@@ -114,12 +114,10 @@ impl LockDir {
 }
 
 /// What to do about a directory [`LockDir::open`] refuses.
-const SAFE_DIR_FIX: &str = "lockman only uses a directory whose path no other user can redirect: no directory on \
-     it writable by every user without the sticky bit, in a sticky world-writable directory (/tmp, /run/lock) only \
-     entries owned by root or you, and nothing reached through a directory or symlink of another user that leads \
-     to a different owner — create the directory as root or yourself outside such places (e.g. /run/lock/APP or \
-     /srv/APP/locks), or fix its owner and mode (a network mount showing every directory as 0777: mount it \
-     with a narrower mode, e.g. cifs dir_mode=0770)";
+const SAFE_DIR_FIX: &str = "use a directory no other user can redirect: create it as root or yourself outside \
+     world-writable directories (e.g. /run/lock/APP or /srv/APP/locks), or fix the owner or mode named above (a \
+     network mount showing directories as 0777: mount it with a narrower mode, e.g. cifs dir_mode=0770); the rules \
+     are under \"Shared directories\" in lockman_file::FileOptions";
 
 /// Gives `file` exactly `mode` (all 12 permission bits) if one is set, it is
 /// owned by this user, and its mode differs.

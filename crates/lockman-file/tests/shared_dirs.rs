@@ -142,6 +142,35 @@ async fn planted_symlink_by_another_user_is_refused() {
     }
 }
 
+/// Paths of one's own are used as before: through our own symlinks (also
+/// relative ones and `..`), and a link we own in a sticky directory.
+#[tokio::test]
+async fn own_symlinks_and_dotdot_are_followed() {
+    let base = tempfile::tempdir().expect("dir");
+    let real = base.path().join("real/locks");
+    std::fs::create_dir_all(&real).expect("mkdir");
+    std::os::unix::fs::symlink("real", base.path().join("relative")).expect("symlink");
+    std::os::unix::fs::symlink(&real, base.path().join("absolute")).expect("symlink");
+    let sticky = base.path().join("sticky");
+    std::fs::create_dir(&sticky).expect("mkdir");
+    chmod(&sticky, 0o1777);
+    std::os::unix::fs::symlink(&real, sticky.join("locks")).expect("symlink");
+    for dir in [
+        base.path().join("relative/locks"),
+        base.path().join("absolute"),
+        base.path().join("real/locks/../locks"),
+        base.path().join("absolute/../locks"),
+        sticky.join("locks"),
+    ] {
+        for (flavour, opened) in open_all(&dir) {
+            opened.unwrap_or_else(|e| panic!("{flavour} refused {dir:?}: {e}"));
+        }
+    }
+    // And a missing directory below our own symlink is created where it leads.
+    FileBackend::open(FileOptions::new(base.path().join("absolute/new"))).expect("open");
+    assert!(real.join("new").is_dir());
+}
+
 /// A directory every user can write without the sticky bit lets anyone
 /// delete or replace lock files: refused, existing or about to be created.
 /// The sticky variant (`/run/lock`, `/tmp`) is fine.
