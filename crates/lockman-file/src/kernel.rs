@@ -133,6 +133,8 @@ impl FileBackend {
         }
     }
 
+    /// The lock files lockman made here (by name); other `*.lock` files in a
+    /// shared directory are not ours to list or remove.
     fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
         fsutil::encoded_files_with_suffix(self.dir.path(), LOCK_SUFFIX)
             .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
@@ -263,8 +265,10 @@ impl LockBackend for FileBackend {
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         // A kernel lock dies with its process, so nothing is ever *held* by a
-        // dead holder; what remains are files. Remove every unlocked one
-        // (bounding the directory) and report those a crashed holder left.
+        // dead holder; what remains are files. Remove every unlocked one of
+        // ours (bounding the directory; `lock_files` lists only names lockman
+        // makes, never another program's `*.lock`) and report those a
+        // crashed holder left.
         let mut crashed = Vec::new();
         for path in self.lock_files()? {
             let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };

@@ -308,6 +308,8 @@ impl LeaseFileBackend {
         }
     }
 
+    /// The lease files lockman made here (by name): another program's
+    /// `*.lease` is never judged stale and broken.
     fn lease_files(&self) -> Result<Vec<PathBuf>, LockError> {
         fsutil::encoded_files_with_suffix(self.dir.path(), LEASE_SUFFIX)
             .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))
