@@ -3,8 +3,8 @@
 //! | URL | backend | query options |
 //! |---|---|---|
 //! | `memory://` | in-process (feature `memory`) | — |
-//! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `loss_check=1s`, `flag.NAME=FILE` |
-//! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `flag.NAME=FILE` |
+//! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `file_mode=0660`, `loss_check=1s`, `flag.NAME=FILE` |
+//! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `file_mode=0660`, `flag.NAME=FILE` |
 //! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `protocol=resp3` |
 //!
 //! Flags live beside the locks unless [`Config::status_url`] says otherwise
@@ -202,7 +202,8 @@ impl Target {
             scheme @ ("file" | "legacy-file") => {
                 let dir = file_dir(&url, origin)?;
                 if scheme == "file" {
-                    let mut options = Options::new(&url, origin, "mode=lease, lease, dir_mode, loss_check, flag.NAME");
+                    let mut options =
+                        Options::new(&url, origin, "mode=lease, lease, dir_mode, file_mode, loss_check, flag.NAME");
                     let lease_mode = match options.take("mode").as_deref() {
                         None | Some("kernel") => false,
                         Some("lease") => true,
@@ -215,7 +216,7 @@ impl Target {
                     let options = Options::new(
                         &url,
                         origin,
-                        "givtcp=N, lock.RESOURCE, policy.RESOURCE, stale_after, stale_after.RESOURCE, dir_mode, flag.NAME",
+                        "givtcp=N, lock.RESOURCE, policy.RESOURCE, stale_after, stale_after.RESOURCE, dir_mode, file_mode, flag.NAME",
                     );
                     Ok(Target::LegacyFile { dir, options })
                 }
@@ -274,10 +275,18 @@ fn open_memory() -> Result<Opened, LockError> {
 
 /// The flag directory's options: `flag.NAME=FILE` exact names.
 #[cfg(feature = "file")]
-fn flag_dir(dir: &std::path::Path, options: &mut Options, dir_mode: Option<u32>) -> lockman_file::FlagDirOptions {
+fn flag_dir(
+    dir: &std::path::Path,
+    options: &mut Options,
+    dir_mode: Option<u32>,
+    file_mode: Option<u32>,
+) -> lockman_file::FlagDirOptions {
     let mut flags = lockman_file::FlagDirOptions::new(dir);
     if let Some(mode) = dir_mode {
         flags = flags.dir_mode(mode);
+    }
+    if let Some(mode) = file_mode {
+        flags = flags.file_mode(mode);
     }
     for (flag, file) in options.take_prefixed("flag.") {
         flags = flags.file_name(flag, file);
@@ -287,11 +296,24 @@ fn flag_dir(dir: &std::path::Path, options: &mut Options, dir_mode: Option<u32>)
 
 #[cfg(feature = "file")]
 fn dir_mode(options: &mut Options) -> Result<Option<u32>, LockError> {
+    octal_mode(options, "dir_mode", "0700")
+}
+
+/// `file_mode=0660`: exact permissions for the files lockman creates.
+#[cfg(feature = "file")]
+fn file_mode(options: &mut Options) -> Result<Option<u32>, LockError> {
+    octal_mode(options, "file_mode", "0660")
+}
+
+#[cfg(feature = "file")]
+fn octal_mode(options: &mut Options, key: &str, example: &str) -> Result<Option<u32>, LockError> {
     options
-        .take("dir_mode")
+        .take(key)
         .map(|text| {
             u32::from_str_radix(text.trim_start_matches("0o"), 8)
-                .map_err(|_| options.bad("dir_mode", &format!("{text:?} is not an octal mode like 0700")))
+                .ok()
+                .filter(|mode| *mode <= 0o7777)
+                .ok_or_else(|| options.bad(key, &format!("{text:?} is not an octal mode like {example}")))
         })
         .transpose()
 }
@@ -311,13 +333,17 @@ fn open_file(
     if let Some(mode) = mode {
         file = file.dir_mode(mode);
     }
+    let files_mode = file_mode(&mut options)?;
+    if let Some(mode) = files_mode {
+        file = file.file_mode(mode);
+    }
     if let Some(lease) = options.duration("lease")?.or(config.lease) {
         file = file.default_lease(lease);
     }
     if let Some(interval) = options.duration("loss_check")? {
         file = file.loss_check_interval(interval);
     }
-    let flags = flag_dir(&dir, &mut options, mode);
+    let flags = flag_dir(&dir, &mut options, mode, files_mode);
     options.finish()?;
     let locks: Arc<dyn LockManager> = if lease_mode {
         Arc::new(LeaseFileBackend::open(file)?.into_manager())
@@ -342,6 +368,10 @@ fn open_legacy(dir: std::path::PathBuf, mut options: Options) -> Result<Opened, 
     let mode = dir_mode(&mut options)?;
     if let Some(mode) = mode {
         legacy = legacy.dir_mode(mode);
+    }
+    let files_mode = file_mode(&mut options)?;
+    if let Some(mode) = files_mode {
+        legacy = legacy.file_mode(mode);
     }
     if let Some(age) = options.duration("stale_after")? {
         legacy = legacy.stale_after(age);
@@ -369,7 +399,7 @@ fn open_legacy(dir: std::path::PathBuf, mut options: Options) -> Result<Opened, 
     for (resource, mapping) in mappings {
         legacy = legacy.resource(resource, mapping);
     }
-    let flags = flag_dir(&dir, &mut options, mode);
+    let flags = flag_dir(&dir, &mut options, mode, files_mode);
     options.finish()?;
     Ok(Opened {
         locks: Arc::new(LegacyFileBackend::open(legacy)?.into_manager()),

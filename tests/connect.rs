@@ -74,6 +74,36 @@ async fn query_options_reach_the_backend() {
     }
 }
 
+/// `dir_mode` and `file_mode` from the URL are applied exactly, whatever the
+/// umask: a directory the users of one group share (issue 18, item 7).
+#[cfg(unix)]
+#[tokio::test]
+async fn dir_mode_and_file_mode_come_from_the_url() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777;
+    let dir = tempfile::tempdir().expect("dir");
+    for (scheme, sub, query) in
+        [("file", "kernel", ""), ("file", "lease", "&mode=lease"), ("legacy-file", "legacy", "")]
+    {
+        let path = dir.path().join(sub);
+        let url = format!("{scheme}://{}?dir_mode=2770&file_mode=0660{query}", path.display());
+        let backends = lockman::connect(&url).await.expect("connect");
+        assert_eq!(mode(&path), 0o2770, "{url}: dir_mode");
+        let guard = backends.locks.acquire("job", AcquireOptions::new()).await.expect("acquire");
+        backends.status.set("flag", FlagOptions::new().value("v")).await.expect("set");
+        assert_eq!(mode(&path.join("flag")), 0o660, "{url}: flag file");
+        for entry in std::fs::read_dir(&path).expect("read dir") {
+            let entry = entry.expect("entry");
+            if entry.file_type().expect("type").is_file() {
+                assert_eq!(mode(&entry.path()), 0o660, "{url}: {:?}", entry.file_name());
+            }
+        }
+        guard.release().await.expect("release");
+    }
+    let message = config_error(lockman::connect(&format!("file://{}/x?file_mode=rw", dir.path().display())).await);
+    assert!(message.contains("file_mode") && message.contains("0660"), "{message}");
+}
+
 #[tokio::test]
 async fn unknown_schemes_and_options_list_the_valid_ones() {
     let message = config_error(lockman::connect("rediz://x").await);

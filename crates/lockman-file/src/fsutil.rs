@@ -18,33 +18,88 @@ pub(crate) const INTERNAL_PREFIX: &str = ".lockman-";
 #[derive(Clone, Debug)]
 pub(crate) struct LockDir {
     path: PathBuf,
+    /// The exact permissions for files lockman creates here (`None`: `0o666`
+    /// less the umask).
+    file_mode: Option<u32>,
 }
 
 impl LockDir {
-    /// Opens `path`, creating it (and its parents) with `mode` if missing.
+    /// Opens `path`, creating it with exactly `mode` if missing (its missing
+    /// parents get the default mode, `0o777` less the umask, as `mkdir -p`
+    /// gives them). Refuses a path another user could redirect (see
+    /// [`check_path`]), including a `mode` every user could write without
+    /// the sticky bit.
     pub(crate) fn open(path: &Path, mode: u32, backend: &'static str) -> Result<Self, LockError> {
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
+        let refuse = |why: String| {
+            LockError::Config(format!(
+                "the {backend} backend refuses its directory {}: {why}; {SAFE_DIR_FIX}",
+                path.display()
+            ))
+        };
+        let cannot_use = |e: io::Error| {
+            LockError::Config(format!("the {backend} backend cannot use its directory {}: {e}", path.display()))
+        };
+        match check_path(path).map_err(cannot_use)? {
+            PathState::Directory => {}
+            PathState::Unsafe(why) => return Err(refuse(why)),
+            PathState::NotDirectory => {
                 return Err(LockError::Config(format!(
                     "the {backend} backend's directory {} exists but is not a directory; point it at a directory",
                     path.display()
                 )));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir(path, mode).map_err(|e| {
-                LockError::Config(format!(
-                    "the {backend} backend cannot create its directory {}: {e}; create it or choose another path",
-                    path.display()
-                ))
-            })?,
-            Err(e) => {
-                return Err(LockError::Config(format!(
-                    "the {backend} backend cannot use its directory {}: {e}",
-                    path.display()
-                )));
+            PathState::Missing => {
+                if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                    return Err(refuse(format!(
+                        "dir_mode {mode:#o} would let every user delete or replace other users' lock files; add \
+                         the sticky bit ({:#o}) or drop write for others",
+                        mode | 0o1000
+                    )));
+                }
+                create_dir(path, mode).map_err(|e| {
+                    LockError::Config(format!(
+                        "the {backend} backend cannot create its directory {}: {e}; create it or choose another path",
+                        path.display()
+                    ))
+                })?;
+                // Again, on what now exists: someone may have raced us to a
+                // missing component.
+                match check_path(path).map_err(cannot_use)? {
+                    PathState::Directory => {}
+                    PathState::Unsafe(why) => return Err(refuse(why)),
+                    _ => {
+                        return Err(LockError::Config(format!(
+                            "the {backend} backend's directory {} was replaced while being created; look at who \
+                             else uses that path",
+                            path.display()
+                        )));
+                    }
+                }
             }
         }
-        Ok(LockDir { path: path.to_owned() })
+        Ok(LockDir { path: path.to_owned(), file_mode: None })
+    }
+
+    /// Gives files lockman creates here exactly `mode` (`None`: `0o666` less
+    /// the umask).
+    pub(crate) fn with_file_mode(mut self, mode: Option<u32>) -> Self {
+        self.file_mode = mode;
+        self
+    }
+
+    /// The exact permissions for new files, if configured.
+    pub(crate) fn file_mode(&self) -> Option<u32> {
+        self.file_mode
+    }
+
+    /// Gives `file` (just opened or created here) the configured file mode,
+    /// if we own it and it differs: a lock file made by an older build, or
+    /// before the option was set, is brought in line by its owner. Logged,
+    /// not fatal: the lock itself is fine, only other users' access suffers.
+    pub(crate) fn adopt(&self, file: &File, path: &Path) {
+        if let Err(e) = set_mode(file, self.file_mode) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot set the lock file's permissions (file_mode)");
+        }
     }
 
     /// The directory.
@@ -58,15 +113,215 @@ impl LockDir {
     }
 }
 
-#[cfg(unix)]
-fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+/// What to do about a directory [`LockDir::open`] refuses.
+const SAFE_DIR_FIX: &str = "use a directory no other user can redirect: create it as root or yourself outside \
+     world-writable directories (e.g. /run/lock/APP or /srv/APP/locks), or fix the owner or mode named above (a \
+     network mount showing directories as 0777: mount it with a narrower mode, e.g. cifs dir_mode=0770); the rules \
+     are under \"Shared directories\" in lockman_file::FileOptions";
+
+/// Gives `file` exactly `mode` (all 12 permission bits) if one is set, it is
+/// owned by this user, and its mode differs.
+pub(crate) fn set_mode(file: &File, mode: Option<u32>) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Some(mode) = mode else { return Ok(()) };
+        let meta = file.metadata()?;
+        if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o7777 == mode & 0o7777 {
+            return Ok(());
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, mode);
+        Ok(())
+    }
 }
 
+/// What [`check_path`] found at the end of a path.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PathState {
+    /// A directory.
+    Directory,
+    /// Something else.
+    NotDirectory,
+    /// Nothing (from some component on).
+    Missing,
+    /// A path another user could redirect: why.
+    Unsafe(String),
+}
+
+/// Walks `path` from `/` as the kernel resolves it, following symlinks, and
+/// finds it [`Unsafe`](PathState::Unsafe) if another user could redirect it — the rules of
+/// systemd-tmpfiles' "unsafe path transition" check, plus OpenSSH
+/// StrictModes' refusal of world-writable directories:
+///
+/// 1. no directory on the path (the last included) is writable by every
+///    user without the sticky bit (anyone could rename entries there);
+/// 2. in a directory every user can write (sticky, like `/tmp`), the next
+///    component is owned by root or us (its owner could rename it away and
+///    plant a symlink in its place);
+/// 3. after a component owned by another user (not root, not us), every
+///    later one — and wherever its symlinks lead — has that same owner: a
+///    user's directories and links may lead only to that user's files.
+///
+/// Members of a directory's group are trusted as its owner is (a 2770 group
+/// directory is the way to share locks between users). The answer holds for
+/// the moment of the check; the rules make sure nobody but root and us can
+/// change it later.
+#[cfg(unix)]
+pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+
+    const MAX_LINKS: u32 = 40;
+    let us = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == us;
+    let world_writable = |meta: &std::fs::Metadata| meta.mode() & 0o002 != 0;
+    let sticky = |meta: &std::fs::Metadata| meta.mode() & 0o1000 != 0;
+
+    let absolute = std::path::absolute(path)?;
+    let mut todo: VecDeque<OsString> = VecDeque::new();
+    let push_front = |todo: &mut VecDeque<OsString>, target: &Path| {
+        let parts: Vec<OsString> = target
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name.to_owned()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect();
+        for part in parts.into_iter().rev() {
+            todo.push_front(part);
+        }
+    };
+    push_front(&mut todo, &absolute);
+    let mut current = PathBuf::from("/");
+    let mut current_meta = std::fs::symlink_metadata(&current)?;
+    // The owner of the last step (directory entered or link followed).
+    let mut previous_uid = current_meta.uid();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        let (next, meta) = if name == ".." {
+            let parent = current.parent().map_or_else(|| PathBuf::from("/"), Path::to_owned);
+            let meta = std::fs::symlink_metadata(&parent)?;
+            (parent, meta)
+        } else {
+            if world_writable(&current_meta) && !sticky(&current_meta) {
+                return Ok(PathState::Unsafe(format!(
+                    "{} is writable by every user and has no sticky bit, so anyone can replace what is in it",
+                    current.display()
+                )));
+            }
+            let next = current.join(&name);
+            match std::fs::symlink_metadata(&next) {
+                Ok(meta) => {
+                    if world_writable(&current_meta) && !trusted(meta.uid()) {
+                        return Ok(PathState::Unsafe(format!(
+                            "{} is owned by uid {} and sits in {}, which every user can write: its owner could \
+                             replace it with a symlink to anywhere",
+                            next.display(),
+                            meta.uid(),
+                            current.display()
+                        )));
+                    }
+                    (next, meta)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PathState::Missing),
+                Err(e) => return Err(e),
+            }
+        };
+        if !trusted(previous_uid) && meta.uid() != previous_uid {
+            return Ok(PathState::Unsafe(format!(
+                "{} (owned by uid {}) is reached through something owned by uid {}, another user, who could \
+                 point it anywhere (an unsafe path transition)",
+                next.display(),
+                meta.uid(),
+                previous_uid
+            )));
+        }
+        previous_uid = meta.uid();
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()));
+            }
+            let target = std::fs::read_link(&next)?;
+            if target.is_absolute() {
+                current = PathBuf::from("/");
+                current_meta = std::fs::symlink_metadata(&current)?;
+                if !trusted(previous_uid) && current_meta.uid() != previous_uid {
+                    return Ok(PathState::Unsafe(format!(
+                        "{} is a symlink owned by uid {}, another user, to {}: following it could lead anywhere \
+                         (an unsafe path transition)",
+                        next.display(),
+                        previous_uid,
+                        target.display()
+                    )));
+                }
+            }
+            push_front(&mut todo, &target);
+            continue;
+        }
+        if !meta.is_dir() {
+            return Ok(if todo.is_empty() { PathState::NotDirectory } else { PathState::Missing });
+        }
+        current = next;
+        current_meta = meta;
+    }
+    if world_writable(&current_meta) && !sticky(&current_meta) {
+        return Ok(PathState::Unsafe(format!(
+            "{} is writable by every user and has no sticky bit, so anyone can delete or replace lock files in it",
+            current.display()
+        )));
+    }
+    Ok(PathState::Directory)
+}
+
+/// Non-Unix: no ownership to check; only whether the directory is there.
 #[cfg(not(unix))]
-fn create_dir(path: &Path, _mode: u32) -> io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).create(path)
+pub(crate) fn check_path(path: &Path) -> io::Result<PathState> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(PathState::Directory),
+        Ok(_) => Ok(PathState::NotDirectory),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(PathState::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the directory `path` with exactly `mode` (see [`make_dir`]).
+/// Missing parents get the default mode, as `mkdir -p` gives them; a
+/// directory someone else created first is left as it is.
+fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).create(parent)?;
+    }
+    match make_dir(path, mode) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        made => made,
+    }
+}
+
+/// Creates the directory `path` (its parent must exist; `AlreadyExists` if
+/// it does) with exactly `mode`: set with `fchmod` after `mkdir`, so the
+/// umask does not reduce it and setgid/sticky bits are kept (Unix).
+pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new().mode(mode & 0o777).create(path)?;
+        let flags = rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW;
+        let dir = OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path)?;
+        dir.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        std::fs::DirBuilder::new().create(path)
+    }
 }
 
 /// How [`open_no_follow`] opens a file.
@@ -82,8 +337,9 @@ pub(crate) enum Access {
 /// Opens `path`, refusing a symlink in the last component (a lock file
 /// replaced by a symlink must not redirect our writes outside the directory).
 ///
-/// New files get mode `0o666` less the umask, as files conventionally do;
-/// the directory (private by default) is what keeps other users out.
+/// New files get mode `0o666` less the umask, as files conventionally do
+/// (the directory, private by default, is what keeps other users out);
+/// callers give them the configured `file_mode` with [`LockDir::adopt`].
 pub(crate) fn open_no_follow(path: &Path, access: Access) -> io::Result<File> {
     open_no_follow_with_meta(path, access).map(|(file, _)| file)
 }
@@ -417,9 +673,10 @@ fn remove_tombstone(tombstone: &Path) {
 /// never see it half-written: write a temp file, then `link` it into place
 /// (which fails if the path exists). Falls back to `O_CREAT|O_EXCL` where
 /// hard links are not supported (some SMB mounts). `None` if `path` exists.
-pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8]) -> io::Result<Option<File>> {
+/// `mode`: the file's exact permissions (see [`set_mode`]).
+pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<Option<File>> {
     let temp = sibling(path, "new");
-    let mut file = new_file(&temp)?;
+    let mut file = new_file(&temp, mode)?;
     let written = file.write_all(contents).and_then(|()| file.flush());
     let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
     let _ = std::fs::remove_file(&temp);
@@ -427,7 +684,7 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8]) -> io::Result<
         Ok(()) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
-            match new_file(path) {
+            match new_file(path, mode) {
                 Ok(mut file) => match file.write_all(contents) {
                     Ok(()) => Ok(Some(file)),
                     Err(e) => {
@@ -446,10 +703,11 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8]) -> io::Result<
 }
 
 /// Writes `contents` to `path` atomically (temp file + rename): readers see
-/// the old contents or the new, never a mix.
-pub(crate) fn replace_with(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// the old contents or the new, never a mix. `mode`: the file's exact
+/// permissions (see [`set_mode`]).
+pub(crate) fn replace_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<()> {
     let temp = sibling(path, "new");
-    let result = new_file(&temp).and_then(|mut file| {
+    let result = new_file(&temp, mode).and_then(|mut file| {
         file.write_all(contents)?;
         file.flush()?;
         drop(file);
@@ -461,7 +719,9 @@ pub(crate) fn replace_with(path: &Path, contents: &[u8]) -> io::Result<()> {
     result
 }
 
-fn new_file(path: &Path) -> io::Result<File> {
+/// Creates `path` (which must not exist): `0o666` less the umask, or exactly
+/// `mode` if given.
+fn new_file(path: &Path, mode: Option<u32>) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create_new(true);
     #[cfg(unix)]
@@ -469,7 +729,12 @@ fn new_file(path: &Path) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o666);
     }
-    options.open(path)
+    let file = options.open(path)?;
+    if let Err(e) = set_mode(&file, mode) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
 }
 
 /// A unique internal file next to `path`: `.lockman-<kind>-<uuid>`.
@@ -481,12 +746,13 @@ pub(crate) fn sibling(path: &Path, kind: &str) -> PathBuf {
     }
 }
 
-/// The files in `dir` whose names end in `suffix`, skipping hidden and
-/// internal ones.
-pub(crate) fn files_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
+/// The files in `dir` named as lockman names its own files for resources
+/// (`<prefix>-<32 hex><suffix>`, see [`crate::naming`]): what listing and
+/// cleanup look at, so nothing else in a shared directory is ever touched.
+pub(crate) fn encoded_files_with_suffix(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
     Ok(std::fs::read_dir(dir)?
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.ends_with(suffix) && !n.starts_with('.')))
+        .filter(|entry| entry.file_name().to_str().is_some_and(|n| crate::naming::is_encoded_file_name(n, suffix)))
         .map(|entry| entry.path())
         .collect())
 }
@@ -560,7 +826,10 @@ pub(crate) fn io_error(
     error: io::Error,
 ) -> LockError {
     let hint = match error.kind() {
-        io::ErrorKind::PermissionDenied => "; check the directory's permissions",
+        io::ErrorKind::PermissionDenied => {
+            "; check the permissions of the directory and its files (where several users share a directory, \
+             give it group write and the setgid bit, and every user file_mode=0660: see FileOptions::file_mode)"
+        }
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
         _ if error.raw_os_error() == Some(rustix_eloop()) => {
             "; it is a symlink, which lockman never follows — remove it"

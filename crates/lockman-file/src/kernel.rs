@@ -67,7 +67,7 @@ impl FileBackend {
     ///
     /// [`LockError::Config`] if the directory cannot be created or is not one.
     pub fn open(options: FileOptions) -> Result<Self, LockError> {
-        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?.with_file_mode(options.file_mode);
         let sentinel = Sentinel::new(
             options.loss_check_interval,
             "the lock file was deleted or replaced by another process (force-released or cleaned up)",
@@ -133,8 +133,10 @@ impl FileBackend {
         }
     }
 
+    /// The lock files lockman made here (by name); other `*.lock` files in a
+    /// shared directory are not ours to list or remove.
     fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::files_with_suffix(self.dir.path(), LOCK_SUFFIX)
+        fsutil::encoded_files_with_suffix(self.dir.path(), LOCK_SUFFIX)
             .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
     }
 }
@@ -158,6 +160,9 @@ impl LockBackend for FileBackend {
                 Ok(locked) => locked,
                 Err(holder) => return Ok(Acquired::Busy { holder }),
             };
+        // Kernel lock files outlive their holders: other users of a shared
+        // directory must be able to open this one after we release it.
+        self.dir.adopt(&file, &path);
         // On an error the file (and with it the kernel lock) and our turn are dropped.
         let (record, now) = flock::next_record(BACKEND, &path, &file, request)?;
         record
@@ -261,8 +266,10 @@ impl LockBackend for FileBackend {
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         // A kernel lock dies with its process, so nothing is ever *held* by a
-        // dead holder; what remains are files. Remove every unlocked one
-        // (bounding the directory) and report those a crashed holder left.
+        // dead holder; what remains are files. Remove every unlocked one of
+        // ours (bounding the directory; `lock_files` lists only names lockman
+        // makes, never another program's `*.lock`) and report those a
+        // crashed holder left.
         let mut crashed = Vec::new();
         for path in self.lock_files()? {
             let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };

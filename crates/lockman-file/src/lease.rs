@@ -109,7 +109,7 @@ impl LeaseFileBackend {
     ///
     /// [`LockError::Config`] if the directory cannot be created or is not one.
     pub fn open(options: FileOptions) -> Result<Self, LockError> {
-        let dir = LockDir::open(&options.dir, options.dir_mode, LEASE_BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, LEASE_BACKEND)?.with_file_mode(options.file_mode);
         let sentinel = Sentinel::new(
             options.loss_check_interval,
             "the lease file was broken as stale or deleted by another process",
@@ -146,7 +146,7 @@ impl LeaseFileBackend {
         let previous =
             read_sequence(&sequence).map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))?;
         record.token = fsutil::next_token(LEASE_BACKEND, resource, &sequence, previous, unix_micros(now))?;
-        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held))
+        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held), self.dir.file_mode())
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
         else {
             return Ok(None);
@@ -177,7 +177,7 @@ impl LeaseFileBackend {
         if let Some(token) = taken {
             record.token = token;
         }
-        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes())
+        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes(), self.dir.file_mode())
             .and_then(|()| if token_changed { record.write_to(&file, RecordState::Held) } else { Ok(()) });
         if let Err(e) = stored {
             let _ = fsutil::break_by_rename(path, id, |_| true);
@@ -342,8 +342,10 @@ impl LeaseFileBackend {
         }
     }
 
+    /// The lease files lockman made here (by name): another program's
+    /// `*.lease` is never judged stale and broken.
     fn lease_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::files_with_suffix(self.dir.path(), LEASE_SUFFIX)
+        fsutil::encoded_files_with_suffix(self.dir.path(), LEASE_SUFFIX)
             .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))
     }
 }

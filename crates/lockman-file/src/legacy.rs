@@ -182,6 +182,7 @@ impl LegacyResource {
 pub struct LegacyOptions {
     dir: PathBuf,
     dir_mode: u32,
+    file_mode: Option<u32>,
     resources: HashMap<String, LegacyResource>,
     stale_after: Duration,
     loss_check_interval: Duration,
@@ -193,6 +194,7 @@ impl LegacyOptions {
         LegacyOptions {
             dir: dir.as_ref().to_owned(),
             dir_mode: 0o700,
+            file_mode: None,
             resources: HashMap::new(),
             stale_after: Duration::from_secs(300),
             loss_check_interval: Duration::from_millis(500),
@@ -225,9 +227,19 @@ impl LegacyOptions {
         self
     }
 
-    /// Permissions for the directory if it has to be created (default `0o700`).
+    /// Permissions for the directory if it has to be created (default
+    /// `0o700`), applied exactly (see [`FileOptions::dir_mode`](crate::FileOptions::dir_mode)).
     pub fn dir_mode(mut self, mode: u32) -> Self {
         self.dir_mode = mode;
+        self
+    }
+
+    /// Exact permissions for the files lockman creates (sidecars and legacy
+    /// files; default `0o666` less the umask). Only modes change, never the
+    /// files' names or contents, so old daemons see the same bytes. See
+    /// [`FileOptions::file_mode`](crate::FileOptions::file_mode).
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = Some(mode);
         self
     }
 
@@ -303,7 +315,7 @@ impl LegacyFileBackend {
     /// [`LockError::Config`] if the directory cannot be created, or a mapped
     /// file name is empty or ends in `/`.
     pub fn open(options: LegacyOptions) -> Result<Self, LockError> {
-        let dir = LockDir::open(&options.dir, options.dir_mode, LEGACY_BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, LEGACY_BACKEND)?.with_file_mode(options.file_mode);
         for (resource, mapping) in &options.resources {
             if mapping.file.file_name().is_none() {
                 return Err(LockError::Config(format!(
@@ -541,7 +553,7 @@ impl LegacyFileBackend {
     /// ones found in the directory (named by their sidecar's record).
     fn known_resources(&self) -> Result<Vec<String>, LockError> {
         let mut names: Vec<String> = self.options.resources.keys().cloned().collect();
-        let sidecars = fsutil::files_with_suffix(self.dir.path(), &format!("{LEGACY_SUFFIX}{SIDECAR_SUFFIX}"))
+        let sidecars = fsutil::encoded_files_with_suffix(self.dir.path(), &format!("{LEGACY_SUFFIX}{SIDECAR_SUFFIX}"))
             .map_err(|e| io_error(LEGACY_BACKEND, "listing legacy lock files", None, self.dir.path(), e))?;
         for sidecar in sidecars {
             if let Ok(file) = fsutil::open_no_follow(&sidecar, Access::Read)
@@ -584,14 +596,20 @@ impl LockBackend for LegacyFileBackend {
             Ok(locked) => locked,
             Err(holder) => return Ok(Acquired::Busy { holder }),
         };
+        // The sidecar outlives its holder: other users must be able to open it.
+        self.dir.adopt(&sidecar, &files.sidecar);
         // 2. Against old processes: the legacy file itself.
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
         let mut watch: Option<ChangeWatch> = None;
         let mut waited_for_old = false;
         loop {
             let (mut record, now) = flock::next_record(LEGACY_BACKEND, &files.sidecar, &sidecar, request)?;
-            let created = fsutil::create_exclusive_with(&files.path, legacy_contents(now, &record).as_bytes())
-                .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
+            let created = fsutil::create_exclusive_with(
+                &files.path,
+                legacy_contents(now, &record).as_bytes(),
+                self.dir.file_mode(),
+            )
+            .map_err(|e| self.io("creating the legacy lock file", resource, &files.path, e))?;
             if let Some(file) = created {
                 let snapshot = Snapshot::of(
                     &file

@@ -17,7 +17,10 @@
 //! Every flavour encodes resource names injectively into safe file names
 //! (a readable prefix plus a hash; see [`FileBackend::lock_file`]), never
 //! writes outside its directory, refuses symlinks, keeps holder metadata
-//! readable by `state`/`list` without taking the lock, hands out fencing
+//! readable by `state`/`list` without taking the lock, only ever lists or
+//! cleans up files named as it names them, refuses a directory whose path
+//! another user could redirect (see [`FileOptions`], "Shared directories"),
+//! hands out fencing
 //! tokens that keep increasing across processes, and reports a lock lost
 //! when its file is deleted or replaced under it.
 //!
@@ -88,6 +91,38 @@ pub use status::{FileStatusManager, FlagDirOptions};
 
 /// Where and how a file backend keeps its lock files.
 ///
+/// # Shared directories
+///
+/// A lock directory other users can write is a place they can plant things
+/// in, so every file backend (and [`FileStatusManager`]) opens one only if
+/// no other user can redirect its path, and refuses it with a
+/// [`LockError::Config`](lockman_core::LockError::Config) naming the path
+/// and the fix otherwise. Walking the path from `/`, following symlinks
+/// (the rules of systemd-tmpfiles' unsafe-path-transition check and
+/// OpenSSH's `StrictModes`):
+///
+/// 1. no directory on the path, the lock directory included, may be
+///    writable by every user without the sticky bit;
+/// 2. in a sticky directory every user can write (`/tmp`, `/run/lock`), the
+///    next component must be owned by root or by the user running lockman —
+///    so a symlink or directory another user planted there is refused;
+/// 3. after a directory or symlink owned by another user, everything
+///    further on (and wherever its links point) must have that same owner.
+///
+/// Members of a directory's group are trusted like its owner. Inside the
+/// directory, lockman never follows a symlink, and `list` and
+/// `cleanup_stale` only look at files named as lockman names them
+/// (`<prefix>-<32 hex>.lock`, `.lease`, `.lockfile.flock`, plus the files
+/// configured for legacy resources), so pointing lockman at a directory
+/// other programs use (`/run/lock` with `LCK..ttyS0`, a project with
+/// `Cargo.lock`) never removes their files.
+///
+/// To share locks between the users of a group `G`: a directory owned by
+/// root (or one of them) and group `G`, mode `2770`, and `file_mode(0o660)`
+/// so each user can lock the files the others made — as a URL,
+/// `file:///srv/app/locks?dir_mode=2770&file_mode=0660` (`chgrp G` the
+/// parent, or create the directory as root beforehand).
+///
 /// ```
 /// use std::time::Duration;
 /// use lockman_file::FileOptions;
@@ -100,6 +135,7 @@ pub use status::{FileStatusManager, FlagDirOptions};
 pub struct FileOptions {
     dir: PathBuf,
     dir_mode: u32,
+    file_mode: Option<u32>,
     loss_check_interval: Duration,
     default_lease: Duration,
 }
@@ -110,6 +146,7 @@ impl FileOptions {
         FileOptions {
             dir: dir.as_ref().to_owned(),
             dir_mode: 0o700,
+            file_mode: None,
             loss_check_interval: Duration::from_secs(1),
             default_lease: Duration::from_secs(30),
         }
@@ -121,10 +158,31 @@ impl FileOptions {
     }
 
     /// Permissions for the directory if it has to be created (Unix; default
-    /// `0o700`, private to this user). Use `0o770` or `0o777` with care when
-    /// processes of several users share the locks.
+    /// `0o700`, private to this user). Applied exactly as given — set after
+    /// creating it, so the umask does not reduce it and setgid (`0o2000`) and
+    /// sticky (`0o1000`) bits are kept — and only to the directory itself:
+    /// missing parents are created with the default mode (`0o777` less the
+    /// umask), as `mkdir -p` does. An existing directory is left as it is.
+    /// For the users of one group, `0o2770` with
+    /// [`file_mode(0o660)`](Self::file_mode) (see "Shared directories"
+    /// below); a mode writable by every user without the sticky bit (`0o777`)
+    /// is refused.
     pub fn dir_mode(mut self, mode: u32) -> Self {
         self.dir_mode = mode;
+        self
+    }
+
+    /// Exact permissions for the files lockman creates in the directory
+    /// (Unix; default `0o666` less the umask, usually `0o644`). Set after
+    /// creating each file, so the umask does not reduce it; a lock file this
+    /// user owns with another mode (made before the option was set) is
+    /// brought in line when it is next locked.
+    ///
+    /// Kernel lock files stay after release, so where several users share a
+    /// directory they must be able to open each other's: `0o660` in a group
+    /// directory (`0o2770`).
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = Some(mode);
         self
     }
 

@@ -39,6 +39,23 @@ pub(crate) fn encoded_file_name(name: &str, suffix: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether `file_name` is one [`encoded_file_name`] could have made with
+/// `suffix`: `<prefix>-<32 lowercase hex><suffix>`, the prefix at most
+/// [`PREFIX_MAX`] of `[a-z0-9_-]`. Listing and cleanup look at nothing else,
+/// so a shared directory's other files (`yarn.lock`, `LCK..ttyS0`) are never
+/// touched.
+pub(crate) fn is_encoded_file_name(file_name: &str, suffix: &str) -> bool {
+    let Some(stem) = file_name.strip_suffix(suffix) else { return false };
+    let Some((prefix, hash)) = stem.len().checked_sub(33).and_then(|at| stem.split_at_checked(at)) else {
+        return false;
+    };
+    let Some(hash) = hash.strip_prefix('-') else { return false };
+    prefix.len() <= PREFIX_MAX
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && hash.len() == 32
+        && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Whether `name` can be used verbatim as a file name in a directory: one
 /// path component of ASCII letters, digits, `.`, `_` and `-`, not `.` or
 /// `..`, and not one of lockman's own internal names.
@@ -78,6 +95,27 @@ mod tests {
     fn encoding_is_stable_across_versions() {
         // Other processes (and older lockman builds) must find the same file.
         assert_eq!(encoded_file_name("inverter_read", ".lock"), "inverter_read-0f31e7d22c525e215b910d4411a7eeb8.lock");
+    }
+
+    #[test]
+    fn only_encoded_names_are_recognised() {
+        for name in ["inverter_read", "", "x".repeat(1024).as_str(), "zürich-🔒", "a-b-c"] {
+            assert!(is_encoded_file_name(&encoded_file_name(name, ".lock"), ".lock"), "{name:?}");
+            assert!(!is_encoded_file_name(&encoded_file_name(name, ".lock"), ".lease"), "{name:?}");
+        }
+        for foreign in [
+            "yarn.lock",
+            "Cargo.lock",
+            "x.lock",
+            "LCK..ttyS0",
+            "foo-0f31e7d22c525e215b910d4411a7eeb.lock",
+            "Foo-0f31e7d22c525e215b910d4411a7eeb8.lock",
+            "foo-0F31E7D22C525E215B910D4411A7EEB8.lock",
+            "foo_0f31e7d22c525e215b910d4411a7eeb8.lock",
+            ".x-0f31e7d22c525e215b910d4411a7eeb8.lock",
+        ] {
+            assert!(!is_encoded_file_name(foreign, ".lock"), "{foreign:?}");
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ const STALE_SIDECAR_GRACE: Duration = Duration::from_secs(60);
 pub struct FlagDirOptions {
     dir: PathBuf,
     dir_mode: u32,
+    file_mode: Option<u32>,
     file_names: BTreeMap<String, String>,
 }
 
@@ -75,7 +76,7 @@ impl FlagDirOptions {
     /// assert_eq!(options.dir(), std::path::Path::new("/run/myapp/flags"));
     /// ```
     pub fn new(dir: impl AsRef<Path>) -> Self {
-        FlagDirOptions { dir: dir.as_ref().to_owned(), dir_mode: 0o700, file_names: BTreeMap::new() }
+        FlagDirOptions { dir: dir.as_ref().to_owned(), dir_mode: 0o700, file_mode: None, file_names: BTreeMap::new() }
     }
 
     /// The directory.
@@ -89,9 +90,10 @@ impl FlagDirOptions {
     }
 
     /// Permissions for the directory if it has to be created (Unix; default
-    /// `0o700`, private to this user). Use `0o770` or `0o777` with care when
-    /// processes of several users share the flags. The hidden metadata
-    /// subdirectory gets the flag directory's permissions.
+    /// `0o700`, private to this user), applied exactly as given (see
+    /// [`FileOptions::dir_mode`](crate::FileOptions::dir_mode)). For flags
+    /// shared by the users of one group, `0o2770`. The hidden metadata
+    /// subdirectory gets the flag directory's permissions, exactly.
     ///
     /// ```
     /// let options = lockman_file::FlagDirOptions::new("/run/shared-flags").dir_mode(0o770);
@@ -99,6 +101,19 @@ impl FlagDirOptions {
     /// ```
     pub fn dir_mode(mut self, mode: u32) -> Self {
         self.dir_mode = mode;
+        self
+    }
+
+    /// Exact permissions for the flag files and metadata lockman writes
+    /// (Unix; default `0o644` less the umask). Only the mode changes, never
+    /// the files' names or contents.
+    ///
+    /// ```
+    /// let options = lockman_file::FlagDirOptions::new("/srv/shared/flags").dir_mode(0o2770).file_mode(0o660);
+    /// # let _ = options;
+    /// ```
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = Some(mode);
         self
     }
 
@@ -341,7 +356,7 @@ impl FileStatusManager {
             by_file.insert(file.clone(), flag.clone());
             by_flag.insert(flag, file);
         }
-        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?;
+        let dir = LockDir::open(&options.dir, options.dir_mode, BACKEND)?.with_file_mode(options.file_mode);
         let meta_dir = dir.join(META_DIR);
         match std::fs::symlink_metadata(&meta_dir) {
             Ok(meta) if !meta.is_dir() => {
@@ -514,16 +529,16 @@ impl FileStatusManager {
         if self.meta_dir_exists(action, Some(flag))? {
             return Ok(());
         }
-        let mut builder = std::fs::DirBuilder::new();
+        // Mirror the flag directory exactly (not less the umask), so every
+        // user who may set flags there may also write their metadata.
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            // Mirror the flag directory, so every user who may set flags there
-            // may also write their metadata.
-            let mode = std::fs::metadata(self.dir.path()).map_or(0o700, |meta| meta.permissions().mode() & 0o7777);
-            builder.mode(mode);
-        }
-        match builder.create(&self.meta_dir) {
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(self.dir.path()).map_or(0o700, |meta| meta.permissions().mode() & 0o7777)
+        };
+        #[cfg(not(unix))]
+        let mode = 0o700;
+        match fsutil::make_dir(&self.meta_dir, mode) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if self.meta_dir_exists(action, Some(flag))? {
@@ -666,7 +681,7 @@ impl FileStatusManager {
             ));
         }
         let temp = fsutil::sibling(&path, "new");
-        let stamp = match write_new(&temp, content) {
+        let stamp = match write_new(&temp, content, self.dir.file_mode()) {
             Ok(meta) => Stamp::of(&meta),
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -690,7 +705,8 @@ impl FileStatusManager {
             let body = serde_json::to_vec(&sidecar)
                 .map_err(|e| LockError::backend_caused_by(BACKEND, ACTION, Some(flag), e))?;
             let sidecar_path = self.sidecar_path(&file, &stamp);
-            fsutil::replace_with(&sidecar_path, &body).map_err(|e| self.io(ACTION, Some(flag), &sidecar_path, e))
+            fsutil::replace_with(&sidecar_path, &body, self.dir.file_mode())
+                .map_err(|e| self.io(ACTION, Some(flag), &sidecar_path, e))
         });
         let renamed = written.and_then(|()| {
             std::fs::rename(&temp, &path).map_err(|e| {
@@ -975,9 +991,10 @@ fn same_owner(a: &Metadata, b: &Metadata) -> bool {
     }
 }
 
-/// Creates `path` (which must not exist) with `content`, and returns its
-/// metadata once closed.
-fn write_new(path: &Path, content: &[u8]) -> io::Result<Metadata> {
+/// Creates `path` (which must not exist) with `content` and exactly `mode`
+/// if given (else `0o644` less the umask), and returns its metadata once
+/// closed.
+fn write_new(path: &Path, content: &[u8], mode: Option<u32>) -> io::Result<Metadata> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -986,6 +1003,7 @@ fn write_new(path: &Path, content: &[u8]) -> io::Result<Metadata> {
         options.mode(0o644);
     }
     let mut file: File = options.open(path)?;
+    fsutil::set_mode(&file, mode)?;
     file.write_all(content)?;
     file.flush()?;
     drop(file);

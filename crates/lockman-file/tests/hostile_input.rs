@@ -408,9 +408,11 @@ async fn foreign_flag_metadata_directory_is_refused() {
     assert!(status.flag_file(".FCRunning1").exists(), "planted metadata got root's flag deleted");
 }
 
-/// In a flag directory everyone may write (0777, so lockman's own metadata
-/// directory is 0777 too), a sidecar replaced by another user is ignored:
-/// root's flag keeps its own expiry, not the planted one.
+/// In a flag directory a group shares (2770, so lockman's own metadata
+/// directory is group-writable too), a sidecar replaced by another member of
+/// the group is ignored: root's flag keeps its own expiry, not the planted
+/// one. (A directory everyone may write without the sticky bit is refused
+/// outright: `shared_dirs::world_writable_directory_without_sticky_bit_is_refused`.)
 #[tokio::test]
 async fn sidecar_planted_by_another_user_is_ignored() {
     if !is_root() {
@@ -420,7 +422,8 @@ async fn sidecar_planted_by_another_user_is_ignored() {
     let root = tempfile::tempdir().expect("dir");
     let flags = root.path().join("flags");
     std::fs::create_dir(&flags).expect("mkdir");
-    chmod(&flags, 0o777);
+    std::os::unix::fs::chown(&flags, Some(0), Some(65534)).expect("chgrp");
+    chmod(&flags, 0o2770);
     let status = FileStatusManager::open(FlagDirOptions::new(&flags)).expect("open");
     status.set(".FCRunning1", FlagOptions::new().value("job").ttl(Duration::from_secs(3600))).await.expect("set");
     assert!(rewrite_sidecars_as(&flags.join(".lockman-flags"), 65534) > 0, "no sidecar to rewrite");
