@@ -6,7 +6,9 @@
 //!   acquired-at), with the lease as its `PEXPIRE`.
 //! * **Waiters are told**: one subscriber connection per manager hears every
 //!   release (pub/sub); a waiter retries on a message, or after the holder's
-//!   remaining TTL or its own timeout, whichever is first.
+//!   remaining TTL or its own timeout, whichever is first. A message is
+//!   only a hint (any client may `PUBLISH`): a holder is told its lock was
+//!   broken only once the lock key confirms it no longer names its hold.
 //! * **Watchdog**: without an explicit lease a lock gets the default (30 s),
 //!   renewed every third of it while the guard lives; a failed renewal marks
 //!   the guard lost (core's [`Locks`] does this for every
@@ -255,7 +257,8 @@ impl RedisBackend {
         let keys = Keys::new(&options.prefix);
         let listeners = Arc::new(Listeners::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(waiters::subscribe(client, keys.clone(), Arc::downgrade(&listeners), stopped));
+        let confirm = waiters::Confirm { connection: connection.clone(), timeout: options.response_timeout };
+        tokio::spawn(waiters::subscribe(client, keys.clone(), confirm, Arc::downgrade(&listeners), stopped));
         Ok(RedisBackend { connection, keys, listeners, queue: LocalQueue::default(), options, _stop_subscriber: stop })
     }
 
@@ -496,7 +499,15 @@ impl LockBackend for RedisBackend {
             match attempt {
                 Ok(Grant { token, acquired_us, lease_expires_at }) => {
                     let numeric = token.parse::<u64>().unwrap_or(0);
-                    self.listeners.hold(resource, numeric, request.loss.clone());
+                    self.listeners.hold(
+                        resource,
+                        waiters::Held {
+                            holder: request.holder.as_str().to_owned(),
+                            token: token.clone(),
+                            hold: hold.clone(),
+                            loss: request.loss.clone(),
+                        },
+                    );
                     let grant =
                         RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold };
                     return Ok(Acquired::Granted(
@@ -529,7 +540,7 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
-        self.listeners.unhold(resource, grant.token.parse().unwrap_or(0));
+        self.listeners.unhold(resource, &grant.hold);
         let release = |retry: &'static str| {
             let mut invocation = scripts::RELEASE.prepare_invoke();
             invocation
