@@ -97,6 +97,8 @@ pub type RedisLockManager = Locks<RedisBackend>;
 #[non_exhaustive]
 pub struct RedisOptions {
     url: String,
+    /// Used when the URL carries none (`LOCKMAN_REDIS_PASSWORD`, a password file).
+    password: Option<String>,
     prefix: String,
     default_lease: Duration,
     connect_timeout: Duration,
@@ -111,6 +113,7 @@ impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
             url: url.into(),
+            password: None,
             prefix: "lockman".to_owned(),
             default_lease: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
@@ -127,6 +130,15 @@ impl RedisOptions {
     #[cfg(feature = "tls")]
     pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_certificates = Some(pem.into());
+        self
+    }
+
+    /// The password to authenticate with when the URL has none, so it need
+    /// not sit in a URL (visible in `ps`, shell history, the environment of
+    /// child processes). A password in the URL wins. Never shown in `Debug`,
+    /// errors or logs.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 
@@ -155,9 +167,9 @@ impl RedisOptions {
         self
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***` (see [`lockman_core::redact_url`]).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        lockman_core::redact_url(&self.url)
     }
 }
 
@@ -166,6 +178,7 @@ impl fmt::Debug for RedisOptions {
         let mut debug = f.debug_struct("RedisOptions");
         debug
             .field("url", &self.redacted_url())
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("prefix", &self.prefix)
             .field("default_lease", &self.default_lease)
             .field("connect_timeout", &self.connect_timeout)
@@ -173,21 +186,6 @@ impl fmt::Debug for RedisOptions {
         #[cfg(feature = "tls")]
         debug.field("tls_root_certificates", &self.tls_root_certificates.as_ref().map(|_| "<PEM>"));
         debug.finish()
-    }
-}
-
-/// `scheme://user:***@host…`: the password (the part before `@` after the
-/// first `:` of the authority) is hidden.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -642,8 +640,24 @@ impl LockBackend for RedisBackend {
     }
 }
 
-/// The client for `options`: its URL, and the CA certificates it trusts.
+/// The client for `options`: its URL, its password, and the CA certificates it trusts.
 fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
+    use redis::IntoConnectionInfo;
+
+    // The redis crate's URL errors never quote the URL.
+    let mut info = options.url.as_str().into_connection_info().map_err(|e| {
+        LockError::Config(format!(
+            "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
+            options.redacted_url(),
+            e.detail().unwrap_or("bad URL")
+        ))
+    })?;
+    if let Some(password) = &options.password
+        && info.redis_settings().password().is_none()
+    {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
     #[cfg(feature = "tls")]
     if let Some(pem) = &options.tls_root_certificates {
         if !options.url.starts_with("rediss://") {
@@ -654,14 +668,14 @@ fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
         }
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
         // These errors (a bad URL or PEM) never quote the URL.
-        return redis::Client::build_with_tls(options.url.as_str(), certificates).map_err(|e| {
+        return redis::Client::build_with_tls(info, certificates).map_err(|e| {
             LockError::Config(format!(
                 "cannot use Redis URL {} with its TLS root certificates: {e}",
                 options.redacted_url()
             ))
         });
     }
-    redis::Client::open(options.url.as_str()).map_err(|e| {
+    redis::Client::open(info).map_err(|e| {
         LockError::Config(format!(
             "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
             options.redacted_url(),
@@ -765,10 +779,14 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact("rediss://alice:hunter2@host/1"), "rediss://alice:***@host/1");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        let options = RedisOptions::new("redis://u:hunter2@h:1/0");
+        for url in
+            ["redis://u:hunter2@h:1/0", "redis://:hun@ter2@h:1/0", "redis://:hunter%402@h/0", "redis://:hun/ter2@h"]
+        {
+            let options = RedisOptions::new(url);
+            let debug = format!("{options:?}");
+            assert!(!debug.contains("ter2"), "{debug}");
+        }
+        let options = RedisOptions::new("redis://h:1/0").password("hunter2");
         assert!(!format!("{options:?}").contains("hunter2"));
     }
 }
