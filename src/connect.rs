@@ -524,3 +524,19 @@ fn strip_own_options(text: &str) -> String {
 async fn open_redis(_: String, _: Options, _: &Config) -> Result<Opened, LockError> {
     Err(feature_missing("redis", "redis"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever features this build has, the message for a missing feature
+    /// names the one to enable and says whether it is a default.
+    #[test]
+    fn a_missing_feature_is_named_and_tls_is_not_called_a_default() {
+        let LockError::Config(tls) = feature_missing("rediss", "redis-tls") else { panic!("not a config error") };
+        assert!(tls.contains("`redis-tls`") && tls.contains("not a default feature"), "{tls}");
+        assert!(!tls.contains("default features include it"), "{tls}");
+        let LockError::Config(file) = feature_missing("file", "file") else { panic!("not a config error") };
+        assert!(file.contains("default features include it"), "{file}");
+    }
+}
