@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use lockman_core::LockError;
+use lockman_core::{LockError, redact_url};
 use serde::{Deserialize, Serialize};
 
 /// The environment variable naming the TOML file to load instead of `lockman.toml`.
@@ -36,6 +36,8 @@ pub const CONFIG_FILE: &str = "lockman.toml";
 /// | `redis.prefix` | `LOCKMAN_REDIS__PREFIX` | key prefix (default `lockman`) |
 /// | `redis.connect_timeout` | `LOCKMAN_REDIS__CONNECT_TIMEOUT` | default 2 s |
 /// | `redis.response_timeout` | `LOCKMAN_REDIS__RESPONSE_TIMEOUT` | default 2 s |
+/// | `redis.password_file` | `LOCKMAN_REDIS__PASSWORD_FILE` | a file holding the Redis password (one trailing newline is ignored), for URLs without one |
+/// | — | `LOCKMAN_REDIS_PASSWORD` | the Redis password, for URLs without one (environment only; a password file wins) |
 ///
 /// The TOML file is `lockman.toml` in the working directory, or the file
 /// named by `LOCKMAN_CONFIG` (which must then exist). Options in a URL's query
@@ -79,7 +81,7 @@ pub struct Config {
 }
 
 /// The `[redis]` section of [`Config`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct RedisConfig {
@@ -91,7 +93,30 @@ pub struct RedisConfig {
     /// How long to wait for any reply (default 2 s).
     #[serde(with = "text_duration")]
     pub response_timeout: Option<Duration>,
+    /// A file holding the password, for Redis URLs that carry none (a
+    /// `password_file=` URL option wins). One trailing newline is ignored.
+    pub password_file: Option<PathBuf>,
+    /// The password for Redis URLs that carry none and have no password
+    /// file: `LOCKMAN_REDIS_PASSWORD` (read from the environment only, never
+    /// from the TOML file). Shown as `***` in `Debug`.
+    #[serde(skip)]
+    pub password: Option<String>,
 }
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The environment variable holding the Redis password for URLs without one.
+pub const REDIS_PASSWORD_ENV: &str = "LOCKMAN_REDIS_PASSWORD";
 
 impl Default for Config {
     fn default() -> Self {
@@ -174,13 +199,17 @@ impl Config {
     /// Loads from `file` (a figment provider for the TOML layer) and `env`
     /// (the `LOCKMAN_` variables); split out so tests can give both.
     fn load_from(file: Figment, env: Env) -> Result<Self, LockError> {
-        let env = env.ignore(&["CONFIG", "REQUIRE_REDIS"]).split("__");
+        // The password is read below, never through figment, so that no
+        // figment error can quote it.
+        let env = env.ignore(&["CONFIG", "REQUIRE_REDIS", "REDIS_PASSWORD"]).split("__");
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(file)
             .merge(env)
             .merge(Env::raw().only(&[USE_NEW_LOCKS_ENV]));
-        let mut config: Config =
-            figment.extract().map_err(|e| LockError::Config(format!("bad lockman configuration: {e}")))?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| LockError::Config(format!("bad lockman configuration: {}", config_error_text(e))))?;
+        config.redis.password = std::env::var(REDIS_PASSWORD_ENV).ok().filter(|password| !password.is_empty());
         for key in ["url", "status_url", "legacy_url", "legacy_bridge", "use_new_locks"] {
             if let Some(metadata) = figment.find_metadata(key) {
                 let origin = match &metadata.source {
@@ -259,24 +288,74 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `url` with any password replaced by `***` (and unchanged if it does not parse).
-///
-/// ```
-/// assert_eq!(lockman::redact_url("redis://:hunter2@cache:6379/0"), "redis://:***@cache:6379/0");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
-            Ok(()) => parsed.to_string(),
-            Err(()) => "<a URL with a password>".to_owned(),
-        },
-        Ok(_) => url.to_owned(),
-        // Not a URL we can read: hide anything that looks like credentials.
-        Err(_) => match url.split_once('@') {
-            Some((_, rest)) => format!("***@{rest}"),
-            None => url.to_owned(),
-        },
+/// A figment error (each in its chain) as text without secrets: a value it
+/// quotes (`found string "redis://:…@…"`) is redacted as a URL, and so is
+/// any URL in its message.
+fn config_error_text(error: figment::Error) -> String {
+    use figment::error::{Actual, Kind};
+
+    let redact = |actual: &mut Actual| {
+        if let Actual::Str(text) | Actual::Other(text) = actual {
+            *text = redact_url(text);
+        }
+    };
+    error
+        .into_iter()
+        .map(|mut error| {
+            match &mut error.kind {
+                Kind::InvalidType(actual, _)
+                | Kind::InvalidValue(actual, _)
+                | Kind::Unsupported(actual)
+                | Kind::UnsupportedKey(actual, _) => redact(actual),
+                Kind::UnknownVariant(text, _) | Kind::UnknownField(text, _) => *text = redact_url(text),
+                _ => {}
+            }
+            redact_config_error(&error.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A figment error's text without secrets. A TOML syntax error quotes the
+/// offending source line (`1 | url = "redis://:…@…`), which may hold a
+/// password anywhere, in any syntax: such lines are replaced whole. In the
+/// rest, every `scheme://…` word goes through [`redact_url`].
+pub(crate) fn redact_config_error(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            // `<line number> | <source>`: the excerpt a parse error shows.
+            let trimmed = line.trim_start();
+            let numbered = trimmed
+                .split_once(" |")
+                .is_some_and(|(number, _)| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()));
+            if numbered {
+                let number = trimmed.split(' ').next().unwrap_or_default();
+                format!("{number} | (line not shown: it may hold a password)")
+            } else {
+                redact_urls_in(line)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` with every `scheme://…` word (up to whitespace or a quote) redacted.
+fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h 30m` (humantime).
@@ -309,6 +388,14 @@ mod text_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_errors_hide_source_lines_and_passwords() {
+        let text = "TOML parse error at line 1, column 7\n  |\n1 | url = \"redis://:s3cr@t@h/0\n  |       ^\ninvalid\nfound string \"redis://:p@ss w@h/0\" for `url`";
+        let redacted = redact_config_error(text);
+        assert!(!redacted.contains("s3cr") && !redacted.contains("p@ss"), "{redacted}");
+        assert!(redacted.contains("line 1, column 7") && redacted.contains("1 | (line not shown"), "{redacted}");
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -5,7 +5,7 @@
 //! | `memory://` | in-process (feature `memory`) | — |
 //! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `file_mode=0660`, `loss_check=1s`, `flag.NAME=FILE` |
 //! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `file_mode=0660`, `flag.NAME=FILE` |
-//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `protocol=resp3` |
+//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `password_file=/path` (the password, for a URL without one; one trailing newline is ignored), `protocol=resp3` |
 //!
 //! Flags live beside the locks unless [`Config::status_url`] says otherwise
 //! (for `file://` and `legacy-file://`, in the same directory).
@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use lockman_core::{AcquireOptions, BridgedLockManager, LockError, LockManager, StatusManager};
 
-use crate::config::{Config, parse_duration, redact_url};
+use lockman_core::redact_url;
+
+use crate::config::{Config, parse_duration};
 
 /// The URL schemes lockman knows, for error messages.
 const SCHEMES: &str = "memory://, file:///dir, legacy-file:///dir, redis://host:port/db, rediss://host:port/db";
@@ -222,7 +224,11 @@ impl Target {
                 }
             }
             "redis" | "rediss" => {
-                let options = Options::new(&url, origin, "prefix, lease, connect_timeout, response_timeout, protocol");
+                let options = Options::new(
+                    &url,
+                    origin,
+                    "prefix, lease, connect_timeout, response_timeout, tls_ca, password_file, protocol",
+                );
                 Ok(Target::Redis { url: text.to_owned(), options })
             }
             other => Err(LockError::Config(format!(
@@ -254,9 +260,16 @@ fn file_dir(url: &url::Url, origin: &str) -> Result<std::path::PathBuf, LockErro
 }
 
 fn feature_missing(scheme: &str, feature: &str) -> LockError {
+    // `redis-tls` is not a default feature (it compiles rustls and ring);
+    // the others are.
+    let default = if feature == "redis-tls" {
+        "it is not a default feature"
+    } else {
+        "the default features include it, so this build turned them off"
+    };
     LockError::Config(format!(
         "{scheme}:// needs lockman's `{feature}` cargo feature, which this build left out: enable it \
-         (lockman = {{ features = [\"{feature}\"] }}; the default features include it)"
+         (lockman = {{ features = [\"{feature}\"] }}; {default})"
     ))
 }
 
@@ -457,11 +470,54 @@ async fn open_redis(url: String, mut options: Options, config: &Config) -> Resul
     if let Some(path) = options.take("tls_ca") {
         redis = with_tls_ca(redis, &path, &options)?;
     }
+    // A password in the URL wins (the backend ignores this one then).
+    let password = match (options.take("password_file"), &config.redis.password_file) {
+        (Some(path), _) => {
+            Some(read_password_file(std::path::Path::new(&path)).map_err(|e| options.bad("password_file", &e))?)
+        }
+        (None, Some(path)) => Some(read_password_file(path).map_err(|e| {
+            LockError::Config(format!("`redis.password_file` (LOCKMAN_REDIS__PASSWORD_FILE or lockman.toml): {e}"))
+        })?),
+        (None, None) => config.redis.password.clone(),
+    };
+    if let Some(password) = password {
+        redis = redis.password(password);
+    }
     options.take("protocol"); // the redis crate reads it from the URL itself
     options.finish()?;
     let backend = RedisBackend::connect(redis).await?;
     let status = Arc::new(RedisStatusManager::new(&backend));
     Ok(Opened { locks: Arc::new(backend.into_manager()), status })
+}
+
+/// The password in the file at `path`, without one trailing newline. The
+/// error names the file and the problem, never the contents.
+#[cfg(feature = "redis")]
+fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+
+    // A password is short; anything longer is not a password file.
+    const LIMIT: u64 = 64 * 1024;
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read the Redis password file {shown}: {e}"))?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(format!("the Redis password file {shown} is larger than {LIMIT} bytes: is it the right file?"));
+    }
+    let mut password =
+        String::from_utf8(bytes).map_err(|_| format!("the Redis password file {shown} is not UTF-8 text"))?;
+    if password.ends_with('\n') {
+        password.pop();
+        if password.ends_with('\r') {
+            password.pop();
+        }
+    }
+    if password.is_empty() {
+        return Err(format!("the Redis password file {shown} is empty: write the password in it"));
+    }
+    Ok(password)
 }
 
 /// Trusts the PEM CA certificates in the file at `path` for `rediss://`.
@@ -497,4 +553,20 @@ fn strip_own_options(text: &str) -> String {
 #[cfg(not(feature = "redis"))]
 async fn open_redis(_: String, _: Options, _: &Config) -> Result<Opened, LockError> {
     Err(feature_missing("redis", "redis"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever features this build has, the message for a missing feature
+    /// names the one to enable and says whether it is a default.
+    #[test]
+    fn a_missing_feature_is_named_and_tls_is_not_called_a_default() {
+        let LockError::Config(tls) = feature_missing("rediss", "redis-tls") else { panic!("not a config error") };
+        assert!(tls.contains("`redis-tls`") && tls.contains("not a default feature"), "{tls}");
+        assert!(!tls.contains("default features include it"), "{tls}");
+        let LockError::Config(file) = feature_missing("file", "file") else { panic!("not a config error") };
+        assert!(file.contains("default features include it"), "{file}");
+    }
 }

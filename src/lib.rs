@@ -37,7 +37,7 @@ pub mod blocking;
 mod config;
 mod connect;
 
-pub use config::{CONFIG_ENV, CONFIG_FILE, Config, RedisConfig, USE_NEW_LOCKS_ENV, redact_url};
+pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};
 pub use connect::{Backends, connect, connect_with, from_env};
 pub use lockman_core::BridgedLockManager;
 /// Printing stored text and times safely (escaping control and bidi characters).
@@ -46,7 +46,7 @@ pub use lockman_core::display;
 pub use lockman_core::{
     AcquireOptions, Capabilities, EventSink, FencingToken, FlagInfo, FlagOptions, HolderId, LockBackend, LockError,
     LockEvent, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager, LockManagerExt, LockState, Locks,
-    LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, hostname, metrics,
+    LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, hostname, metrics, redact_url,
     validate_name,
 };
 

@@ -205,3 +205,43 @@ fn a_named_file_and_an_explicit_url_override_the_usual_sources() {
         Ok(())
     });
 }
+
+/// A TOML syntax error quotes the offending line; a type error may quote a
+/// value: neither shows a password, whatever it holds (`@`, `:`, `%40`,
+/// spaces, quotes), and the error still says where the problem is.
+#[test]
+fn configuration_errors_never_show_a_password() {
+    for password in ["s3cr@t:hu%40nter2", "s3cr et\\\"hu@nter2"] {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            // No closing quote: a syntax error on line 2.
+            jail.create_file("lockman.toml", &format!("lease = \"30s\"\nurl = \"redis://:{password}@cache:6379/0\n"))?;
+            let message = load_err();
+            assert!(!message.contains("s3cr") && !message.contains("nter2"), "{message}");
+            assert!(message.contains("lockman.toml") && message.contains("line 2"), "{message}");
+            // A string where a boolean belongs.
+            jail.create_file("lockman.toml", &format!("use_new_locks = \"redis://:{password}@cache:6379/0\"\n"))?;
+            let message = load_err();
+            assert!(!message.contains("s3cr") && !message.contains("nter2"), "{message}");
+            assert!(message.contains("use_new_locks"), "{message}");
+            Ok(())
+        });
+    }
+}
+
+/// `LOCKMAN_REDIS_PASSWORD` and `redis.password_file` are read, and `Debug`
+/// shows neither the password nor a bad configuration's secrets.
+#[test]
+fn the_redis_password_can_come_from_the_environment_or_a_file_key() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("lockman.toml", "[redis]\npassword_file = \"/run/secrets/redis\"\n")?;
+        jail.set_env("LOCKMAN_REDIS_PASSWORD", "p@ss:w%40rd");
+        let config = load()?;
+        assert_eq!(config.redis.password.as_deref(), Some("p@ss:w%40rd"));
+        assert_eq!(config.redis.password_file.as_deref(), Some(std::path::Path::new("/run/secrets/redis")));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("w%40rd") && debug.contains("/run/secrets/redis"), "{debug}");
+        Ok(())
+    });
+}

@@ -164,3 +164,145 @@ async fn during_a_rollout_flags_stay_where_old_daemons_read_them() {
     let backends = lockman::connect_with(&config).await.expect("connect");
     assert!(backends.chosen.ends_with("flags: memory://"), "{}", backends.chosen);
 }
+
+/// Pieces of the passwords below that must never show (each also a
+/// password's tail, which a split at the first `@` or `:` would leak).
+const SECRETS: [&str; 6] = ["word1", "rd2", "word3", "word4", "word5", "rd6"];
+
+fn assert_no_secret(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret:?} shows in {text}");
+    }
+}
+
+/// Passwords holding `@`, `:`, `%40` or `/`, in URLs that parse and URLs
+/// that do not: no error (Display or Debug) and no `Debug` shows them.
+#[tokio::test]
+async fn passwords_with_at_colon_and_escapes_never_show_in_errors() {
+    for url in [
+        "redis://:p@ss@word1@127.0.0.1:1/0",
+        "redis://alice:pa:ss:wo@rd2@127.0.0.1:1/0",
+        "redis://:pa%40ss%3Aword3@127.0.0.1:1/0",
+        "redis://:pa/ss@word4@127.0.0.1:1/0",
+        "redis://alice:12/word5@127.0.0.1:1/0",
+    ] {
+        let unreachable = format!("{url}?connect_timeout=300ms");
+        let unknown_option = format!("{url}?conect_timeout=300ms");
+        for attempt in [unreachable, unknown_option] {
+            let err = lockman::connect(&attempt).await.expect_err("connected to nothing");
+            assert_no_secret(&err.to_string());
+            assert_no_secret(&format!("{err:?}"));
+            assert!(err.to_string().contains("127.0.0.1:1"), "the error does not say which server: {err}");
+        }
+        let mut config = Config::for_url(url);
+        config.status_url = Some(url.to_owned());
+        config.legacy_bridge = Some(url.to_owned());
+        assert_no_secret(&format!("{config:?}"));
+        assert_no_secret(&lockman::redact_url(url));
+    }
+}
+
+/// Captures what lockman logs (at debug and above) while `f` runs.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let value = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buffer.0.lock()).into_owned();
+    (value, text)
+}
+
+/// A password need not sit in the URL: a `password_file=` option, the
+/// `redis.password_file` key or `LOCKMAN_REDIS_PASSWORD` (here set on the
+/// `Config` it fills) supply it; a password with `@`, `:` and `%40` works
+/// in the URL too; none of them shows in `chosen`, `Debug` or the logs; a
+/// password file's errors name the file, never its contents.
+#[test]
+fn a_password_can_come_from_a_file_or_the_environment_and_never_shows() {
+    const PASSWORD: &str = "p@ss:w%40rd6";
+    let Some(server) = RedisServer::start() else { return };
+    assert_eq!(server.command(&["CONFIG", "SET", "requirepass", PASSWORD]).as_deref(), Ok("OK"));
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).expect("write the password file");
+    let bare = server.url();
+    let in_url = bare.replacen("redis://", "redis://:p%40ss%3Aw%2540rd6@", 1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut from_key = Config::for_url(&bare);
+    from_key.redis.password_file = Some(file.clone());
+    let mut from_env = Config::for_url(&bare);
+    from_env.redis.password = Some(PASSWORD.to_owned());
+    let configs = [
+        Config::for_url(&in_url),
+        Config::for_url(format!("{bare}?password_file={}", file.display())),
+        from_key,
+        from_env,
+    ];
+    for config in configs {
+        let (backends, logs) = logged(|| {
+            runtime.block_on(async {
+                let backends = lockman::connect_with(&config).await.unwrap_or_else(|e| panic!("{config:?}: {e}"));
+                round_trip(&backends).await;
+                backends
+            })
+        });
+        assert!(logs.contains("lockman backends chosen"), "nothing logged: {logs}");
+        for text in [logs, backends.chosen.clone(), format!("{backends:?}"), format!("{config:?}")] {
+            assert_no_secret(&text);
+        }
+    }
+
+    // Without a password the server refuses; a wrong one in a file is
+    // refused without being shown.
+    runtime.block_on(async {
+        refused(&bare).await;
+        std::fs::write(&file, "wrong-password-word1\n").expect("write");
+        assert_no_secret(&refused(&format!("{bare}?password_file={}", file.display())).await);
+        let missing = dir.path().join("missing");
+        let message = config_error(lockman::connect(&format!("{bare}?password_file={}", missing.display())).await);
+        assert!(message.contains("password_file") && message.contains(&missing.display().to_string()), "{message}");
+        std::fs::write(&file, "\n").expect("write");
+        let message = config_error(lockman::connect(&format!("{bare}?password_file={}", file.display())).await);
+        assert!(message.contains("empty"), "{message}");
+    });
+}
+
+/// The error of connecting to `url` and taking a lock (the server may
+/// accept the connection and refuse only the first command).
+async fn refused(url: &str) -> String {
+    let err = match lockman::connect(url).await {
+        Err(err) => err,
+        Ok(backends) => backends.locks.try_acquire("r", AcquireOptions::new()).await.map(|_| ()).expect_err("granted"),
+    };
+    let text = format!("{err} {err:?}");
+    assert!(
+        ["NOAUTH", "WRONGPASS", "uthenticat"].iter().any(|word| text.contains(word)),
+        "not refused for want of a password: {text}"
+    );
+    text
+}
+
+/// `rediss://` in a build without `redis-tls` names the feature to enable,
+/// and does not claim the default features include it.
+#[cfg(not(feature = "redis-tls"))]
+#[tokio::test]
+async fn rediss_without_tls_names_the_feature_to_enable() {
+    let message = config_error(lockman::connect("rediss://127.0.0.1:1/0").await);
+    assert!(message.contains("redis-tls"), "{message}");
+    assert!(!message.contains("default features include it"), "{message}");
+}

@@ -108,8 +108,30 @@ pub enum StartError {
     Reaper(String),
 }
 
+/// lockman's variables whose value is a URL, which may hold a password.
+const URL_ENV: [&str; 4] = ["LOCKMAN_URL", "LOCKMAN_STATUS_URL", "LOCKMAN_LEGACY_URL", "LOCKMAN_LEGACY_BRIDGE"];
+
+/// Keeps lockman's secrets out of the command's environment (where every
+/// process it starts, and anything that dumps its environment — a crash
+/// report, `ps e`, a CI log — would see them): `LOCKMAN_REDIS_PASSWORD`, and
+/// each URL variable whose URL holds a password. URLs without one stay, so
+/// the command can run lockctl (or a lockman program) on the same backends.
+fn strip_secrets(command: &mut Command) {
+    command.env_remove(lockman::REDIS_PASSWORD_ENV);
+    for name in URL_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            let value = value.to_string_lossy();
+            if lockman::redact_url(&value) != value {
+                tracing::debug!(variable = name, "not passing a URL with a password on to the command");
+                command.env_remove(name);
+            }
+        }
+    }
+}
+
 /// Starts the command under `guard`, with the lock's details in its
-/// environment, protected as the module documentation says.
+/// environment and lockman's secrets not (unless `keep_env`), protected as
+/// the module documentation says.
 ///
 /// Must be called on the thread that lives as long as lockctl (`main`'s,
 /// which runs `block_on`): Linux sends the parent-death signal when the
@@ -119,6 +141,7 @@ pub async fn start(
     resource: &str,
     program: &OsStr,
     arguments: &[OsString],
+    keep_env: bool,
 ) -> Result<Started, StartError> {
     debug_assert_eq!(std::thread::current().name(), Some("main"), "the command must be forked by the main thread");
     let reaper = if has_controlling_terminal() {
@@ -135,6 +158,9 @@ pub async fn start(
         .env("LOCKMAN_RESOURCE", resource)
         .env("LOCKMAN_HOLDER", info.holder.as_str())
         .env("LOCKMAN_FENCING_TOKEN", guard.fencing_token().to_string());
+    if !keep_env {
+        strip_secrets(&mut command);
+    }
     let lock_fd = guard.lock_fd().map(|fd| fd.as_raw_fd());
     match lock_fd {
         Some(fd) => command.env(LOCK_FD_ENV, fd.to_string()),

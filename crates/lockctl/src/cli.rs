@@ -86,7 +86,12 @@ const RUN_HELP: &str = "\
 The command gets LOCKMAN_RESOURCE, LOCKMAN_HOLDER and LOCKMAN_FENCING_TOKEN in
 its environment (hand the token to storage that rejects older tokens), and on
 kernel-locked backends (file://, legacy-file://) LOCKMAN_LOCK_FD, the locked
-descriptor it inherits.
+descriptor it inherits. lockman's own variables that carry a password are
+removed from its environment: LOCKMAN_REDIS_PASSWORD, and LOCKMAN_URL,
+LOCKMAN_STATUS_URL, LOCKMAN_LEGACY_URL and LOCKMAN_LEGACY_BRIDGE when their
+URL holds a password (those without one are passed on, so the command can run
+lockctl itself); --keep-env passes them on too. A password file
+(LOCKMAN_REDIS__PASSWORD_FILE, ?password_file=) is passed on as its path.
 
 While it runs, the lock is kept alive: without --lease the backend's default
 lease (Redis, lease files) is renewed automatically; with --lease D the lease
@@ -144,6 +149,9 @@ pub struct RunArgs {
     /// If the lock is lost, do not SIGTERM the command (lockctl still reports the loss and exits 76).
     #[arg(long)]
     pub keep_running_if_lost: bool,
+    /// Pass lockman's password-bearing variables (LOCKMAN_REDIS_PASSWORD, LOCKMAN_*URL with a password) on to the command.
+    #[arg(long)]
+    pub keep_env: bool,
     /// Exit code when the lock cannot be had in time (like flock -E).
     #[arg(short = 'E', long, value_name = "CODE", default_value_t = exit::TIMED_OUT)]
     pub conflict_exit_code: u8,

@@ -47,7 +47,7 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
     };
     tracing::info!(resource = %args.resource, token = %guard.fencing_token(), "lock acquired; starting the command");
 
-    let mut started = match child::start(&guard, &args.resource, program, arguments).await {
+    let mut started = match child::start(&guard, &args.resource, program, arguments, args.keep_env).await {
         Ok(started) => started,
         Err(e) => {
             let (code, message) = match e {

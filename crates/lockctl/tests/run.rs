@@ -567,3 +567,39 @@ fn the_command_inherits_the_kernel_lock_descriptor() {
         }
     }
 }
+
+/// The command does not inherit lockman's secrets: `LOCKMAN_REDIS_PASSWORD`
+/// and URL variables holding a password are removed, URLs without one are
+/// passed on; `--keep-env` passes everything on.
+#[test]
+fn the_command_does_not_inherit_lockmans_passwords() {
+    const PASSWORD: &str = "s3cr@t:pw";
+    let Some(server) = RedisServer::start() else { return };
+    assert_eq!(server.command(&["CONFIG", "SET", "requirepass", PASSWORD]).as_deref(), Ok("OK"));
+    let sandbox = Sandbox::new();
+    let with_password = server.url().replacen("redis://", "redis://:s3cr%40t%3Apw@", 1);
+    let flags = sandbox.url("file", "flags", "");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["job", "--", "env"]);
+        let mut command = sandbox.lockctl(&args);
+        command
+            .env("LOCKMAN_URL", &with_password)
+            .env("LOCKMAN_STATUS_URL", &flags)
+            .env("LOCKMAN_LEGACY_URL", "legacy-file://u:s3cr@t-legacy@host/dir")
+            .env("LOCKMAN_REDIS_PASSWORD", "s3cr@t-env");
+        let said = output(command);
+        assert_eq!(said.code, Some(0), "{said:?}");
+        said.stdout
+    };
+    let env = run(&[]);
+    assert!(!env.contains("s3cr"), "a password reached the command:\n{env}");
+    assert!(!env.contains("LOCKMAN_URL=") && !env.contains("LOCKMAN_LEGACY_URL="), "{env}");
+    assert!(env.contains(&format!("LOCKMAN_STATUS_URL={flags}")), "a URL without a password was removed:\n{env}");
+    assert!(env.contains("LOCKMAN_RESOURCE=job"), "{env}");
+    let env = run(&["--keep-env"]);
+    for kept in [format!("LOCKMAN_URL={with_password}"), "LOCKMAN_REDIS_PASSWORD=s3cr@t-env".to_owned()] {
+        assert!(env.contains(&kept), "--keep-env did not pass on {kept}:\n{env}");
+    }
+}

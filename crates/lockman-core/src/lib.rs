@@ -56,6 +56,7 @@ pub mod metrics;
 mod name;
 mod options;
 mod queue;
+mod redact;
 mod runtime;
 mod status;
 
@@ -71,6 +72,7 @@ pub use loss::LossSignal;
 pub use manager::{LockManager, LockManagerExt};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use options::{AcquireOptions, Wait};
+pub use redact::redact_url;
 pub use status::{FlagInfo, FlagOptions, StatusManager};
 
 /// The operating-system user running this process (`$USER`, or `$USERNAME`

@@ -6,7 +6,9 @@
 //!   acquired-at), with the lease as its `PEXPIRE`.
 //! * **Waiters are told**: one subscriber connection per manager hears every
 //!   release (pub/sub); a waiter retries on a message, or after the holder's
-//!   remaining TTL or its own timeout, whichever is first.
+//!   remaining TTL or its own timeout, whichever is first. A message is
+//!   only a hint (any client may `PUBLISH`): a holder is told its lock was
+//!   broken only once the lock key confirms it no longer names its hold.
 //! * **Watchdog**: without an explicit lease a lock gets the default (30 s),
 //!   renewed every third of it while the guard lives; a failed renewal marks
 //!   the guard lost (core's [`Locks`] does this for every
@@ -95,6 +97,8 @@ pub type RedisLockManager = Locks<RedisBackend>;
 #[non_exhaustive]
 pub struct RedisOptions {
     url: String,
+    /// Used when the URL carries none (`LOCKMAN_REDIS_PASSWORD`, a password file).
+    password: Option<String>,
     prefix: String,
     default_lease: Duration,
     connect_timeout: Duration,
@@ -109,6 +113,7 @@ impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
             url: url.into(),
+            password: None,
             prefix: "lockman".to_owned(),
             default_lease: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
@@ -125,6 +130,15 @@ impl RedisOptions {
     #[cfg(feature = "tls")]
     pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_certificates = Some(pem.into());
+        self
+    }
+
+    /// The password to authenticate with when the URL has none, so it need
+    /// not sit in a URL (visible in `ps`, shell history, the environment of
+    /// child processes). A password in the URL wins. Never shown in `Debug`,
+    /// errors or logs.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 
@@ -153,9 +167,9 @@ impl RedisOptions {
         self
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***` (see [`lockman_core::redact_url`]).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        lockman_core::redact_url(&self.url)
     }
 }
 
@@ -164,6 +178,7 @@ impl fmt::Debug for RedisOptions {
         let mut debug = f.debug_struct("RedisOptions");
         debug
             .field("url", &self.redacted_url())
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("prefix", &self.prefix)
             .field("default_lease", &self.default_lease)
             .field("connect_timeout", &self.connect_timeout)
@@ -171,21 +186,6 @@ impl fmt::Debug for RedisOptions {
         #[cfg(feature = "tls")]
         debug.field("tls_root_certificates", &self.tls_root_certificates.as_ref().map(|_| "<PEM>"));
         debug.finish()
-    }
-}
-
-/// `scheme://user:***@host…`: the password (the part before `@` after the
-/// first `:` of the authority) is hidden.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -255,7 +255,8 @@ impl RedisBackend {
         let keys = Keys::new(&options.prefix);
         let listeners = Arc::new(Listeners::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(waiters::subscribe(client, keys.clone(), Arc::downgrade(&listeners), stopped));
+        let confirm = waiters::Confirm { connection: connection.clone(), timeout: options.response_timeout };
+        tokio::spawn(waiters::subscribe(client, keys.clone(), confirm, Arc::downgrade(&listeners), stopped));
         Ok(RedisBackend { connection, keys, listeners, queue: LocalQueue::default(), options, _stop_subscriber: stop })
     }
 
@@ -496,7 +497,15 @@ impl LockBackend for RedisBackend {
             match attempt {
                 Ok(Grant { token, acquired_us, lease_expires_at }) => {
                     let numeric = token.parse::<u64>().unwrap_or(0);
-                    self.listeners.hold(resource, numeric, request.loss.clone());
+                    self.listeners.hold(
+                        resource,
+                        waiters::Held {
+                            holder: request.holder.as_str().to_owned(),
+                            token: token.clone(),
+                            hold: hold.clone(),
+                            loss: request.loss.clone(),
+                        },
+                    );
                     let grant =
                         RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold };
                     return Ok(Acquired::Granted(
@@ -529,7 +538,7 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
-        self.listeners.unhold(resource, grant.token.parse().unwrap_or(0));
+        self.listeners.unhold(resource, &grant.hold);
         let release = |retry: &'static str| {
             let mut invocation = scripts::RELEASE.prepare_invoke();
             invocation
@@ -631,8 +640,24 @@ impl LockBackend for RedisBackend {
     }
 }
 
-/// The client for `options`: its URL, and the CA certificates it trusts.
+/// The client for `options`: its URL, its password, and the CA certificates it trusts.
 fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
+    use redis::IntoConnectionInfo;
+
+    // The redis crate's URL errors never quote the URL.
+    let mut info = options.url.as_str().into_connection_info().map_err(|e| {
+        LockError::Config(format!(
+            "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
+            options.redacted_url(),
+            e.detail().unwrap_or("bad URL")
+        ))
+    })?;
+    if let Some(password) = &options.password
+        && info.redis_settings().password().is_none()
+    {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
     #[cfg(feature = "tls")]
     if let Some(pem) = &options.tls_root_certificates {
         if !options.url.starts_with("rediss://") {
@@ -643,14 +668,14 @@ fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
         }
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
         // These errors (a bad URL or PEM) never quote the URL.
-        return redis::Client::build_with_tls(options.url.as_str(), certificates).map_err(|e| {
+        return redis::Client::build_with_tls(info, certificates).map_err(|e| {
             LockError::Config(format!(
                 "cannot use Redis URL {} with its TLS root certificates: {e}",
                 options.redacted_url()
             ))
         });
     }
-    redis::Client::open(options.url.as_str()).map_err(|e| {
+    redis::Client::open(info).map_err(|e| {
         LockError::Config(format!(
             "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
             options.redacted_url(),
@@ -784,10 +809,14 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact("rediss://alice:hunter2@host/1"), "rediss://alice:***@host/1");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        let options = RedisOptions::new("redis://u:hunter2@h:1/0");
+        for url in
+            ["redis://u:hunter2@h:1/0", "redis://:hun@ter2@h:1/0", "redis://:hunter%402@h/0", "redis://:hun/ter2@h"]
+        {
+            let options = RedisOptions::new(url);
+            let debug = format!("{options:?}");
+            assert!(!debug.contains("ter2"), "{debug}");
+        }
+        let options = RedisOptions::new("redis://h:1/0").password("hunter2");
         assert!(!format!("{options:?}").contains("hunter2"));
     }
 }

@@ -1,9 +1,12 @@
 //! Waiters are told, not polling: one subscriber connection per manager
 //! listens on every release channel of its prefix (one `PSUBSCRIBE`), and
 //! wakes the waiters of the resource named by each message. A `forced:`
-//! message also tells this process's holder of that resource its lock is
-//! gone. After the subscriber reconnects, every waiter re-checks at once
-//! (messages published while it was away are lost).
+//! message also tells this process's holders of that resource their lock is
+//! gone — once the lock key confirms it: anyone who can `PUBLISH` can send
+//! such a message, so it is only a hint, and a holder whose holder id, token
+//! and hold are still in the key is not told anything. After the subscriber
+//! reconnects, every waiter re-checks at once (messages published while it
+//! was away are lost).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -14,13 +17,32 @@ use lockman_core::{LossSignal, LostReason};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use redis::aio::ConnectionManager;
+
 use crate::keys::Keys;
 
 /// Waiters and local holders of one manager, by resource.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
     waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
-    holding: Mutex<HashMap<String, Vec<(u64, LossSignal)>>>,
+    holding: Mutex<HashMap<String, Vec<Held>>>,
+}
+
+/// One local hold of a grant: what the lock key must still name for it to
+/// be ours, and how to tell its guard it is not.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub(crate) holder: String,
+    pub(crate) token: String,
+    /// The hold id (the key's `h:<hold>` field).
+    pub(crate) hold: String,
+    pub(crate) loss: LossSignal,
+}
+
+/// How the subscriber confirms a `forced:` message against the lock key.
+pub(crate) struct Confirm {
+    pub(crate) connection: ConnectionManager,
+    pub(crate) timeout: Duration,
 }
 
 /// A waiter's registration; leaving (drop) removes the entry when it was the last.
@@ -38,25 +60,50 @@ impl Listeners {
         Waiting { listeners: self.clone(), resource: resource.to_owned(), notify: entry.0.clone() }
     }
 
-    pub(crate) fn hold(&self, resource: &str, token: u64, loss: LossSignal) {
-        self.holding.lock().entry(resource.to_owned()).or_default().push((token, loss));
+    pub(crate) fn hold(&self, resource: &str, held: Held) {
+        self.holding.lock().entry(resource.to_owned()).or_default().push(held);
     }
 
-    pub(crate) fn unhold(&self, resource: &str, token: u64) {
+    pub(crate) fn unhold(&self, resource: &str, hold: &str) {
         let mut holding = self.holding.lock();
         if let Some(held) = holding.get_mut(resource) {
-            held.retain(|(t, _)| *t != token);
+            held.retain(|h| h.hold != hold);
             if held.is_empty() {
                 holding.remove(resource);
             }
         }
     }
 
-    fn released(&self, resource: &str, payload: &str) {
+    /// A message on `resource`'s release channel: wakes its waiters, and for
+    /// a `forced:` message, tells each local holder whose hold the lock key
+    /// no longer has that its lock was broken.
+    async fn released(&self, keys: &Keys, confirm: &Confirm, resource: &str, payload: &str) {
         if let Some(reason) = payload.strip_prefix("forced:") {
-            let held = self.holding.lock().remove(resource).unwrap_or_default();
-            for (_, loss) in held {
-                loss.mark_lost(LostReason::ForceReleased { reason: reason.to_owned() });
+            let held = self.holding.lock().get(resource).cloned().unwrap_or_default();
+            if !held.is_empty() {
+                let lost = match still_held(keys, confirm, resource, &held).await {
+                    Ok(ours) => held
+                        .into_iter()
+                        .zip(ours)
+                        .filter(|(_, ours)| !ours)
+                        .map(|(held, _)| (held, LostReason::ForceReleased { reason: reason.to_owned() }))
+                        .collect::<Vec<_>>(),
+                    // Unconfirmed either way: believe the message, as
+                    // holding on to a lock that may be broken is the unsafe
+                    // mistake. (Whoever can make Redis not answer us can
+                    // delete the key as well.)
+                    Err(detail) => {
+                        tracing::warn!(backend = crate::BACKEND, resource, error = %detail, "cannot confirm a force-release message against the lock key; treating the lock as lost");
+                        let reason = format!("{reason}; not confirmed, as Redis did not answer the check: {detail}");
+                        held.into_iter()
+                            .map(|held| (held, LostReason::ForceReleased { reason: reason.clone() }))
+                            .collect()
+                    }
+                };
+                for (held, reason) in lost {
+                    self.unhold(resource, &held.hold);
+                    held.loss.mark_lost(reason);
+                }
             }
         }
         if let Some((notify, _)) = self.waiting.lock().get(resource) {
@@ -83,21 +130,51 @@ impl Drop for Waiting {
     }
 }
 
+/// For each of `held`, whether the lock key still names it: same holder and
+/// token, and its hold field still there. One `HMGET`, bounded by the
+/// response timeout.
+async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held]) -> Result<Vec<bool>, String> {
+    let mut command = redis::cmd("HMGET");
+    command.arg(keys.lock(resource)).arg("holder").arg("token");
+    for h in held {
+        command.arg(format!("h:{}", h.hold));
+    }
+    let mut connection = confirm.connection.clone();
+    let fields: Vec<Option<String>> = tokio::time::timeout(confirm.timeout, command.query_async(&mut connection))
+        .await
+        .map_err(|_| format!("no answer within {:?}", confirm.timeout))?
+        .map_err(|e| e.to_string())?;
+    let (holder, token) = (fields.first().cloned().flatten(), fields.get(1).cloned().flatten());
+    Ok(held
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            holder.as_deref() == Some(h.holder.as_str())
+                && token.as_deref() == Some(h.token.as_str())
+                && fields.get(i + 2).is_some_and(Option::is_some)
+        })
+        .collect())
+}
+
 /// Keeps one subscription open for as long as the manager lives,
 /// reconnecting with bounded backoff.
 pub(crate) async fn subscribe(
     client: redis::Client,
     keys: Keys,
+    confirm: Confirm,
     listeners: Weak<Listeners>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     tokio::select! {
-        () = listen(client, keys, listeners) => {}
+        () = listen(client, keys, confirm, listeners) => {}
         _ = &mut stopped => {}
     }
 }
 
-async fn listen(client: redis::Client, keys: Keys, listeners: Weak<Listeners>) {
+/// Messages are handled one at a time, in order (a `forced:` one costs a
+/// round trip when this manager holds that resource): a flood of forged
+/// messages is paced by Redis, not turned into unbounded work here.
+async fn listen(client: redis::Client, keys: Keys, confirm: Confirm, listeners: Weak<Listeners>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         if listeners.strong_count() == 0 {
@@ -116,7 +193,7 @@ async fn listen(client: redis::Client, keys: Keys, listeners: Weak<Listeners>) {
                         let Some(listeners) = listeners.upgrade() else { return };
                         if let Some(resource) = keys.resource_of_channel(message.get_channel_name()) {
                             let payload: String = message.get_payload().unwrap_or_default();
-                            listeners.released(resource, &payload);
+                            listeners.released(&keys, &confirm, resource, &payload).await;
                         }
                     }
                     tracing::warn!(backend = crate::BACKEND, "release subscription lost; reconnecting");

@@ -531,6 +531,28 @@ async fn force_release_by_another_process_is_noticed_at_once() {
     assert!(guard.release().await.expect_err("released a broken lock").is_lost());
 }
 
+/// A forged `forced:` message — anyone who can `PUBLISH` can send one — does
+/// not make a holder believe it lost a lock the key still names it for; a
+/// real break that follows it is still noticed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_force_release_message_does_not_lose_the_lock() {
+    let Some(server) = RedisServer::start() else { return };
+    let holder = manager(options(&server).default_lease(Duration::from_secs(30))).await;
+    let admin = manager(options(&server)).await;
+    wait_for_subscribers(&server, 2).await;
+    let guard = holder.acquire("r", AcquireOptions::new().purpose("job")).await.expect("acquire");
+    let witness = holder.acquire("witness", AcquireOptions::new()).await.expect("acquire the witness");
+    server.command(&["PUBLISH", "lockman:{r}:released", "forced:attacker"]).expect("publish the forged message");
+    // The subscriber handles messages in order: once the real break of the
+    // witness is heard, the forged message before it has been handled too.
+    admin.force_release("witness", "real").await.expect("force release").expect("witness held");
+    let reason = tokio::time::timeout(BOUND, witness.lost()).await.expect("the real break was not noticed");
+    assert_eq!(reason, LostReason::ForceReleased { reason: "real".to_owned() });
+    assert!(!guard.is_lost(), "a forged message made the holder give up a lock it still holds");
+    assert!(!server.command(&["HGET", &lock_key("r"), "holder"]).expect("hget").is_empty(), "the lock key is gone");
+    guard.release().await.expect("the lock the forged message named is still ours");
+}
+
 /// The child side of the multi-process tests: `force<TAB>url<TAB>resource<TAB>reason`
 /// breaks a lock; `url<TAB>counter file<TAB>n` increments the counter n times.
 #[test]

@@ -1,0 +1,82 @@
+//! Hiding passwords in backend URLs, for everything lockman prints: errors,
+//! `Debug`, logs. One implementation, used by every crate.
+
+/// `url` with any password replaced by `***`; the user name stays.
+///
+/// The userinfo of a URL ends at the *last* `@` before the host (as the
+/// URL standard and the `url` crate read it), so a password containing `@`,
+/// `:` or `%40` is hidden whole. A string that does not parse as a URL, or
+/// whose parse leaves an `@` after `://` unexplained (a password holding a
+/// `/`, which would make the parser see a path), has everything between
+/// `://` and its last `@` hidden: `redis://***@host:6379/0`. Over-hiding is
+/// the safe mistake.
+///
+/// ```
+/// use lockman_core::redact_url;
+///
+/// assert_eq!(redact_url("redis://:hunter2@cache:6379/0"), "redis://:***@cache:6379/0");
+/// assert_eq!(redact_url("redis://alice:p@ss:w@rd@cache/0"), "redis://alice:***@cache/0");
+/// assert_eq!(redact_url("redis://:pa/ss@cache/0"), "redis://***@cache/0");
+/// assert_eq!(redact_url("file:///run/locks"), "file:///run/locks");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => redact_userinfo(url),
+        },
+        Ok(parsed) => {
+            // No password seen, yet an `@` after the host begins: the parser
+            // may have read part of a password as host, port or path.
+            let unexplained_at = parsed.username().is_empty()
+                && parsed.host_str().is_some_and(|host| !host.is_empty())
+                && after_scheme(url).contains('@');
+            if unexplained_at { redact_userinfo(url) } else { url.to_owned() }
+        }
+        Err(_) => redact_userinfo(url),
+    }
+}
+
+/// What follows `://` (or the whole text without one).
+fn after_scheme(text: &str) -> &str {
+    text.split_once("://").map_or(text, |(_, rest)| rest)
+}
+
+/// Everything between `://` (or the start) and the last `@` replaced by `***`.
+fn redact_userinfo(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}"),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_with_at_colon_and_escapes_are_hidden_whole() {
+        for (url, expected) in [
+            ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
+            ("rediss://alice:hunter2@h/1", "rediss://alice:***@h/1"),
+            ("redis://:p@ss@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:p@ss:w@rd@h/0?prefix=x", "redis://u:***@h/0?prefix=x"),
+            ("redis://:p%40ss%3Aw@h/0", "redis://:***@h/0"),
+            ("redis://:p:a:s:s@h/0", "redis://:***@h/0"),
+            ("redis://u:12/x@h/0", "redis://***@h/0"),
+            ("redis://:pa#ss@h/0", "redis://***@h/0"),
+            ("redis://:pa ss@h/0", "redis://:***@h/0"),
+            ("not a url :secret@host", "***@host"),
+            ("redis://alice@h/0", "redis://alice@h/0"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("file:///home/me@corp/locks", "file:///home/me@corp/locks"),
+            ("memory://", "memory://"),
+        ] {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+}
