@@ -202,7 +202,12 @@ impl<B: LockBackend> Locks<B> {
             token: granted.fencing_token,
             acquired_at: granted.acquired_at.unwrap_or_else(SystemTime::now),
             acquired: now,
-            lease: Mutex::new(LeaseState { length: lease, expires_at: granted.lease_expires_at, last_heartbeat: None }),
+            lease: Mutex::new(LeaseState {
+                length: lease,
+                expires_at: granted.lease_expires_at,
+                deadline: granted.lease_expires_at.map(deadline_of),
+                last_heartbeat: None,
+            }),
             auto_renew: auto_renew && lease.is_some(),
             watched: granted.lease_expires_at.is_some(),
             count: AtomicU32::new(1),
@@ -463,8 +468,23 @@ struct Held<B: LockBackend> {
 
 struct LeaseState {
     length: Option<Duration>,
+    /// The backend's expiry, as shown in [`LockInfo`].
     expires_at: Option<SystemTime>,
+    /// The same expiry on tokio's clock, which every decision and timer
+    /// uses: a paused test clock runs leases out as it runs timeouts out,
+    /// and a wall-clock step does not move them.
+    deadline: Option<Instant>,
     last_heartbeat: Option<SystemTime>,
+}
+
+/// `expiry` (a backend's wall-clock lease end) on tokio's clock: as far
+/// from tokio's now as it is from the system time now.
+fn deadline_of(expiry: SystemTime) -> Instant {
+    let now = Instant::now();
+    let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+    // Leases are checked to fit the clocks (`check_lease`); this is a
+    // backend's own overlong lease, which then never runs out here.
+    now.checked_add(left).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 impl<B: LockBackend> Held<B> {
@@ -480,7 +500,7 @@ impl<B: LockBackend> Held<B> {
         // yet (or there is no runtime to run one), and even if the watchdog
         // is still waiting for an answer to its renewal.
         if !self.ended.load(Ordering::Acquire) {
-            let expired = self.lease.lock().expires_at.is_some_and(|at| at <= SystemTime::now());
+            let expired = self.lease.lock().deadline.is_some_and(|at| at <= Instant::now());
             if expired {
                 self.loss().mark_lost(LostReason::LeaseExpired);
                 return true;
@@ -564,16 +584,16 @@ impl<B: LockBackend> Held<B> {
             if held.ended.load(Ordering::Acquire) || held.is_lost() {
                 return;
             }
-            let (length, expires_at) = {
+            let (length, deadline) = {
                 let lease = held.lease.lock();
-                (lease.length.unwrap_or(DEFAULT_RENEWED_LEASE), lease.expires_at)
+                (lease.length.unwrap_or(DEFAULT_RENEWED_LEASE), lease.deadline)
             };
             // A renewal answered after the lease ran out is too late: the
             // store may have granted the lock to someone else meanwhile.
             let renewal = held.shared.backend.renew(&held.grant, length);
-            let renewed = match expires_at.map(|at| at.duration_since(SystemTime::now())) {
+            let renewed = match deadline.map(|at| (at, at > Instant::now())) {
                 None => renewal.await,
-                Some(Ok(left)) => match tokio::time::timeout(left, renewal).await {
+                Some((at, true)) => match tokio::time::timeout_at(at, renewal).await {
                     Ok(renewed) => renewed,
                     Err(_) => {
                         held.loss().mark_lost(LostReason::BackendUnreachable {
@@ -582,7 +602,7 @@ impl<B: LockBackend> Held<B> {
                         return;
                     }
                 },
-                Some(Err(_)) => {
+                Some((_, false)) => {
                     held.loss().mark_lost(LostReason::LeaseExpired);
                     return;
                 }
@@ -592,6 +612,7 @@ impl<B: LockBackend> Held<B> {
                 Ok(expiry) => {
                     let mut lease = held.lease.lock();
                     lease.expires_at = Some(expiry);
+                    lease.deadline = Some(deadline_of(expiry));
                     lease.last_heartbeat = Some(SystemTime::now());
                 }
                 Err(LockError::Lost { reason, .. }) => {
@@ -599,7 +620,7 @@ impl<B: LockBackend> Held<B> {
                     return;
                 }
                 Err(e) => {
-                    if expires_at.is_none_or(|at| at <= SystemTime::now() + length / 3) {
+                    if deadline.is_none_or(|at| at <= Instant::now() + length / 3) {
                         held.loss().mark_lost(LostReason::BackendUnreachable { detail: e.to_string() });
                         return;
                     }
@@ -612,12 +633,11 @@ impl<B: LockBackend> Held<B> {
     /// Reports the grant lost when a lease nobody renews runs out.
     async fn watch_lease_expiry(held: Arc<Self>) {
         loop {
-            let Some(expires_at) = held.lease.lock().expires_at else {
+            let Some(deadline) = held.lease.lock().deadline else {
                 return;
             };
-            let remaining = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
             // An extend (longer or shorter) wakes us to look at the new expiry.
-            if held.sleep_until(Instant::now() + remaining).await == Wake::Ended {
+            if held.sleep_until(deadline).await == Wake::Ended {
                 return;
             }
             if held.is_lost() {
@@ -641,10 +661,7 @@ impl<B: LockBackend> Held<B> {
         if self.ended.load(Ordering::Acquire) {
             return Wake::Ended;
         }
-        let lease_end = self.lease.lock().expires_at.map(|end| {
-            let left = end.duration_since(SystemTime::now()).unwrap_or_default();
-            Instant::now().checked_add(left).unwrap_or(at)
-        });
+        let lease_end = self.lease.lock().deadline;
         let at = lease_end.map_or(at, |end| end.min(at));
         tokio::select! {
             _ = ended => Wake::Ended,
@@ -740,6 +757,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
                 let mut state = self.lease.lock();
                 state.length = Some(lease);
                 state.expires_at = Some(expiry);
+                state.deadline = Some(deadline_of(expiry));
                 state.last_heartbeat = Some(SystemTime::now());
                 drop(state);
                 self.lease_changed.notify_one();

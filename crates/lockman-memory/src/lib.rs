@@ -16,6 +16,19 @@
 //! * **Fencing tokens** strictly increase per grant.
 //! * **Bounded memory.** A resource's entry exists only while it is held or
 //!   waited for.
+//! * **One map per name in the process.** [`MemoryBackend::named`] (and
+//!   `lockman::connect("memory://NAME")`; plain `memory://` is the map named
+//!   `""`) gives every caller in the process that uses the same name the same
+//!   locks and flags, so two parts of a program that each open `memory://`
+//!   exclude each other. [`MemoryBackend::new`] and `MemoryLockManager::default()`
+//!   are private maps, for tests that must not see each other. A named map
+//!   is dropped when its last user goes.
+//! * **Tokio's clock.** Leases, renewals and flag TTLs run on
+//!   [`tokio::time::Instant`], like acquire timeouts, so a test with a paused
+//!   clock (`#[tokio::test(start_paused = true)]`, tokio's `test-util`
+//!   feature) sees a 10 s lease run out in no real time. Wall-clock times in
+//!   [`LockInfo`] and [`FlagInfo`](lockman_core::FlagInfo) are derived from it
+//!   when read.
 //!
 //! ```
 //! use lockman_core::{AcquireOptions, LockManager};
@@ -30,7 +43,9 @@
 //! # Ok(()) }
 //! ```
 
+mod clock;
 mod status;
+mod store;
 mod sync;
 mod table;
 
@@ -41,6 +56,7 @@ use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBacke
 use lockman_core::{
     Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LossSignal, LostReason, WakeMechanism,
 };
+use store::Store;
 
 pub use status::MemoryStatusManager;
 use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
@@ -61,10 +77,19 @@ pub const BACKEND: &str = "memory";
 pub type MemoryLockManager = Locks<MemoryBackend>;
 
 /// The raw in-process backend; use it through [`MemoryLockManager`].
-#[derive(Debug, Default)]
+///
+/// [`MemoryBackend::new`] (and `default()`) is a private map;
+/// [`MemoryBackend::named`] the process-wide map of that name.
+#[derive(Debug)]
 pub struct MemoryBackend {
-    table: LockTable<LossSignal>,
+    store: Arc<Store>,
     default_lease: Option<Duration>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend { store: Store::private(), default_lease: None }
+    }
 }
 
 /// A live grant of the memory backend.
@@ -75,9 +100,60 @@ pub struct MemoryGrant {
 }
 
 impl MemoryBackend {
-    /// An empty lock map.
+    /// A private lock map: nobody else in the process can reach it, so tests
+    /// that run in parallel in one process do not see each other's locks.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The process-wide lock map called `name`: every backend opened with
+    /// the same name in this process (and `lockman::connect("memory://NAME")`;
+    /// `memory://` is the name `""`) holds the same locks, so they exclude
+    /// each other. [`MemoryStatusManager::named`] with the same name (or
+    /// [`MemoryStatusManager::beside`]) reaches the same map's flags. The map
+    /// is dropped when the last backend and status manager using it are.
+    ///
+    /// ```
+    /// use lockman_core::{AcquireOptions, LockBackend, LockManager};
+    /// use lockman_memory::MemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockman_core::LockError> {
+    /// let poller = MemoryBackend::named("docs-backend").into_manager();
+    /// let charger = MemoryBackend::named("docs-backend").into_manager();
+    /// let guard = poller.acquire("inverter_read", AcquireOptions::new()).await?;
+    /// assert!(charger.try_acquire("inverter_read", AcquireOptions::new()).await?.is_none());
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn named(name: &str) -> Self {
+        MemoryBackend { store: Store::named(name), default_lease: None }
+    }
+
+    /// The map's name, `None` for a private map.
+    pub fn map_name(&self) -> Option<&str> {
+        self.store.name()
+    }
+
+    /// Gives every grant `lease` unless the caller sets one, as
+    /// [`MemoryBackend::with_default_lease`] does for a private map.
+    pub fn default_lease(mut self, lease: Duration) -> Self {
+        self.default_lease = Some(lease);
+        self
+    }
+
+    /// How many named maps are alive in this process (each held by at least
+    /// one backend or status manager). A map nobody uses is dropped.
+    pub fn named_maps() -> usize {
+        store::named_maps()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn table(&self) -> &LockTable<LossSignal> {
+        &self.store.table
     }
 
     /// An empty lock map whose grants get `lease` unless the caller sets
@@ -95,18 +171,18 @@ impl MemoryBackend {
     /// assert_eq!(locks.capabilities().default_lease, Some(Duration::from_secs(2)));
     /// ```
     pub fn with_default_lease(lease: Duration) -> Self {
-        MemoryBackend { default_lease: Some(lease), ..Self::default() }
+        Self::default().default_lease(lease)
     }
 
     /// How many resources the map tracks right now (held, or waited for).
     /// Zero whenever no lock is held.
     pub fn tracked_resources(&self) -> usize {
-        self.table.len()
+        self.table().len()
     }
 
     /// How many acquirers are waiting, over all resources.
     pub fn waiting(&self) -> usize {
-        self.table.waiters()
+        self.table().waiters()
     }
 
     fn lost(&self, resource: &str) -> LockError {
@@ -127,9 +203,9 @@ impl MemoryBackend {
     /// whenever the holder or its lease changes, so a lease that runs out
     /// hands the lock on at its end even if nobody else touches the resource.
     async fn wait(&self, resource: &Arc<str>, slot: SlotRef<LossSignal>, deadline: Deadline) -> Acquired<MemoryGrant> {
-        let mut queued = Queued { table: &self.table, resource, slot: Some(slot) };
+        let mut queued = Queued { table: self.table(), resource, slot: Some(slot) };
         loop {
-            let lease_expiry = self.table.lease_expiry(resource).map(tokio::time::Instant::from_std);
+            let lease_expiry = self.table().lease_expiry(resource);
             let wake_at = match (deadline.instant(), lease_expiry) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -147,15 +223,15 @@ impl MemoryBackend {
                 Some(Wakeup::Rearm) => continue,
                 None => {}
             }
-            settle(self.table.expire(resource), LostReason::LeaseExpired);
+            settle(self.table().expire(resource), LostReason::LeaseExpired);
             if deadline.has_passed() {
                 let slot = queued.slot.take().unwrap_or_else(|| unreachable!("slot is held until we return"));
-                let (grant, after) = self.table.cancel(resource, &slot);
+                let (grant, after) = self.table().cancel(resource, &slot);
                 wake(after);
                 if let Some(grant) = grant {
                     return self.granted(resource, grant, true);
                 }
-                let holder = self.table.inspect(resource).map(|(info, _)| info);
+                let holder = self.table().inspect(resource).map(|(info, _)| info);
                 return Acquired::Busy { holder };
             }
         }
@@ -174,7 +250,7 @@ impl MemoryBackend {
     }
 
     fn release_sync(&self, grant: &MemoryGrant) -> Result<(), LockError> {
-        let (released, after) = self.table.release(&grant.resource, grant.token);
+        let (released, after) = self.table().release(&grant.resource, grant.token);
         wake(after);
         released.map_err(|NotCurrent| self.lost(&grant.resource))
     }
@@ -249,7 +325,7 @@ impl LockBackend for MemoryBackend {
             lease: request.lease,
             tag: request.loss.clone(),
         };
-        let (attempt, after) = self.table.attempt(&request.resource, table_request, wait);
+        let (attempt, after) = self.table().attempt(&request.resource, table_request, wait);
         settle(after, LostReason::LeaseExpired);
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
@@ -268,13 +344,13 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn renew(&self, grant: &MemoryGrant, lease: Duration) -> Result<SystemTime, LockError> {
-        let (renewed, after) = self.table.renew(&grant.resource, grant.token, lease);
+        let (renewed, after) = self.table().renew(&grant.resource, grant.token, lease);
         settle(after, LostReason::LeaseExpired);
         renewed.map_err(|NotCurrent| self.lost(&grant.resource))
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
-        Ok(match self.table.inspect(resource) {
+        Ok(match self.table().inspect(resource) {
             None => LockState::Available,
             Some((info, false)) => LockState::Held(info),
             Some((info, true)) => LockState::Stale(info),
@@ -282,19 +358,19 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
-        let mut held: Vec<LockInfo> = self.table.list().into_iter().map(|(info, _)| info).collect();
+        let mut held: Vec<LockInfo> = self.table().list().into_iter().map(|(info, _)| info).collect();
         held.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(held)
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let (broken, after) = self.table.force_release(resource);
+        let (broken, after) = self.table().force_release(resource);
         settle(after, LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(broken)
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
-        let (broken, afters) = self.table.cleanup_stale();
+        let (broken, afters) = self.table().cleanup_stale();
         for after in afters {
             settle(after, LostReason::LeaseExpired);
         }

@@ -26,10 +26,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use lockman_core::{FencingToken, HolderId, LockInfo};
 
+use crate::clock::{Instant, Wall};
 use crate::sync::{Arc, AtomicU64, Mutex};
 
 /// Text shared with core without copying.
@@ -58,22 +59,23 @@ struct Holding<T> {
     token: u64,
     holder: HolderId,
     purpose: Option<Text>,
-    acquired_at: SystemTime,
-    /// Monotonic expiry for decisions, wall-clock expiry for display.
-    lease: Option<(Instant, SystemTime)>,
+    /// On tokio's clock, like the lease: wall-clock times are derived when
+    /// shown, so a paused test clock moves them too.
+    acquired: Instant,
+    lease: Option<Instant>,
     tag: T,
 }
 
 impl<T> Holding<T> {
     fn expired(&self, now: Instant) -> bool {
-        self.lease.is_some_and(|(expires, _)| expires <= now)
+        self.lease.is_some_and(|expires| expires <= now)
     }
 
-    fn info(&self, resource: &str) -> LockInfo {
+    fn info(&self, resource: &str, wall: &Wall) -> LockInfo {
         let mut info = LockInfo::local(resource, self.holder.clone(), FencingToken::new(self.token), crate::BACKEND);
-        info.acquired_at = self.acquired_at;
+        info.acquired_at = wall.of(self.acquired);
         info.purpose = self.purpose.as_deref().map(str::to_owned);
-        info.lease_expires_at = self.lease.map(|(_, at)| at);
+        info.lease_expires_at = self.lease.map(|at| wall.of(at));
         info
     }
 }
@@ -185,7 +187,7 @@ impl<T: Clone> LockTable<T> {
             }
             std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        if entry.holding.lease.is_some() && entry.holding.expired(Instant::now()) {
+        if entry.holding.lease.is_some() && entry.holding.expired(crate::clock::now()) {
             after.evicted.push(entry.holding.tag.clone());
             if entry.waiters.is_empty() {
                 let (holding, grant) = self.holding(request);
@@ -196,7 +198,7 @@ impl<T: Clone> LockTable<T> {
             self.hand_off(entry, &mut after);
         }
         if !wait {
-            return (Attempt::Busy(entry.holding.info(resource)), after);
+            return (Attempt::Busy(entry.holding.info(resource, &Wall::now())), after);
         }
         let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None, rearm: false }) });
         entry.waiters.push_back(slot.clone());
@@ -247,7 +249,8 @@ impl<T: Clone> LockTable<T> {
         token: u64,
         lease: Duration,
     ) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
-        let now = Instant::now();
+        let wall = Wall::now();
+        let now = wall.instant();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let Some(entry) = entries.get_mut(resource) else {
@@ -260,20 +263,20 @@ impl<T: Clone> LockTable<T> {
             drop(entries);
             return (Err(NotCurrent), self.expire(resource));
         }
-        let expires_at = SystemTime::now() + lease;
-        let shortened = entry.holding.lease.is_none_or(|(previous, _)| now + lease < previous);
-        entry.holding.lease = Some((now + lease, expires_at));
+        let expires = now + lease;
+        let shortened = entry.holding.lease.is_none_or(|previous| expires < previous);
+        entry.holding.lease = Some(expires);
         // The first waiter sleeps until the old end (or forever, if there
         // was none): it must look again. A longer lease needs no wake-up.
         if shortened {
             after.rearm = Self::rearm_first(entry);
         }
-        (Ok(expires_at), after)
+        (Ok(wall.of(expires)), after)
     }
 
     /// Evicts the holder of `resource` if its lease ran out.
     pub(crate) fn expire(&self, resource: &str) -> Aftermath<T> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         if let Some(entry) = entries.get_mut(resource)
@@ -294,7 +297,7 @@ impl<T: Clone> LockTable<T> {
         let Some(entry) = entries.get_mut(resource) else {
             return (None, after);
         };
-        let info = entry.holding.info(resource);
+        let info = entry.holding.info(resource, &Wall::now());
         after.evicted.push(entry.holding.tag.clone());
         if !self.hand_off(entry, &mut after) {
             entries.remove(resource);
@@ -304,7 +307,7 @@ impl<T: Clone> LockTable<T> {
 
     /// Evicts every holder whose lease ran out.
     pub(crate) fn cleanup_stale(&self) -> (Vec<LockInfo>, Vec<Aftermath<T>>) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let expired: Vec<Text> = self
             .entries
             .lock()
@@ -327,22 +330,25 @@ impl<T: Clone> LockTable<T> {
 
     /// The holder of `resource` and whether its lease ran out.
     pub(crate) fn inspect(&self, resource: &str) -> Option<(LockInfo, bool)> {
-        let now = Instant::now();
+        let wall = Wall::now();
         let entries = self.entries.lock();
-        entries.get(resource).map(|entry| (entry.holding.info(resource), entry.holding.expired(now)))
+        entries.get(resource).map(|entry| (entry.holding.info(resource, &wall), entry.holding.expired(wall.instant())))
     }
 
     /// Every holder, and whether its lease ran out.
     pub(crate) fn list(&self) -> Vec<(LockInfo, bool)> {
-        let now = Instant::now();
+        let wall = Wall::now();
         let entries = self.entries.lock();
-        entries.iter().map(|(resource, entry)| (entry.holding.info(resource), entry.holding.expired(now))).collect()
+        entries
+            .iter()
+            .map(|(resource, entry)| (entry.holding.info(resource, &wall), entry.holding.expired(wall.instant())))
+            .collect()
     }
 
     /// When the current holder's lease runs out, if it has one.
     pub(crate) fn lease_expiry(&self, resource: &str) -> Option<Instant> {
         let entries = self.entries.lock();
-        entries.get(resource).and_then(|entry| entry.holding.lease.map(|(at, _)| at))
+        entries.get(resource).and_then(|entry| entry.holding.lease)
     }
 
     /// How many resources are held (entries in the map).
@@ -357,11 +363,12 @@ impl<T: Clone> LockTable<T> {
 
     fn holding(&self, request: Request<T>) -> (Holding<T>, Grant) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let acquired_at = SystemTime::now();
-        let lease = request.lease.map(|lease| (Instant::now() + lease, acquired_at + lease));
-        let grant = Grant { token, acquired_at, lease_expires_at: lease.map(|(_, at)| at) };
+        let wall = Wall::now();
+        let acquired = wall.instant();
+        let lease = request.lease.map(|lease| acquired + lease);
+        let grant = Grant { token, acquired_at: wall.of(acquired), lease_expires_at: lease.map(|at| wall.of(at)) };
         let holding =
-            Holding { token, holder: request.holder, purpose: request.purpose, acquired_at, lease, tag: request.tag };
+            Holding { token, holder: request.holder, purpose: request.purpose, acquired, lease, tag: request.tag };
         (holding, grant)
     }
 
