@@ -2,7 +2,7 @@
 //!
 //! | URL | backend | query options |
 //! |---|---|---|
-//! | `memory://` | in-process (feature `memory`) | — |
+//! | `memory://`, `memory://NAME` | in-process (feature `memory`): one map of locks and flags per name in the process (`memory://` is the name `""`), so every `connect` of the same URL excludes the others | `private=1` (a map of its own, for tests that run in parallel in one process) |
 //! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `file_mode=0660`, `loss_check=1s`, `flag.NAME=FILE` |
 //! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `file_mode=0660`, `flag.NAME=FILE` |
 //! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `password_file=/path` (the password, for a URL without one; one trailing newline is ignored), `protocol=resp3` |
@@ -125,10 +125,23 @@ pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
 
 /// A parsed backend URL.
 enum Target {
-    Memory,
-    File { dir: std::path::PathBuf, lease_mode: bool, options: Options },
-    LegacyFile { dir: std::path::PathBuf, options: Options },
-    Redis { url: String, options: Options },
+    /// The process-wide map of this name, or a private map (`None`).
+    Memory {
+        name: Option<String>,
+    },
+    File {
+        dir: std::path::PathBuf,
+        lease_mode: bool,
+        options: Options,
+    },
+    LegacyFile {
+        dir: std::path::PathBuf,
+        options: Options,
+    },
+    Redis {
+        url: String,
+        options: Options,
+    },
 }
 
 /// One lock and one status manager.
@@ -198,8 +211,24 @@ impl Target {
         })?;
         match url.scheme() {
             "memory" => {
-                Options::new(&url, origin, "none").finish()?;
-                Ok(Target::Memory)
+                let mut options = Options::new(&url, origin, "private=1");
+                let private = match options.take("private").as_deref() {
+                    None | Some("0" | "false" | "no") => false,
+                    Some("" | "1" | "true" | "yes") => true,
+                    Some(other) => {
+                        return Err(options.bad("private", &format!("{other:?} is not a yes or no: write private=1")));
+                    }
+                };
+                options.finish()?;
+                let name = memory_name(&url, origin)?;
+                if private && !name.is_empty() {
+                    return Err(LockError::Config(format!(
+                        "{} (from {origin}) names the shared map {name:?} and asks for a private one: write \
+                         memory://{name} to share it, or memory://?private=1 for a map of its own",
+                        redact_url(text)
+                    )));
+                }
+                Ok(Target::Memory { name: (!private).then_some(name) })
             }
             scheme @ ("file" | "legacy-file") => {
                 let dir = file_dir(&url, origin)?;
@@ -240,12 +269,33 @@ impl Target {
 
     async fn open(self, config: &Config) -> Result<Opened, LockError> {
         match self {
-            Target::Memory => open_memory(),
+            Target::Memory { name } => open_memory(name),
             Target::File { dir, lease_mode, options } => open_file(dir, lease_mode, options, config),
             Target::LegacyFile { dir, options } => open_legacy(dir, options),
             Target::Redis { url, options } => open_redis(url, options, config).await,
         }
     }
+}
+
+/// The map name of `memory://NAME` (`""` for `memory://`).
+fn memory_name(url: &url::Url, origin: &str) -> Result<String, LockError> {
+    let bad = |problem: &str| {
+        LockError::Config(format!(
+            "{} (from {origin}) {problem}: write memory:// or memory://NAME (letters, digits, `-`, `_`, `.`)",
+            redact_url(url.as_str())
+        ))
+    };
+    if !url.username().is_empty() || url.password().is_some() || url.port().is_some() {
+        return Err(bad("has a user, password or port, which a memory map has not"));
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err(bad("has a path after the map name"));
+    }
+    let name = url.host_str().unwrap_or_default();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(bad("has a map name with characters other than letters, digits, `-`, `_` and `.`"));
+    }
+    Ok(name.to_owned())
 }
 
 fn file_dir(url: &url::Url, origin: &str) -> Result<std::path::PathBuf, LockError> {
@@ -274,15 +324,20 @@ fn feature_missing(scheme: &str, feature: &str) -> LockError {
 }
 
 #[cfg(feature = "memory")]
-fn open_memory() -> Result<Opened, LockError> {
-    Ok(Opened {
-        locks: Arc::new(crate::MemoryLockManager::default()),
-        status: Arc::new(crate::MemoryStatusManager::default()),
-    })
+fn open_memory(name: Option<String>) -> Result<Opened, LockError> {
+    use lockman_core::LockBackend;
+    use lockman_memory::{MemoryBackend, MemoryStatusManager};
+
+    let backend = match name {
+        Some(name) => MemoryBackend::named(&name),
+        None => MemoryBackend::new(),
+    };
+    let status = Arc::new(MemoryStatusManager::beside(&backend));
+    Ok(Opened { locks: Arc::new(backend.into_manager()), status })
 }
 
 #[cfg(not(feature = "memory"))]
-fn open_memory() -> Result<Opened, LockError> {
+fn open_memory(_: Option<String>) -> Result<Opened, LockError> {
     Err(feature_missing("memory", "memory"))
 }
 

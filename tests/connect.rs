@@ -306,3 +306,49 @@ async fn rediss_without_tls_names_the_feature_to_enable() {
     assert!(message.contains("redis-tls"), "{message}");
     assert!(!message.contains("default features include it"), "{message}");
 }
+
+/// `memory://` opened twice in one process is one map: the two exclude each
+/// other and see each other's flags; another name and a private map do not.
+#[tokio::test]
+async fn memory_urls_share_one_map_per_name_in_the_process() {
+    // Resource and flag names of their own: other tests here use memory:// too.
+    async fn holds_and_sees(first: &lockman::Backends, second: &lockman::Backends) -> (bool, bool) {
+        let guard = first.locks.acquire("shared_map_check", AcquireOptions::new()).await.expect("acquire");
+        let excluded =
+            second.locks.try_acquire("shared_map_check", AcquireOptions::new()).await.expect("try").is_none();
+        guard.release().await.expect("release");
+        first.status.set(".SharedMapCheck", FlagOptions::new().value("set by first")).await.expect("set");
+        let seen = second.status.is_set(".SharedMapCheck").await.expect("get");
+        first.status.clear(".SharedMapCheck").await.expect("clear");
+        (excluded, seen)
+    }
+    let one = lockman::connect("memory://").await.expect("connect");
+    let two = lockman::connect("memory://").await.expect("connect");
+    assert_eq!(holds_and_sees(&one, &two).await, (true, true), "two memory:// maps in one process");
+
+    let a = lockman::connect("memory://shared-map-a").await.expect("connect");
+    let a_again = lockman::connect("memory://shared-map-a/").await.expect("connect");
+    let b = lockman::connect("memory://shared-map-b").await.expect("connect");
+    assert_eq!(holds_and_sees(&a, &a_again).await, (true, true), "memory://NAME twice");
+    assert_eq!(holds_and_sees(&a, &b).await, (false, false), "memory://a and memory://b share a map");
+    assert_eq!(holds_and_sees(&one, &a).await, (false, false), "memory:// and memory://a share a map");
+
+    let private = lockman::connect("memory://?private=1").await.expect("connect");
+    let private_too = lockman::connect("memory://?private=1").await.expect("connect");
+    assert_eq!(holds_and_sees(&private, &private_too).await, (false, false), "two private maps share");
+    assert_eq!(holds_and_sees(&private, &one).await, (false, false), "a private map is shared");
+    // A private map's flags are those of its own locks' map.
+    private.status.set(".SharedMapCheck", FlagOptions::new()).await.expect("set");
+    assert!(private.status.is_set(".SharedMapCheck").await.expect("get"));
+
+    for (url, expected) in [
+        ("memory://x?private=1", "asks for a private one"),
+        ("memory://?private=maybe", "not a yes or no"),
+        ("memory://x/y", "has a path"),
+        ("memory://a%20b", "characters other than"),
+        ("memory://?lease=1s", "valid options here: private=1"),
+    ] {
+        let message = config_error(lockman::connect(url).await);
+        assert!(message.contains(expected), "{url}: {message}");
+    }
+}
