@@ -4,12 +4,15 @@
 //! clock is not paused, tokio's clock is the monotonic system clock.
 //!
 //! Wall-clock times shown to people ([`LockInfo`](lockman_core::LockInfo),
-//! [`FlagInfo`](lockman_core::FlagInfo)) are derived when they are read: the
-//! system time now, moved by how far the instant is from tokio's now. So a
-//! lock taken 5 virtual seconds ago reads as acquired 5 s ago, and the
-//! "held for" in a timeout message is the virtual time it was held.
+//! [`FlagInfo`](lockman_core::FlagInfo)) are derived when they are read,
+//! against a pairing of tokio's clock with the system clock that is renewed
+//! when the two move apart: so a lock taken 5 virtual seconds ago reads as
+//! acquired 5 s ago, and the "held for" in a timeout message is the virtual
+//! time it was held, while two reads of the same lock agree.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 pub(crate) use tokio::time::Instant;
 
@@ -18,33 +21,57 @@ pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
-/// Reads monotonic instants as wall-clock times, against one reading of both
-/// clocks.
+/// How far the two clocks may move apart before [`Clock`] reads instants
+/// against a new pairing of them. Below it, the same instant always reads as
+/// the same wall-clock time (two inspections of a lock agree); above it (a
+/// paused clock moved on, the system clock was set), shown times follow.
+const DRIFT: Duration = Duration::from_millis(10);
+
+/// One map's pairing of tokio's clock with the system clock.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    anchor: Mutex<Option<(Instant, SystemTime)>>,
+}
+
+impl Clock {
+    /// Both clocks, now, paired as this map last paired them unless they
+    /// have moved apart by more than [`DRIFT`].
+    pub(crate) fn wall(&self) -> Wall {
+        let now = now();
+        let wall_now = SystemTime::now();
+        let mut anchor = self.anchor.lock();
+        let kept = anchor.filter(|&pair| {
+            let mapped = Wall { now, anchor: pair }.of(now);
+            let apart = match mapped.duration_since(wall_now) {
+                Ok(ahead) => ahead,
+                Err(behind) => behind.duration(),
+            };
+            apart <= DRIFT
+        });
+        let pair = kept.unwrap_or((now, wall_now));
+        *anchor = Some(pair);
+        Wall { now, anchor: pair }
+    }
+}
+
+/// Reads monotonic instants as wall-clock times.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wall {
     now: Instant,
-    wall_now: SystemTime,
+    anchor: (Instant, SystemTime),
 }
 
 impl Wall {
-    /// Both clocks, now.
-    pub(crate) fn now() -> Self {
-        Wall { now: now(), wall_now: SystemTime::now() }
-    }
-
     /// The monotonic reading this was taken with.
     pub(crate) fn instant(&self) -> Instant {
         self.now
     }
 
     /// The wall-clock time of `at`. A time too far to represent reads as
-    /// the current time (it is only shown, never decided on).
+    /// the anchor's (it is only shown, never decided on).
     pub(crate) fn of(&self, at: Instant) -> SystemTime {
-        let moved = if at >= self.now {
-            self.wall_now.checked_add(at - self.now)
-        } else {
-            self.wall_now.checked_sub(self.now - at)
-        };
-        moved.unwrap_or(self.wall_now)
+        let (base, wall) = self.anchor;
+        let moved = if at >= base { wall.checked_add(at - base) } else { wall.checked_sub(base - at) };
+        moved.unwrap_or(wall)
     }
 }

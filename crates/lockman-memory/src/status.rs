@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
 
 use crate::BACKEND;
-use crate::clock::{Instant, Wall};
+use crate::clock::{Clock, Instant, Wall};
 use crate::store::Store;
 
 /// Flags kept in this process's memory.
@@ -50,6 +50,7 @@ pub(crate) struct Flags {
     set: HashMap<String, Flag>,
     /// Purge expired flags when the map outgrows this.
     purge_at: usize,
+    clock: Clock,
 }
 
 /// A set flag, its times on tokio's clock.
@@ -154,21 +155,22 @@ impl StatusManager for MemoryStatusManager {
 
     async fn get(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         lockman_core::validate_name(flag)?;
-        let wall = Wall::now();
-        Ok(self.store.flags.lock().live(flag, wall.instant()).map(|stored| stored.info(&wall)))
+        let mut flags = self.store.flags.lock();
+        let wall = flags.clock.wall();
+        Ok(flags.live(flag, wall.instant()).map(|stored| stored.info(&wall)))
     }
 
     async fn take(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         lockman_core::validate_name(flag)?;
-        let wall = Wall::now();
         let mut flags = self.store.flags.lock();
+        let wall = flags.clock.wall();
         flags.live(flag, wall.instant());
         Ok(flags.set.remove(flag).map(|stored| stored.info(&wall)))
     }
 
     async fn list(&self) -> Result<Vec<FlagInfo>, LockError> {
-        let wall = Wall::now();
         let mut flags = self.store.flags.lock();
+        let wall = flags.clock.wall();
         flags.set.retain(|_, stored| !stored.expired(wall.instant()));
         let mut listed: Vec<FlagInfo> = flags.set.values().map(|stored| stored.info(&wall)).collect();
         listed.sort_by(|a, b| a.name.cmp(&b.name));

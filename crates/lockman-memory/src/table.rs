@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use lockman_core::{FencingToken, HolderId, LockInfo};
 
-use crate::clock::{Instant, Wall};
+use crate::clock::{Clock, Instant, Wall};
 use crate::sync::{Arc, AtomicU64, Mutex};
 
 /// Text shared with core without copying.
@@ -165,11 +165,13 @@ pub(crate) struct LockTable<T> {
     /// One counter for all resources: strictly increasing per resource, and
     /// it survives the removal of idle entries.
     last_token: AtomicU64,
+    /// Shows the tokio-clock times as wall-clock times.
+    clock: Clock,
 }
 
 impl<T> Default for LockTable<T> {
     fn default() -> Self {
-        LockTable { entries: Mutex::new(HashMap::new()), last_token: AtomicU64::new(0) }
+        LockTable { entries: Mutex::new(HashMap::new()), last_token: AtomicU64::new(0), clock: Clock::default() }
     }
 }
 
@@ -198,7 +200,7 @@ impl<T: Clone> LockTable<T> {
             self.hand_off(entry, &mut after);
         }
         if !wait {
-            return (Attempt::Busy(entry.holding.info(resource, &Wall::now())), after);
+            return (Attempt::Busy(entry.holding.info(resource, &self.clock.wall())), after);
         }
         let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None, rearm: false }) });
         entry.waiters.push_back(slot.clone());
@@ -249,7 +251,7 @@ impl<T: Clone> LockTable<T> {
         token: u64,
         lease: Duration,
     ) -> (Result<SystemTime, NotCurrent>, Aftermath<T>) {
-        let wall = Wall::now();
+        let wall = self.clock.wall();
         let now = wall.instant();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
@@ -297,7 +299,7 @@ impl<T: Clone> LockTable<T> {
         let Some(entry) = entries.get_mut(resource) else {
             return (None, after);
         };
-        let info = entry.holding.info(resource, &Wall::now());
+        let info = entry.holding.info(resource, &self.clock.wall());
         after.evicted.push(entry.holding.tag.clone());
         if !self.hand_off(entry, &mut after) {
             entries.remove(resource);
@@ -330,14 +332,14 @@ impl<T: Clone> LockTable<T> {
 
     /// The holder of `resource` and whether its lease ran out.
     pub(crate) fn inspect(&self, resource: &str) -> Option<(LockInfo, bool)> {
-        let wall = Wall::now();
+        let wall = self.clock.wall();
         let entries = self.entries.lock();
         entries.get(resource).map(|entry| (entry.holding.info(resource, &wall), entry.holding.expired(wall.instant())))
     }
 
     /// Every holder, and whether its lease ran out.
     pub(crate) fn list(&self) -> Vec<(LockInfo, bool)> {
-        let wall = Wall::now();
+        let wall = self.clock.wall();
         let entries = self.entries.lock();
         entries
             .iter()
@@ -363,7 +365,7 @@ impl<T: Clone> LockTable<T> {
 
     fn holding(&self, request: Request<T>) -> (Holding<T>, Grant) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let wall = Wall::now();
+        let wall = self.clock.wall();
         let acquired = wall.instant();
         let lease = request.lease.map(|lease| acquired + lease);
         let grant = Grant { token, acquired_at: wall.of(acquired), lease_expires_at: lease.map(|at| wall.of(at)) };
