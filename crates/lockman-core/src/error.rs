@@ -168,6 +168,13 @@ fn describe_timeout(
 
 fn describe_holder(holder: Option<&LockInfo>) -> String {
     match holder {
+        // Usually a task waiting behind another task of its own process,
+        // expecting reentrancy; naming the holder alone reads like someone
+        // else has it.
+        Some(info) if info.holder.is_from_this_process() => format!(
+            "held by this process; async acquisitions are not reentrant without a holder id (give both the \
+             same AcquireOptions::holder to re-enter, or release the first guard first) — {info}"
+        ),
         Some(info) => info.to_string(),
         None => "held by another holder (the backend could not say who)".to_owned(),
     }

@@ -100,7 +100,8 @@ pub trait LockManager: Debug + Send + Sync {
 /// }
 /// ```
 pub trait LockManagerExt: LockManager {
-    /// Acquires `resource` with the default options (wait forever).
+    /// Acquires `resource` with the default options: wait forever, unless the
+    /// manager carries a default wait (see [`Locks::with_defaults`](crate::Locks::with_defaults)).
     fn lock<'a>(&'a self, resource: &'a str) -> impl Future<Output = Result<LockGuard, LockError>> + Send + 'a {
         self.acquire(resource, AcquireOptions::new())
     }
