@@ -363,7 +363,17 @@ fn open_file(
     if let Some(mode) = files_mode {
         file = file.file_mode(mode);
     }
-    if let Some(lease) = options.duration("lease")?.or(config.lease) {
+    let url_lease = options.duration("lease")?;
+    if url_lease.is_some() && !lease_mode {
+        // Kernel locks have no lease (they end with the process): accepting
+        // the option would promise an expiry that never happens.
+        return Err(options.bad(
+            "lease",
+            "kernel-locked files have no lease (the lock ends with the process); `lease` only applies to \
+             mode=lease: add mode=lease for lease files (SMB/NFS), or remove `lease`",
+        ));
+    }
+    if let Some(lease) = url_lease.or(config.lease) {
         file = file.default_lease(lease);
     }
     if let Some(interval) = options.duration("loss_check")? {

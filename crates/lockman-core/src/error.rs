@@ -15,7 +15,11 @@ use crate::display::Escaped;
 /// escaped (see [`display`](crate::display)), so printing one cannot drive a
 /// terminal. [`LockError::Config`] is shown as given: it describes the
 /// caller's own configuration (a TOML error spans several lines).
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` (`{:?}`) reads like `Display`, so that `main` returning
+/// `Result<(), LockError>` prints `Error: configuration error: …` rather than
+/// `Error: Config("…")`; `{:#?}` shows the variant and its fields.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
     /// The wait ran out (or no wait was allowed) while someone else held the
@@ -95,6 +99,45 @@ pub enum LockError {
     /// The configuration is wrong.
     #[error("configuration error: {0}")]
     Config(String),
+}
+
+impl fmt::Debug for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
+        match self {
+            LockError::Timeout { resource, backend, waited, holder, skipped } => f
+                .debug_struct("Timeout")
+                .field("resource", resource)
+                .field("backend", backend)
+                .field("waited", waited)
+                .field("holder", holder)
+                .field("skipped", skipped)
+                .finish(),
+            LockError::NotHeld { resource, backend } => {
+                f.debug_struct("NotHeld").field("resource", resource).field("backend", backend).finish()
+            }
+            LockError::Lost { resource, backend, reason } => f
+                .debug_struct("Lost")
+                .field("resource", resource)
+                .field("backend", backend)
+                .field("reason", reason)
+                .finish(),
+            LockError::InvalidName { name, reason } => {
+                f.debug_struct("InvalidName").field("name", name).field("reason", reason).finish()
+            }
+            LockError::Backend { backend, action, resource, message, source } => f
+                .debug_struct("Backend")
+                .field("backend", backend)
+                .field("action", action)
+                .field("resource", resource)
+                .field("message", message)
+                .field("source", source)
+                .finish(),
+            LockError::Config(message) => f.debug_tuple("Config").field(message).finish(),
+        }
+    }
 }
 
 impl LockError {
