@@ -103,3 +103,20 @@ async fn a_timeout_behind_this_process_says_so() {
     let text = error.to_string();
     assert!(text.contains("held by this process; async acquisitions are not reentrant without a holder id"), "{text}");
 }
+
+// Real time: the in-process backend's lease timers do not follow tokio's
+// paused clock (yet).
+#[tokio::test]
+async fn the_manager_default_lease_is_renewed_and_a_callers_lease_is_not() {
+    let lease = Duration::from_millis(300);
+    let locks = MemoryLockManager::default().with_defaults(AcquireOptions::new().lease(lease));
+    let defaulted = locks.lock("a").await.expect("free");
+    assert!(defaulted.info().lease_expires_at.is_some(), "the default lease was not applied");
+    let explicit = locks.acquire("b", AcquireOptions::new().lease(lease)).await.expect("free");
+    // The explicit lease runs out (bounded wait); by then the default lease,
+    // granted first, is past its first expiry too, and held only if renewed.
+    tokio::time::timeout(Duration::from_secs(10), explicit.lost()).await.expect("the explicit lease never ran out");
+    assert!(!defaulted.is_lost(), "a default lease must be renewed while the guard lives");
+    assert!(explicit.is_lost(), "an explicit lease is not renewed");
+    defaulted.release().await.expect("release");
+}
