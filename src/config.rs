@@ -28,7 +28,7 @@ pub const CONFIG_FILE: &str = "lockman.toml";
 /// |---|---|---|
 /// | `url` | `LOCKMAN_URL` | where locks live (default `memory://`) |
 /// | `status_url` | `LOCKMAN_STATUS_URL` | where flags live (default: see [`Config::status_url`]) |
-/// | `default_wait` | `LOCKMAN_DEFAULT_WAIT` | how long an acquire waits by default (`500ms`, `30s`, `5m`; unset: forever) |
+/// | `default_wait` | `LOCKMAN_DEFAULT_WAIT` | how long an acquisition waits when the caller chose no wait, `lock()` included (`500ms`, `30s`, `5m`; unset: forever) |
 /// | `lease` | `LOCKMAN_LEASE` | the default lease of backends that have leases (Redis, lease files) |
 /// | `legacy_url` | `LOCKMAN_LEGACY_URL` | the legacy lockfiles, used when `USE_NEW_LOCKS=false` |
 /// | `legacy_bridge` | `LOCKMAN_LEGACY_BRIDGE` | also take this legacy lock after the new one (rollout) |
@@ -58,7 +58,9 @@ pub struct Config {
     /// lockfiles are in use (`USE_NEW_LOCKS=false`, or a legacy bridge), when
     /// flags stay in the legacy folder, where old daemons read them.
     pub status_url: Option<String>,
-    /// How long an acquisition waits by default ([`Backends::acquire_options`](crate::Backends::acquire_options)); unset: forever.
+    /// How long an acquisition waits when the caller chose no wait (the
+    /// managers `connect` returns apply it, as does
+    /// [`Backends::acquire_options`](crate::Backends::acquire_options)); unset: forever.
     #[serde(with = "text_duration")]
     pub default_wait: Option<Duration>,
     /// The default lease of backends with leases; unset: the backend's (30 s).
@@ -360,8 +362,15 @@ fn redact_urls_in(text: &str) -> String {
 
 /// Parses `500ms`, `30s`, `5m`, `1h 30m` (humantime).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like 500ms, 30s or 5m"))
+    let trimmed = text.trim();
+    humantime::parse_duration(trimmed).map_err(|e| {
+        if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            // A bare number is the common slip: say which unit to add.
+            format!("{text:?} has no unit: add a unit, e.g. {trimmed}s (or {trimmed}ms, {trimmed}m)")
+        } else {
+            format!("{text:?} is not a duration ({e}); write it like 500ms, 30s or 5m")
+        }
+    })
 }
 
 /// Optional durations as text (`"30s"`) in TOML and environment variables.
@@ -411,5 +420,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("soon").unwrap_err().contains("500ms, 30s or 5m"));
+    }
+
+    #[test]
+    fn a_bare_number_hints_at_a_unit() {
+        let error = parse_duration("5").unwrap_err();
+        assert!(error.contains("add a unit, e.g. 5s"), "{error}");
     }
 }

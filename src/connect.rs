@@ -50,7 +50,10 @@ pub struct Backends {
 
 impl Backends {
     /// Acquisition options with the configured default wait
-    /// (`LOCKMAN_DEFAULT_WAIT`; wait forever if unset).
+    /// (`LOCKMAN_DEFAULT_WAIT`; wait forever if unset). The managers apply
+    /// that wait themselves to acquisitions that leave it unset (`lock()`,
+    /// `AcquireOptions::new()`), so this is only needed to pass it on
+    /// explicitly.
     pub fn acquire_options(&self) -> AcquireOptions {
         match self.default_wait {
             Some(wait) => AcquireOptions::new().timeout(wait),
@@ -105,7 +108,7 @@ pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
             tracing::warn!(bridge = %redact_url(bridge_url), "the legacy bridge is not a legacy-file:// URL");
         }
         let legacy = legacy.open(config).await?;
-        locks = Arc::new(BridgedLockManager::new(locks, legacy.locks));
+        locks = Arc::new(BridgedLockManager::new(locks, legacy.locks).with_defaults(manager_defaults(config)));
         legacy_status = Some((bridge_url, legacy.status));
         chosen = format!("{chosen} bridged with {}", redact_url(bridge_url));
     }
@@ -121,6 +124,16 @@ pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
     chosen = format!("{chosen}; flags: {}", redact_url(status_url));
     tracing::info!(backend = %chosen, "lockman backends chosen");
     Ok(Backends { locks, status, chosen, default_wait: config.default_wait })
+}
+
+/// The defaults every manager applies where a caller left an option unset:
+/// the configured wait. (The configured lease is each backend's default
+/// lease already.)
+fn manager_defaults(config: &Config) -> AcquireOptions {
+    match config.default_wait {
+        Some(wait) => AcquireOptions::new().timeout(wait),
+        None => AcquireOptions::new(),
+    }
 }
 
 /// A parsed backend URL.
@@ -269,9 +282,9 @@ impl Target {
 
     async fn open(self, config: &Config) -> Result<Opened, LockError> {
         match self {
-            Target::Memory { name } => open_memory(name),
+            Target::Memory { name } => open_memory(name, config),
             Target::File { dir, lease_mode, options } => open_file(dir, lease_mode, options, config),
-            Target::LegacyFile { dir, options } => open_legacy(dir, options),
+            Target::LegacyFile { dir, options } => open_legacy(dir, options, config),
             Target::Redis { url, options } => open_redis(url, options, config).await,
         }
     }
@@ -324,7 +337,7 @@ fn feature_missing(scheme: &str, feature: &str) -> LockError {
 }
 
 #[cfg(feature = "memory")]
-fn open_memory(name: Option<String>) -> Result<Opened, LockError> {
+fn open_memory(name: Option<String>, config: &Config) -> Result<Opened, LockError> {
     use lockman_core::LockBackend;
     use lockman_memory::{MemoryBackend, MemoryStatusManager};
 
@@ -333,11 +346,11 @@ fn open_memory(name: Option<String>) -> Result<Opened, LockError> {
         None => MemoryBackend::new(),
     };
     let status = Arc::new(MemoryStatusManager::beside(&backend));
-    Ok(Opened { locks: Arc::new(backend.into_manager()), status })
+    Ok(Opened { locks: Arc::new(backend.into_manager().with_defaults(manager_defaults(config))), status })
 }
 
 #[cfg(not(feature = "memory"))]
-fn open_memory(_: Option<String>) -> Result<Opened, LockError> {
+fn open_memory(_: Option<String>, _: &Config) -> Result<Opened, LockError> {
     Err(feature_missing("memory", "memory"))
 }
 
@@ -405,7 +418,17 @@ fn open_file(
     if let Some(mode) = files_mode {
         file = file.file_mode(mode);
     }
-    if let Some(lease) = options.duration("lease")?.or(config.lease) {
+    let url_lease = options.duration("lease")?;
+    if url_lease.is_some() && !lease_mode {
+        // Kernel locks have no lease (they end with the process): accepting
+        // the option would promise an expiry that never happens.
+        return Err(options.bad(
+            "lease",
+            "kernel-locked files have no lease (the lock ends with the process); `lease` only applies to \
+             mode=lease: add mode=lease for lease files (SMB/NFS), or remove `lease`",
+        ));
+    }
+    if let Some(lease) = url_lease.or(config.lease) {
         file = file.default_lease(lease);
     }
     if let Some(interval) = options.duration("loss_check")? {
@@ -414,15 +437,15 @@ fn open_file(
     let flags = flag_dir(&dir, &mut options, mode, files_mode);
     options.finish()?;
     let locks: Arc<dyn LockManager> = if lease_mode {
-        Arc::new(LeaseFileBackend::open(file)?.into_manager())
+        Arc::new(LeaseFileBackend::open(file)?.into_manager().with_defaults(manager_defaults(config)))
     } else {
-        Arc::new(FileBackend::open(file)?.into_manager())
+        Arc::new(FileBackend::open(file)?.into_manager().with_defaults(manager_defaults(config)))
     };
     Ok(Opened { locks, status: Arc::new(FileStatusManager::open(flags)?) })
 }
 
 #[cfg(feature = "file")]
-fn open_legacy(dir: std::path::PathBuf, mut options: Options) -> Result<Opened, LockError> {
+fn open_legacy(dir: std::path::PathBuf, mut options: Options, config: &Config) -> Result<Opened, LockError> {
     use lockman_core::LockBackend;
     use lockman_file::{FileStatusManager, LegacyFileBackend, LegacyOptions, LegacyPolicy, LegacyResource};
 
@@ -470,7 +493,7 @@ fn open_legacy(dir: std::path::PathBuf, mut options: Options) -> Result<Opened, 
     let flags = flag_dir(&dir, &mut options, mode, files_mode);
     options.finish()?;
     Ok(Opened {
-        locks: Arc::new(LegacyFileBackend::open(legacy)?.into_manager()),
+        locks: Arc::new(LegacyFileBackend::open(legacy)?.into_manager().with_defaults(manager_defaults(config))),
         status: Arc::new(FileStatusManager::open(flags)?),
     })
 }
@@ -497,7 +520,7 @@ fn open_file(_: std::path::PathBuf, _: bool, _: Options, _: &Config) -> Result<O
 }
 
 #[cfg(not(feature = "file"))]
-fn open_legacy(_: std::path::PathBuf, _: Options) -> Result<Opened, LockError> {
+fn open_legacy(_: std::path::PathBuf, _: Options, _: &Config) -> Result<Opened, LockError> {
     Err(feature_missing("legacy-file", "file"))
 }
 
@@ -542,7 +565,7 @@ async fn open_redis(url: String, mut options: Options, config: &Config) -> Resul
     options.finish()?;
     let backend = RedisBackend::connect(redis).await?;
     let status = Arc::new(RedisStatusManager::new(&backend));
-    Ok(Opened { locks: Arc::new(backend.into_manager()), status })
+    Ok(Opened { locks: Arc::new(backend.into_manager().with_defaults(manager_defaults(config))), status })
 }
 
 /// The password in the file at `path`, without one trailing newline. The

@@ -27,17 +27,38 @@
 //!
 //! * [`lockman_core`] — the contract and the machinery shared by all
 //!   backends (re-exported here).
-//! * `lockman-memory` — the in-process backend ([`memory`], feature `memory`).
-//! * `lockman-testkit` — the conformance suite every backend passes.
+//! * `lockman-memory` — the in-process backend (`lockman::memory`, feature `memory`).
+//! * `lockman-file` — kernel-locked lock files, lease files for network
+//!   disks, the legacy lockfile protocol, and file flags (`lockman::file`,
+//!   feature `file`).
+//! * `lockman-redis` — Redis locks and flags (`lockman::redis`, feature
+//!   `redis`; `rediss://` with `redis-tls`).
+//! * `lockman-testkit` — the conformance suite every backend passes, and a
+//!   private redis-server for tests (a dev-dependency).
+//! * `lockctl` — the admin CLI: list, inspect, break and wait for locks, set
+//!   flags, run a command under a lock.
+//!
+//! ## Features
+//!
+//! `config` (default) — `connect`, `from_env` and `Config`: choosing the
+//! backend at runtime from a URL, `lockman.toml` and `LOCKMAN_*` variables.
+//! `memory`, `file`, `redis` (default) — the backends; `redis-tls` —
+//! `rediss://`. A build with `default-features = false, features = ["memory"]`
+//! has the in-process backend and little else (about 40 crates); create its
+//! manager directly (`MemoryLockManager::default()`).
 //!
 //! See `ARCHITECTURE.md` for how an acquisition flows through core and a
 //! backend, and how to add a backend.
 
 pub mod blocking;
+#[cfg(feature = "config")]
 mod config;
+#[cfg(feature = "config")]
 mod connect;
 
+#[cfg(feature = "config")]
 pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};
+#[cfg(feature = "config")]
 pub use connect::{Backends, connect, connect_with, from_env};
 pub use lockman_core::BridgedLockManager;
 /// Printing stored text and times safely (escaping control and bidi characters).

@@ -55,13 +55,55 @@ impl BlockingLockManager {
         Ok(BlockingLockGuard { guard: Some(guard) })
     }
 
-    /// Acquires `resource` with the default options (wait forever).
+    /// Acquires `resource` with the default options: wait forever, unless
+    /// the manager carries a default wait (`LOCKMAN_DEFAULT_WAIT`).
     ///
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire).
     pub fn lock(&self, resource: &str) -> Result<BlockingLockGuard, LockError> {
         self.acquire(resource, AcquireOptions::new())
+    }
+
+    /// Acquires `resource` if it is free right now, with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_lock(&self, resource: &str) -> Result<Option<BlockingLockGuard>, LockError> {
+        self.try_acquire(resource, AcquireOptions::new())
+    }
+
+    /// Runs `work` on the calling thread while holding `resource`, then
+    /// releases it.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use lockman_core::{AcquireOptions, LockError, blocking::BlockingLockManager};
+    /// # fn save(locks: &BlockingLockManager) -> Result<(), LockError> {
+    /// let written = locks.with_lock("regcache", AcquireOptions::new().purpose("save cache"), || {
+    ///     // ... write the cache file ...
+    ///     42
+    /// })?;
+    /// # assert_eq!(written, 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Acquisition errors, and [`LockError::Lost`] if the lock was lost while
+    /// `work` ran — its result is then discarded, because it was not produced
+    /// under exclusion.
+    pub fn with_lock<T>(
+        &self,
+        resource: &str,
+        options: AcquireOptions,
+        work: impl FnOnce() -> T,
+    ) -> Result<T, LockError> {
+        let guard = self.acquire(resource, options)?;
+        let output = work();
+        guard.release()?;
+        Ok(output)
     }
 
     /// Acquires `resource` if that is possible without waiting.

@@ -64,6 +64,8 @@ pub struct BridgedLockManager {
     legacy: Arc<dyn LockManager>,
     name: String,
     events: EventSink,
+    /// Applied once here, so both sides share one default wait.
+    defaults: AcquireOptions,
 }
 
 impl BridgedLockManager {
@@ -71,7 +73,18 @@ impl BridgedLockManager {
     pub fn new(primary: Arc<dyn LockManager>, legacy: Arc<dyn LockManager>) -> Self {
         let name = format!("{}+{}", primary.name(), legacy.name());
         let events = EventSink::new(&name);
-        BridgedLockManager { primary, legacy, name, events }
+        BridgedLockManager { primary, legacy, name, events, defaults: AcquireOptions::new() }
+    }
+
+    /// The bridge with a default wait and purpose for acquisitions that left
+    /// them unset, as [`Locks::with_defaults`](crate::Locks::with_defaults).
+    /// They are applied once, here: the legacy side then waits only for
+    /// what is left of the default wait, and the sides' own default waits do
+    /// not add up. Default leases stay each side's own (give them to the
+    /// managers wrapped).
+    pub fn with_defaults(mut self, defaults: AcquireOptions) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// The new backend.
@@ -163,7 +176,11 @@ impl BridgedLockManager {
 
 impl fmt::Debug for BridgedLockManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BridgedLockManager").field("primary", &self.primary).field("legacy", &self.legacy).finish()
+        f.debug_struct("BridgedLockManager")
+            .field("primary", &self.primary)
+            .field("legacy", &self.legacy)
+            .field("defaults", &self.defaults)
+            .finish()
     }
 }
 
@@ -188,6 +205,7 @@ impl LockManager for BridgedLockManager {
     }
 
     async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError> {
+        let options = options.with_defaults(&self.defaults);
         let started = Instant::now();
         let acquired = async {
             let primary = self.primary.acquire(resource, options.clone()).await?;
@@ -210,6 +228,7 @@ impl LockManager for BridgedLockManager {
     }
 
     async fn try_acquire(&self, resource: &str, options: AcquireOptions) -> Result<Option<LockGuard>, LockError> {
+        let options = options.with_defaults(&self.defaults);
         let started = Instant::now();
         let Some(primary) = self.primary.try_acquire(resource, options.clone()).await.map_err(|e| self.own_error(e))?
         else {

@@ -15,7 +15,11 @@ use crate::display::Escaped;
 /// escaped (see [`display`](crate::display)), so printing one cannot drive a
 /// terminal. [`LockError::Config`] is shown as given: it describes the
 /// caller's own configuration (a TOML error spans several lines).
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` (`{:?}`) reads like `Display`, so that `main` returning
+/// `Result<(), LockError>` prints `Error: configuration error: …` rather than
+/// `Error: Config("…")`; `{:#?}` shows the variant and its fields.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
     /// The wait ran out (or no wait was allowed) while someone else held the
@@ -97,6 +101,45 @@ pub enum LockError {
     Config(String),
 }
 
+impl fmt::Debug for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
+        match self {
+            LockError::Timeout { resource, backend, waited, holder, skipped } => f
+                .debug_struct("Timeout")
+                .field("resource", resource)
+                .field("backend", backend)
+                .field("waited", waited)
+                .field("holder", holder)
+                .field("skipped", skipped)
+                .finish(),
+            LockError::NotHeld { resource, backend } => {
+                f.debug_struct("NotHeld").field("resource", resource).field("backend", backend).finish()
+            }
+            LockError::Lost { resource, backend, reason } => f
+                .debug_struct("Lost")
+                .field("resource", resource)
+                .field("backend", backend)
+                .field("reason", reason)
+                .finish(),
+            LockError::InvalidName { name, reason } => {
+                f.debug_struct("InvalidName").field("name", name).field("reason", reason).finish()
+            }
+            LockError::Backend { backend, action, resource, message, source } => f
+                .debug_struct("Backend")
+                .field("backend", backend)
+                .field("action", action)
+                .field("resource", resource)
+                .field("message", message)
+                .field("source", source)
+                .finish(),
+            LockError::Config(message) => f.debug_tuple("Config").field(message).finish(),
+        }
+    }
+}
+
 impl LockError {
     /// A [`LockError::Backend`] without an underlying error value.
     pub fn backend(
@@ -168,6 +211,13 @@ fn describe_timeout(
 
 fn describe_holder(holder: Option<&LockInfo>) -> String {
     match holder {
+        // Usually a task waiting behind another task of its own process,
+        // expecting reentrancy; naming the holder alone reads like someone
+        // else has it.
+        Some(info) if info.holder.is_from_this_process() => format!(
+            "held by this process; async acquisitions are not reentrant without a holder id (give both the \
+             same AcquireOptions::holder to re-enter, or release the first guard first) — {info}"
+        ),
         Some(info) => info.to_string(),
         None => "held by another holder (the backend could not say who)".to_owned(),
     }

@@ -65,6 +65,14 @@ impl HolderId {
         ID.with(Clone::clone)
     }
 
+    /// Whether this id was generated in this process: an anonymous or thread
+    /// id made here, or any id carrying this process's nonce (also one read
+    /// back from a backend). A lock that times out behind such a holder is
+    /// held by the caller's own process.
+    pub fn is_from_this_process(&self) -> bool {
+        matches!(self.0, Repr::Anonymous(_)) || self.as_str().contains(process_nonce())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {

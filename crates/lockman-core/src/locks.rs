@@ -28,9 +28,12 @@ use crate::{
 ///
 /// Backend crates expose it under their own name, e.g.
 /// `lockman_memory::MemoryLockManager = Locks<MemoryBackend>`. Cloning is
-/// cheap and clones share everything.
+/// cheap and clones share everything; [`with_defaults`](Self::with_defaults)
+/// gives a handle on the same locks with other default options.
 pub struct Locks<B: LockBackend> {
     shared: Arc<Shared<B>>,
+    /// Options applied where a caller left them unset.
+    defaults: Arc<AcquireOptions>,
 }
 
 struct Shared<B: LockBackend> {
@@ -71,7 +74,39 @@ impl<B: LockBackend> Locks<B> {
                 caps,
                 reentry: Mutex::new(HashMap::new()),
             }),
+            defaults: Arc::new(AcquireOptions::new()),
         }
+    }
+
+    /// This manager (the same locks, holders and events) with `defaults`
+    /// applied to every acquisition where the caller left an option unset:
+    ///
+    /// * the wait, unless the caller chose one (`timeout`, `no_wait`,
+    ///   `wait_forever`, `wait`) — so `lock()`, `AcquireOptions::new()` and
+    ///   library code holding an `Arc<dyn LockManager>` follow it;
+    /// * the lease, as a *default* lease: renewed while the guard lives, like
+    ///   the backend's own (backends without leases ignore it);
+    /// * the purpose, as a prefix of the caller's (`"daemon: poll"`), or
+    ///   alone when the caller gave none.
+    ///
+    /// The holder in `defaults` is ignored. `lockman::connect` installs the
+    /// configured `LOCKMAN_DEFAULT_WAIT` and `LOCKMAN_LEASE` this way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockman_core::{AcquireOptions, LockBackend, Locks};
+    /// # fn managed<B: LockBackend>(locks: Locks<B>) -> Locks<B> {
+    /// locks.with_defaults(AcquireOptions::new().timeout(Duration::from_millis(200)).purpose("inverter daemon"))
+    /// # }
+    /// ```
+    pub fn with_defaults(mut self, defaults: AcquireOptions) -> Self {
+        self.defaults = Arc::new(defaults);
+        self
+    }
+
+    /// The default options set with [`with_defaults`](Self::with_defaults).
+    pub fn defaults(&self) -> &AcquireOptions {
+        &self.defaults
     }
 
     /// The backend underneath.
@@ -92,7 +127,8 @@ impl<B: LockBackend> Locks<B> {
     ) -> Result<Option<LockGuard>, LockError> {
         crate::validate_name(resource)?;
         self.shared.backend.validate_name(resource)?;
-        if let Some(lease) = options.lease {
+        let options = options.with_defaults(&self.defaults);
+        if let Some(lease) = options.lease.or(self.defaults.lease) {
             check_lease(lease, resource, self.shared.name)?;
         }
         let started = Instant::now();
@@ -181,7 +217,8 @@ impl<B: LockBackend> Locks<B> {
     ) -> Result<Option<Arc<Held<B>>>, LockError> {
         let caps = &self.shared.caps;
         let auto_renew = options.lease.is_none() && caps.renewal;
-        let lease = if caps.leases { options.lease.or(caps.default_lease) } else { None };
+        // The manager's default lease is a default like the backend's: renewed.
+        let lease = if caps.leases { options.lease.or(self.defaults.lease).or(caps.default_lease) } else { None };
         let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
         let explicit_wait = mode == Mode::Try || options.wait_is_explicit();
         let purpose = options.purpose.map(Arc::from);
@@ -313,7 +350,7 @@ impl<B: LockBackend> Drop for PendingSlot<'_, B> {
 
 impl<B: LockBackend> Clone for Locks<B> {
     fn clone(&self) -> Self {
-        Locks { shared: self.shared.clone() }
+        Locks { shared: self.shared.clone(), defaults: self.defaults.clone() }
     }
 }
 
@@ -325,7 +362,7 @@ impl<B: LockBackend + Default> Default for Locks<B> {
 
 impl<B: LockBackend> fmt::Debug for Locks<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Locks").field("backend", &self.shared.backend).finish()
+        f.debug_struct("Locks").field("backend", &self.shared.backend).field("defaults", &self.defaults).finish()
     }
 }
 

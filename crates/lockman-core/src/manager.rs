@@ -26,6 +26,25 @@ use crate::{AcquireOptions, Capabilities, LockError, LockEvents, LockGuard, Lock
 ///     guard.release().await
 /// }
 /// ```
+///
+/// # Reading the signatures
+///
+/// The trait is written with [`async_trait`](https://docs.rs/async-trait) so
+/// that it stays object safe, and rustdoc shows the methods as it expands
+/// them:
+///
+/// ```text
+/// fn acquire<'life0, 'life1, 'async_trait>(&'life0 self, resource: &'life1 str, options: AcquireOptions)
+///     -> Pin<Box<dyn Future<Output = Result<LockGuard, LockError>> + Send + 'async_trait>>
+/// ```
+///
+/// Read that as `async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError>`:
+/// the `'life…` lifetimes are the borrows of `self` and the arguments, which
+/// the returned future holds until it completes, and the boxed future is
+/// `Send`, so it can be spawned. Call the methods with `.await`, as above.
+/// Implementing the trait takes `#[async_trait]` on the `impl` block too
+/// (backends usually implement [`LockBackend`](crate::LockBackend) and wrap
+/// it in [`Locks`](crate::Locks) instead).
 #[async_trait]
 pub trait LockManager: Debug + Send + Sync {
     /// The backend's short name (`"memory"`, `"file"`, `"redis"`, ...).
@@ -100,7 +119,8 @@ pub trait LockManager: Debug + Send + Sync {
 /// }
 /// ```
 pub trait LockManagerExt: LockManager {
-    /// Acquires `resource` with the default options (wait forever).
+    /// Acquires `resource` with the default options: wait forever, unless the
+    /// manager carries a default wait (see [`Locks::with_defaults`](crate::Locks::with_defaults)).
     fn lock<'a>(&'a self, resource: &'a str) -> impl Future<Output = Result<LockGuard, LockError>> + Send + 'a {
         self.acquire(resource, AcquireOptions::new())
     }

@@ -24,6 +24,12 @@ pub enum Wait {
 /// automatically while the guard lives), no purpose, and a fresh anonymous
 /// holder (so the acquisition is not reentrant).
 ///
+/// A manager may carry defaults of its own ([`Locks::with_defaults`](crate::Locks::with_defaults),
+/// installed by `lockman::connect` from `LOCKMAN_DEFAULT_WAIT` and
+/// `LOCKMAN_LEASE`): they apply to every option the caller left unset, so
+/// library code that only sees an `Arc<dyn LockManager>` still follows the
+/// operator's settings. A wait chosen with a setter always wins.
+///
 /// ```
 /// use std::time::Duration;
 /// use lockman_core::{AcquireOptions, Wait};
@@ -58,6 +64,11 @@ pub struct AcquireOptions {
     /// [`timeout`](Self::timeout), [`wait_forever`](Self::wait_forever) or
     /// [`wait`](Self::wait), rather than left at the default.
     wait_chosen: bool,
+    /// Whether a manager's defaults were already applied: a wrapping manager
+    /// (the legacy bridge) applies its defaults once, and the managers it
+    /// wraps must neither apply theirs again nor take the defaulted wait for
+    /// the caller's choice.
+    defaults_applied: bool,
 }
 
 impl AcquireOptions {
@@ -99,7 +110,33 @@ impl AcquireOptions {
     /// the default [`Wait::Forever`]. Backends with their own default for a
     /// busy resource (legacy-file's skip policy) apply it only when not.
     pub(crate) fn wait_is_explicit(&self) -> bool {
-        self.wait_chosen || self.wait != Wait::Forever
+        self.wait_chosen || (!self.defaults_applied && self.wait != Wait::Forever)
+    }
+
+    /// These options with a manager's `defaults` filled in where the caller
+    /// left them unset: the wait (unless one was chosen), and the purpose
+    /// (the default purpose prefixes the caller's: `"daemon: poll"`). The
+    /// default lease is not copied here: it stays a default lease, renewed
+    /// while the guard lives, which [`Locks`](crate::Locks) applies itself.
+    /// Applied at most once, by the outermost manager.
+    pub(crate) fn with_defaults(mut self, defaults: &AcquireOptions) -> Self {
+        if self.defaults_applied {
+            return self;
+        }
+        if self.wait_is_explicit() {
+            // Remember a wait set through the public field as the caller's.
+            self.wait_chosen = true;
+        } else if defaults.wait_is_explicit() {
+            self.wait = defaults.wait;
+        }
+        if let Some(prefix) = &defaults.purpose {
+            self.purpose = Some(match self.purpose.take() {
+                Some(purpose) => format!("{prefix}: {purpose}"),
+                None => prefix.clone(),
+            });
+        }
+        self.defaults_applied = true;
+        self
     }
 
     /// Holds the lock for at most `lease` unless extended.

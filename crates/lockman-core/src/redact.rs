@@ -20,26 +20,28 @@
 /// assert_eq!(redact_url("file:///run/locks"), "file:///run/locks");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
-            Ok(()) => parsed.to_string(),
-            Err(()) => redact_userinfo(url),
+    // Read by hand, not with the `url` crate: that would pull an IDNA/ICU
+    // stack into every build of lockman for one function. The reading
+    // follows the URL standard where it matters here: the authority ends at
+    // the first `/`, `?` or `#` (or `\`), and its userinfo at the last `@`.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_userinfo(url);
+    };
+    let authority_end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            // A user name alone is not a secret, unless an `@` further on
+            // suggests the password ran on past a `/`, `?` or `#`.
+            None if tail.contains('@') => redact_userinfo(url),
+            None => url.to_owned(),
         },
-        Ok(parsed) => {
-            // No password seen, yet an `@` after the host begins: the parser
-            // may have read part of a password as host, port or path.
-            let unexplained_at = parsed.username().is_empty()
-                && parsed.host_str().is_some_and(|host| !host.is_empty())
-                && after_scheme(url).contains('@');
-            if unexplained_at { redact_userinfo(url) } else { url.to_owned() }
-        }
-        Err(_) => redact_userinfo(url),
+        // An `@` after a host: the password may hold a `/`, `?` or `#` that
+        // ended the authority early. (A `file:///dir@x` path has no host.)
+        None if !authority.is_empty() && tail.contains('@') => redact_userinfo(url),
+        None => url.to_owned(),
     }
-}
-
-/// What follows `://` (or the whole text without one).
-fn after_scheme(text: &str) -> &str {
-    text.split_once("://").map_or(text, |(_, rest)| rest)
 }
 
 /// Everything between `://` (or the start) and the last `@` replaced by `***`.
