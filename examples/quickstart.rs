@@ -1,6 +1,6 @@
 //! A tour of lockman: four pollers share one device bus, a command waits its
-//! turn, a timeout names the holder, and a status flag marks a long-running
-//! mode.
+//! turn, a timeout names the holder, a holder id re-enters (and why it is a
+//! reentrancy key, not a name), and a status flag marks a long-running mode.
 //!
 //! Run it with `cargo run --example quickstart` (the in-process backend), or
 //! pick another backend at runtime:
@@ -62,6 +62,13 @@ async fn tour() -> Result<(), LockError> {
     println!("100 bus transactions by 4 pollers, overlaps = {}", overlaps.load(Ordering::SeqCst));
 
     // A force-charge command holds the bus and raises a flag while it runs.
+    // Its holder id is a *reentrancy key*, not a name: every acquisition
+    // through this manager with "force-charge" gets in while the command
+    // holds the bus. Give it only to code that may re-enter the lock (the
+    // helper below); two daemon tasks both using this constant would both
+    // hold the bus. Another manager or process using the same text is a
+    // different holder (the id is stored as `force-charge@<scope>`) — use
+    // `AcquireOptions::shared_holder` to make processes one holder on purpose.
     let command = locks
         .acquire("inverter_read", AcquireOptions::new().holder("force-charge").purpose("write charge registers"))
         .await?;
@@ -76,7 +83,8 @@ async fn tour() -> Result<(), LockError> {
 
     // The command's holder id may re-enter (e.g. a helper it calls).
     let nested = locks.acquire("inverter_read", AcquireOptions::new().holder("force-charge")).await?;
-    println!("re-entered: hold count {}", nested.info().hold_count);
+    let held_by = nested.info().holder;
+    println!("re-entered: hold count {} as {} (name {:?})", nested.info().hold_count, held_by, held_by.name());
     nested.release().await?;
     command.release().await?;
     status.clear(".FCRunning").await?;

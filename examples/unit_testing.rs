@@ -45,7 +45,7 @@ impl Poller {
                 Ok(Poll::Read)
             }
             Err(LockError::Timeout { holder, .. }) => {
-                Ok(Poll::Busy(holder.map_or_else(|| "unknown".to_owned(), |h| h.holder.as_str().to_owned())))
+                Ok(Poll::Busy(holder.map_or_else(|| "unknown".to_owned(), |h| h.holder.name().to_owned())))
             }
             Err(e) => Err(e),
         }

@@ -197,6 +197,8 @@ impl LockManager for BridgedLockManager {
         let legacy = self.legacy.capabilities();
         caps.cross_process &= legacy.cross_process;
         caps.lost_detection |= legacy.lost_detection;
+        // A shared holder gets into a bridged lock only if both sides let it.
+        caps.shared_holders &= legacy.shared_holders;
         caps
     }
 

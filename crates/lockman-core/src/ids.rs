@@ -9,25 +9,57 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies the party holding a lock.
 ///
-/// Two acquisitions with the same `HolderId` are *reentrant*: the second one
-/// succeeds at once while the first is held, and the resource is released when
-/// every guard is gone. Ids are plain strings so that they cross process and
-/// machine boundaries unchanged (the Redis and file backends store them).
+/// Two acquisitions *through one manager* with the same `HolderId` are
+/// *reentrant*: the second one succeeds at once while the first is held, and
+/// the resource is released when every guard is gone. A holder id is a
+/// reentrancy key, not a name that proves who you are: anything in the program
+/// that uses the same id gets into the same lock.
+///
+/// # Scope
+///
+/// * [`HolderId::new`] (and `"text".into()`, and
+///   [`AcquireOptions::holder`](crate::AcquireOptions::holder)) make a
+///   **manager-scoped** id: the manager acquiring with it qualifies it as
+///   `NAME@SCOPE`, where `SCOPE` is this process's random nonce and the
+///   manager's number in the process. So a constant such as `"force-charge"`
+///   copied into a daemon re-enters within one manager, but two managers —
+///   and so two processes, on any backend — using it exclude each other.
+/// * [`HolderId::shared`] (and
+///   [`AcquireOptions::shared_holder`](crate::AcquireOptions::shared_holder))
+///   make a **shared** id, stored exactly as given: every manager and process
+///   using it is the same holder. On a backend declaring
+///   [`Capabilities::shared_holders`](crate::Capabilities::shared_holders)
+///   (Redis) they share one grant as several holds (same fencing token, freed
+///   when every hold is released); other backends still exclude them. Use it
+///   only when the parties really are one logical holder.
+///
+/// What a backend reports ([`LockInfo::holder`](crate::LockInfo::holder))
+/// is the id as stored: `force-charge@3f2a9c1b0d4e.1` for a scoped id, so
+/// the name given stays readable and the scope shows which process and
+/// manager hold it; [`name`](HolderId::name) and [`scope`](HolderId::scope)
+/// take it apart.
 ///
 /// ```
 /// use lockman_core::HolderId;
 ///
 /// let worker = HolderId::new("poller-1");
 /// assert_eq!(worker.as_str(), "poller-1");
+/// assert_eq!(worker.scope(), None); // qualified by the manager it acquires through
 /// // Every anonymous id is different, so anonymous callers never re-enter.
 /// assert_ne!(HolderId::unique(), HolderId::unique());
+/// // A shared id is the same holder in every manager and process.
+/// assert!(HolderId::shared("nightly-backup").is_shared());
 /// ```
 #[derive(Clone)]
 pub struct HolderId(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Named(Arc<str>),
+    /// A name the manager acquiring with it qualifies with its scope.
+    Local(Arc<str>),
+    /// An exact id: shared on purpose, already qualified by a manager, or
+    /// read back from a backend.
+    Exact(Arc<str>),
     /// Formatted on first use: most anonymous ids are never looked at.
     Anonymous(Arc<Anonymous>),
 }
@@ -37,10 +69,28 @@ struct Anonymous {
     text: OnceLock<Box<str>>,
 }
 
+/// Separates a scoped id's name from its scope: `NAME@SCOPE`.
+const SCOPE_SEPARATOR: char = '@';
+
 impl HolderId {
-    /// A holder id chosen by the caller, e.g. a job or worker name.
+    /// A holder id chosen by the caller, e.g. a job or worker name, scoped to
+    /// the manager that acquires with it (see [Scope](#scope)): it re-enters
+    /// within that manager and is excluded by every other manager and process
+    /// using the same name.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
-        HolderId(Repr::Named(id.into()))
+        HolderId(Repr::Local(id.into()))
+    }
+
+    /// A holder id shared by every manager and process that uses it, stored
+    /// exactly as given (see [Scope](#scope)). On backends declaring
+    /// [`Capabilities::shared_holders`](crate::Capabilities::shared_holders)
+    /// two managers acquiring with it share one grant; elsewhere they exclude
+    /// each other as with any id.
+    ///
+    /// Do not end it in `@` and something that looks like a scope
+    /// (`@<12 hex digits>.<number>`): [`name`](HolderId::name) would split it.
+    pub fn shared(id: impl Into<Arc<str>>) -> Self {
+        HolderId(Repr::Exact(id.into()))
     }
 
     /// A fresh id no other acquisition uses, on this or any other host:
@@ -51,7 +101,8 @@ impl HolderId {
         HolderId(Repr::Anonymous(Arc::new(Anonymous { number, text: OnceLock::new() })))
     }
 
-    /// The id of the calling thread: `thread-<process nonce>-<thread number>`.
+    /// The id of the calling thread: `thread-<thread number>`, scoped like
+    /// [`new`](HolderId::new) to the manager acquiring with it.
     ///
     /// The blocking API uses it as the default holder, so nested blocking
     /// acquisitions on one thread re-enter like a reentrant mutex.
@@ -59,7 +110,7 @@ impl HolderId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         thread_local! {
             static ID: HolderId = HolderId::new(
-                format!("thread-{}-{}", process_nonce(), NEXT.fetch_add(1, Ordering::Relaxed)),
+                format!("thread-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
             );
         }
         ID.with(Clone::clone)
@@ -73,15 +124,71 @@ impl HolderId {
         matches!(self.0, Repr::Anonymous(_)) || self.as_str().contains(process_nonce())
     }
 
-    /// The id as text.
+    /// The id as text: exactly what a backend stores (for a scoped id taken
+    /// from a backend or a guard, `NAME@SCOPE`).
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Named(id) => id,
+            Repr::Local(id) | Repr::Exact(id) => id,
             Repr::Anonymous(anonymous) => {
                 anonymous.text.get_or_init(|| format!("anon-{}-{}", process_nonce(), anonymous.number).into())
             }
         }
     }
+
+    /// The name the holder was given: the id without its scope.
+    ///
+    /// ```
+    /// use lockman_core::HolderId;
+    /// let stored = HolderId::shared("force-charge@3f2a9c1b0d4e.1");
+    /// assert_eq!(stored.name(), "force-charge");
+    /// assert_eq!(stored.scope(), Some("3f2a9c1b0d4e.1"));
+    /// ```
+    pub fn name(&self) -> &str {
+        split_scope(self.as_str()).0
+    }
+
+    /// The scope a manager qualified the id with (`<process nonce>.<manager
+    /// number>`), if it has one; `None` for shared, anonymous and not yet
+    /// qualified ids.
+    pub fn scope(&self) -> Option<&str> {
+        split_scope(self.as_str()).1
+    }
+
+    /// Whether every manager and process using this id is the same holder:
+    /// made with [`shared`](HolderId::shared) (or read back from a backend)
+    /// and carrying no scope.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Repr::Exact(_)) && self.scope().is_none()
+    }
+
+    /// This id as the manager with `scope` stores it: a manager-scoped name
+    /// becomes `NAME@SCOPE`; shared, anonymous and already qualified ids are
+    /// kept.
+    pub(crate) fn scoped_to(self, scope: &str) -> Self {
+        match self.0 {
+            Repr::Local(name) => HolderId(Repr::Exact(format!("{name}{SCOPE_SEPARATOR}{scope}").into())),
+            _ => self,
+        }
+    }
+}
+
+/// A new scope for a manager: `<process nonce>.<number>`, unique across
+/// processes, hosts and the managers of this process.
+pub(crate) fn new_manager_scope() -> Arc<str> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{}.{}", process_nonce(), NEXT.fetch_add(1, Ordering::Relaxed)).into()
+}
+
+/// Splits `NAME@<12 hex digits>.<number>` into name and scope.
+fn split_scope(id: &str) -> (&str, Option<&str>) {
+    let Some((name, scope)) = id.rsplit_once(SCOPE_SEPARATOR) else { return (id, None) };
+    let looks_like_scope = scope.split_once('.').is_some_and(|(nonce, number)| {
+        nonce.len() == 12
+            && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+            && !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+    });
+    if looks_like_scope { (name, Some(scope)) } else { (id, None) }
 }
 
 impl PartialEq for HolderId {
@@ -121,7 +228,8 @@ impl Serialize for HolderId {
 
 impl<'de> Deserialize<'de> for HolderId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(HolderId::new)
+        // A stored id is exact: it was scoped (or shared) when it was written.
+        String::deserialize(deserializer).map(HolderId::shared)
     }
 }
 
@@ -210,6 +318,18 @@ mod tests {
         assert_eq!(here, HolderId::current_thread());
         let there = std::thread::spawn(HolderId::current_thread).join().expect("thread panicked");
         assert_ne!(here, there);
+    }
+
+    #[test]
+    fn scoped_ids_keep_their_name_and_show_their_scope() {
+        let scope = new_manager_scope();
+        let scoped = HolderId::new("job@host").scoped_to(&scope);
+        assert_eq!(scoped.as_str(), format!("job@host@{scope}"));
+        assert_eq!((scoped.name(), scoped.scope()), ("job@host", Some(&*scope)));
+        assert!(!scoped.is_shared());
+        assert_ne!(scoped, HolderId::new("job@host").scoped_to(&new_manager_scope()));
+        let shared = HolderId::shared("job").scoped_to(&scope);
+        assert_eq!((shared.as_str(), shared.is_shared()), ("job", true));
     }
 
     #[test]

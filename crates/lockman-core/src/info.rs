@@ -201,6 +201,11 @@ pub struct Capabilities {
     pub fifo: bool,
     /// How waiters learn of a release.
     pub wake: WakeMechanism,
+    /// Managers (and processes) acquiring with one
+    /// [shared holder id](crate::HolderId::shared) share a grant — each
+    /// gets in, with the same fencing token — instead of excluding each
+    /// other. Ids scoped to a manager (the default) never do.
+    pub shared_holders: bool,
 }
 
 impl Default for Capabilities {
@@ -216,6 +221,7 @@ impl Default for Capabilities {
             fencing: false,
             fifo: false,
             wake: WakeMechanism::Poll { min: Duration::from_millis(10), max: Duration::from_millis(200) },
+            shared_holders: false,
         }
     }
 }

@@ -41,6 +41,10 @@ struct Shared<B: LockBackend> {
     name: &'static str,
     caps: Capabilities,
     events: EventSink,
+    /// This manager's scope (`<process nonce>.<number>`): holder ids given
+    /// by name are stored as `NAME@SCOPE`, so that only this manager re-enters
+    /// with them — never another manager or process using the same name.
+    scope: Arc<str>,
     /// Grants held by a named holder, so the same holder can re-enter.
     reentry: Mutex<HashMap<ReentryKey, Reentry<B>>>,
 }
@@ -72,6 +76,7 @@ impl<B: LockBackend> Locks<B> {
                 backend,
                 name,
                 caps,
+                scope: crate::ids::new_manager_scope(),
                 reentry: Mutex::new(HashMap::new()),
             }),
             defaults: Arc::new(AcquireOptions::new()),
@@ -144,7 +149,10 @@ impl<B: LockBackend> Locks<B> {
         let held = match options.holder.clone() {
             None => self.grant(resource, HolderId::unique(), false, options, deadline, mode, started).await?,
             // Boxed: keeps the anonymous (common) path's future small.
-            Some(holder) => Box::pin(self.reenter_or_grant(resource, holder, options, deadline, mode, started)).await?,
+            Some(holder) => {
+                let holder = holder.scoped_to(&self.shared.scope);
+                Box::pin(self.reenter_or_grant(resource, holder, options, deadline, mode, started)).await?
+            }
         };
         Ok(held.map(|held| {
             let token = held.token;

@@ -22,7 +22,9 @@ pub enum Wait {
 ///
 /// The defaults: wait forever, the backend's default lease (kept alive
 /// automatically while the guard lives), no purpose, and a fresh anonymous
-/// holder (so the acquisition is not reentrant).
+/// holder (so the acquisition is not reentrant). A holder set with
+/// [`holder`](Self::holder) is a reentrancy key scoped to the manager; see
+/// [`shared_holder`](Self::shared_holder) for one shared between processes.
 ///
 /// A manager may carry defaults of its own ([`Locks::with_defaults`](crate::Locks::with_defaults),
 /// installed by `lockman::connect` from `LOCKMAN_DEFAULT_WAIT` and
@@ -58,7 +60,8 @@ pub struct AcquireOptions {
     pub lease: Option<Duration>,
     /// Why the lock is taken; shown to whoever has to wait or inspect it.
     pub purpose: Option<String>,
-    /// Who is acquiring. Acquisitions with the same holder re-enter.
+    /// Who is acquiring. Acquisitions through one manager with the same
+    /// holder re-enter; see [`HolderId`] for how far an id reaches.
     pub holder: Option<HolderId>,
     /// Whether a wait was chosen with [`no_wait`](Self::no_wait),
     /// [`timeout`](Self::timeout), [`wait_forever`](Self::wait_forever) or
@@ -151,9 +154,46 @@ impl AcquireOptions {
         self
     }
 
-    /// Acquires on behalf of `holder`; the same holder may re-enter.
+    /// Acquires on behalf of `holder`: a **reentrancy key**, not a name.
+    ///
+    /// Every acquisition through this manager with the same holder id gets
+    /// in while one of them holds the lock — two tasks of a daemon using one
+    /// constant id (`.holder("force-charge")`) both hold it at once. Give a
+    /// holder id only to code that may re-enter a lock it already holds (a
+    /// command calling a helper that locks the same resource), and a distinct
+    /// id, or none, to parties that must exclude each other. Without a holder
+    /// every acquisition is its own party.
+    ///
+    /// A string here is [scoped to the manager](HolderId#scope): other
+    /// managers and processes using the same text are other holders and are
+    /// excluded, on every backend. To make several managers or processes one
+    /// holder on purpose, use [`shared_holder`](Self::shared_holder). Shown
+    /// in [`LockInfo::holder`](crate::LockInfo::holder) and `lockctl list` as
+    /// `NAME@SCOPE`, e.g. `force-charge@3f2a9c1b0d4e.1`.
     pub fn holder(mut self, holder: impl Into<HolderId>) -> Self {
         self.holder = Some(holder.into());
+        self
+    }
+
+    /// Acquires on behalf of a holder id **shared by every manager and
+    /// process** that uses it ([`HolderId::shared`]): an explicit opt-in to
+    /// cross-process identity.
+    ///
+    /// On a backend declaring
+    /// [`Capabilities::shared_holders`](crate::Capabilities::shared_holders)
+    /// (Redis), two processes acquiring with the same shared holder *both*
+    /// hold the lock: they share one grant as two holds, with one fencing
+    /// token, and it is free once both released. Other backends exclude them
+    /// like any two holders. Use it only when the processes really act as one
+    /// (e.g. a job handed over between processes that must keep its grant).
+    ///
+    /// ```
+    /// use lockman_core::AcquireOptions;
+    /// let opts = AcquireOptions::new().shared_holder("nightly-backup");
+    /// assert!(opts.holder.is_some_and(|h| h.is_shared()));
+    /// ```
+    pub fn shared_holder(mut self, holder: impl Into<std::sync::Arc<str>>) -> Self {
+        self.holder = Some(HolderId::shared(holder));
         self
     }
 }

@@ -145,7 +145,8 @@ impl Record {
     pub(crate) fn to_info(&self, backend: &str) -> LockInfo {
         let mut info = LockInfo::local(
             self.resource.clone(),
-            HolderId::new(self.holder.as_str()),
+            // Exact as stored: it was scoped (or shared) when written.
+            HolderId::shared(self.holder.as_str()),
             FencingToken::new(self.token),
             backend,
         );

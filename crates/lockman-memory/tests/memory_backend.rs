@@ -74,7 +74,7 @@ async fn an_evicted_holder_gets_exactly_one_lost_event() {
     let mut lost = 0;
     while let Ok(event) = events.try_recv() {
         if event.kind == LockEventKind::Lost {
-            assert_eq!(event.holder.as_ref().map(|h| h.as_str()), Some("sleeper"));
+            assert_eq!(event.holder.as_ref().map(|h| h.name()), Some("sleeper"));
             lost += 1;
         }
     }

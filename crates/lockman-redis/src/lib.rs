@@ -30,8 +30,10 @@
 //!   believes in — `info().lease_expires_at`, `is_lost()` — is never later
 //!   than the key's in Redis, however late the reply arrives (given client
 //!   and server clocks that run at the same rate).
-//! * **One holder id in two managers** (two processes given the same id)
-//!   share one grant as two holds — same token — freed when both are
+//! * **One shared holder id in two managers** (two processes acquiring with
+//!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),
+//!   an explicit opt-in; ids given with `holder` are scoped to their manager
+//!   and exclude each other) share one grant as two holds — same token — freed when both are
 //!   released. Neither shortens the lease the other relies on, and undoing
 //!   an acquire whose answer never came takes back only that attempt's hold.
 //! * **Failures**: every command is bounded by the caller's remaining time
@@ -448,6 +450,9 @@ impl LockBackend for RedisBackend {
         caps.fencing = true;
         caps.fifo = true;
         caps.wake = WakeMechanism::Notification;
+        // The ACQUIRE script lets a second manager with the same stored
+        // holder id in as one more hold (`h:<hold id>`).
+        caps.shared_holders = true;
         caps
     }
 
@@ -745,7 +750,7 @@ fn parse_info(resource: &str, fields: &[String], pttl: Option<i64>) -> Option<Lo
     let get = |name: &str| fields.chunks(2).find(|pair| pair[0] == name).and_then(|pair| pair.get(1));
     let holder = get("holder")?;
     let token = get("token").and_then(|t| t.parse().ok()).unwrap_or(0);
-    let mut info = LockInfo::local(resource, HolderId::new(holder.as_str()), FencingToken::new(token), BACKEND);
+    let mut info = LockInfo::local(resource, HolderId::shared(holder.as_str()), FencingToken::new(token), BACKEND);
     info.hostname = get("host").cloned().unwrap_or_default();
     info.pid = get("pid").and_then(|p| p.parse().ok()).unwrap_or(0);
     info.user = get("user").filter(|u| !u.is_empty()).cloned();

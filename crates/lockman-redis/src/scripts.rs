@@ -40,7 +40,8 @@ use redis::Script;
 /// is a `TIME` and an `INCRBY` (in place, keeping the TTL) beside the `INCR`
 /// per new grant, in the same round trip: under 2 µs of server CPU.
 ///
-/// **One holder id in two managers** (say two processes given the same id):
+/// **One shared holder id in two managers** (two processes opting in with
+/// `AcquireOptions::shared_holder`; ids given by name are scoped per manager):
 /// the second acquire re-enters the first's grant — same token, one more
 /// hold — and never shortens its lease: the TTL is raised to this lease if
 /// it is shorter, else left as it is, and the lease left is returned, so

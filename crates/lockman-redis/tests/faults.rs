@@ -332,7 +332,7 @@ async fn retried_release_of_a_shared_hold_releases_it_once() {
     let first = manager(first_options).await;
     let second = manager(options(&server).response_timeout(BOUND)).await;
     warm_up(&*first).await;
-    let shared = || AcquireOptions::new().holder("shared").lease(Duration::from_secs(30));
+    let shared = || AcquireOptions::new().shared_holder("shared").lease(Duration::from_secs(30));
     let a = first.acquire("r", shared()).await.expect("first manager acquires");
     let b = second.acquire("r", shared()).await.expect("second manager re-enters");
     assert_eq!(a.fencing_token(), b.fencing_token());
@@ -366,11 +366,11 @@ async fn shared_holder_reentry_never_shortens_the_lease() {
     let second = manager(options(&server)).await;
     let third = manager(options(&server)).await;
     let long = first
-        .acquire("r", AcquireOptions::new().holder("shared").lease(Duration::from_secs(10)))
+        .acquire("r", AcquireOptions::new().shared_holder("shared").lease(Duration::from_secs(10)))
         .await
         .expect("first manager acquires");
     let short = second
-        .acquire("r", AcquireOptions::new().holder("shared").lease(Duration::from_millis(200)))
+        .acquire("r", AcquireOptions::new().shared_holder("shared").lease(Duration::from_millis(200)))
         .await
         .expect("second manager re-enters");
     let pttl: u64 = server.command(&["PTTL", &lock_key("r")]).expect("PTTL").parse().expect("a number");
@@ -408,7 +408,7 @@ async fn undoing_an_unanswered_acquire_keeps_a_shared_holders_grant() {
     let first = manager(options(&server).response_timeout(BOUND)).await;
     let (relay, second_options) = relayed(&server).await;
     let second = manager(second_options).await;
-    let shared = || AcquireOptions::new().holder("shared").lease(Duration::from_secs(30)).timeout(BOUND);
+    let shared = || AcquireOptions::new().shared_holder("shared").lease(Duration::from_secs(30)).timeout(BOUND);
     let held = first.acquire("r", shared()).await.expect("first manager acquires");
     wait_for_subscribers(&server, 2).await;
     let mut monitor = server.monitor().expect("MONITOR");
@@ -452,7 +452,7 @@ async fn undoing_an_unanswered_reentry_takes_back_only_its_hold() {
     let (relay, second_options) = relayed(&server).await;
     let second = manager(second_options).await;
     let other = manager(options(&server).response_timeout(BOUND)).await;
-    let shared = || AcquireOptions::new().holder("shared").lease(Duration::from_secs(30)).timeout(BOUND);
+    let shared = || AcquireOptions::new().shared_holder("shared").lease(Duration::from_secs(30)).timeout(BOUND);
     let held = first.acquire("r", shared()).await.expect("first manager acquires");
     wait_for_subscribers(&server, 3).await;
     let mut monitor = server.monitor().expect("MONITOR");

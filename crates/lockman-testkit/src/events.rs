@@ -52,7 +52,7 @@ pub async fn events_report_lock_lifecycle_in_order(h: &dyn Harness) {
     kinds[tail..].sort_by_key(|k| *k == Lost);
     assert_eq!(kinds, expected, "events out of order: {seen:#?}");
     assert!(seen.iter().all(|e| e.resource == "ev" && e.backend == locks.name()));
-    assert_eq!(seen[0].holder.as_ref().map(|h| h.as_str()), Some("first"));
+    assert_eq!(seen[0].holder.as_ref().map(|h| h.name()), Some("first"));
     assert_eq!(seen[0].fencing_token, Some(first_token));
     assert_eq!(seen[1].fencing_token, Some(first_token));
     assert!(seen[0].waited.is_some() && seen[1].held.is_some());

@@ -29,7 +29,8 @@ pub async fn state_reports_holder_details(h: &dyn Harness) {
         panic!("a held lock is not reported held");
     };
     assert_eq!(info.resource, "inverter_read");
-    assert_eq!(info.holder.as_str(), "poller");
+    assert_eq!(info.holder.name(), "poller", "the name given is not readable in {}", info.holder);
+    assert!(info.holder.scope().is_some(), "a holder id given by name is stored unscoped: {}", info.holder);
     assert_eq!(info.hostname, lockman_core::hostname());
     assert_eq!(info.pid, std::process::id());
     assert_eq!(info.purpose.as_deref(), Some("read all registers"));

@@ -38,6 +38,7 @@ use lockman_core::{Capabilities, LockManager, StatusManager, WakeMechanism};
 pub mod events;
 pub mod exclusion;
 pub mod flags;
+pub mod holders;
 pub mod inspection;
 pub mod leases;
 pub mod names;
@@ -90,6 +91,9 @@ macro_rules! conformance_suite {
             reentrancy::different_holders_exclude,
             reentrancy::blocking_callers_reenter_per_thread,
             reentrancy::concurrent_first_acquisitions_by_one_holder,
+            holders::same_holder_in_two_managers_excludes,
+            holders::holder_name_is_scoped_to_its_manager,
+            holders::shared_holder_in_two_managers_follows_capability,
             timing::timeouts_are_accurate,
             timing::timeout_error_names_the_holder,
             timing::waiters_are_woken_promptly,

@@ -40,3 +40,81 @@ fn kill_all(children: &mut [Child]) {
         let _ = child.wait();
     }
 }
+
+/// A child process (this test binary re-run) that acquires a lock, says
+/// `held <fencing token>` on stdout, and holds it until its stdin closes.
+/// Killed when dropped, so no child outlives a failing test.
+pub struct HoldingChild {
+    child: Child,
+    token: String,
+}
+
+impl HoldingChild {
+    /// Runs the test named `child_test` of this binary with `env = spec`, and
+    /// waits at most `limit` for it to say it holds the lock.
+    ///
+    /// # Panics
+    ///
+    /// If the child cannot be started, exits, or says nothing in time.
+    pub fn spawn(child_test: &str, env: &str, spec: &str, limit: Duration) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
+            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+            .env(env, spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the child process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may have written `test child ... ` on the same line.
+                if let Some((_, token)) = line.split_once("held ") {
+                    let _ = tx.send(token.trim().to_owned());
+                    break;
+                }
+            }
+        });
+        match rx.recv_timeout(limit) {
+            Ok(token) => HoldingChild { child, token },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("the child never said it holds the lock within {limit:?} (exit: {status:?})");
+            }
+        }
+    }
+
+    /// The fencing token the child's grant carries.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Closes the child's stdin (it releases and exits) and waits at most
+    /// `limit` for it to exit successfully.
+    pub fn finish(mut self, limit: Duration) {
+        drop(self.child.stdin.take());
+        wait_all_succeed(std::slice::from_mut(&mut self.child), limit);
+    }
+}
+
+impl Drop for HoldingChild {
+    fn drop(&mut self) {
+        // After finish() the child is reaped and these are harmless no-ops.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child side of [`HoldingChild`]: after acquiring, says `held <token>`
+/// and blocks until stdin is closed (the parent finished or died).
+pub fn say_held_and_wait_for_stdin(token: impl std::fmt::Display) {
+    use std::io::{Read, Write};
+    println!("held {token}");
+    let _ = std::io::stdout().flush();
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}

@@ -57,7 +57,7 @@ pub async fn force_release_makes_guard_lost(h: &dyn Harness) {
         .await
         .expect("force_release")
         .expect("force_release found no holder");
-    assert_eq!(broken.holder.as_str(), "stuck-job");
+    assert_eq!(broken.holder.name(), "stuck-job");
     let reason =
         tokio::time::timeout(LOSS_NOTICE, guard.lost()).await.expect("the guard never learned its lock was broken");
     assert!(guard.is_lost());

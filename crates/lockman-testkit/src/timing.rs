@@ -45,7 +45,7 @@ pub async fn timeout_error_names_the_holder(h: &dyn Harness) {
     };
     assert_eq!(resource, "r");
     let holder = holder.as_ref().expect("the timeout error does not say who holds the lock");
-    assert_eq!(holder.holder.as_str(), "poller-7");
+    assert_eq!(holder.holder.name(), "poller-7");
     let message = err.to_string();
     for expected in ["poller-7", "reading registers", lockman_core::hostname(), locks.name()] {
         assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
