@@ -136,11 +136,42 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
+                let _turn = $crate::measuring_turn(stringify!($check)).await;
                 let harness = $make;
                 $crate::$module::$check(&harness).await;
             }
         )+
     };
+}
+
+/// The checks that measure scheduling (how fair the handoff is, how late a
+/// timeout fires): they run alone in their test binary, because the other
+/// checks running beside them on a 2-core machine take the CPU their
+/// waiters need and make the measurement say nothing about the backend.
+const MEASURING_CHECKS: &[&str] = &["waiters_are_served_fairly", "timeouts_are_accurate", "waiters_are_woken_promptly"];
+
+/// Every check of one test binary shares this; a measuring check takes it alone.
+static MEASURING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A check's turn to run: shared with other checks, or alone for the
+/// checks in [`MEASURING_CHECKS`]. Used by [`conformance_suite!`].
+#[doc(hidden)]
+pub async fn measuring_turn(check: &str) -> MeasuringTurn {
+    if MEASURING_CHECKS.contains(&check) {
+        MeasuringTurn::Alone(MEASURING.write().await)
+    } else {
+        MeasuringTurn::Shared(MEASURING.read().await)
+    }
+}
+
+/// Held while a conformance check runs (see [`measuring_turn`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum MeasuringTurn {
+    /// Beside other checks.
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    /// Alone.
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
 }
 
 /// Prints the loud line for a check the backend cannot run, and returns
