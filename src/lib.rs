@@ -36,6 +36,7 @@
 pub mod blocking;
 mod config;
 mod connect;
+pub mod fencing;
 
 pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};
 pub use connect::{Backends, connect, connect_with, from_env};
