@@ -35,6 +35,13 @@
 
 pub mod blocking;
 mod config;
+
+/// The README's `rust` blocks, compiled and run as doctests (`cargo test -p
+/// lockman --doc`), so its getting-started keeps compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod connect;
 pub mod fencing;
 
