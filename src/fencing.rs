@@ -51,7 +51,8 @@ pub use lockman_core::fencing::{FenceError, accepts};
 /// The methods do blocking file I/O; from async code call them through
 /// `tokio::task::spawn_blocking` (as the `inverter_daemon` example does).
 /// Every writer of the file must go through `FencedFile`: a plain write does
-/// not check or move the token.
+/// not check or move the token. The new file gets the mode of a newly created
+/// file (umask), not the old file's.
 #[derive(Debug, Clone)]
 pub struct FencedFile {
     path: PathBuf,
@@ -86,7 +87,7 @@ impl FencedFile {
     pub fn last_token(&self) -> Result<Option<FencingToken>, FenceError> {
         match File::open(&self.fence) {
             Ok(mut file) => {
-                self.lock(&file, "locking the token file to read it")?;
+                file.lock_shared().map_err(|e| self.error("locking the token file to read it", &self.fence, e))?;
                 self.read_token(&mut file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
