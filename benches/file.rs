@@ -21,9 +21,9 @@
 //! * **fairness** (printed): acquisitions per worker, fewest and most, when 8
 //!   threads hammer one resource for [`FAIRNESS_RUN`].
 //!
-//! Run everything with `cargo bench --bench file` (about two minutes on two
+//! Run everything with `cargo bench -p lockman-benches --bench file` (about two minutes on two
 //! cores), or one criterion group with a filter, e.g.
-//! `cargo bench --bench file -- uncontended`; the handoff and fairness tables
+//! `cargo bench -p lockman-benches --bench file -- uncontended`; the handoff and fairness tables
 //! are printed after criterion in every run except `--test`/`--list`.
 
 use std::fs::{File, OpenOptions};

@@ -2,7 +2,7 @@
 //! a bare `parking_lot::ReentrantMutex`, `tokio::sync::Mutex`, and the naive
 //! `Mutex<HashMap<String, Arc<ReentrantMutex<()>>>>` get-or-insert map.
 //!
-//! `cargo bench --bench memory` runs three criterion groups (uncontended
+//! `cargo bench -p lockman-benches --bench memory` runs three criterion groups (uncontended
 //! cycle, handoff to a parked waiter, 8 workers on 1 and 64 resources) and
 //! then prints handoff percentiles and fairness (fewest / most acquisitions
 //! per worker) for every contender.

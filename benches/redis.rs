@@ -23,8 +23,8 @@
 //!   tasks hammer one resource for [`FAIRNESS_RUN`] — through one manager, and
 //!   through 8 managers (as 8 processes would), beside the polling baseline.
 //!
-//! Run everything with `cargo bench --bench redis` (about a minute), or one
-//! criterion group with a filter, e.g. `cargo bench --bench redis -- uncontended`;
+//! Run everything with `cargo bench -p lockman-benches --bench redis` (about a minute), or one
+//! criterion group with a filter, e.g. `cargo bench -p lockman-benches --bench redis -- uncontended`;
 //! the handoff and fairness tables are printed after criterion in every run
 //! except `--test`/`--list`. Needs `redis-server` on `PATH`.
 

@@ -19,6 +19,13 @@
 //! corruption. The summary must say `overlaps=0`; `--no-lock` (hidden, for
 //! the control run in the tests) skips locking and shows the detector works.
 //! Ctrl-C stops early, releasing every lock.
+//!
+//! Each poll saves the registers it read to `regcache.json` on the bus
+//! directory through a [`FencedFile`]: the write carries the poll's fencing
+//! token (handed over by `with_lock_guard`), and the file refuses it if a
+//! later holder has written already — which happens only if this poll's lock
+//! was lost while it ran (say, the process paused past its lease). The
+//! summary counts such refusals as `stale_refused`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -29,7 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use lockman::{AcquireOptions, FlagOptions, LockError, LockManager, StatusManager};
+use lockman::fencing::FencedFile;
+use lockman::{AcquireOptions, FencingToken, FlagOptions, LockError, LockManager, LockManagerExt, StatusManager};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -41,6 +49,8 @@ const WRITE: Duration = Duration::from_millis(3);
 const MODE_RUNS: Duration = Duration::from_millis(200);
 const RESOURCE: &str = "inverter_read";
 const FLAGS: [&str; 2] = [".FCRunning", ".FERunning"];
+/// The register cache on the bus directory (and its `.fence` token beside it).
+const REGISTER_CACHE: &str = "regcache.json";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "A simulated inverter-polling daemon serializing its bus with lockman")]
@@ -123,11 +133,13 @@ async fn run(args: Args) -> Result<(), LockError> {
     let overlaps = bus.overlaps()?;
     println!(
         "summary: backend={backend} processes={} reads={} writes={} overlaps={overlaps} lost={} \
-         lock_wait_p50={:?} lock_wait_p99={:?} flags_seen={}",
+         cache_writes={} stale_refused={} lock_wait_p50={:?} lock_wait_p99={:?} flags_seen={}",
         args.processes.max(1),
         stats.reads,
         stats.writes,
         stats.lost,
+        stats.cache_writes,
+        stats.stale_refused,
         stats.wait_percentile(0.50),
         stats.wait_percentile(0.99),
         stats.flags_seen(),
@@ -168,10 +180,13 @@ fn run_processes(args: &Args, bus_dir: &Path) -> Result<Stats, LockError> {
 
 /// One daemon: a poll loop and a command scheduler until the run ends.
 async fn daemon(args: &Args, bus: &Bus, backends: lockman::Backends) -> Result<Stats, LockError> {
+    let fenced = backends.locks.capabilities().fencing;
     let daemon = Arc::new(Daemon {
+        fenced,
         locks: backends.locks,
         status: backends.status,
         bus: bus.clone(),
+        cache: FencedFile::new(bus.dir.join(REGISTER_CACHE)),
         lock: !args.no_lock,
         stats: Mutex::new(Stats::default()),
         stopping: AtomicBool::new(false),
@@ -201,6 +216,11 @@ struct Daemon {
     locks: Arc<dyn LockManager>,
     status: Arc<dyn StatusManager>,
     bus: Bus,
+    /// The register cache every poll writes, shared by all daemon processes.
+    cache: FencedFile,
+    /// Whether the backend's tokens increase per grant (not legacy
+    /// lockfiles): without that, there is nothing to fence the cache with.
+    fenced: bool,
     lock: bool,
     stats: Mutex<Stats>,
     stopping: AtomicBool,
@@ -221,27 +241,52 @@ impl Daemon {
         }
     }
 
-    /// One bus transaction of `length`, under the lock (unless a control run).
-    async fn transaction(&self, purpose: &str, length: Duration) -> Result<(), LockError> {
-        let guard = if self.lock {
-            let asked = Instant::now();
-            let options = AcquireOptions::new().timeout(Duration::from_secs(10)).purpose(purpose);
-            let guard = self.locks.acquire(RESOURCE, options).await?;
-            self.stats.lock().waits_us.push(asked.elapsed().as_micros() as u64);
-            Some(guard)
-        } else {
-            None
-        };
-        self.bus.transaction(length).await?;
-        if let Some(guard) = guard {
-            match guard.release().await {
-                Ok(()) => {}
-                Err(e) if e.is_lost() => {
-                    eprintln!("lost the bus lock during a transaction: {e}");
-                    self.stats.lock().lost += 1;
+    /// One bus transaction of `length`, under the lock (unless a control
+    /// run); a poll (`save_cache`) then saves what it read to the register
+    /// cache, fenced by the grant's token.
+    async fn transaction(&self, purpose: &str, length: Duration, save_cache: bool) -> Result<(), LockError> {
+        if !self.lock {
+            return self.bus.transaction(length).await;
+        }
+        let asked = Instant::now();
+        let options = AcquireOptions::new().timeout(Duration::from_secs(10)).purpose(purpose);
+        let done = self
+            .locks
+            .with_lock_guard(RESOURCE, options, |guard| {
+                self.stats.lock().waits_us.push(asked.elapsed().as_micros() as u64);
+                let token = guard.fencing_token();
+                async move {
+                    self.bus.transaction(length).await?;
+                    if save_cache && self.fenced { self.save_cache(token).await } else { Ok(()) }
                 }
-                Err(e) => return Err(e),
+            })
+            .await;
+        match done {
+            Ok(result) => result,
+            Err(e) if e.is_lost() => {
+                eprintln!("lost the bus lock during a transaction: {e}");
+                self.stats.lock().lost += 1;
+                Ok(())
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the register cache with `token`; a refusal (a later holder
+    /// wrote first) is counted, not fatal: that poll's data is simply older.
+    async fn save_cache(&self, token: FencingToken) -> Result<(), LockError> {
+        let (cache, pid) = (self.cache.clone(), std::process::id());
+        let contents = format!("{{\"token\": {token}, \"pid\": {pid}, \"battery_soc\": {}}}\n", 40 + token.get() % 60);
+        let written = tokio::task::spawn_blocking(move || cache.write(token, contents.as_bytes()))
+            .await
+            .map_err(|e| LockError::Config(format!("inverter daemon: writing the register cache: {e}")))?;
+        match written {
+            Ok(()) => self.stats.lock().cache_writes += 1,
+            Err(e) if e.is_stale() => {
+                eprintln!("{e}");
+                self.stats.lock().stale_refused += 1;
+            }
+            Err(e) => return Err(LockError::Config(format!("inverter daemon: {e}"))),
         }
         Ok(())
     }
@@ -250,7 +295,7 @@ impl Daemon {
 /// Reads every register each interval, and notes which mode flags are up.
 async fn poll_loop(daemon: Arc<Daemon>, interval: Duration) -> Result<(), LockError> {
     while daemon.pause(interval).await {
-        daemon.transaction("poll: read all registers", READ_ALL).await?;
+        daemon.transaction("poll: read all registers", READ_ALL, true).await?;
         daemon.stats.lock().reads += 1;
         for flag in FLAGS {
             if daemon.status.is_set(flag).await? {
@@ -286,12 +331,12 @@ async fn command_loop(daemon: Arc<Daemon>, per_sec: f64) -> Result<(), LockError
 /// One command: write the mode's registers, raise its flag while it runs
 /// (`job-N\nHH:MM`, as a v3 daemon writes it), then write again to end it.
 async fn command(daemon: Arc<Daemon>, mode: &str, flag: &str) -> Result<(), LockError> {
-    daemon.transaction(&format!("{mode}: write registers"), WRITE).await?;
+    daemon.transaction(&format!("{mode}: write registers"), WRITE, false).await?;
     let job = daemon.jobs.fetch_add(1, Ordering::Relaxed);
     let ends = chrono_like_hh_mm(SystemTime::now() + MODE_RUNS);
     daemon.status.set(flag, FlagOptions::new().value(format!("job-{job}\n{ends}"))).await?;
     tokio::time::sleep(MODE_RUNS).await;
-    daemon.transaction(&format!("{mode}: restore registers"), WRITE).await?;
+    daemon.transaction(&format!("{mode}: restore registers"), WRITE, false).await?;
     daemon.status.clear(flag).await?;
     daemon.stats.lock().writes += 2;
     Ok(())
@@ -331,7 +376,7 @@ impl Bus {
     fn overlaps(&self) -> Result<u64, LockError> {
         let mut spans = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error("reading the bus logs", e))?;
-        for entry in entries.flatten() {
+        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("transactions-")) {
             let file = File::open(entry.path()).map_err(|e| io_error("reading a bus log", e))?;
             for line in BufReader::new(file).lines().map_while(Result::ok) {
                 if let Some((start, end)) = line.split_once(' ')
@@ -364,6 +409,8 @@ struct Stats {
     reads: u64,
     writes: u64,
     lost: u64,
+    cache_writes: u64,
+    stale_refused: u64,
     waits_us: Vec<u64>,
     flags: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -373,6 +420,8 @@ impl Stats {
         self.reads += other.reads;
         self.writes += other.writes;
         self.lost += other.lost;
+        self.cache_writes += other.cache_writes;
+        self.stale_refused += other.stale_refused;
         self.waits_us.extend(other.waits_us);
         for (flag, seen) in other.flags {
             *self.flags.entry(flag).or_default() += seen;
@@ -391,14 +440,16 @@ impl Stats {
         seen.join(",")
     }
 
-    /// `stats reads=R writes=W lost=L fc=N fe=M waits=1,2,3` — a child's report.
+    /// `stats reads=R writes=W lost=L cache=C stale=S fc=N fe=M waits=1,2,3` — a child's report.
     fn to_line(&self) -> String {
         let waits: Vec<String> = self.waits_us.iter().map(u64::to_string).collect();
         format!(
-            "stats reads={} writes={} lost={} fc={} fe={} waits={}",
+            "stats reads={} writes={} lost={} cache={} stale={} fc={} fe={} waits={}",
             self.reads,
             self.writes,
             self.lost,
+            self.cache_writes,
+            self.stale_refused,
             self.flags.get(FLAGS[0]).unwrap_or(&0),
             self.flags.get(FLAGS[1]).unwrap_or(&0),
             waits.join(",")
@@ -413,6 +464,8 @@ impl Stats {
                 "reads" => stats.reads = value.parse().ok()?,
                 "writes" => stats.writes = value.parse().ok()?,
                 "lost" => stats.lost = value.parse().ok()?,
+                "cache" => stats.cache_writes = value.parse().ok()?,
+                "stale" => stats.stale_refused = value.parse().ok()?,
                 "fc" => {
                     stats.flags.insert(FLAGS[0], value.parse().ok()?);
                 }

@@ -53,8 +53,16 @@
 pub mod blocking;
 #[cfg(feature = "config")]
 mod config;
+
+/// The README's `rust` blocks, compiled and run as doctests (`cargo test -p
+/// lockman --doc`), so its getting-started keeps compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(feature = "config")]
 mod connect;
+pub mod fencing;
 
 #[cfg(feature = "config")]
 pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};

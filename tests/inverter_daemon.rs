@@ -75,6 +75,14 @@ fn assert_serialized(summary: &Summary) {
     assert_eq!(summary.get("overlaps"), 0, "bus transactions overlapped: {}", summary.0);
     assert_eq!(summary.get("lost"), 0, "locks were lost: {}", summary.0);
     assert!(summary.get("reads") > 0 && summary.get("writes") > 0, "the daemon did nothing: {}", summary.0);
+    // No lock was lost, so no poll's fencing token can have been overtaken.
+    assert_eq!(summary.get("stale_refused"), 0, "register cache writes were refused: {}", summary.0);
+}
+
+/// Every poll saved the register cache through the fenced file (backends
+/// whose tokens increase per grant; legacy lockfiles have none).
+fn assert_cache_fenced(summary: &Summary) {
+    assert_eq!(summary.get("cache_writes"), summary.get("reads"), "not every poll saved the cache: {}", summary.0);
 }
 
 #[test]
@@ -82,6 +90,7 @@ fn memory_backend_by_default() {
     let summary = run_daemon(None, &[]);
     assert!(summary.0.contains("backend=memory"), "{}", summary.0);
     assert_serialized(&summary);
+    assert_cache_fenced(&summary);
 }
 
 #[test]
@@ -90,6 +99,7 @@ fn file_backend_across_three_processes() {
     let summary = run_daemon(Some(&format!("file://{}", dir.path().display())), &["--processes", "3"]);
     assert_eq!(summary.get("processes"), 3);
     assert_serialized(&summary);
+    assert_cache_fenced(&summary);
 }
 
 #[test]
@@ -102,7 +112,9 @@ fn legacy_file_backend_across_three_processes() {
 #[test]
 fn redis_backend_across_three_processes() {
     let Some(server) = RedisServer::start() else { return };
-    assert_serialized(&run_daemon(Some(&server.url()), &["--processes", "3"]));
+    let summary = run_daemon(Some(&server.url()), &["--processes", "3"]);
+    assert_serialized(&summary);
+    assert_cache_fenced(&summary);
 }
 
 /// The control: without locking, three processes on one bus collide.

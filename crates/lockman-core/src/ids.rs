@@ -272,8 +272,9 @@ fn process_nonce() -> &'static str {
 ///
 /// Hand it to the storage you protect and have the storage refuse writes
 /// carrying a token lower than one it has already seen: that is what keeps a
-/// paused holder whose lease expired from corrupting data (see the docs on
-/// fencing in the README). Re-entering a held lock does not create a new grant
+/// paused holder whose lease expired from corrupting data (see "Fencing" in
+/// the README, and [`fencing`](crate::fencing) for the stores lockman ships
+/// that do this). Re-entering a held lock does not create a new grant
 /// and keeps the token.
 ///
 /// ```

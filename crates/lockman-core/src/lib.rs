@@ -46,6 +46,7 @@ pub mod bridge;
 pub mod display;
 mod error;
 mod event;
+pub mod fencing;
 mod guard;
 mod ids;
 mod info;

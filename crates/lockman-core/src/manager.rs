@@ -158,6 +158,56 @@ pub trait LockManagerExt: LockManager {
             Ok(output)
         }
     }
+
+    /// Like [`with_lock`](Self::with_lock), but `work` gets the guard, so it
+    /// can hand [`LockGuard::fencing_token`] to a store that checks it (see
+    /// `lockman::fencing`), or stop early on [`LockGuard::lost`].
+    ///
+    /// `work` sees the guard before its future starts: take what the future
+    /// needs from it there (the token, `guard.lost()`, which does not borrow
+    /// the guard). The future cannot borrow the guard itself — it is
+    /// released when the future is done — but can borrow anything else that
+    /// outlives the call. The guard is released when `work`'s future is done.
+    ///
+    /// ```
+    /// use lockman_core::{AcquireOptions, FencingToken, LockError, LockManager, LockManagerExt};
+    ///
+    /// async fn save(locks: &dyn LockManager, store: &Vec<FencingToken>) -> Result<u64, LockError> {
+    ///     locks
+    ///         .with_lock_guard("regcache", AcquireOptions::new().purpose("save cache"), |guard| {
+    ///             let token = guard.fencing_token();
+    ///             async move {
+    ///                 // ... write the cache to a store that refuses tokens below the last it saw ...
+    ///                 store.len() as u64 + token.get()
+    ///             }
+    ///         })
+    ///         .await
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`with_lock`](Self::with_lock): acquisition errors, and
+    /// [`LockError::Lost`] (discarding `work`'s result) if the lock was lost
+    /// while `work` ran.
+    fn with_lock_guard<'a, F, Fut, T>(
+        &'a self,
+        resource: &'a str,
+        options: AcquireOptions,
+        work: F,
+    ) -> impl Future<Output = Result<T, LockError>> + Send + 'a
+    where
+        F: FnOnce(&LockGuard) -> Fut + Send + 'a,
+        Fut: Future<Output = T> + Send + 'a,
+        T: Send + 'a,
+    {
+        async move {
+            let guard = self.acquire(resource, options).await?;
+            let output = work(&guard).await;
+            guard.release().await?;
+            Ok(output)
+        }
+    }
 }
 
 impl<M: LockManager + ?Sized> LockManagerExt for M {}

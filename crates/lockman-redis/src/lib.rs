@@ -60,6 +60,7 @@
 //! # Ok(()) }
 //! ```
 
+mod fenced;
 mod keys;
 mod scripts;
 mod status;
@@ -76,6 +77,7 @@ use lockman_core::{
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
+pub use fenced::FencedKey;
 use keys::Keys;
 pub use status::RedisStatusManager;
 use waiters::Listeners;
