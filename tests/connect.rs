@@ -222,7 +222,13 @@ fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let value = tracing::subscriber::with_default(subscriber, f);
+    let value = tracing::subscriber::with_default(subscriber, || {
+        // Another test registering a callsite while this subscriber was being
+        // set can leave it cached as "never" for us (tests run in parallel
+        // threads); recompute every callsite's interest with ours in place.
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let text = String::from_utf8_lossy(&buffer.0.lock()).into_owned();
     (value, text)
 }
