@@ -151,12 +151,7 @@ pub trait LockManagerExt: LockManager {
         Fut: Future<Output = T> + Send + 'a,
         T: Send + 'a,
     {
-        async move {
-            let guard = self.acquire(resource, options).await?;
-            let output = work().await;
-            guard.release().await?;
-            Ok(output)
-        }
+        self.with_lock_guard(resource, options, |_| work())
     }
 
     /// Like [`with_lock`](Self::with_lock), but `work` gets the guard, so it
