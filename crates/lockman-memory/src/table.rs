@@ -386,7 +386,13 @@ impl<T: Clone> LockTable<T> {
                 entry.holding = holding;
                 after.wake = waker;
                 drop(state);
-                after.rearm = Self::rearm_first(entry);
+                // Only a lease can end the new hold by itself; behind a
+                // lease-less holder the next waiter's timer (its deadline, or
+                // the old lease's end, where it looks again) is still right,
+                // so a contended handoff wakes one task, not two.
+                if entry.holding.lease.is_some() {
+                    after.rearm = Self::rearm_first(entry);
+                }
                 return true;
             }
         }
@@ -540,6 +546,15 @@ mod loom_model {
         }
     }
 
+    /// Queues `holder` asking for a lease (its grant can then run out by itself).
+    fn queued_with_lease(table: &LockTable<()>, resource: &Text, holder: &str) -> Arc<Slot<()>> {
+        let request = Request { lease: Some(Duration::from_secs(60)), ..request(holder) };
+        match table.attempt(resource, request, true).0 {
+            Attempt::Queued(slot) => slot,
+            other => panic!("expected to queue, got {other:?}"),
+        }
+    }
+
     /// A release racing a waiter's timeout: either the waiter gets the lock
     /// (and releases it) or it leaves, and the table ends empty.
     #[test]
@@ -610,8 +625,8 @@ mod loom_model {
         });
     }
 
-    /// A release hands the lock to the first waiter and tells the next one to
-    /// re-arm (the new holder may have a lease the old one had not): a
+    /// A release hands the lock to the first waiter and, since the new holder
+    /// has a lease the old one had not, tells the next one to re-arm: a
     /// waiter with no deadline that queued behind a lease-less holder must
     /// not sleep on (loom reports a deadlock if nobody wakes it).
     #[test]
@@ -622,7 +637,7 @@ mod loom_model {
             let Attempt::Granted(first) = table.attempt(&resource, request("a"), true).0 else {
                 panic!("free resource not granted")
             };
-            let next = queued(&table, &resource, "b");
+            let next = queued_with_lease(&table, &resource, "b");
             let after_next = queued(&table, &resource, "c");
 
             let releaser = {
