@@ -1,0 +1,221 @@
+//! A lockman worker: acquire the shared resource, read-modify-write the
+//! fenced counter while holding it (with a sleep between the read and the
+//! write, so an overlap turns into a lost update), release; repeat until the
+//! run's deadline. Everything it does and sees goes to its own log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lockman::{AcquireOptions, Config, LockError, LockGuard, LockManager};
+use tokio::sync::watch;
+
+use crate::history::{Event, Kind, Log, now_us};
+use crate::store::{Fenced, FencedCounter};
+
+/// What one worker does.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Its name in the histories.
+    pub name: String,
+    /// The lock URL.
+    pub url: String,
+    /// A legacy bridge URL (`legacy-file://…`) taken after the lock, if any.
+    pub bridge: Option<String>,
+    /// The resource every worker contends for.
+    pub resource: String,
+    /// The fenced counter.
+    pub counter: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    /// When to stop (µs of `CLOCK_MONOTONIC`).
+    pub until_us: u64,
+    /// Seeds its choices of hold times and extends.
+    pub seed: u64,
+    /// Hold times are drawn uniformly from this range (ms).
+    pub hold_ms: (u64, u64),
+    /// How long one acquire waits at most.
+    pub wait: Duration,
+    /// In how many of 100 sections to `extend` the lease (to three leases)
+    /// and then hold longer than the default lease.
+    pub extend_percent: u32,
+    /// Skip the lock entirely (the checker's self-test).
+    pub no_lock: bool,
+    /// Whether the counter checks tokens (off: the checker's self-test).
+    pub check_tokens: bool,
+}
+
+/// How a critical section ended.
+enum Outcome {
+    Done,
+    Lost,
+    Fenced,
+    Failed(String),
+}
+
+/// Runs a worker until its deadline. `stall_until` (for in-process workers)
+/// lets the fault injector make a section stall, ignoring its guard, until
+/// that time — the in-process stand-in for `SIGSTOP`.
+pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Result<(), String> {
+    let mut log = Log::create(&spec.log).map_err(|e| format!("cannot create {}: {e}", spec.log.display()))?;
+    log.write(&Event::Start { t: now_us(), w: spec.name.clone(), pid: std::process::id(), kind: Kind::New });
+    let counter = FencedCounter::new(&spec.counter, spec.check_tokens);
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let locks = if spec.no_lock { None } else { Some(connect(&spec, &mut log).await?) };
+    let lease = locks.as_ref().and_then(|locks| {
+        let capabilities = locks.capabilities();
+        capabilities.leases.then_some(capabilities.default_lease).flatten()
+    });
+    while now_us() < spec.until_us {
+        let left = Duration::from_micros(spec.until_us.saturating_sub(now_us()));
+        log.write(&Event::Acquire { t: now_us() });
+        let guard = match &locks {
+            None => None,
+            Some(locks) => {
+                let options = AcquireOptions::new().timeout(spec.wait.min(left)).purpose("torture");
+                match locks.acquire(&spec.resource, options).await {
+                    Ok(guard) => Some(guard),
+                    Err(LockError::Timeout { .. }) => {
+                        log.write(&Event::Timeout { t: now_us() });
+                        continue;
+                    }
+                    Err(error) => {
+                        log.write(&Event::Error { t: now_us(), msg: error.to_string() });
+                        tokio::time::sleep(Duration::from_millis(rng.u64(20..=60))).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let token = guard.as_ref().map(|guard| guard.fencing_token().get());
+        log.write(&Event::Grant { t: now_us(), token, lease_ms: lease.map(|l| l.as_millis() as u64) });
+        let outcome = section(&spec, &counter, guard.as_ref(), lease, &stall_until, &mut rng, &mut log).await;
+        if let Outcome::Failed(msg) = &outcome {
+            log.write(&Event::Error { t: now_us(), msg: msg.clone() });
+        }
+        log.write(&Event::End { t: now_us() });
+        if let Some(guard) = guard {
+            let result = guard.release().await;
+            log.write(&Event::Released { t: now_us(), ok: result.is_ok(), err: result.err().map(|e| e.to_string()) });
+        }
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..=2_000))).await;
+    }
+    log.write(&Event::Exit { t: now_us() });
+    Ok(())
+}
+
+/// Connects, retrying while the backend is unreachable (a Redis restart).
+async fn connect(spec: &WorkerSpec, log: &mut Log) -> Result<Arc<dyn LockManager>, String> {
+    let mut config = Config::for_url(spec.url.clone());
+    config.legacy_bridge = spec.bridge.clone();
+    loop {
+        match lockman::connect_with(&config).await {
+            Ok(backends) => return Ok(backends.locks),
+            Err(LockError::Config(msg)) => return Err(msg),
+            Err(error) if now_us() < spec.until_us => {
+                log.write(&Event::Error { t: now_us(), msg: format!("connect: {error}") });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(format!("connect: {error}")),
+        }
+    }
+}
+
+/// The critical section: read, hold, write — ending early when the guard
+/// reports the lock lost (within the checker's reaction bound) or the store
+/// refuses the token.
+async fn section(
+    spec: &WorkerSpec,
+    counter: &FencedCounter,
+    guard: Option<&LockGuard>,
+    lease: Option<Duration>,
+    stall_until: &Option<Arc<AtomicU64>>,
+    rng: &mut fastrand::Rng,
+    log: &mut Log,
+) -> Outcome {
+    // The guard's loss report, timed by a task of its own so that the time is
+    // when the report arrived, even while the section stalls.
+    let (lost_tx, mut lost_rx) = watch::channel(None::<(u64, String)>);
+    let watcher = guard.map(|guard| {
+        let lost = guard.lost();
+        tokio::spawn(async move {
+            let why = lost.await;
+            let _ = lost_tx.send(Some((now_us(), why.to_string())));
+        })
+    });
+    let outcome = section_body(spec, counter, guard, lease, stall_until, rng, log, &mut lost_rx).await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some((t, why)) = lost_rx.borrow().clone() {
+        log.write(&Event::Lost { t, why });
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn section_body(
+    spec: &WorkerSpec,
+    counter: &FencedCounter,
+    guard: Option<&LockGuard>,
+    lease: Option<Duration>,
+    stall_until: &Option<Arc<AtomicU64>>,
+    rng: &mut fastrand::Rng,
+    log: &mut Log,
+    lost: &mut watch::Receiver<Option<(u64, String)>>,
+) -> Outcome {
+    let token = guard.map(|guard| guard.fencing_token().get());
+    let mut hold = Duration::from_millis(rng.u64(spec.hold_ms.0..=spec.hold_ms.1.max(spec.hold_ms.0)));
+    if let (Some(guard), Some(lease)) = (guard, lease)
+        && rng.u32(0..100) < spec.extend_percent
+    {
+        let longer = lease * 3;
+        match guard.extend(longer).await {
+            Ok(()) => {
+                log.write(&Event::Extend { t: now_us(), lease_ms: longer.as_millis() as u64 });
+                // Hold past the default lease: only the extension keeps the lock.
+                hold = lease.mul_f64(1.2 + rng.f64() * 0.6);
+            }
+            Err(error) => return Outcome::Failed(format!("extend: {error}")),
+        }
+    }
+    let value = match counter.read(token) {
+        Ok(Ok(value)) => {
+            log.write(&Event::Read { t: now_us(), ok: true, value });
+            value
+        }
+        Ok(Err(Fenced { seen })) => {
+            log.write(&Event::Read { t: now_us(), ok: false, value: seen });
+            return Outcome::Fenced;
+        }
+        Err(error) => return Outcome::Failed(format!("counter read: {error}")),
+    };
+    tokio::select! {
+        biased;
+        _ = lost.wait_for(Option::is_some) => return Outcome::Lost,
+        () = tokio::time::sleep(hold) => {}
+    }
+    if let Some(stall) = stall_until {
+        // An in-process "stop": the section stalls without looking at its guard.
+        let until = stall.swap(0, Ordering::SeqCst);
+        if until > now_us() {
+            tokio::time::sleep(Duration::from_micros(until - now_us())).await;
+        }
+    }
+    if lost.borrow().is_some() || guard.is_some_and(LockGuard::is_lost) {
+        return Outcome::Lost;
+    }
+    log.write(&Event::WriteStart { t: now_us() });
+    match counter.write(token, value + 1) {
+        Ok(Ok(())) => {
+            log.write(&Event::Write { t: now_us(), ok: true });
+            Outcome::Done
+        }
+        Ok(Err(Fenced { .. })) => {
+            log.write(&Event::Write { t: now_us(), ok: false });
+            Outcome::Fenced
+        }
+        Err(error) => Outcome::Failed(format!("counter write: {error}")),
+    }
+}
