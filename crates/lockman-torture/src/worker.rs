@@ -137,17 +137,27 @@ async fn section(
     // The guard's loss report, timed by a task of its own so that the time is
     // when the report arrived, even while the section stalls.
     let (lost_tx, mut lost_rx) = watch::channel(None::<(u64, String)>);
-    let watcher = guard.map(|guard| {
-        let lost = guard.lost();
-        tokio::spawn(async move {
-            let why = lost.await;
-            let _ = lost_tx.send(Some((now_us(), why.to_string())));
-        })
-    });
+    // Without a guard (`--no-lock`) the sender stays here, so the channel
+    // never closes (a closed channel would read as a loss).
+    let mut unused_sender = None;
+    let watcher = match guard {
+        Some(guard) => {
+            let lost = guard.lost();
+            Some(tokio::spawn(async move {
+                let why = lost.await;
+                let _ = lost_tx.send(Some((now_us(), why.to_string())));
+            }))
+        }
+        None => {
+            unused_sender = Some(lost_tx);
+            None
+        }
+    };
     let outcome = section_body(spec, counter, guard, lease, stall_until, rng, log, &mut lost_rx).await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }
+    drop(unused_sender);
     if let Some((t, why)) = lost_rx.borrow().clone() {
         log.write(&Event::Lost { t, why });
     }
