@@ -57,3 +57,107 @@ fn a_lost_update_is_a_violation() {
     let report = judge(vec![worker("a", &[(10, 20, 1)]), worker("b", &[(30, 40, 2)])], vec![], 1);
     assert_eq!(rules(&report), ["lost-update"], "{report:#?}");
 }
+
+/// Adds a loss report at `lost` to the worker's section that contains it.
+fn with_loss(mut events: Vec<Event>, lost: u64) -> Vec<Event> {
+    let end = events.iter().position(|e| matches!(e, Event::End { t } if *t > lost)).unwrap();
+    events.insert(end, Event::Lost { t: lost, why: "lease expired".into() });
+    events
+}
+
+#[test]
+fn an_overlap_after_a_loss_report_is_excused() {
+    // a was told at 25 that it lost the lock; b was granted at 30.
+    let a = with_loss(worker("a", &[(10, 40, 1)]), 25);
+    let report = judge(vec![a, worker("b", &[(30, 50, 2)])], vec![], 2);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.excused.get("told lost before the next grant"), Some(&1));
+    // Told after b's grant (beyond the slack): not excused.
+    let a = with_loss(worker("a", &[(10, 40_000, 1)]), 30_000);
+    let report = judge(vec![a, worker("b", &[(20_000, 50_000, 2)])], vec![], 2);
+    assert!(rules(&report).contains(&"overlap"), "{report:#?}");
+}
+
+#[test]
+fn a_section_that_goes_on_after_a_loss_report_is_a_violation() {
+    let a = with_loss(worker("a", &[(10, 500_000, 1)]), 20);
+    let report = judge(vec![a], vec![], 1);
+    assert_eq!(rules(&report), ["reaction", "reaction"], "{report:#?}");
+}
+
+#[test]
+fn an_overlap_across_a_redis_restart_is_excused() {
+    let restart = Fault::Restart { t: 20, until: 25, data: "lost".into() };
+    let report = judge(vec![worker("a", &[(10, 40, 1)]), worker("b", &[(30, 50, 2)])], vec![restart], 2);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+}
+
+#[test]
+fn a_frozen_holder_is_excused_only_once_its_lease_has_run_out() {
+    // a (lease 1 s) is stopped at 100 ms until 2.5 s; b is granted at 1.2 s: excused.
+    let stop = Fault::Stop { t: 100_000, until: 2_500_000, w: "a".into() };
+    let logs = vec![worker("a", &[(10, 2_600_000, 1)]), worker("b", &[(1_200_000, 1_300_000, 2)])];
+    let report = judge(logs, vec![stop.clone()], 2);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    // a extended its lease to 3 s before the stop: b's grant at 1.2 s is too early.
+    let mut a = worker("a", &[(10, 2_600_000, 1)]);
+    a.insert(3, Event::Extend { t: 50, lease_ms: 3000 });
+    let report = judge(vec![a, worker("b", &[(1_200_000, 1_300_000, 2)])], vec![stop], 2);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
+
+#[test]
+fn a_wait_while_the_lock_is_free_is_a_liveness_violation() {
+    let waiter = vec![
+        Event::Start { t: 0, w: "b".into(), pid: 2, kind: Kind::New },
+        Event::Acquire { t: 100 },
+        Event::Timeout { t: 5_000_100 },
+    ];
+    let report = judge(vec![worker("a", &[(10, 200_000, 1)]), waiter.clone()], vec![], 1);
+    assert_eq!(rules(&report), ["liveness"], "{report:#?}");
+    // Held all along: no violation.
+    let report = judge(vec![worker("a", &[(10, 5_000_200, 1)]), waiter], vec![], 1);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+}
+
+/// An old daemon's log: `(check, grant, end)` per section.
+fn old_daemon(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
+    let mut events = vec![Event::Start { t: 0, w: name.to_owned(), pid: 3, kind: Kind::OldA }];
+    for &(check, grant, end) in sections {
+        events.push(Event::Acquire { t: check });
+        events.push(Event::Check { t: check, exists: false });
+        events.push(Event::Grant { t: grant, token: None, lease_ms: None });
+        events.push(Event::End { t: end });
+        events.push(Event::Released { t: end + 1, ok: true, err: None });
+    }
+    events
+}
+
+#[test]
+fn old_daemons_are_held_to_exclusion_only_where_their_protocol_allows() {
+    // lockman held the file from 10; the old daemon checked at 20 and went in: violation.
+    let report = judge(vec![worker("a", &[(10, 100, 1)]), old_daemon("old", &[(20, 21, 30)])], vec![], 1);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+    // The old daemon checked at 5, before lockman created the file: its own race.
+    let report = judge(vec![worker("a", &[(10, 100, 1)]), old_daemon("old", &[(5, 21, 30)])], vec![], 1);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    // The old daemon held the file from 10; lockman went in at 20: violation.
+    let report = judge(vec![old_daemon("old", &[(9, 10, 100)]), worker("a", &[(20, 30, 1)])], vec![], 1);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+    // Two old daemons overlapping: the old code's own race, not a violation.
+    let report = judge(vec![old_daemon("x", &[(9, 10, 100)]), old_daemon("y", &[(11, 12, 50)])], vec![], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+}
+
+#[test]
+fn a_killed_workers_unknown_write_may_or_may_not_count() {
+    let mut a = worker("a", &[(10, 20, 1)]);
+    a.truncate(5); // died after WriteStart, before Write
+    let kill = Fault::Kill { t: 19, w: "a".into() };
+    for counter in [0, 1] {
+        let report = judge(vec![a.clone()], vec![kill.clone()], counter);
+        assert_eq!(rules(&report), Vec::<&str>::new(), "counter {counter}: {report:#?}");
+    }
+    let report = judge(vec![a], vec![kill], 2);
+    assert_eq!(rules(&report), ["lost-update"], "{report:#?}");
+}
