@@ -684,6 +684,17 @@ impl Harness {
         }
     }
 
+    /// The worker to kill or stop: two times in three the one in its critical
+    /// section (only one of N holds at a time, and a fault on the holder is
+    /// the one that tests the lock), otherwise any.
+    fn pick_victim(&mut self) -> usize {
+        let any = self.rng.usize(..self.slots.len());
+        if self.rng.u32(0..3) == 0 {
+            return any;
+        }
+        self.slots.iter().position(|slot| in_section(&self.dir.join(format!("{}.jsonl", slot.name)))).unwrap_or(any)
+    }
+
     /// Fault durations never run past the deadline (plus a little), so every
     /// fault is healed before the participants finish.
     fn bounded(&self, wanted: Duration) -> Duration {
@@ -693,7 +704,7 @@ impl Harness {
     async fn inject(&mut self, fault: FaultKind) -> Result<(), String> {
         match fault {
             FaultKind::Kill => {
-                let index = self.rng.usize(..self.slots.len());
+                let index = self.pick_victim();
                 let t = now_us();
                 let slot = &mut self.slots[index];
                 if let Some(mut child) = slot.process.take() {
@@ -727,7 +738,7 @@ impl Harness {
                 }
             }
             FaultKind::Stop => {
-                let index = self.rng.usize(..self.slots.len());
+                let index = self.pick_victim();
                 let wanted = if self.preset.is_some_and(Preset::leases) {
                     self.args.lease.mul_f64(1.1 + self.rng.f64() * 1.4)
                 } else {
@@ -876,6 +887,22 @@ impl Harness {
         let _ = &self.setup.lock_dir;
         end
     }
+}
+
+/// Whether the last event in a worker's log says it is in its critical section.
+fn in_section(log: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else { return false };
+    let Ok(len) = file.seek(SeekFrom::End(0)) else { return false };
+    let mut tail = Vec::new();
+    if file.seek(SeekFrom::Start(len.saturating_sub(512))).is_err() || file.read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let Some(last) = text.trim_end().rsplit('\n').next() else { return false };
+    ["\"grant\"", "\"extend\"", "\"read\"", "\"write_start\"", "\"write\""]
+        .iter()
+        .any(|ev| last.contains(&format!("\"ev\":{ev}")))
 }
 
 fn lock(server: &Mutex<RedisServer>) -> std::sync::MutexGuard<'_, RedisServer> {

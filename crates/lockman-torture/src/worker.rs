@@ -213,7 +213,13 @@ async fn section_body(
             tokio::time::sleep(Duration::from_micros(until - now_us())).await;
         }
     }
-    if lost.borrow().is_some() || guard.is_some_and(LockGuard::is_lost) {
+    if lost.borrow().is_some() {
+        return Outcome::Lost;
+    }
+    if guard.is_some_and(LockGuard::is_lost) {
+        // Seen before the loss report reached the watcher task (after a
+        // freeze, both come due at once): this check is when the worker learned.
+        log.write(&Event::Lost { t: now_us(), why: "is_lost() before the write".to_owned() });
         return Outcome::Lost;
     }
     log.write(&Event::WriteStart { t: now_us() });
