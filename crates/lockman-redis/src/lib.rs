@@ -582,7 +582,7 @@ impl LockBackend for RedisBackend {
                         "the release was retried after the connection dropped, and by then the lock was no \
                          longer ours and nothing showed that the first attempt released it: either it did and \
                          another grant followed, or the lock was lost before (lease expired, broken, or Redis \
-                         lost it); work done under it may not have been exclusive",
+                         lost it)",
                     ));
                 }
                 left

@@ -45,7 +45,7 @@ pub struct RunArgs {
     /// With `--url`: a legacy bridge URL.
     #[arg(long, requires = "url")]
     bridge: Option<String>,
-    /// Concurrent lockman workers (processes; tasks for `memory`).
+    /// Concurrent lockman workers (processes; tasks for `memory://`).
     #[arg(long, default_value_t = 8)]
     workers: usize,
     /// How long to run, e.g. `60s`, `10m`.
@@ -624,7 +624,8 @@ impl Harness {
             no_lock: self.args.no_lock,
             check_tokens: !self.args.unchecked_tokens,
         };
-        if self.preset == Some(Preset::Memory) {
+        // An in-process map is shared only within one process: its workers are tasks.
+        if spec.url.starts_with("memory:") {
             let stall = slot.stall.clone();
             let name = slot.name.clone();
             slot.task = Some(tokio::spawn(async move {
