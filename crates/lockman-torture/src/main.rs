@@ -41,18 +41,11 @@ enum Role {
     Old(OldArgs),
 }
 
+/// What every participant process is told.
 #[derive(Debug, Args)]
-struct WorkerArgs {
+struct ParticipantArgs {
     #[arg(long)]
     name: String,
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    bridge: Option<String>,
-    #[arg(long)]
-    resource: String,
-    #[arg(long)]
-    counter: PathBuf,
     #[arg(long)]
     log: PathBuf,
     #[arg(long)]
@@ -63,6 +56,20 @@ struct WorkerArgs {
     hold_min_ms: u64,
     #[arg(long)]
     hold_max_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: ParticipantArgs,
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    bridge: Option<String>,
+    #[arg(long)]
+    resource: String,
+    #[arg(long)]
+    counter: PathBuf,
     #[arg(long)]
     wait_ms: u64,
     #[arg(long)]
@@ -75,23 +82,13 @@ struct WorkerArgs {
 
 #[derive(Debug, Args)]
 struct OldArgs {
-    #[arg(long)]
-    name: String,
+    #[command(flatten)]
+    common: ParticipantArgs,
     /// `a` or `b`.
     #[arg(long)]
     protocol: String,
     #[arg(long)]
     path: PathBuf,
-    #[arg(long)]
-    log: PathBuf,
-    #[arg(long)]
-    until_us: u64,
-    #[arg(long)]
-    seed: u64,
-    #[arg(long)]
-    hold_min_ms: u64,
-    #[arg(long)]
-    hold_max_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -106,16 +103,17 @@ fn main() -> ExitCode {
     match cli.role {
         Some(Role::Worker(args)) => {
             die_with_parent();
+            let common = args.common;
             let spec = worker::WorkerSpec {
-                name: args.name,
+                name: common.name,
                 url: args.url,
                 bridge: args.bridge,
                 resource: args.resource,
                 counter: args.counter,
-                log: args.log,
-                until_us: args.until_us,
-                seed: args.seed,
-                hold_ms: (args.hold_min_ms, args.hold_max_ms),
+                log: common.log,
+                until_us: common.until_us,
+                seed: common.seed,
+                hold_ms: (common.hold_min_ms, common.hold_max_ms),
                 wait: Duration::from_millis(args.wait_ms),
                 extend_percent: args.extend_percent,
                 no_lock: args.no_lock,
@@ -133,14 +131,15 @@ fn main() -> ExitCode {
         Some(Role::Old(args)) => {
             die_with_parent();
             let kind = if args.protocol == "b" { Kind::OldB } else { Kind::OldA };
+            let common = args.common;
             let spec = old::OldSpec {
-                name: args.name,
+                name: common.name,
                 kind,
                 path: args.path,
-                log: args.log,
-                until_us: args.until_us,
-                seed: args.seed,
-                hold_ms: (args.hold_min_ms, args.hold_max_ms),
+                log: common.log,
+                until_us: common.until_us,
+                seed: common.seed,
+                hold_ms: (common.hold_min_ms, common.hold_max_ms),
             };
             match old::run(&spec) {
                 Ok(()) => ExitCode::SUCCESS,

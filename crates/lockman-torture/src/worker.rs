@@ -60,49 +60,67 @@ enum Outcome {
 pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Result<(), String> {
     let mut log = Log::create(&spec.log).map_err(|e| format!("cannot create {}: {e}", spec.log.display()))?;
     log.write(&Event::Start { t: now_us(), w: spec.name.clone(), pid: std::process::id(), kind: Kind::New });
-    let counter = FencedCounter::new(&spec.counter, spec.check_tokens);
-    let mut rng = fastrand::Rng::with_seed(spec.seed);
     let locks = if spec.no_lock { None } else { Some(connect(&spec, &mut log).await?) };
     let lease = locks.as_ref().and_then(|locks| {
         let capabilities = locks.capabilities();
         capabilities.leases.then_some(capabilities.default_lease).flatten()
     });
-    while now_us() < spec.until_us {
-        let left = Duration::from_micros(spec.until_us.saturating_sub(now_us()));
-        log.write(&Event::Acquire { t: now_us() });
+    let mut worker = Worker {
+        counter: FencedCounter::new(&spec.counter, spec.check_tokens),
+        rng: fastrand::Rng::with_seed(spec.seed),
+        spec,
+        lease,
+        stall_until,
+        log,
+    };
+    while now_us() < worker.spec.until_us {
+        let left = Duration::from_micros(worker.spec.until_us.saturating_sub(now_us()));
+        worker.log.write(&Event::Acquire { t: now_us() });
         let guard = match &locks {
             None => None,
             Some(locks) => {
-                let options = AcquireOptions::new().timeout(spec.wait.min(left)).purpose("torture");
-                match locks.acquire(&spec.resource, options).await {
+                let options = AcquireOptions::new().timeout(worker.spec.wait.min(left)).purpose("torture");
+                match locks.acquire(&worker.spec.resource, options).await {
                     Ok(guard) => Some(guard),
                     Err(LockError::Timeout { .. }) => {
-                        log.write(&Event::Timeout { t: now_us() });
+                        worker.log.write(&Event::Timeout { t: now_us() });
                         continue;
                     }
                     Err(error) => {
-                        log.write(&Event::Error { t: now_us(), msg: error.to_string() });
-                        tokio::time::sleep(Duration::from_millis(rng.u64(20..=60))).await;
+                        worker.log.write(&Event::Error { t: now_us(), msg: error.to_string() });
+                        tokio::time::sleep(Duration::from_millis(worker.rng.u64(20..=60))).await;
                         continue;
                     }
                 }
             }
         };
         let token = guard.as_ref().map(|guard| guard.fencing_token().get());
-        log.write(&Event::Grant { t: now_us(), token, lease_ms: lease.map(|l| l.as_millis() as u64) });
-        let outcome = section(&spec, &counter, guard.as_ref(), lease, &stall_until, &mut rng, &mut log).await;
-        if let Outcome::Failed(msg) = &outcome {
-            log.write(&Event::Error { t: now_us(), msg: msg.clone() });
+        let lease_ms = lease.map(|l| l.as_millis() as u64);
+        worker.log.write(&Event::Grant { t: now_us(), token, lease_ms });
+        if let Outcome::Failed(msg) = worker.section(guard.as_ref()).await {
+            worker.log.write(&Event::Error { t: now_us(), msg });
         }
-        log.write(&Event::End { t: now_us() });
+        worker.log.write(&Event::End { t: now_us() });
         if let Some(guard) = guard {
             let result = guard.release().await;
-            log.write(&Event::Released { t: now_us(), ok: result.is_ok(), err: result.err().map(|e| e.to_string()) });
+            let err = result.err().map(|e| e.to_string());
+            worker.log.write(&Event::Released { t: now_us(), ok: err.is_none(), err });
         }
-        tokio::time::sleep(Duration::from_micros(rng.u64(0..=2_000))).await;
+        tokio::time::sleep(Duration::from_micros(worker.rng.u64(0..=2_000))).await;
     }
-    log.write(&Event::Exit { t: now_us() });
+    worker.log.write(&Event::Exit { t: now_us() });
     Ok(())
+}
+
+/// A running worker.
+struct Worker {
+    spec: WorkerSpec,
+    counter: FencedCounter,
+    /// The backend's default lease, if it has leases.
+    lease: Option<Duration>,
+    stall_until: Option<Arc<AtomicU64>>,
+    rng: fastrand::Rng,
+    log: Log,
 }
 
 /// Connects, retrying while the backend is unreachable (a Redis restart).
@@ -122,116 +140,106 @@ async fn connect(spec: &WorkerSpec, log: &mut Log) -> Result<Arc<dyn LockManager
     }
 }
 
-/// The critical section: read, hold, write — ending early when the guard
-/// reports the lock lost (within the checker's reaction bound) or the store
-/// refuses the token.
-async fn section(
-    spec: &WorkerSpec,
-    counter: &FencedCounter,
-    guard: Option<&LockGuard>,
-    lease: Option<Duration>,
-    stall_until: &Option<Arc<AtomicU64>>,
-    rng: &mut fastrand::Rng,
-    log: &mut Log,
-) -> Outcome {
-    // The guard's loss report, timed by a task of its own so that the time is
-    // when the report arrived, even while the section stalls.
-    let (lost_tx, mut lost_rx) = watch::channel(None::<(u64, String)>);
-    // Without a guard (`--no-lock`) the sender stays here, so the channel
-    // never closes (a closed channel would read as a loss).
-    let mut unused_sender = None;
-    let watcher = match guard {
-        Some(guard) => {
-            let lost = guard.lost();
-            Some(tokio::spawn(async move {
-                let why = lost.await;
-                let _ = lost_tx.send(Some((now_us(), why.to_string())));
-            }))
-        }
-        None => {
-            unused_sender = Some(lost_tx);
-            None
-        }
-    };
-    let outcome = section_body(spec, counter, guard, lease, stall_until, rng, log, &mut lost_rx).await;
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
-    drop(unused_sender);
-    if let Some((t, why)) = lost_rx.borrow().clone() {
-        log.write(&Event::Lost { t, why });
-    }
-    outcome
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn section_body(
-    spec: &WorkerSpec,
-    counter: &FencedCounter,
-    guard: Option<&LockGuard>,
-    lease: Option<Duration>,
-    stall_until: &Option<Arc<AtomicU64>>,
-    rng: &mut fastrand::Rng,
-    log: &mut Log,
-    lost: &mut watch::Receiver<Option<(u64, String)>>,
-) -> Outcome {
-    let token = guard.map(|guard| guard.fencing_token().get());
-    let mut hold = Duration::from_millis(rng.u64(spec.hold_ms.0..=spec.hold_ms.1.max(spec.hold_ms.0)));
-    if let (Some(guard), Some(lease)) = (guard, lease)
-        && rng.u32(0..100) < spec.extend_percent
-    {
-        let longer = lease * 3;
-        match guard.extend(longer).await {
-            Ok(()) => {
-                log.write(&Event::Extend { t: now_us(), lease_ms: longer.as_millis() as u64 });
-                // Hold past the default lease: only the extension keeps the lock.
-                hold = lease.mul_f64(1.2 + rng.f64() * 0.6);
+impl Worker {
+    /// The critical section: read, hold, write — ending early when the guard
+    /// reports the lock lost (within the checker's reaction bound) or the store
+    /// refuses the token.
+    async fn section(&mut self, guard: Option<&LockGuard>) -> Outcome {
+        // The guard's loss report, timed by a task of its own so that the time is
+        // when the report arrived, even while the section stalls.
+        let (lost_tx, mut lost_rx) = watch::channel(None::<(u64, String)>);
+        // Without a guard (`--no-lock`) the sender stays here, so the channel
+        // never closes (a closed channel would read as a loss).
+        let mut unused_sender = None;
+        let watcher = match guard {
+            Some(guard) => {
+                let lost = guard.lost();
+                Some(tokio::spawn(async move {
+                    let why = lost.await;
+                    let _ = lost_tx.send(Some((now_us(), why.to_string())));
+                }))
             }
-            Err(error) => return Outcome::Failed(format!("extend: {error}")),
+            None => {
+                unused_sender = Some(lost_tx);
+                None
+            }
+        };
+        let outcome = self.section_body(guard, &mut lost_rx).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
         }
+        drop(unused_sender);
+        if let Some((t, why)) = lost_rx.borrow().clone() {
+            self.log.write(&Event::Lost { t, why });
+        }
+        outcome
     }
-    let value = match counter.read(token) {
-        Ok(Ok(value)) => {
-            log.write(&Event::Read { t: now_us(), ok: true, value });
-            value
+
+    async fn section_body(
+        &mut self,
+        guard: Option<&LockGuard>,
+        lost: &mut watch::Receiver<Option<(u64, String)>>,
+    ) -> Outcome {
+        let Worker { spec, counter, lease, stall_until, rng, log } = self;
+        let lease = *lease;
+        let token = guard.map(|guard| guard.fencing_token().get());
+        let mut hold = Duration::from_millis(rng.u64(spec.hold_ms.0..=spec.hold_ms.1.max(spec.hold_ms.0)));
+        if let (Some(guard), Some(lease)) = (guard, lease)
+            && rng.u32(0..100) < spec.extend_percent
+        {
+            let longer = lease * 3;
+            match guard.extend(longer).await {
+                Ok(()) => {
+                    log.write(&Event::Extend { t: now_us(), lease_ms: longer.as_millis() as u64 });
+                    // Hold past the default lease: only the extension keeps the lock.
+                    hold = lease.mul_f64(1.2 + rng.f64() * 0.6);
+                }
+                Err(error) => return Outcome::Failed(format!("extend: {error}")),
+            }
         }
-        Ok(Err(Fenced { seen })) => {
-            log.write(&Event::Read { t: now_us(), ok: false, value: seen });
-            return Outcome::Fenced;
+        let value = match counter.read(token) {
+            Ok(Ok(value)) => {
+                log.write(&Event::Read { t: now_us(), ok: true, value });
+                value
+            }
+            Ok(Err(Fenced { seen })) => {
+                log.write(&Event::Read { t: now_us(), ok: false, value: seen });
+                return Outcome::Fenced;
+            }
+            Err(error) => return Outcome::Failed(format!("counter read: {error}")),
+        };
+        tokio::select! {
+            biased;
+            _ = lost.wait_for(Option::is_some) => return Outcome::Lost,
+            () = tokio::time::sleep(hold) => {}
         }
-        Err(error) => return Outcome::Failed(format!("counter read: {error}")),
-    };
-    tokio::select! {
-        biased;
-        _ = lost.wait_for(Option::is_some) => return Outcome::Lost,
-        () = tokio::time::sleep(hold) => {}
-    }
-    if let Some(stall) = stall_until {
-        // An in-process "stop": the section stalls without looking at its guard.
-        let until = stall.swap(0, Ordering::SeqCst);
-        if until > now_us() {
-            tokio::time::sleep(Duration::from_micros(until - now_us())).await;
+        if let Some(stall) = stall_until {
+            // An in-process "stop": the section stalls without looking at its guard.
+            let until = stall.swap(0, Ordering::SeqCst);
+            if until > now_us() {
+                tokio::time::sleep(Duration::from_micros(until - now_us())).await;
+            }
         }
-    }
-    if lost.borrow().is_some() {
-        return Outcome::Lost;
-    }
-    if guard.is_some_and(LockGuard::is_lost) {
-        // Seen before the loss report reached the watcher task (after a
-        // freeze, both come due at once): this check is when the worker learned.
-        log.write(&Event::Lost { t: now_us(), why: "is_lost() before the write".to_owned() });
-        return Outcome::Lost;
-    }
-    log.write(&Event::WriteStart { t: now_us() });
-    match counter.write(token, value + 1) {
-        Ok(Ok(())) => {
-            log.write(&Event::Write { t: now_us(), ok: true });
-            Outcome::Done
+        if lost.borrow().is_some() {
+            return Outcome::Lost;
         }
-        Ok(Err(Fenced { .. })) => {
-            log.write(&Event::Write { t: now_us(), ok: false });
-            Outcome::Fenced
+        if guard.is_some_and(LockGuard::is_lost) {
+            // Seen before the loss report reached the watcher task (after a
+            // freeze, both come due at once): this check is when the worker learned.
+            log.write(&Event::Lost { t: now_us(), why: "is_lost() before the write".to_owned() });
+            return Outcome::Lost;
         }
-        Err(error) => Outcome::Failed(format!("counter write: {error}")),
+        log.write(&Event::WriteStart { t: now_us() });
+        match counter.write(token, value + 1) {
+            Ok(Ok(())) => {
+                log.write(&Event::Write { t: now_us(), ok: true });
+                Outcome::Done
+            }
+            Ok(Err(Fenced { .. })) => {
+                log.write(&Event::Write { t: now_us(), ok: false });
+                Outcome::Fenced
+            }
+            Err(error) => Outcome::Failed(format!("counter write: {error}")),
+        }
     }
 }
