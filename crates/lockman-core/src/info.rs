@@ -171,10 +171,22 @@ pub enum WakeMechanism {
 /// What a backend guarantees, so callers and the conformance suite can adapt
 /// instead of guessing.
 ///
+/// The struct is `#[non_exhaustive]` (new guarantees may be added): a
+/// backend builds its value from [`Capabilities::default`] — the weakest
+/// promise — with the `with_*` methods, so a field added later starts at its
+/// weakest value everywhere.
+///
 /// ```
-/// use lockman_core::Capabilities;
-/// let caps = Capabilities::default();
-/// assert!(!caps.cross_process);
+/// use std::time::Duration;
+/// use lockman_core::{Capabilities, WakeMechanism};
+///
+/// let caps = Capabilities::default()
+///     .with_cross_process(true)
+///     .with_leases(Some(Duration::from_secs(30)))
+///     .with_fencing(true)
+///     .with_wake(WakeMechanism::Notification);
+/// assert!(caps.cross_process && caps.leases && caps.renewal);
+/// assert!(!caps.cross_host);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -223,6 +235,69 @@ impl Default for Capabilities {
             wake: WakeMechanism::Poll { min: Duration::from_millis(10), max: Duration::from_millis(200) },
             shared_holders: false,
         }
+    }
+}
+
+impl Capabilities {
+    /// Sets [`cross_process`](Self::cross_process).
+    #[must_use]
+    pub const fn with_cross_process(mut self, yes: bool) -> Self {
+        self.cross_process = yes;
+        self
+    }
+
+    /// Sets [`cross_host`](Self::cross_host).
+    #[must_use]
+    pub const fn with_cross_host(mut self, yes: bool) -> Self {
+        self.cross_host = yes;
+        self
+    }
+
+    /// Leases that can be renewed and extended, with `default_lease` for
+    /// callers that give none (`None`: no lease unless asked for): sets
+    /// [`leases`](Self::leases), [`renewal`](Self::renewal) and
+    /// [`default_lease`](Self::default_lease).
+    #[must_use]
+    pub const fn with_leases(mut self, default_lease: Option<Duration>) -> Self {
+        self.leases = true;
+        self.renewal = true;
+        self.default_lease = default_lease;
+        self
+    }
+
+    /// Sets [`lost_detection`](Self::lost_detection).
+    #[must_use]
+    pub const fn with_lost_detection(mut self, yes: bool) -> Self {
+        self.lost_detection = yes;
+        self
+    }
+
+    /// Sets [`fencing`](Self::fencing).
+    #[must_use]
+    pub const fn with_fencing(mut self, yes: bool) -> Self {
+        self.fencing = yes;
+        self
+    }
+
+    /// Sets [`fifo`](Self::fifo).
+    #[must_use]
+    pub const fn with_fifo(mut self, yes: bool) -> Self {
+        self.fifo = yes;
+        self
+    }
+
+    /// Sets [`wake`](Self::wake).
+    #[must_use]
+    pub const fn with_wake(mut self, wake: WakeMechanism) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// Sets [`shared_holders`](Self::shared_holders).
+    #[must_use]
+    pub const fn with_shared_holders(mut self, yes: bool) -> Self {
+        self.shared_holders = yes;
+        self
     }
 }
 

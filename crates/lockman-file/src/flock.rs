@@ -25,17 +25,17 @@ pub(crate) const POLL_MAX: Duration = Duration::from_millis(if cfg!(target_os = 
 /// arrival order within a manager (processes race for the kernel lock), and
 /// inotify wake-ups where the platform has them.
 pub(crate) fn capabilities() -> Capabilities {
-    let mut caps = Capabilities::default();
-    caps.cross_process = true;
-    caps.lost_detection = true;
-    caps.fencing = true;
-    caps.fifo = true;
-    caps.wake = if notifications_supported() {
+    let wake = if notifications_supported() {
         WakeMechanism::Notification
     } else {
         WakeMechanism::Poll { min: Duration::from_millis(1), max: POLL_MAX }
     };
-    caps
+    Capabilities::default()
+        .with_cross_process(true)
+        .with_lost_detection(true)
+        .with_fencing(true)
+        .with_fifo(true)
+        .with_wake(wake)
 }
 
 /// A file we hold the kernel lock of.

@@ -366,20 +366,17 @@ impl LockBackend for LeaseFileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.cross_process = true;
-        caps.cross_host = true;
-        caps.leases = true;
-        caps.renewal = true;
-        caps.default_lease = Some(self.default_lease);
-        caps.lost_detection = true;
-        caps.fencing = true;
-        // In arrival order within this manager; processes and hosts race.
-        caps.fifo = true;
-        // Local changes wake waiters through inotify, but changes made by
-        // other hosts on a network share are only seen by re-checking.
-        caps.wake = WakeMechanism::Poll { min: Duration::from_millis(1), max: LEASE_POLL_MAX };
-        caps
+        Capabilities::default()
+            .with_cross_process(true)
+            .with_cross_host(true)
+            .with_leases(Some(self.default_lease))
+            .with_lost_detection(true)
+            .with_fencing(true)
+            // In arrival order within this manager; processes and hosts race.
+            .with_fifo(true)
+            // Local changes wake waiters through inotify, but changes made by
+            // other hosts on a network share are only seen by re-checking.
+            .with_wake(WakeMechanism::Poll { min: Duration::from_millis(1), max: LEASE_POLL_MAX })
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LeaseGrant>, LockError> {

@@ -306,15 +306,12 @@ impl LockBackend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.leases = true;
-        caps.renewal = true;
-        caps.default_lease = self.default_lease;
-        caps.lost_detection = true;
-        caps.fencing = true;
-        caps.fifo = true;
-        caps.wake = WakeMechanism::DirectHandoff;
-        caps
+        Capabilities::default()
+            .with_leases(self.default_lease)
+            .with_lost_detection(true)
+            .with_fencing(true)
+            .with_fifo(true)
+            .with_wake(WakeMechanism::DirectHandoff)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {

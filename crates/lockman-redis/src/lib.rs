@@ -442,20 +442,17 @@ impl LockBackend for RedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
-        caps.cross_process = true;
-        caps.cross_host = true;
-        caps.leases = true;
-        caps.renewal = true;
-        caps.default_lease = Some(self.options.default_lease);
-        caps.lost_detection = true;
-        caps.fencing = true;
-        caps.fifo = true;
-        caps.wake = WakeMechanism::Notification;
-        // The ACQUIRE script lets a second manager with the same stored
-        // holder id in as one more hold (`h:<hold id>`).
-        caps.shared_holders = true;
-        caps
+        Capabilities::default()
+            .with_cross_process(true)
+            .with_cross_host(true)
+            .with_leases(Some(self.options.default_lease))
+            .with_lost_detection(true)
+            .with_fencing(true)
+            .with_fifo(true)
+            .with_wake(WakeMechanism::Notification)
+            // The ACQUIRE script lets a second manager with the same stored
+            // holder id in as one more hold (`h:<hold id>`).
+            .with_shared_holders(true)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<RedisGrant>, LockError> {
