@@ -15,7 +15,8 @@
 //!    (no old daemon stole it), and yet the other side went in.
 //! 2. **Reaction.** A holder told "lost" ends its section within
 //!    `lost_bound` (unless it was frozen meanwhile), and never starts a write
-//!    after the report.
+//!    after the report. A holder that extended its lease is never told the
+//!    lease expired before the extension's end (`early-loss`).
 //! 3. **Tokens.** Fencing tokens strictly increase in grant order; no two
 //!    grants share one.
 //! 4. **No lost update.** The counter equals the number of accepted writes,
@@ -81,6 +82,8 @@ pub struct Section {
     pub last_write_start: Option<u64>,
     /// `release` said the lock was lost.
     pub release_failed: bool,
+    /// After an `extend`: the lease cannot end before this, renewed or not.
+    pub extended_until: Option<u64>,
 }
 
 impl Section {
@@ -235,8 +238,19 @@ impl Histories {
                     }
                 }
                 Event::Steal { t } => self.steals.push((w.clone(), t)),
-                Event::Grant { t, token, lease_ms } => {
+                Event::Grant { t, token, lease_ms, age_us } => {
                     let acquire_t = wait.unwrap_or(t);
+                    // A worker frozen between its grant and this record held
+                    // the lock since the backend's grant: date the section from then.
+                    let t = match age_us {
+                        Some(age)
+                            if frozen_in(&self.faults, &w, acquire_t, t)
+                                .is_some_and(|stop| t.saturating_sub(age) <= stop) =>
+                        {
+                            t.saturating_sub(age).max(acquire_t)
+                        }
+                        _ => t,
+                    };
                     close_wait(&mut wait, t, &mut self.waits);
                     if let Some(section) = open.take() {
                         self.sections.push(section);
@@ -257,11 +271,13 @@ impl Histories {
                         write_unknown: false,
                         last_write_start: None,
                         release_failed: false,
+                        extended_until: None,
                     });
                 }
-                Event::Extend { t, lease_ms } => {
+                Event::Extend { t, lease_ms, took_us } => {
                     if let Some(section) = &mut open {
                         section.leases.push((t, lease_ms * 1000));
+                        section.extended_until = Some(t.saturating_sub(took_us) + lease_ms * 1000);
                     }
                 }
                 Event::Read { ok, .. } => {
@@ -372,6 +388,21 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
                     section.describe(),
                     ms(section.end_t - lost_t),
                     ms(bounds.lost_bound_us)
+                ),
+            });
+        }
+        // An extended lease cannot run out before its new end, even if it is
+        // never renewed: a report of expiry before that means it was shortened.
+        if let Some(until) = section.extended_until
+            && why.contains("lease expired")
+            && lost_t + bounds.slack_us < until
+        {
+            violations.push(Violation {
+                rule: "early-loss".into(),
+                detail: format!(
+                    "{} was told its lease expired {} ms before the end of the lease it had extended to",
+                    section.describe(),
+                    ms(until - lost_t)
                 ),
             });
         }
@@ -546,6 +577,14 @@ fn judge_old_overlap(histories: &Histories, earlier: &Section, later: &Section) 
         Some(_) => Err("old daemon's check-then-create race".to_owned()),
         None => Err("old daemon's check-then-create race".to_owned()),
     }
+}
+
+/// When a stop of `w` began within `[from, to]`, if one did.
+fn frozen_in(faults: &[Fault], w: &str, from: u64, to: u64) -> Option<u64> {
+    faults.iter().find_map(|fault| match fault {
+        Fault::Stop { t, w: stopped, .. } if stopped == w && *t >= from && *t <= to => Some(*t),
+        _ => None,
+    })
 }
 
 fn stops_of<'a>(histories: &'a Histories, w: &'a str) -> impl Iterator<Item = (u64, u64)> + 'a {

@@ -73,6 +73,11 @@ pub enum Event {
         token: Option<u64>,
         /// The lease in force, if the backend has leases.
         lease_ms: Option<u64>,
+        /// How long before `t` the backend says it granted the lock (its
+        /// `acquired_at`): large when the worker was frozen between the grant
+        /// and this record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        age_us: Option<u64>,
     },
     /// `extend` succeeded: this lease is now in force.
     Extend {
@@ -80,6 +85,9 @@ pub enum Event {
         t: u64,
         /// The new lease.
         lease_ms: u64,
+        /// How long the `extend` call took (the lease runs from its request).
+        #[serde(default)]
+        took_us: u64,
     },
     /// A read of the fenced counter.
     Read {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lockman::{AcquireOptions, Config, LockError, LockGuard, LockManager};
 use tokio::sync::watch;
@@ -96,7 +96,10 @@ pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Resul
         };
         let token = guard.as_ref().map(|guard| guard.fencing_token().get());
         let lease_ms = lease.map(|l| l.as_millis() as u64);
-        worker.log.write(&Event::Grant { t: now_us(), token, lease_ms });
+        let age_us = guard.as_ref().map(|guard| {
+            SystemTime::now().duration_since(guard.info().acquired_at).unwrap_or_default().as_micros() as u64
+        });
+        worker.log.write(&Event::Grant { t: now_us(), token, lease_ms, age_us });
         if let Outcome::Failed(msg) = worker.section(guard.as_ref()).await {
             worker.log.write(&Event::Error { t: now_us(), msg });
         }
@@ -188,9 +191,14 @@ impl Worker {
             && rng.u32(0..100) < spec.extend_percent
         {
             let longer = lease * 3;
+            // Real code does some work between the grant and the extend: let
+            // the guard's background tasks (the watchdog) start first.
+            tokio::time::sleep(Duration::from_millis(rng.u64(1..=5))).await;
+            let asked = now_us();
             match guard.extend(longer).await {
                 Ok(()) => {
-                    log.write(&Event::Extend { t: now_us(), lease_ms: longer.as_millis() as u64 });
+                    let t = now_us();
+                    log.write(&Event::Extend { t, lease_ms: longer.as_millis() as u64, took_us: t - asked });
                     // Hold past the default lease: only the extension keeps the lock.
                     hold = lease.mul_f64(1.2 + rng.f64() * 0.6);
                 }

@@ -13,7 +13,7 @@ fn worker(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     let mut events = vec![Event::Start { t: 0, w: name.to_owned(), pid: 1, kind: Kind::New }];
     for &(grant, end, token) in sections {
         events.push(Event::Acquire { t: grant.saturating_sub(1) });
-        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000) });
+        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0) });
         events.push(Event::Read { t: grant + 1, ok: true, value: 0 });
         events.push(Event::WriteStart { t: end - 1 });
         events.push(Event::Write { t: end - 1, ok: true });
@@ -101,7 +101,7 @@ fn a_frozen_holder_is_excused_only_once_its_lease_has_run_out() {
     assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
     // a extended its lease to 3 s before the stop: b's grant at 1.2 s is too early.
     let mut a = worker("a", &[(10, 2_600_000, 1)]);
-    a.insert(3, Event::Extend { t: 50, lease_ms: 3000 });
+    a.insert(3, Event::Extend { t: 50, lease_ms: 3000, took_us: 10 });
     let report = judge(vec![a, worker("b", &[(1_200_000, 1_300_000, 2)])], vec![stop], 2);
     assert_eq!(rules(&report), ["overlap"], "{report:#?}");
 }
@@ -126,7 +126,7 @@ fn old_daemon(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     for &(check, grant, end) in sections {
         events.push(Event::Acquire { t: check });
         events.push(Event::Check { t: check, exists: false });
-        events.push(Event::Grant { t: grant, token: None, lease_ms: None });
+        events.push(Event::Grant { t: grant, token: None, lease_ms: None, age_us: None });
         events.push(Event::End { t: end });
         events.push(Event::Released { t: end + 1, ok: true, err: None });
     }
@@ -160,4 +160,35 @@ fn a_killed_workers_unknown_write_may_or_may_not_count() {
     }
     let report = judge(vec![a], vec![kill], 2);
     assert_eq!(rules(&report), ["lost-update"], "{report:#?}");
+}
+
+#[test]
+fn a_lease_reported_expired_before_its_extension_ends_is_a_violation() {
+    // Extended to 3 s at 50 µs; told the lease expired at 1.3 s: shortened.
+    let mut a = worker("a", &[(10, 1_400_000, 1)]);
+    a.insert(3, Event::Extend { t: 50, lease_ms: 3000, took_us: 10 });
+    let early = with_loss(a.clone(), 1_300_000);
+    assert_eq!(rules(&judge(vec![early], vec![], 1)), ["early-loss", "reaction"]);
+    // Told at 3.1 s, after the extension ended: not early (only late to react).
+    let mut late = worker("a", &[(10, 3_150_000, 1)]);
+    late.insert(3, Event::Extend { t: 50, lease_ms: 3000, took_us: 10 });
+    late.retain(|e| !matches!(e, Event::WriteStart { .. } | Event::Write { .. }));
+    let late = with_loss(late, 3_100_000);
+    assert_eq!(rules(&judge(vec![late], vec![], 0)), Vec::<&str>::new());
+}
+
+#[test]
+fn a_worker_frozen_right_after_its_grant_is_dated_from_the_grant() {
+    // a's grant happened at 1.0 s (age 1.5 s when recorded at 2.5 s); it was
+    // stopped from 1.002 s to 2.499 s, and b was granted at 2.2 s: excused as
+    // frozen past its lease, not a later grant with a lower token.
+    let mut a = worker("a", &[(2_500_000, 2_600_000, 1)]);
+    if let Event::Grant { age_us, .. } = &mut a[2] {
+        *age_us = Some(1_500_000);
+    }
+    a[1] = Event::Acquire { t: 900_000 };
+    let stop = Fault::Stop { t: 1_002_000, until: 2_499_000, w: "a".into() };
+    let report = judge(vec![a, worker("b", &[(2_200_000, 2_300_000, 2)])], vec![stop], 2);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.excused.get("frozen past its lease"), Some(&1));
 }
