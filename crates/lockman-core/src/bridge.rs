@@ -324,7 +324,7 @@ impl GrantHandle for BridgedGrant {
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
-        LockError::Lost { resource: self.loss.resource().to_string(), backend: self.name.clone(), reason }
+        LockError::lost(&*self.name, &**self.loss.resource(), reason)
     }
 
     /// Releases the legacy lock, then the primary one.

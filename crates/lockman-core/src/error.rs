@@ -173,6 +173,23 @@ impl LockError {
         }
     }
 
+    /// A [`LockError::Lost`]: the lock `backend` held on `resource` was lost, for `reason`.
+    ///
+    /// ```
+    /// use lockman_core::{LockError, LostReason};
+    /// let error = LockError::lost("redis", "inverter_read", LostReason::LeaseExpired);
+    /// assert!(error.to_string().starts_with("lock on \"inverter_read\" (redis) was lost: its lease expired"));
+    /// ```
+    pub fn lost(backend: impl Into<String>, resource: impl Into<String>, reason: LostReason) -> Self {
+        LockError::Lost { resource: resource.into(), backend: backend.into(), reason }
+    }
+
+    /// A [`LockError::Lost`] because the backend saw another holder (or no
+    /// holder) where this grant should be: [`LostReason::Stolen`] with what it saw.
+    pub fn stolen(backend: impl Into<String>, resource: impl Into<String>, detail: impl Into<String>) -> Self {
+        LockError::lost(backend, resource, LostReason::Stolen { detail: detail.into() })
+    }
+
     /// A [`LockError::InvalidName`].
     pub fn invalid_name(name: &str, reason: impl Into<String>) -> Self {
         LockError::InvalidName { name: name.to_owned(), reason: reason.into() }

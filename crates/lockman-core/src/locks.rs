@@ -752,7 +752,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
-        LockError::Lost { resource: self.request.resource.to_string(), backend: self.shared.name.to_owned(), reason }
+        LockError::lost(self.shared.name, &*self.request.resource, reason)
     }
 
     async fn release(self: Arc<Self>) -> Result<(), LockError> {

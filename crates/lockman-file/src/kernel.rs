@@ -110,16 +110,11 @@ impl FileBackend {
         let unlocked = grant.file.unlock();
         drop(grant.turn.lock().take()); // the next waiter in this process goes now
         if !ours {
-            return Err(LockError::Lost {
-                resource: grant.resource.to_string(),
-                backend: BACKEND.to_owned(),
-                reason: LostReason::Stolen {
-                    detail: format!(
-                        "the lock file {} was deleted or replaced by another process while held",
-                        grant.path.display()
-                    ),
-                },
-            });
+            return Err(LockError::stolen(
+                BACKEND,
+                &*grant.resource,
+                format!("the lock file {} was deleted or replaced by another process while held", grant.path.display()),
+            ));
         }
         unlocked.map_err(|e| io_error(BACKEND, "unlocking", None, &grant.path, e))
     }

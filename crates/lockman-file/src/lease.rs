@@ -330,16 +330,11 @@ impl LeaseFileBackend {
     }
 
     fn stolen(&self, grant: &LeaseGrant) -> LockError {
-        LockError::Lost {
-            resource: grant.resource.to_string(),
-            backend: LEASE_BACKEND.to_owned(),
-            reason: LostReason::Stolen {
-                detail: format!(
-                    "the lease file {} was broken as stale or deleted by another process",
-                    grant.path.display()
-                ),
-            },
-        }
+        LockError::stolen(
+            LEASE_BACKEND,
+            &*grant.resource,
+            format!("the lease file {} was broken as stale or deleted by another process", grant.path.display()),
+        )
     }
 
     /// The lease files lockman made here (by name): another program's

@@ -486,16 +486,14 @@ impl LegacyFileBackend {
         let unlocked = grant.sidecar.unlock();
         drop(grant.turn.lock().take()); // the next waiter in this process goes now
         if !removed {
-            return Err(LockError::Lost {
-                resource: grant.resource.to_string(),
-                backend: LEGACY_BACKEND.to_owned(),
-                reason: LostReason::Stolen {
-                    detail: format!(
-                        "the legacy lock file {} was deleted or rewritten while held — an old process broke or took the lock",
-                        grant.path.display()
-                    ),
-                },
-            });
+            return Err(LockError::stolen(
+                LEGACY_BACKEND,
+                &*grant.resource,
+                format!(
+                    "the legacy lock file {} was deleted or rewritten while held — an old process broke or took the lock",
+                    grant.path.display()
+                ),
+            ));
         }
         unlocked.map_err(|e| self.io("unlocking the sidecar", &grant.resource, &grant.sidecar_path, e))
     }

@@ -186,13 +186,7 @@ impl MemoryBackend {
     }
 
     fn lost(&self, resource: &str) -> LockError {
-        LockError::Lost {
-            resource: resource.to_owned(),
-            backend: BACKEND.to_owned(),
-            reason: LostReason::Stolen {
-                detail: "the grant is no longer the live one (lease expired or force-released)".to_owned(),
-            },
-        }
+        LockError::stolen(BACKEND, resource, "the grant is no longer the live one (lease expired or force-released)")
     }
 
     /// Waits on `slot` until the lock is handed over or the deadline passes,

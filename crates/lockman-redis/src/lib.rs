@@ -71,9 +71,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
-use lockman_core::{
-    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, LostReason, WakeMechanism,
-};
+use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, WakeMechanism};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
@@ -314,11 +312,7 @@ impl RedisBackend {
     }
 
     fn lost_because(&self, grant: &RedisGrant, detail: &str) -> LockError {
-        LockError::Lost {
-            resource: grant.resource.to_string(),
-            backend: BACKEND.to_owned(),
-            reason: LostReason::Stolen { detail: detail.to_owned() },
-        }
+        LockError::stolen(BACKEND, &*grant.resource, detail)
     }
 
     /// Undoes the hold an acquire attempt may have added, if we missed its
