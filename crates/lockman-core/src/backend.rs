@@ -169,7 +169,21 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     fn acquire(&self, request: &GrantRequest) -> impl Future<Output = Result<Acquired<Self::Grant>, LockError>> + Send;
 
     /// Releases a grant.
-    fn release(&self, grant: &Self::Grant) -> impl Future<Output = Result<(), LockError>> + Send;
+    ///
+    /// A backend whose release never blocks implements only
+    /// [`release_now`](Self::release_now): this default runs it. A backend
+    /// that must await (a network round trip) implements this.
+    fn release(&self, grant: &Self::Grant) -> impl Future<Output = Result<(), LockError>> + Send {
+        let released = self.release_now(grant).unwrap_or_else(|| {
+            Err(LockError::backend(
+                self.name(),
+                "releasing",
+                None,
+                "this backend implements neither `release` nor `release_now` (a bug in the backend)",
+            ))
+        });
+        std::future::ready(released)
+    }
 
     /// Releases without awaiting, if the backend can do so without blocking
     /// (used when a guard is dropped). `None` makes core run

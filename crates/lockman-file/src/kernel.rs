@@ -184,10 +184,6 @@ impl LockBackend for FileBackend {
         ))
     }
 
-    async fn release(&self, grant: &FileGrant) -> Result<(), LockError> {
-        self.release_sync(grant)
-    }
-
     fn release_now(&self, grant: &FileGrant) -> Option<Result<(), LockError>> {
         Some(self.release_sync(grant))
     }

@@ -448,10 +448,6 @@ impl LockBackend for LeaseFileBackend {
         }
     }
 
-    async fn release(&self, grant: &LeaseGrant) -> Result<(), LockError> {
-        self.release_sync(grant)
-    }
-
     fn release_now(&self, grant: &LeaseGrant) -> Option<Result<(), LockError>> {
         Some(self.release_sync(grant))
     }

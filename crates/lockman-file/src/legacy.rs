@@ -696,10 +696,6 @@ impl LockBackend for LegacyFileBackend {
         }
     }
 
-    async fn release(&self, grant: &LegacyGrant) -> Result<(), LockError> {
-        self.release_sync(grant)
-    }
-
     fn release_now(&self, grant: &LegacyGrant) -> Option<Result<(), LockError>> {
         Some(self.release_sync(grant))
     }

@@ -326,10 +326,6 @@ impl LockBackend for MemoryBackend {
         })
     }
 
-    async fn release(&self, grant: &MemoryGrant) -> Result<(), LockError> {
-        self.release_sync(grant)
-    }
-
     fn release_now(&self, grant: &MemoryGrant) -> Option<Result<(), LockError>> {
         Some(self.release_sync(grant))
     }
