@@ -14,7 +14,7 @@ use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
 use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
-use crate::watch::{Backoff, ChangeWatch, notifications_supported, wait_for_change};
+use crate::watch::{FileWaiter, notifications_supported};
 
 /// The longest a waiter goes without re-checking (change notifications
 /// usually wake it long before).
@@ -76,8 +76,7 @@ pub(crate) async fn lock(
         return Ok(Err(holder));
     }
     let mut waited = turn.waited();
-    let mut backoff = Backoff::new(Duration::from_millis(1), POLL_MAX);
-    let mut watch: Option<ChangeWatch> = None;
+    let mut waiter = FileWaiter::new(Duration::from_millis(1), POLL_MAX);
     'reopen: loop {
         let (file, meta) =
             fsutil::open_no_follow_with_meta(path, Access::Create).map_err(|e| io("opening the lock file", e))?;
@@ -91,7 +90,7 @@ pub(crate) async fn lock(
                     match FileId::at(path) {
                         Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, snapshot, waited, turn })),
                         Ok(_) => {
-                            watch = None;
+                            waiter.forget();
                             continue 'reopen;
                         }
                         Err(e) => return Err(io("checking the lock file", e)),
@@ -103,19 +102,15 @@ pub(crate) async fn lock(
             if deadline.has_passed() {
                 return Ok(Err(holder_of(&file, backend)));
             }
-            if watch.is_none() && notifications_supported() {
-                // Watch first, then look again: a release in between is not missed.
-                watch = ChangeWatch::new(path);
-                if watch.is_some() {
-                    continue;
-                }
+            if waiter.watch_first(path) {
+                continue;
             }
             waited = true;
-            if !wait_for_change(watch.as_ref(), &mut backoff, deadline, None).await {
+            if !waiter.wait(deadline, None).await {
                 return Ok(Err(holder_of(&file, backend)));
             }
             if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
-                watch = None;
+                waiter.forget();
                 continue 'reopen;
             }
         }

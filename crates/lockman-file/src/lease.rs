@@ -17,7 +17,7 @@ use crate::flock::SharedTurn;
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::watch::{Backoff, ChangeWatch, wait_for_change};
+use crate::watch::FileWaiter;
 use crate::{FileOptions, naming};
 use lockman_core::backend::{LocalQueue, Turn};
 
@@ -377,8 +377,7 @@ impl LockBackend for LeaseFileBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LeaseGrant>, LockError> {
         let resource = &*request.resource;
         let path = self.lease_file(resource);
-        let mut backoff = Backoff::new(Duration::from_millis(1), LEASE_POLL_MAX);
-        let mut watch: Option<ChangeWatch> = None;
+        let mut waiter = FileWaiter::new(Duration::from_millis(1), LEASE_POLL_MAX);
         // Our turn among this manager's waiters. A holder here whose lease
         // runs out keeps its turn until its guard drops, so while queued
         // re-check its lease file at least every LEASE_POLL_MAX (and at the
@@ -430,21 +429,15 @@ impl LockBackend for LeaseFileBackend {
             if request.deadline.has_passed() {
                 return Ok(Acquired::Busy { holder: existing.info });
             }
-            if watch.is_none() {
-                // Watch first, then look again, so a release in between is not missed.
-                watch = ChangeWatch::new(&path);
-                if watch.is_some() {
-                    continue;
-                }
+            if waiter.watch_first(&path) {
+                continue;
             }
             waited = true;
-            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(instant_of(existing.stale_at)))
-                .await
-            {
+            if !waiter.wait(request.deadline, Some(instant_of(existing.stale_at))).await {
                 return Ok(Acquired::Busy { holder: existing.info });
             }
             // The file we watched may be gone; watch whatever is there next.
-            watch = None;
+            waiter.forget();
         }
     }
 

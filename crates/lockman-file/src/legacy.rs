@@ -18,7 +18,7 @@ use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_er
 use crate::naming;
 use crate::record::{self, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::watch::{Backoff, ChangeWatch, wait_for_change};
+use crate::watch::FileWaiter;
 use lockman_core::backend::LocalQueue;
 
 /// The backend name in errors, events and metrics.
@@ -597,8 +597,7 @@ impl LockBackend for LegacyFileBackend {
         // The sidecar outlives its holder: other users must be able to open it.
         self.dir.adopt(&sidecar, &files.sidecar);
         // 2. Against old processes: the legacy file itself.
-        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
-        let mut watch: Option<ChangeWatch> = None;
+        let mut waiter = FileWaiter::new(Duration::from_millis(5), Duration::from_millis(250));
         let mut waited_for_old = false;
         loop {
             let (mut record, now) = flock::next_record(LEGACY_BACKEND, &files.sidecar, &sidecar, request)?;
@@ -680,19 +679,16 @@ impl LockBackend for LegacyFileBackend {
             if request.deadline.has_passed() {
                 return Ok(Acquired::Busy { holder });
             }
-            if watch.is_none() {
-                watch = ChangeWatch::new(&files.path);
-                if watch.is_some() {
-                    continue;
-                }
+            if waiter.watch_first(&files.path) {
+                continue;
             }
             waited_for_old = true;
             let stale_at = since + files.stale_after;
             let wake_by = Instant::now() + stale_at.duration_since(SystemTime::now()).unwrap_or_default();
-            if !wait_for_change(watch.as_ref(), &mut backoff, request.deadline, Some(wake_by)).await {
+            if !waiter.wait(request.deadline, Some(wake_by)).await {
                 return Ok(Acquired::Busy { holder });
             }
-            watch = None;
+            waiter.forget();
         }
     }
 

@@ -10,6 +10,43 @@ use std::time::Duration;
 use lockman_core::backend::Deadline;
 use tokio::time::Instant;
 
+/// A waiter for one lock file: its change watch and its backoff — the
+/// "watch, look again, then wait" step every file backend's acquire loop takes.
+#[derive(Debug)]
+pub(crate) struct FileWaiter {
+    watch: Option<ChangeWatch>,
+    backoff: Backoff,
+}
+
+impl FileWaiter {
+    /// Backoff from `min` to `max` between re-checks when no change is seen.
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        FileWaiter { watch: None, backoff: Backoff::new(min, max) }
+    }
+
+    /// Starts watching `path` unless a watch is already in place. Returns
+    /// `true` when it just started one: the caller looks at the file again
+    /// before waiting, so a release between its last look and the watch is
+    /// not missed.
+    pub(crate) fn watch_first(&mut self, path: &std::path::Path) -> bool {
+        if self.watch.is_some() || !notifications_supported() {
+            return false;
+        }
+        self.watch = ChangeWatch::new(path);
+        self.watch.is_some()
+    }
+
+    /// Drops the watch (the file was replaced: a new one must watch the new file).
+    pub(crate) fn forget(&mut self) {
+        self.watch = None;
+    }
+
+    /// [`wait_for_change`] with this waiter's watch and backoff.
+    pub(crate) async fn wait(&mut self, deadline: Deadline, wake_by: Option<Instant>) -> bool {
+        wait_for_change(self.watch.as_ref(), &mut self.backoff, deadline, wake_by).await
+    }
+}
+
 /// Retry intervals that double from `min` to `max`, and start over from `min`
 /// after every change notification.
 #[derive(Debug)]
@@ -38,7 +75,7 @@ impl Backoff {
 /// Waits until `watch` reports a change, the next backoff interval passes, or
 /// `deadline` (or `wake_by`, e.g. when a lease runs out) comes. Returns
 /// `false` when the deadline has passed.
-pub(crate) async fn wait_for_change(
+async fn wait_for_change(
     watch: Option<&ChangeWatch>,
     backoff: &mut Backoff,
     deadline: Deadline,
