@@ -35,6 +35,10 @@ use serde::Serialize;
 
 use crate::history::{Event, Fault, Kind, read_log};
 
+/// How `LostReason::LeaseExpired` reads (other reasons may mention expiry
+/// as one possibility; only this one says the lease ran out).
+const EXPIRED: &str = "its lease expired";
+
 /// The checker's bounds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Bounds {
@@ -394,7 +398,7 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
         // An extended lease cannot run out before its new end, even if it is
         // never renewed: a report of expiry before that means it was shortened.
         if let Some(until) = section.extended_until
-            && why.contains("lease expired")
+            && why.starts_with(EXPIRED)
             && lost_t + bounds.slack_us < until
         {
             violations.push(Violation {

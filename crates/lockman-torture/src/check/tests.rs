@@ -61,7 +61,7 @@ fn a_lost_update_is_a_violation() {
 /// Adds a loss report at `lost` to the worker's section that contains it.
 fn with_loss(mut events: Vec<Event>, lost: u64) -> Vec<Event> {
     let end = events.iter().position(|e| matches!(e, Event::End { t } if *t > lost)).unwrap();
-    events.insert(end, Event::Lost { t: lost, why: "lease expired".into() });
+    events.insert(end, Event::Lost { t: lost, why: "its lease expired".into() });
     events
 }
 
