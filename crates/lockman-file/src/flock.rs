@@ -13,7 +13,7 @@ use lockman_core::backend::{Deadline, GrantRequest, LocalQueue, Turn};
 use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
 use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
-use crate::record::{self, Record, RecordState};
+use crate::record::{self, FileRecord, Record, RecordState};
 use crate::watch::{FileWaiter, notifications_supported};
 
 /// The longest a waiter goes without re-checking (change notifications
@@ -163,8 +163,8 @@ pub(crate) fn probe(file: &File, resource: &str, backend: &str) -> io::Result<Lo
 /// The holder named by the record in `file`, if it holds a readable one.
 pub(crate) fn holder_of(file: &File, backend: &str) -> Option<LockInfo> {
     match record::read_from(file) {
-        Ok(Ok(Some((record, RecordState::Held)))) => Some(record.to_info(backend)),
-        Ok(Err(corrupt)) => {
+        Ok(FileRecord::Found(record, RecordState::Held)) => Some(record.to_info(backend)),
+        Ok(FileRecord::Corrupt(corrupt)) => {
             tracing::warn!(error = %corrupt, "unreadable lock record");
             None
         }

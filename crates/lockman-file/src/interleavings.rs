@@ -50,7 +50,9 @@ async fn lease_file_moved_by_mistake_is_put_back_over_a_file_created_meanwhile()
     let third = {
         let path = path.clone();
         let file = std::fs::File::open(&path).expect("open N's file");
-        let (mut record, _) = record::read_from(&file).expect("read").expect("record").expect("N's record");
+        let record::FileRecord::Found(mut record, _) = record::read_from(&file).expect("read") else {
+            panic!("N's record is not readable")
+        };
         record.token += 1;
         record.holder = "third".into();
         move || std::fs::write(&path, record.encode(RecordState::Held)).expect("C creates the lease file")

@@ -14,7 +14,7 @@ use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, L
 
 use crate::flock::{self, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
-use crate::record::{self, RecordState};
+use crate::record::{self, FileRecord, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::{FileOptions, naming};
 use lockman_core::backend::LocalQueue;
@@ -274,10 +274,7 @@ impl LockBackend for FileBackend {
             if !matches!(FileId::at(&path), Ok(Some(now)) if now == id) {
                 continue;
             }
-            let left = match record::read_from(&file) {
-                Ok(Ok(Some((record, RecordState::Held)))) => Some(record),
-                _ => None,
-            };
+            let left = record::read_from(&file).ok().and_then(FileRecord::held);
             // Removing it while we hold its lock is safe: anyone who opened it
             // meanwhile finds the path changed after locking, and retries.
             match fsutil::break_by_rename(&path, id, |_| true) {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::flock::SharedTurn;
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
-use crate::record::{self, Record, RecordState};
+use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::FileWaiter;
 use crate::{FileOptions, naming};
@@ -230,7 +230,7 @@ impl LeaseFileBackend {
         let now = SystemTime::now();
         let read = record::read_from(&file).map_err(|e| self.io("reading the lease file", resource, path, e))?;
         Ok(Some(match read {
-            Ok(Some((record, _))) => {
+            FileRecord::Found(record, _) => {
                 let stale_at = record.lease_expires_at().unwrap_or(now);
                 let stale = stale_at <= now || record.holder_process_is_dead();
                 Existing { id, info: Some(record.to_info(LEASE_BACKEND)), stale, stale_at }
@@ -240,8 +240,8 @@ impl LeaseFileBackend {
             // from its last change. A change time in the future is as
             // untrusted as the record (anyone who owns the file can set it):
             // beyond the clock allowance, the file is stale at once.
-            unreadable => {
-                if let Err(corrupt) = unreadable {
+            unreadable @ (FileRecord::Empty | FileRecord::Corrupt(_)) => {
+                if let FileRecord::Corrupt(corrupt) = unreadable {
                     tracing::warn!(path = %path.display(), error = %corrupt, "unreadable lease file");
                 }
                 let modified = meta.modified().unwrap_or(now);

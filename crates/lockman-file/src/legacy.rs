@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::flock::{self, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::naming;
-use crate::record::{self, Record, RecordState};
+use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::FileWaiter;
 use lockman_core::backend::LocalQueue;
@@ -396,7 +396,7 @@ impl LegacyFileBackend {
         // never released: a released grant removed its file, and a file now
         // there is an old process's, even if it reuses the inode number.
         if let Some(file) = sidecar_file
-            && let Ok(Ok(Some((record, RecordState::Held)))) = record::read_from(file)
+            && let Some(record) = record::read_from(file).ok().and_then(FileRecord::held)
             && record.guards == Some(snapshot)
         {
             let alive = match sidecar {
@@ -507,10 +507,10 @@ impl LegacyFileBackend {
     fn move_sidecar_aside(&self, resource: &str, files: &Files, judged_sidecar: FileId, judged: &Record) {
         let records_judged = |path: &Path| {
             fsutil::open_no_follow(path, Access::Read).is_ok_and(|file| {
-                matches!(
-                    record::read_from(&file),
-                    Ok(Ok(Some((record, RecordState::Held)))) if record.token == judged.token && record.guards == judged.guards
-                )
+                record::read_from(&file)
+                    .ok()
+                    .and_then(FileRecord::held)
+                    .is_some_and(|record| record.token == judged.token && record.guards == judged.guards)
             })
         };
         if !records_judged(&files.sidecar) {
@@ -555,7 +555,7 @@ impl LegacyFileBackend {
             .map_err(|e| io_error(LEGACY_BACKEND, "listing legacy lock files", None, self.dir.path(), e))?;
         for sidecar in sidecars {
             if let Ok(file) = fsutil::open_no_follow(&sidecar, Access::Read)
-                && let Ok(Ok(Some((record, _)))) = record::read_from(&file)
+                && let Some(record) = record::read_from(&file).ok().and_then(FileRecord::record)
                 && !self.options.resources.contains_key(&record.resource)
             {
                 names.push(record.resource);

@@ -263,17 +263,49 @@ pub(crate) fn mark_released(file: &File) -> io::Result<()> {
     write_at(file, &[state_byte(RecordState::Released)], STATE_OFFSET)
 }
 
+/// What a lock file holds.
+// Returned and matched at once: boxing the record would cost an allocation
+// on every read of the acquire path for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum FileRecord {
+    /// No record: the file is empty.
+    Empty,
+    /// A readable record with plausible times, and whether it is held.
+    Found(Record, RecordState),
+    /// A torn or foreign record, or one whose times are implausible (see
+    /// [`Record::check_times`]): judge the file by its age, never by its contents.
+    Corrupt(String),
+}
+
+impl FileRecord {
+    /// The record, if there is a readable one (held or released).
+    pub(crate) fn record(self) -> Option<Record> {
+        match self {
+            FileRecord::Found(record, _) => Some(record),
+            FileRecord::Empty | FileRecord::Corrupt(_) => None,
+        }
+    }
+
+    /// The record, if there is a readable one and it is held.
+    pub(crate) fn held(self) -> Option<Record> {
+        match self {
+            FileRecord::Found(record, RecordState::Held) => Some(record),
+            _ => None,
+        }
+    }
+}
+
 /// Reads the record in `file`, retrying a few times if a concurrent write
-/// tore it. `Ok(None)`: the file holds no record. A record whose times are
-/// implausible (see [`Record::check_times`]) is reported as corrupt, like a
-/// torn one: callers then judge the file by its age, never by those times.
-pub(crate) fn read_from(file: &File) -> io::Result<Result<Option<(Record, RecordState)>, String>> {
+/// tore it.
+pub(crate) fn read_from(file: &File) -> io::Result<FileRecord> {
     Ok(match read_decoded(file)? {
         Ok(Some((record, state))) => match record.check_times(SystemTime::now()) {
-            Ok(()) => Ok(Some((record, state))),
-            Err(implausible) => Err(implausible),
+            Ok(()) => FileRecord::Found(record, state),
+            Err(implausible) => FileRecord::Corrupt(implausible),
         },
-        other => other,
+        Ok(None) => FileRecord::Empty,
+        Err(corrupt) => FileRecord::Corrupt(corrupt),
     })
 }
 
