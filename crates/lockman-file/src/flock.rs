@@ -56,8 +56,16 @@ pub(crate) struct Locked {
 /// waiting for the lost guard to drop.
 pub(crate) type SharedTurn = Arc<Mutex<Option<Turn>>>;
 
+/// What [`lock`] got.
+pub(crate) enum LockAttempt {
+    /// The kernel lock, on the file the path still names.
+    Locked(Locked),
+    /// The deadline passed first; the holder, if its record is readable.
+    Busy(Option<LockInfo>),
+}
+
 /// Takes the kernel lock on the file `path` names (creating it), waiting
-/// until `deadline`. `Ok(Err(holder))` if the deadline passed first.
+/// until `deadline`.
 ///
 /// Cancel-safe: the only await is the wait, and the lock is taken only by the
 /// synchronous `try_lock` right before returning.
@@ -67,13 +75,13 @@ pub(crate) async fn lock(
     resource: &Arc<str>,
     path: &Path,
     deadline: Deadline,
-) -> Result<Result<Locked, Option<LockInfo>>, LockError> {
+) -> Result<LockAttempt, LockError> {
     let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
     let turn = queue.enter(resource, deadline).await;
     if !turn.is_ours() {
         // Another task of this manager holds it (or is ahead of us).
         let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
-        return Ok(Err(holder));
+        return Ok(LockAttempt::Busy(holder));
     }
     let mut waited = turn.waited();
     let mut waiter = FileWaiter::new(Duration::from_millis(1), POLL_MAX);
@@ -88,7 +96,9 @@ pub(crate) async fn lock(
                     // Someone may have deleted (cleanup) or replaced the file
                     // while we opened or waited: then our lock is on an orphan.
                     match FileId::at(path) {
-                        Ok(Some(now)) if now == id => return Ok(Ok(Locked { file, snapshot, waited, turn })),
+                        Ok(Some(now)) if now == id => {
+                            return Ok(LockAttempt::Locked(Locked { file, snapshot, waited, turn }));
+                        }
                         Ok(_) => {
                             waiter.forget();
                             continue 'reopen;
@@ -100,14 +110,14 @@ pub(crate) async fn lock(
                 Err(TryLockError::Error(e)) => return Err(io("locking the lock file", e)),
             }
             if deadline.has_passed() {
-                return Ok(Err(holder_of(&file, backend)));
+                return Ok(LockAttempt::Busy(holder_of(&file, backend)));
             }
             if waiter.watch_first(path) {
                 continue;
             }
             waited = true;
             if !waiter.wait(deadline, None).await {
-                return Ok(Err(holder_of(&file, backend)));
+                return Ok(LockAttempt::Busy(holder_of(&file, backend)));
             }
             if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
                 waiter.forget();

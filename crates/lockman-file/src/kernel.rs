@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
 use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason};
 
-use crate::flock::{self, Locked, SharedTurn};
+use crate::flock::{self, LockAttempt, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
 use crate::record::{self, FileRecord, RecordState};
 use crate::sentinel::{Sentinel, Watched};
@@ -152,8 +152,8 @@ impl LockBackend for FileBackend {
         let path = self.lock_file(resource);
         let Locked { file, snapshot, waited, turn } =
             match flock::lock(BACKEND, &self.queue, &request.resource, &path, request.deadline).await? {
-                Ok(locked) => locked,
-                Err(holder) => return Ok(Acquired::Busy { holder }),
+                LockAttempt::Locked(locked) => locked,
+                LockAttempt::Busy(holder) => return Ok(Acquired::Busy { holder }),
             };
         // Kernel lock files outlive their holders: other users of a shared
         // directory must be able to open this one after we release it.

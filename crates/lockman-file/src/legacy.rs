@@ -13,7 +13,7 @@ use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, Lo
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::flock::{self, Locked, SharedTurn};
+use crate::flock::{self, LockAttempt, Locked, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error};
 use crate::naming;
 use crate::record::{self, FileRecord, Record, RecordState};
@@ -591,8 +591,8 @@ impl LockBackend for LegacyFileBackend {
         )
         .await?
         {
-            Ok(locked) => locked,
-            Err(holder) => return Ok(Acquired::Busy { holder }),
+            LockAttempt::Locked(locked) => locked,
+            LockAttempt::Busy(holder) => return Ok(Acquired::Busy { holder }),
         };
         // The sidecar outlives its holder: other users must be able to open it.
         self.dir.adopt(&sidecar, &files.sidecar);
