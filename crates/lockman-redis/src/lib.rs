@@ -216,15 +216,25 @@ impl fmt::Debug for RedisBackend {
 pub struct RedisGrant {
     resource: Arc<str>,
     holder: HolderId,
-    token: String,
+    token: u64,
     /// Names this hold in the lock hash (`h:<hold>`), unique per acquire
     /// attempt, so a release or undo takes back exactly this hold.
     hold: String,
 }
 
+/// What one acquire attempt got.
+enum Attempt {
+    Granted(Grant),
+    /// Someone else holds it, for `ttl` more (zero when Redis reports none).
+    Busy {
+        ttl: Duration,
+        holder: Option<LockInfo>,
+    },
+}
+
 /// What one successful acquire attempt got.
 struct Grant {
-    token: String,
+    token: u64,
     acquired_us: u64,
     /// When the lease ends at the earliest: counted from before the request
     /// was sent, so never later than Redis's own expiry.
@@ -329,15 +339,14 @@ impl RedisBackend {
         });
     }
 
-    /// One attempt to take the lock, adding the hold `hold`:
-    /// `Ok(Ok(granted))` or `Ok(Err((pttl, holder)))`.
+    /// One attempt to take the lock, adding the hold `hold`.
     async fn attempt(
         &self,
         request: &GrantRequest,
         lease: Duration,
         hold: &str,
         budget: Deadline,
-    ) -> Result<Result<Grant, (Duration, Option<LockInfo>)>, LockError> {
+    ) -> Result<Attempt, LockError> {
         let resource = &*request.resource;
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
         invocation
@@ -364,26 +373,26 @@ impl RedisBackend {
             Err(e) => return Err(e),
         };
         pending.armed = false;
+        let number = |index: usize| reply.get(index).and_then(|v| v.parse::<u64>().ok());
         match reply.first().map(String::as_str) {
             Some("1") => {
-                let token = reply.get(1).cloned().unwrap_or_default();
-                let acquired_us = reply.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
-                // The lease left: ours, or longer when re-entering a grant
-                // another manager holds under the same holder id.
-                let Some(left) = reply.get(3).and_then(|v| v.parse::<u64>().ok()) else {
+                // The token, and the lease left: ours, or longer when
+                // re-entering a grant another manager holds under the same holder id.
+                let (Some(token), Some(left)) = (number(1), number(3)) else {
                     return Err(self.failed(
                         "acquiring",
                         Some(resource),
                         &format!("unexpected script reply {reply:?}"),
                     ));
                 };
+                let acquired_us = number(2).unwrap_or(0);
                 let lease_expires_at = sent + Duration::from_millis(left);
-                Ok(Ok(Grant { token, acquired_us, lease_expires_at }))
+                Ok(Attempt::Granted(Grant { token, acquired_us, lease_expires_at }))
             }
             Some("0") => {
                 let pttl = reply.get(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
                 let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
-                Ok(Err((ttl, parse_info(resource, &reply[2..], Some(pttl)))))
+                Ok(Attempt::Busy { ttl, holder: parse_info(resource, &reply[2..], Some(pttl)) })
             }
             _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
         }
@@ -493,13 +502,12 @@ impl LockBackend for RedisBackend {
                 attempt => attempt?,
             };
             match attempt {
-                Ok(Grant { token, acquired_us, lease_expires_at }) => {
-                    let numeric = token.parse::<u64>().unwrap_or(0);
+                Attempt::Granted(Grant { token, acquired_us, lease_expires_at }) => {
                     self.listeners.hold(
                         resource,
                         waiters::Held {
                             holder: request.holder.as_str().to_owned(),
-                            token: token.clone(),
+                            token,
                             hold: hold.clone(),
                             loss: request.loss.clone(),
                         },
@@ -507,12 +515,12 @@ impl LockBackend for RedisBackend {
                     let grant =
                         RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold };
                     return Ok(Acquired::Granted(
-                        Granted::new(grant, FencingToken::new(numeric), Some(lease_expires_at))
+                        Granted::new(grant, FencingToken::new(token), Some(lease_expires_at))
                             .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
                             .after_waiting(waited),
                     ));
                 }
-                Err((ttl, holder)) => {
+                Attempt::Busy { ttl, holder } => {
                     let Some(notified) = notified else { return Ok(Acquired::Busy { holder }) };
                     if request.deadline.has_passed() {
                         return Ok(Acquired::Busy { holder });
@@ -543,7 +551,7 @@ impl LockBackend for RedisBackend {
                 .key(self.keys.lock(resource))
                 .key(self.keys.fence(resource))
                 .arg(grant.holder.as_str())
-                .arg(&grant.token)
+                .arg(grant.token)
                 .arg(self.keys.channel(resource))
                 .arg(&grant.hold)
                 .arg(retry);
@@ -592,7 +600,7 @@ impl LockBackend for RedisBackend {
     async fn renew(&self, grant: &RedisGrant, lease: Duration) -> Result<SystemTime, LockError> {
         let resource = &*grant.resource;
         let mut invocation = scripts::RENEW.prepare_invoke();
-        invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(&grant.token).arg(millis(lease));
+        invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(grant.token).arg(millis(lease));
         // As for acquire: dated from before the request, never after Redis's expiry.
         let sent = SystemTime::now();
         let left: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, &invocation).await?;

@@ -33,7 +33,7 @@ pub(crate) struct Listeners {
 #[derive(Clone, Debug)]
 pub(crate) struct Held {
     pub(crate) holder: String,
-    pub(crate) token: String,
+    pub(crate) token: u64,
     /// The hold id (the key's `h:<hold>` field).
     pub(crate) hold: String,
     pub(crate) loss: LossSignal,
@@ -150,7 +150,7 @@ async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held
         .enumerate()
         .map(|(i, h)| {
             holder.as_deref() == Some(h.holder.as_str())
-                && token.as_deref() == Some(h.token.as_str())
+                && token.as_deref().and_then(|t| t.parse::<u64>().ok()) == Some(h.token)
                 && fields.get(i + 2).is_some_and(Option::is_some)
         })
         .collect())
