@@ -90,8 +90,8 @@ async fn tour() -> Result<(), LockError> {
     status.clear(".FCRunning").await?;
 
     let mut counts = std::collections::BTreeMap::new();
-    while let Ok(event) = events.try_recv() {
-        *counts.entry(format!("{:?}", event.kind)).or_insert(0) += 1;
+    while let Some(event) = events.try_recv() {
+        *counts.entry(event.kind.as_str()).or_insert(0) += 1;
     }
     println!("events: {counts:?}");
     Ok(())

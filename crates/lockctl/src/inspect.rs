@@ -2,11 +2,11 @@
 
 use std::time::SystemTime;
 
-use lockman::{Backends, LockInfo, LockState};
+use lockman::{Backends, LockInfo, LockState, LockStateKind};
 
 use crate::cli::ReleaseArgs;
 use crate::exit::{self, Failure};
-use crate::output::{self, LockJson, StateWord};
+use crate::output::{self, LockJson};
 
 /// `lockctl list`: every lock the backend lists, each with its state.
 pub async fn list(backends: &Backends, json: bool) -> Result<u8, Failure> {
@@ -29,16 +29,16 @@ pub async fn list(backends: &Backends, json: bool) -> Result<u8, Failure> {
 /// stale, so each is asked for its `state`; one released in between shows as
 /// available (a lock whose name the backend could not recover keeps the
 /// listed details).
-pub async fn classified(backends: &Backends) -> Result<Vec<(LockInfo, StateWord)>, Failure> {
+pub async fn classified(backends: &Backends) -> Result<Vec<(LockInfo, LockStateKind)>, Failure> {
     let mut classified = Vec::new();
     for info in backends.locks.list().await? {
         let state = match backends.locks.state(&info.resource).await {
-            Ok(LockState::Held(now)) => (now, StateWord::Held),
-            Ok(LockState::Stale(now)) => (now, StateWord::Stale),
-            Ok(LockState::Available) => (info, StateWord::Available),
+            Ok(LockState::Held(now)) => (now, LockStateKind::Held),
+            Ok(LockState::Stale(now)) => (now, LockStateKind::Stale),
+            Ok(LockState::Available) => (info, LockStateKind::Available),
             Err(e) => {
                 tracing::warn!(resource = %info.resource, error = %e, "cannot read the state of a listed lock");
-                (info, StateWord::Held)
+                (info, LockStateKind::Held)
             }
         };
         classified.push(state);
@@ -50,16 +50,16 @@ pub async fn classified(backends: &Backends) -> Result<Vec<(LockInfo, StateWord)
 pub async fn status(backends: &Backends, resource: &str, json: bool) -> Result<u8, Failure> {
     let state = backends.locks.state(resource).await?;
     let now = SystemTime::now();
-    let word = StateWord::of(&state);
+    let word = state.kind();
     if json {
         output::say_json(&LockJson::new(resource, word, state.info(), now))?;
     } else {
         output::say(&output::lock_details(resource, &state, now))?;
     }
     Ok(match word {
-        StateWord::Available => exit::OK,
-        StateWord::Held => exit::NO,
-        StateWord::Stale => exit::STALE,
+        LockStateKind::Available => exit::OK,
+        LockStateKind::Held => exit::NO,
+        LockStateKind::Stale => exit::STALE,
     })
 }
 
@@ -87,9 +87,9 @@ pub async fn release(backends: &Backends, args: &ReleaseArgs, json: bool) -> Res
     tracing::warn!(resource = %args.resource, %reason, broken = broken.is_some(), "force release");
     let now = SystemTime::now();
     match &broken {
-        Some(info) if json => output::say_json(&LockJson::new(&args.resource, StateWord::Held, Some(info), now))?,
+        Some(info) if json => output::say_json(&LockJson::new(&args.resource, LockStateKind::Held, Some(info), now))?,
         Some(info) => output::say(&format!("broke the lock on {}: it was {info}", output::quoted(&args.resource)))?,
-        None if json => output::say_json(&LockJson::new(&args.resource, StateWord::Available, None, now))?,
+        None if json => output::say_json(&LockJson::new(&args.resource, LockStateKind::Available, None, now))?,
         None => output::note(&format!("{} was not held; nothing to break", output::quoted(&args.resource))),
     }
     Ok(if broken.is_some() { exit::OK } else { exit::NO })
@@ -99,14 +99,14 @@ pub async fn release(backends: &Backends, args: &ReleaseArgs, json: bool) -> Res
 pub async fn cleanup(backends: &Backends, dry_run: bool, json: bool) -> Result<u8, Failure> {
     let now = SystemTime::now();
     let (verb, locks) = if dry_run {
-        let stale = classified(backends).await?.into_iter().filter(|(_, state)| *state == StateWord::Stale);
+        let stale = classified(backends).await?.into_iter().filter(|(_, state)| *state == LockStateKind::Stale);
         ("would remove", stale.map(|(info, _)| info).collect::<Vec<_>>())
     } else {
         ("removed", backends.locks.cleanup_stale().await?)
     };
     if json {
         let rows: Vec<LockJson<'_>> =
-            locks.iter().map(|info| LockJson::new(&info.resource, StateWord::Stale, Some(info), now)).collect();
+            locks.iter().map(|info| LockJson::new(&info.resource, LockStateKind::Stale, Some(info), now)).collect();
         output::say_json(&rows)?;
     } else if locks.is_empty() {
         output::say(&format!("no stale locks ({})", backends.chosen))?;

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use lockman::display;
-use lockman::{FlagInfo, LockEvent, LockInfo, LockState};
+use lockman::{FlagInfo, LockEvent, LockInfo, LockState, LockStateKind};
 use serde::Serialize;
 
 use crate::exit::{self, Failure};
@@ -80,43 +80,11 @@ impl serde_json::ser::Formatter for TerminalSafeJson {
     }
 }
 
-/// The state column: what `status` exits with, as a word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateWord {
-    /// Nobody holds it.
-    Available,
-    /// A live holder has it.
-    Held,
-    /// Recorded as held, but the holder is gone or its lease ran out.
-    Stale,
-}
-
-impl StateWord {
-    /// The word for `state`.
-    pub fn of(state: &LockState) -> Self {
-        match state {
-            LockState::Available => StateWord::Available,
-            LockState::Held(_) => StateWord::Held,
-            LockState::Stale(_) => StateWord::Stale,
-        }
-    }
-
-    /// As text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StateWord::Available => "available",
-            StateWord::Held => "held",
-            StateWord::Stale => "stale",
-        }
-    }
-}
-
 /// One lock, as JSON: times as RFC 3339 text plus seconds for arithmetic.
 #[derive(Debug, Serialize)]
 pub struct LockJson<'a> {
     resource: &'a str,
-    state: StateWord,
+    state: LockStateKind,
     holder: Option<&'a str>,
     user: Option<&'a str>,
     host: Option<&'a str>,
@@ -134,7 +102,7 @@ pub struct LockJson<'a> {
 
 impl<'a> LockJson<'a> {
     /// `resource` in `state`, with `info` if anyone holds it.
-    pub fn new(resource: &'a str, state: StateWord, info: Option<&'a LockInfo>, now: SystemTime) -> Self {
+    pub fn new(resource: &'a str, state: LockStateKind, info: Option<&'a LockInfo>, now: SystemTime) -> Self {
         LockJson {
             resource,
             state,
@@ -240,15 +208,7 @@ impl<'a> EventJson<'a> {
 
 /// `locked`, `released`, `timed_out`, `lost`, `force_released`, `stale_broken`.
 pub fn kind_name(event: &LockEvent) -> String {
-    let debug = format!("{:?}", event.kind);
-    let mut name = String::with_capacity(debug.len() + 2);
-    for (i, c) in debug.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_lowercase());
-    }
-    name
+    event.kind.as_str().to_owned()
 }
 
 /// One line for an event from the manager's stream.
@@ -317,7 +277,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The list row for a lock.
-pub fn lock_row(info: &LockInfo, state: StateWord, now: SystemTime) -> Vec<String> {
+pub fn lock_row(info: &LockInfo, state: LockStateKind, now: SystemTime) -> Vec<String> {
     vec![
         printable(&info.resource),
         state.as_str().to_owned(),
@@ -355,7 +315,7 @@ pub fn flag_row(flag: &FlagInfo, now: SystemTime) -> Vec<String> {
 
 /// The details of one lock, one `key  value` line each.
 pub fn lock_details(resource: &str, state: &LockState, now: SystemTime) -> String {
-    let word = StateWord::of(state);
+    let word = state.kind();
     let Some(info) = state.info() else {
         return format!("{}: {}\n", quoted(resource), word.as_str());
     };
@@ -380,7 +340,7 @@ pub fn lock_details(resource: &str, state: &LockState, now: SystemTime) -> Strin
     field("token", info.fencing_token.to_string());
     field("hold count", info.hold_count.to_string());
     field("backend", printable(&info.backend));
-    if word == StateWord::Stale {
+    if word == LockStateKind::Stale {
         field("note", "the holder is gone or its lease ran out; `lockctl cleanup` removes it".to_owned());
     }
     lines.push(String::new());
@@ -502,7 +462,7 @@ mod tests {
         let mut info = LockInfo::local("r", lockman::HolderId::new("h"), lockman::FencingToken::new(1), "redis");
         info.acquired_at = planted;
         info.lease_expires_at = Some(planted);
-        let json = LockJson::new("r", StateWord::Held, Some(&info), SystemTime::now());
+        let json = LockJson::new("r", LockStateKind::Held, Some(&info), SystemTime::now());
         assert!(json.acquired_at.is_none() && json.lease_expires_at.is_none(), "{json:?}");
         assert!(lock_details("r", &LockState::Held(info), SystemTime::now()).contains("far future"));
     }

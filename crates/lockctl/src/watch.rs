@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use lockman::{Backends, LockInfo};
+use lockman::{Backends, LockInfo, LockStateKind};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::cli::WatchArgs;
 use crate::exit::{self, Failure};
 use crate::inspect;
-use crate::output::{self, EventJson, StateWord};
+use crate::output::{self, EventJson};
 
 /// What `watch` says on stderr before streaming, so nobody mistakes silence
 /// for an idle backend.
@@ -41,8 +40,8 @@ pub async fn watch(backends: &Backends, args: &WatchArgs, json: bool) -> Result<
             event = events.recv() => match event {
                 Ok(event) if json => output::say_json(&EventJson::from_event(&event))?,
                 Ok(event) => output::say(&output::event_line(&event))?,
-                Err(RecvError::Lagged(missed)) => output::note(&format!("fell behind: {missed} events were skipped")),
-                Err(RecvError::Closed) => return Ok(exit::OK),
+                Err(lockman::EventsError::Lagged(missed)) => output::note(&format!("fell behind: {missed} events were skipped")),
+                Err(_closed) => return Ok(exit::OK),
             },
             _ = ticker.tick(), if poll.is_some() => match snapshot(backends).await {
                 Ok(now) => {
@@ -68,13 +67,13 @@ pub fn listen(kind: SignalKind) -> Result<tokio::signal::unix::Signal, Failure> 
     signal(kind).map_err(|e| Failure::new(exit::OSERR, format!("cannot listen for signals: {e}")))
 }
 
-type Snapshot = BTreeMap<String, (LockInfo, StateWord)>;
+type Snapshot = BTreeMap<String, (LockInfo, LockStateKind)>;
 
 async fn snapshot(backends: &Backends) -> Result<Snapshot, Failure> {
     let locks = inspect::classified(backends).await?;
     Ok(locks
         .into_iter()
-        .filter(|(_, state)| *state != StateWord::Available)
+        .filter(|(_, state)| *state != LockStateKind::Available)
         .map(|(info, state)| (info.resource.clone(), (info, state)))
         .collect())
 }
@@ -101,8 +100,8 @@ fn report_changes(before: &Snapshot, after: &Snapshot, json: bool) -> Result<(),
         if !old.is_some_and(|(old, _)| same_grant(old, new)) {
             print("locked", new)?;
         }
-        if *state == StateWord::Stale
-            && old.is_none_or(|(old, old_state)| !same_grant(old, new) || *old_state != StateWord::Stale)
+        if *state == LockStateKind::Stale
+            && old.is_none_or(|(old, old_state)| !same_grant(old, new) || *old_state != LockStateKind::Stale)
         {
             print("stale", new)?;
         }

@@ -11,6 +11,7 @@ use crate::{FencingToken, HolderId, LostReason};
 
 /// What happened to a lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LockEventKind {
     /// A new grant (re-entries do not emit).
@@ -25,6 +26,28 @@ pub enum LockEventKind {
     ForceReleased,
     /// A stale lock (dead holder, expired lease) was broken.
     StaleBroken,
+}
+
+impl LockEventKind {
+    /// A stable lowercase name (`locked`, `released`, `timed_out`, `lost`,
+    /// `force_released`, `stale_broken`), the same as its serde name: for
+    /// logs, metrics labels and machine-readable output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LockEventKind::Locked => "locked",
+            LockEventKind::Released => "released",
+            LockEventKind::TimedOut => "timed_out",
+            LockEventKind::Lost => "lost",
+            LockEventKind::ForceReleased => "force_released",
+            LockEventKind::StaleBroken => "stale_broken",
+        }
+    }
+}
+
+impl std::fmt::Display for LockEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One event in a manager's [`events`](crate::LockManager::events) stream.
@@ -86,12 +109,97 @@ impl LockEvent {
     }
 }
 
-/// Receives a manager's [`LockEvent`]s.
+/// Receives a manager's [`LockEvent`]s: with [`recv`](Self::recv), or as a
+/// [`Stream`](futures_core::Stream) of events.
 ///
-/// A slow receiver that falls more than the channel capacity (1024) behind
-/// gets [`broadcast::error::RecvError::Lagged`] and skips ahead; locking is
-/// never slowed down by a slow listener.
-pub type LockEvents = broadcast::Receiver<LockEvent>;
+/// Locking is never slowed down by a slow listener: a receiver that falls
+/// more than [`EventSink::CAPACITY`] events behind skips ahead, and
+/// [`recv`](Self::recv) says how many it missed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman_core::LockError> {
+/// use lockman_core::{EventSink, LockEvent, LockEventKind};
+///
+/// let sink = EventSink::new("memory");
+/// let mut events = sink.subscribe();
+/// sink.send(LockEvent::new(LockEventKind::Locked, "inverter_read", "memory"));
+/// let event = events.recv().await.expect("an event");
+/// assert_eq!(event.kind.as_str(), "locked");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct LockEvents {
+    stream: tokio_stream::wrappers::BroadcastStream<LockEvent>,
+}
+
+/// Why [`LockEvents::recv`] returned no event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventsError {
+    /// This receiver fell behind and `0` events were skipped; the next
+    /// `recv` goes on with the oldest event still kept.
+    #[error("fell behind: {0} lock events were skipped")]
+    Lagged(u64),
+    /// The manager and every guard are gone: no event will come.
+    #[error("the lock event stream is closed")]
+    Closed,
+}
+
+impl LockEvents {
+    /// The next event, waiting for one.
+    ///
+    /// # Errors
+    ///
+    /// [`EventsError::Lagged`] once after events were skipped,
+    /// [`EventsError::Closed`] when none can come any more.
+    pub async fn recv(&mut self) -> Result<LockEvent, EventsError> {
+        use tokio_stream::StreamExt as _;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        match self.stream.next().await {
+            Some(Ok(event)) => Ok(event),
+            Some(Err(BroadcastStreamRecvError::Lagged(missed))) => Err(EventsError::Lagged(missed)),
+            None => Err(EventsError::Closed),
+        }
+    }
+
+    /// The next event if one is already waiting (skipping past any that
+    /// were missed), without waiting.
+    pub fn try_recv(&mut self) -> Option<LockEvent> {
+        use futures_core::Stream as _;
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        loop {
+            match std::pin::Pin::new(&mut self.stream).poll_next(&mut context) {
+                std::task::Poll::Ready(Some(Ok(event))) => return Some(event),
+                std::task::Poll::Ready(Some(Err(_lagged))) => continue,
+                std::task::Poll::Ready(None) | std::task::Poll::Pending => return None,
+            }
+        }
+    }
+}
+
+/// Every event in order; events a slow reader missed are skipped (and
+/// logged at debug level).
+impl futures_core::Stream for LockEvents {
+    type Item = LockEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<LockEvent>> {
+        loop {
+            match std::pin::Pin::new(&mut self.stream).poll_next(context) {
+                std::task::Poll::Ready(Some(Err(lagged))) => {
+                    tracing::debug!(error = %lagged, "a lock event stream fell behind; events were skipped");
+                }
+                std::task::Poll::Ready(Some(Ok(event))) => return std::task::Poll::Ready(Some(event)),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
 
 /// The sending side of a manager's event stream, shared by the manager, its
 /// guards and its backend (which reports events it alone can see, such as a
@@ -120,7 +228,7 @@ impl EventSink {
 
     /// A new receiver of every event sent from now on.
     pub fn subscribe(&self) -> LockEvents {
-        self.inner.sender.subscribe()
+        LockEvents { stream: tokio_stream::wrappers::BroadcastStream::new(self.inner.sender.subscribe()) }
     }
 
     /// Whether an event would reach anyone (a receiver, or a debug log).
@@ -131,7 +239,7 @@ impl EventSink {
     /// Publishes `event` to every receiver (none is fine) and logs it.
     pub fn send(&self, event: LockEvent) {
         tracing::debug!(
-            kind = ?event.kind,
+            kind = event.kind.as_str(),
             resource = %event.resource,
             backend = %event.backend,
             holder = event.holder.as_ref().map(HolderId::as_str),

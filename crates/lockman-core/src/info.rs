@@ -147,6 +147,51 @@ impl LockState {
     pub fn is_held(&self) -> bool {
         matches!(self, LockState::Held(_))
     }
+
+    /// Which state, without the details.
+    pub fn kind(&self) -> LockStateKind {
+        match self {
+            LockState::Available => LockStateKind::Available,
+            LockState::Held(_) => LockStateKind::Held,
+            LockState::Stale(_) => LockStateKind::Stale,
+        }
+    }
+}
+
+/// A [`LockState`] without its details: for tables, exit codes and
+/// machine-readable output.
+///
+/// ```
+/// use lockman_core::{LockState, LockStateKind};
+/// assert_eq!(LockState::Available.kind(), LockStateKind::Available);
+/// assert_eq!(LockStateKind::Stale.as_str(), "stale");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockStateKind {
+    /// Nobody holds it.
+    Available,
+    /// A live holder has it.
+    Held,
+    /// Recorded as held, but the holder is gone or its lease ran out.
+    Stale,
+}
+
+impl LockStateKind {
+    /// A stable lowercase name (`available`, `held`, `stale`), the same as its serde name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LockStateKind::Available => "available",
+            LockStateKind::Held => "held",
+            LockStateKind::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for LockStateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a backend wakes a waiter when the lock it waits for is released.

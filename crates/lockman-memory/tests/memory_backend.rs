@@ -72,7 +72,7 @@ async fn an_evicted_holder_gets_exactly_one_lost_event() {
     assert!(sleeper.release().await.is_err());
     taker.release().await.expect("release");
     let mut lost = 0;
-    while let Ok(event) = events.try_recv() {
+    while let Some(event) = events.try_recv() {
         if event.kind == LockEventKind::Lost {
             assert_eq!(event.holder.as_ref().map(|h| h.name()), Some("sleeper"));
             lost += 1;
