@@ -74,6 +74,8 @@ mod record;
 mod sentinel;
 mod status;
 mod testhook;
+#[cfg(feature = "url")]
+mod url_options;
 mod watch;
 
 #[cfg(test)]
@@ -88,6 +90,8 @@ pub use legacy::{
     LEGACY_BACKEND, LegacyFileBackend, LegacyFileLockManager, LegacyGrant, LegacyOptions, LegacyPolicy, LegacyResource,
 };
 pub use status::{FileStatusManager, FlagDirOptions};
+#[cfg(feature = "url")]
+pub use url_options::{FileConfigKey, FileUrl, LegacyConfigKey, LegacyUrl};
 
 /// Where and how a file backend keeps its lock files.
 ///

@@ -48,6 +48,8 @@ mod status;
 mod store;
 mod sync;
 mod table;
+#[cfg(feature = "url")]
+mod url_options;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -60,6 +62,8 @@ use store::Store;
 
 pub use status::MemoryStatusManager;
 use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
+#[cfg(feature = "url")]
+pub use url_options::MemoryConfigKey;
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "memory";

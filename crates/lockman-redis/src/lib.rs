@@ -64,6 +64,8 @@ mod fenced;
 mod keys;
 mod scripts;
 mod status;
+#[cfg(feature = "url")]
+mod url_options;
 mod waiters;
 
 use std::fmt;
@@ -80,6 +82,8 @@ use tokio::time::Instant;
 pub use fenced::FencedKey;
 use keys::Keys;
 pub use status::RedisStatusManager;
+#[cfg(feature = "url")]
+pub use url_options::{RedisConfigKey, RedisUrlDefaults};
 use waiters::Listeners;
 
 /// The backend name in errors, events and metrics.
