@@ -30,6 +30,13 @@
 //!   [`LockInfo`] and [`FlagInfo`](lockman_core::FlagInfo) are derived from it
 //!   when read.
 //!
+//! ## By URL
+//!
+//! [`MemoryBackend::from_url`] (feature `url`, which `lockman::connect`
+//! uses) reads `memory://` (the map named `""`), `memory://NAME`, and
+//! `memory://?private=1` (a private map); [`MemoryConfigKey`] lists the
+//! options.
+//!
 //! ```
 //! use lockman_core::{AcquireOptions, LockManager};
 //! use lockman_memory::MemoryLockManager;

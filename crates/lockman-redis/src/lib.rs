@@ -48,6 +48,22 @@
 //!
 //! Passwords in URLs never appear in `Debug` output, errors or logs.
 //!
+//! With the `url` feature (which `lockman::connect` uses),
+//! `RedisOptions::from_url` reads lockman's options from the URL's query
+//! (`prefix`, `lease`, `connect_timeout`, `response_timeout`, `tls_ca`,
+//! `password_file`; `protocol` is passed on to the redis crate); see
+//! `RedisConfigKey`:
+//!
+//! ```
+//! # #[cfg(feature = "url")] {
+//! use lockman_redis::{RedisOptions, RedisUrlDefaults};
+//!
+//! let url = url::Url::parse("redis://cache.internal:6379/2?prefix=givtcp:lock&lease=10s").unwrap();
+//! let options = RedisOptions::from_url(&url, "LOCKMAN_URL", RedisUrlDefaults::default()).unwrap();
+//! assert_eq!(options.redacted_url(), "redis://cache.internal:6379/2");
+//! # }
+//! ```
+//!
 //! ```no_run
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};
 //! use lockman_redis::{RedisBackend, RedisOptions};
