@@ -1,6 +1,5 @@
-//! A check for a backend's URL option table
-//! ([`ConfigKey`](lockman_core::url_options::ConfigKey)): for a backend's
-//! unit tests, which own the `from_url` that words the error.
+//! A check for a backend's URL option table (a [`ConfigKey`] enum), for
+//! the unit tests of the backend's `from_url`.
 
 use std::str::FromStr;
 
