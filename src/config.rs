@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use lockman_core::url_options::parse_duration;
 use lockman_core::{LockError, redact_url};
 use serde::{Deserialize, Serialize};
 
@@ -360,19 +361,6 @@ fn redact_urls_in(text: &str) -> String {
     out
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h 30m` (humantime).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    humantime::parse_duration(trimmed).map_err(|e| {
-        if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            // A bare number is the common slip: say which unit to add.
-            format!("{text:?} has no unit: add a unit, e.g. {trimmed}s (or {trimmed}ms, {trimmed}m)")
-        } else {
-            format!("{text:?} is not a duration ({e}); write it like 500ms, 30s or 5m")
-        }
-    })
-}
-
 /// Optional durations as text (`"30s"`) in TOML and environment variables.
 mod text_duration {
     use std::time::Duration;
@@ -413,18 +401,5 @@ mod tests {
         let config =
             Config { legacy_bridge: Some("rediss://:pw@h/0".to_owned()), ..Config::for_url("redis://:pw@h/0") };
         assert!(!format!("{config:?}").contains("pw@"), "{config:?}");
-    }
-
-    #[test]
-    fn durations_read_like_people_write_them() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("soon").unwrap_err().contains("500ms, 30s or 5m"));
-    }
-
-    #[test]
-    fn a_bare_number_hints_at_a_unit() {
-        let error = parse_duration("5").unwrap_err();
-        assert!(error.contains("add a unit, e.g. 5s"), "{error}");
     }
 }

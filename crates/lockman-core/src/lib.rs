@@ -60,6 +60,7 @@ mod queue;
 mod redact;
 mod runtime;
 mod status;
+pub mod url_options;
 
 pub use backend::LockBackend;
 pub use bridge::BridgedLockManager;

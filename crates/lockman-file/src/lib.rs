@@ -50,6 +50,23 @@
 //!   waits (Linux allows 128 per user by default); past that, waiters fall
 //!   back to bounded backoff.
 //!
+//! # By URL
+//!
+//! With the `url` feature (which `lockman::connect` uses),
+//! [`FileOptions::from_url`] reads `file:///dir?…` and
+//! [`LegacyOptions::from_url`] reads `legacy-file:///dir?…`; their options
+//! are listed by `FileConfigKey` and `LegacyConfigKey`:
+//!
+//! ```
+//! # #[cfg(feature = "url")] {
+//! use lockman_file::FileOptions;
+//!
+//! let url = url::Url::parse("file:///srv/app/locks?dir_mode=2770&file_mode=0660&flag.force_charge=.FCRunning1").unwrap();
+//! let file = FileOptions::from_url(&url, "LOCKMAN_URL", None).unwrap();
+//! assert!(!file.lease_mode);
+//! # }
+//! ```
+//!
 //! ```
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};
 //! use lockman_file::{FileBackend, FileOptions};
@@ -74,6 +91,8 @@ mod record;
 mod sentinel;
 mod status;
 mod testhook;
+#[cfg(feature = "url")]
+mod url_options;
 mod watch;
 
 #[cfg(test)]
@@ -88,6 +107,8 @@ pub use legacy::{
     LEGACY_BACKEND, LegacyFileBackend, LegacyFileLockManager, LegacyGrant, LegacyOptions, LegacyPolicy, LegacyResource,
 };
 pub use status::{FileStatusManager, FlagDirOptions};
+#[cfg(feature = "url")]
+pub use url_options::{FileConfigKey, FileUrl, LegacyConfigKey, LegacyUrl};
 
 /// Where and how a file backend keeps its lock files.
 ///

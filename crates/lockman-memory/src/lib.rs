@@ -30,6 +30,13 @@
 //!   [`LockInfo`] and [`FlagInfo`](lockman_core::FlagInfo) are derived from it
 //!   when read.
 //!
+//! ## By URL
+//!
+//! [`MemoryBackend::from_url`] (feature `url`, which `lockman::connect`
+//! uses) reads `memory://` (the map named `""`), `memory://NAME`, and
+//! `memory://?private=1` (a private map); [`MemoryConfigKey`] lists the
+//! options.
+//!
 //! ```
 //! use lockman_core::{AcquireOptions, LockManager};
 //! use lockman_memory::MemoryLockManager;
@@ -48,6 +55,8 @@ mod status;
 mod store;
 mod sync;
 mod table;
+#[cfg(feature = "url")]
+mod url_options;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -60,6 +69,8 @@ use store::Store;
 
 pub use status::MemoryStatusManager;
 use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
+#[cfg(feature = "url")]
+pub use url_options::MemoryConfigKey;
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "memory";

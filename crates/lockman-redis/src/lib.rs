@@ -48,6 +48,22 @@
 //!
 //! Passwords in URLs never appear in `Debug` output, errors or logs.
 //!
+//! With the `url` feature (which `lockman::connect` uses),
+//! `RedisOptions::from_url` reads lockman's options from the URL's query
+//! (`prefix`, `lease`, `connect_timeout`, `response_timeout`, `tls_ca`,
+//! `password_file`; `protocol` is passed on to the redis crate); see
+//! `RedisConfigKey`:
+//!
+//! ```
+//! # #[cfg(feature = "url")] {
+//! use lockman_redis::{RedisOptions, RedisUrlDefaults};
+//!
+//! let url = url::Url::parse("redis://cache.internal:6379/2?prefix=givtcp:lock&lease=10s").unwrap();
+//! let options = RedisOptions::from_url(&url, "LOCKMAN_URL", RedisUrlDefaults::default()).unwrap();
+//! assert_eq!(options.redacted_url(), "redis://cache.internal:6379/2");
+//! # }
+//! ```
+//!
 //! ```no_run
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};
 //! use lockman_redis::{RedisBackend, RedisOptions};
@@ -64,6 +80,8 @@ mod fenced;
 mod keys;
 mod scripts;
 mod status;
+#[cfg(feature = "url")]
+mod url_options;
 mod waiters;
 
 use std::fmt;
@@ -78,6 +96,8 @@ use tokio::time::Instant;
 pub use fenced::FencedKey;
 use keys::Keys;
 pub use status::RedisStatusManager;
+#[cfg(feature = "url")]
+pub use url_options::{RedisConfigKey, RedisUrlDefaults};
 use waiters::Listeners;
 
 /// The backend name in errors, events and metrics.

@@ -48,6 +48,7 @@ pub mod reentrancy;
 pub mod relay;
 pub mod release;
 pub mod timing;
+pub mod url_options;
 
 /// One backend under test, over a store private to this harness.
 pub trait Harness: Send + Sync + 'static {
