@@ -76,8 +76,12 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 mod fenced;
+mod hash;
 mod keys;
+mod options;
+mod runner;
 mod scripts;
 mod status;
 #[cfg(feature = "url")]
@@ -93,8 +97,14 @@ use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, Lo
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
+#[cfg(feature = "tls")]
+use client::install_crypto_provider;
+use client::{open_client, unreachable_error};
 pub use fenced::FencedKey;
+use hash::{millis, parse_info, state_of, unix_micros};
 use keys::Keys;
+pub use options::RedisOptions;
+use runner::scan;
 pub use status::RedisStatusManager;
 #[cfg(feature = "url")]
 pub use url_options::{RedisConfigKey, RedisUrlDefaults};
@@ -105,111 +115,6 @@ pub const BACKEND: &str = "redis";
 
 /// The Redis lock manager: `Locks<RedisBackend>`.
 pub type RedisLockManager = Locks<RedisBackend>;
-
-/// How to reach Redis and how to name keys.
-///
-/// ```
-/// use std::time::Duration;
-/// use lockman_redis::RedisOptions;
-///
-/// let options = RedisOptions::new("redis://:secret@cache.internal:6379/2").prefix("givtcp:lock");
-/// assert!(!format!("{options:?}").contains("secret"));
-/// ```
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct RedisOptions {
-    url: String,
-    /// Used when the URL carries none (`LOCKMAN_REDIS_PASSWORD`, a password file).
-    password: Option<String>,
-    prefix: String,
-    default_lease: Duration,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    /// PEM CA certificates trusted for `rediss://` instead of the platform's.
-    #[cfg(feature = "tls")]
-    tls_root_certificates: Option<Vec<u8>>,
-}
-
-impl RedisOptions {
-    /// `redis://[user:password@]host:port/db` or `rediss://…` (with the `tls` feature).
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisOptions {
-            url: url.into(),
-            password: None,
-            prefix: "lockman".to_owned(),
-            default_lease: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            #[cfg(feature = "tls")]
-            tls_root_certificates: None,
-        }
-    }
-
-    /// For `rediss://` (with the `tls` feature): trust the CA certificates in
-    /// `pem` (one or more PEM blocks), instead of the platform's trust store —
-    /// for a server whose certificate a private CA signed. The certificate
-    /// must still name the URL's host.
-    #[cfg(feature = "tls")]
-    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_root_certificates = Some(pem.into());
-        self
-    }
-
-    /// The password to authenticate with when the URL has none, so it need
-    /// not sit in a URL (visible in `ps`, shell history, the environment of
-    /// child processes). A password in the URL wins. Never shown in `Debug`,
-    /// errors or logs.
-    pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
-        self
-    }
-
-    /// Prefix of every key (default `lockman`).
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The lease of locks whose caller names none, renewed every third of it (default 30 s).
-    pub fn default_lease(mut self, lease: Duration) -> Self {
-        self.default_lease = lease;
-        self
-    }
-
-    /// How long to wait for a connection (default 2 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for any reply (default 2 s; a caller's shorter
-    /// deadline wins).
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// The URL with any password replaced by `***` (see [`lockman_core::redact_url`]).
-    pub fn redacted_url(&self) -> String {
-        lockman_core::redact_url(&self.url)
-    }
-}
-
-impl fmt::Debug for RedisOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("RedisOptions");
-        debug
-            .field("url", &self.redacted_url())
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("prefix", &self.prefix)
-            .field("default_lease", &self.default_lease)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout);
-        #[cfg(feature = "tls")]
-        debug.field("tls_root_certificates", &self.tls_root_certificates.as_ref().map(|_| "<PEM>"));
-        debug.finish()
-    }
-}
 
 /// The raw Redis backend; use it through [`RedisLockManager`].
 pub struct RedisBackend {
@@ -290,51 +195,6 @@ impl RedisBackend {
         let confirm = waiters::Confirm { connection: connection.clone(), timeout: options.response_timeout };
         tokio::spawn(waiters::subscribe(client, keys.clone(), confirm, Arc::downgrade(&listeners), stopped));
         Ok(RedisBackend { connection, keys, listeners, queue: LocalQueue::default(), options, _stop_subscriber: stop })
-    }
-
-    /// Runs one script, bounded by `deadline` (if any) and the response timeout.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        action: &str,
-        resource: Option<&str>,
-        deadline: Deadline,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, LockError> {
-        self.run_raw(deadline, invocation).await.map_err(|e| self.failed(action, resource, &e.detail))
-    }
-
-    /// [`run`](Self::run), keeping whether the connection dropped (then the
-    /// connection manager reconnects, but does not resend the command).
-    async fn run_raw<T: redis::FromRedisValue>(
-        &self,
-        deadline: Deadline,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, RunError> {
-        let limit = match deadline {
-            Deadline::At(at) => at.saturating_duration_since(Instant::now()).min(self.options.response_timeout),
-            Deadline::Now | Deadline::Never => self.options.response_timeout,
-        };
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(limit, invocation.invoke_async(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                Err(RunError { dropped: e.is_connection_dropped() || e.is_io_error(), detail: e.to_string() })
-            }
-            Err(_) => Err(RunError { dropped: false, detail: format!("no answer within {limit:?}") }),
-        }
-    }
-
-    fn failed(&self, action: &str, resource: Option<&str>, detail: &str) -> LockError {
-        LockError::Backend {
-            backend: BACKEND.to_owned(),
-            action: action.to_owned(),
-            resource: resource.map(str::to_owned),
-            message: format!(
-                "Redis at {}: {detail}; check that Redis is running and reachable",
-                self.options.redacted_url()
-            ),
-            source: None,
-        }
     }
 
     fn lost(&self, grant: &RedisGrant) -> LockError {
@@ -425,19 +285,6 @@ impl RedisBackend {
         let deadline = Deadline::At(Instant::now() + limit);
         let fields: Vec<String> = self.run("inspecting", Some(resource), deadline, &invocation).await?;
         Ok(state_of(resource, &fields))
-    }
-}
-
-/// Why a command failed.
-struct RunError {
-    /// The connection broke (the command may or may not have run).
-    dropped: bool,
-    detail: String,
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.detail)
     }
 }
 
@@ -666,183 +513,6 @@ impl LockBackend for RedisBackend {
     }
 }
 
-/// The client for `options`: its URL, its password, and the CA certificates it trusts.
-fn open_client(options: &RedisOptions) -> Result<redis::Client, LockError> {
-    use redis::IntoConnectionInfo;
-
-    // The redis crate's URL errors never quote the URL.
-    let mut info = options.url.as_str().into_connection_info().map_err(|e| {
-        LockError::Config(format!(
-            "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
-            options.redacted_url(),
-            e.detail().unwrap_or("bad URL")
-        ))
-    })?;
-    if let Some(password) = &options.password
-        && info.redis_settings().password().is_none()
-    {
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    #[cfg(feature = "tls")]
-    if let Some(pem) = &options.tls_root_certificates {
-        if !options.url.starts_with("rediss://") {
-            return Err(LockError::Config(format!(
-                "Redis URL {}: TLS root certificates need a rediss:// URL",
-                options.redacted_url()
-            )));
-        }
-        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
-        // These errors (a bad URL or PEM) never quote the URL.
-        return redis::Client::build_with_tls(info, certificates).map_err(|e| {
-            LockError::Config(format!(
-                "cannot use Redis URL {} with its TLS root certificates: {e}",
-                options.redacted_url()
-            ))
-        });
-    }
-    redis::Client::open(info).map_err(|e| {
-        LockError::Config(format!(
-            "cannot use Redis URL {}: {}; expected redis://[user:password@]host:port/db or rediss://…",
-            options.redacted_url(),
-            e.detail().unwrap_or("bad URL")
-        ))
-    })
-}
-
-/// rustls needs a process-wide crypto provider, which the redis crate does
-/// not choose: use ring, unless the application installed one already.
-#[cfg(feature = "tls")]
-fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // An error means another thread installed one first: as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
 /// The least time given to one acquisition attempt: about a round trip, so
 /// a wait that ends at the deadline still gets its last look.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
-
-/// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks the
-/// server), each batch bounded by `timeout`.
-pub(crate) async fn scan(
-    connection: &ConnectionManager,
-    pattern: &str,
-    timeout: Duration,
-) -> Result<Vec<String>, String> {
-    let mut connection = connection.clone();
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let mut command = redis::cmd("SCAN");
-        command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
-        let (next, batch): (u64, Vec<String>) = tokio::time::timeout(timeout, command.query_async(&mut connection))
-            .await
-            .map_err(|_| format!("no answer to SCAN within {timeout:?}"))?
-            .map_err(|e| e.to_string())?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            return Ok(keys);
-        }
-    }
-}
-
-fn unix_micros(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// The state from `HGETALL` fields followed by the PTTL.
-fn state_of(resource: &str, fields: &[String]) -> LockState {
-    let Some((pttl, fields)) = fields.split_last() else { return LockState::Available };
-    match parse_info(resource, fields, pttl.parse().ok()) {
-        Some(info) => LockState::Held(info),
-        None => LockState::Available,
-    }
-}
-
-/// A `LockInfo` from a lock hash's field/value pairs.
-fn parse_info(resource: &str, fields: &[String], pttl: Option<i64>) -> Option<LockInfo> {
-    let get = |name: &str| fields.chunks(2).find(|pair| pair[0] == name).and_then(|pair| pair.get(1));
-    let holder = get("holder")?;
-    let token = get("token").and_then(|t| t.parse().ok()).unwrap_or(0);
-    let mut info = LockInfo::local(resource, HolderId::shared(holder.as_str()), FencingToken::new(token), BACKEND);
-    info.hostname = get("host").cloned().unwrap_or_default();
-    info.pid = get("pid").and_then(|p| p.parse().ok()).unwrap_or(0);
-    info.user = get("user").filter(|u| !u.is_empty()).cloned();
-    info.purpose = get("purpose").filter(|p| !p.is_empty()).cloned();
-    // Any client of the server can write these fields: a time that does not
-    // parse or that this platform cannot represent counts as absent (the
-    // record's own times are only shown, never used to judge the lock: its
-    // PTTL does that), and one out of any calendar is shown flagged.
-    match get("acquired_us").map(|a| a.parse::<u64>().ok().and_then(lockman_core::display::from_unix_micros)) {
-        Some(Some(at)) => info.acquired_at = at,
-        Some(None) => tracing::warn!(resource, "ignoring an unreadable acquired_us in a Redis lock hash"),
-        None => {}
-    }
-    info.hold_count = get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
-    if let Some(ms) = pttl.and_then(|p| u64::try_from(p).ok()) {
-        info.lease_expires_at = SystemTime::now().checked_add(Duration::from_millis(ms));
-    }
-    Some(info)
-}
-
-#[cfg(test)]
-mod planted_hash_tests {
-    use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> Vec<String> {
-        pairs.iter().flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()]).collect()
-    }
-
-    #[test]
-    fn absurd_times_in_a_lock_hash_are_absent_or_shown_flagged() {
-        let huge = u64::MAX.to_string();
-        for acquired in ["300000000000000000", huge.as_str(), "0", "-5", "3e17", "", "99999999999999999999999"] {
-            let hash = fields(&[("holder", "h"), ("host", "x"), ("pid", "7"), ("acquired_us", acquired)]);
-            let info = parse_info("job", &hash, Some(i64::MAX)).expect("a holder is there");
-            // Formatting never fails (it panicked inside to_string() before).
-            let shown = info.to_string();
-            assert!(shown.starts_with("locked by h on x (pid 7) since "), "{acquired}: {shown}");
-        }
-        let hash = fields(&[("holder", "h"), ("acquired_us", "300000000000000000")]);
-        let shown = parse_info("job", &hash, None).expect("a holder is there").to_string();
-        assert!(shown.contains("far future (corrupt? 300000000000000000µs"), "{shown}");
-    }
-}
-
-fn unreachable_error(options: &RedisOptions, action: &str, detail: &str) -> LockError {
-    LockError::Backend {
-        backend: BACKEND.to_owned(),
-        action: action.to_owned(),
-        resource: None,
-        message: format!(
-            "cannot reach Redis at {}: {detail}; check the URL, that redis-server is running, and the network",
-            options.redacted_url()
-        ),
-        source: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        for url in
-            ["redis://u:hunter2@h:1/0", "redis://:hun@ter2@h:1/0", "redis://:hunter%402@h/0", "redis://:hun/ter2@h"]
-        {
-            let options = RedisOptions::new(url);
-            let debug = format!("{options:?}");
-            assert!(!debug.contains("ter2"), "{debug}");
-        }
-        let options = RedisOptions::new("redis://h:1/0").password("hunter2");
-        assert!(!format!("{options:?}").contains("hunter2"));
-    }
-}

@@ -1,0 +1,74 @@
+//! Reading a lock hash (`HGETALL` fields and the PTTL) into [`LockInfo`] and [`LockState`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockman_core::{FencingToken, HolderId, LockInfo, LockState};
+
+use crate::BACKEND;
+
+pub(crate) fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The state from `HGETALL` fields followed by the PTTL.
+pub(crate) fn state_of(resource: &str, fields: &[String]) -> LockState {
+    let Some((pttl, fields)) = fields.split_last() else { return LockState::Available };
+    match parse_info(resource, fields, pttl.parse().ok()) {
+        Some(info) => LockState::Held(info),
+        None => LockState::Available,
+    }
+}
+
+/// A `LockInfo` from a lock hash's field/value pairs.
+pub(crate) fn parse_info(resource: &str, fields: &[String], pttl: Option<i64>) -> Option<LockInfo> {
+    let get = |name: &str| fields.chunks(2).find(|pair| pair[0] == name).and_then(|pair| pair.get(1));
+    let holder = get("holder")?;
+    let token = get("token").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let mut info = LockInfo::local(resource, HolderId::shared(holder.as_str()), FencingToken::new(token), BACKEND);
+    info.hostname = get("host").cloned().unwrap_or_default();
+    info.pid = get("pid").and_then(|p| p.parse().ok()).unwrap_or(0);
+    info.user = get("user").filter(|u| !u.is_empty()).cloned();
+    info.purpose = get("purpose").filter(|p| !p.is_empty()).cloned();
+    // Any client of the server can write these fields: a time that does not
+    // parse or that this platform cannot represent counts as absent (the
+    // record's own times are only shown, never used to judge the lock: its
+    // PTTL does that), and one out of any calendar is shown flagged.
+    match get("acquired_us").map(|a| a.parse::<u64>().ok().and_then(lockman_core::display::from_unix_micros)) {
+        Some(Some(at)) => info.acquired_at = at,
+        Some(None) => tracing::warn!(resource, "ignoring an unreadable acquired_us in a Redis lock hash"),
+        None => {}
+    }
+    info.hold_count = get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+    if let Some(ms) = pttl.and_then(|p| u64::try_from(p).ok()) {
+        info.lease_expires_at = SystemTime::now().checked_add(Duration::from_millis(ms));
+    }
+    Some(info)
+}
+
+#[cfg(test)]
+mod planted_hash_tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<String> {
+        pairs.iter().flat_map(|(k, v)| [(*k).to_owned(), (*v).to_owned()]).collect()
+    }
+
+    #[test]
+    fn absurd_times_in_a_lock_hash_are_absent_or_shown_flagged() {
+        let huge = u64::MAX.to_string();
+        for acquired in ["300000000000000000", huge.as_str(), "0", "-5", "3e17", "", "99999999999999999999999"] {
+            let hash = fields(&[("holder", "h"), ("host", "x"), ("pid", "7"), ("acquired_us", acquired)]);
+            let info = parse_info("job", &hash, Some(i64::MAX)).expect("a holder is there");
+            // Formatting never fails (it panicked inside to_string() before).
+            let shown = info.to_string();
+            assert!(shown.starts_with("locked by h on x (pid 7) since "), "{acquired}: {shown}");
+        }
+        let hash = fields(&[("holder", "h"), ("acquired_us", "300000000000000000")]);
+        let shown = parse_info("job", &hash, None).expect("a holder is there").to_string();
+        assert!(shown.contains("far future (corrupt? 300000000000000000µs"), "{shown}");
+    }
+}
