@@ -1084,6 +1084,51 @@ mod tests {
         assert!(name.len() <= 255, "sidecar name too long for common file systems: {}", name.len());
     }
 
+    /// Sidecars written by earlier builds must still be found and read: this
+    /// pins their JSON form and the key that names them, byte for byte.
+    #[test]
+    fn sidecar_format_and_key_are_stable() {
+        let stamp = Stamp { dev: 66306, ino: 1_234_567, len: 11, mtime_s: 1_764_782_400, mtime_ns: 123_456_789 };
+        assert_eq!(stamp.key(), "4a724463fad79421");
+        assert_eq!(Stamp { dev: 1, ino: 2, len: 3, mtime_s: 4, mtime_ns: 5 }.key(), "3906b38e36cd268b");
+        let sidecar = Sidecar {
+            version: SIDECAR_VERSION,
+            name: "a/b".into(),
+            file: "@a_b-00.flag".into(),
+            has_value: true,
+            set_at_us: 1,
+            expires_at_us: Some(2),
+            stamp,
+            pid: 7,
+        };
+        let json = r#"{"version":1,"name":"a/b","file":"@a_b-00.flag","has_value":true,"set_at_us":1,"expires_at_us":2,"stamp":{"dev":66306,"ino":1234567,"len":11,"mtime_s":1764782400,"mtime_ns":123456789},"pid":7}"#;
+        assert_eq!(String::from_utf8(serde_json::to_vec(&sidecar).expect("serialize")).expect("utf-8"), json);
+        assert_eq!(serde_json::from_str::<Sidecar>(json).expect("parse"), sidecar);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = manager(dir.path()).sidecar_path(".FCRunning1", &stamp);
+        assert_eq!(path, dir.path().join(".lockman-flags/.FCRunning1~4a724463fad79421.json"));
+    }
+
+    /// A stamp records exactly the file's device, inode, length and
+    /// modification time (what sidecars on disk were keyed by).
+    #[cfg(unix)]
+    #[test]
+    fn stamp_records_the_files_identity_and_mtime() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello").expect("write");
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let expected = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: 5,
+            mtime_s: u64::try_from(meta.mtime()).expect("after 1970"),
+            mtime_ns: u32::try_from(meta.mtime_nsec()).expect("nanoseconds"),
+        };
+        assert_eq!(Stamp::of(&meta), expected);
+    }
+
     #[test]
     fn sidecar_round_trips_through_json() {
         let sidecar = Sidecar {
