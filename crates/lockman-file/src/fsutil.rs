@@ -503,11 +503,27 @@ impl FileId {
     /// The file `path` names now, without following a symlink; `None` if
     /// nothing is there.
     pub(crate) fn at(path: &Path) -> io::Result<Option<FileId>> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) => Ok(Some(FileId::of(&meta))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(stat_no_follow(path)?.as_ref().map(FileId::of))
+    }
+
+    /// The device number (0 where there is none).
+    pub(crate) fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    /// The inode number (0 where there is none).
+    pub(crate) fn ino(&self) -> u64 {
+        self.ino
+    }
+}
+
+/// The metadata of what `path` names, without following a symlink; `None`
+/// if nothing is there.
+pub(crate) fn stat_no_follow(path: &Path) -> io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -526,12 +542,18 @@ impl Snapshot {
         Snapshot { id: FileId::of(meta), len: meta.len(), modified: meta.modified().ok() }
     }
 
+    /// The file's length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The file's modification time, where the platform has one.
+    pub(crate) fn modified(&self) -> Option<SystemTime> {
+        self.modified
+    }
+
     pub(crate) fn at(path: &Path) -> io::Result<Option<Snapshot>> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) => Ok(Some(Snapshot::of(&meta))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(stat_no_follow(path)?.as_ref().map(Snapshot::of))
     }
 }
 
@@ -676,7 +698,7 @@ fn remove_tombstone(tombstone: &Path) {
 /// `mode`: the file's exact permissions (see [`set_mode`]).
 pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<Option<File>> {
     let temp = sibling(path, "new");
-    let mut file = new_file(&temp, mode)?;
+    let mut file = new_file(&temp, DEFAULT_FILE_MODE, mode)?;
     let written = file.write_all(contents).and_then(|()| file.flush());
     let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
     let _ = std::fs::remove_file(&temp);
@@ -684,7 +706,7 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8], mode: Option<u
         Ok(()) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) if matches!(e.kind(), io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied) => {
-            match new_file(path, mode) {
+            match new_file(path, DEFAULT_FILE_MODE, mode) {
                 Ok(mut file) => match file.write_all(contents) {
                     Ok(()) => Ok(Some(file)),
                     Err(e) => {
@@ -707,28 +729,38 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8], mode: Option<u
 /// permissions (see [`set_mode`]).
 pub(crate) fn replace_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<()> {
     let temp = sibling(path, "new");
-    let result = new_file(&temp, mode).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.flush()?;
-        drop(file);
-        std::fs::rename(&temp, path)
-    });
+    let result = write_new(&temp, contents, DEFAULT_FILE_MODE, mode).and_then(|()| std::fs::rename(&temp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
     result
 }
 
-/// Creates `path` (which must not exist): `0o666` less the umask, or exactly
-/// `mode` if given.
-fn new_file(path: &Path, mode: Option<u32>) -> io::Result<File> {
+/// The permissions of new files unless a mode is configured: `0o666` less
+/// the umask, as files conventionally get.
+const DEFAULT_FILE_MODE: u32 = 0o666;
+
+/// Creates `path` (which must not exist) with `contents`, closed when this
+/// returns: `base_mode` less the umask, or exactly `mode` if given (see
+/// [`new_file`]). The caller removes it if this fails.
+pub(crate) fn write_new(path: &Path, contents: &[u8], base_mode: u32, mode: Option<u32>) -> io::Result<()> {
+    let mut file = new_file(path, base_mode, mode)?;
+    file.write_all(contents)?;
+    file.flush()
+}
+
+/// Creates `path` (which must not exist): `base_mode` less the umask, or
+/// exactly `mode` if given.
+fn new_file(path: &Path, base_mode: u32, mode: Option<u32>) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o666);
+        options.mode(base_mode);
     }
+    #[cfg(not(unix))]
+    let _ = base_mode;
     let file = options.open(path)?;
     if let Err(e) = set_mode(&file, mode) {
         let _ = std::fs::remove_file(path);
@@ -831,9 +863,7 @@ pub(crate) fn io_error(
              give it group write and the setgid bit, and every user file_mode=0660: see FileOptions::file_mode)"
         }
         io::ErrorKind::NotFound => "; the lock directory may have been removed",
-        _ if error.raw_os_error() == Some(rustix_eloop()) => {
-            "; it is a symlink, which lockman never follows — remove it"
-        }
+        _ if is_symlink_error(&error) => "; it is a symlink, which lockman never follows — remove it",
         io::ErrorKind::InvalidInput => {
             "; something other than a regular file is in the way (lockman never reads or locks through it) — remove it"
         }
@@ -851,13 +881,16 @@ pub(crate) fn io_error(
     }
 }
 
-fn rustix_eloop() -> i32 {
+/// Whether `error` is what opening a symlink with `O_NOFOLLOW` fails with
+/// (`ELOOP`; never, where there is no such flag).
+pub(crate) fn is_symlink_error(error: &io::Error) -> bool {
     #[cfg(unix)]
     {
-        rustix::io::Errno::LOOP.raw_os_error()
+        error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
     }
     #[cfg(not(unix))]
     {
-        -1
+        let _ = error;
+        false
     }
 }

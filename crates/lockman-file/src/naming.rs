@@ -29,15 +29,21 @@ pub(crate) fn encoded_file_name(name: &str, suffix: &str) -> String {
         }
     }
     out.push('-');
-    for byte in &digest[..16] {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
+    out.push_str(&hex(&digest[..16]));
     out.push_str(suffix);
     out
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `bytes` in lowercase hexadecimal, two digits a byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
 
 /// Whether `file_name` is one [`encoded_file_name`] could have made with
 /// `suffix`: `<prefix>-<32 lowercase hex><suffix>`, the prefix at most

@@ -2,8 +2,8 @@
 //! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Write};
+use std::fs::Metadata;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,8 +12,10 @@ use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::{self, BreakOutcome, FileId, INTERNAL_PREFIX, LockDir, from_unix_micros, io_error, unix_micros};
-use crate::naming::{encoded_file_name, is_plain_file_name};
+use crate::fsutil::{
+    self, BreakOutcome, FileId, INTERNAL_PREFIX, LockDir, from_unix_micros, io_error, stat_no_follow, unix_micros,
+};
+use crate::naming::{encoded_file_name, hex, is_plain_file_name};
 
 /// The backend name in errors and [`FlagInfo::backend`] (the same as the
 /// kernel-lock backend's).
@@ -33,6 +35,11 @@ const SIDECAR_SEPARATOR: char = '~';
 
 /// The suffix of sidecar files.
 const SIDECAR_SUFFIX: &str = ".json";
+
+/// Flag files' permissions unless `file_mode` is set: `0o644` less the
+/// umask, as documented on [`FlagDirOptions::file_mode`] (not the `0o666`
+/// fsutil gives lock files and sidecars).
+const FLAG_FILE_MODE: u32 = 0o644;
 
 /// The longest flag value (flag file) this backend writes or reads: a longer
 /// file is refused as corrupt rather than read into memory.
@@ -250,7 +257,11 @@ pub struct FileStatusManager {
     by_file: HashMap<String, String>,
 }
 
-/// A flag file's identity and what changes when someone rewrites it.
+/// A flag file's identity and what changes when someone rewrites it: what
+/// [`fsutil::Snapshot`] holds, in the form sidecars on disk record it (and
+/// are named by, see [`key`](Stamp::key)). Not a `Snapshot`, whose serde
+/// form differs and is itself on disk (lock records); and a missing or
+/// pre-1970 modification time is recorded, and compared, as 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
     dev: u64,
@@ -262,26 +273,24 @@ struct Stamp {
 
 impl Stamp {
     fn of(meta: &Metadata) -> Stamp {
-        #[cfg(unix)]
-        let (dev, ino) = {
-            use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino())
-        };
-        #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
-        let (mtime_s, mtime_ns) = meta
+        let snapshot = fsutil::Snapshot::of(meta);
+        let (mtime_s, mtime_ns) = snapshot
             .modified()
-            .ok()
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
-        Stamp { dev, ino, len: meta.len(), mtime_s, mtime_ns }
+        Stamp { dev: snapshot.id.dev(), ino: snapshot.id.ino(), len: snapshot.len(), mtime_s, mtime_ns }
+    }
+
+    /// The stamp of the regular file `meta` describes; `None` for anything else.
+    fn of_file(meta: &Metadata) -> Option<Stamp> {
+        meta.is_file().then(|| Stamp::of(meta))
     }
 
     /// A short key naming this identity in sidecar file names.
     fn key(&self) -> String {
         let digest =
             Sha256::digest(format!("{}:{}:{}:{}.{}", self.dev, self.ino, self.len, self.mtime_s, self.mtime_ns));
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&digest[..8])
     }
 }
 
@@ -447,10 +456,23 @@ impl FileStatusManager {
     }
 
     fn io(&self, action: &str, flag: Option<&str>, path: &Path, error: io::Error) -> LockError {
-        if is_symlink_error(&error) {
+        // Where a flag file should be, a symlink gets the same message as
+        // any other non-file (`not_a_file`), not the generic hint.
+        if fsutil::is_symlink_error(&error) {
             return not_a_file(action, flag, path, "a symlink");
         }
         io_error(BACKEND, action, flag, path, error)
+    }
+
+    /// The metadata of the flag file at `path`, not following a symlink:
+    /// `None` if nothing is there, an error if something other than a
+    /// regular file is.
+    fn flag_file_meta(&self, action: &str, flag: Option<&str>, path: &Path) -> Result<Option<Metadata>, LockError> {
+        match stat_no_follow(path) {
+            Ok(Some(meta)) if !meta.is_file() => Err(not_a_file(action, flag, path, fsutil::describe_kind(&meta))),
+            Ok(meta) => Ok(meta),
+            Err(e) => Err(self.io(action, flag, path, e)),
+        }
     }
 
     /// Whether the metadata directory exists; an error if something other
@@ -610,13 +632,8 @@ impl FileStatusManager {
     /// expired, in which case its file is deleted).
     fn read_flag(&self, name: &str, file: &str, action: &str) -> Result<Option<Found>, LockError> {
         let path = self.dir.join(file);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(not_a_file(action, Some(name), &path, fsutil::describe_kind(&meta)));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(action, Some(name), &path, e)),
+        if self.flag_file_meta(action, Some(name), &path)?.is_none() {
+            return Ok(None);
         }
         let Some((content, meta)) =
             fsutil::read_capped(&path, MAX_FLAG_VALUE).map_err(|e| self.io(action, Some(name), &path, e))?
@@ -639,7 +656,8 @@ impl FileStatusManager {
         let stamp = Stamp::of(meta);
         // Only if it was not rewritten in place meanwhile (an old process
         // reusing the file): then it is no longer the expired flag.
-        let unchanged = |moved: &Path| matches!(Stamp::at(moved), Ok(Some(now)) if now == stamp);
+        let unchanged =
+            |moved: &Path| stat_no_follow(moved).ok().flatten().as_ref().and_then(Stamp::of_file) == Some(stamp);
         match fsutil::break_by_rename(path, FileId::of(meta), unchanged) {
             Ok(BreakOutcome::Broken) => {
                 tracing::debug!(flag = name, path = %path.display(), "removed an expired flag");
@@ -659,14 +677,7 @@ impl FileStatusManager {
         const ACTION: &str = "setting flag";
         let file = self.resolve(flag)?;
         let path = self.dir.join(&file);
-        let previous = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(not_a_file(ACTION, Some(flag), &path, fsutil::describe_kind(&meta)));
-            }
-            Ok(meta) => Some(Stamp::of(&meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(self.io(ACTION, Some(flag), &path, e)),
-        };
+        let previous = self.flag_file_meta(ACTION, Some(flag), &path)?.map(|meta| Stamp::of(&meta));
         let content = options.value.as_deref().unwrap_or("").as_bytes();
         if content.len() > MAX_FLAG_VALUE {
             return Err(LockError::backend(
@@ -681,7 +692,9 @@ impl FileStatusManager {
             ));
         }
         let temp = fsutil::sibling(&path, "new");
-        let stamp = match write_new(&temp, content, self.dir.file_mode()) {
+        let written = fsutil::write_new(&temp, content, FLAG_FILE_MODE, self.dir.file_mode())
+            .and_then(|()| std::fs::symlink_metadata(&temp));
+        let stamp = match written {
             Ok(meta) => Stamp::of(&meta),
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -732,13 +745,8 @@ impl FileStatusManager {
     fn take_sync(&self, flag: &str, action: &str) -> Result<Option<FlagInfo>, LockError> {
         let file = self.resolve(flag)?;
         let path = self.dir.join(&file);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(not_a_file(action, Some(flag), &path, fsutil::describe_kind(&meta)));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(action, Some(flag), &path, e)),
+        if self.flag_file_meta(action, Some(flag), &path)?.is_none() {
+            return Ok(None);
         }
         // Exactly one rename of a given file succeeds: its caller owns it.
         let taken = fsutil::sibling(&path, "take");
@@ -791,12 +799,7 @@ impl FileStatusManager {
         let sidecars = if self.meta_dir_exists(ACTION, None)? { self.sidecars(None)? } else { Vec::new() };
         for (sidecar, _) in &sidecars {
             let path = self.dir.join(&sidecar.file);
-            let current = match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_file() => Some(Stamp::of(&meta)),
-                Ok(meta) => return Err(not_a_file(ACTION, Some(&sidecar.name), &path, fsutil::describe_kind(&meta))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(self.io(ACTION, Some(&sidecar.name), &path, e)),
-            };
+            let current = self.flag_file_meta(ACTION, Some(&sidecar.name), &path)?.map(|meta| Stamp::of(&meta));
             if current != Some(sidecar.stamp) {
                 continue;
             }
@@ -890,26 +893,13 @@ impl FileStatusManager {
     /// space, so they are logged, never returned.
     fn sweep(&self, sidecars: &[(Sidecar, PathBuf)]) {
         for (sidecar, path) in sidecars {
-            let current = Stamp::at(&self.dir.join(&sidecar.file));
-            if current.as_ref().is_ok_and(|current| *current != Some(sidecar.stamp)) && is_old(path) {
+            let current = stat_no_follow(&self.dir.join(&sidecar.file));
+            if current.is_ok_and(|meta| meta.as_ref().and_then(Stamp::of_file) != Some(sidecar.stamp)) && is_old(path) {
                 tracing::debug!(path = %path.display(), "removing metadata of a flag file that is gone or was replaced");
                 if let Err(e) = std::fs::remove_file(path) {
                     tracing::debug!(path = %path.display(), error = %e, "cannot remove stale flag metadata");
                 }
             }
-        }
-    }
-}
-
-impl Stamp {
-    /// The identity of the regular file at `path`, without following a
-    /// symlink; `None` if nothing (or not a regular file) is there.
-    fn at(path: &Path) -> io::Result<Option<Stamp>> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_file() => Ok(Some(Stamp::of(&meta))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
         }
     }
 }
@@ -991,37 +981,6 @@ fn same_owner(a: &Metadata, b: &Metadata) -> bool {
     }
 }
 
-/// Creates `path` (which must not exist) with `content` and exactly `mode`
-/// if given (else `0o644` less the umask), and returns its metadata once
-/// closed.
-fn write_new(path: &Path, content: &[u8], mode: Option<u32>) -> io::Result<Metadata> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o644);
-    }
-    let mut file: File = options.open(path)?;
-    fsutil::set_mode(&file, mode)?;
-    file.write_all(content)?;
-    file.flush()?;
-    drop(file);
-    std::fs::symlink_metadata(path)
-}
-
-fn is_symlink_error(error: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = error;
-        false
-    }
-}
-
 /// The error for something other than a regular file where a flag file (or
 /// the metadata directory) should be.
 fn not_a_file(action: &str, flag: Option<&str>, path: &Path, what: &str) -> LockError {
@@ -1084,8 +1043,14 @@ mod tests {
         assert!(name.len() <= 255, "sidecar name too long for common file systems: {}", name.len());
     }
 
+    /// Sidecars written by earlier builds must still be found and read: this
+    /// pins their JSON form (which round-trips) and the key that names them,
+    /// byte for byte.
     #[test]
-    fn sidecar_round_trips_through_json() {
+    fn sidecar_format_and_key_are_stable() {
+        let stamp = Stamp { dev: 66306, ino: 1_234_567, len: 11, mtime_s: 1_764_782_400, mtime_ns: 123_456_789 };
+        assert_eq!(stamp.key(), "4a724463fad79421");
+        assert_eq!(Stamp { dev: 1, ino: 2, len: 3, mtime_s: 4, mtime_ns: 5 }.key(), "3906b38e36cd268b");
         let sidecar = Sidecar {
             version: SIDECAR_VERSION,
             name: "a/b".into(),
@@ -1093,10 +1058,34 @@ mod tests {
             has_value: true,
             set_at_us: 1,
             expires_at_us: Some(2),
-            stamp: Stamp { dev: 1, ino: 2, len: 3, mtime_s: 4, mtime_ns: 5 },
+            stamp,
             pid: 7,
         };
-        let json = serde_json::to_vec(&sidecar).expect("serialize");
-        assert_eq!(serde_json::from_slice::<Sidecar>(&json).expect("parse"), sidecar);
+        let json = r#"{"version":1,"name":"a/b","file":"@a_b-00.flag","has_value":true,"set_at_us":1,"expires_at_us":2,"stamp":{"dev":66306,"ino":1234567,"len":11,"mtime_s":1764782400,"mtime_ns":123456789},"pid":7}"#;
+        assert_eq!(String::from_utf8(serde_json::to_vec(&sidecar).expect("serialize")).expect("utf-8"), json);
+        assert_eq!(serde_json::from_str::<Sidecar>(json).expect("parse"), sidecar);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = manager(dir.path()).sidecar_path(".FCRunning1", &stamp);
+        assert_eq!(path, dir.path().join(".lockman-flags/.FCRunning1~4a724463fad79421.json"));
+    }
+
+    /// A stamp records exactly the file's device, inode, length and
+    /// modification time (what sidecars on disk were keyed by).
+    #[cfg(unix)]
+    #[test]
+    fn stamp_records_the_files_identity_and_mtime() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello").expect("write");
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let expected = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: 5,
+            mtime_s: u64::try_from(meta.mtime()).expect("after 1970"),
+            mtime_ns: u32::try_from(meta.mtime_nsec()).expect("nanoseconds"),
+        };
+        assert_eq!(Stamp::of(&meta), expected);
     }
 }
