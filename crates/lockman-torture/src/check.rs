@@ -66,6 +66,9 @@ pub struct Section {
     pub check_t: Option<u64>,
     /// When the grant was seen.
     pub grant_t: u64,
+    /// When the backend says the grant began (`grant_t` less its age): a
+    /// bridge's legacy file is created between this and `grant_t`.
+    pub began_t: u64,
     /// When the section ended (End, or the kill, or the log's last event).
     pub end_t: u64,
     /// Whether the section ended because its process was killed.
@@ -244,6 +247,7 @@ impl Histories {
                 Event::Steal { t } => self.steals.push((w.clone(), t)),
                 Event::Grant { t, token, lease_ms, age_us } => {
                     let acquire_t = wait.unwrap_or(t);
+                    let began_t = t.saturating_sub(age_us.unwrap_or(0)).max(acquire_t);
                     // A worker frozen between its grant and this record held
                     // the lock since the backend's grant: date the section from then.
                     let t = match age_us {
@@ -265,6 +269,7 @@ impl Histories {
                         acquire_t,
                         check_t: check.take(),
                         grant_t: t,
+                        began_t,
                         end_t: u64::MAX,
                         killed: false,
                         token,
@@ -558,6 +563,12 @@ fn judge_old_overlap(histories: &Histories, earlier: &Section, later: &Section) 
             })
     };
     if later.kind == Kind::New {
+        // The old daemon saw no file, then lockman's grant began (and created
+        // the file) before the old daemon's truncating open: both think the
+        // file is theirs — the old protocol's check-then-create race.
+        if earlier.check_t.is_some_and(|check| check < later.grant_t) && later.began_t <= earlier.grant_t {
+            return Err("old daemon's check-then-create race".to_owned());
+        }
         // An old daemon held the file; lockman went in anyway. Excused only if
         // someone else touched the file since the old daemon saw it absent.
         let since = earlier.check_t.unwrap_or(earlier.grant_t);

@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// Self-test: the counter does not check fencing tokens.
     #[arg(long)]
     unchecked_tokens: bool,
+    /// Judge the histories a run kept in this directory (with this build's
+    /// checker) instead of running; give the run's `--backend` (and its
+    /// bounds, if not the defaults).
+    #[arg(long)]
+    recheck: Option<PathBuf>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -298,6 +303,9 @@ struct Harness {
 }
 
 async fn run(mut args: RunArgs) -> Result<bool, String> {
+    if let Some(dir) = args.recheck.clone() {
+        return recheck(&args, &dir);
+    }
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let requested = parse_faults(&args.faults)?;
     let preset = if args.url.is_some() { None } else { Some(args.backend) };
@@ -398,20 +406,7 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
     harness.inject_until_deadline(&schedule).await;
     let run_end = harness.finish().await;
 
-    let (counter, _) = FencedCounter::new(&harness.counter, true).peek().unwrap_or((0, 0));
-    let histories =
-        Histories::load(&dir, run_end).map_err(|e| format!("cannot read the histories in {}: {e}", dir.display()))?;
-    let lease_us = if preset.is_some_and(Preset::leases) { harness.args.lease.as_micros() as u64 } else { 0 };
-    let bounds = Bounds {
-        lost_bound_us: harness.args.lost_bound.as_micros() as u64,
-        slack_us: 10_000,
-        liveness_bound_us: harness
-            .args
-            .liveness_bound
-            .map_or(3_000_000 + 2 * lease_us, |bound| bound.as_micros() as u64),
-        lease_us,
-    };
-    let report = check::check(&histories, counter, bounds, !harness.args.no_lock);
+    let (histories, report, bounds) = judge(&harness.args, preset, &dir, run_end)?;
     let pass = report.violations.is_empty();
     let kept = if pass { temp.is_none() } else { true };
     if let Some(temp) = temp
@@ -450,6 +445,52 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
         };
         let text = serde_json::to_string_pretty(&json).map_err(|e| format!("cannot encode the report: {e}"))?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(pass)
+}
+
+/// Reads the histories in `dir` and the counter, and checks them.
+fn judge(
+    args: &RunArgs,
+    preset: Option<Preset>,
+    dir: &Path,
+    run_end: u64,
+) -> Result<(Histories, Report, Bounds), String> {
+    let (counter, _) = FencedCounter::new(&dir.join("counter"), true).peek().unwrap_or((0, 0));
+    let histories =
+        Histories::load(dir, run_end).map_err(|e| format!("cannot read the histories in {}: {e}", dir.display()))?;
+    let lease_us = if preset.is_some_and(Preset::leases) { args.lease.as_micros() as u64 } else { 0 };
+    let bounds = Bounds {
+        lost_bound_us: args.lost_bound.as_micros() as u64,
+        slack_us: 10_000,
+        liveness_bound_us: args.liveness_bound.map_or(3_000_000 + 2 * lease_us, |bound| bound.as_micros() as u64),
+        lease_us,
+    };
+    let report = check::check(&histories, counter, bounds, !args.no_lock);
+    Ok((histories, report, bounds))
+}
+
+/// `--recheck DIR`: judges the histories a run kept, with this checker.
+fn recheck(args: &RunArgs, dir: &Path) -> Result<bool, String> {
+    let run_end = Histories::load(dir, 0)
+        .map_err(|e| format!("cannot read the histories in {}: {e}", dir.display()))?
+        .waits
+        .iter()
+        .map(|wait| wait.end)
+        .max()
+        .unwrap_or(0);
+    let preset = if args.url.is_some() { None } else { Some(args.backend) };
+    let (_, report, _) = judge(args, preset, dir, run_end)?;
+    let pass = report.violations.is_empty();
+    print_summary(
+        &format!("{} (recheck of {})", args.backend, dir.display()),
+        args.seed.unwrap_or(0),
+        args,
+        &report,
+        pass,
+    );
+    for violation in report.violations.iter().take(20) {
+        println!("VIOLATION {}: {}", violation.rule, violation.detail);
     }
     Ok(pass)
 }

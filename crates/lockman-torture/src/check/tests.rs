@@ -192,3 +192,23 @@ fn a_worker_frozen_right_after_its_grant_is_dated_from_the_grant() {
     assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
     assert_eq!(report.excused.get("frozen past its lease"), Some(&1));
 }
+
+#[test]
+fn a_new_grant_that_began_before_an_old_daemons_create_is_its_race() {
+    // The old daemon saw no file at 20 and truncated the path at 30; lockman's
+    // grant began at 25 (it created the file between the two) and was
+    // recorded at 40: both hold — the old protocol's check-then-create race.
+    let mut new = worker("a", &[(40, 100, 1)]);
+    if let Event::Grant { age_us, .. } = &mut new[2] {
+        *age_us = Some(15);
+    }
+    new[1] = Event::Acquire { t: 5 };
+    let report = judge(vec![old_daemon("old", &[(20, 30, 90)]), new.clone()], vec![], 1);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    // Began after the old daemon's create (age 5: at 35): it ignored the file.
+    if let Event::Grant { age_us, .. } = &mut new[2] {
+        *age_us = Some(5);
+    }
+    let report = judge(vec![old_daemon("old", &[(20, 30, 90)]), new], vec![], 1);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
