@@ -26,6 +26,10 @@
 //!
 //! Every harness must give a store no other test touches: checks use fixed
 //! resource names and assume they start free.
+//!
+//! With the `servers` feature (off by default), the `fixture` module's
+//! `ServerFixture` trait and its implementations (`redis_server`) start
+//! private servers on loopback ports, for backend and fault tests.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,12 +41,15 @@ use lockman_core::{Capabilities, LockManager, StatusManager, WakeMechanism};
 
 pub mod events;
 pub mod exclusion;
+#[cfg(feature = "servers")]
+pub mod fixture;
 pub mod flags;
 pub mod holders;
 pub mod inspection;
 pub mod leases;
 pub mod names;
 pub mod processes;
+#[cfg(feature = "servers")]
 pub mod redis_server;
 pub mod reentrancy;
 pub mod relay;

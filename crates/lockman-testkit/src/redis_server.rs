@@ -1,5 +1,6 @@
 //! A private `redis-server` for tests: started on a free loopback port, with
-//! its files in a private temporary directory, and stopped when dropped.
+//! its files in a private temporary directory, and stopped when dropped — the
+//! Redis [`ServerFixture`].
 //!
 //! Tests that need Redis never use a shared server (and never the one that may
 //! run on `127.0.0.1:6379`): each starts its own with [`RedisServer::start`].
@@ -11,18 +12,25 @@
 //! The server keeps nothing on disk by itself (`--save "" --appendonly no`),
 //! so killing and restarting it loses every key — the crash that fault tests
 //! want. A test may take a snapshot with [`save`](RedisServer::save): the
-//! next restart loads it, so the store comes back as it was at the snapshot
-//! and loses only the writes after it (a restore from an older backup, AOF
-//! `everysec` losing its last second, a promoted replica that lagged). Fault
-//! tests may also [`pause`](RedisServer::pause) it (`SIGSTOP`): connections are
-//! still accepted by the kernel, but nothing answers. [`monitor`](RedisServer::monitor)
-//! shows every command the server runs, and [`crate::relay::TcpRelay`] puts a
-//! delaying, stalling or cutting relay between a client and the server.
+//! next [`restart`](RedisServer::restart) loads it, so the store comes back as
+//! it was at the snapshot and loses only the writes after it (a restore from
+//! an older backup, AOF `everysec` losing its last second, a promoted replica
+//! that lagged); [`restart_empty`](RedisServer::restart_empty) loses the
+//! snapshot too. Fault tests may also [`pause`](RedisServer::pause) it
+//! (`SIGSTOP`): connections are still accepted by the kernel, but nothing
+//! answers. [`monitor`](RedisServer::monitor) shows every command the server
+//! runs, and [`crate::relay::TcpRelay`] puts a delaying, stalling or cutting
+//! relay between a client and the server.
 //!
 //! [`RedisServer::start_tls`] starts one that also accepts TLS on a second
 //! port (`rediss://`), with a throwaway CA and server certificate made by the
 //! `openssl` command-line tool in the server's directory; plain connections
 //! (and [`command`](RedisServer::command)) keep working on [`port`](RedisServer::port).
+//!
+//! [`command`](RedisServer::command) and [`monitor`](RedisServer::monitor)
+//! speak RESP with a small client of their own, not the `redis` crate: a
+//! fixture must not depend on the client under test (nor make every user of
+//! the testkit build it).
 //!
 //! This module is Unix-only (it sends signals to the server).
 //!
@@ -44,14 +52,13 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process};
+use crate::fixture::{ServerFixture, ServerProcess, free_port, free_port_but, skip_or_panic};
 
 /// How long [`RedisServer::start`] and [`RedisServer::restart`] wait for the
 /// server to answer `PING` before failing the test.
@@ -65,15 +72,22 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// into a test failure (set it to `1`).
 pub const REQUIRE_ENV: &str = "LOCKMAN_REQUIRE_REDIS";
 
+/// The server program.
+const PROGRAM: &str = "redis-server";
+
+/// The server's log, in its directory.
+const REDIS_LOG: &str = "redis.log";
+
+/// The snapshot [`RedisServer::save`] writes and a restart loads, in the
+/// server's directory.
+const SNAPSHOT: &str = "dump.rdb";
+
 /// How many fresh ports [`RedisServer::start`] tries when the chosen port is
 /// taken before the server binds it.
 const START_ATTEMPTS: usize = 5;
 
 /// How many times [`RedisServer::restart`] retries binding the same port.
 const RESTART_ATTEMPTS: usize = 20;
-
-/// The port of the machine's shared Redis, which tests must never use.
-const SHARED_REDIS_PORT: u16 = 6379;
 
 /// The files of a TLS server, in its directory: the CA certificate, and the
 /// server's certificate (for `127.0.0.1` and `localhost`) and key.
@@ -90,15 +104,14 @@ const CERT_DAYS: &str = "2";
 /// Dropping it kills the server (`SIGKILL`), reaps it and removes the
 /// directory, so no server outlives its test (unless the test process itself
 /// is killed).
+///
+/// Its [`ServerFixture`] methods are also inherent methods, so tests call
+/// them without importing the trait.
 #[derive(Debug)]
 pub struct RedisServer {
-    /// The running server; `None` after [`kill`](Self::kill) or once it has
-    /// been seen to exit.
-    child: Option<Child>,
-    port: u16,
+    process: ServerProcess,
     /// The TLS port of a server from [`start_tls`](Self::start_tls).
     tls_port: Option<u16>,
-    dir: PathBuf,
 }
 
 /// Why one attempt at starting the server failed without a panic.
@@ -122,7 +135,7 @@ impl RedisServer {
     /// be spawned for another reason; or if it exits or never answers (the
     /// message includes the tail of its log).
     pub fn start() -> Option<RedisServer> {
-        RedisServer { child: None, port: 0, tls_port: None, dir: make_private_dir() }.start_in_dir()
+        RedisServer { process: ServerProcess::new(PROGRAM, &[REDIS_LOG]), tls_port: None }.start_in_dir()
     }
 
     /// Like [`start`](Self::start), but the server also accepts TLS
@@ -143,12 +156,13 @@ impl RedisServer {
     /// `LOCKMAN_REQUIRE_REDIS=1`, if `openssl` is missing or `redis-server`
     /// lacks TLS.
     pub fn start_tls() -> Option<RedisServer> {
-        let server = RedisServer { child: None, port: 0, tls_port: Some(0), dir: make_private_dir() };
-        match make_certificates(&server.dir) {
+        let server = RedisServer { process: ServerProcess::new(PROGRAM, &[REDIS_LOG]), tls_port: Some(0) };
+        match make_certificates(server.dir()) {
             Ok(()) => server.start_in_dir(),
             Err(error) if error.kind() == ErrorKind::NotFound => {
                 drop(server);
                 skip_or_panic(
+                    REQUIRE_ENV,
                     "openssl not found on PATH (it makes the TLS test certificates); install it (apt-get install openssl)",
                 )
             }
@@ -159,15 +173,19 @@ impl RedisServer {
     /// Starts the server in its directory, on fresh free ports at each attempt.
     fn start_in_dir(mut self) -> Option<RedisServer> {
         for _ in 0..START_ATTEMPTS {
-            self.port = free_port();
+            let port = free_port();
+            self.process.set_port(port);
             if self.tls_port.is_some() {
-                self.tls_port = Some(free_port_but(self.port));
+                self.tls_port = Some(free_port_but(&[port]));
             }
             match self.spawn() {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::NotFound => {
                     drop(self);
-                    return skip_or_panic("redis-server not found on PATH; install it (apt-get install redis-server)");
+                    return skip_or_panic(
+                        REQUIRE_ENV,
+                        "redis-server not found on PATH; install it (apt-get install redis-server)",
+                    );
                 }
                 Err(error) => panic!("cannot spawn redis-server: {error}"),
             }
@@ -175,9 +193,10 @@ impl RedisServer {
                 Ok(()) => return Some(self),
                 Err(StartFailure::PortTaken) => continue,
                 Err(StartFailure::NoTls) => {
-                    eprintln!("redis-server rejected --tls-port; log tail:\n{}", self.log_tail());
+                    eprintln!("redis-server rejected --tls-port; log tail:\n{}", self.process.log_tail());
                     drop(self);
                     return skip_or_panic(
+                        REQUIRE_ENV,
                         "redis-server was built without TLS (it rejects --tls-port); install one built with TLS \
                          (Debian's is)",
                     );
@@ -186,19 +205,19 @@ impl RedisServer {
         }
         panic!(
             "redis-server could not bind free loopback ports in {START_ATTEMPTS} attempts; log tail:\n{}",
-            self.log_tail()
+            self.process.log_tail()
         );
     }
 
     /// The loopback port the server listens on (never 6379); it stays the
     /// same across [`restart`](Self::restart).
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The URL of database 0 on this server: `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://127.0.0.1:{}/0", self.port())
     }
 
     /// The loopback port of TLS connections (never 6379) of a server from
@@ -226,28 +245,25 @@ impl RedisServer {
     /// If the server was not started with [`start_tls`](Self::start_tls).
     pub fn tls_ca_file(&self) -> PathBuf {
         self.expect_tls("tls_ca_file");
-        self.dir.join(CA_CERT)
+        self.dir().join(CA_CERT)
     }
 
     fn expect_tls(&self, what: &str) -> u16 {
         self.tls_port.unwrap_or_else(|| panic!("{what}() on a redis-server not started with start_tls()"))
     }
 
-    /// The directory holding the server's files (`redis.log`, `stdio.log`;
-    /// `ca.crt`, `server.crt` and `server.key` for a TLS server), removed
-    /// when the server is dropped.
+    /// The directory holding the server's files (`redis.log`, `stdio.log`,
+    /// `dump.rdb` after a [`save`](Self::save); `ca.crt`, `server.crt` and
+    /// `server.key` for a TLS server), removed when the server is dropped.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.process.dir()
     }
 
     /// Kills the server with `SIGKILL` (also when it is paused) and reaps it.
-    /// Every key is lost. Does nothing if it is not running.
+    /// Every key written since the last [`save`](Self::save) is lost. Does
+    /// nothing if it is not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Fails only if the child has already exited; `wait` reaps it either way.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops the server with `SIGSTOP`: it keeps its port and data, the kernel
@@ -258,7 +274,7 @@ impl RedisServer {
     ///
     /// If the server is not running (killed, or exited).
     pub fn pause(&self) {
-        self.signal(Signal::STOP, "pause");
+        self.process.pause();
     }
 
     /// Continues a server stopped by [`pause`](Self::pause) (`SIGCONT`).
@@ -267,11 +283,11 @@ impl RedisServer {
     ///
     /// If the server is not running (killed, or exited).
     pub fn resume(&self) {
-        self.signal(Signal::CONT, "resume");
+        self.process.resume();
     }
 
     /// Kills the server if it is running, then starts a new one on the *same*
-    /// port and waits until it answers `PING`. The new server's store is
+    /// port(s) and waits until it answers `PING`. The new server's store is
     /// empty, or holds the last snapshot [`save`](Self::save) wrote.
     ///
     /// # Panics
@@ -291,9 +307,26 @@ impl RedisServer {
         }
         panic!(
             "redis-server could not bind port {} again after {RESTART_ATTEMPTS} attempts; log tail:\n{}",
-            self.port,
-            self.log_tail()
+            self.port(),
+            self.process.log_tail()
         );
+    }
+
+    /// Like [`restart`](Self::restart), but the last snapshot is deleted
+    /// first: the new server's store is empty.
+    ///
+    /// # Panics
+    ///
+    /// As for [`restart`](Self::restart); if the snapshot exists but cannot
+    /// be deleted.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        match fs::remove_file(self.dir().join(SNAPSHOT)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => panic!("cannot delete the redis-server snapshot in {}: {error}", self.dir().display()),
+        }
+        self.restart();
     }
 
     /// Writes a snapshot of the whole store (`SAVE`, to `dump.rdb` in
@@ -317,7 +350,7 @@ impl RedisServer {
     ///
     /// As for [`command`](Self::command).
     pub fn monitor(&self) -> Result<Monitor, String> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()));
         let stream =
             TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT).map_err(|e| format!("connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -333,14 +366,7 @@ impl RedisServer {
     /// Whether the server process is alive (a paused server is). Reaps it if
     /// it has exited.
     pub fn is_running(&mut self) -> bool {
-        let Some(child) = &mut self.child else { return false };
-        match child.try_wait() {
-            Ok(None) => true,
-            Ok(Some(_)) | Err(_) => {
-                self.kill();
-                false
-            }
-        }
+        self.process.is_running()
     }
 
     /// Sends one command over a fresh connection, with [`COMMAND_TIMEOUT`],
@@ -365,53 +391,35 @@ impl RedisServer {
     ///
     /// As for [`command`](Self::command); a paused server makes it time out.
     pub fn command_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        stream.set_write_timeout(Some(timeout)).map_err(|e| format!("set write timeout: {e}"))?;
-        (&stream).write_all(&encode_command(args)).map_err(|e| format!("send to {addr}: {e}"))?;
-        let mut reader = RespReader { stream: BufReader::new(stream), deadline };
-        let reply = reader.read_value(0).map_err(|e| match e.kind() {
-            // A read timeout shows up as `WouldBlock` on Unix.
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("reply from {addr}: timed out after {timeout:?}"),
-            _ => format!("reply from {addr}: {e}"),
-        })?;
-        match reply {
-            Reply::Error(message) => Err(message),
-            reply => Ok(reply.render()),
-        }
+        command_at(self.port(), args, timeout)
     }
 
-    /// Spawns `redis-server` on `self.port` (and `self.tls_port`, if any);
-    /// `self.child` must be `None`.
+    /// Spawns `redis-server` on its port (and TLS port, if any); it must not
+    /// be running.
     fn spawn(&mut self) -> io::Result<()> {
-        debug_assert!(self.child.is_none());
-        let stdio_log = OpenOptions::new().create(true).append(true).open(self.dir.join("stdio.log"))?;
-        let mut command = Command::new("redis-server");
+        let dir = self.dir();
+        let mut command = Command::new(PROGRAM);
         command
             .arg("--port")
-            .arg(self.port.to_string())
+            .arg(self.port().to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(dir)
             .arg("--logfile")
-            .arg(self.dir.join("redis.log"));
+            .arg(dir.join(REDIS_LOG));
         if let Some(tls_port) = self.tls_port {
             command
                 .arg("--tls-port")
                 .arg(tls_port.to_string())
                 .arg("--tls-cert-file")
-                .arg(self.dir.join(SERVER_CERT))
+                .arg(dir.join(SERVER_CERT))
                 .arg("--tls-key-file")
-                .arg(self.dir.join(SERVER_KEY))
+                .arg(dir.join(SERVER_KEY))
                 .arg("--tls-ca-cert-file")
-                .arg(self.dir.join(CA_CERT))
+                .arg(dir.join(CA_CERT))
                 .args(["--tls-auth-clients", "no"]);
         }
-        let child = command.stdin(Stdio::null()).stdout(stdio_log.try_clone()?).stderr(stdio_log).spawn()?;
-        self.child = Some(child);
-        Ok(())
+        self.process.spawn(command)
     }
 
     /// Waits until the spawned server answers `PING` on its (plain) port. It
@@ -421,86 +429,97 @@ impl RedisServer {
     /// but a taken port or missing TLS support, or does not answer within
     /// [`READY_TIMEOUT`].
     fn wait_ready(&mut self) -> Result<(), StartFailure> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let child = self.child.as_mut().expect("wait_ready runs after spawn");
-            let pid = child.id();
-            match child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    self.child = None;
-                    let log = self.log_tail();
-                    if log.contains("Address already in use") {
-                        return Err(StartFailure::PortTaken);
-                    }
-                    if self.tls_port.is_some() && log.contains("Bad directive") && log.contains("tls-port") {
-                        return Err(StartFailure::NoTls);
-                    }
-                    panic!("redis-server on port {} exited at start ({status}); log tail:\n{log}", self.port);
-                }
-                Err(error) => panic!("cannot check on redis-server (pid {pid}): {error}"),
-            }
-            // The server must be ours: if another Redis took the port first,
-            // ours fails to bind and exits, which the next turn sees.
-            if self.command_with_timeout(&["PING"], Duration::from_millis(250)).as_deref() == Ok("PONG")
-                && self.served_by(pid)
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "redis-server on port {} did not answer PING within {READY_TIMEOUT:?}; log tail:\n{}",
-                    self.port,
-                    self.log_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+        // The server must be ours: if another Redis took the port first, ours
+        // fails to bind and exits, which the next poll sees.
+        let answered = self.process.wait_ready(READY_TIMEOUT, |port, pid| {
+            command_at(port, &["PING"], Duration::from_millis(250)).as_deref() == Ok("PONG") && served_by(port, pid)
+        });
+        let Err(status) = answered else { return Ok(()) };
+        let log = self.process.log_tail();
+        if log.contains("Address already in use") {
+            return Err(StartFailure::PortTaken);
         }
-    }
-
-    /// Whether the server answering on the port is the process `pid`.
-    fn served_by(&self, pid: u32) -> bool {
-        let Ok(info) = self.command_with_timeout(&["INFO", "server"], Duration::from_millis(250)) else {
-            return false;
-        };
-        info.lines().any(|line| line.trim_end() == format!("process_id:{pid}"))
-    }
-
-    fn signal(&self, signal: Signal, what: &str) {
-        let child = self.child.as_ref().unwrap_or_else(|| panic!("{what}() on a redis-server that is not running"));
-        // The child is not reaped until `kill`/`is_running`, so its pid cannot
-        // have been reused.
-        kill_process(Pid::from_child(child), signal)
-            .unwrap_or_else(|error| panic!("{what}(): cannot signal redis-server (pid {}): {error}", child.id()));
-    }
-
-    /// The last lines of the server's log and of its stdout/stderr.
-    fn log_tail(&self) -> String {
-        const LINES: usize = 30;
-        let mut out = String::new();
-        for name in ["redis.log", "stdio.log"] {
-            let path = self.dir.join(name);
-            let text = match fs::read(&path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(error) => format!("(cannot read: {error})"),
-            };
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {} ---\n", path.display()));
-            for line in &lines[lines.len().saturating_sub(LINES)..] {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if self.tls_port.is_some() && log.contains("Bad directive") && log.contains("tls-port") {
+            return Err(StartFailure::NoTls);
         }
-        out
+        panic!("redis-server on port {} exited at start ({status}); log tail:\n{log}", self.port());
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // SIGKILL also ends a paused (stopped) server.
-        self.kill();
-        let _ = fs::remove_dir_all(&self.dir);
+/// The trait's methods are the inherent ones above.
+impl ServerFixture for RedisServer {
+    const PROGRAM: &'static str = PROGRAM;
+    const REQUIRE_ENV: &'static str = REQUIRE_ENV;
+
+    fn start() -> Option<Self> {
+        RedisServer::start()
     }
+
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+
+    fn port(&self) -> u16 {
+        RedisServer::port(self)
+    }
+
+    fn dir(&self) -> &Path {
+        RedisServer::dir(self)
+    }
+
+    fn kill(&mut self) {
+        RedisServer::kill(self);
+    }
+
+    fn pause(&self) {
+        RedisServer::pause(self);
+    }
+
+    fn resume(&self) {
+        RedisServer::resume(self);
+    }
+
+    fn is_running(&mut self) -> bool {
+        RedisServer::is_running(self)
+    }
+
+    /// Keeps the last snapshot [`save`](RedisServer::save) wrote (Redis
+    /// persists nothing else).
+    fn restart(&mut self) {
+        RedisServer::restart(self);
+    }
+
+    fn restart_empty(&mut self) {
+        RedisServer::restart_empty(self);
+    }
+}
+
+/// Sends one command to the server on `port`; see [`RedisServer::command`].
+fn command_at(port: u16, args: &[&str], timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    stream.set_write_timeout(Some(timeout)).map_err(|e| format!("set write timeout: {e}"))?;
+    (&stream).write_all(&encode_command(args)).map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut reader = RespReader { stream: BufReader::new(stream), deadline };
+    let reply = reader.read_value(0).map_err(|e| match e.kind() {
+        // A read timeout shows up as `WouldBlock` on Unix.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!("reply from {addr}: timed out after {timeout:?}"),
+        _ => format!("reply from {addr}: {e}"),
+    })?;
+    match reply {
+        Reply::Error(message) => Err(message),
+        reply => Ok(reply.render()),
+    }
+}
+
+/// Whether the server answering on `port` is the process `pid`.
+fn served_by(port: u16, pid: u32) -> bool {
+    let Ok(info) = command_at(port, &["INFO", "server"], Duration::from_millis(250)) else {
+        return false;
+    };
+    info.lines().any(|line| line.trim_end() == format!("process_id:{pid}"))
 }
 
 /// A `MONITOR` connection to a [`RedisServer`], from [`RedisServer::monitor`].
@@ -551,16 +570,6 @@ impl Monitor {
     }
 }
 
-/// Reports why no server can run (`problem`, with its fix): `None` with a
-/// loud line, or a panic when [`REQUIRE_ENV`] is `1`.
-fn skip_or_panic(problem: &str) -> Option<RedisServer> {
-    if std::env::var_os(REQUIRE_ENV).is_some_and(|value| value == "1") {
-        panic!("{problem}; {REQUIRE_ENV}=1, so this fails the test (unset {REQUIRE_ENV} to skip Redis tests)");
-    }
-    eprintln!("SKIPPED: {problem}, or set {REQUIRE_ENV}=1 to make this a failure");
-    None
-}
-
 /// Makes, in `dir`, a throwaway CA ([`CA_CERT`]) and a server certificate
 /// for `127.0.0.1` and `localhost` signed by it ([`SERVER_CERT`],
 /// [`SERVER_KEY`]), with the `openssl` command-line tool: P-256 keys, valid
@@ -607,43 +616,6 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
         fs::remove_file(dir.join(scratch))?;
     }
     Ok(())
-}
-
-/// A loopback port that was free a moment ago (and is not 6379).
-fn free_port() -> u16 {
-    loop {
-        let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0 to find a free port");
-        let port = listener.local_addr().expect("local address of a bound listener").port();
-        if port != SHARED_REDIS_PORT {
-            return port;
-        }
-    }
-}
-
-/// A free loopback port other than `taken`.
-fn free_port_but(taken: u16) -> u16 {
-    loop {
-        let port = free_port();
-        if port != taken {
-            return port;
-        }
-    }
-}
-
-/// Creates a new directory under the system temp dir, private to this server.
-fn make_private_dir() -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lockman-redis-{}-{count}-{nanos}", std::process::id()));
-        match fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => continue,
-            Err(error) => panic!("cannot create a temporary directory {}: {error}", dir.display()),
-        }
-    }
 }
 
 /// Encodes `args` as a RESP array of bulk strings.
@@ -824,7 +796,7 @@ mod tests {
     #[test]
     fn start_ping_set_get() {
         let Some(server) = RedisServer::start() else { return };
-        assert_ne!(server.port(), SHARED_REDIS_PORT);
+        assert_ne!(server.port(), 6379);
         assert_eq!(server.url(), format!("redis://127.0.0.1:{}/0", server.port()));
         assert_eq!(server.command(&["PING"]).unwrap(), "PONG");
         assert_eq!(server.command(&["SET", "greeting", "hello world"]).unwrap(), "OK");
@@ -845,7 +817,7 @@ mod tests {
     fn start_tls_serves_tls_beside_the_plain_port() {
         let Some(mut server) = RedisServer::start_tls() else { return };
         let tls_port = server.tls_port().expect("a TLS port");
-        assert!(tls_port != server.port() && tls_port != SHARED_REDIS_PORT, "TLS port {tls_port}");
+        assert!(tls_port != server.port() && tls_port != 6379, "TLS port {tls_port}");
         assert_eq!(server.tls_url(), format!("rediss://127.0.0.1:{tls_port}/0"));
         assert_eq!(server.command(&["CONFIG", "GET", "tls-port"]).unwrap(), format!("tls-port\n{tls_port}"));
         assert_eq!(server.command(&["CONFIG", "GET", "tls-auth-clients"]).unwrap(), "tls-auth-clients\nno");
@@ -914,6 +886,22 @@ mod tests {
         server.restart();
         assert_eq!(server.command(&["GET", "k"]).unwrap(), "saved");
         assert_eq!(server.command(&["GET", "later"]).unwrap(), "(nil)");
+    }
+
+    #[test]
+    fn restart_empty_loses_the_snapshot_too() {
+        let Some(mut server) = RedisServer::start() else { return };
+        let port = server.port();
+        assert_eq!(server.command(&["SET", "k", "saved"]).unwrap(), "OK");
+        server.save().unwrap();
+        assert!(server.dir().join(SNAPSHOT).exists());
+        // Through the trait, as a harness generic over fixtures calls it.
+        ServerFixture::restart_empty(&mut server);
+        assert_eq!(server.port(), port);
+        assert_eq!(server.command(&["GET", "k"]).unwrap(), "(nil)");
+        // With no snapshot at all, too.
+        ServerFixture::restart_empty(&mut server);
+        assert_eq!(server.command(&["PING"]).unwrap(), "PONG");
     }
 
     #[test]

@@ -822,11 +822,12 @@ impl Harness {
                 tokio::task::spawn_blocking(move || {
                     let mut server = lock(&server);
                     server.kill();
-                    if lose_all {
-                        let _ = std::fs::remove_file(server.dir().join("dump.rdb"));
-                    }
                     std::thread::sleep(down);
-                    server.restart();
+                    if lose_all {
+                        server.restart_empty();
+                    } else {
+                        server.restart();
+                    }
                 })
                 .await
                 .map_err(|e| format!("restarting redis-server panicked: {e}"))?;
