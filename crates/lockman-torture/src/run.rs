@@ -246,7 +246,18 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    // Interrupted (Ctrl-C, SIGTERM): dropping the run kills the participants
+    // and the server and unmounts the tmpfs, instead of leaving them behind.
+    let interruptible = async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        tokio::select! {
+            outcome = run(args) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted; participants, server and mounts cleaned up".to_owned()),
+            _ = terminate.recv() => Err("terminated; participants, server and mounts cleaned up".to_owned()),
+        }
+    };
+    match runtime.block_on(interruptible) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
