@@ -16,7 +16,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::history::{Event, Kind, Log, now_us};
 
@@ -107,40 +107,17 @@ fn wait_then_steal(spec: &OldSpec, log: &mut Log) -> bool {
 }
 
 /// The current UTC time as Python's `datetime.isoformat()` writes it, e.g.
-/// `2025-11-10T12:34:56.123456+00:00`.
+/// `2025-11-10T12:34:56.123456+00:00` (RFC 3339 with microseconds, `+00:00` for `Z`).
 fn isoformat_now() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_micros()
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string().replace('Z', "+00:00")
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_402), (2025, 11, 10));
+    fn isoformat_is_pythons() {
+        let text = super::isoformat_now();
+        assert_eq!(text.len(), "2025-11-10T12:34:56.123456+00:00".len(), "{text}");
+        assert!(text.ends_with("+00:00") && text.as_bytes()[10] == b'T', "{text}");
     }
 }
