@@ -58,6 +58,12 @@ pub struct GrantRequest {
     pub resource: Arc<str>,
     /// Who asks.
     pub holder: HolderId,
+    /// How the grant shares the resource. Core only passes a shared or
+    /// permits mode to a backend whose capabilities declare it, with a
+    /// permit count of at least 1; the backend refuses a mode that disagrees
+    /// with the resource's live grants or queued requests
+    /// ([`LockMode::agrees_with`](crate::LockMode::agrees_with)).
+    pub mode: crate::LockMode,
     /// Why.
     pub purpose: Option<Arc<str>>,
     /// The lease to set, if any (the caller's, or the backend default).

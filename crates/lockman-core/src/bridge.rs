@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::guard::GrantHandle;
 use crate::{
     AcquireOptions, Capabilities, EventSink, LockError, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager,
-    LockState, LossSignal, LostReason, Wait,
+    LockMode, LockState, LossSignal, LostReason, Wait,
 };
 
 /// Holds a resource in `primary` (the new backend) and then in `legacy` (the
@@ -154,6 +154,28 @@ impl BridgedLockManager {
         LockGuard::new(grant, token, loss)
     }
 
+    /// Refuses shared and permits modes up front (before the primary is
+    /// taken), unless both sides could hold them.
+    fn check_mode(&self, resource: &str, options: &AcquireOptions) -> Result<(), LockError> {
+        let caps = self.capabilities();
+        let supported = match options.mode {
+            LockMode::Exclusive => true,
+            LockMode::Shared => caps.shared_mode,
+            LockMode::Permits(_) => caps.permits,
+        };
+        if supported {
+            return Ok(());
+        }
+        Err(LockError::Config(format!(
+            "{} cannot take {resource:?} in {} mode: the legacy lock file it takes beside the new lock has one \
+             holder, and old daemons know no other mode, so shared holds and semaphores would let old and new \
+             processes in together; take it exclusively until the rollout has ended (USE_NEW_LOCKS=true without \
+             the bridge)",
+            self.name,
+            options.mode.as_str()
+        )))
+    }
+
     /// The error as this manager's: a timeout or loss names the bridge (the
     /// holder's details still say which side it was on).
     fn own_error(&self, error: LockError) -> LockError {
@@ -199,6 +221,9 @@ impl LockManager for BridgedLockManager {
         caps.lost_detection |= legacy.lost_detection;
         // A shared holder gets into a bridged lock only if both sides let it.
         caps.shared_holders &= legacy.shared_holders;
+        // So do several shared holders or permits: the legacy lock has one holder.
+        caps.shared_mode &= legacy.shared_mode;
+        caps.permits &= legacy.permits;
         caps
     }
 
@@ -208,6 +233,7 @@ impl LockManager for BridgedLockManager {
 
     async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError> {
         let options = options.with_defaults(&self.defaults);
+        self.check_mode(resource, &options)?;
         let started = Instant::now();
         let acquired = async {
             let primary = self.primary.acquire(resource, options.clone()).await?;
@@ -231,6 +257,7 @@ impl LockManager for BridgedLockManager {
 
     async fn try_acquire(&self, resource: &str, options: AcquireOptions) -> Result<Option<LockGuard>, LockError> {
         let options = options.with_defaults(&self.defaults);
+        self.check_mode(resource, &options)?;
         let started = Instant::now();
         let Some(primary) = self.primary.try_acquire(resource, options.clone()).await.map_err(|e| self.own_error(e))?
         else {

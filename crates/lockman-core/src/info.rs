@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::display::{Escaped, Timestamp};
-use crate::{FencingToken, HolderId};
+use crate::{FencingToken, HolderId, LockMode};
 
 /// Everything known about one held lock.
 ///
@@ -41,6 +41,17 @@ pub struct LockInfo {
     pub hold_count: u32,
     /// The backend that holds it (`"memory"`, `"file"`, `"redis"`, ...).
     pub backend: String,
+    /// How this grant holds the resource (exclusive unless it was taken
+    /// shared or as a permit of a semaphore).
+    #[serde(default)]
+    pub mode: LockMode,
+    /// Every holder of the resource when it may have more than one (a
+    /// shared or permits mode), oldest grant first, this record's own grant
+    /// among them; empty for an exclusive hold, whose only holder is this
+    /// record. The entries' own `holders` are empty. See
+    /// [`all_holders`](Self::all_holders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<LockInfo>,
 }
 
 impl LockInfo {
@@ -65,7 +76,37 @@ impl LockInfo {
             fencing_token,
             hold_count: 1,
             backend: backend.into(),
+            mode: LockMode::Exclusive,
+            holders: Vec::new(),
         }
+    }
+
+    /// Every holder of the resource: [`holders`](Self::holders), or this
+    /// record alone when that is empty.
+    ///
+    /// ```
+    /// use lockman_core::{FencingToken, HolderId, LockInfo};
+    /// let info = LockInfo::local("r", HolderId::new("a"), FencingToken::new(1), "memory");
+    /// assert_eq!(info.all_holders().count(), 1);
+    /// ```
+    pub fn all_holders(&self) -> impl Iterator<Item = &LockInfo> {
+        let alone = self.holders.is_empty().then_some(self);
+        alone.into_iter().chain(self.holders.iter())
+    }
+
+    /// The record describing a resource held by `holders` (non-empty, in
+    /// grant order): the oldest grant, carrying them all when there is more
+    /// than one party or the mode is not exclusive.
+    pub fn of_holders(mut holders: Vec<LockInfo>) -> Option<LockInfo> {
+        holders.sort_by_key(|info| info.fencing_token);
+        let mut first = holders.first()?.clone();
+        if holders.len() > 1 || first.mode != LockMode::Exclusive {
+            for holder in &mut holders {
+                holder.holders.clear();
+            }
+            first.holders = holders;
+        }
+        Some(first)
     }
 
     /// How long the lock has been held, as seen by this host's clock.
@@ -116,6 +157,23 @@ impl fmt::Display for LockInfo {
         {
             // Debug quoting escapes control and bidi characters too.
             write!(f, " for {purpose:?}")?;
+        }
+        match self.mode {
+            LockMode::Exclusive => {}
+            LockMode::Shared => write!(f, " [shared")?,
+            LockMode::Permits(n) => write!(f, " [{} of {n} permits", self.holders.len().max(1))?,
+        }
+        if self.mode != LockMode::Exclusive {
+            let others: Vec<String> = self
+                .holders
+                .iter()
+                .filter(|holder| holder.fencing_token != self.fencing_token)
+                .map(|holder| format!("{} (pid {})", Escaped(holder.holder.as_str()), holder.pid))
+                .collect();
+            if !others.is_empty() {
+                write!(f, "; also held by {}", others.join(", "))?;
+            }
+            write!(f, "]")?;
         }
         Ok(())
     }
@@ -263,6 +321,11 @@ pub struct Capabilities {
     /// gets in, with the same fencing token — instead of excluding each
     /// other. Ids scoped to a manager (the default) never do.
     pub shared_holders: bool,
+    /// Holds resources shared ([`AcquireOptions::shared`](crate::AcquireOptions::shared)):
+    /// reader-writer locks, FIFO across modes.
+    pub shared_mode: bool,
+    /// Holds semaphores ([`AcquireOptions::permits`](crate::AcquireOptions::permits)).
+    pub permits: bool,
 }
 
 impl Default for Capabilities {
@@ -279,6 +342,8 @@ impl Default for Capabilities {
             fifo: false,
             wake: WakeMechanism::Poll { min: Duration::from_millis(10), max: Duration::from_millis(200) },
             shared_holders: false,
+            shared_mode: false,
+            permits: false,
         }
     }
 }
@@ -342,6 +407,14 @@ impl Capabilities {
     #[must_use]
     pub const fn with_shared_holders(mut self, yes: bool) -> Self {
         self.shared_holders = yes;
+        self
+    }
+
+    /// Sets [`shared_mode`](Self::shared_mode) and [`permits`](Self::permits).
+    #[must_use]
+    pub const fn with_modes(mut self, shared: bool, permits: bool) -> Self {
+        self.shared_mode = shared;
+        self.permits = permits;
         self
     }
 }

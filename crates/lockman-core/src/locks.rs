@@ -24,7 +24,7 @@ use held::{BoxedTask, Held, LeaseState, deadline_of};
 use crate::backend::{Acquired, Deadline, GrantRequest, LockBackend};
 use crate::{
     AcquireOptions, Capabilities, EventSink, HolderId, LockError, LockEventKind, LockEvents, LockGuard, LockInfo,
-    LockManager, LockState, LossSignal, Wait, runtime,
+    LockManager, LockMode, LockState, LossSignal, Wait, runtime,
 };
 
 /// A [`LockManager`] built from a backend's raw operations.
@@ -148,6 +148,7 @@ impl<B: LockBackend> Locks<B> {
         crate::validate_name(resource)?;
         self.shared.backend.validate_name(resource)?;
         let options = options.with_defaults(&self.defaults);
+        self.check_mode(resource, options.mode)?;
         if let Some(lease) = options.lease.or(self.defaults.lease) {
             check_lease(lease, resource, self.shared.name)?;
         }
@@ -189,6 +190,7 @@ impl<B: LockBackend> Locks<B> {
                 let mut table = self.shared.reentry.lock();
                 match table.get(&key) {
                     Some(Reentry::Held(held)) if !held.is_lost() => {
+                        reentry_mode(held.request.mode, call.options.mode, &call.resource, self.shared.name)?;
                         held.count.fetch_add(1, Ordering::AcqRel);
                         return Ok(Some(held.clone()));
                     }
@@ -233,7 +235,8 @@ impl<B: LockBackend> Locks<B> {
         let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
         let explicit_wait = mode == Mode::Try || options.wait_is_explicit();
         let purpose = options.purpose.map(Arc::from);
-        let request = GrantRequest { resource, holder, purpose, lease, deadline, explicit_wait, loss };
+        let request =
+            GrantRequest { resource, holder, mode: options.mode, purpose, lease, deadline, explicit_wait, loss };
         let granted = match self.shared.backend.acquire(&request).await? {
             Acquired::Granted(granted) => granted,
             Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder, None),
@@ -312,15 +315,44 @@ impl<B: LockBackend> Locks<B> {
         })
     }
 
+    /// Refuses a mode the backend cannot hold, and a semaphore of no permits.
+    fn check_mode(&self, resource: &str, mode: LockMode) -> Result<(), LockError> {
+        let caps = &self.shared.caps;
+        let backend = self.shared.name;
+        match mode {
+            LockMode::Exclusive => Ok(()),
+            LockMode::Shared if !caps.shared_mode => Err(LockError::Config(format!(
+                "the {backend} backend cannot hold {resource:?} shared (its capabilities say shared_mode = false{}); \
+                 take it exclusively, or use a backend that has reader-writer locks",
+                unsupported_why(backend)
+            ))),
+            LockMode::Permits(_) if !caps.permits => Err(LockError::Config(format!(
+                "the {backend} backend cannot hold {resource:?} as a semaphore (its capabilities say permits = \
+                 false{}); use a backend that has semaphores",
+                unsupported_why(backend)
+            ))),
+            LockMode::Permits(0) => Err(LockError::Config(format!(
+                "a semaphore of 0 permits on {resource:?} ({backend}) could never be taken; give at least 1"
+            ))),
+            LockMode::Shared | LockMode::Permits(_) => Ok(()),
+        }
+    }
+
     /// Fills in what only this process knows (reentrant hold counts).
     fn enrich(&self, mut info: LockInfo) -> LockInfo {
-        let key: ReentryKey = (Arc::from(info.resource.as_str()), info.holder.clone());
-        if let Some(Reentry::Held(held)) = self.shared.reentry.lock().get(&key)
-            && held.token == info.fencing_token
-        {
-            info.hold_count = held.count.load(Ordering::Acquire);
+        info.hold_count = self.hold_count(&info);
+        for holder in &mut info.holders {
+            holder.hold_count = self.hold_count(holder);
         }
         info
+    }
+
+    fn hold_count(&self, info: &LockInfo) -> u32 {
+        let key: ReentryKey = (Arc::from(info.resource.as_str()), info.holder.clone());
+        match self.shared.reentry.lock().get(&key) {
+            Some(Reentry::Held(held)) if held.token == info.fencing_token => held.count.load(Ordering::Acquire),
+            _ => info.hold_count,
+        }
     }
 }
 
@@ -487,6 +519,40 @@ fn record_outcome(span: &tracing::Span, started: Instant, result: &Result<Option
             Err(_) => "error",
         },
     );
+}
+
+/// Whether a holder holding a grant in `held` mode may re-enter it asking
+/// for `asked`: the same mode, or shared inside exclusive (it excludes
+/// everyone already). An upgrade from shared to exclusive is refused: two
+/// shared holders upgrading at once would each wait for the other.
+fn reentry_mode(held: LockMode, asked: LockMode, resource: &str, backend: &str) -> Result<(), LockError> {
+    match (held, asked) {
+        (LockMode::Exclusive, LockMode::Exclusive | LockMode::Shared) | (LockMode::Shared, LockMode::Shared) => Ok(()),
+        (LockMode::Shared, LockMode::Exclusive) => Err(LockError::Config(format!(
+            "this holder holds {resource:?} ({backend}) shared and asked for it exclusively: upgrading is refused, \
+             because two shared holders upgrading at once would wait for each other forever; release the shared \
+             hold first, or take it exclusively from the start"
+        ))),
+        (held, asked) if held == asked => Ok(()),
+        (held, asked) => {
+            asked.agrees_with(held, resource, backend)?;
+            Err(LockError::Config(format!(
+                "this holder holds {resource:?} ({backend}) as {held} and asked for {asked}; re-enter it the way it \
+                 holds it"
+            )))
+        }
+    }
+}
+
+/// Why a backend lacks a mode, where that is known.
+fn unsupported_why(backend: &str) -> &'static str {
+    if backend.starts_with("legacy") {
+        ": the legacy lockfile protocol has one holder per lock file, and old daemons know no other mode"
+    } else if backend.starts_with("bridge") {
+        ": the legacy lock the bridge also takes has one holder, so it cannot admit several"
+    } else {
+        ""
+    }
 }
 
 /// Refuses a lease too long for the clocks to add (backends compute its end).

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use async_trait::async_trait;
 
-use crate::{AcquireOptions, Capabilities, LockError, LockEvents, LockGuard, LockInfo, LockState};
+use crate::{AcquireOptions, Capabilities, LockError, LockEvents, LockGuard, LockInfo, LockState, MultiLockGuard};
 
 /// One lock API over every backend.
 ///
@@ -131,6 +131,51 @@ pub trait LockManagerExt: LockManager {
         resource: &'a str,
     ) -> impl Future<Output = Result<Option<LockGuard>, LockError>> + Send + 'a {
         self.try_acquire(resource, AcquireOptions::new())
+    }
+
+    /// Takes every one of `resources` or none, within one overall wait.
+    ///
+    /// The resources are taken one at a time in **name order** (sorted,
+    /// duplicates dropped), whatever order they are given in, so two callers
+    /// with overlapping sets never wait for each other in a cycle
+    /// (deadlock). `options` apply to each resource (mode, lease, purpose,
+    /// holder); a timeout is the wait for the whole set: each resource may
+    /// wait what is left of it. If any resource cannot be taken in time (or
+    /// fails), those already taken are released, last first, and the error
+    /// is returned — a [`LockError::Timeout`] names the resource that was
+    /// busy and its holder, and its `waited` is the whole wait.
+    ///
+    /// The guard releases every lock in reverse order, and reports a loss of
+    /// any of them. Works on every backend and across wrappers (the legacy
+    /// bridge), because it only uses [`acquire`](LockManager::acquire).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockman_core::{AcquireOptions, LockError, LockManager, LockManagerExt};
+    ///
+    /// async fn rebalance(locks: &dyn LockManager) -> Result<(), LockError> {
+    ///     let opts = AcquireOptions::new().timeout(Duration::from_secs(2)).purpose("rebalance");
+    ///     let held = locks.acquire_all(["battery", "inverter_write"], opts).await?;
+    ///     // ... both are held ...
+    ///     held.release().await
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockManager::acquire), for the first resource that
+    /// could not be taken; nothing is held then.
+    fn acquire_all<'a, I, S>(
+        &'a self,
+        resources: I,
+        options: AcquireOptions,
+    ) -> impl Future<Output = Result<MultiLockGuard, LockError>> + Send + 'a
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let resources: Vec<String> = resources.into_iter().map(|name| name.as_ref().to_owned()).collect();
+        crate::multi::acquire_all(self, resources, options)
     }
 
     /// Runs `work` while holding `resource`, then releases it.

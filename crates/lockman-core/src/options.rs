@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::HolderId;
+use crate::{HolderId, LockMode};
 
 /// How long [`LockManager::acquire`](crate::LockManager::acquire) waits for a
 /// held resource.
@@ -63,6 +63,10 @@ pub struct AcquireOptions {
     /// Who is acquiring. Acquisitions through one manager with the same
     /// holder re-enter; see [`HolderId`] for how far an id reaches.
     pub holder: Option<HolderId>,
+    /// How the grant shares the resource: exclusive (the default), shared
+    /// ([`shared`](Self::shared)) or one of n permits
+    /// ([`permits`](Self::permits)).
+    pub mode: LockMode,
     /// Whether a wait was chosen with [`no_wait`](Self::no_wait),
     /// [`timeout`](Self::timeout), [`wait_forever`](Self::wait_forever) or
     /// [`wait`](Self::wait), rather than left at the default.
@@ -139,6 +143,56 @@ impl AcquireOptions {
             });
         }
         self.defaults_applied = true;
+        self
+    }
+
+    /// Takes a **shared** (read) hold: any number of shared holders hold the
+    /// resource together, never beside an exclusive holder.
+    ///
+    /// Waiters are served in arrival order across modes, so a writer waiting
+    /// for readers to leave holds back the readers that came after it (a
+    /// stream of readers cannot starve it), and the readers queued behind a
+    /// writer are let in together when it is done. Backends that cannot hold
+    /// shared locks ([`Capabilities::shared_mode`](crate::Capabilities::shared_mode)
+    /// is false: legacy-file) refuse with [`LockError::Config`](crate::LockError::Config).
+    ///
+    /// A holder that re-enters may take a shared hold of a resource it holds
+    /// exclusively (it already excludes everyone); taking an exclusive hold
+    /// of one it holds shared (an *upgrade*) is refused, because two readers
+    /// upgrading at once would each wait for the other forever.
+    ///
+    /// ```
+    /// use lockman_core::{AcquireOptions, LockMode};
+    /// assert_eq!(AcquireOptions::new().shared().mode, LockMode::Shared);
+    /// ```
+    pub fn shared(mut self) -> Self {
+        self.mode = LockMode::Shared;
+        self
+    }
+
+    /// Takes an exclusive hold (the default).
+    pub fn exclusive(mut self) -> Self {
+        self.mode = LockMode::Exclusive;
+        self
+    }
+
+    /// Treats the resource as a **semaphore** of `permits` and takes one
+    /// permit: at most `permits` holders hold it at once.
+    ///
+    /// Every party on the resource must give the same count: one that asks
+    /// for another count, or for an exclusive or shared hold, while the
+    /// semaphore is in use gets [`LockError::Config`](crate::LockError::Config)
+    /// naming both. A count of 0 is refused the same way. Waiters are served
+    /// in arrival order. Backends without semaphores
+    /// ([`Capabilities::permits`](crate::Capabilities::permits) is false)
+    /// refuse.
+    ///
+    /// ```
+    /// use lockman_core::{AcquireOptions, LockMode};
+    /// assert_eq!(AcquireOptions::new().permits(3).mode, LockMode::Permits(3));
+    /// ```
+    pub fn permits(mut self, permits: u32) -> Self {
+        self.mode = LockMode::Permits(permits);
         self
     }
 

@@ -274,6 +274,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
         info.lease_expires_at = lease.expires_at;
         info.last_heartbeat = lease.last_heartbeat;
         info.hold_count = self.count.load(Ordering::Acquire);
+        info.mode = self.request.mode;
         info
     }
 
