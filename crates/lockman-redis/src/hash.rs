@@ -88,7 +88,8 @@ fn parse_holders(resource: &str, fields: &[String], now_ms: u64) -> Option<LockI
         info.pid = field("p").and_then(|p| p.parse().ok()).unwrap_or(0);
         info.user = field("u");
         info.purpose = field("r");
-        if let Some(at) = field("a").and_then(|a| a.parse::<u64>().ok()).and_then(lockman_core::display::from_unix_micros)
+        if let Some(at) =
+            field("a").and_then(|a| a.parse::<u64>().ok()).and_then(lockman_core::display::from_unix_micros)
         {
             info.acquired_at = at;
         }

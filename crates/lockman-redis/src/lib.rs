@@ -231,7 +231,11 @@ impl RedisBackend {
     /// queue entry with its queue lease).
     fn abandon(&self, resource: &str, hold: Option<&str>, waiter: Option<&str>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(backend = BACKEND, resource, "no runtime to undo an unanswered grant or leave the queue on");
+            tracing::debug!(
+                backend = BACKEND,
+                resource,
+                "no runtime to undo an unanswered grant or leave the queue on"
+            );
             return;
         };
         let mut connection = self.connection.clone();
@@ -249,7 +253,11 @@ impl RedisBackend {
             let undone: Result<Result<i64, _>, _> =
                 tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await;
             if !matches!(undone, Ok(Ok(_))) {
-                tracing::debug!(backend = BACKEND, resource, "could not undo an unanswered grant or leave the queue; it expires with its lease");
+                tracing::debug!(
+                    backend = BACKEND,
+                    resource,
+                    "could not undo an unanswered grant or leave the queue; it expires with its lease"
+                );
             }
         });
     }

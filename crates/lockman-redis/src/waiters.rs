@@ -163,11 +163,10 @@ async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held
                         && field.is_some()
                 }
                 // `<expiry> <token> <holder>`
-                Layout::Modes => field
-                    .as_deref()
-                    .and_then(|record| record.split(' ').nth(1))
-                    .and_then(|t| t.parse::<u64>().ok())
-                    == Some(h.token),
+                Layout::Modes => {
+                    field.as_deref().and_then(|record| record.split(' ').nth(1)).and_then(|t| t.parse::<u64>().ok())
+                        == Some(h.token)
+                }
             }
         })
         .collect())
