@@ -30,11 +30,43 @@
 //!   believes in — `info().lease_expires_at`, `is_lost()` — is never later
 //!   than the key's in Redis, however late the reply arrives (given client
 //!   and server clocks that run at the same rate).
+//! * **Shared and permit modes** ([`AcquireOptions::shared`](lockman_core::AcquireOptions::shared),
+//!   [`AcquireOptions::permits`](lockman_core::AcquireOptions::permits)):
+//!   the lock hash then holds one record per grant, each with **its own
+//!   expiry** (Redis time) and its own fencing token from the same counter as
+//!   exclusive grants; every script prunes records whose lease has passed
+//!   before it counts holders, so a crashed or paused reader or permit holder
+//!   stops counting when its own lease ends, while the others keep theirs
+//!   (each guard's watchdog renews only its own record). A resource is used
+//!   one way by everyone: a request whose mode disagrees with the live
+//!   holders or the queued waiters (a semaphore of 3 against one of 5, a lock
+//!   against a semaphore) gets [`LockError::Config`] naming both.
+//! * **FIFO across modes and processes**: a request that must wait on a
+//!   resource used with modes joins the resource's queue in Redis (a sorted
+//!   set by arrival time, each waiter with a short queue lease it renews
+//!   while it waits, so a dead waiter is skipped once its lease runs out:
+//!   5 s). A request is granted when it fits beside the holders *and* every
+//!   waiter queued before it does too, in order — the compatible prefix of
+//!   the queue gets in — so a stream of readers cannot starve a waiting
+//!   writer, and the readers queued behind a writer get in together when it
+//!   leaves. Releases, expiries noticed and waiters that give up publish on
+//!   the release channel, which wakes the waiters; a waiter also looks again
+//!   every 1.7 s to renew its queue lease (the bounded fallback). A dropped
+//!   or timed-out acquire takes its queue entry (and any grant whose reply it
+//!   missed) back. The plain mutex does not pay for this: an exclusive
+//!   request on a resource with no shared or permit records and no queue is
+//!   the same single script as before (one extra `HMGET` field and an
+//!   `EXISTS` on the queue key), and its waiters do not queue in Redis
+//!   unless the resource is used with modes. The data layout is described
+//!   in the `scripts` module.
 //! * **One shared holder id in two managers** (two processes acquiring with
 //!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),
 //!   an explicit opt-in; ids given with `holder` are scoped to their manager
-//!   and exclude each other) share one grant as two holds — same token — freed when both are
-//!   released. Neither shortens the lease the other relies on, and undoing
+//!   and exclude each other) share one exclusive grant as two holds — same
+//!   token — freed when both are released (a shared acquire joins an
+//!   exclusive grant of its own holder id, as re-entry does). Shared and
+//!   permit grants are not shared this way: each acquisition is its own
+//!   grant, with its own token, lease and permit. Neither shortens the lease the other relies on, and undoing
 //!   an acquire whose answer never came takes back only that attempt's hold.
 //! * **Failures**: every command is bounded by the caller's remaining time
 //!   and the response timeout; with Redis down, `acquire` returns a `Backend`
@@ -73,6 +105,11 @@
 //! let locks = RedisBackend::connect(RedisOptions::new("redis://127.0.0.1:6379/0")).await?.into_manager();
 //! let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
 //! guard.release().await?;
+//! // Readers hold together (a writer waits, and readers after it wait for it):
+//! let reader = locks.acquire("tariff_table", AcquireOptions::new().shared()).await?;
+//! // At most 3 holders of "cloud_api" at once, across every process:
+//! let permit = locks.acquire("cloud_api", AcquireOptions::new().permits(3)).await?;
+//! # drop((reader, permit));
 //! # Ok(()) }
 //! ```
 
@@ -357,11 +394,9 @@ impl RedisBackend {
                         "releasing",
                         Some(resource),
                         &format!(
-                            "the connection dropped ({}) and the retry failed too ({}); whether the {} hold was \
-                             released is unknown — it is freed when its lease runs out at the latest",
-                            e.detail,
-                            retry.detail,
-                            grant_kind(grant)
+                            "the connection dropped ({}) and the retry failed too ({}); whether the shared or \
+                             permit hold was released is unknown — it is freed when its lease runs out at the latest",
+                            e.detail, retry.detail
                         ),
                     )
                 })?;
@@ -392,14 +427,6 @@ impl RedisBackend {
         } else {
             Ok(())
         }
-    }
-}
-
-/// "shared or permit" for error messages.
-fn grant_kind(grant: &RedisGrant) -> &'static str {
-    match grant.layout {
-        Layout::Exclusive => "exclusive",
-        Layout::Modes => "shared or permit",
     }
 }
 
