@@ -83,8 +83,9 @@ fn with_prelude(body: &str) -> Script {
 /// held or awaited in a mode that disagrees with the request's.
 ///
 /// **The exclusive fast path** (a plain mutex): when the request is
-/// exclusive, the hash is not in the modes layout and no queue exists, this
-/// is the same script as before modes — one `HMGET` and one `EXISTS` more.
+/// exclusive, the hash is not in the modes layout, no queue exists and it is
+/// not a re-entry, this is the same script as before modes — one more field
+/// in the `HMGET` and an `EXISTS` — and runs first ([`ACQUIRE_FAST`]).
 /// A busy answer there does not queue the caller; it only gives it its
 /// arrival time, so that if it meets a queue later it takes its place by
 /// when it came.
@@ -129,11 +130,43 @@ fn with_prelude(body: &str) -> Script {
 /// acquisition is its own grant, with its own token, lease and permit (one
 /// permit per process, or a semaphore would admit more processes than it has
 /// permits).
-pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    with_prelude(
-        r#"
+pub(crate) static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ACQUIRE_FAST}{PRELUDE}{ACQUIRE_GENERAL}")));
+
+/// [`ACQUIRE`]'s fast path, first in the script so that a plain mutex runs
+/// nothing else (not even the definitions of the general path's functions):
+/// an exclusive request, no modes layout, no queue, and not a re-entry.
+const ACQUIRE_FAST: &str = r#"
 local mode = ARGV[10]
 local f = redis.call('HMGET', KEYS[1], 'holder', 'mode')
+if mode == 'x' and not f[2] and f[1] ~= ARGV[1] and redis.call('EXISTS', KEYS[3]) == 0 then
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if f[1] then
+    if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'waited', '1') end
+    local arrival = ARGV[12]
+    if arrival == '0' then arrival = string.format('%.0f', now_us) end
+    local pttl = redis.call('PTTL', KEYS[1])
+    local busy = {'0', tostring(math.max(pttl, 0)), arrival, '0'}
+    for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
+    table.insert(busy, tostring(pttl))
+    table.insert(busy, string.format('%.0f', math.floor(now_us / 1000)))
+    return busy
+  end
+  local token = redis.call('INCR', KEYS[2])
+  if token == 1 then redis.call('PEXPIRE', KEYS[2], 604800000) end
+  if token < now_us then token = redis.call('INCRBY', KEYS[2], string.format('%.0f', now_us - token)) end
+  token = string.format('%.0f', token)
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
+    'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {'1', token, ARGV[3], ARGV[2], 'p'}
+end
+"#;
+
+/// [`ACQUIRE`]'s general path: re-entry, modes, and exclusive requests that
+/// meet a queue or shared holders.
+const ACQUIRE_GENERAL: &str = r#"
 local function reenter()
   local g = redis.call('HMGET', KEYS[1], 'token', 'acquired_us')
   redis.call('HINCRBY', KEYS[1], 'count', 1)
@@ -145,37 +178,8 @@ local function reenter()
   end
   return {'1', g[1], g[2], tostring(left), 'p'}
 end
-local function grant_exclusive(now_us)
-  local token = new_token(KEYS[2], now_us)
-  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
-    'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return token
-end
-local function busy_reply(wait, arrival, queued, now)
-  local busy = {'0', num(wait), arrival, queued}
-  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
-  table.insert(busy, tostring(redis.call('PTTL', KEYS[1])))
-  table.insert(busy, num(now))
-  return busy
-end
+if f[1] and f[1] == ARGV[1] and (mode == 'x' or mode == 's') then return reenter() end
 
-if mode == 'x' and not f[2] then
-  if f[1] == ARGV[1] then return reenter() end
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    if f[1] then
-      if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'waited', '1') end
-      local now_us, now = server_now()
-      local arrival = ARGV[12]
-      if arrival == '0' then arrival = num(now_us) end
-      return busy_reply(math.max(redis.call('PTTL', KEYS[1]), 0), arrival, '0', now)
-    end
-    local now_us = server_now()
-    return {'1', grant_exclusive(now_us), ARGV[3], ARGV[2], 'p'}
-  end
-end
-
--- The general path: modes, or an exclusive request meeting them.
 local function kind(m) if m == 'x' or m == 's' then return 'rw' end return m end
 local function admits(m, held)
   if m == 'x' then return #held == 0 end
@@ -185,7 +189,13 @@ local function admits(m, held)
   end
   return #held < tonumber(string.sub(m, 2))
 end
-if f[1] and f[1] == ARGV[1] and mode == 's' then return reenter() end
+local function busy_reply(wait, arrival, queued, now)
+  local busy = {'0', num(wait), arrival, queued}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
+  table.insert(busy, tostring(redis.call('PTTL', KEYS[1])))
+  table.insert(busy, num(now))
+  return busy
+end
 
 local now_us, now = server_now()
 local lease, ql, wid = tonumber(ARGV[2]), tonumber(ARGV[13]), ARGV[11]
@@ -270,12 +280,14 @@ if not blocked and admits(mode, held) then
     redis.call('ZREM', KEYS[3], wid)
     redis.call('HDEL', KEYS[4], wid)
   end
+  local token = new_token(KEYS[2], now_us)
   if mode == 'x' then
-    local token = grant_exclusive(now_us)
+    redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
+      'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
     if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[1], 'waited', '1') end
     return finish({'1', token, ARGV[3], ARGV[2], 'p'})
   end
-  local token = new_token(KEYS[2], now_us)
   local h = ARGV[9]
   redis.call('HSET', KEYS[1], 'mode', mode, 'g:' .. h, num(now + lease) .. ' ' .. token .. ' ' .. ARGV[1],
     'a:' .. h, ARGV[3], 'o:' .. h, ARGV[4], 'p:' .. h, ARGV[5], 'u:' .. h, ARGV[7], 'r:' .. h, ARGV[6])
@@ -295,9 +307,7 @@ if ARGV[8] == '1' then
   if plain then redis.call('HSET', KEYS[1], 'waited', '1') end
 end
 return finish(busy_reply(wait, num(score), queued, now))
-"#,
-    )
-});
+"#;
 
 /// Releases one hold of an exclusive grant — the one named by the hold id —
 /// if holder and token match; deletes the lock when the last hold goes, and
