@@ -148,3 +148,84 @@ mod planted_hash_tests {
         assert!(shown.contains("far future (corrupt? 300000000000000000µs"), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod modes_layout_tests {
+    use super::*;
+
+    fn owned(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    #[test]
+    fn modes_round_trip_on_the_wire() {
+        for mode in [LockMode::Exclusive, LockMode::Shared, LockMode::Permits(1), LockMode::Permits(40)] {
+            assert_eq!(parse_mode(&mode_arg(mode)), Some(mode));
+        }
+        for bad in ["", "p", "p0", "p-1", "q3", "X"] {
+            assert_eq!(parse_mode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_live_grant_is_a_holder_and_expired_or_unreadable_ones_are_not() {
+        // Fields, then PTTL and the server's time (ms).
+        let fields = owned(&[
+            "mode",
+            "p3",
+            "n",
+            "4",
+            "g:b",
+            "2000 20 worker b",
+            "o:b",
+            "host-b",
+            "p:b",
+            "12",
+            "r:b",
+            "poll",
+            "g:a",
+            "1500 10 worker-a",
+            "o:a",
+            "host-a",
+            "p:a",
+            "11",
+            "a:a",
+            "1700000000000000",
+            "g:old",
+            "999 5 gone",
+            "g:bad",
+            "soon 7 x",
+            "1000",
+            "1000",
+        ]);
+        let info = info_of("api", &fields).expect("held");
+        assert_eq!(info.mode, LockMode::Permits(3));
+        let holders: Vec<_> =
+            info.all_holders().map(|h| (h.fencing_token.to_string(), h.holder.name().to_owned())).collect();
+        assert_eq!(holders, [("10".to_owned(), "worker-a".to_owned()), ("20".to_owned(), "worker b".to_owned())]);
+        assert_eq!(info.holders[1].hostname, "host-b");
+        assert_eq!(info.holders[1].pid, 12);
+        assert_eq!(info.holders[1].purpose.as_deref(), Some("poll"));
+        assert!(info.holders.iter().all(|h| h.mode == LockMode::Permits(3) && h.lease_expires_at.is_some()));
+        assert!(info.to_string().contains("2 of 3 permits"), "{info}");
+    }
+
+    #[test]
+    fn a_modes_hash_with_only_expired_grants_is_free() {
+        let fields = owned(&["mode", "s", "n", "1", "g:a", "900 10 reader", "50", "1000"]);
+        assert!(info_of("r", &fields).is_none());
+        assert!(matches!(state_of("r", &fields), LockState::Available));
+        assert!(info_of("r", &owned(&["-2", "1000"])).is_none(), "an absent key is free");
+        assert!(info_of("r", &[]).is_none());
+    }
+
+    #[test]
+    fn an_exclusive_hash_is_one_holder() {
+        let fields = owned(&["holder", "w", "token", "42", "count", "1", "5000", "1000"]);
+        let info = info_of("r", &fields).expect("held");
+        assert_eq!(
+            (info.mode, info.holders.len(), info.fencing_token.to_string()),
+            (LockMode::Exclusive, 0, "42".to_owned())
+        );
+    }
+}

@@ -4,7 +4,10 @@
 //! message also tells this process's holders of that resource their lock is
 //! gone — once the lock key confirms it: anyone who can `PUBLISH` can send
 //! such a message, so it is only a hint, and a holder whose holder id, token
-//! and hold are still in the key is not told anything. After the subscriber
+//! and hold are still in the key (for a shared or permit grant: its record,
+//! with its token) is not told anything. Waiters queued in Redis for a
+//! resource used with modes are woken the same way: every release, expiry
+//! pruned and waiter that leaves the queue is published. After the subscriber
 //! reconnects, every waiter re-checks at once (messages published while it
 //! was away are lost).
 
