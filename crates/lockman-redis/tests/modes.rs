@@ -360,3 +360,45 @@ async fn waiters_that_give_up_or_are_cancelled_leave_the_queue() {
     assert_eq!(a.state("r").await.expect("state").info().expect("held").all_holders().count(), 1);
     next.release().await.expect("release");
 }
+
+/// A writer that began waiting on a plain exclusive lock, before any reader
+/// queued, is not starved by the readers that come while it waits: it joins
+/// the queue by its arrival once the resource meets modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_before_readers_came_is_not_starved() {
+    let Some((server, a, b)) = two_managers().await else { return };
+    let c = manager(&server).await;
+    let first = a.acquire("r", exclusive()).await.expect("first writer");
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let guard = b.acquire("r", exclusive()).await;
+            (asked.elapsed(), guard)
+        })
+    };
+    assert!(still_waiting(&writer).await, "the second writer got in beside the first");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for locks in [a.clone(), c.clone(), c.clone()] {
+        let stop = stop.clone();
+        streams.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                let guard = locks.acquire("r", shared().timeout(Duration::from_secs(10))).await.expect("reader");
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    until_queued(&server, "r", 2).await; // `a`'s and `c`'s first readers wait behind the first writer
+    first.release().await.expect("release");
+    let (waited, guard) = tokio::time::timeout(BOUND, writer).await.expect("writer starved").expect("join");
+    let guard = guard.expect("writer");
+    assert_eq!(a.state("r").await.expect("state").info().map(|i| i.mode), Some(LockMode::Exclusive));
+    stop.store(true, Ordering::Release);
+    guard.release().await.expect("release");
+    for stream in streams {
+        tokio::time::timeout(BOUND, stream).await.expect("reader stream stuck").expect("reader stream failed");
+    }
+    assert!(waited < Duration::from_secs(2), "the writer waited {waited:?}");
+}
