@@ -402,3 +402,41 @@ async fn a_writer_waiting_before_readers_came_is_not_starved() {
     }
     assert!(waited < Duration::from_secs(2), "the writer waited {waited:?}");
 }
+
+/// A permit whose holder stopped renewing (crashed) comes back when its own
+/// lease ends, while another permit holder with a long lease keeps its own;
+/// and a writer is kept out by an expired reader no longer than that
+/// reader's lease, however long the other reader's lease is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_holder_stops_counting_while_others_hold_on() {
+    let Some((_server, a, b)) = two_managers().await else { return };
+    let long = Duration::from_secs(20);
+    let crashed = a.acquire("pool", permits(2).lease(Duration::from_millis(300))).await.expect("permit");
+    let staying = b.acquire("pool", permits(2).lease(long)).await.expect("permit");
+    let started = Instant::now();
+    let next = b
+        .acquire("pool", permits(2).timeout(Duration::from_secs(3)))
+        .await
+        .expect("the expired permit never came back");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(!staying.is_lost());
+    let tokens: Vec<_> =
+        a.state("pool").await.expect("state").info().expect("held").all_holders().map(|h| h.fencing_token).collect();
+    assert_eq!(tokens, [staying.fencing_token(), next.fencing_token()]);
+    for guard in [next, staying] {
+        guard.release().await.expect("release");
+    }
+    drop(crashed);
+
+    let crashed = a.acquire("rw", shared().lease(Duration::from_millis(300))).await.expect("reader");
+    let staying = b.acquire("rw", shared().lease(long)).await.expect("reader");
+    tokio::time::timeout(BOUND, crashed.lost()).await.expect("the short lease was never reported lost");
+    staying.release().await.expect("release");
+    let started = Instant::now();
+    let writer = a
+        .acquire("rw", exclusive().timeout(Duration::from_secs(3)))
+        .await
+        .expect("a writer was kept out by an expired reader");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    writer.release().await.expect("release");
+}
