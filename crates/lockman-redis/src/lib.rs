@@ -203,6 +203,7 @@ enum Attempt {
     /// at the latest (zero when Redis reports none).
     Busy {
         ttl: Duration,
+        /// Boxed: a holder record is large next to a grant.
         holder: Option<Box<LockInfo>>,
         /// Our arrival (server µs), kept for later attempts.
         arrival: u64,
