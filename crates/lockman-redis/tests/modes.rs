@@ -440,3 +440,51 @@ async fn an_expired_holder_stops_counting_while_others_hold_on() {
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     writer.release().await.expect("release");
 }
+
+/// The number of `EVALSHA` calls the server ran since the last `CONFIG RESETSTAT`.
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]).expect("INFO");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Like the plain mutex, an uncontended shared or permit acquire is one
+/// script and its release another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_shared_or_permit_cycle_is_one_round_trip_each_way() {
+    let Some((server, a, _b)) = two_managers().await else { return };
+    for options in [shared(), permits(3), exclusive()] {
+        a.acquire("warm-up", options.clone()).await.expect("warm up").release().await.expect("release");
+        server.command(&["CONFIG", "RESETSTAT"]).expect("reset stats");
+        let guard = a.acquire("r", options.clone()).await.expect("acquire");
+        guard.release().await.expect("release");
+        assert_eq!(evalsha_calls(&server), 2, "{:?}: not one script each way", options.mode);
+    }
+}
+
+/// One holder id shared by two managers (`shared_holder`) shares an
+/// exclusive grant — and a shared acquire joins it, as a re-entry would —
+/// but each shared acquisition is its own grant, with its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_holder_id_shares_exclusive_grants_only() {
+    let Some((_server, a, b)) = two_managers().await else { return };
+    let id = || AcquireOptions::new().timeout(BOUND).shared_holder("daemon");
+    let writer = a.acquire("x", id()).await.expect("exclusive");
+    let joined = b.acquire("x", id().shared()).await.expect("a shared acquire joins its own holder's grant");
+    assert_eq!(joined.fencing_token(), writer.fencing_token());
+    assert!(b.try_acquire("x", AcquireOptions::new().shared()).await.expect("try").is_none());
+    joined.release().await.expect("release");
+    writer.release().await.expect("release");
+
+    let first = a.acquire("s", id().shared()).await.expect("shared");
+    let second = b.acquire("s", id().shared()).await.expect("shared");
+    assert!(second.fencing_token() > first.fencing_token(), "two shared acquisitions are two grants");
+    assert_eq!(a.state("s").await.expect("state").info().expect("held").all_holders().count(), 2);
+    first.release().await.expect("release");
+    assert!(a.state("s").await.expect("state").is_held(), "one release freed both grants");
+    second.release().await.expect("release");
+}
