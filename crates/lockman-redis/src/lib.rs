@@ -64,10 +64,12 @@
 //!   an explicit opt-in; ids given with `holder` are scoped to their manager
 //!   and exclude each other) share one exclusive grant as two holds — same
 //!   token — freed when both are released (a shared acquire joins an
-//!   exclusive grant of its own holder id, as re-entry does). Shared and
+//!   exclusive grant of its own holder id, as re-entry does). Neither
+//!   shortens the lease the other relies on, and undoing an acquire whose
+//!   answer never came takes back only that attempt's hold. Shared and
 //!   permit grants are not shared this way: each acquisition is its own
-//!   grant, with its own token, lease and permit. Neither shortens the lease the other relies on, and undoing
-//!   an acquire whose answer never came takes back only that attempt's hold.
+//!   grant, with its own token, lease and permit (one permit per process,
+//!   or a semaphore would admit more processes than it has permits).
 //! * **Failures**: every command is bounded by the caller's remaining time
 //!   and the response timeout; with Redis down, `acquire` returns a `Backend`
 //!   error in time — never a false grant. The connection manager reconnects.
@@ -288,15 +290,19 @@ impl RedisBackend {
         let timeout = self.options.response_timeout;
         let resource = resource.to_owned();
         runtime.spawn(async move {
-            let undone: Result<Result<i64, _>, _> =
+            let undone: Result<Result<i64, redis::RedisError>, _> =
                 tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await;
-            if !matches!(undone, Ok(Ok(_))) {
-                tracing::debug!(
-                    backend = BACKEND,
-                    resource,
-                    "could not undo an unanswered grant or leave the queue; it expires with its lease"
-                );
-            }
+            let error = match undone {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            tracing::debug!(
+                backend = BACKEND,
+                resource,
+                error,
+                "could not undo an unanswered grant or leave the queue; it expires with its lease"
+            );
         });
     }
 
