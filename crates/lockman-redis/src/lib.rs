@@ -57,7 +57,8 @@
 //!   request on a resource with no shared or permit records and no queue is
 //!   the same single script as before (one extra `HMGET` field and an
 //!   `EXISTS` on the queue key), and its waiters do not queue in Redis
-//!   unless the resource is used with modes. The data layout is described
+//!   unless the resource is used with modes (then the first request to
+//!   queue wakes them, and they join by their arrival). The data layout is described
 //!   in the `scripts` module.
 //! * **One shared holder id in two managers** (two processes acquiring with
 //!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),

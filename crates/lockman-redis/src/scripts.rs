@@ -88,7 +88,9 @@ fn with_prelude(body: &str) -> Script {
 /// in the `HMGET` and an `EXISTS` — and runs first ([`ACQUIRE_FAST`]).
 /// A busy answer there does not queue the caller; it only gives it its
 /// arrival time, so that if it meets a queue later it takes its place by
-/// when it came.
+/// when it came — and the first request to queue on such a lock publishes,
+/// so those waiters look again and join the queue at once, ahead of the
+/// later arrivals.
 ///
 /// **FIFO across modes**: otherwise the general path prunes expired grants
 /// and expired waiters, then grants the request when it is compatible with
@@ -199,9 +201,10 @@ end
 
 local now_us, now = server_now()
 local lease, ql, wid = tonumber(ARGV[2]), tonumber(ARGV[13]), ARGV[11]
-local pruned = false
+-- Whether to publish (a wait ended or a waiter must look again).
+local wake = false
 local function finish(reply)
-  if pruned then redis.call('PUBLISH', ARGV[14], 'released') end
+  if wake then redis.call('PUBLISH', ARGV[14], 'released') end
   return reply
 end
 
@@ -221,7 +224,7 @@ elseif f[2] then
         if wait == 0 or exp - now < wait then wait = exp - now end
       else
         drop_grant(string.sub(all[i], 3))
-        pruned = true
+        wake = true
       end
     end
   end
@@ -229,7 +232,7 @@ elseif f[2] then
     redis.call('DEL', KEYS[1])
   else
     held_mode = f[2]
-    if pruned then redis.call('HSET', KEYS[1], 'n', tostring(#held)) end
+    if wake then redis.call('HSET', KEYS[1], 'n', tostring(#held)) end -- some were pruned
   end
 end
 if held_mode and kind(held_mode) ~= kind(mode) then return finish({'E', held_mode}) end
@@ -256,7 +259,7 @@ for i = 1, #entries, 2 do
   else
     redis.call('ZREM', KEYS[3], id)
     redis.call('HDEL', KEYS[4], id)
-    pruned = true
+    wake = true
   end
 end
 
@@ -299,7 +302,13 @@ end
 local queued = '0'
 if ARGV[8] == '1' then
   queued = '1'
-  if not mine then redis.call('ZADD', KEYS[3], num(score), wid) end
+  if not mine then
+    redis.call('ZADD', KEYS[3], num(score), wid)
+    -- The first entry of a queue on an exclusive lock someone already waits
+    -- for: those waiters are not queued (the fast path does not queue); wake
+    -- them, so they join now, by their arrival, before the lock is released.
+    if plain and #entries == 0 and redis.call('HEXISTS', KEYS[1], 'waited') == 1 then wake = true end
+  end
   redis.call('HSET', KEYS[4], wid, num(now + ql) .. ' ' .. mode)
   for _, k in ipairs({KEYS[3], KEYS[4]}) do
     if redis.call('PTTL', k) < ql then redis.call('PEXPIRE', k, ql) end

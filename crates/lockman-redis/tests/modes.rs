@@ -362,37 +362,43 @@ async fn waiters_that_give_up_or_are_cancelled_leave_the_queue() {
 }
 
 /// A writer that began waiting on a plain exclusive lock, before any reader
-/// queued, is not starved by the readers that come while it waits: it joins
-/// the queue by its arrival once the resource meets modes.
+/// queued, keeps its place: the first reader to queue wakes it, it joins the
+/// queue by its arrival, and no reader gets in before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_waiting_before_readers_came_is_not_starved() {
+async fn a_writer_waiting_before_readers_came_keeps_its_place() {
     let Some((server, a, b)) = two_managers().await else { return };
     let c = manager(&server).await;
-    let first = a.acquire("r", exclusive()).await.expect("first writer");
+    // A long lease, so that the waiting writer does not look again by itself
+    // (it would at the lease's end) before the release.
+    let first = a.acquire("r", exclusive().lease(Duration::from_secs(30))).await.expect("first writer");
     let writer = {
         let b = b.clone();
         tokio::spawn(async move {
-            let asked = Instant::now();
             let guard = b.acquire("r", exclusive()).await;
-            (asked.elapsed(), guard)
+            (Instant::now(), guard)
         })
     };
     assert!(still_waiting(&writer).await, "the second writer got in beside the first");
+    assert_eq!(queued(&server, "r"), 0, "a plain exclusive waiter was queued");
     let stop = Arc::new(AtomicBool::new(false));
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut streams = Vec::new();
     for locks in [a.clone(), c.clone(), c.clone()] {
-        let stop = stop.clone();
+        let (stop, log_tx) = (stop.clone(), log_tx.clone());
         streams.push(tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
                 let guard = locks.acquire("r", shared().timeout(Duration::from_secs(10))).await.expect("reader");
+                let _ = log_tx.send(Instant::now());
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 guard.release().await.expect("release");
             }
         }));
     }
-    until_queued(&server, "r", 2).await; // `a`'s and `c`'s first readers wait behind the first writer
+    drop(log_tx);
+    // The writer joins the queue ahead of `a`'s and `c`'s first readers.
+    until_queued(&server, "r", 3).await;
     first.release().await.expect("release");
-    let (waited, guard) = tokio::time::timeout(BOUND, writer).await.expect("writer starved").expect("join");
+    let (granted, guard) = tokio::time::timeout(BOUND, writer).await.expect("writer starved").expect("join");
     let guard = guard.expect("writer");
     assert_eq!(a.state("r").await.expect("state").info().map(|i| i.mode), Some(LockMode::Exclusive));
     stop.store(true, Ordering::Release);
@@ -400,7 +406,12 @@ async fn a_writer_waiting_before_readers_came_is_not_starved() {
     for stream in streams {
         tokio::time::timeout(BOUND, stream).await.expect("reader stream stuck").expect("reader stream failed");
     }
-    assert!(waited < Duration::from_secs(2), "the writer waited {waited:?}");
+    let mut readers = 0;
+    while let Some(reader_granted) = log_rx.recv().await {
+        readers += 1;
+        assert!(reader_granted > granted, "a reader that came after the waiting writer got in before it");
+    }
+    assert!(readers >= 3, "the readers never got in after the writer");
 }
 
 /// A permit whose holder stopped renewing (crashed) comes back when its own
