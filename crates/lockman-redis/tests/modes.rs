@@ -264,8 +264,22 @@ async fn a_stream_of_readers_does_not_starve_a_writer() {
     // Let the stream get going, so readers always hold.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let asked = Instant::now();
-    let writer = b.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(3))).await.expect("writer starved");
-    let granted = Instant::now();
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let guard = b.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(3))).await;
+            (Instant::now(), guard)
+        })
+    };
+    // Readers are only queued behind a queued writer: the first entry is it.
+    let deadline = Instant::now() + BOUND;
+    while queued(&server, "r") == 0 {
+        assert!(Instant::now() < deadline, "the writer never queued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let writer_queued = Instant::now();
+    let (granted, writer) = tokio::time::timeout(BOUND, writer).await.expect("writer stuck").expect("join");
+    let writer = writer.expect("writer starved");
     assert!(
         granted - asked < Duration::from_secs(1),
         "the writer waited {:?} for readers holding 60 ms each",
@@ -284,10 +298,10 @@ async fn a_stream_of_readers_does_not_starve_a_writer() {
     let mut total = 0;
     while let Some((reader_asked, reader_granted)) = log_rx.recv().await {
         total += 1;
-        // A reader that asked once the writer was queued (give it a round
-        // trip's worth) must not be let in while the writer waits or holds.
-        if reader_asked > asked + Duration::from_millis(50) && reader_granted < released {
-            overtook.push(reader_granted - asked);
+        // A reader that asked once the writer was queued must not be let in
+        // while the writer waits or holds.
+        if reader_asked > writer_queued && reader_granted < released {
+            overtook.push(reader_granted - writer_queued);
         }
     }
     assert!(total > 8, "the reader stream hardly ran ({total} grants)");
