@@ -1,0 +1,350 @@
+//! Shared (reader-writer) locks and semaphores on the kernel-lock flavour,
+//! with several managers over one directory standing in for processes
+//! (each has its own queue and its own open files, so `flock` tells them
+//! apart exactly as it tells processes apart; `mode_processes.rs` runs
+//! real processes).
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockman_core::{AcquireOptions, LockBackend, LockError, LockGuard, LockManager, LockMode, LockState};
+use lockman_file::{FileBackend, FileLockManager, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn manager(dir: &Path) -> FileLockManager {
+    FileBackend::open(FileOptions::new(dir).loss_check_interval(Duration::from_millis(50)))
+        .expect("open")
+        .into_manager()
+}
+
+fn shared() -> AcquireOptions {
+    AcquireOptions::new().shared().no_wait()
+}
+
+fn permits(n: u32) -> AcquireOptions {
+    AcquireOptions::new().permits(n).no_wait()
+}
+
+async fn take(locks: &FileLockManager, resource: &str, options: AcquireOptions) -> LockGuard {
+    locks.acquire(resource, options).await.expect("acquire")
+}
+
+async fn refused(locks: &FileLockManager, resource: &str, options: AcquireOptions) -> bool {
+    locks.try_acquire(resource, options).await.expect("try_acquire").is_none()
+}
+
+fn held(state: LockState) -> lockman_core::LockInfo {
+    match state {
+        LockState::Held(info) => info,
+        other => panic!("not held: {other:?}"),
+    }
+}
+
+/// Waits (bounded) until someone holds the gate file of `resource`: a
+/// waiter that has passed this manager's queue and is waiting for the lock.
+async fn until_gate_is_held(locks: &FileLockManager, resource: &str) {
+    let lock = locks.backend().lock_file(resource);
+    let gate = lock.with_extension("gate");
+    let started = Instant::now();
+    loop {
+        if let Ok(file) = File::open(&gate)
+            && matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+        {
+            return;
+        }
+        assert!(started.elapsed() < BOUND, "nobody took the gate {}", gate.display());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn shared_holders_hold_together_in_one_manager_and_across_managers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    let a = take(&one, "r", shared().purpose("a")).await;
+    let b = take(&one, "r", shared().purpose("b")).await;
+    let c = take(&two, "r", shared().purpose("c")).await;
+    assert!(refused(&two, "r", AcquireOptions::new()).await, "exclusive beside readers");
+    assert!(refused(&one, "r", AcquireOptions::new()).await, "exclusive beside readers (same manager)");
+    let info = held(one.state("r").await.expect("state"));
+    assert_eq!(info.mode, LockMode::Shared);
+    let mut holders: Vec<_> = info.all_holders().map(|h| h.purpose.clone().unwrap_or_default()).collect();
+    holders.sort();
+    assert_eq!(holders, ["a", "b", "c"]);
+    assert!(info.all_holders().all(|h| h.mode == LockMode::Shared && h.pid == std::process::id()));
+    let listed = two.list().await.expect("list");
+    assert_eq!(listed.len(), 1, "one LockInfo per resource: {listed:?}");
+    assert_eq!(listed[0].holders.len(), 3);
+    // A timeout names every holder.
+    let err = two.acquire("r", AcquireOptions::new().timeout(Duration::from_millis(50))).await.expect_err("timeout");
+    let LockError::Timeout { holder: Some(holder), .. } = &err else { panic!("{err}") };
+    assert_eq!(holder.holders.len(), 3, "{err}");
+    assert!(err.to_string().contains("also held by"), "{err}");
+    for guard in [a, b, c] {
+        guard.release().await.expect("release");
+    }
+    assert_eq!(one.state("r").await.expect("state"), LockState::Available);
+    assert!(one.list().await.expect("list").is_empty());
+    take(&two, "r", AcquireOptions::new().no_wait()).await.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn an_exclusive_holder_keeps_readers_out() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    let writer = take(&one, "r", AcquireOptions::new().no_wait()).await;
+    assert!(refused(&two, "r", shared()).await);
+    assert!(refused(&one, "r", shared()).await);
+    let waiting = {
+        let two = two.clone();
+        tokio::spawn(async move { two.acquire("r", AcquireOptions::new().shared().timeout(BOUND)).await })
+    };
+    until_gate_is_held(&two, "r").await;
+    let released = Instant::now();
+    writer.release().await.expect("release");
+    let reader = waiting.await.expect("join").expect("the reader got in once the writer left");
+    eprintln!("reader woken {:?} after the writer released", released.elapsed());
+    reader.release().await.expect("release");
+}
+
+/// A writer waiting for readers holds the gate: readers arriving after it,
+/// in another manager or its own, wait behind it; then they get in together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_writer_is_not_starved_by_new_readers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (readers, writers, late) = (manager(dir.path()), manager(dir.path()), manager(dir.path()));
+    let first = take(&readers, "r", shared()).await;
+    let writer = {
+        let writers = writers.clone();
+        tokio::spawn(async move { writers.acquire("r", AcquireOptions::new().timeout(BOUND)).await })
+    };
+    until_gate_is_held(&writers, "r").await;
+    // New readers: another manager, the first reader's own, and the writer's.
+    assert!(refused(&late, "r", shared()).await, "a new reader passed a waiting writer");
+    assert!(refused(&readers, "r", shared()).await, "a new reader (same manager as the readers) passed the writer");
+    assert!(refused(&writers, "r", shared()).await, "a new reader (the writer's manager) passed the writer");
+    let queued: Vec<_> = [&late, &readers]
+        .into_iter()
+        .map(|locks| {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire("r", AcquireOptions::new().shared().timeout(BOUND)).await })
+        })
+        .collect();
+    first.release().await.expect("release");
+    let writer = writer.await.expect("join").expect("the writer got in after the first reader");
+    assert!(!writer.is_lost());
+    assert!(refused(&late, "r", shared()).await, "a reader beside the writer");
+    writer.release().await.expect("release");
+    let mut after = Vec::new();
+    for reader in queued {
+        after.push(reader.await.expect("join").expect("a queued reader got in after the writer"));
+    }
+    // They hold together.
+    assert_eq!(held(late.state("r").await.expect("state")).holders.len(), 2);
+    for guard in after {
+        guard.release().await.expect("release");
+    }
+}
+
+#[tokio::test]
+async fn a_semaphore_admits_its_permit_count_and_refuses_other_kinds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    let mut guards = vec![take(&one, "api", permits(3)).await, take(&two, "api", permits(3)).await];
+    guards.push(take(&one, "api", permits(3)).await);
+    assert!(refused(&two, "api", permits(3)).await, "a fourth permit of 3");
+    assert!(refused(&one, "api", permits(3)).await, "a fourth permit of 3 (same manager)");
+    for (options, theirs) in [
+        (permits(5), "5 permits"),
+        (AcquireOptions::new().no_wait(), "exclusive"),
+        (AcquireOptions::new().shared().no_wait(), "shared"),
+    ] {
+        for locks in [&one, &two] {
+            let err = locks.try_acquire("api", options.clone()).await.expect_err("a disagreeing mode");
+            let text = err.to_string();
+            assert!(matches!(err, LockError::Config(_)), "{text}");
+            assert!(text.contains("3 permits") && text.contains(theirs), "{text}");
+        }
+    }
+    let info = held(two.state("api").await.expect("state"));
+    assert_eq!(info.mode, LockMode::Permits(3));
+    assert_eq!(info.holders.len(), 3);
+    assert!(info.to_string().contains("3 of 3 permits"), "{info}");
+    let tokens: Vec<_> = guards.iter().map(LockGuard::fencing_token).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    // A freed permit goes to a waiter at once.
+    let waiter = {
+        let two = two.clone();
+        tokio::spawn(async move { two.acquire("api", AcquireOptions::new().permits(3).timeout(BOUND)).await })
+    };
+    until_gate_is_held(&two, "api").await;
+    guards.remove(0).release().await.expect("release");
+    let fourth = waiter.await.expect("join").expect("the waiter got the freed permit");
+    assert!(fourth.fencing_token() > tokens[2]);
+    for guard in guards.into_iter().chain([fourth]) {
+        guard.release().await.expect("release");
+    }
+    assert_eq!(one.state("api").await.expect("state"), LockState::Available);
+    // Free again, the resource can be used another way.
+    take(&one, "api", permits(5)).await.release().await.expect("release");
+    take(&one, "api", AcquireOptions::new().no_wait()).await.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn a_semaphore_of_one_excludes_and_a_waiter_is_refused_early_for_another_count() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    let only = take(&one, "r", permits(1)).await;
+    assert!(refused(&two, "r", permits(1)).await);
+    // Queued behind a holder in its own manager, a disagreeing request is
+    // refused at once rather than after its wait.
+    let started = Instant::now();
+    let err = one.acquire("r", AcquireOptions::new().permits(2).timeout(BOUND)).await.expect_err("2 vs 1");
+    assert!(matches!(err, LockError::Config(_)), "{err}");
+    assert!(started.elapsed() < BOUND / 2);
+    only.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn fencing_tokens_increase_across_modes_and_managers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let managers = [manager(dir.path()), manager(dir.path())];
+    let mut last = None;
+    for round in 0..3 {
+        let mut guards = Vec::new();
+        for locks in &managers {
+            guards.push(take(locks, "r", shared()).await);
+        }
+        let exclusive_after = guards.iter().map(LockGuard::fencing_token).max();
+        for guard in &guards {
+            assert!(last.is_none_or(|last| guard.fencing_token() > last), "round {round}");
+            last = Some(guard.fencing_token());
+        }
+        for guard in guards {
+            guard.release().await.expect("release");
+        }
+        let writer = take(&managers[round % 2], "r", AcquireOptions::new().no_wait()).await;
+        assert!(Some(writer.fencing_token()) > exclusive_after);
+        last = Some(writer.fencing_token());
+        writer.release().await.expect("release");
+    }
+}
+
+#[tokio::test]
+async fn force_release_breaks_every_holder() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    for options in [shared(), permits(2)] {
+        let guards = [take(&one, "r", options.clone()).await, take(&two, "r", options.clone()).await];
+        let info = one.force_release("r", "test").await.expect("force").expect("it was held");
+        assert_eq!(info.holders.len(), 2, "{info:?}");
+        for guard in &guards {
+            tokio::time::timeout(BOUND, guard.lost()).await.expect("every holder is told it lost the lock");
+        }
+        // Newcomers find every permit free.
+        let fresh = [take(&one, "r", options.clone()).await, take(&two, "r", options.clone()).await];
+        for guard in guards {
+            assert!(guard.release().await.expect_err("released a broken grant").is_lost());
+        }
+        for guard in fresh {
+            guard.release().await.expect("release");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cleanup_leaves_no_files_and_reports_no_crash_after_clean_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = manager(dir.path());
+    for options in [shared(), permits(3), AcquireOptions::new().no_wait()] {
+        let guards = [take(&locks, "r", options.clone()).await, take(&locks, "s", options.clone()).await];
+        for guard in guards {
+            guard.release().await.expect("release");
+        }
+    }
+    let live = take(&locks, "live", shared()).await;
+    assert_eq!(locks.cleanup_stale().await.expect("cleanup"), vec![]);
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "only the live reader's lock file and record stay: {left:?}");
+    assert!(left.iter().all(|name| name.starts_with("live-")), "{left:?}");
+    assert!(locks.state("live").await.expect("state").is_held());
+    live.release().await.expect("release");
+}
+
+/// A crashed holder's record file is left unlocked: it is no holder, and
+/// cleanup removes and reports it.
+#[tokio::test]
+async fn an_unlocked_holder_file_is_no_holder_and_cleanup_reports_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = manager(dir.path());
+    let guard = take(&locks, "r", shared().purpose("crashes")).await;
+    let record = std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(".reader-"))
+        .expect("a reader record");
+    let name = record.file_name().expect("name").to_string_lossy().into_owned();
+    let (stem, _) = name.rsplit_once(".reader-").expect("a reader record's name");
+    let copy = record.with_file_name(format!("{stem}.reader-0123456789abcdef0123456789abcdef"));
+    std::fs::copy(&record, &copy).expect("copy");
+    // The copy is unlocked, like a crashed holder's.
+    assert_eq!(held(locks.state("r").await.expect("state")).all_holders().count(), 1);
+    guard.release().await.expect("release");
+    let crashed = locks.cleanup_stale().await.expect("cleanup");
+    assert_eq!(crashed.len(), 1, "{crashed:?}");
+    assert_eq!(crashed[0].purpose.as_deref(), Some("crashes"));
+    assert_eq!(crashed[0].mode, LockMode::Shared);
+    assert!(!copy.exists());
+}
+
+#[tokio::test]
+async fn only_the_kernel_flavour_declares_modes() {
+    let dir = tempfile::tempdir().expect("dir");
+    assert!(manager(dir.path()).backend().capabilities().shared_mode);
+    assert!(manager(dir.path()).backend().capabilities().permits);
+    let lease = LeaseFileBackend::open(FileOptions::new(dir.path().join("lease"))).expect("open").into_manager();
+    let legacy =
+        LegacyFileBackend::open(LegacyOptions::givtcp(dir.path().join("legacy"), 1)).expect("open").into_manager();
+    let others: [Arc<dyn LockManager>; 2] = [Arc::new(lease), Arc::new(legacy)];
+    for locks in others {
+        let err = locks.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect_err("shared");
+        assert!(matches!(err, LockError::Config(_)) && err.to_string().contains("shared_mode = false"), "{err}");
+        let err = locks.acquire("r", AcquireOptions::new().permits(2).no_wait()).await.expect_err("permits");
+        assert!(matches!(err, LockError::Config(_)), "{err}");
+    }
+}
+
+/// A waiter for a permit is woken by the release, not by its backoff (which
+/// reaches 250 ms after half a second of waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permit_waiters_wake_on_release() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (manager(dir.path()), manager(dir.path()));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let holder = take(&one, "r", permits(1)).await;
+        let waiter = {
+            let two = two.clone();
+            tokio::spawn(async move {
+                let guard = two.acquire("r", AcquireOptions::new().permits(1).timeout(BOUND)).await;
+                (Instant::now(), guard)
+            })
+        };
+        until_gate_is_held(&two, "r").await;
+        // Let the waiter's backoff grow to its cap: only a notification wakes it fast now.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let released = Instant::now();
+        holder.release().await.expect("release");
+        let (woke, guard) = waiter.await.expect("join");
+        guard.expect("the waiter got the permit").release().await.expect("release");
+        slowest = slowest.max(woke - released);
+    }
+    eprintln!("slowest permit hand-over: {slowest:?}");
+    assert!(slowest < Duration::from_millis(100), "a waiter took {slowest:?} to notice a release");
+}
