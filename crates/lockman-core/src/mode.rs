@@ -27,10 +27,11 @@ use crate::LockError;
 ///
 /// ```
 /// use lockman_core::LockMode;
-/// assert!(LockMode::Shared.admits(&[LockMode::Shared, LockMode::Shared]));
-/// assert!(!LockMode::Exclusive.admits(&[LockMode::Shared]));
-/// assert!(LockMode::Permits(2).admits(&[LockMode::Permits(2)]));
-/// assert!(!LockMode::Permits(2).admits(&[LockMode::Permits(2), LockMode::Permits(2)]));
+/// assert!(LockMode::Shared.admits([LockMode::Shared, LockMode::Shared]));
+/// assert!(!LockMode::Exclusive.admits([LockMode::Shared]));
+/// assert!(LockMode::Exclusive.admits([]));
+/// assert!(LockMode::Permits(2).admits([LockMode::Permits(2)]));
+/// assert!(!LockMode::Permits(2).admits([LockMode::Permits(2), LockMode::Permits(2)]));
 /// assert_eq!(LockMode::Permits(3).to_string(), "3 permits");
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,11 +51,12 @@ pub enum LockMode {
 impl LockMode {
     /// Whether a new grant in this mode may join `holders` (the modes of the
     /// live grants of the resource), given the two agree in kind.
-    pub fn admits(self, holders: &[LockMode]) -> bool {
+    pub fn admits(self, holders: impl IntoIterator<Item = LockMode>) -> bool {
+        let mut holders = holders.into_iter();
         match self {
-            LockMode::Exclusive => holders.is_empty(),
-            LockMode::Shared => holders.iter().all(|held| *held == LockMode::Shared),
-            LockMode::Permits(n) => holders.len() < n as usize,
+            LockMode::Exclusive => holders.next().is_none(),
+            LockMode::Shared => holders.all(|held| held == LockMode::Shared),
+            LockMode::Permits(n) => holders.take(n as usize).count() < n as usize,
         }
     }
 

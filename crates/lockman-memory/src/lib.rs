@@ -317,12 +317,14 @@ impl LockBackend for MemoryBackend {
             .with_fencing(true)
             .with_fifo(true)
             .with_wake(WakeMechanism::DirectHandoff)
+            .with_modes(true, true)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
         let wait = request.deadline != Deadline::Now;
         let table_request = Request {
             holder: request.holder.clone(),
+            mode: request.mode,
             purpose: request.purpose.clone(),
             lease: request.lease,
             tag: request.loss.clone(),
@@ -332,6 +334,7 @@ impl LockBackend for MemoryBackend {
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
             Attempt::Busy(holder) => Acquired::Busy { holder: Some(holder) },
+            Attempt::Refused(refused) => return Err(refused),
             // Boxed: keeps the uncontended path's future small.
             Attempt::Queued(slot) => Box::pin(self.wait(&request.resource, slot, request.deadline)).await,
         })

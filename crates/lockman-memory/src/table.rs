@@ -4,22 +4,32 @@
 //! check every interleaving of grant, release, lease expiry, timeout and
 //! cancellation. The async backend (`lib.rs`) only waits on its slots.
 //!
+//! A resource has one or more holdings: one for an exclusive grant, any
+//! number of shared ones, at most n permits of a semaphore. Which request may
+//! join the holdings is [`LockMode::admits`]; every holding and waiter of a
+//! resource agrees on its kind ([`LockMode::agrees_with`]).
+//!
 //! Invariants:
 //! * an entry exists only while its resource is held; it is removed as soon
 //!   as the resource is free and nobody waits, so memory is bounded by live
 //!   locks and waiters;
-//! * a release hands the lock straight to the first waiter (FIFO): the
-//!   resource is never free in between, so a releaser cannot barge back in
-//!   ahead of a waiter;
+//! * waiters are served in arrival order across modes: a request joins the
+//!   holdings at once only if nobody waits and its mode admits them; a
+//!   change of holdings hands the resource straight to the longest prefix of
+//!   the queue that the holdings admit (readers queued together get in
+//!   together; a writer holds back the readers queued after it). The
+//!   resource is never free while someone waits, so a releaser cannot barge
+//!   back in ahead of a waiter;
 //! * a slot is either in its entry's queue and `Waiting`, or out of it; a
 //!   waiter that gives up takes its slot out under the table lock, and if the
 //!   lock was handed to it meanwhile it gets the grant back (to use or release),
 //!   so no grant is ever stranded;
-//! * the first waiter in a queue watches the current holder's lease: whenever
-//!   the holder changes, its lease is set or shortened, or the first waiter
-//!   leaves, the (new) first waiter is told to re-arm its timer, so an
-//!   expired lease hands the lock on at the lease's end with no other
-//!   activity — also when the waiter queued behind a holder with no lease.
+//! * the first waiter in a queue watches the holdings' earliest lease:
+//!   whenever a holding with a lease is added, a lease is set or shortened,
+//!   or the first waiter leaves, the (new) first waiter is told to re-arm its
+//!   timer, so an expired lease hands the lock on at the lease's end with no
+//!   other activity — also when the waiter queued behind a holder with no
+//!   lease.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,7 +38,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
-use lockman_core::{FencingToken, HolderId, LockInfo};
+use lockman_core::{FencingToken, HolderId, LockError, LockInfo, LockMode};
 
 use crate::clock::{Clock, Instant, Wall};
 use crate::sync::{Arc, AtomicU64, Mutex};
@@ -41,6 +51,7 @@ type Text = std::sync::Arc<str>;
 #[derive(Debug)]
 pub(crate) struct Request<T> {
     pub(crate) holder: HolderId,
+    pub(crate) mode: LockMode,
     pub(crate) purpose: Option<Text>,
     pub(crate) lease: Option<Duration>,
     pub(crate) tag: T,
@@ -58,6 +69,7 @@ pub(crate) struct Grant {
 struct Holding<T> {
     token: u64,
     holder: HolderId,
+    mode: LockMode,
     purpose: Option<Text>,
     /// On tokio's clock, like the lease: wall-clock times are derived when
     /// shown, so a paused test clock moves them too.
@@ -76,14 +88,61 @@ impl<T> Holding<T> {
         info.acquired_at = wall.of(self.acquired);
         info.purpose = self.purpose.as_deref().map(str::to_owned);
         info.lease_expires_at = self.lease.map(|at| wall.of(at));
+        info.mode = self.mode;
         info
     }
 }
 
 #[derive(Debug)]
 struct Entry<T> {
-    holding: Holding<T>,
+    /// Never empty while the entry is in the map.
+    holdings: Vec<Holding<T>>,
     waiters: VecDeque<Arc<Slot<T>>>,
+}
+
+impl<T> Entry<T> {
+    fn admits(&self, mode: LockMode) -> bool {
+        mode.admits(self.holdings.iter().map(|holding| holding.mode))
+    }
+
+    /// The mode the resource is in use with (for agreement checks).
+    fn mode(&self) -> Option<LockMode> {
+        self.holdings.first().map(|holding| holding.mode)
+    }
+
+    fn earliest_lease(&self) -> Option<Instant> {
+        self.holdings.iter().filter_map(|holding| holding.lease).min()
+    }
+
+    /// The resource as `state` shows it: its live holders, or, if every
+    /// lease ran out, all of them, as stale.
+    fn info(&self, resource: &str, wall: &Wall) -> (LockInfo, bool) {
+        let now = wall.instant();
+        let live: Vec<LockInfo> = self
+            .holdings
+            .iter()
+            .filter(|holding| !holding.expired(now))
+            .map(|holding| holding.info(resource, wall))
+            .collect();
+        let stale = live.is_empty();
+        let shown =
+            if stale { self.holdings.iter().map(|holding| holding.info(resource, wall)).collect() } else { live };
+        let info = LockInfo::of_holders(shown).unwrap_or_else(|| unreachable!("an entry always has a holding"));
+        (info, stale)
+    }
+
+    /// Removes the holdings whose lease ran out; their tags go to `after`.
+    fn evict_expired(&mut self, now: Instant, after: &mut Aftermath<T>) {
+        let mut kept = Vec::with_capacity(self.holdings.len());
+        for holding in self.holdings.drain(..) {
+            if holding.expired(now) {
+                after.evicted.push(holding.tag);
+            } else {
+                kept.push(holding);
+            }
+        }
+        self.holdings = kept;
+    }
 }
 
 /// A shared handle on a [`Slot`].
@@ -100,8 +159,8 @@ enum SlotState<T> {
     Waiting {
         request: Request<T>,
         waker: Option<Waker>,
-        /// The holder or its lease changed since the waiter last looked:
-        /// its wake-up time is stale.
+        /// The holders or their leases changed since the waiter last
+        /// looked: its wake-up time is stale.
         rearm: bool,
     },
     Granted(Grant),
@@ -117,6 +176,9 @@ pub(crate) enum Attempt<T> {
     Queued(Arc<Slot<T>>),
     /// Held by someone else and the caller would not wait.
     Busy(LockInfo),
+    /// The resource is in use with a mode that disagrees with the request's
+    /// (another permit count, a semaphore against a lock); the error says so.
+    Refused(LockError),
 }
 
 /// What a waiter's [`Granted`] future completes with.
@@ -124,31 +186,31 @@ pub(crate) enum Attempt<T> {
 pub(crate) enum Wakeup {
     /// The lock was handed to this waiter.
     Granted(Grant),
-    /// Still waiting, but the holder or its lease changed: look again at
-    /// when the lease ends.
+    /// Still waiting, but the holders or their leases changed: look again
+    /// at when the first lease ends.
     Rearm,
 }
 
-/// Work to do after the table lock is dropped: wake the new holder and the
+/// Work to do after the table lock is dropped: wake the new holders and the
 /// waiter that must re-arm its timer, tell evicted holders they lost the lock.
-#[must_use = "wake the new holder and report evicted ones"]
+#[must_use = "wake the new holders and report evicted ones"]
 #[derive(Debug)]
 pub(crate) struct Aftermath<T> {
-    pub(crate) wake: Option<Waker>,
+    pub(crate) wake: Vec<Waker>,
     pub(crate) rearm: Option<Waker>,
     pub(crate) evicted: Vec<T>,
 }
 
 impl<T> Default for Aftermath<T> {
     fn default() -> Self {
-        Aftermath { wake: None, rearm: None, evicted: Vec::new() }
+        Aftermath { wake: Vec::new(), rearm: None, evicted: Vec::new() }
     }
 }
 
 impl<T> Aftermath<T> {
-    /// Wakes the new holder and the waiter that must re-arm.
+    /// Wakes the new holders and the waiter that must re-arm.
     pub(crate) fn wake(self) -> Vec<T> {
-        for waker in [self.wake, self.rearm].into_iter().flatten() {
+        for waker in self.wake.into_iter().chain(self.rearm) {
             waker.wake();
         }
         self.evicted
@@ -176,48 +238,61 @@ impl<T> Default for LockTable<T> {
 }
 
 impl<T: Clone> LockTable<T> {
-    /// Grants `resource` if it is free (or its holder's lease ran out);
-    /// otherwise queues the request (if `wait`) or reports the holder.
+    /// Grants `resource` if nobody waits and its holdings admit the request
+    /// (holdings whose lease ran out are evicted first); otherwise queues the
+    /// request (if `wait`) or reports the holders.
     pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let entry = match entries.entry(resource.clone()) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let (holding, grant) = self.holding(request);
-                vacant.insert(Entry { holding, waiters: VecDeque::new() });
+                vacant.insert(Entry { holdings: vec![holding], waiters: VecDeque::new() });
                 return (Attempt::Granted(grant), after);
             }
             std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        if entry.holding.lease.is_some() && entry.holding.expired(crate::clock::now()) {
-            after.evicted.push(entry.holding.tag.clone());
-            if entry.waiters.is_empty() {
-                let (holding, grant) = self.holding(request);
-                entry.holding = holding;
-                return (Attempt::Granted(grant), after);
-            }
-            // Waiters came first: the lock goes to the head of the queue.
-            self.hand_off(entry, &mut after);
+        let now = crate::clock::now();
+        if entry.earliest_lease().is_some_and(|at| at <= now) {
+            entry.evict_expired(now, &mut after);
+            // Waiters came first: the freed room goes to the head of the queue.
+            self.admit_waiters(entry, &mut after);
+        }
+        // Holders that are gone no longer say how the resource is used.
+        if let Some(in_use) = entry.mode()
+            && let Err(refused) = request.mode.agrees_with(in_use, resource, crate::BACKEND)
+        {
+            return (Attempt::Refused(refused), after);
+        }
+        if entry.waiters.is_empty() && entry.admits(request.mode) {
+            let (holding, grant) = self.holding(request);
+            entry.holdings.push(holding);
+            return (Attempt::Granted(grant), after);
         }
         if !wait {
-            return (Attempt::Busy(entry.holding.info(resource, &self.clock.wall())), after);
+            let (info, _) = entry.info(resource, &self.clock.wall());
+            return (Attempt::Busy(info), after);
         }
         let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None, rearm: false }) });
         entry.waiters.push_back(slot.clone());
         (Attempt::Queued(slot), after)
     }
 
-    /// Releases a grant, handing the lock to the first waiter.
+    /// Releases a grant, handing the room it leaves to the waiters at the
+    /// head of the queue.
     pub(crate) fn release(&self, resource: &Text, token: u64) -> (Result<(), NotCurrent>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let std::collections::hash_map::Entry::Occupied(mut occupied) = entries.entry(resource.clone()) else {
             return (Err(NotCurrent), after);
         };
-        if occupied.get().holding.token != token {
+        let entry = occupied.get_mut();
+        let Some(index) = entry.holdings.iter().position(|holding| holding.token == token) else {
             return (Err(NotCurrent), after);
-        }
-        if !self.hand_off(occupied.get_mut(), &mut after) {
+        };
+        entry.holdings.swap_remove(index);
+        self.admit_waiters(entry, &mut after);
+        if entry.holdings.is_empty() {
             occupied.remove();
         }
         (Ok(()), after)
@@ -225,7 +300,8 @@ impl<T: Clone> LockTable<T> {
 
     /// A waiter gives up. If the lock was handed to it meanwhile, the grant
     /// is returned and the caller must use or release it. If it was the
-    /// first waiter, the next one takes over watching the holder's lease.
+    /// first waiter, the next one takes over watching the holders' leases
+    /// (and gets in, if the leaver was all that held it back).
     pub(crate) fn cancel(&self, resource: &str, slot: &Arc<Slot<T>>) -> (Option<Grant>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
@@ -233,6 +309,8 @@ impl<T: Clone> LockTable<T> {
             let was_first = entry.waiters.front().is_some_and(|first| Arc::ptr_eq(first, slot));
             entry.waiters.retain(|queued| !Arc::ptr_eq(queued, slot));
             if was_first {
+                // A writer leaving the head may let the readers behind it in.
+                self.admit_waiters(entry, &mut after);
                 after.rearm = Self::rearm_first(entry);
             }
         }
@@ -258,16 +336,16 @@ impl<T: Clone> LockTable<T> {
         let Some(entry) = entries.get_mut(resource) else {
             return (Err(NotCurrent), after);
         };
-        if entry.holding.token != token {
+        let Some(holding) = entry.holdings.iter_mut().find(|holding| holding.token == token) else {
             return (Err(NotCurrent), after);
-        }
-        if entry.holding.expired(now) {
+        };
+        if holding.expired(now) {
             drop(entries);
             return (Err(NotCurrent), self.expire(resource));
         }
         let expires = now + lease;
-        let shortened = entry.holding.lease.is_none_or(|previous| expires < previous);
-        entry.holding.lease = Some(expires);
+        let shortened = holding.lease.is_none_or(|previous| expires < previous);
+        holding.lease = Some(expires);
         // The first waiter sleeps until the old end (or forever, if there
         // was none): it must look again. A longer lease needs no wake-up.
         if shortened {
@@ -276,81 +354,89 @@ impl<T: Clone> LockTable<T> {
         (Ok(wall.of(expires)), after)
     }
 
-    /// Evicts the holder of `resource` if its lease ran out.
+    /// Evicts the holders of `resource` whose lease ran out.
     pub(crate) fn expire(&self, resource: &str) -> Aftermath<T> {
         let now = crate::clock::now();
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         if let Some(entry) = entries.get_mut(resource)
-            && entry.holding.expired(now)
+            && entry.earliest_lease().is_some_and(|at| at <= now)
         {
-            after.evicted.push(entry.holding.tag.clone());
-            if !self.hand_off(entry, &mut after) {
+            entry.evict_expired(now, &mut after);
+            self.admit_waiters(entry, &mut after);
+            if entry.holdings.is_empty() {
                 entries.remove(resource);
             }
         }
         after
     }
 
-    /// Evicts the holder of `resource` whatever its state.
+    /// Evicts every holder of `resource` whatever its state.
     pub(crate) fn force_release(&self, resource: &str) -> (Option<LockInfo>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let Some(entry) = entries.get_mut(resource) else {
             return (None, after);
         };
-        let info = entry.holding.info(resource, &self.clock.wall());
-        after.evicted.push(entry.holding.tag.clone());
-        if !self.hand_off(entry, &mut after) {
+        let wall = self.clock.wall();
+        let infos = entry.holdings.iter().map(|holding| holding.info(resource, &wall)).collect();
+        after.evicted.extend(entry.holdings.drain(..).map(|holding| holding.tag));
+        self.admit_waiters(entry, &mut after);
+        if entry.holdings.is_empty() {
             entries.remove(resource);
         }
-        (Some(info), after)
+        (LockInfo::of_holders(infos), after)
     }
 
     /// Evicts every holder whose lease ran out.
     pub(crate) fn cleanup_stale(&self) -> (Vec<LockInfo>, Vec<Aftermath<T>>) {
-        let now = crate::clock::now();
-        let expired: Vec<Text> = self
+        let wall = self.clock.wall();
+        let now = wall.instant();
+        let expired: Vec<(Text, Vec<LockInfo>)> = self
             .entries
             .lock()
             .iter()
-            .filter(|(_, entry)| entry.holding.expired(now))
-            .map(|(resource, _)| resource.clone())
+            .filter(|(_, entry)| entry.earliest_lease().is_some_and(|at| at <= now))
+            .map(|(resource, entry)| {
+                let infos = entry
+                    .holdings
+                    .iter()
+                    .filter(|holding| holding.expired(now))
+                    .map(|holding| holding.info(resource, &wall))
+                    .collect();
+                (resource.clone(), infos)
+            })
             .collect();
         let mut broken = Vec::new();
         let mut afters = Vec::new();
-        for resource in expired {
-            let info = self.inspect(&resource).map(|(info, _)| info);
+        for (resource, infos) in expired {
             let after = self.expire(&resource);
             if !after.evicted.is_empty() {
-                broken.extend(info);
+                broken.extend(infos);
                 afters.push(after);
             }
         }
         (broken, afters)
     }
 
-    /// The holder of `resource` and whether its lease ran out.
+    /// The holders of `resource` and whether every lease ran out.
     pub(crate) fn inspect(&self, resource: &str) -> Option<(LockInfo, bool)> {
         let wall = self.clock.wall();
         let entries = self.entries.lock();
-        entries.get(resource).map(|entry| (entry.holding.info(resource, &wall), entry.holding.expired(wall.instant())))
+        entries.get(resource).map(|entry| entry.info(resource, &wall))
     }
 
-    /// Every holder, and whether its lease ran out.
+    /// Every held resource, and whether every lease ran out.
     pub(crate) fn list(&self) -> Vec<(LockInfo, bool)> {
         let wall = self.clock.wall();
         let entries = self.entries.lock();
-        entries
-            .iter()
-            .map(|(resource, entry)| (entry.holding.info(resource, &wall), entry.holding.expired(wall.instant())))
-            .collect()
+        entries.iter().map(|(resource, entry)| entry.info(resource, &wall)).collect()
     }
 
-    /// When the current holder's lease runs out, if it has one.
+    /// When the first of the holders' leases runs out, if any has one.
     pub(crate) fn lease_expiry(&self, resource: &str) -> Option<Instant> {
         let entries = self.entries.lock();
-        entries.get(resource).and_then(|entry| entry.holding.lease)
+        entries.get(resource).and_then(Entry::earliest_lease)
     }
 
     /// How many resources are held (entries in the map).
@@ -369,39 +455,57 @@ impl<T: Clone> LockTable<T> {
         let acquired = wall.instant();
         let lease = request.lease.map(|lease| acquired + lease);
         let grant = Grant { token, acquired_at: wall.of(acquired), lease_expires_at: lease.map(|at| wall.of(at)) };
-        let holding =
-            Holding { token, holder: request.holder, purpose: request.purpose, acquired, lease, tag: request.tag };
+        let holding = Holding {
+            token,
+            holder: request.holder,
+            mode: request.mode,
+            purpose: request.purpose,
+            acquired,
+            lease,
+            tag: request.tag,
+        };
         (holding, grant)
     }
 
-    /// Gives the lock to the first waiter and tells the next one to re-arm
-    /// for the new holder's lease; false if nobody waits. The wakers (of
-    /// those that registered one yet) go into `after`.
-    fn hand_off(&self, entry: &mut Entry<T>, after: &mut Aftermath<T>) -> bool {
-        while let Some(slot) = entry.waiters.pop_front() {
+    /// Grants the longest prefix of the queue that the holdings admit, one
+    /// waiter at a time, and tells the next waiter to re-arm if a new
+    /// holding has a lease. The wakers (of those that registered one yet) go
+    /// into `after`.
+    fn admit_waiters(&self, entry: &mut Entry<T>, after: &mut Aftermath<T>) {
+        let mut leased = false;
+        while let Some(slot) = entry.waiters.front() {
             let mut state = slot.state.lock();
+            let admitted = match &*state {
+                SlotState::Waiting { request, .. } => entry.admits(request.mode),
+                // Not reachable (a waiter leaves the queue under the table
+                // lock before closing its slot); skipped all the same.
+                SlotState::Granted(_) | SlotState::Closed => true,
+            };
+            if !admitted {
+                break;
+            }
             if let SlotState::Waiting { request, waker, .. } = std::mem::replace(&mut *state, SlotState::Closed) {
                 let (holding, grant) = self.holding(request);
                 *state = SlotState::Granted(grant);
-                entry.holding = holding;
-                after.wake = waker;
-                drop(state);
-                // Only a lease can end the new hold by itself; behind a
-                // lease-less holder the next waiter's timer (its deadline, or
-                // the old lease's end, where it looks again) is still right,
-                // so a contended handoff wakes one task, not two.
-                if entry.holding.lease.is_some() {
-                    after.rearm = Self::rearm_first(entry);
-                }
-                return true;
+                leased |= holding.lease.is_some();
+                entry.holdings.push(holding);
+                after.wake.extend(waker);
             }
+            drop(state);
+            entry.waiters.pop_front();
         }
-        false
+        // Only a lease can end a new hold by itself; behind lease-less
+        // holders the next waiter's timer (its deadline, or the old lease's
+        // end, where it looks again) is still right, so a contended handoff
+        // wakes one task, not two.
+        if leased {
+            after.rearm = Self::rearm_first(entry);
+        }
     }
 
-    /// Tells the first waiter that the holder or its lease changed, so it
-    /// computes its wake-up again. Returns its waker, to wake once the table
-    /// lock is dropped.
+    /// Tells the first waiter that the holders or their leases changed, so
+    /// it computes its wake-up again. Returns its waker, to wake once the
+    /// table lock is dropped.
     fn rearm_first(entry: &Entry<T>) -> Option<Waker> {
         let first = entry.waiters.front()?;
         let mut state = first.state.lock();
@@ -462,7 +566,7 @@ mod tests {
     use super::*;
 
     fn request(holder: &str) -> Request<()> {
-        Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
+        Request { holder: HolderId::new(holder), mode: LockMode::Exclusive, purpose: None, lease: None, tag: () }
     }
 
     #[test]
@@ -505,7 +609,7 @@ mod loom_model {
     use super::*;
 
     fn request(holder: &str) -> Request<()> {
-        Request { holder: HolderId::new(holder), purpose: None, lease: None, tag: () }
+        Request { holder: HolderId::new(holder), mode: LockMode::Exclusive, purpose: None, lease: None, tag: () }
     }
 
     /// Releases `token` and wakes whoever the lock was handed to (and the

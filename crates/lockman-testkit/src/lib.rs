@@ -47,6 +47,8 @@ pub mod flags;
 pub mod holders;
 pub mod inspection;
 pub mod leases;
+pub mod modes;
+pub mod multi;
 pub mod names;
 pub mod processes;
 #[cfg(feature = "servers")]
@@ -132,6 +134,21 @@ macro_rules! conformance_suite {
             names::names_differing_in_case_are_distinct,
             names::empty_and_nul_names_are_invalid,
             events::events_report_lock_lifecycle_in_order,
+            modes::unsupported_modes_are_refused,
+            modes::shared_holders_hold_together,
+            modes::exclusive_and_shared_exclude_each_other,
+            modes::readers_overlap_and_writers_are_alone,
+            modes::permits_limit_concurrent_holders,
+            modes::mode_mismatch_is_a_config_error,
+            modes::writer_is_not_starved_by_readers,
+            modes::fencing_tokens_increase_across_modes,
+            modes::every_holder_is_shown,
+            modes::reentry_per_mode,
+            modes::leases_and_loss_per_mode,
+            multi::acquire_all_in_opposite_orders_never_deadlocks,
+            multi::acquire_all_is_all_or_nothing,
+            multi::acquire_all_reports_a_lost_part,
+            multi::acquire_all_shared_sets_overlap,
             flags::flag_set_get_clear,
             flags::flag_value_round_trips,
             flags::flag_ttl_expires,
