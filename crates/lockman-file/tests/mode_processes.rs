@@ -256,3 +256,43 @@ async fn killed_holder_processes_free_their_share() {
         assert_eq!(crashed[0].purpose.as_deref(), Some(mode));
     }
 }
+
+/// Three reader processes keep the resource held shared without a gap; a
+/// writer in this process still gets in while they go on (readers arriving
+/// after it wait), instead of only once they stop.
+#[test]
+fn a_writer_is_not_starved_by_reader_processes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks_dir = dir.path().join("locks");
+    let readers = {
+        let dir = dir.path().to_owned();
+        std::thread::spawn(move || run_cycles(&dir, "table", &["shared"; 3], 60, 20))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (granted, released) = runtime.block_on(async {
+        let locks = open(&locks_dir);
+        // Bounded by the readers' run: they hold it for over a second.
+        let started = std::time::Instant::now();
+        while !locks.state("table").await.expect("state").is_held() {
+            assert!(started.elapsed() < LIMIT, "the readers never held the resource");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let guard = locks.acquire("table", options("exclusive")).await.expect("writer");
+        let granted = monotonic_us();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let released = monotonic_us();
+        guard.release().await.expect("release");
+        (granted, released)
+    });
+    let holds = readers.join().expect("the reader processes failed");
+    let writer = Hold { mode: "exclusive".to_owned(), start: granted, end: released };
+    assert!(holds.iter().all(|h| !h.overlaps(&writer)), "a reader held beside the writer");
+    let after = holds.iter().filter(|h| h.start >= released).count();
+    let first = holds.iter().map(|h| h.start).min().expect("holds");
+    eprintln!(
+        "the writer got in {} ms after the readers started; {after} of {} reader holds came after it",
+        (granted - first) / 1000,
+        holds.len()
+    );
+    assert!(after >= holds.len() / 4, "the writer got in only as the readers ran out ({after} holds after it)");
+}
