@@ -1,63 +1,7 @@
 //! `file:///dir`: lock files locked with the operating system's lock
 //! (`flock` on Unix, `LockFileEx` on Windows) — exclusive, shared
-//! (reader-writer) and semaphores.
-//!
-//! # Files
-//!
-//! Each resource has a family of files, all named from one injective stem
-//! (see [`crate::naming`]; only names made that way are ever listed or
-//! removed):
-//!
-//! * `<stem>.lock` — the lock. An exclusive holder locks it exclusively and
-//!   keeps its holder record in it. Shared and permit holders lock it
-//!   shared; the first of them, who found it free, writes a record saying
-//!   what the resource is in use as (shared, or a semaphore of n permits),
-//!   and every later party checks its own mode against that record
-//!   ([`LockMode::agrees_with`](lockman_core::LockMode::agrees_with)), so a
-//!   semaphore of 5 meeting one of 3 gets a `Config` error naming both.
-//! * `<stem>.gate` — the turnstile. Every acquirer takes it exclusively
-//!   before it takes the lock and lets go once it has the lock (or gives
-//!   up), so at most one party at a time is between arriving and being
-//!   granted. It also keeps the last fencing token of the resource, so
-//!   tokens increase across every grant, shared ones included.
-//! * `<stem>.slot-<i>` — permit `i` (`i < n`) of a semaphore of `n`, locked
-//!   exclusively by its holder (who also holds `<stem>.lock` shared), with
-//!   the holder's record in it.
-//! * `<stem>.reader-<32 hex>` — one shared holder's record, in a file its
-//!   holder keeps locked exclusively while it holds, and deletes on release.
-//!
-//! # Crash safety
-//!
-//! Every claim is a kernel lock, which vanishes with its process: a crashed
-//! holder frees the lock file, its permit slot and its record file at once,
-//! and a crash while holding the gate frees the gate. Records only describe
-//! what the kernel locks decide: the kind record in `<stem>.lock` counts
-//! only while the lock is held (the next party to find it free rewrites
-//! it), a permit or reader record counts only while its file is locked
-//! (a crashed holder's is ignored, and removed by `cleanup_stale`, which
-//! reports it). A record torn by a crash mid-write fails its checksum and
-//! is ignored; the gate's token then comes from the lock file and the clock.
-//!
-//! # Fairness
-//!
-//! Within one manager, acquirers of a resource queue first come, first
-//! served (core's `LocalQueue`); an exclusive holder keeps its place until
-//! it releases (so a releaser cannot barge ahead of its process's waiters),
-//! while shared and permit holders leave it once granted, so the next
-//! shared acquirer of the same process joins them.
-//!
-//! Across processes, `flock` alone would let new shared locks in beside a
-//! waiting exclusive request for ever. The gate prevents that: a writer
-//! waiting for the readers to drain holds the gate, so readers arriving
-//! after it queue at the gate instead of joining. Once the writer is done,
-//! the readers queued behind it get in one after another, each as soon as
-//! it gets the gate (a few system calls each), and hold together again.
-//! Waiters at the gate are woken by inotify when it is let go and race for
-//! it (no strict arrival order between processes), but nobody passes a
-//! waiter already holding the gate.
-//!
-//! The gate costs an uncontended acquisition one more open, lock, token
-//! write and close.
+//! (reader-writer) and semaphores. (The scheme is described on
+//! [`FileBackend`], so rustdoc shows it.)
 
 use std::fs::{File, TryLockError};
 use std::io;
@@ -103,6 +47,77 @@ pub const BACKEND: &str = "file";
 pub type FileLockManager = Locks<FileBackend>;
 
 /// The raw kernel-lock backend; use it through [`FileLockManager`].
+///
+/// # Files
+///
+/// Each resource has a family of files, all named from one stem: a
+/// readable prefix of the name plus 128 bits of its SHA-256, so names never
+/// share files (see [`lock_file`](Self::lock_file)); only files named that
+/// way are ever listed or removed:
+///
+/// * `<stem>.lock` — the lock. An exclusive holder locks it exclusively and
+///   keeps its holder record in it. Shared and permit holders lock it
+///   shared; the first of them, who found it free, writes a record saying
+///   what the resource is in use as (shared, or a semaphore of n permits),
+///   and every later party checks its own mode against that record
+///   ([`LockMode::agrees_with`](lockman_core::LockMode::agrees_with)), so a
+///   semaphore of 5 meeting one of 3 gets a `Config` error naming both.
+/// * `<stem>.gate` — the turnstile. Every acquirer takes it exclusively
+///   before it takes the lock and lets go once it has the lock (or gives
+///   up), so at most one party at a time is between arriving and being
+///   granted. It also keeps the last fencing token of the resource, so
+///   tokens increase across every grant, shared ones included.
+/// * `<stem>.slot-<i>` — permit `i` (`i < n`) of a semaphore of `n`, locked
+///   exclusively by its holder (who also holds `<stem>.lock` shared), with
+///   the holder's record in it.
+/// * `<stem>.reader-<32 hex>` — one shared holder's record, in a file its
+///   holder keeps locked exclusively while it holds, and deletes on release.
+///
+/// A permit holder first takes `<stem>.lock` shared (so exclusive and
+/// shared parties, and semaphores of another count, meet the kind record
+/// and are refused), then the first free slot of `0..n`. With none free it
+/// waits holding the gate, woken by inotify on any of the `n` slot files.
+/// A mode disagreeing with the live holders is refused when it reaches the
+/// gate, or at once if another acquisition of the same manager is queued
+/// ahead of it; a waiter of another process queued at the gate is not seen
+/// until it gets there.
+///
+/// `force_release` removes the lock file and every permit and record file
+/// held at that moment, so every holder is told it lost the grant and
+/// newcomers find all permits free.
+///
+/// # Crash safety
+///
+/// Every claim is a kernel lock, which vanishes with its process: a crashed
+/// holder frees the lock file, its permit slot and its record file at once,
+/// and a crash while holding the gate frees the gate. Records only describe
+/// what the kernel locks decide: the kind record in `<stem>.lock` counts
+/// only while the lock is held (the next party to find it free rewrites
+/// it), a permit or reader record counts only while its file is locked
+/// (a crashed holder's is ignored, and removed by `cleanup_stale`, which
+/// reports it). A record torn by a crash mid-write fails its checksum and
+/// is ignored; the gate's token then comes from the lock file and the clock.
+///
+/// # Fairness
+///
+/// Within one manager, acquirers of a resource queue first come, first
+/// served (core's `LocalQueue`); an exclusive holder keeps its place until
+/// it releases (so a releaser cannot barge ahead of its process's waiters),
+/// while shared and permit holders leave it once granted, so the next
+/// shared acquirer of the same process joins them.
+///
+/// Across processes, `flock` alone would let new shared locks in beside a
+/// waiting exclusive request for ever. The gate prevents that: a writer
+/// waiting for the readers to drain holds the gate, so readers arriving
+/// after it queue at the gate instead of joining. Once the writer is done,
+/// the readers queued behind it get in one after another, each as soon as
+/// it gets the gate (a few system calls each), and hold together again.
+/// Waiters at the gate are woken by inotify when it is let go and race for
+/// it (no strict arrival order between processes), but nobody passes a
+/// waiter already holding the gate.
+///
+/// The gate costs an uncontended acquisition one more open, lock, token
+/// write and close.
 #[derive(Debug)]
 pub struct FileBackend {
     dir: LockDir,
@@ -317,6 +332,10 @@ impl FileBackend {
                 // Let others of our kind in beside us. Only lockman parties
                 // holding the gate (none but us) or another program could
                 // take the lock in the moment the kernel converts it.
+                // Windows keeps an exclusive and a shared lock side by side
+                // instead of converting: let go of the exclusive one first.
+                #[cfg(not(unix))]
+                file.unlock().map_err(|e| self.io("sharing the lock", resource, lock_path, e))?;
                 match file.try_lock_shared() {
                     Ok(()) => {}
                     Err(TryLockError::WouldBlock) => continue 'reopen,
