@@ -74,9 +74,9 @@ pub use lockman_core::display;
 
 pub use lockman_core::{
     AcquireOptions, Capabilities, EventSink, EventsError, FencingToken, FlagInfo, FlagOptions, HolderId, LockBackend,
-    LockError, LockEvent, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager, LockManagerExt, LockState,
-    LockStateKind, Locks, LossSignal, LostReason, MAX_NAME_LEN, StatusManager, Wait, WakeMechanism, backend, hostname,
-    metrics, redact_url, validate_name,
+    LockError, LockEvent, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager, LockManagerExt, LockMode,
+    LockState, LockStateKind, Locks, LossSignal, LostReason, MAX_NAME_LEN, MultiLockGuard, StatusManager, Wait,
+    WakeMechanism, backend, hostname, metrics, redact_url, validate_name,
 };
 
 /// The in-process backend.

@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// Lease length; lockctl extends it every third while the command runs (default: the backend's lease, auto-renewed).
     #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
     pub lease: Option<Duration>,
+    /// Take a shared (read) hold, like flock -s: shared holders run together, never beside an exclusive one.
+    #[arg(short = 's', long, conflicts_with = "permits")]
+    pub shared: bool,
+    /// Treat the resource as a semaphore of N permits and take one: at most N commands run at once (every party must give the same N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub permits: Option<u32>,
     /// Why the lock is taken, shown to waiters and by list/status (default: "lockctl run PROGRAM").
     #[arg(long, value_name = "TEXT")]
     pub purpose: Option<String>,

@@ -19,7 +19,8 @@ pub async fn list(backends: &Backends, json: bool) -> Result<u8, Failure> {
     } else if locks.is_empty() {
         output::say(&format!("no locks held ({})", backends.chosen))?;
     } else {
-        let rows: Vec<Vec<String>> = locks.iter().map(|(info, state)| output::lock_row(info, *state, now)).collect();
+        let rows: Vec<Vec<String>> =
+            locks.iter().flat_map(|(info, state)| output::lock_rows(info, *state, now)).collect();
         output::say(&output::table(&output::LOCK_HEADER, &rows))?;
     }
     Ok(exit::OK)

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use lockman::display;
-use lockman::{FlagInfo, LockEvent, LockInfo, LockState, LockStateKind};
+use lockman::{FlagInfo, LockEvent, LockInfo, LockMode, LockState, LockStateKind};
 use serde::Serialize;
 
 use crate::exit::{self, Failure};
@@ -98,6 +98,12 @@ pub struct LockJson<'a> {
     fencing_token: Option<u64>,
     hold_count: Option<u32>,
     backend: Option<&'a str>,
+    /// `exclusive`, `shared` or `{"permits": N}`.
+    mode: Option<LockMode>,
+    /// Every holder, when the resource may have more than one (shared or
+    /// permits); the fields above are the oldest grant's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    holders: Vec<LockJson<'a>>,
 }
 
 impl<'a> LockJson<'a> {
@@ -119,6 +125,10 @@ impl<'a> LockJson<'a> {
             fencing_token: info.map(|i| i.fencing_token.get()),
             hold_count: info.map(|i| i.hold_count),
             backend: info.map(|i| i.backend.as_str()),
+            mode: info.map(|i| i.mode),
+            holders: info
+                .map(|i| i.holders.iter().map(|holder| LockJson::new(resource, state, Some(holder), now)).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -276,11 +286,25 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The list row for a lock.
-pub fn lock_row(info: &LockInfo, state: LockStateKind, now: SystemTime) -> Vec<String> {
+/// The list rows for a lock: one per holder.
+pub fn lock_rows(info: &LockInfo, state: LockStateKind, now: SystemTime) -> Vec<Vec<String>> {
+    info.all_holders().map(|holder| lock_row(holder, state, now)).collect()
+}
+
+/// `exclusive`, `shared`, `permits(3)`.
+fn mode_word(mode: LockMode) -> String {
+    match mode {
+        LockMode::Permits(n) => format!("permits({n})"),
+        mode => mode.as_str().to_owned(),
+    }
+}
+
+/// The list row for one holder.
+fn lock_row(info: &LockInfo, state: LockStateKind, now: SystemTime) -> Vec<String> {
     vec![
         printable(&info.resource),
         state.as_str().to_owned(),
+        mode_word(info.mode),
         clip(&printable(info.holder.as_str()), 40),
         printable(&info.hostname),
         info.pid.to_string(),
@@ -293,8 +317,8 @@ pub fn lock_row(info: &LockInfo, state: LockStateKind, now: SystemTime) -> Vec<S
 }
 
 /// The list header.
-pub const LOCK_HEADER: [&str; 10] =
-    ["RESOURCE", "STATE", "HOLDER", "HOST", "PID", "SINCE", "AGE", "PURPOSE", "LEASE LEFT", "TOKEN"];
+pub const LOCK_HEADER: [&str; 11] =
+    ["RESOURCE", "STATE", "MODE", "HOLDER", "HOST", "PID", "SINCE", "AGE", "PURPOSE", "LEASE LEFT", "TOKEN"];
 
 /// The flag list header.
 pub const FLAG_HEADER: [&str; 5] = ["FLAG", "VALUE", "SET AT", "AGE", "TTL LEFT"];
@@ -320,6 +344,29 @@ pub fn lock_details(resource: &str, state: &LockState, now: SystemTime) -> Strin
         return format!("{}: {}\n", quoted(resource), word.as_str());
     };
     let mut lines = vec![format!("{}: {}", quoted(resource), word.as_str())];
+    if info.mode != LockMode::Exclusive {
+        let count = info.all_holders().count();
+        let holders = if count == 1 { "1 holder".to_owned() } else { format!("{count} holders") };
+        lines.push(format!("  {:<11} {} ({holders})", "mode", mode_word(info.mode)));
+    }
+    for (index, holder) in info.all_holders().enumerate() {
+        if index > 0 {
+            lines.push(String::new());
+        }
+        holder_details(holder, now, &mut lines);
+    }
+    if word == LockStateKind::Stale {
+        lines.push(format!(
+            "  {:<11} {}",
+            "note", "the holder is gone or its lease ran out; `lockctl cleanup` removes it"
+        ));
+    }
+    lines.push(String::new());
+    lines.join("\n")
+}
+
+/// One holder's `key  value` lines.
+fn holder_details(info: &LockInfo, now: SystemTime, lines: &mut Vec<String>) {
     let mut field = |key: &str, value: String| lines.push(format!("  {key:<11} {value}"));
     field("holder", printable(info.holder.as_str()));
     let user = info.user.as_deref().map(|u| format!(", user {}", printable(u))).unwrap_or_default();
@@ -340,11 +387,6 @@ pub fn lock_details(resource: &str, state: &LockState, now: SystemTime) -> Strin
     field("token", info.fencing_token.to_string());
     field("hold count", info.hold_count.to_string());
     field("backend", printable(&info.backend));
-    if word == LockStateKind::Stale {
-        field("note", "the holder is gone or its lease ran out; `lockctl cleanup` removes it".to_owned());
-    }
-    lines.push(String::new());
-    lines.join("\n")
 }
 
 /// The details of one flag.
@@ -426,6 +468,31 @@ fn clip(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_holder_of_a_shared_lock_is_shown() {
+        use lockman::{FencingToken, HolderId};
+        let now = SystemTime::now();
+        let holders: Vec<LockInfo> = ["one", "two"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut info = LockInfo::local("cache", HolderId::new(name), FencingToken::new(i as u64 + 1), "file");
+                info.mode = LockMode::Permits(3);
+                info
+            })
+            .collect();
+        let info = LockInfo::of_holders(holders).expect("two holders");
+        let details = lock_details("cache", &LockState::Held(info.clone()), now);
+        assert!(details.contains("permits(3) (2 holders)"), "{details}");
+        assert!(details.contains("one") && details.contains("two"), "{details}");
+        let rows = lock_rows(&info, LockStateKind::Held, now);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|row| row[2] == "permits(3)"), "{rows:?}");
+        let json = serde_json::to_value(LockJson::new("cache", LockStateKind::Held, Some(&info), now)).expect("json");
+        assert_eq!(json["mode"]["permits"], 3, "{json}");
+        assert_eq!(json["holders"].as_array().map(Vec::len), Some(2), "{json}");
+    }
 
     #[test]
     fn durations_are_short() {

@@ -125,7 +125,7 @@ pub async fn run(backends: &Backends, args: &RunArgs) -> Result<u8, Failure> {
 }
 
 /// The options: wait (`--no-wait`, `--wait`, else the configured default),
-/// lease, purpose.
+/// lease, mode (`--shared`, `--permits`), purpose.
 fn acquire_options(backends: &Backends, args: &RunArgs, program: &OsStr) -> AcquireOptions {
     let mut options = backends.acquire_options();
     if args.no_wait {
@@ -135,6 +135,11 @@ fn acquire_options(backends: &Backends, args: &RunArgs, program: &OsStr) -> Acqu
     }
     if let Some(lease) = args.lease {
         options = options.lease(lease);
+    }
+    if args.shared {
+        options = options.shared();
+    } else if let Some(permits) = args.permits {
+        options = options.permits(permits);
     }
     // By default only the program name, not its arguments: the purpose is
     // stored in the backend (and shown on other hosts), arguments may hold secrets.

@@ -588,6 +588,82 @@ mod tests {
         assert_eq!(table.len(), 0);
     }
 
+    fn in_mode(holder: &str, mode: LockMode) -> Request<()> {
+        Request { mode, ..request(holder) }
+    }
+
+    fn granted(attempt: (Attempt<()>, Aftermath<()>)) -> Grant {
+        match attempt.0 {
+            Attempt::Granted(grant) => grant,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    fn queued(attempt: (Attempt<()>, Aftermath<()>)) -> SlotRef<()> {
+        match attempt.0 {
+            Attempt::Queued(slot) => slot,
+            other => panic!("expected to queue, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn queued_readers_get_in_together_but_not_past_a_writer() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let writer = granted(table.attempt(&resource, request("w0"), true));
+        let r1 = queued(table.attempt(&resource, in_mode("r1", LockMode::Shared), true));
+        let r2 = queued(table.attempt(&resource, in_mode("r2", LockMode::Shared), true));
+        let w1 = queued(table.attempt(&resource, request("w1"), true));
+        let r3 = queued(table.attempt(&resource, in_mode("r3", LockMode::Shared), true));
+        let (released, after) = table.release(&resource, writer.token);
+        assert_eq!(released, Ok(()));
+        assert!(after.evicted.is_empty());
+        let g1 = table.cancel(&resource, &r1).0.expect("r1 was let in");
+        let g2 = table.cancel(&resource, &r2).0.expect("r2 was let in with r1");
+        assert!(table.cancel(&resource, &r3).0.is_none(), "r3 got in past the queued writer");
+        let (info, _) = table.inspect(&resource).expect("held");
+        assert_eq!(info.all_holders().count(), 2);
+        assert_eq!(table.release(&resource, g1.token).0, Ok(()));
+        assert_eq!(table.release(&resource, g2.token).0, Ok(()));
+        let gw = table.cancel(&resource, &w1).0.expect("the writer got in once the readers left");
+        assert_eq!(table.release(&resource, gw.token).0, Ok(()));
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn writer_leaving_the_head_lets_readers_in() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let reader = granted(table.attempt(&resource, in_mode("r0", LockMode::Shared), true));
+        let writer = queued(table.attempt(&resource, request("w"), true));
+        let r1 = queued(table.attempt(&resource, in_mode("r1", LockMode::Shared), true));
+        assert!(table.cancel(&resource, &writer).0.is_none());
+        let g1 = table.cancel(&resource, &r1).0.expect("the reader behind the leaving writer got in");
+        assert_eq!(table.release(&resource, reader.token).0, Ok(()));
+        assert_eq!(table.release(&resource, g1.token).0, Ok(()));
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn semaphore_admits_its_permits_and_refuses_another_count() {
+        let table = LockTable::default();
+        let resource: Text = "sem".into();
+        let a = granted(table.attempt(&resource, in_mode("a", LockMode::Permits(2)), true));
+        let b = granted(table.attempt(&resource, in_mode("b", LockMode::Permits(2)), true));
+        assert!(matches!(table.attempt(&resource, in_mode("c", LockMode::Permits(2)), false).0, Attempt::Busy(_)));
+        assert!(matches!(table.attempt(&resource, in_mode("d", LockMode::Permits(3)), true).0, Attempt::Refused(_)));
+        assert!(matches!(table.attempt(&resource, request("e"), true).0, Attempt::Refused(_)));
+        let c = queued(table.attempt(&resource, in_mode("c", LockMode::Permits(2)), true));
+        assert_eq!(table.release(&resource, a.token).0, Ok(()));
+        let gc = table.cancel(&resource, &c).0.expect("a freed permit went to the waiter");
+        for token in [b.token, gc.token] {
+            assert_eq!(table.release(&resource, token).0, Ok(()));
+        }
+        // Free again: any mode may use it now.
+        let plain = granted(table.attempt(&resource, request("f"), true));
+        assert_eq!(table.release(&resource, plain.token).0, Ok(()));
+    }
+
     #[test]
     fn stale_token_cannot_release() {
         let table = LockTable::default();
@@ -787,6 +863,46 @@ mod loom_model {
             quitter_thread.join().expect("quitter panicked");
             release_and_wake(&table, &resource, first.token);
             let grant = wait_for_grant(&stayer);
+            assert_eq!(table.release(&resource, grant.token).0, Ok(()));
+            assert_eq!(table.len(), 0);
+        });
+    }
+
+    /// A queued writer gives up while the last reader leaves: whichever comes
+    /// first, the reader queued behind the writer ends up holding the
+    /// resource, and nothing is stranded.
+    #[test]
+    fn loom_writer_leaving_races_reader_release() {
+        loom::model(|| {
+            let table = Arc::new(LockTable::default());
+            let resource: Text = "r".into();
+            let shared = |holder| Request { mode: LockMode::Shared, ..request(holder) };
+            let Attempt::Granted(first) = table.attempt(&resource, shared("r0"), true).0 else {
+                panic!("free resource not granted")
+            };
+            let writer = queued(&table, &resource, "w");
+            let reader = match table.attempt(&resource, shared("r1"), true).0 {
+                Attempt::Queued(slot) => slot,
+                other => panic!("a reader got in past a queued writer: {other:?}"),
+            };
+
+            let quitter = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || {
+                    if let Some(grant) = cancel_and_wake(&table, &resource, &writer) {
+                        release_and_wake(&table, &resource, grant.token);
+                    }
+                })
+            };
+            let releaser = {
+                let table = table.clone();
+                let resource = resource.clone();
+                loom::thread::spawn(move || release_and_wake(&table, &resource, first.token))
+            };
+            let grant = wait_for_grant(&reader);
+            quitter.join().expect("quitter panicked");
+            releaser.join().expect("releaser panicked");
             assert_eq!(table.release(&resource, grant.token).0, Ok(()));
             assert_eq!(table.len(), 0);
         });

@@ -153,7 +153,8 @@ enum Attempt {
     /// Someone else holds it, for `ttl` more (zero when Redis reports none).
     Busy {
         ttl: Duration,
-        holder: Option<LockInfo>,
+        /// Boxed: a holder record is large next to a grant.
+        holder: Option<Box<LockInfo>>,
     },
 }
 
@@ -272,7 +273,7 @@ impl RedisBackend {
             Some("0") => {
                 let pttl = reply.get(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
                 let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
-                Ok(Attempt::Busy { ttl, holder: parse_info(resource, &reply[2..], Some(pttl)) })
+                Ok(Attempt::Busy { ttl, holder: parse_info(resource, &reply[2..], Some(pttl)).map(Box::new) })
             }
             _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
         }
@@ -388,6 +389,7 @@ impl LockBackend for RedisBackend {
                     ));
                 }
                 Attempt::Busy { ttl, holder } => {
+                    let holder = holder.map(|holder| *holder);
                     let Some(notified) = notified else { return Ok(Acquired::Busy { holder }) };
                     if request.deadline.has_passed() {
                         return Ok(Acquired::Busy { holder });
