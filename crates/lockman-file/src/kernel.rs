@@ -285,7 +285,7 @@ impl FileBackend {
             let slot = match request.mode {
                 LockMode::Permits(permits) => loop {
                     let slot = family::take_slot(family, permits)
-                        .map_err(|e| self.io("taking a permit", resource, &family.slot(0), e))?;
+                        .map_err(|(path, e)| self.io("taking a permit", resource, &path, e))?;
                     if let Some(slot) = slot {
                         self.dir.adopt(&slot.file, &slot.path);
                         break Some(slot);
@@ -643,12 +643,23 @@ impl LockBackend for FileBackend {
         // resource's kind record stays "held" after a clean end, so it
         // proves nothing), a permit's record, a shared holder's record file.
         let mut crashed = Vec::new();
-        for (_, members) in self.families()? {
+        for (_, mut members) in self.families()? {
+            // Holders' files, then the lock file, then the gate — and the gate
+            // only once the lock file is gone: while the resource is in use
+            // the gate keeps the token that shared grants must stay above.
+            members.sort_by_key(|(_, member)| match member {
+                Member::Slot(_) | Member::Reader => 0,
+                Member::Lock => 1,
+                Member::Gate => 2,
+            });
             for (path, member) in members {
                 let left = match member {
-                    Member::Lock => self.remove_unused(&path, |record| record.mode == LockMode::Exclusive),
-                    Member::Gate => self.remove_unused(&path, |_| false),
                     Member::Slot(_) | Member::Reader => self.remove_unused(&path, |_| true),
+                    Member::Lock => self.remove_unused(&path, |record| record.mode == LockMode::Exclusive),
+                    Member::Gate if matches!(fsutil::stat_no_follow(&path.with_extension("lock")), Ok(None)) => {
+                        self.remove_unused(&path, |_| false)
+                    }
+                    Member::Gate => None,
                 };
                 crashed.extend(left);
             }

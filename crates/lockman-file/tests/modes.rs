@@ -271,10 +271,16 @@ async fn cleanup_leaves_no_files_and_reports_no_crash_after_clean_use() {
         .expect("read_dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left.len(), 2, "only the live reader's lock file and record stay: {left:?}");
+    // The gate stays while the resource is in use: it keeps the last token.
+    assert_eq!(left.len(), 3, "only the live reader's lock file, gate and record stay: {left:?}");
     assert!(left.iter().all(|name| name.starts_with("live-")), "{left:?}");
     assert!(locks.state("live").await.expect("state").is_held());
+    let joined = take(&locks, "live", shared()).await;
+    assert!(joined.fencing_token() > live.fencing_token());
     live.release().await.expect("release");
+    joined.release().await.expect("release");
+    assert_eq!(locks.cleanup_stale().await.expect("cleanup"), vec![]);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 0, "files left after a full cleanup");
 }
 
 /// A crashed holder's record file is left unlocked: it is no holder, and
@@ -347,4 +353,44 @@ async fn permit_waiters_wake_on_release() {
     }
     eprintln!("slowest permit hand-over: {slowest:?}");
     assert!(slowest < Duration::from_millis(100), "a waiter took {slowest:?} to notice a release");
+}
+
+/// Things planted where a resource's gate, permit or reader record should
+/// be are refused with an error naming the path, never followed or written
+/// through; `state`, `list` and `cleanup_stale` skip them.
+#[tokio::test]
+async fn planted_family_files_are_refused_not_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("dir");
+    let outside = tempfile::tempdir().expect("outside");
+    let target = outside.path().join("target");
+    std::fs::write(&target, b"precious").expect("target");
+    let locks = manager(dir.path());
+    let lock = locks.backend().lock_file("r");
+    let gate = lock.with_extension("gate");
+    symlink(&target, &gate).expect("symlink");
+    let err = locks.acquire("r", shared()).await.expect_err("locked through a symlinked gate");
+    assert!(matches!(err, LockError::Backend { .. }) && err.to_string().contains(&*gate.to_string_lossy()), "{err}");
+    std::fs::remove_file(&gate).expect("unplant");
+
+    let slot = lock.with_extension("slot-1");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &slot,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .expect("mkfifo");
+    let first = take(&locks, "r", permits(2)).await;
+    let err = locks.acquire("r", permits(2)).await.expect_err("a permit in a named pipe");
+    assert!(err.to_string().contains(&*slot.to_string_lossy()) && err.to_string().contains("pipe"), "{err}");
+    let name =
+        lock.file_name().expect("name").to_string_lossy().replace(".lock", ".reader-0123456789abcdef0123456789abcdef");
+    symlink(&target, lock.with_file_name(name)).expect("symlink a reader record");
+    assert_eq!(held(locks.state("r").await.expect("state")).all_holders().count(), 1);
+    assert_eq!(locks.list().await.expect("list").len(), 1);
+    first.release().await.expect("release");
+    assert!(locks.cleanup_stale().await.expect("cleanup").is_empty());
+    assert_eq!(std::fs::read(&target).expect("target"), b"precious");
 }

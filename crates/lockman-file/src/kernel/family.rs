@@ -137,19 +137,23 @@ pub(super) struct Slot {
     pub(super) snapshot: Snapshot,
 }
 
-/// Takes the first free of the `permits` slot files, if any.
-pub(super) fn take_slot(family: &Family, permits: u32) -> io::Result<Option<Slot>> {
+/// Takes the first free of the `permits` slot files, if any. An error
+/// comes with the path it is about.
+pub(super) fn take_slot(family: &Family, permits: u32) -> Result<Option<Slot>, (PathBuf, io::Error)> {
     for index in 0..permits {
         let path = family.slot(index);
-        let (file, meta) = fsutil::open_no_follow_with_meta(&path, Access::Create)?;
+        let (file, meta) = match fsutil::open_no_follow_with_meta(&path, Access::Create) {
+            Ok(opened) => opened,
+            Err(e) => return Err((path, e)),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => continue,
-            Err(TryLockError::Error(e)) => return Err(e),
+            Err(TryLockError::Error(e)) => return Err((path, e)),
         }
         let snapshot = Snapshot::of(&meta);
         // A cleanup may have removed the (then free) file after we opened it.
-        if matches!(FileId::at(&path), Ok(Some(now)) if now == snapshot.id) {
+        if still_names(&path, snapshot.id) {
             return Ok(Some(Slot { file, path, snapshot }));
         }
     }
