@@ -336,6 +336,7 @@ impl FileBackend {
                 // instead of converting: let go of the exclusive one first.
                 #[cfg(not(unix))]
                 file.unlock().map_err(|e| self.io("sharing the lock", resource, lock_path, e))?;
+                crate::testhook::point("kernel.sharing", lock_path);
                 match file.try_lock_shared() {
                     Ok(()) => {}
                     Err(TryLockError::WouldBlock) => continue 'reopen,
