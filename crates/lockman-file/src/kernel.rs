@@ -231,12 +231,17 @@ impl FileBackend {
         Acquired::Busy { holder }
     }
 
-    /// Refuses `mode` if it disagrees with the resource's live holders.
+    /// Refuses `mode` if it disagrees with holders of the resource we can be
+    /// sure of without its gate (see [`family::certain_holder_modes`]); the
+    /// gate holder checks the rest.
     fn check_kind(&self, family: &Family, resource: &str, mode: LockMode) -> Result<(), LockError> {
-        if let LockState::Held(info) = self.state_of(family, resource)? {
-            for holder in info.all_holders() {
-                mode.agrees_with(holder.mode, resource, BACKEND)?;
-            }
+        let Some(file) = self.open_existing(resource, &family.lock)? else {
+            return Ok(());
+        };
+        let modes = family::certain_holder_modes(&file, || family.holder_files())
+            .map_err(|e| self.io("probing the lock", resource, &family.lock, e))?;
+        for held in modes {
+            mode.agrees_with(held, resource, BACKEND)?;
         }
         Ok(())
     }
@@ -255,7 +260,7 @@ impl FileBackend {
                 .map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
             let snapshot = Snapshot::of(&meta);
             let first = loop {
-                match self.lock_main(&file, request)? {
+                match self.lock_main(family, &file, request)? {
                     MainLock::First => break true,
                     MainLock::Joined => break false,
                     MainLock::Busy => {}
@@ -371,17 +376,23 @@ impl FileBackend {
 
     /// One try at the lock file, for `request`'s mode; refuses a mode that
     /// disagrees with the kind the live holders use it as.
-    fn lock_main(&self, file: &File, request: &GrantRequest) -> Result<MainLock, LockError> {
+    fn lock_main(&self, family: &Family, file: &File, request: &GrantRequest) -> Result<MainLock, LockError> {
         let resource = &*request.resource;
-        let failed = |e| self.io("locking the lock file", resource, &self.lock_file(resource), e);
+        let failed = |e| self.io("locking the lock file", resource, &family.lock, e);
         match file.try_lock() {
             Ok(()) => return Ok(MainLock::First),
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(e)) => return Err(failed(e)),
         }
-        let kind = family::kind_of(file);
-        if let Some(kind) = kind {
-            request.mode.agrees_with(kind, resource, BACKEND)?;
+        let mut kind = family::kind_of(file);
+        if let Some(held) = kind
+            && let Err(disagree) = request.mode.agrees_with(held, resource, BACKEND)
+        {
+            if family::kind_is_live(file, held, || family.holder_files()).map_err(failed)? {
+                return Err(disagree);
+            }
+            // An outdated record: wait for whoever holds the lock for a moment.
+            kind = None;
         }
         // Join the holders only if they hold it our way (an exclusive
         // holder's record, or none readable, means waiting).
@@ -583,8 +594,7 @@ impl LockBackend for FileBackend {
             let Some((path, _)) = members.iter().find(|(_, member)| *member == Member::Lock) else { continue };
             let Ok(file) = fsutil::open_no_follow(path, Access::Read) else { continue };
             let unnamed = fsutil::file_name_of(path);
-            let holder_files =
-                || Ok(members.iter().filter(|(_, m)| matches!(m, Member::Slot(_) | Member::Reader)).cloned().collect());
+            let holder_files = || Ok(members.iter().filter(|(_, m)| m.is_holder_file()).cloned().collect());
             match family::probe(&file, &unnamed, BACKEND, holder_files) {
                 Ok(LockState::Held(info)) => held.push(info),
                 Ok(_) => {}

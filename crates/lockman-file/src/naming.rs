@@ -75,6 +75,13 @@ pub(crate) enum Member {
     Reader,
 }
 
+impl Member {
+    /// Whether this is one holder's own file (a permit or a reader record).
+    pub(crate) fn is_holder_file(self) -> bool {
+        matches!(self, Member::Slot(_) | Member::Reader)
+    }
+}
+
 /// The stem and member `file_name` names, if it is exactly as
 /// [`member_file_name`] makes them (so foreign files are never touched,
 /// and `slot-01` is not taken for `slot-1`).

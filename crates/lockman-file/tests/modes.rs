@@ -239,10 +239,31 @@ async fn force_release_breaks_every_holder() {
     let (one, two) = (manager(dir.path()), manager(dir.path()));
     for options in [shared(), permits(2)] {
         let guards = [take(&one, "r", options.clone()).await, take(&two, "r", options.clone()).await];
+        // A waiter of the same kind that holds the gate (a permit of a full
+        // semaphore) keeps it: the gate is no holder's file.
+        let mut waiter = Some({
+            let (locks, options) = (manager(dir.path()), options.clone());
+            tokio::spawn(async move { locks.acquire("r", options.timeout(BOUND)).await })
+        });
+        let gate = one.backend().lock_file("r").with_extension("gate");
+        let shared_round = options.mode == LockMode::Shared;
+        if shared_round {
+            // Readers join at once: nobody waits at the gate.
+            let reader = waiter.take().expect("spawned").await.expect("join").expect("a reader joins");
+            reader.release().await.expect("release");
+        } else {
+            until_gate_is_held(&one, "r").await;
+        }
+        let gate_before = std::fs::metadata(&gate).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("gate");
         let info = one.force_release("r", "test").await.expect("force").expect("it was held");
         assert_eq!(info.holders.len(), 2, "{info:?}");
+        let gate_after = std::fs::metadata(&gate).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("gate");
+        assert_eq!(gate_before, gate_after, "force_release removed the gate a waiter holds");
         for guard in &guards {
             tokio::time::timeout(BOUND, guard.lost()).await.expect("every holder is told it lost the lock");
+        }
+        if let Some(waiter) = waiter {
+            waiter.await.expect("join").expect("the waiter got a freed permit").release().await.expect("release");
         }
         // Newcomers find every permit free.
         let fresh = [take(&one, "r", options.clone()).await, take(&two, "r", options.clone()).await];
@@ -393,4 +414,36 @@ async fn planted_family_files_are_refused_not_followed() {
     first.release().await.expect("release");
     assert!(locks.cleanup_stale().await.expect("cleanup").is_empty());
     assert_eq!(std::fs::read(&target).expect("target"), b"precious");
+}
+
+/// The lock file held for a moment by someone who is no holder of a kind —
+/// a party that has just found it free and not yet written its record, a
+/// `state` probe — while its record still names an ended period's kind:
+/// semaphore requests wait for that moment to pass, and are not refused as
+/// disagreeing (neither at the gate nor queued in their own manager).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outdated_record_under_a_momentary_lock_refuses_nobody() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = manager(dir.path());
+    let lock = locks.backend().lock_file("r");
+    // An ended period of readers leaves its kind record ("shared", held).
+    take(&locks, "r", shared()).await.release().await.expect("release");
+    for exclusive in [false, true] {
+        let momentary = File::open(&lock).expect("open");
+        if exclusive { momentary.lock() } else { momentary.lock_shared() }.expect("lock");
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let locks = locks.clone();
+                tokio::spawn(async move { locks.acquire("r", AcquireOptions::new().permits(2).timeout(BOUND)).await })
+            })
+            .collect();
+        until_gate_is_held(&locks, "r").await;
+        drop(momentary);
+        for waiter in waiters {
+            let guard = waiter.await.expect("join").expect("a permit was refused over an outdated record");
+            guard.release().await.expect("release");
+        }
+        // Back to a readers' record for the next round.
+        take(&locks, "r", shared()).await.release().await.expect("release");
+    }
 }

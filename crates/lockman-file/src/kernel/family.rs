@@ -46,7 +46,9 @@ impl Family {
 
     /// The permit and reader-record files of this resource now in the directory.
     pub(super) fn holder_files(&self) -> io::Result<Vec<(PathBuf, Member)>> {
-        Ok(scan(&self.dir)?.remove(&self.stem).unwrap_or_default())
+        let mut members = scan(&self.dir)?.remove(&self.stem).unwrap_or_default();
+        members.retain(|(_, member)| member.is_holder_file());
+        Ok(members)
     }
 }
 
@@ -97,6 +99,59 @@ pub(super) fn probe(
     }
     let holders = holder_files()?.into_iter().filter_map(|(path, _)| live_holder(&path, backend)).collect();
     Ok(LockInfo::of_holders(holders).map_or(LockState::Available, LockState::Held))
+}
+
+/// Whether live holders really use the resource as `kind`, the kind its
+/// lock file's record names, before a party is refused for disagreeing:
+/// a record outlives its period of use (a crashed exclusive holder's, the
+/// kind record of readers who have all left), and the lock may be held for
+/// a moment by a probe or a cleanup rather than by holders.
+pub(super) fn kind_is_live(
+    lock: &File,
+    kind: LockMode,
+    holder_files: impl FnOnce() -> io::Result<Vec<(PathBuf, Member)>>,
+) -> io::Result<bool> {
+    if kind != LockMode::Exclusive {
+        let live = holder_files()?.into_iter().filter_map(|(path, _)| live_holder(&path, ""));
+        return Ok(live.into_iter().any(|info| info.mode == kind));
+    }
+    let dead = matches!(record::read_from(lock), Ok(FileRecord::Found(record, _)) if record.holder_process_is_dead());
+    match lock.try_lock_shared() {
+        Ok(()) => {
+            lock.unlock()?;
+            Ok(false)
+        }
+        Err(TryLockError::WouldBlock) => Ok(!dead),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The modes of the resource's holders that are certain without holding
+/// its gate: every live permit or reader record (each is locked by its
+/// holder and written by it), and an exclusive holder in this very process.
+/// Whatever else the lock file says may be a moment out of date — a party
+/// that has just found it free holds it before it rewrites the record.
+pub(super) fn certain_holder_modes(
+    lock: &File,
+    holder_files: impl FnOnce() -> io::Result<Vec<(PathBuf, Member)>>,
+) -> io::Result<Vec<LockMode>> {
+    let Ok(FileRecord::Found(record, RecordState::Held)) = record::read_from(lock) else {
+        return Ok(Vec::new());
+    };
+    if record.mode != LockMode::Exclusive {
+        let live = holder_files()?.into_iter().filter_map(|(path, _)| live_holder(&path, ""));
+        return Ok(live.map(|info| info.mode).collect());
+    }
+    let ours = record.pid == std::process::id() && record.holder_is_local();
+    let held = match lock.try_lock_shared() {
+        Ok(()) => {
+            lock.unlock()?;
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(e)) => return Err(e),
+    };
+    Ok(if ours && held { vec![LockMode::Exclusive] } else { Vec::new() })
 }
 
 /// The record in a permit or reader-record file whose holder is alive (it
