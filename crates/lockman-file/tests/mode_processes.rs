@@ -296,3 +296,49 @@ fn a_writer_is_not_starved_by_reader_processes() {
     );
     assert!(after >= holds.len() / 4, "the writer got in only as the readers ran out ({after} holds after it)");
 }
+
+/// `state`, `list` and `cleanup_stale` run without pause beside reader,
+/// writer and permit processes: their momentary locks and file removals
+/// make nobody overlap, fail or be refused as disagreeing.
+#[test]
+fn probes_and_cleanups_beside_holder_processes_change_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for (resource, modes, most) in
+        [("table", &["shared", "exclusive", "shared", "exclusive"][..], None), ("jobs", &["permits:2"; 5][..], Some(2))]
+    {
+        let dir = tempfile::tempdir().expect("dir");
+        let done = Arc::new(AtomicBool::new(false));
+        let prober = {
+            let (locks_dir, done) = (dir.path().join("locks"), done.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    std::fs::create_dir_all(&locks_dir).expect("dir");
+                    let locks = open(&locks_dir);
+                    let mut rounds = 0u32;
+                    while !done.load(Ordering::SeqCst) {
+                        locks.state(resource).await.expect("state");
+                        locks.list().await.expect("list");
+                        let crashed = locks.cleanup_stale().await.expect("cleanup");
+                        assert!(crashed.is_empty(), "cleanup reported live holders as crashed: {crashed:?}");
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            })
+        };
+        let holds = run_cycles(dir.path(), resource, modes, 15, 3);
+        done.store(true, Ordering::SeqCst);
+        let rounds = prober.join().expect("the prober failed");
+        for writer in holds.iter().filter(|h| h.mode == "exclusive") {
+            for other in &holds {
+                assert!(std::ptr::eq(writer, other) || !writer.overlaps(other), "{writer:?} overlapped {other:?}");
+            }
+        }
+        if let Some(limit) = most {
+            assert!(most_at_once(&holds) <= limit, "{} holders of a semaphore of {limit}", most_at_once(&holds));
+        }
+        eprintln!("{resource}: {rounds} rounds of state+list+cleanup beside {} holds", holds.len());
+        assert!(rounds > 0);
+    }
+}
