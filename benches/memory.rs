@@ -66,6 +66,15 @@ fn uncontended(c: &mut Criterion) {
             drop(black_box(locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire")))
         })
     });
+    let tokio_rwlock = tokio::sync::RwLock::new(());
+    group.bench_function("baseline: tokio::sync::RwLock read", |b| {
+        b.to_async(&rt).iter(|| async { drop(black_box(tokio_rwlock.read().await)) })
+    });
+    group.bench_function("lockman memory: acquire shared (async)", |b| {
+        b.to_async(&rt).iter(|| async {
+            drop(black_box(locks.acquire("regcache", AcquireOptions::new().shared()).await.expect("acquire")))
+        })
+    });
     group.bench_function("lockman memory: acquire with holder (async)", |b| {
         b.to_async(&rt).iter(|| async {
             let guard = locks.acquire("inverter_read", AcquireOptions::new().holder("poller")).await;

@@ -26,8 +26,19 @@
 //! later holder has written already — which happens only if this poll's lock
 //! was lost while it ran (say, the process paused past its lease). The
 //! summary counts such refusals as `stale_refused`.
+//!
+//! The register cache is a reader-writer resource, `regcache`: status
+//! readers (the REST handlers' `GET /status`, `--status-readers` per process)
+//! read it under **shared** holds, together, while the poller writes it under
+//! an **exclusive** hold. The cache log records every read and write; a write
+//! that overlapped anything counts as an overlap too, so `overlaps=0` means
+//! "no bus transaction overlapped another, and no cache writer overlapped
+//! anyone". `readers_together=` counts the reads that overlapped another read
+//! (shared holds at work). On a backend without shared holds (legacy-file,
+//! the legacy bridge) the readers take it exclusively (`cache_readers=exclusive`).
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -37,7 +48,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use lockman::fencing::FencedFile;
-use lockman::{AcquireOptions, FencingToken, FlagOptions, LockError, LockManager, LockManagerExt, StatusManager};
+use lockman::{
+    AcquireOptions, FencingToken, FlagOptions, LockError, LockManager, LockManagerExt, LockMode, StatusManager,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -51,6 +64,10 @@ const RESOURCE: &str = "inverter_read";
 const FLAGS: [&str; 2] = [".FCRunning", ".FERunning"];
 /// The register cache on the bus directory (and its `.fence` token beside it).
 const REGISTER_CACHE: &str = "regcache.json";
+/// The lock on the register cache: shared for readers, exclusive for the poller.
+const CACHE_RESOURCE: &str = "regcache";
+/// How long a status reader spends reading the cache.
+const CACHE_READ: Duration = Duration::from_millis(2);
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "A simulated inverter-polling daemon serializing its bus with lockman")]
@@ -67,6 +84,12 @@ struct Args {
     /// Commands (force charge / force export, alternating) started per second, per process.
     #[arg(long, default_value_t = 4.0)]
     commands_per_sec: f64,
+    /// Status readers (REST `GET /status` handlers) reading the register cache, per process.
+    #[arg(long, default_value_t = 3)]
+    status_readers: usize,
+    /// Pause between two reads of one status reader.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
     /// Control run: do not lock (the bus then sees overlaps).
     #[arg(long, hide = true)]
     no_lock: bool,
@@ -112,6 +135,7 @@ async fn run(args: Args) -> Result<(), LockError> {
         if args.no_lock { ", NOT LOCKING (control run)" } else { "" }
     );
     let backend = backends.locks.name().to_owned();
+    let cache_readers = reader_mode(&*backends.locks).as_str();
     let stats = if args.processes <= 1 {
         daemon(&args, &bus, backends).await?
     } else {
@@ -130,16 +154,21 @@ async fn run(args: Args) -> Result<(), LockError> {
             .await
             .map_err(|e| LockError::Config(format!("waiting for the daemon processes: {e}")))??
     };
-    let overlaps = bus.overlaps()?;
+    let cache = bus.cache_overlaps()?;
+    let overlaps = bus.overlaps()? + cache.writer_overlaps;
     println!(
         "summary: backend={backend} processes={} reads={} writes={} overlaps={overlaps} lost={} \
-         cache_writes={} stale_refused={} lock_wait_p50={:?} lock_wait_p99={:?} flags_seen={}",
+         cache_writes={} stale_refused={} status_reads={} readers_together={} cache_readers={} \
+         lock_wait_p50={:?} lock_wait_p99={:?} flags_seen={}",
         args.processes.max(1),
         stats.reads,
         stats.writes,
         stats.lost,
         stats.cache_writes,
         stats.stale_refused,
+        stats.status_reads,
+        cache.readers_together,
+        cache_readers,
         stats.wait_percentile(0.50),
         stats.wait_percentile(0.99),
         stats.flags_seen(),
@@ -183,6 +212,7 @@ async fn daemon(args: &Args, bus: &Bus, backends: lockman::Backends) -> Result<S
     let fenced = backends.locks.capabilities().fencing;
     let daemon = Arc::new(Daemon {
         fenced,
+        reader_mode: reader_mode(&*backends.locks),
         locks: backends.locks,
         status: backends.status,
         bus: bus.clone(),
@@ -196,6 +226,9 @@ async fn daemon(args: &Args, bus: &Bus, backends: lockman::Backends) -> Result<S
     let mut tasks = JoinSet::new();
     tasks.spawn(poll_loop(daemon.clone(), args.interval));
     tasks.spawn(command_loop(daemon.clone(), args.commands_per_sec));
+    for _ in 0..args.status_readers {
+        tasks.spawn(status_loop(daemon.clone(), args.status_interval));
+    }
     tokio::select! {
         () = tokio::time::sleep(args.duration) => {}
         _ = tokio::signal::ctrl_c() => eprintln!("interrupted: finishing the transactions in flight"),
@@ -221,6 +254,8 @@ struct Daemon {
     /// Whether the backend's tokens increase per grant (not legacy
     /// lockfiles): without that, there is nothing to fence the cache with.
     fenced: bool,
+    /// How status readers hold the cache: shared where the backend can.
+    reader_mode: LockMode,
     lock: bool,
     stats: Mutex<Stats>,
     stopping: AtomicBool,
@@ -241,10 +276,9 @@ impl Daemon {
         }
     }
 
-    /// One bus transaction of `length`, under the lock (unless a control
-    /// run); a poll (`save_cache`) then saves what it read to the register
-    /// cache, fenced by the grant's token.
-    async fn transaction(&self, purpose: &str, length: Duration, save_cache: bool) -> Result<(), LockError> {
+    /// One bus transaction of `length`, under the bus lock (unless a
+    /// control run).
+    async fn transaction(&self, purpose: &str, length: Duration) -> Result<(), LockError> {
         if !self.lock {
             return self.bus.transaction(length).await;
         }
@@ -252,15 +286,51 @@ impl Daemon {
         let options = AcquireOptions::new().timeout(Duration::from_secs(10)).purpose(purpose);
         let done = self
             .locks
-            .with_lock_guard(RESOURCE, options, |guard| {
+            .with_lock_guard(RESOURCE, options, |_| {
                 self.stats.lock().waits_us.push(asked.elapsed().as_micros() as u64);
-                let token = guard.fencing_token();
-                async move {
-                    self.bus.transaction(length).await?;
-                    if save_cache && self.fenced { self.save_cache(token).await } else { Ok(()) }
-                }
+                self.bus.transaction(length)
             })
             .await;
+        self.count_loss(done)
+    }
+
+    /// Writes what a poll read to the register cache under an exclusive hold
+    /// of `regcache` (no reader sees a half-written cache), fenced by that
+    /// grant's token.
+    async fn write_cache(&self) -> Result<(), LockError> {
+        if !self.lock {
+            return self.bus.cache_span('W', pause_ok(WRITE)).await;
+        }
+        let options = AcquireOptions::new().timeout(Duration::from_secs(10)).purpose("poll: save register cache");
+        let done = self
+            .locks
+            .with_lock_guard(CACHE_RESOURCE, options, |guard| {
+                let token = guard.fencing_token();
+                self.bus.cache_span('W', async move {
+                    if self.fenced { self.save_cache(token).await } else { pause_ok(WRITE).await }
+                })
+            })
+            .await;
+        self.count_loss(done)
+    }
+
+    /// One status read of the register cache, under a shared hold (where
+    /// the backend has them) beside the other readers.
+    async fn read_cache(&self) -> Result<(), LockError> {
+        if !self.lock {
+            return self.bus.cache_span('R', self.bus.read_cache()).await;
+        }
+        let options =
+            AcquireOptions::new().timeout(Duration::from_secs(10)).purpose("GET /status: read register cache");
+        let options = if self.reader_mode == LockMode::Shared { options.shared() } else { options };
+        let done =
+            self.locks.with_lock(CACHE_RESOURCE, options, || self.bus.cache_span('R', self.bus.read_cache())).await;
+        self.count_loss(done)
+    }
+
+    /// A lock lost during the work is counted, not fatal (the fenced cache
+    /// refuses what it would have spoiled).
+    fn count_loss(&self, done: Result<Result<(), LockError>, LockError>) -> Result<(), LockError> {
         match done {
             Ok(result) => result,
             Err(e) if e.is_lost() => {
@@ -292,16 +362,32 @@ impl Daemon {
     }
 }
 
-/// Reads every register each interval, and notes which mode flags are up.
+/// How status readers hold the register cache on this backend.
+fn reader_mode(locks: &dyn LockManager) -> LockMode {
+    if locks.capabilities().shared_mode { LockMode::Shared } else { LockMode::Exclusive }
+}
+
+/// Reads every register each interval, saves them to the register cache,
+/// and notes which mode flags are up.
 async fn poll_loop(daemon: Arc<Daemon>, interval: Duration) -> Result<(), LockError> {
     while daemon.pause(interval).await {
-        daemon.transaction("poll: read all registers", READ_ALL, true).await?;
+        daemon.transaction("poll: read all registers", READ_ALL).await?;
+        daemon.write_cache().await?;
         daemon.stats.lock().reads += 1;
         for flag in FLAGS {
             if daemon.status.is_set(flag).await? {
                 *daemon.stats.lock().flags.entry(flag).or_default() += 1;
             }
         }
+    }
+    Ok(())
+}
+
+/// A status reader: reads the register cache every `interval`.
+async fn status_loop(daemon: Arc<Daemon>, interval: Duration) -> Result<(), LockError> {
+    while daemon.pause(interval).await {
+        daemon.read_cache().await?;
+        daemon.stats.lock().status_reads += 1;
     }
     Ok(())
 }
@@ -331,12 +417,12 @@ async fn command_loop(daemon: Arc<Daemon>, per_sec: f64) -> Result<(), LockError
 /// One command: write the mode's registers, raise its flag while it runs
 /// (`job-N\nHH:MM`, as a v3 daemon writes it), then write again to end it.
 async fn command(daemon: Arc<Daemon>, mode: &str, flag: &str) -> Result<(), LockError> {
-    daemon.transaction(&format!("{mode}: write registers"), WRITE, false).await?;
+    daemon.transaction(&format!("{mode}: write registers"), WRITE).await?;
     let job = daemon.jobs.fetch_add(1, Ordering::Relaxed);
     let ends = chrono_like_hh_mm(SystemTime::now() + MODE_RUNS);
     daemon.status.set(flag, FlagOptions::new().value(format!("job-{job}\n{ends}"))).await?;
     tokio::time::sleep(MODE_RUNS).await;
-    daemon.transaction(&format!("{mode}: restore registers"), WRITE, false).await?;
+    daemon.transaction(&format!("{mode}: restore registers"), WRITE).await?;
     daemon.status.clear(flag).await?;
     daemon.stats.lock().writes += 2;
     Ok(())
@@ -354,6 +440,16 @@ fn chrono_like_hh_mm(at: SystemTime) -> String {
 struct Bus {
     dir: PathBuf,
     log: Arc<Mutex<File>>,
+    /// Reads (`R start end`) and writes (`W start end`) of the register cache.
+    cache_log: Arc<Mutex<File>>,
+}
+
+/// What the cache log shows.
+struct CacheOverlaps {
+    /// Cache writes that overlapped any other read or write.
+    writer_overlaps: u64,
+    /// Cache reads that overlapped another read.
+    readers_together: u64,
 }
 
 impl Bus {
@@ -361,7 +457,75 @@ impl Bus {
         let path = dir.join(format!("transactions-{}.log", std::process::id()));
         let log =
             OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error("opening the bus log", e))?;
-        Ok(Bus { dir: dir.to_owned(), log: Arc::new(Mutex::new(log)) })
+        let path = dir.join(format!("cache-{}.log", std::process::id()));
+        let cache_log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error("opening the cache log", e))?;
+        Ok(Bus { dir: dir.to_owned(), log: Arc::new(Mutex::new(log)), cache_log: Arc::new(Mutex::new(cache_log)) })
+    }
+
+    /// Logs `work` as one read (`R`) or write (`W`) of the register cache.
+    async fn cache_span(&self, kind: char, work: impl Future<Output = Result<(), LockError>>) -> Result<(), LockError> {
+        let start = now_ns();
+        let done = work.await;
+        let end = now_ns();
+        writeln!(self.cache_log.lock(), "{kind} {start} {end}").map_err(|e| io_error("writing the cache log", e))?;
+        done
+    }
+
+    /// A status read: the handler takes `CACHE_READ` to read and render the cache.
+    async fn read_cache(&self) -> Result<(), LockError> {
+        tokio::time::sleep(CACHE_READ).await;
+        match std::fs::read(self.dir.join(REGISTER_CACHE)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("reading the register cache", e)),
+        }
+    }
+
+    /// Every process's cache log: writes that overlapped anything, reads
+    /// that overlapped another read.
+    fn cache_overlaps(&self) -> Result<CacheOverlaps, LockError> {
+        let mut spans: Vec<(u128, u128, char)> = Vec::new();
+        for line in self.log_lines("cache-")? {
+            let mut fields = line.split(' ');
+            if let (Some(kind), Some(start), Some(end)) = (fields.next(), fields.next(), fields.next())
+                && let (Some(kind), Ok(start), Ok(end)) = (kind.chars().next(), start.parse(), end.parse())
+            {
+                spans.push((start, end, kind));
+            }
+        }
+        spans.sort_unstable();
+        let mut result = CacheOverlaps { writer_overlaps: 0, readers_together: 0 };
+        // The latest end so far of any span, and of reads.
+        let (mut busy_until, mut reading_until) = (0, 0);
+        for (index, &(start, end, kind)) in spans.iter().enumerate() {
+            let next_starts_inside = spans.get(index + 1).is_some_and(|next| next.0 < end);
+            if kind == 'W' && (start < busy_until || next_starts_inside) {
+                result.writer_overlaps += 1;
+            }
+            if kind == 'R' && start < reading_until {
+                result.readers_together += 1;
+            }
+            busy_until = busy_until.max(end);
+            if kind == 'R' {
+                reading_until = reading_until.max(end);
+            }
+        }
+        Ok(result)
+    }
+
+    /// The lines of every process's log whose name starts with `prefix`.
+    fn log_lines(&self, prefix: &str) -> Result<Vec<String>, LockError> {
+        let mut lines = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error("reading the logs", e))?;
+        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)) {
+            let file = File::open(entry.path()).map_err(|e| io_error("reading a log", e))?;
+            lines.extend(BufReader::new(file).lines().map_while(Result::ok));
+        }
+        Ok(lines)
     }
 
     async fn transaction(&self, length: Duration) -> Result<(), LockError> {
@@ -375,15 +539,11 @@ impl Bus {
     /// every process's log.
     fn overlaps(&self) -> Result<u64, LockError> {
         let mut spans = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error("reading the bus logs", e))?;
-        for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("transactions-")) {
-            let file = File::open(entry.path()).map_err(|e| io_error("reading a bus log", e))?;
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                if let Some((start, end)) = line.split_once(' ')
-                    && let (Ok(start), Ok(end)) = (start.parse::<u128>(), end.parse::<u128>())
-                {
-                    spans.push((start, end));
-                }
+        for line in self.log_lines("transactions-")? {
+            if let Some((start, end)) = line.split_once(' ')
+                && let (Ok(start), Ok(end)) = (start.parse::<u128>(), end.parse::<u128>())
+            {
+                spans.push((start, end));
             }
         }
         spans.sort_unstable();
@@ -399,6 +559,12 @@ impl Bus {
     }
 }
 
+/// Takes `length`, as a write to a cache that is not fenced does.
+async fn pause_ok(length: Duration) -> Result<(), LockError> {
+    tokio::time::sleep(length).await;
+    Ok(())
+}
+
 fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
 }
@@ -411,6 +577,7 @@ struct Stats {
     lost: u64,
     cache_writes: u64,
     stale_refused: u64,
+    status_reads: u64,
     waits_us: Vec<u64>,
     flags: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -422,6 +589,7 @@ impl Stats {
         self.lost += other.lost;
         self.cache_writes += other.cache_writes;
         self.stale_refused += other.stale_refused;
+        self.status_reads += other.status_reads;
         self.waits_us.extend(other.waits_us);
         for (flag, seen) in other.flags {
             *self.flags.entry(flag).or_default() += seen;
@@ -440,16 +608,17 @@ impl Stats {
         seen.join(",")
     }
 
-    /// `stats reads=R writes=W lost=L cache=C stale=S fc=N fe=M waits=1,2,3` — a child's report.
+    /// `stats reads=R writes=W lost=L cache=C stale=S status=T fc=N fe=M waits=1,2,3` — a child's report.
     fn to_line(&self) -> String {
         let waits: Vec<String> = self.waits_us.iter().map(u64::to_string).collect();
         format!(
-            "stats reads={} writes={} lost={} cache={} stale={} fc={} fe={} waits={}",
+            "stats reads={} writes={} lost={} cache={} stale={} status={} fc={} fe={} waits={}",
             self.reads,
             self.writes,
             self.lost,
             self.cache_writes,
             self.stale_refused,
+            self.status_reads,
             self.flags.get(FLAGS[0]).unwrap_or(&0),
             self.flags.get(FLAGS[1]).unwrap_or(&0),
             waits.join(",")
@@ -466,6 +635,7 @@ impl Stats {
                 "lost" => stats.lost = value.parse().ok()?,
                 "cache" => stats.cache_writes = value.parse().ok()?,
                 "stale" => stats.stale_refused = value.parse().ok()?,
+                "status" => stats.status_reads = value.parse().ok()?,
                 "fc" => {
                     stats.flags.insert(FLAGS[0], value.parse().ok()?);
                 }

@@ -81,6 +81,14 @@ fn assert_serialized(summary: &Summary) {
 
 /// Every poll saved the register cache through the fenced file (backends
 /// whose tokens increase per grant; legacy lockfiles have none).
+/// Status readers read the register cache together (shared holds), never
+/// beside the poller writing it (the writer overlaps are in `overlaps`).
+fn assert_readers_shared(summary: &Summary) {
+    assert!(summary.0.contains("cache_readers=shared"), "{}", summary.0);
+    assert!(summary.get("status_reads") > 0, "no status reads: {}", summary.0);
+    assert!(summary.get("readers_together") > 0, "shared readers never overlapped: {}", summary.0);
+}
+
 fn assert_cache_fenced(summary: &Summary) {
     assert_eq!(summary.get("cache_writes"), summary.get("reads"), "not every poll saved the cache: {}", summary.0);
 }
@@ -91,6 +99,7 @@ fn memory_backend_by_default() {
     assert!(summary.0.contains("backend=memory"), "{}", summary.0);
     assert_serialized(&summary);
     assert_cache_fenced(&summary);
+    assert_readers_shared(&summary);
 }
 
 #[test]
@@ -106,7 +115,12 @@ fn file_backend_across_three_processes() {
 fn legacy_file_backend_across_three_processes() {
     let dir = tempfile::tempdir().expect("dir");
     let url = format!("legacy-file://{}?givtcp=1", dir.path().display());
-    assert_serialized(&run_daemon(Some(&url), &["--processes", "3"]));
+    let summary = run_daemon(Some(&url), &["--processes", "3"]);
+    assert_serialized(&summary);
+    // No shared holds on legacy lockfiles: the readers take turns.
+    assert!(summary.0.contains("cache_readers=exclusive"), "{}", summary.0);
+    assert!(summary.get("status_reads") > 0, "no status reads: {}", summary.0);
+    assert_eq!(summary.get("readers_together"), 0, "exclusive readers overlapped: {}", summary.0);
 }
 
 #[test]
