@@ -49,6 +49,7 @@ use tokio::time::Instant;
 mod keys;
 mod monitor;
 mod options;
+mod retry;
 mod session;
 mod status;
 #[cfg(feature = "url")]
@@ -132,7 +133,7 @@ impl EtcdBackend {
             .map_err(|e| {
                 LockError::backend_caused_by(BACKEND, format!("connecting to {}", options.endpoints.join(",")), None, e)
             })?;
-        let sessions = Sessions::new(client.clone(), options.session_ttl());
+        let sessions = Sessions::new(client.clone(), options.session_ttl(), 2 * options.endpoints.len() + 1);
         Ok(EtcdBackend { client, options, sessions })
     }
 
@@ -143,6 +144,27 @@ impl EtcdBackend {
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// How many times a request is sent when members refuse connections.
+    pub(crate) fn attempts(&self) -> usize {
+        2 * self.options.endpoints.len() + 1
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        retry::unsent_again(self.attempts(), || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(&self, key: String, options: GetOptions) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        retry::unsent_again(self.attempts(), || {
+            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
     }
 
     fn keys(&self, resource: &str) -> ResourceKeys {
@@ -173,12 +195,8 @@ impl EtcdBackend {
     async fn owner(&self, resource: &str) -> Result<Option<KeyValue>, LockError> {
         let keys = self.keys(resource);
         let options = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let mut response = self
-            .client
-            .kv_client()
-            .get(keys.dir.as_str(), Some(options))
-            .await
-            .map_err(|e| Self::error("reading the holder", resource, e))?;
+        let mut response =
+            self.get(keys.dir.clone(), options).await.map_err(|e| Self::error("reading the holder", resource, e))?;
         Ok(response.take_kvs().into_iter().next())
     }
 
@@ -201,14 +219,7 @@ impl EtcdBackend {
                 .with_max_create_revision(revision - 1)
                 .with_limit(1);
             let txn = Txn::new().and_then([TxnOp::get(keys.dir.as_str(), Some(before)), TxnOp::get(key, None)]);
-            let response = match Self::before(
-                deadline,
-                "waiting for the lock",
-                resource,
-                self.client.kv_client().txn(txn),
-            )
-            .await
-            {
+            let response = match Self::before(deadline, "waiting for the lock", resource, self.txn(txn)).await {
                 Ok(response) => response,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
                 Err(e) => return Err(e),
@@ -238,7 +249,11 @@ impl EtcdBackend {
                 deadline,
                 "watching the previous waiter",
                 resource,
-                self.client.watch_client().watch(predecessor.key(), Some(watch)),
+                retry::unsent_again(self.attempts(), || {
+                    let mut client = self.client.watch_client();
+                    let (key, watch) = (predecessor.key().to_vec(), watch.clone());
+                    async move { client.watch(key, Some(watch)).await }
+                }),
             )
             .await;
             let stream = match stream.as_mut() {
@@ -357,8 +372,7 @@ impl LockBackend for EtcdBackend {
             TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
             TxnOp::get(keys.dir.as_str(), Some(first)),
         ]);
-        let response =
-            Self::before(deadline, "requesting the lock", resource, self.client.kv_client().txn(txn)).await?;
+        let response = Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let owner = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
@@ -393,7 +407,7 @@ impl LockBackend for EtcdBackend {
                 expiry: expiry_rx,
                 releasing: releasing.clone(),
             }
-            .run(),
+            .run(self.attempts()),
         );
         let grant = EtcdGrant {
             key,
@@ -414,12 +428,7 @@ impl LockBackend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(grant.key.as_str(), CompareOp::Equal, grant.revision)])
             .and_then([TxnOp::delete(grant.key.as_str(), None)]);
-        let response = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| Self::error("releasing the lock", &grant.resource, e))?;
+        let response = self.txn(txn).await.map_err(|e| Self::error("releasing the lock", &grant.resource, e))?;
         grant.expiry.send_replace(None);
         if response.succeeded() {
             Ok(())
@@ -444,8 +453,7 @@ impl LockBackend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(grant.key.as_str(), CompareOp::Equal, grant.revision)])
             .and_then([TxnOp::put(grant.key.as_str(), value, Some(PutOptions::new().with_ignore_lease()))]);
-        let response =
-            self.client.kv_client().txn(txn).await.map_err(|e| Self::error("renewing the lease", resource, e))?;
+        let response = self.txn(txn).await.map_err(|e| Self::error("renewing the lease", resource, e))?;
         if !response.succeeded() {
             return Err(LockError::stolen(BACKEND, resource, "its etcd key was gone at renewal"));
         }
@@ -463,12 +471,7 @@ impl LockBackend for EtcdBackend {
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let dir = keys::locks_dir(&self.options.prefix);
         let options = GetOptions::new().with_prefix();
-        let mut response = self
-            .client
-            .kv_client()
-            .get(dir.as_str(), Some(options))
-            .await
-            .map_err(|e| Self::error("listing locks", "*", e))?;
+        let mut response = self.get(dir.clone(), options).await.map_err(|e| Self::error("listing locks", "*", e))?;
         // The holder of each resource is its key with the lowest create revision.
         let mut holders: std::collections::BTreeMap<String, KeyValue> = std::collections::BTreeMap::new();
         for kv in response.take_kvs() {
@@ -502,15 +505,14 @@ impl LockBackend for EtcdBackend {
         let mark = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
             .and_then([TxnOp::put(key.clone(), record.to_bytes(), Some(PutOptions::new().with_ignore_lease()))]);
-        let marked =
-            self.client.kv_client().txn(mark).await.map_err(|e| Self::error("force-releasing", resource, e))?;
+        let marked = self.txn(mark).await.map_err(|e| Self::error("force-releasing", resource, e))?;
         if !marked.succeeded() {
             return Ok(None); // released meanwhile
         }
         let delete = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
             .and_then([TxnOp::delete(key, None)]);
-        self.client.kv_client().txn(delete).await.map_err(|e| Self::error("force-releasing", resource, e))?;
+        self.txn(delete).await.map_err(|e| Self::error("force-releasing", resource, e))?;
         Ok(Some(info))
     }
 

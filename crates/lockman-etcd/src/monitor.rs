@@ -26,9 +26,13 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(mut self, attempts: usize) {
         let options = WatchOptions::new().with_start_revision(self.revision + 1);
-        let mut stream: Option<WatchStream> = match self.client.watch(self.key.as_str(), Some(options)).await {
+        let watched = crate::retry::unsent_again(attempts, || {
+            let (mut client, key, options) = (self.client.watch_client(), self.key.clone(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        });
+        let mut stream: Option<WatchStream> = match watched.await {
             Ok(stream) => Some(stream),
             Err(e) => {
                 // Renewals still check the key; only the prompt notice is lost.
@@ -66,7 +70,11 @@ impl Monitor {
                     let delete = Txn::new()
                         .when([Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.revision)])
                         .and_then([TxnOp::delete(self.key.as_str(), None)]);
-                    if let Err(e) = self.client.kv_client().txn(delete).await {
+                    let deleted = crate::retry::unsent_again(attempts, || {
+                        let (mut kv, delete) = (self.client.kv_client(), delete.clone());
+                        async move { kv.txn(delete).await }
+                    });
+                    if let Err(e) = deleted.await {
                         tracing::warn!(key = %self.key, error = %e, "cannot delete an expired grant key; it goes with the manager's etcd lease");
                     }
                     return;

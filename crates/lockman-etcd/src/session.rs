@@ -26,6 +26,7 @@ use crate::BACKEND;
 pub(crate) struct Sessions {
     client: Client,
     ttl: i64,
+    attempts: usize,
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
 
@@ -45,8 +46,8 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(client: Client, ttl: i64) -> Self {
-        Sessions { client, ttl, current: tokio::sync::Mutex::new(None) }
+    pub(crate) fn new(client: Client, ttl: i64, attempts: usize) -> Self {
+        Sessions { client, ttl, attempts, current: tokio::sync::Mutex::new(None) }
     }
 
     /// The live session, or a new one (one round trip: `LeaseGrant`).
@@ -56,12 +57,12 @@ impl Sessions {
             return Ok(session.clone());
         }
         let sent = Instant::now();
-        let granted = self
-            .client
-            .lease_client()
-            .grant(self.ttl, None)
-            .await
-            .map_err(|e| LockError::backend_caused_by(BACKEND, "granting the manager's etcd lease", None, e))?;
+        let granted = crate::retry::unsent_again(self.attempts, || {
+            let mut leases = self.client.lease_client();
+            async move { leases.grant(self.ttl, None).await }
+        })
+        .await
+        .map_err(|e| LockError::backend_caused_by(BACKEND, "granting the manager's etcd lease", None, e))?;
         let session = Arc::new(Session {
             id: granted.id(),
             dead: AtomicBool::new(false),

@@ -10,6 +10,7 @@ use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
 use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
 
 use crate::keys::{encode, flags_dir};
+use crate::retry::unsent_again;
 use crate::{BACKEND, EtcdBackend};
 
 /// Flags stored in etcd, over the same connection as an [`EtcdBackend`].
@@ -17,6 +18,7 @@ use crate::{BACKEND, EtcdBackend};
 pub struct EtcdStatusManager {
     client: Client,
     dir: String,
+    attempts: usize,
 }
 
 impl std::fmt::Debug for EtcdStatusManager {
@@ -28,7 +30,11 @@ impl std::fmt::Debug for EtcdStatusManager {
 impl EtcdStatusManager {
     /// Flags under the backend's prefix, on its connection.
     pub fn new(backend: &EtcdBackend) -> Self {
-        EtcdStatusManager { client: backend.client().clone(), dir: flags_dir(&backend.options().prefix) }
+        EtcdStatusManager {
+            client: backend.client().clone(),
+            dir: flags_dir(&backend.options().prefix),
+            attempts: backend.attempts(),
+        }
     }
 
     fn key(&self, flag: &str) -> Result<String, LockError> {
@@ -67,15 +73,21 @@ impl StatusManager for EtcdStatusManager {
         let mut put = PutOptions::new();
         if let Some(ttl) = options.ttl {
             let secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)).max(1);
-            let lease = self
-                .client
-                .lease_client()
-                .grant(i64::try_from(secs).unwrap_or(i64::MAX), None)
-                .await
-                .map_err(|e| Self::error("granting a flag's TTL lease", flag, e))?;
+            let ttl = i64::try_from(secs).unwrap_or(i64::MAX);
+            let lease = unsent_again(self.attempts, || {
+                let mut leases = self.client.lease_client();
+                async move { leases.grant(ttl, None).await }
+            })
+            .await
+            .map_err(|e| Self::error("granting a flag's TTL lease", flag, e))?;
             put = put.with_lease(lease.id());
         }
-        self.client.kv_client().put(key, value, Some(put)).await.map_err(|e| Self::error("setting a flag", flag, e))?;
+        unsent_again(self.attempts, || {
+            let (mut kv, key, value, put) = (self.client.kv_client(), key.clone(), value.clone(), put.clone());
+            async move { kv.put(key, value, Some(put)).await }
+        })
+        .await
+        .map_err(|e| Self::error("setting a flag", flag, e))?;
         Ok(())
     }
 
@@ -85,30 +97,34 @@ impl StatusManager for EtcdStatusManager {
 
     async fn get(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         let key = self.key(flag)?;
-        let response =
-            self.client.kv_client().get(key, None).await.map_err(|e| Self::error("reading a flag", flag, e))?;
+        let response = unsent_again(self.attempts, || {
+            let (mut kv, key) = (self.client.kv_client(), key.clone());
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(|e| Self::error("reading a flag", flag, e))?;
         Ok(response.kvs().first().and_then(|kv| Self::live(kv.value(), flag)))
     }
 
     async fn take(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         let key = self.key(flag)?;
         // Only the one delete that removed the key gets its previous value.
-        let response = self
-            .client
-            .kv_client()
-            .delete(key, Some(DeleteOptions::new().with_prev_key()))
-            .await
-            .map_err(|e| Self::error("clearing a flag", flag, e))?;
+        let response = unsent_again(self.attempts, || {
+            let (mut kv, key) = (self.client.kv_client(), key.clone());
+            async move { kv.delete(key, Some(DeleteOptions::new().with_prev_key())).await }
+        })
+        .await
+        .map_err(|e| Self::error("clearing a flag", flag, e))?;
         Ok(response.prev_kvs().first().and_then(|kv| Self::live(kv.value(), flag)))
     }
 
     async fn list(&self) -> Result<Vec<FlagInfo>, LockError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.dir.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| Self::error("listing flags", "*", e))?;
+        let response = unsent_again(self.attempts, || {
+            let (mut kv, dir) = (self.client.kv_client(), self.dir.clone());
+            async move { kv.get(dir, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| Self::error("listing flags", "*", e))?;
         let mut flags: Vec<FlagInfo> =
             response.kvs().iter().filter_map(|kv| Self::live(kv.value(), &String::from_utf8_lossy(kv.key()))).collect();
         flags.sort_by(|a, b| a.name.cmp(&b.name));
