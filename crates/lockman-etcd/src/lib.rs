@@ -359,7 +359,12 @@ impl LockBackend for EtcdBackend {
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<EtcdGrant>, LockError> {
         let resource = &*request.resource;
-        let deadline = request.deadline.instant().map(|at| at.max(Instant::now() + self.options.response_timeout));
+        // The caller's deadline bounds every request; a try gets one response timeout.
+        let deadline = match request.deadline {
+            Deadline::Now => Some(Instant::now() + self.options.response_timeout),
+            Deadline::At(at) => Some(at),
+            Deadline::Never => None,
+        };
         let session = self.sessions.get().await?;
         let keys = self.keys(resource);
         let key = keys.grant_key();
@@ -388,7 +393,22 @@ impl LockBackend for EtcdBackend {
                 }
             };
             if !granted {
-                drop(waiting); // deletes our key
+                // Deleted before reading the holder, so the holder is never us.
+                let delete = Txn::new().and_then([TxnOp::delete(key.as_str(), None)]);
+                match Self::before(
+                    deadline.map(|at| at.max(Instant::now() + self.options.response_timeout)),
+                    "giving up the wait",
+                    resource,
+                    self.txn(delete),
+                )
+                .await
+                {
+                    Ok(_) => waiting.disarm(),
+                    Err(e) => {
+                        tracing::warn!(resource, error = %e, "cannot delete a waiting key; trying again in the background");
+                        drop(waiting);
+                    }
+                }
                 let holder = self.owner(resource).await.ok().flatten().map(|kv| Self::info_of(resource, &kv));
                 return Ok(Acquired::Busy { holder });
             }
