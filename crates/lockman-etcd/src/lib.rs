@@ -245,7 +245,7 @@ impl EtcdBackend {
                 return Ok(false);
             }
             let watch = WatchOptions::new().with_start_revision(header_revision + 1);
-            let mut stream = Self::before(
+            let watched = Self::before(
                 deadline,
                 "watching the previous waiter",
                 resource,
@@ -256,10 +256,10 @@ impl EtcdBackend {
                 }),
             )
             .await;
-            let stream = match stream.as_mut() {
+            let mut stream = match watched {
                 Ok(stream) => stream,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
-                Err(e) => return Err(std::mem::replace(e, LockError::Config(String::new()))),
+                Err(e) => return Err(e),
             };
             loop {
                 let message = match deadline {
