@@ -365,7 +365,17 @@ impl LockBackend for EtcdBackend {
             Deadline::At(at) => Some(at),
             Deadline::Never => None,
         };
-        let session = self.sessions.get().await?;
+        let session = match deadline {
+            Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
+                LockError::backend(
+                    BACKEND,
+                    "granting the manager's etcd lease",
+                    Some(resource),
+                    "no answer from etcd before the caller's deadline; check that the cluster is up and has a leader",
+                )
+            })??,
+            None => self.sessions.get().await?,
+        };
         let keys = self.keys(resource);
         let key = keys.grant_key();
         let now = SystemTime::now();
@@ -415,7 +425,17 @@ impl LockBackend for EtcdBackend {
         }
         waiting.disarm();
         let releasing = Arc::new(AtomicBool::new(false));
-        let expires_at = request.lease.and_then(|lease| now.checked_add(lease));
+        // A waiter's lease and hold begin now; its record is brought up to
+        // date by the monitor, off the handoff's path.
+        let (granted_at, record, refresh) = if waited {
+            let granted_at = SystemTime::now();
+            let record = Self::record(request, granted_at);
+            let refresh = record.to_bytes();
+            (granted_at, record, Some(refresh))
+        } else {
+            (now, record, None)
+        };
+        let expires_at = request.lease.and_then(|lease| granted_at.checked_add(lease));
         let (expiry, expiry_rx) = watch::channel(request.lease.map(|lease| Instant::now() + lease));
         let session_slot = session.register(request.loss.clone());
         tokio::spawn(
@@ -426,6 +446,7 @@ impl LockBackend for EtcdBackend {
                 loss: request.loss.clone(),
                 expiry: expiry_rx,
                 releasing: releasing.clone(),
+                refresh,
             }
             .run(self.attempts()),
         );
@@ -440,7 +461,7 @@ impl LockBackend for EtcdBackend {
             releasing,
         };
         let token = FencingToken::new(u64::try_from(revision).unwrap_or(0));
-        Ok(Acquired::Granted(Granted::new(grant, token, expires_at).acquired_at(now).after_waiting(waited)))
+        Ok(Acquired::Granted(Granted::new(grant, token, expires_at).acquired_at(granted_at).after_waiting(waited)))
     }
 
     async fn release(&self, grant: &EtcdGrant) -> Result<(), LockError> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use lockman_core::{LossSignal, LostReason};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,10 +23,20 @@ pub(crate) struct Monitor {
     pub(crate) expiry: watch::Receiver<Option<Instant>>,
     /// Set before this process deletes the key itself.
     pub(crate) releasing: Arc<AtomicBool>,
+    /// A record to write first (a waiter's, dated from its grant).
+    pub(crate) refresh: Option<Vec<u8>>,
 }
 
 impl Monitor {
     pub(crate) async fn run(mut self, attempts: usize) {
+        if let Some(record) = self.refresh.take() {
+            let put = Txn::new()
+                .when([Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.revision)])
+                .and_then([TxnOp::put(self.key.as_str(), record, Some(PutOptions::new().with_ignore_lease()))]);
+            if let Err(e) = self.client.kv_client().txn(put).await {
+                tracing::debug!(key = %self.key, error = %e, "cannot date a waiter's record from its grant");
+            }
+        }
         let options = WatchOptions::new().with_start_revision(self.revision + 1);
         let watched = crate::retry::unsent_again(attempts, || {
             let (mut client, key, options) = (self.client.watch_client(), self.key.clone(), options.clone());
