@@ -21,6 +21,11 @@
 //!   (`force_release`, an expired or revoked etcd lease);
 //! * a dropped or timed-out acquire deletes its waiting key.
 //!
+//! A limit of this first version: the etcd lease is the manager's, so a
+//! grant with a shorter lease of its own is ended on time only while its
+//! process lives; a crashed or frozen holder's keys last until the manager's
+//! lease (the `lease` option, whole seconds) runs out.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), lockman_core::LockError> {
 //! use lockman_core::{AcquireOptions, LockBackend, LockManager};
