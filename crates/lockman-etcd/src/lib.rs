@@ -408,23 +408,34 @@ impl LockBackend for EtcdBackend {
                 }
             };
             if !granted {
-                // Deleted before reading the holder, so the holder is never us.
-                let delete = Txn::new().and_then([TxnOp::delete(key.as_str(), None)]);
-                match Self::before(
+                // One transaction deletes our key and then reads the holder
+                // (so the holder is never us): the caller's timeout comes
+                // one round trip after its deadline, not two.
+                let first =
+                    GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+                let give_up = Txn::new()
+                    .and_then([TxnOp::delete(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(first))]);
+                let holder = match Self::before(
                     deadline.map(|at| at.max(Instant::now() + self.options.response_timeout)),
                     "giving up the wait",
                     resource,
-                    self.txn(delete),
+                    self.txn(give_up),
                 )
                 .await
                 {
-                    Ok(_) => waiting.disarm(),
+                    Ok(response) => {
+                        waiting.disarm();
+                        response.op_responses().into_iter().find_map(|op| match op {
+                            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| Self::info_of(resource, kv)),
+                            _ => None,
+                        })
+                    }
                     Err(e) => {
                         tracing::warn!(resource, error = %e, "cannot delete a waiting key; trying again in the background");
                         drop(waiting);
+                        None
                     }
-                }
-                let holder = self.owner(resource).await.ok().flatten().map(|kv| Self::info_of(resource, &kv));
+                };
                 return Ok(Acquired::Busy { holder });
             }
         }
