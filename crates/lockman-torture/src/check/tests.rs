@@ -13,7 +13,7 @@ fn worker(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     let mut events = vec![Event::Start { t: 0, w: name.to_owned(), pid: 1, kind: Kind::New }];
     for &(grant, end, token) in sections {
         events.push(Event::Acquire { t: grant.saturating_sub(1) });
-        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0) });
+        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0), mode: None });
         events.push(Event::Read { t: grant + 1, ok: true, value: 0 });
         events.push(Event::WriteStart { t: end - 1 });
         events.push(Event::Write { t: end - 1, ok: true });
@@ -126,7 +126,7 @@ fn old_daemon(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     for &(check, grant, end) in sections {
         events.push(Event::Acquire { t: check });
         events.push(Event::Check { t: check, exists: false });
-        events.push(Event::Grant { t: grant, token: None, lease_ms: None, age_us: None });
+        events.push(Event::Grant { t: grant, token: None, lease_ms: None, age_us: None, mode: None });
         events.push(Event::End { t: end });
         events.push(Event::Released { t: end + 1, ok: true, err: None });
     }
