@@ -392,7 +392,8 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
         args.extend_percent = 0;
     }
     if args.mode != RunMode::Exclusive {
-        let name = preset.map_or_else(|| lockman::redact_url(args.url.as_deref().unwrap_or_default()), |p| p.to_string());
+        let name =
+            preset.map_or_else(|| lockman::redact_url(args.url.as_deref().unwrap_or_default()), |p| p.to_string());
         let capabilities = capabilities_of(&setup).await?;
         args.mode.supported_by(&capabilities, &name)?;
     }
