@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::{
     AcquireOptions, FencingToken, FlagInfo, FlagOptions, HolderId, LockError, LockGuard, LockInfo, LockManager,
-    LockState, StatusManager,
+    LockManagerExt, LockState, MultiLockGuard, StatusManager,
 };
 
 /// A [`LockManager`] for threads that do not run async code.
@@ -53,6 +53,25 @@ impl BlockingLockManager {
         let options = with_thread_holder(options);
         let guard = block_on(self.inner.acquire(resource, options))??;
         Ok(BlockingLockGuard { guard: Some(guard) })
+    }
+
+    /// Acquires every one of `resources` or none, in name order, within one
+    /// overall wait; the holder defaults to the calling thread. See
+    /// [`LockManagerExt::acquire_all`](crate::LockManagerExt::acquire_all).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), for the first resource that could not
+    /// be taken; nothing is held then.
+    pub fn acquire_all<I, S>(&self, resources: I, options: AcquireOptions) -> Result<BlockingMultiLockGuard, LockError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let options = with_thread_holder(options);
+        let resources: Vec<String> = resources.into_iter().map(|name| name.as_ref().to_owned()).collect();
+        let guards = block_on(self.inner.acquire_all(resources, options))??;
+        Ok(BlockingMultiLockGuard { guards: Some(guards) })
     }
 
     /// Acquires `resource` with the default options: wait forever, unless
@@ -198,6 +217,48 @@ impl BlockingLockGuard {
     pub fn release(mut self) -> Result<(), LockError> {
         match self.guard.take() {
             Some(guard) => block_on(guard.release())?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Several locks held by a blocking caller
+/// ([`BlockingLockManager::acquire_all`]); released together, in reverse
+/// name order, on drop.
+#[derive(Debug)]
+#[must_use = "the locks are released as soon as the guard is dropped"]
+pub struct BlockingMultiLockGuard {
+    guards: Option<MultiLockGuard>,
+}
+
+impl BlockingMultiLockGuard {
+    fn guards(&self) -> &MultiLockGuard {
+        self.guards.as_ref().unwrap_or_else(|| unreachable!("guard used after release"))
+    }
+
+    /// The resources held, in name order.
+    pub fn resources(&self) -> Vec<&str> {
+        self.guards().resources().collect()
+    }
+
+    /// Each resource's fencing token, in name order.
+    pub fn fencing_tokens(&self) -> Vec<(&str, FencingToken)> {
+        self.guards().fencing_tokens().collect()
+    }
+
+    /// Whether any of the locks is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.guards().is_lost()
+    }
+
+    /// Releases every lock, in reverse name order.
+    ///
+    /// # Errors
+    ///
+    /// As [`MultiLockGuard::release`].
+    pub fn release(mut self) -> Result<(), LockError> {
+        match self.guards.take() {
+            Some(guards) => block_on(guards.release())?,
             None => Ok(()),
         }
     }

@@ -20,6 +20,16 @@ impl Keys {
         format!("{}:{{{resource}}}:fence", self.prefix)
     }
 
+    /// The waiter queue: a sorted set of waiter ids by arrival.
+    pub(crate) fn queue(&self, resource: &str) -> String {
+        format!("{}:{{{resource}}}:queue", self.prefix)
+    }
+
+    /// Each queued waiter's queue lease and mode.
+    pub(crate) fn waiters(&self, resource: &str) -> String {
+        format!("{}:{{{resource}}}:waiters", self.prefix)
+    }
+
     pub(crate) fn channel(&self, resource: &str) -> String {
         format!("{}:{{{resource}}}:released", self.prefix)
     }

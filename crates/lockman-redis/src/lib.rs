@@ -30,12 +30,47 @@
 //!   believes in — `info().lease_expires_at`, `is_lost()` — is never later
 //!   than the key's in Redis, however late the reply arrives (given client
 //!   and server clocks that run at the same rate).
+//! * **Shared and permit modes** ([`AcquireOptions::shared`](lockman_core::AcquireOptions::shared),
+//!   [`AcquireOptions::permits`](lockman_core::AcquireOptions::permits)):
+//!   the lock hash then holds one record per grant, each with **its own
+//!   expiry** (Redis time) and its own fencing token from the same counter as
+//!   exclusive grants; every script prunes records whose lease has passed
+//!   before it counts holders, so a crashed or paused reader or permit holder
+//!   stops counting when its own lease ends, while the others keep theirs
+//!   (each guard's watchdog renews only its own record). A resource is used
+//!   one way by everyone: a request whose mode disagrees with the live
+//!   holders or the queued waiters (a semaphore of 3 against one of 5, a lock
+//!   against a semaphore) gets [`LockError::Config`] naming both.
+//! * **FIFO across modes and processes**: a request that must wait on a
+//!   resource used with modes joins the resource's queue in Redis (a sorted
+//!   set by arrival time, each waiter with a short queue lease it renews
+//!   while it waits, so a dead waiter is skipped once its lease runs out:
+//!   5 s). A request is granted when it fits beside the holders *and* every
+//!   waiter queued before it does too, in order — the compatible prefix of
+//!   the queue gets in — so a stream of readers cannot starve a waiting
+//!   writer, and the readers queued behind a writer get in together when it
+//!   leaves. Releases, expiries noticed and waiters that give up publish on
+//!   the release channel, which wakes the waiters; a waiter also looks again
+//!   every 1.7 s to renew its queue lease (the bounded fallback). A dropped
+//!   or timed-out acquire takes its queue entry (and any grant whose reply it
+//!   missed) back. The plain mutex does not pay for this: an exclusive
+//!   request on a resource with no shared or permit records and no queue is
+//!   the same single script as before (one extra `HMGET` field and an
+//!   `EXISTS` on the queue key), and its waiters do not queue in Redis
+//!   unless the resource is used with modes (then the first request to
+//!   queue wakes them, and they join by their arrival). The data layout is described
+//!   in the `scripts` module.
 //! * **One shared holder id in two managers** (two processes acquiring with
 //!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),
 //!   an explicit opt-in; ids given with `holder` are scoped to their manager
-//!   and exclude each other) share one grant as two holds — same token — freed when both are
-//!   released. Neither shortens the lease the other relies on, and undoing
-//!   an acquire whose answer never came takes back only that attempt's hold.
+//!   and exclude each other) share one exclusive grant as two holds — same
+//!   token — freed when both are released (a shared acquire joins an
+//!   exclusive grant of its own holder id, as re-entry does). Neither
+//!   shortens the lease the other relies on, and undoing an acquire whose
+//!   answer never came takes back only that attempt's hold. Shared and
+//!   permit grants are not shared this way: each acquisition is its own
+//!   grant, with its own token, lease and permit (one permit per process,
+//!   or a semaphore would admit more processes than it has permits).
 //! * **Failures**: every command is bounded by the caller's remaining time
 //!   and the response timeout; with Redis down, `acquire` returns a `Backend`
 //!   error in time — never a false grant. The connection manager reconnects.
@@ -73,6 +108,11 @@
 //! let locks = RedisBackend::connect(RedisOptions::new("redis://127.0.0.1:6379/0")).await?.into_manager();
 //! let guard = locks.acquire("inverter_read", AcquireOptions::new().purpose("poll")).await?;
 //! guard.release().await?;
+//! // Readers hold together (a writer waits, and readers after it wait for it):
+//! let reader = locks.acquire("tariff_table", AcquireOptions::new().shared()).await?;
+//! // At most 3 holders of "cloud_api" at once, across every process:
+//! let permit = locks.acquire("cloud_api", AcquireOptions::new().permits(3)).await?;
+//! # drop((reader, permit));
 //! # Ok(()) }
 //! ```
 
@@ -93,7 +133,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
-use lockman_core::{Capabilities, FencingToken, HolderId, LockError, LockInfo, LockState, Locks, WakeMechanism};
+use lockman_core::{
+    Capabilities, FencingToken, HolderId, LockError, LockInfo, LockMode, LockState, Locks, WakeMechanism,
+};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
@@ -101,7 +143,7 @@ use tokio::time::Instant;
 use client::install_crypto_provider;
 use client::{open_client, unreachable_error};
 pub use fenced::FencedKey;
-use hash::{millis, parse_info, state_of, unix_micros};
+use hash::{info_of, millis, mode_arg, parse_mode, state_of, unix_micros};
 use keys::Keys;
 pub use options::RedisOptions;
 use runner::scan;
@@ -142,20 +184,37 @@ pub struct RedisGrant {
     resource: Arc<str>,
     holder: HolderId,
     token: u64,
-    /// Names this hold in the lock hash (`h:<hold>`), unique per acquire
-    /// attempt, so a release or undo takes back exactly this hold.
+    /// Names this hold in the lock hash (`h:<hold>` or `g:<hold>`), unique
+    /// per acquire attempt, so a release or undo takes back exactly this hold.
     hold: String,
+    layout: Layout,
+}
+
+/// Which layout of the lock hash a grant lives in (see `scripts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// The exclusive hash: one grant, its lease the key's TTL.
+    Exclusive,
+    /// The shared or permits hash: one record per grant, each with its own expiry.
+    Modes,
 }
 
 /// What one acquire attempt got.
 enum Attempt {
     Granted(Grant),
-    /// Someone else holds it, for `ttl` more (zero when Redis reports none).
+    /// Someone else holds it, or a waiter before us: look again after `ttl`
+    /// at the latest (zero when Redis reports none).
     Busy {
         ttl: Duration,
         /// Boxed: a holder record is large next to a grant.
         holder: Option<Box<LockInfo>>,
+        /// Our arrival (server µs), kept for later attempts.
+        arrival: u64,
+        /// Whether we are in the resource's queue now.
+        queued: bool,
     },
+    /// The resource is held or awaited in this mode, which disagrees with ours.
+    Refused(LockMode),
 }
 
 /// What one successful acquire attempt got.
@@ -165,6 +224,7 @@ struct Grant {
     /// When the lease ends at the earliest: counted from before the request
     /// was sent, so never later than Redis's own expiry.
     lease_expires_at: SystemTime,
+    layout: Layout,
 }
 
 impl RedisBackend {
@@ -207,32 +267,64 @@ impl RedisBackend {
     }
 
     /// Undoes the hold an acquire attempt may have added, if we missed its
-    /// reply; best effort, in the background.
-    fn abandon(&self, resource: &str, hold: &str) {
+    /// reply, and takes a waiter that gave up out of the queue; best effort,
+    /// in the background (a missed hold expires with its lease, a missed
+    /// queue entry with its queue lease).
+    fn abandon(&self, resource: &str, hold: Option<&str>, waiter: Option<&str>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                backend = BACKEND,
+                resource,
+                "no runtime to undo an unanswered grant or leave the queue on"
+            );
+            return;
+        };
         let mut connection = self.connection.clone();
-        let (lock, channel, hold) = (self.keys.lock(resource), self.keys.channel(resource), hold.to_owned());
-        tokio::spawn(async move {
-            let undone: Result<i64, _> =
-                scripts::ABANDON.key(lock).arg(hold).arg(channel).invoke_async(&mut connection).await;
-            if let Err(e) = undone {
-                tracing::debug!(backend = BACKEND, error = %e, "could not undo an unanswered grant; it expires with its lease");
-            }
+        let mut invocation = scripts::ABANDON.prepare_invoke();
+        invocation
+            .key(self.keys.lock(resource))
+            .key(self.keys.queue(resource))
+            .key(self.keys.waiters(resource))
+            .arg(hold.unwrap_or(""))
+            .arg(self.keys.channel(resource))
+            .arg(waiter.unwrap_or(""));
+        let timeout = self.options.response_timeout;
+        let resource = resource.to_owned();
+        runtime.spawn(async move {
+            let undone: Result<Result<i64, redis::RedisError>, _> =
+                tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await;
+            let error = match undone {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            tracing::debug!(
+                backend = BACKEND,
+                resource,
+                error,
+                "could not undo an unanswered grant or leave the queue; it expires with its lease"
+            );
         });
     }
 
-    /// One attempt to take the lock, adding the hold `hold`.
+    /// One attempt to take the lock, adding the hold `hold`, as waiter
+    /// `waiter` that first arrived at `arrival` (server µs, 0 if not yet).
     async fn attempt(
         &self,
         request: &GrantRequest,
         lease: Duration,
         hold: &str,
+        queue: (&str, u64),
         budget: Deadline,
     ) -> Result<Attempt, LockError> {
         let resource = &*request.resource;
+        let (waiter, arrival) = queue;
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.lock(resource))
             .key(self.keys.fence(resource))
+            .key(self.keys.queue(resource))
+            .key(self.keys.waiters(resource))
             .arg(request.holder.as_str())
             .arg(millis(lease))
             .arg(unix_micros(SystemTime::now()))
@@ -241,41 +333,41 @@ impl RedisBackend {
             .arg(request.purpose.as_deref().unwrap_or(""))
             .arg(lockman_core::username().unwrap_or(""))
             .arg(if request.deadline == Deadline::Now { "0" } else { "1" })
-            .arg(hold);
-        // If this future is dropped or times out after the script ran, the
-        // hold would be orphaned until its lease ran out: undo it.
-        let mut pending = Pending { backend: self, resource, hold, armed: true };
+            .arg(hold)
+            .arg(mode_arg(request.mode))
+            .arg(waiter)
+            .arg(arrival)
+            .arg(millis(QUEUE_LEASE))
+            .arg(self.keys.channel(resource));
         // Redis starts the lease when it runs the script, which is after
         // this: dated from here, the guard's lease never outlasts the key's,
         // however late the reply comes.
         let sent = SystemTime::now();
-        let reply: Vec<String> = match self.run("acquiring", Some(resource), budget, &invocation).await {
-            Ok(reply) => reply,
-            Err(e) => return Err(e),
-        };
-        pending.armed = false;
+        let reply: Vec<String> = self.run("acquiring", Some(resource), budget, &invocation).await?;
         let number = |index: usize| reply.get(index).and_then(|v| v.parse::<u64>().ok());
+        let unexpected = || self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"));
         match reply.first().map(String::as_str) {
             Some("1") => {
                 // The token, and the lease left: ours, or longer when
                 // re-entering a grant another manager holds under the same holder id.
-                let (Some(token), Some(left)) = (number(1), number(3)) else {
-                    return Err(self.failed(
-                        "acquiring",
-                        Some(resource),
-                        &format!("unexpected script reply {reply:?}"),
-                    ));
+                let (Some(token), Some(left)) = (number(1), number(3)) else { return Err(unexpected()) };
+                let layout = match reply.get(4).map(String::as_str) {
+                    Some("p") => Layout::Exclusive,
+                    Some("m") => Layout::Modes,
+                    _ => return Err(unexpected()),
                 };
                 let acquired_us = number(2).unwrap_or(0);
                 let lease_expires_at = sent + Duration::from_millis(left);
-                Ok(Attempt::Granted(Grant { token, acquired_us, lease_expires_at }))
+                Ok(Attempt::Granted(Grant { token, acquired_us, lease_expires_at, layout }))
             }
-            Some("0") => {
-                let pttl = reply.get(1).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
-                let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
-                Ok(Attempt::Busy { ttl, holder: parse_info(resource, &reply[2..], Some(pttl)).map(Box::new) })
-            }
-            _ => Err(self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"))),
+            Some("0") if reply.len() >= 4 => Ok(Attempt::Busy {
+                ttl: Duration::from_millis(number(1).unwrap_or(0)),
+                holder: info_of(resource, &reply[4..]).map(Box::new),
+                arrival: number(2).unwrap_or(0),
+                queued: reply[3] == "1",
+            }),
+            Some("E") => reply.get(1).and_then(|m| parse_mode(m)).map(Attempt::Refused).ok_or_else(unexpected),
+            _ => Err(unexpected()),
         }
     }
 
@@ -289,18 +381,81 @@ impl RedisBackend {
     }
 }
 
-/// Undoes an acquisition whose reply was not processed.
+impl RedisBackend {
+    /// Releases a shared or permit grant (see `scripts::RELEASE_MODES`).
+    async fn release_modes(&self, grant: &RedisGrant) -> Result<(), LockError> {
+        let resource = &*grant.resource;
+        let mut invocation = scripts::RELEASE_MODES.prepare_invoke();
+        invocation
+            .key(self.keys.lock(resource))
+            .key(self.keys.queue(resource))
+            .arg(&grant.hold)
+            .arg(grant.token)
+            .arg(self.keys.channel(resource));
+        let left: i64 = match self.run_raw(Deadline::Now, &invocation).await {
+            Ok(left) => left,
+            // It may or may not have run: look again. A grant still there is
+            // released now; one that is gone cannot be told from a break.
+            Err(e) if e.dropped => {
+                let left: i64 = self.run_raw(Deadline::Now, &invocation).await.map_err(|retry| {
+                    self.failed(
+                        "releasing",
+                        Some(resource),
+                        &format!(
+                            "the connection dropped ({}) and the retry failed too ({}); whether the shared or \
+                             permit hold was released is unknown — it is freed when its lease runs out at the latest",
+                            e.detail, retry.detail
+                        ),
+                    )
+                })?;
+                if left < 0 {
+                    return Err(self.lost_because(
+                        grant,
+                        "the release was retried after the connection dropped, and by then the grant was gone: \
+                         either the first attempt released it, or it was lost before (lease expired, broken, or \
+                         Redis lost it)",
+                    ));
+                }
+                left
+            }
+            Err(e) => {
+                let detail = format!(
+                    "{}; whether the hold was released is unknown — it is freed when its lease runs out at the latest",
+                    e.detail
+                );
+                return Err(self.failed("releasing", Some(resource), &detail));
+            }
+        };
+        if left < 0 {
+            Err(self.lost_because(
+                grant,
+                "its record is gone from the Redis lock hash or its lease had run out (lease expired, or \
+                 force-released)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What an acquire call leaves in Redis if it ends now (returns without a
+/// grant, fails, or its future is dropped): the hold of an attempt whose
+/// reply was not processed, and its queue entry. Dropping it undoes both
+/// (cancel safety).
 struct Pending<'a> {
     backend: &'a RedisBackend,
     resource: &'a str,
-    hold: &'a str,
-    armed: bool,
+    waiter: &'a str,
+    /// The hold of the attempt in flight.
+    hold: Option<String>,
+    /// Whether we may be in the queue.
+    queued: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.backend.abandon(self.resource, self.hold);
+        if self.hold.is_some() || self.queued {
+            self.backend.abandon(self.resource, self.hold.as_deref(), self.queued.then_some(self.waiter));
         }
     }
 }
@@ -322,8 +477,9 @@ impl LockBackend for RedisBackend {
             .with_fifo(true)
             .with_wake(WakeMechanism::Notification)
             // The ACQUIRE script lets a second manager with the same stored
-            // holder id in as one more hold (`h:<hold id>`).
+            // holder id in as one more hold (`h:<hold id>`) of an exclusive grant.
             .with_shared_holders(true)
+            .with_modes(true, true)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<RedisGrant>, LockError> {
@@ -343,6 +499,11 @@ impl LockBackend for RedisBackend {
         let mut waited = turn.as_ref().is_some_and(|turn| turn.waited());
         let mut last_busy: Option<Option<LockInfo>> = None;
         let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource));
+        // Our name in the resource's queue (if we meet one), and when we
+        // first found the resource busy (server µs): our place in it.
+        let waiter = HolderId::unique().as_str().to_owned();
+        let mut arrival = 0;
+        let mut pending = Pending { backend: self, resource, waiter: &waiter, hold: None, queued: false };
         loop {
             // Listen before asking, so a release between the two is heard.
             let notified = waiting.as_ref().map(|w| w.notify.clone());
@@ -363,42 +524,76 @@ impl LockBackend for RedisBackend {
             // A new hold id per attempt: an undone attempt must never take
             // back the hold a later one added.
             let hold = HolderId::unique().as_str().to_owned();
-            let attempt = match self.attempt(request, lease, &hold, budget).await {
+            // If this future is dropped or the reply is lost after the script
+            // ran, the hold (and a queue entry) would be left until their
+            // leases ran out: `pending` undoes them.
+            pending.hold = Some(hold.clone());
+            pending.queued |= request.deadline != Deadline::Now;
+            let attempt = match self.attempt(request, lease, &hold, (&waiter, arrival), budget).await {
                 Err(_) if request.deadline.has_passed() && last_busy.is_some() => {
                     return Ok(Acquired::Busy { holder: last_busy.flatten() });
                 }
                 attempt => attempt?,
             };
+            pending.hold = None;
             match attempt {
-                Attempt::Granted(Grant { token, acquired_us, lease_expires_at }) => {
+                Attempt::Granted(Grant { token, acquired_us, lease_expires_at, layout }) => {
+                    // The script took us out of the queue.
+                    pending.queued = false;
                     self.listeners.hold(
                         resource,
                         waiters::Held {
                             holder: request.holder.as_str().to_owned(),
                             token,
                             hold: hold.clone(),
+                            layout,
                             loss: request.loss.clone(),
                         },
                     );
-                    let grant =
-                        RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold };
+                    let grant = RedisGrant {
+                        resource: request.resource.clone(),
+                        holder: request.holder.clone(),
+                        token,
+                        hold,
+                        layout,
+                    };
                     return Ok(Acquired::Granted(
                         Granted::new(grant, FencingToken::new(token), Some(lease_expires_at))
                             .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
                             .after_waiting(waited),
                     ));
                 }
-                Attempt::Busy { ttl, holder } => {
-                    let holder = holder.map(|holder| *holder);
+                Attempt::Refused(held) => {
+                    return Err(request.mode.agrees_with(held, resource, BACKEND).err().unwrap_or_else(|| {
+                        LockError::Config(format!(
+                            "{resource:?} on {BACKEND} is in use as {held}, which Redis reports as disagreeing \
+                             with {}; take it the way the others do",
+                            request.mode
+                        ))
+                    }));
+                }
+                Attempt::Busy { ttl, holder, arrival: first, queued } => {
+                    let holder = holder.map(|info| *info);
+                    arrival = first;
+                    pending.queued = queued;
                     let Some(notified) = notified else { return Ok(Acquired::Busy { holder }) };
                     if request.deadline.has_passed() {
                         return Ok(Acquired::Busy { holder });
                     }
                     last_busy = Some(holder);
                     waited = true;
-                    // A lease with no TTL reported (-1) still gets re-checked now and then.
-                    let ttl = if ttl.is_zero() { Duration::from_millis(50) } else { ttl };
-                    let mut wake_at = Instant::now() + ttl;
+                    // Wake on a release message, when the first holder's
+                    // lease ends, or — when queued — in time to renew our
+                    // queue lease (which also notices a waiter ahead of us
+                    // that died: its entry is pruned). A lease with no TTL
+                    // reported (-1) still gets re-checked now and then.
+                    let pause = match (ttl.is_zero(), queued) {
+                        (true, false) => Duration::from_millis(50),
+                        (true, true) => QUEUE_REFRESH,
+                        (false, false) => ttl,
+                        (false, true) => ttl.min(QUEUE_REFRESH),
+                    };
+                    let mut wake_at = Instant::now() + pause;
                     if let Some(at) = request.deadline.instant() {
                         wake_at = wake_at.min(at);
                     }
@@ -414,6 +609,9 @@ impl LockBackend for RedisBackend {
     async fn release(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
         self.listeners.unhold(resource, &grant.hold);
+        if grant.layout == Layout::Modes {
+            return self.release_modes(grant).await;
+        }
         let release = |retry: &'static str| {
             let mut invocation = scripts::RELEASE.prepare_invoke();
             invocation
@@ -468,8 +666,19 @@ impl LockBackend for RedisBackend {
 
     async fn renew(&self, grant: &RedisGrant, lease: Duration) -> Result<SystemTime, LockError> {
         let resource = &*grant.resource;
-        let mut invocation = scripts::RENEW.prepare_invoke();
-        invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str()).arg(grant.token).arg(millis(lease));
+        let mut invocation = match grant.layout {
+            Layout::Exclusive => {
+                let mut invocation = scripts::RENEW.prepare_invoke();
+                invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str());
+                invocation
+            }
+            Layout::Modes => {
+                let mut invocation = scripts::RENEW_MODES.prepare_invoke();
+                invocation.key(self.keys.lock(resource)).arg(&grant.hold);
+                invocation
+            }
+        };
+        invocation.arg(grant.token).arg(millis(lease));
         // As for acquire: dated from before the request, never after Redis's expiry.
         let sent = SystemTime::now();
         let left: i64 = self.run("renewing the lease", Some(resource), Deadline::Now, &invocation).await?;
@@ -518,3 +727,11 @@ impl LockBackend for RedisBackend {
 /// The least time given to one acquisition attempt: about a round trip, so
 /// a wait that ends at the deadline still gets its last look.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+
+/// How long a queued waiter keeps its place without looking again: a dead
+/// waiter holds up the ones behind it for at most this long.
+const QUEUE_LEASE: Duration = Duration::from_secs(5);
+
+/// How often a queued waiter looks again (renewing its queue lease) when no
+/// message wakes it first: a bounded fallback, a third of the queue lease.
+const QUEUE_REFRESH: Duration = Duration::from_millis(1666);

@@ -4,7 +4,10 @@
 //! message also tells this process's holders of that resource their lock is
 //! gone — once the lock key confirms it: anyone who can `PUBLISH` can send
 //! such a message, so it is only a hint, and a holder whose holder id, token
-//! and hold are still in the key is not told anything. After the subscriber
+//! and hold are still in the key (for a shared or permit grant: its record,
+//! with its token) is not told anything. Waiters queued in Redis for a
+//! resource used with modes are woken the same way: every release, expiry
+//! pruned and waiter that leaves the queue is published. After the subscriber
 //! reconnects, every waiter re-checks at once (messages published while it
 //! was away are lost).
 
@@ -19,6 +22,7 @@ use tokio::sync::Notify;
 
 use redis::aio::ConnectionManager;
 
+use crate::Layout;
 use crate::keys::Keys;
 
 /// Waiters and local holders of one manager, by resource.
@@ -34,8 +38,9 @@ pub(crate) struct Listeners {
 pub(crate) struct Held {
     pub(crate) holder: String,
     pub(crate) token: u64,
-    /// The hold id (the key's `h:<hold>` field).
+    /// The hold id (the key's `h:<hold>` or `g:<hold>` field).
     pub(crate) hold: String,
+    pub(crate) layout: Layout,
     pub(crate) loss: LossSignal,
 }
 
@@ -130,14 +135,18 @@ impl Drop for Waiting {
     }
 }
 
-/// For each of `held`, whether the lock key still names it: same holder and
-/// token, and its hold field still there. One `HMGET`, bounded by the
-/// response timeout.
+/// For each of `held`, whether the lock key still names it: for an
+/// exclusive grant the same holder and token and its hold field still there,
+/// for a shared or permit grant its record with its token. One `HMGET`,
+/// bounded by the response timeout.
 async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held]) -> Result<Vec<bool>, String> {
     let mut command = redis::cmd("HMGET");
     command.arg(keys.lock(resource)).arg("holder").arg("token");
     for h in held {
-        command.arg(format!("h:{}", h.hold));
+        match h.layout {
+            Layout::Exclusive => command.arg(format!("h:{}", h.hold)),
+            Layout::Modes => command.arg(format!("g:{}", h.hold)),
+        };
     }
     let mut connection = confirm.connection.clone();
     let fields: Vec<Option<String>> = tokio::time::timeout(confirm.timeout, command.query_async(&mut connection))
@@ -149,9 +158,19 @@ async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            holder.as_deref() == Some(h.holder.as_str())
-                && token.as_deref().and_then(|t| t.parse::<u64>().ok()) == Some(h.token)
-                && fields.get(i + 2).is_some_and(Option::is_some)
+            let field = fields.get(i + 2).cloned().flatten();
+            match h.layout {
+                Layout::Exclusive => {
+                    holder.as_deref() == Some(h.holder.as_str())
+                        && token.as_deref().and_then(|t| t.parse::<u64>().ok()) == Some(h.token)
+                        && field.is_some()
+                }
+                // `<expiry> <token> <holder>`
+                Layout::Modes => {
+                    field.as_deref().and_then(|record| record.split(' ').nth(1)).and_then(|t| t.parse::<u64>().ok())
+                        == Some(h.token)
+                }
+            }
         })
         .collect())
 }

@@ -149,6 +149,7 @@ macro_rules! conformance_suite {
             multi::acquire_all_is_all_or_nothing,
             multi::acquire_all_reports_a_lost_part,
             multi::acquire_all_shared_sets_overlap,
+            multi::blocking_acquire_all_never_deadlocks,
             flags::flag_set_get_clear,
             flags::flag_value_round_trips,
             flags::flag_ttl_expires,

@@ -264,15 +264,20 @@ pub async fn writer_is_not_starved_by_readers(h: &dyn Harness) {
     let readers_locks = other(h);
     let stop = Arc::new(AtomicBool::new(false));
     let (first_grants, mut first_granted) = mpsc::channel(READERS);
+    // When each reader asked and was let in.
+    let asks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let readers: Vec<_> = (0..READERS)
         .map(|reader| {
-            let (locks, stop, first_grants) = (readers_locks.clone(), stop.clone(), first_grants.clone());
+            let (locks, stop, first_grants, asks) =
+                (readers_locks.clone(), stop.clone(), first_grants.clone(), asks.clone());
             tokio::spawn(async move {
                 // Staggered holds: some reader always holds the resource.
                 tokio::time::sleep(Duration::from_millis(7 * reader as u64)).await;
                 let mut first = true;
                 while !stop.load(Ordering::SeqCst) {
+                    let asked = tokio::time::Instant::now();
                     let guard = locks.acquire("rw", patient().shared()).await.expect("reader acquire");
+                    asks.lock().expect("reader log").push((asked, tokio::time::Instant::now()));
                     if std::mem::take(&mut first) {
                         first_grants.send(()).await.expect("test gone");
                     }
@@ -285,15 +290,32 @@ pub async fn writer_is_not_starved_by_readers(h: &dyn Harness) {
     for _ in 0..READERS {
         first_granted.recv().await.expect("a reader never got in");
     }
+    let writer_asked = tokio::time::Instant::now();
     let writer = locks
         .acquire("rw", AcquireOptions::new().timeout(Duration::from_secs(5)).purpose("writer"))
         .await
         .expect("the writer was starved by a stream of readers");
+    let writer_granted = tokio::time::Instant::now();
     assert!(
         readers_locks.try_acquire("rw", AcquireOptions::new().shared()).await.expect("try").is_none(),
         "a reader got in beside the writer"
     );
     stop.store(true, Ordering::SeqCst);
+    // First come, first served: a reader that asked well after the writer
+    // queued (the margin covers the writer's own trip to the queue) must
+    // not have been let in before it.
+    let margin = Duration::from_millis(50);
+    let jumped: Vec<_> = asks
+        .lock()
+        .expect("reader log")
+        .iter()
+        .filter(|(asked, granted)| *asked > writer_asked + margin && *granted < writer_granted)
+        .map(|(asked, granted)| (*asked - writer_asked, writer_granted - *granted))
+        .collect();
+    assert!(
+        jumped.is_empty(),
+        "readers that asked after the writer queued got in before it (asked after, granted before): {jumped:?}"
+    );
     // Readers queued behind the writer get in together once it is done.
     let together = Arc::new(Barrier::new(READERS));
     let queued: Vec<_> = (0..READERS)
@@ -467,13 +489,22 @@ pub async fn leases_and_loss_per_mode(h: &dyn Harness) {
     drop((long, other_reader));
 
     if caps.permits {
-        let short = locks.acquire("sem", patient().permits(1).lease(Duration::from_millis(200))).await.expect("permit");
+        // A semaphore of 2: the expired permit is freed while the other
+        // holder keeps its own (the waiter gets the freed one, not a third).
+        let short = locks.acquire("sem", patient().permits(2).lease(Duration::from_millis(200))).await.expect("permit");
+        let steady = locks.acquire("sem", patient().permits(2)).await.expect("permit");
         let waiter = other
-            .acquire("sem", AcquireOptions::new().timeout(Duration::from_secs(5)).permits(1))
+            .acquire("sem", AcquireOptions::new().timeout(Duration::from_secs(5)).permits(2))
             .await
-            .expect("the expired permit was never handed on");
+            .expect("the expired permit was never handed on while the other holder kept its own");
         assert!(waiter.fencing_token() > short.fencing_token());
+        assert!(!steady.is_lost(), "the steady permit holder lost its permit with the expired one");
         tokio::time::timeout(LOSS_NOTICE, short.lost()).await.expect("the expired permit holder never learned it");
+        assert!(
+            other.try_acquire("sem", AcquireOptions::new().permits(2)).await.expect("try").is_none(),
+            "a third holder got into a semaphore of 2"
+        );
+        steady.release().await.expect("release");
         waiter.release().await.expect("release");
     }
 }

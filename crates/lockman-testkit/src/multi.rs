@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use lockman_core::blocking::BlockingLockManager;
 use lockman_core::{AcquireOptions, LockError, LockManagerExt, LockState, LostReason};
 
 use crate::exclusion::patient;
@@ -111,4 +112,36 @@ pub async fn acquire_all_shared_sets_overlap(h: &dyn Harness) {
         .expect("a second shared set was refused");
     first.release().await.expect("release");
     second.release().await.expect("release");
+}
+
+/// Plain threads using the blocking API take overlapping sets in opposite
+/// orders without deadlock, never inside together.
+pub async fn blocking_acquire_all_never_deadlocks(h: &dyn Harness) {
+    const ROUNDS: usize = 15;
+    let managers = [BlockingLockManager::new(h.locks()), BlockingLockManager::new(other(h))];
+    let inside = Arc::new(AtomicU32::new(0));
+    let overlaps = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|thread| {
+            let locks = managers[thread].clone();
+            let (inside, overlaps) = (inside.clone(), overlaps.clone());
+            let set: &'static [&'static str] = if thread == 0 { &["m", "n"] } else { &["n", "m"] };
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    let all = locks.acquire_all(set, patient()).expect("acquire_all");
+                    if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::thread::yield_now();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    assert_eq!(all.resources(), ["m", "n"]);
+                    all.release().expect("release");
+                }
+            })
+        })
+        .collect();
+    let joined = tokio::task::spawn_blocking(move || threads.into_iter().all(|thread| thread.join().is_ok()));
+    let joined = tokio::time::timeout(Duration::from_secs(30), joined).await.expect("blocking acquire_all deadlocked");
+    assert!(joined.expect("join"), "a thread panicked");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two holders of the same set were inside at once");
 }
