@@ -171,6 +171,29 @@ fn memory_permits_with_killed_and_stalled_tasks() {
 }
 
 #[test]
+fn redis_rw_with_restarts_and_a_faulty_network() {
+    if !redis_available() {
+        return;
+    }
+    // Seed 301 schedules a restart that loses the data and a network stall within 10 s.
+    let outcome = assert_passes(&["--backend", "redis", "--mode", "rw", "--seed", "301"], 10);
+    assert_mode_exercised(&outcome, 2);
+    let applied = faults_applied(&outcome);
+    assert!(applied.iter().any(|f| f.starts_with("restart")), "no restart in {applied:?}");
+}
+
+#[test]
+fn redis_permits_with_restarts_and_a_faulty_network() {
+    if !redis_available() {
+        return;
+    }
+    let outcome = assert_passes(&["--backend", "redis", "--mode", "permits=3", "--seed", "301"], 10);
+    assert_mode_exercised(&outcome, 3);
+    let applied = faults_applied(&outcome);
+    assert!(applied.iter().any(|f| f.starts_with("restart")), "no restart in {applied:?}");
+}
+
+#[test]
 fn a_backend_without_the_mode_refuses_to_run_it() {
     // The legacy file has one holder: shared and permits cannot be bridged to it.
     let output = Command::new(env!("CARGO_BIN_EXE_lockman-torture"))
