@@ -109,6 +109,7 @@ fn file_backend_across_three_processes() {
     assert_eq!(summary.get("processes"), 3);
     assert_serialized(&summary);
     assert_cache_fenced(&summary);
+    assert_readers_shared(&summary);
 }
 
 #[test]
@@ -129,6 +130,7 @@ fn redis_backend_across_three_processes() {
     let summary = run_daemon(Some(&server.url()), &["--processes", "3"]);
     assert_serialized(&summary);
     assert_cache_fenced(&summary);
+    assert_readers_shared(&summary);
 }
 
 /// The control: without locking, three processes on one bus collide.

@@ -41,8 +41,6 @@ pub(crate) fn capabilities() -> Capabilities {
 /// A file we hold the kernel lock of.
 pub(crate) struct Locked {
     pub(crate) file: File,
-    /// The file as opened (its identity is what the path must keep naming).
-    pub(crate) snapshot: Snapshot,
     /// Whether we had to wait for another holder.
     pub(crate) waited: bool,
     /// Our turn in this manager's queue for the resource; end it (drop it)
@@ -76,14 +74,42 @@ pub(crate) async fn lock(
     path: &Path,
     deadline: Deadline,
 ) -> Result<LockAttempt, LockError> {
-    let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
     let turn = queue.enter(resource, deadline).await;
     if !turn.is_ours() {
         // Another task of this manager holds it (or is ahead of us).
         let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
         return Ok(LockAttempt::Busy(holder));
     }
-    let mut waited = turn.waited();
+    match lock_until(backend, resource, path, deadline).await? {
+        Some(Taken { file, waited }) => Ok(LockAttempt::Locked(Locked { file, waited: waited || turn.waited(), turn })),
+        None => {
+            let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
+            Ok(LockAttempt::Busy(holder))
+        }
+    }
+}
+
+/// A file whose exclusive kernel lock [`lock_until`] took.
+pub(crate) struct Taken {
+    pub(crate) file: File,
+    /// Whether we had to wait for another holder.
+    pub(crate) waited: bool,
+}
+
+/// Takes the exclusive kernel lock on the file `path` names (creating it),
+/// waiting (woken by change notification, else bounded backoff) until
+/// `deadline`; `None` if the deadline came first. Follows the path to a new
+/// file if the one it named was deleted or replaced meanwhile.
+///
+/// Cancel-safe: the only await is the wait.
+pub(crate) async fn lock_until(
+    backend: &'static str,
+    resource: &str,
+    path: &Path,
+    deadline: Deadline,
+) -> Result<Option<Taken>, LockError> {
+    let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
+    let mut waited = false;
     let mut waiter = FileWaiter::new(Duration::from_millis(1), POLL_MAX);
     'reopen: loop {
         let (file, meta) =
@@ -96,9 +122,7 @@ pub(crate) async fn lock(
                     // Someone may have deleted (cleanup) or replaced the file
                     // while we opened or waited: then our lock is on an orphan.
                     match FileId::at(path) {
-                        Ok(Some(now)) if now == id => {
-                            return Ok(LockAttempt::Locked(Locked { file, snapshot, waited, turn }));
-                        }
+                        Ok(Some(now)) if now == id => return Ok(Some(Taken { file, waited })),
                         Ok(_) => {
                             waiter.forget();
                             continue 'reopen;
@@ -110,14 +134,14 @@ pub(crate) async fn lock(
                 Err(TryLockError::Error(e)) => return Err(io("locking the lock file", e)),
             }
             if deadline.has_passed() {
-                return Ok(LockAttempt::Busy(holder_of(&file, backend)));
+                return Ok(None);
             }
             if waiter.watch_first(path) {
                 continue;
             }
             waited = true;
             if !waiter.wait(deadline, None).await {
-                return Ok(LockAttempt::Busy(holder_of(&file, backend)));
+                return Ok(None);
             }
             if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
                 waiter.forget();

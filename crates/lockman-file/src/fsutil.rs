@@ -724,6 +724,30 @@ pub(crate) fn create_exclusive_with(path: &Path, contents: &[u8], mode: Option<u
     }
 }
 
+/// Creates `path` (a fresh, unique name) holding `contents` and our
+/// exclusive kernel lock, appearing under its name only once locked and
+/// written: a cleanup that finds it unlocked may take it for a crashed
+/// holder's, so it must never be seen unlocked while its holder lives.
+pub(crate) fn create_locked_with(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<File> {
+    let temp = sibling(path, "new");
+    let mut file = new_file(&temp, DEFAULT_FILE_MODE, mode)?;
+    let made = file
+        .try_lock()
+        .map_err(|e| match e {
+            std::fs::TryLockError::Error(e) => e,
+            std::fs::TryLockError::WouldBlock => io::Error::other("a file just created is locked by someone else"),
+        })
+        .and_then(|()| file.write_all(contents))
+        .and_then(|()| std::fs::rename(&temp, path));
+    match made {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
 /// Writes `contents` to `path` atomically (temp file + rename): readers see
 /// the old contents or the new, never a mix. `mode`: the file's exact
 /// permissions (see [`set_mode`]).

@@ -130,6 +130,29 @@ async fn kernel_force_release_reports_only_the_grant_it_broke() {
     drop(h);
 }
 
+/// The first shared holder converts its exclusive lock to a shared one; a
+/// cleanup that took the lock in that moment (the kernel's conversion is
+/// not atomic) removes the file. The holder must notice and take the lock
+/// on the file the path names now, not hold an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_first_reader_follows_a_lock_file_removed_while_sharing_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let open = || FileBackend::open(FileOptions::new(dir.path())).expect("open").into_manager();
+    let (reader_locks, other) = (open(), open());
+    let path = reader_locks.backend().lock_file("r");
+    let aside = dir.path().join("removed-by-cleanup");
+    let moved = (path.clone(), aside.clone());
+    testhook::arm("kernel.sharing", &path, move || std::fs::rename(&moved.0, &moved.1).expect("remove the lock file"));
+    let reader = reader_locks.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect("reader");
+    assert!(aside.exists(), "the hook did not run");
+    assert!(
+        other.try_acquire("r", AcquireOptions::new()).await.expect("try").is_none(),
+        "the reader holds an orphaned lock file: a writer got the live one"
+    );
+    assert!(other.state("r").await.expect("state").is_held());
+    reader.release().await.expect("release");
+}
+
 /// Item 13, legacy files. `force_release` judged a live new holder H and
 /// broke its legacy file; before it moved the sidecar aside, H released and
 /// a newcomer N took the lock (the same sidecar). The sidecar is N's now:

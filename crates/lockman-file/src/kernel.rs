@@ -1,7 +1,9 @@
-//! `file:///dir`: one lock file per resource, locked with the operating
-//! system's lock (`flock` on Unix, `LockFileEx` on Windows).
+//! `file:///dir`: lock files locked with the operating system's lock
+//! (`flock` on Unix, `LockFileEx` on Windows) — exclusive, shared
+//! (reader-writer) and semaphores. (The scheme is described on
+//! [`FileBackend`], so rustdoc shows it.)
 
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,21 +11,23 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use lockman_core::backend::{Acquired, GrantRequest, Granted, LockBackend};
-use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, Locks, LostReason};
+use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
+use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockMode, LockState, Locks, LostReason};
 
-use crate::flock::{self, LockAttempt, Locked, SharedTurn};
-use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, io_error};
-use crate::record::{self, FileRecord, RecordState};
+use crate::FileOptions;
+use crate::flock::{self, SharedTurn};
+use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
+use crate::naming::Member;
+use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
-use crate::{FileOptions, naming};
-use lockman_core::backend::LocalQueue;
+use crate::watch::FileWaiter;
+
+mod family;
+
+use family::{Family, Slot};
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "file";
-
-/// The suffix of lock files in kernel-lock mode.
-pub(crate) const LOCK_SUFFIX: &str = ".lock";
 
 /// The kernel-lock file manager: `Locks<FileBackend>`.
 ///
@@ -43,6 +47,77 @@ pub(crate) const LOCK_SUFFIX: &str = ".lock";
 pub type FileLockManager = Locks<FileBackend>;
 
 /// The raw kernel-lock backend; use it through [`FileLockManager`].
+///
+/// # Files
+///
+/// Each resource has a family of files, all named from one stem: a
+/// readable prefix of the name plus 128 bits of its SHA-256, so names never
+/// share files (see [`lock_file`](Self::lock_file)); only files named that
+/// way are ever listed or removed:
+///
+/// * `<stem>.lock` — the lock. An exclusive holder locks it exclusively and
+///   keeps its holder record in it. Shared and permit holders lock it
+///   shared; the first of them, who found it free, writes a record saying
+///   what the resource is in use as (shared, or a semaphore of n permits),
+///   and every later party checks its own mode against that record
+///   ([`LockMode::agrees_with`](lockman_core::LockMode::agrees_with)), so a
+///   semaphore of 5 meeting one of 3 gets a `Config` error naming both.
+/// * `<stem>.gate` — the turnstile. Every acquirer takes it exclusively
+///   before it takes the lock and lets go once it has the lock (or gives
+///   up), so at most one party at a time is between arriving and being
+///   granted. It also keeps the last fencing token of the resource, so
+///   tokens increase across every grant, shared ones included.
+/// * `<stem>.slot-<i>` — permit `i` (`i < n`) of a semaphore of `n`, locked
+///   exclusively by its holder (who also holds `<stem>.lock` shared), with
+///   the holder's record in it.
+/// * `<stem>.reader-<32 hex>` — one shared holder's record, in a file its
+///   holder keeps locked exclusively while it holds, and deletes on release.
+///
+/// A permit holder first takes `<stem>.lock` shared (so exclusive and
+/// shared parties, and semaphores of another count, meet the kind record
+/// and are refused), then the first free slot of `0..n`. With none free it
+/// waits holding the gate, woken by inotify on any of the `n` slot files.
+/// A mode disagreeing with the live holders is refused when it reaches the
+/// gate, or at once if another acquisition of the same manager is queued
+/// ahead of it; a waiter of another process queued at the gate is not seen
+/// until it gets there.
+///
+/// `force_release` removes the lock file and every permit and record file
+/// held at that moment, so every holder is told it lost the grant and
+/// newcomers find all permits free.
+///
+/// # Crash safety
+///
+/// Every claim is a kernel lock, which vanishes with its process: a crashed
+/// holder frees the lock file, its permit slot and its record file at once,
+/// and a crash while holding the gate frees the gate. Records only describe
+/// what the kernel locks decide: the kind record in `<stem>.lock` counts
+/// only while the lock is held (the next party to find it free rewrites
+/// it), a permit or reader record counts only while its file is locked
+/// (a crashed holder's is ignored, and removed by `cleanup_stale`, which
+/// reports it). A record torn by a crash mid-write fails its checksum and
+/// is ignored; the gate's token then comes from the lock file and the clock.
+///
+/// # Fairness
+///
+/// Within one manager, acquirers of a resource queue first come, first
+/// served (core's `LocalQueue`); an exclusive holder keeps its place until
+/// it releases (so a releaser cannot barge ahead of its process's waiters),
+/// while shared and permit holders leave it once granted, so the next
+/// shared acquirer of the same process joins them.
+///
+/// Across processes, `flock` alone would let new shared locks in beside a
+/// waiting exclusive request for ever. The gate prevents that: a writer
+/// waiting for the readers to drain holds the gate, so readers arriving
+/// after it queue at the gate instead of joining. Once the writer is done,
+/// the readers queued behind it get in one after another, each as soon as
+/// it gets the gate (a few system calls each), and hold together again.
+/// Waiters at the gate are woken by inotify when it is let go and race for
+/// it (no strict arrival order between processes), but nobody passes a
+/// waiter already holding the gate.
+///
+/// The gate costs an uncontended acquisition one more open, lock, token
+/// write and close.
 #[derive(Debug)]
 pub struct FileBackend {
     dir: LockDir,
@@ -54,10 +129,47 @@ pub struct FileBackend {
 #[derive(Debug)]
 pub struct FileGrant {
     resource: Arc<str>,
+    /// `<stem>.lock`, locked exclusively or shared.
     file: File,
     path: PathBuf,
-    watch_id: u64,
+    /// The sentinel's watches: the lock file, and a permit's slot file.
+    watch_ids: Vec<u64>,
+    /// Our place in this manager's queue: kept while held exclusively.
     turn: SharedTurn,
+    share: Share,
+}
+
+/// What a grant holds besides the lock file.
+#[derive(Debug)]
+enum Share {
+    Exclusive,
+    /// Our record file, locked exclusively while we hold.
+    Reader {
+        record: File,
+        path: PathBuf,
+    },
+    /// Our permit's slot file, locked exclusively, with our record.
+    Permit(Slot),
+}
+
+/// A grant taken while holding the gate, before the gate is let go.
+struct Taken {
+    file: File,
+    snapshot: Snapshot,
+    share: Share,
+    token: u64,
+    now: SystemTime,
+    waited: bool,
+}
+
+/// What one look at the lock file found.
+enum MainLock {
+    /// It was free: we hold it exclusively and start a new period of use.
+    First,
+    /// Held shared by parties of our kind: we joined them.
+    Joined,
+    /// Held in a way we must wait for.
+    Busy,
 }
 
 impl FileBackend {
@@ -82,7 +194,11 @@ impl FileBackend {
 
     /// The lock file used for `resource`.
     pub fn lock_file(&self, resource: &str) -> PathBuf {
-        self.dir.join(&naming::encoded_file_name(resource, LOCK_SUFFIX))
+        self.family(resource).lock
+    }
+
+    fn family(&self, resource: &str) -> Family {
+        Family::new(self.dir.path(), resource)
     }
 
     fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
@@ -97,14 +213,231 @@ impl FileBackend {
         }
     }
 
+    /// The resource's state, read from its files without taking anything.
+    fn state_of(&self, family: &Family, resource: &str) -> Result<LockState, LockError> {
+        let Some(file) = self.open_existing(resource, &family.lock)? else {
+            return Ok(LockState::Available);
+        };
+        family::probe(&file, resource, BACKEND, || family.holder_files())
+            .map_err(|e| self.io("probing the lock", resource, &family.lock, e))
+    }
+
+    /// `Busy`, naming every holder we can see.
+    fn busy(&self, family: &Family, resource: &str) -> Acquired<FileGrant> {
+        let holder = match self.state_of(family, resource) {
+            Ok(LockState::Held(info) | LockState::Stale(info)) => Some(info),
+            _ => None,
+        };
+        Acquired::Busy { holder }
+    }
+
+    /// Refuses `mode` if it disagrees with holders of the resource we can be
+    /// sure of without its gate (see [`family::certain_holder_modes`]); the
+    /// gate holder checks the rest.
+    fn check_kind(&self, family: &Family, resource: &str, mode: LockMode) -> Result<(), LockError> {
+        let Some(file) = self.open_existing(resource, &family.lock)? else {
+            return Ok(());
+        };
+        let modes = family::certain_holder_modes(&file, || family.holder_files())
+            .map_err(|e| self.io("probing the lock", resource, &family.lock, e))?;
+        for held in modes {
+            mode.agrees_with(held, resource, BACKEND)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the lock (and, for a semaphore, a permit) while we hold the
+    /// gate, waiting until the request's deadline; `None` if it came first.
+    /// Writes the records and the next fencing token.
+    async fn take(&self, family: &Family, request: &GrantRequest, gate: &File) -> Result<Option<Taken>, LockError> {
+        let resource = &*request.resource;
+        let lock_path = &family.lock;
+        let mut waited = false;
+        let mut waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
+        let mut slot_waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
+        'reopen: loop {
+            let (file, meta) = fsutil::open_no_follow_with_meta(lock_path, Access::Create)
+                .map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
+            let snapshot = Snapshot::of(&meta);
+            let first = loop {
+                match self.lock_main(family, &file, request)? {
+                    MainLock::First => break true,
+                    MainLock::Joined => break false,
+                    MainLock::Busy => {}
+                }
+                if request.deadline.has_passed() {
+                    return Ok(None);
+                }
+                if waiter.watch_first(lock_path) {
+                    continue;
+                }
+                waited = true;
+                if !waiter.wait(request.deadline, None).await {
+                    return Ok(None);
+                }
+                if !family::still_names(lock_path, snapshot.id) {
+                    waiter.forget();
+                    continue 'reopen;
+                }
+            };
+            // Someone may have deleted (cleanup) or replaced the file while we
+            // opened or waited: then our lock is on an orphan.
+            if !family::still_names(lock_path, snapshot.id) {
+                waiter.forget();
+                continue 'reopen;
+            }
+            self.dir.adopt(&file, lock_path);
+            let slot = match request.mode {
+                LockMode::Permits(permits) => loop {
+                    let slot = family::take_slot(family, permits)
+                        .map_err(|(path, e)| self.io("taking a permit", resource, &path, e))?;
+                    if let Some(slot) = slot {
+                        self.dir.adopt(&slot.file, &slot.path);
+                        break Some(slot);
+                    }
+                    if request.deadline.has_passed() {
+                        return Ok(None);
+                    }
+                    let paths: Vec<PathBuf> = (0..permits).map(|index| family.slot(index)).collect();
+                    if slot_waiter.watch_first_all(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>()) {
+                        continue;
+                    }
+                    waited = true;
+                    if !slot_waiter.wait(request.deadline, None).await {
+                        return Ok(None);
+                    }
+                    if !family::still_names(lock_path, snapshot.id) {
+                        waiter.forget();
+                        slot_waiter.forget();
+                        continue 'reopen;
+                    }
+                },
+                LockMode::Exclusive | LockMode::Shared => None,
+            };
+            // The gate keeps the last token of every grant, shared ones too;
+            // the lock file's floors it if the gate was removed by a cleanup.
+            let (previous, kept_in) =
+                [(record::read_token_from(gate), &family.gate), (record::read_token_from(&file), lock_path)]
+                    .into_iter()
+                    .filter_map(|(token, path)| Some((token.ok().flatten()?, path)))
+                    .max_by_key(|(token, _)| *token)
+                    .unwrap_or((0, lock_path));
+            let now = SystemTime::now();
+            let token = fsutil::next_token(BACKEND, resource, kept_in, previous, unix_micros(now))?;
+            let record = Record::new(request, token, now);
+            record
+                .write_to(gate, RecordState::Released)
+                .map_err(|e| self.io("writing the fencing token", resource, &family.gate, e))?;
+            if first || request.mode == LockMode::Exclusive {
+                record
+                    .write_to(&file, RecordState::Held)
+                    .map_err(|e| self.io("writing the holder record", resource, lock_path, e))?;
+            }
+            if first && request.mode != LockMode::Exclusive {
+                // Let others of our kind in beside us. Only lockman parties
+                // holding the gate (none but us) or another program could
+                // take the lock in the moment the kernel converts it.
+                // Windows keeps an exclusive and a shared lock side by side
+                // instead of converting: let go of the exclusive one first.
+                #[cfg(not(unix))]
+                file.unlock().map_err(|e| self.io("sharing the lock", resource, lock_path, e))?;
+                crate::testhook::point("kernel.sharing", lock_path);
+                match file.try_lock_shared() {
+                    Ok(()) => {}
+                    Err(TryLockError::WouldBlock) => continue 'reopen,
+                    Err(TryLockError::Error(e)) => {
+                        return Err(self.io("sharing the lock", resource, lock_path, e));
+                    }
+                }
+                if !family::still_names(lock_path, snapshot.id) {
+                    waiter.forget();
+                    continue 'reopen;
+                }
+            }
+            let share = match slot {
+                Some(slot) => {
+                    record
+                        .write_to(&slot.file, RecordState::Held)
+                        .map_err(|e| self.io("writing the permit holder's record", resource, &slot.path, e))?;
+                    Share::Permit(slot)
+                }
+                None if request.mode == LockMode::Shared => {
+                    let path = family.new_reader_record();
+                    let record =
+                        fsutil::create_locked_with(&path, &record.encode(RecordState::Held), self.dir.file_mode())
+                            .map_err(|e| self.io("writing the shared holder's record", resource, &path, e))?;
+                    Share::Reader { record, path }
+                }
+                None => Share::Exclusive,
+            };
+            return Ok(Some(Taken { file, snapshot, share, token, now, waited }));
+        }
+    }
+
+    /// One try at the lock file, for `request`'s mode; refuses a mode that
+    /// disagrees with the kind the live holders use it as.
+    fn lock_main(&self, family: &Family, file: &File, request: &GrantRequest) -> Result<MainLock, LockError> {
+        let resource = &*request.resource;
+        let failed = |e| self.io("locking the lock file", resource, &family.lock, e);
+        match file.try_lock() {
+            Ok(()) => return Ok(MainLock::First),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(failed(e)),
+        }
+        let mut kind = family::kind_of(file);
+        if let Some(held) = kind
+            && let Err(disagree) = request.mode.agrees_with(held, resource, BACKEND)
+        {
+            if family::kind_is_live(file, held, || family.holder_files()).map_err(failed)? {
+                return Err(disagree);
+            }
+            // An outdated record: wait for whoever holds the lock for a moment.
+            kind = None;
+        }
+        // Join the holders only if they hold it our way (an exclusive
+        // holder's record, or none readable, means waiting).
+        if request.mode == LockMode::Exclusive || kind != Some(request.mode) {
+            return Ok(MainLock::Busy);
+        }
+        match file.try_lock_shared() {
+            Ok(()) => Ok(MainLock::Joined),
+            Err(TryLockError::WouldBlock) => Ok(MainLock::Busy),
+            Err(TryLockError::Error(e)) => Err(failed(e)),
+        }
+    }
+
     fn release_sync(&self, grant: &FileGrant) -> Result<(), LockError> {
-        self.sentinel.unwatch(grant.watch_id);
+        for id in &grant.watch_ids {
+            self.sentinel.unwatch(*id);
+        }
         // Deleted, or replaced by a rename over it: either way our file has no
         // name left (checked on the handle, which is cheaper than the path;
         // the sentinel covers a file merely renamed away).
         let ours = fsutil::has_links(&grant.file);
-        if ours && let Err(e) = record::mark_released(&grant.file) {
-            tracing::warn!(path = %grant.path.display(), error = %e, "cannot mark the lock record released");
+        match &grant.share {
+            Share::Exclusive => {
+                if ours && let Err(e) = record::mark_released(&grant.file) {
+                    tracing::warn!(path = %grant.path.display(), error = %e, "cannot mark the lock record released");
+                }
+            }
+            Share::Reader { record, path } => {
+                // Only our own file: a force-release may have moved it.
+                let still = FileId::of_file(record).is_ok_and(|id| family::still_names(path, id));
+                if still && let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a shared holder's record");
+                }
+            }
+            Share::Permit(slot) => {
+                if fsutil::has_links(&slot.file)
+                    && let Err(e) = record::mark_released(&slot.file)
+                {
+                    tracing::warn!(path = %slot.path.display(), error = %e, "cannot mark the permit record released");
+                }
+                // Unlock before close, so a waiter woken by the close finds it free.
+                if let Err(e) = slot.file.unlock() {
+                    tracing::warn!(path = %slot.path.display(), error = %e, "cannot unlock a permit");
+                }
+            }
         }
         // Unlock before close, so waiters woken by the close find it free.
         let unlocked = grant.file.unlock();
@@ -128,11 +461,39 @@ impl FileBackend {
         }
     }
 
-    /// The lock files lockman made here (by name); other `*.lock` files in a
+    /// The files lockman made here (by name), by resource; other files in a
     /// shared directory are not ours to list or remove.
-    fn lock_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::encoded_files_with_suffix(self.dir.path(), LOCK_SUFFIX)
-            .map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
+    fn families(&self) -> Result<std::collections::HashMap<String, Vec<(PathBuf, Member)>>, LockError> {
+        family::scan(self.dir.path()).map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
+    }
+
+    /// Removes the unlocked file at `path` (one of a family's), returning
+    /// the held record a crashed holder left in it, if asked to report one.
+    fn remove_unused(&self, path: &Path, report: impl FnOnce(&Record) -> bool) -> Option<LockInfo> {
+        let file = fsutil::open_no_follow(path, Access::Read).ok()?;
+        file.try_lock().ok()?;
+        // Only a file the path still names: one we locked after another
+        // cleanup removed it is an orphan, and moving the path now would
+        // move a live holder's file.
+        let id = FileId::of_file(&file).ok()?;
+        if !family::still_names(path, id) {
+            return None;
+        }
+        let left = record::read_from(&file).ok().and_then(FileRecord::held).filter(|r| report(r));
+        // Removing it while we hold its lock is safe: anyone who opened it
+        // meanwhile finds the path changed after locking, and retries.
+        match fsutil::break_by_rename(path, id, |_| true) {
+            Ok(BreakOutcome::Broken) => left.map(|record| record.to_info(BACKEND)),
+            Ok(BreakOutcome::Displaced(moved)) => {
+                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &self.displaced(path));
+                None
+            }
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file");
+                None
+            }
+        }
     }
 }
 
@@ -144,43 +505,63 @@ impl LockBackend for FileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        flock::capabilities()
+        flock::capabilities().with_modes(true, true)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
         let resource = &*request.resource;
-        let path = self.lock_file(resource);
-        let Locked { file, snapshot, waited, turn } =
-            match flock::lock(BACKEND, &self.queue, &request.resource, &path, request.deadline).await? {
-                LockAttempt::Locked(locked) => locked,
-                LockAttempt::Busy(holder) => return Ok(Acquired::Busy { holder }),
-            };
-        // Kernel lock files outlive their holders: other users of a shared
-        // directory must be able to open this one after we release it.
-        self.dir.adopt(&file, &path);
-        // On an error the file (and with it the kernel lock) and our turn are dropped.
-        let (record, now) = flock::next_record(BACKEND, &path, &file, request)?;
-        record
-            .write_to(&file, RecordState::Held)
-            .map_err(|e| self.io("writing the holder record", resource, &path, e))?;
-        let token = record.token;
-        let turn: SharedTurn = Arc::new(Mutex::new(Some(turn)));
-        let watch_id = self.sentinel.watch(Watched {
+        let family = self.family(resource);
+        let mut turn = self.queue.enter(&request.resource, Deadline::Now).await;
+        if !turn.is_ours() {
+            // Someone in this manager is ahead of us: a mode that disagrees
+            // with the live holders is refused now, not after the wait.
+            self.check_kind(&family, resource, request.mode)?;
+            drop(turn);
+            turn = self.queue.enter(&request.resource, request.deadline).await;
+            if !turn.is_ours() {
+                return Ok(self.busy(&family, resource));
+            }
+        }
+        let Some(gate) = flock::lock_until(BACKEND, resource, &family.gate, request.deadline).await? else {
+            return Ok(self.busy(&family, resource));
+        };
+        self.dir.adopt(&gate.file, &family.gate);
+        // On an error or timeout the files (and with them the kernel locks),
+        // the gate and our turn are dropped.
+        let Some(taken) = self.take(&family, request, &gate.file).await? else {
+            return Ok(self.busy(&family, resource));
+        };
+        // Unlock before close, so the gate's next waiter, woken by the close, finds it free.
+        if let Err(e) = gate.file.unlock() {
+            tracing::debug!(path = %family.gate.display(), error = %e, "cannot unlock the gate (closing it will)");
+        }
+        let waited = taken.waited || gate.waited || turn.waited();
+        drop(gate);
+        let Taken { file, snapshot, share, token, now, .. } = taken;
+        // Shared and permit holders let the next of this manager's waiters
+        // in at once; an exclusive one keeps its turn until it releases.
+        let turn: SharedTurn = Arc::new(Mutex::new((request.mode == LockMode::Exclusive).then_some(turn)));
+        let mut watch_ids = vec![self.sentinel.watch(Watched {
             resource: request.resource.clone(),
-            path: path.clone(),
+            path: family.lock.clone(),
             snapshot,
             strict: false,
             loss: request.loss.clone(),
             turn: Some(turn.clone()),
-        });
+        })];
+        if let Share::Permit(slot) = &share {
+            watch_ids.push(self.sentinel.watch(Watched {
+                resource: request.resource.clone(),
+                path: slot.path.clone(),
+                snapshot: slot.snapshot,
+                strict: false,
+                loss: request.loss.clone(),
+                turn: None,
+            }));
+        }
+        let grant = FileGrant { resource: request.resource.clone(), file, path: family.lock, watch_ids, turn, share };
         Ok(Acquired::Granted(
-            Granted::new(
-                FileGrant { resource: request.resource.clone(), file, path, watch_id, turn },
-                FencingToken::new(token),
-                None,
-            )
-            .acquired_at(now)
-            .after_waiting(waited),
+            Granted::new(grant, FencingToken::new(token), None).acquired_at(now).after_waiting(waited),
         ))
     }
 
@@ -204,19 +585,17 @@ impl LockBackend for FileBackend {
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
-        let path = self.lock_file(resource);
-        let Some(file) = self.open_existing(resource, &path)? else {
-            return Ok(LockState::Available);
-        };
-        flock::probe(&file, resource, BACKEND).map_err(|e| self.io("probing the lock", resource, &path, e))
+        self.state_of(&self.family(resource), resource)
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let mut held = Vec::new();
-        for path in self.lock_files()? {
-            let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };
-            let unnamed = fsutil::file_name_of(&path);
-            match flock::probe(&file, &unnamed, BACKEND) {
+        for (_, members) in self.families()? {
+            let Some((path, _)) = members.iter().find(|(_, member)| *member == Member::Lock) else { continue };
+            let Ok(file) = fsutil::open_no_follow(path, Access::Read) else { continue };
+            let unnamed = fsutil::file_name_of(path);
+            let holder_files = || Ok(members.iter().filter(|(_, m)| m.is_holder_file()).cloned().collect());
+            match family::probe(&file, &unnamed, BACKEND, holder_files) {
                 Ok(LockState::Held(info)) => held.push(info),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot probe a lock file"),
@@ -227,30 +606,41 @@ impl LockBackend for FileBackend {
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let path = self.lock_file(resource);
-        let Some(file) = self.open_existing(resource, &path)? else {
+        let family = self.family(resource);
+        let path = &family.lock;
+        let Some(file) = self.open_existing(resource, path)? else {
             return Ok(None);
         };
-        let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, &path, e))?;
-        let info = match flock::probe(&file, resource, BACKEND)
-            .map_err(|e| self.io("probing the lock", resource, &path, e))?
+        let id = FileId::of_file(&file).map_err(|e| self.io("inspecting the lock file", resource, path, e))?;
+        let holder_files = || family.holder_files();
+        let info = match family::probe(&file, resource, BACKEND, holder_files)
+            .map_err(|e| self.io("probing the lock", resource, path, e))?
         {
             LockState::Held(info) => info,
             _ => return Ok(None),
         };
+        // The permits and records held now (judged before the lock file goes,
+        // so a newcomer's fresh ones are not taken for them).
+        let holders_files = family::held_files(family.holder_files().unwrap_or_default());
         // A kernel lock cannot be taken from a live process; removing its file
         // lets newcomers lock a fresh one, and the holder notices its file is gone.
-        let victims = self.sentinel.grants_on(&path, id);
-        match fsutil::break_by_rename(&path, id, |_| true) {
+        let victims = self.sentinel.grants_on(path, id);
+        match fsutil::break_by_rename(path, id, |_| true) {
             Ok(BreakOutcome::Broken) => {}
             Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => return Ok(None),
             Ok(BreakOutcome::Displaced(moved)) => {
-                self.sentinel.mark_lost(&self.sentinel.grants_on(&path, moved), &self.displaced(&path));
+                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &self.displaced(path));
                 return Ok(None);
             }
-            Err(e) => return Err(self.io("removing the lock file", resource, &path, e)),
+            Err(e) => return Err(self.io("removing the lock file", resource, path, e)),
         }
-        crate::testhook::point("kernel.force_release.broken", &path);
+        // Every holder's permit goes too, so that newcomers find all n free.
+        for (held, held_id) in holders_files {
+            if let Err(e) = fsutil::break_by_rename(&held, held_id, |_| true) {
+                tracing::warn!(path = %held.display(), error = %e, "cannot remove a force-released holder's file");
+            }
+        }
+        crate::testhook::point("kernel.force_release.broken", path);
         self.sentinel.mark_lost(&victims, &LostReason::ForceReleased { reason: reason.to_owned() });
         Ok(Some(info))
     }
@@ -258,36 +648,31 @@ impl LockBackend for FileBackend {
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         // A kernel lock dies with its process, so nothing is ever *held* by a
         // dead holder; what remains are files. Remove every unlocked one of
-        // ours (bounding the directory; `lock_files` lists only names lockman
-        // makes, never another program's `*.lock`) and report those a
-        // crashed holder left.
+        // ours (bounding the directory; only names lockman makes are listed,
+        // never another program's `*.lock`) and report those a crashed
+        // holder left: an exclusive record in a lock file (a shared
+        // resource's kind record stays "held" after a clean end, so it
+        // proves nothing), a permit's record, a shared holder's record file.
         let mut crashed = Vec::new();
-        for path in self.lock_files()? {
-            let Ok(file) = fsutil::open_no_follow(&path, Access::Read) else { continue };
-            if file.try_lock().is_err() {
-                continue;
-            }
-            // Only a file the path still names: one we locked after another
-            // cleanup removed it is an orphan, and moving the path now would
-            // move a live holder's file.
-            let Ok(id) = FileId::of_file(&file) else { continue };
-            if !matches!(FileId::at(&path), Ok(Some(now)) if now == id) {
-                continue;
-            }
-            let left = record::read_from(&file).ok().and_then(FileRecord::held);
-            // Removing it while we hold its lock is safe: anyone who opened it
-            // meanwhile finds the path changed after locking, and retries.
-            match fsutil::break_by_rename(&path, id, |_| true) {
-                Ok(BreakOutcome::Broken) => {
-                    if let Some(record) = left {
-                        crashed.push(record.to_info(BACKEND));
+        for (_, mut members) in self.families()? {
+            // Holders' files, then the lock file, then the gate — and the gate
+            // only once the lock file is gone: while the resource is in use
+            // the gate keeps the token that shared grants must stay above.
+            members.sort_by_key(|(_, member)| match member {
+                Member::Slot(_) | Member::Reader => 0,
+                Member::Lock => 1,
+                Member::Gate => 2,
+            });
+            for (path, member) in members {
+                let left = match member {
+                    Member::Slot(_) | Member::Reader => self.remove_unused(&path, |_| true),
+                    Member::Lock => self.remove_unused(&path, |record| record.mode == LockMode::Exclusive),
+                    Member::Gate if matches!(fsutil::stat_no_follow(&path.with_extension("lock")), Ok(None)) => {
+                        self.remove_unused(&path, |_| false)
                     }
-                }
-                Ok(BreakOutcome::Displaced(moved)) => {
-                    self.sentinel.mark_lost(&self.sentinel.grants_on(&path, moved), &self.displaced(&path));
-                }
-                Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file"),
+                    Member::Gate => None,
+                };
+                crashed.extend(left);
             }
         }
         Ok(crashed)

@@ -871,6 +871,7 @@ impl Marker {
             token: self.token,
             machine: None,
             guards: None,
+            mode: lockman_core::LockMode::Exclusive,
         }
     }
 }

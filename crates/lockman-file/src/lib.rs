@@ -9,6 +9,13 @@
 //! | [`LeaseFileLockManager`] | `file:///dir?mode=lease` | processes and hosts sharing the directory, even where kernel locks are unreliable (SMB, some NFS, synced folders) | after its heartbeat is older than the lease, or at once if its pid is dead on this host | inotify locally, bounded backoff |
 //! | [`LegacyFileLockManager`] | `legacy-file:///dir` | new processes strictly; old existence-check daemons as far as their protocol allows | new: at once; old: after the resource's stale age | as above |
 //!
+//! The kernel flavour also holds resources shared (reader-writer, with a
+//! waiting writer never starved by new readers, across processes too) and as
+//! semaphores of n permits; see [`FileBackend`] for the files and
+//! why a crash never leaves a share taken. The lease and legacy flavours
+//! hold exclusively only, and refuse the other modes with a configuration
+//! error.
+//!
 //! Flags: [`FileStatusManager`] keeps one file per flag (`.FCRunning1`
 //! holding `job-7\n15:00`, byte for byte what old readers expect), with TTLs
 //! and real names in a hidden sidecar directory, and one-shot flags consumed
@@ -26,7 +33,8 @@
 //!
 //! # Caveats
 //!
-//! * `state`/`list` on the kernel flavour probe the lock with a shared
+//! * `state`/`list` on the kernel flavour probe the lock (and, for a
+//!   resource held shared or by permits, each holder's file) with a shared
 //!   try-lock held for two system calls, and `cleanup_stale` try-locks every
 //!   file; a `try_acquire` in another process at that instant sees the lock
 //!   busy.

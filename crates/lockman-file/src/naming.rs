@@ -62,6 +62,67 @@ pub(crate) fn is_encoded_file_name(file_name: &str, suffix: &str) -> bool {
         && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// One file of a resource's family in kernel-lock mode (see
+/// [`crate::kernel`]): `<stem>.lock` (the lock), `<stem>.gate` (the
+/// turnstile), `<stem>.slot-<i>` (permit `i` of a semaphore) and
+/// `<stem>.reader-<32 hex>` (one shared holder's record), where `<stem>` is
+/// [`encoded_file_name`] of the resource with no suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Member {
+    Lock,
+    Gate,
+    Slot(u32),
+    Reader,
+}
+
+impl Member {
+    /// Whether this is one holder's own file (a permit or a reader record).
+    pub(crate) fn is_holder_file(self) -> bool {
+        matches!(self, Member::Slot(_) | Member::Reader)
+    }
+}
+
+/// The stem and member `file_name` names, if it is exactly as
+/// [`member_file_name`] makes them (so foreign files are never touched,
+/// and `slot-01` is not taken for `slot-1`).
+pub(crate) fn parse_member(file_name: &str) -> Option<(&str, Member)> {
+    let (stem, member) = file_name.split_once('.')?;
+    if !is_encoded_file_name(stem, "") {
+        return None;
+    }
+    let member = match member {
+        "lock" => Member::Lock,
+        "gate" => Member::Gate,
+        _ => {
+            if let Some(index) = member.strip_prefix("slot-") {
+                let slot: u32 = index.parse().ok()?;
+                if slot.to_string() != index {
+                    return None;
+                }
+                Member::Slot(slot)
+            } else {
+                let id = member.strip_prefix("reader-")?;
+                if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return None;
+                }
+                Member::Reader
+            }
+        }
+    };
+    Some((stem, member))
+}
+
+/// The file name of `member` in the family of `stem`; a reader record gets
+/// a fresh random id.
+pub(crate) fn member_file_name(stem: &str, member: Member) -> String {
+    match member {
+        Member::Lock => format!("{stem}.lock"),
+        Member::Gate => format!("{stem}.gate"),
+        Member::Slot(slot) => format!("{stem}.slot-{slot}"),
+        Member::Reader => format!("{stem}.reader-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
 /// Whether `name` can be used verbatim as a file name in a directory: one
 /// path component of ASCII letters, digits, `.`, `_` and `-`, not `.` or
 /// `..`, and not one of lockman's own internal names.
@@ -121,6 +182,28 @@ mod tests {
             ".x-0f31e7d22c525e215b910d4411a7eeb8.lock",
         ] {
             assert!(!is_encoded_file_name(foreign, ".lock"), "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn family_members_round_trip_and_nothing_else_parses() {
+        let stem = encoded_file_name("inverter_read", "");
+        for member in [Member::Lock, Member::Gate, Member::Slot(0), Member::Slot(41), Member::Reader] {
+            let name = member_file_name(&stem, member);
+            assert_eq!(parse_member(&name), Some((stem.as_str(), member)), "{name}");
+        }
+        assert_eq!(member_file_name(&stem, Member::Lock), encoded_file_name("inverter_read", ".lock"));
+        for foreign in [
+            format!("{stem}.slot-01"),
+            format!("{stem}.slot-"),
+            format!("{stem}.slot-x"),
+            format!("{stem}.reader-1234"),
+            format!("{stem}.lease"),
+            format!("{stem}.gate.x"),
+            "yarn.lock".to_owned(),
+            "x.gate".to_owned(),
+        ] {
+            assert_eq!(parse_member(&foreign), None, "{foreign}");
         }
     }
 

@@ -18,7 +18,7 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::GrantRequest;
-use lockman_core::{FencingToken, HolderId, LockInfo};
+use lockman_core::{FencingToken, HolderId, LockInfo, LockMode};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{from_unix_micros, unix_micros};
@@ -62,6 +62,15 @@ pub(crate) struct Record {
     /// In a legacy sidecar: the legacy lock file this grant created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) guards: Option<crate::fsutil::Snapshot>,
+    /// How the grant holds the resource; in a kernel lock file held shared
+    /// or by permits, the kind every party must agree with (see
+    /// [`crate::kernel`]). Absent (older records): exclusive.
+    #[serde(default, skip_serializing_if = "is_exclusive")]
+    pub(crate) mode: LockMode,
+}
+
+fn is_exclusive(mode: &LockMode) -> bool {
+    *mode == LockMode::Exclusive
 }
 
 /// Whether the record's holder still holds the lock (as far as the record
@@ -88,6 +97,7 @@ impl Record {
             token,
             machine: machine_id().map(str::to_owned),
             guards: None,
+            mode: request.mode,
         }
     }
 
@@ -157,6 +167,7 @@ impl Record {
         info.acquired_at = from_unix_micros(self.acquired_at_us);
         info.lease_expires_at = self.lease_expires_at();
         info.last_heartbeat = self.heartbeat_us.map(from_unix_micros);
+        info.mode = self.mode;
         info
     }
 
@@ -397,6 +408,7 @@ mod tests {
             token: 7,
             machine: None,
             guards: None,
+            mode: LockMode::Exclusive,
         }
     }
 

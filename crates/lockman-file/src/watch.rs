@@ -29,10 +29,16 @@ impl FileWaiter {
     /// before waiting, so a release between its last look and the watch is
     /// not missed.
     pub(crate) fn watch_first(&mut self, path: &std::path::Path) -> bool {
+        self.watch_first_all(&[path])
+    }
+
+    /// [`watch_first`](Self::watch_first) for a change to any of `paths`
+    /// (a semaphore's permit files), on one inotify instance.
+    pub(crate) fn watch_first_all(&mut self, paths: &[&std::path::Path]) -> bool {
         if self.watch.is_some() || !notifications_supported() {
             return false;
         }
-        self.watch = ChangeWatch::new(path);
+        self.watch = ChangeWatch::new_all(paths);
         self.watch.is_some()
     }
 
@@ -122,19 +128,21 @@ mod imp {
     }
 
     impl ChangeWatch {
-        /// Watches `path` for closes, deletion, renames and attribute
+        /// Watches `paths` for closes, deletion, renames and attribute
         /// changes (an unlink changes the link count). `None` if inotify is
         /// unavailable; callers then rely on backoff alone.
-        pub(crate) fn new(path: &Path) -> Option<ChangeWatch> {
+        pub(crate) fn new_all(paths: &[&Path]) -> Option<ChangeWatch> {
             let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
             let flags = WatchFlags::CLOSE_WRITE
                 | WatchFlags::CLOSE_NOWRITE
                 | WatchFlags::ATTRIB
                 | WatchFlags::DELETE_SELF
                 | WatchFlags::MOVE_SELF;
-            if let Err(e) = inotify::add_watch(&fd, path, flags) {
-                tracing::debug!(path = %path.display(), error = %e, "no inotify watch; waiting by backoff");
-                return None;
+            for path in paths {
+                if let Err(e) = inotify::add_watch(&fd, *path, flags) {
+                    tracing::debug!(path = %path.display(), error = %e, "no inotify watch; waiting by backoff");
+                    return None;
+                }
             }
             let changed = Arc::new(Notify::new());
             let (stop, stopped) = oneshot::channel();
@@ -189,7 +197,7 @@ mod imp {
     pub(crate) struct ChangeWatch(());
 
     impl ChangeWatch {
-        pub(crate) fn new(_path: &Path) -> Option<ChangeWatch> {
+        pub(crate) fn new_all(_paths: &[&Path]) -> Option<ChangeWatch> {
             None
         }
 
