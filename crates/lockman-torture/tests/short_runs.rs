@@ -171,6 +171,18 @@ fn memory_permits_with_killed_and_stalled_tasks() {
 }
 
 #[test]
+fn file_rw_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "file", "--mode", "rw", "--seed", "302"], 8);
+    assert_mode_exercised(&outcome, 2);
+}
+
+#[test]
+fn file_permits_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "file", "--mode", "permits=3", "--seed", "302"], 8);
+    assert_mode_exercised(&outcome, 3);
+}
+
+#[test]
 fn redis_rw_with_restarts_and_a_faulty_network() {
     if !redis_available() {
         return;
