@@ -162,6 +162,21 @@ fn uncontended(c: &mut Criterion) {
             guard.release().await.expect("release");
         })
     });
+    group.bench_function("baseline: raw open+flock(LOCK_SH)+unlock+close", |b| {
+        b.iter(|| {
+            let file =
+                File::options().read(true).write(true).create(true).truncate(false).open(&raw_path).expect("open");
+            file.lock_shared().expect("flock LOCK_SH");
+            raw_unlock(file);
+        })
+    });
+    group.bench_function("lockman file: acquire shared + release (async)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = locks.acquire("regcache", AcquireOptions::new().shared()).await.expect("acquire shared");
+            black_box(&guard);
+            guard.release().await.expect("release");
+        })
+    });
     let blocking = BlockingLockManager::new(Arc::new(file_manager(file_dir.path())));
     group.bench_function("lockman file: blocking API", |b| {
         b.iter(|| blocking.lock("inverter_read").expect("acquire").release().expect("release"))

@@ -191,6 +191,13 @@ fn uncontended(c: &mut Criterion, server: &RedisServer) {
             guard.release().await.expect("release");
         })
     });
+    group.bench_function("lockman redis: acquire shared + release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = locks.acquire("regcache", AcquireOptions::new().shared()).await.expect("acquire shared");
+            black_box(&guard);
+            guard.release().await.expect("release");
+        })
+    });
     group.finish();
 }
 

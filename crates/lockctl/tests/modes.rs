@@ -3,21 +3,9 @@
 
 mod common;
 
-use common::{Proc, STEP, Sandbox, output, waiting_shell};
+use common::{Proc, STEP, Sandbox, hold, output};
 use lockman_testkit::redis_server::RedisServer;
 use rustix::process::Signal;
-
-/// Starts `lockctl run ARGS RESOURCE -- <waiting shell>` and waits until its
-/// command runs (so the lock is held).
-fn hold(sandbox: &Sandbox, url: &str, resource: &str, extra: &[&str]) -> Proc {
-    let shell = waiting_shell(0);
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[resource, "--", "sh", "-c", &shell]);
-    let mut holder = Proc::spawn(sandbox.at(url, &args));
-    holder.wait_ready();
-    holder
-}
 
 fn end(mut holders: Vec<Proc>) {
     for holder in &mut holders {

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Proc, STEP, Sandbox, output, waiting_shell};
+use common::{Proc, STEP, Sandbox, hold, output, waiting_shell};
 use lockman_testkit::redis_server::RedisServer;
 use rustix::process::Signal;
 
@@ -61,17 +61,6 @@ fn runs_never_overlap_on_redis() {
     let Some(server) = RedisServer::start() else { return };
     let sandbox = Sandbox::new();
     runs_never_overlap(&sandbox, &server.url());
-}
-
-/// Starts `lockctl run` holding `resource` with a command that waits for a signal.
-fn hold(sandbox: &Sandbox, url: &str, resource: &str, extra: &[&str]) -> Proc {
-    let shell = waiting_shell(0);
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[resource, "--", "sh", "-c", &shell]);
-    let mut holder = Proc::spawn(sandbox.at(url, &args));
-    holder.wait_ready();
-    holder
 }
 
 fn no_wait_names_the_holder(url: &str) {

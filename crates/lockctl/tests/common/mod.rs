@@ -243,6 +243,19 @@ pub fn waiting_shell(code: i32) -> String {
     )
 }
 
+/// Starts `lockctl run ARGS RESOURCE -- <waiting shell>` holding `resource`
+/// with a command that waits for a signal, and waits until it runs (so the
+/// lock is held).
+pub fn hold(sandbox: &Sandbox, url: &str, resource: &str, extra: &[&str]) -> Proc {
+    let shell = waiting_shell(0);
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[resource, "--", "sh", "-c", &shell]);
+    let mut holder = Proc::spawn(sandbox.at(url, &args));
+    holder.wait_ready();
+    holder
+}
+
 /// Polls `check` every 50 ms until it is true, failing after `timeout`.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
