@@ -773,7 +773,9 @@ fn own_fault_intervals(histories: &Histories, w: &str, bounds: Bounds) -> Vec<(u
 /// With a capacity of 1, their union.
 fn saturated(intervals: Vec<(u64, u64, u32)>, capacity: u32) -> Vec<(u64, u64)> {
     let mut edges: Vec<(u64, i64)> = Vec::with_capacity(intervals.len() * 2);
-    for (from, to, holds) in intervals {
+    // A section whose holder was killed just after logging its grant ends
+    // (at the kill) before it began: it holds nothing.
+    for (from, to, holds) in intervals.into_iter().filter(|(from, to, _)| to > from) {
         edges.push((from, i64::from(holds)));
         edges.push((to, -i64::from(holds)));
     }
