@@ -376,3 +376,28 @@ fn a_wait_while_a_permit_is_free_is_a_liveness_violation() {
     let report = judge(logs, vec![], 0);
     assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
 }
+
+#[test]
+fn with_one_permit_the_busy_sweep_is_the_union_of_the_intervals() {
+    // The rule for exclusive and rw runs must stay what it was: the union.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..500 {
+        let intervals: Vec<(u64, u64, u32)> = (0..rng.usize(0..12))
+            .map(|_| {
+                let from = rng.u64(0..100);
+                (from, from + rng.u64(0..30), 1)
+            })
+            .collect();
+        let mut union: Vec<(u64, u64)> = Vec::new();
+        let mut sorted: Vec<(u64, u64)> =
+            intervals.iter().filter(|(from, to, _)| to > from).map(|&(from, to, _)| (from, to)).collect();
+        sorted.sort_unstable();
+        for (from, to) in sorted {
+            match union.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => union.push((from, to)),
+            }
+        }
+        assert_eq!(saturated(intervals.clone(), 1), union, "{intervals:?}");
+    }
+}
