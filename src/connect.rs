@@ -6,13 +6,14 @@
 //! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `file_mode=0660`, `loss_check=1s`, `flag.NAME=FILE` |
 //! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `file_mode=0660`, `flag.NAME=FILE` |
 //! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `password_file=/path` (the password, for a URL without one; one trailing newline is ignored), `protocol=resp3` |
+//! | `etcd://host:port[,host:port…]` | etcd (feature `etcd`, not default) | `prefix=lockman`, `lease=30s` (whole seconds, at least 1s), `connect_timeout=2s`, `response_timeout=5s` |
 //!
 //! Flags live beside the locks unless [`Config::status_url`] says otherwise
 //! (for `file://` and `legacy-file://`, in the same directory).
 //!
 //! Each backend crate reads its own URL and options (`MemoryBackend::from_url`,
 //! `FileOptions::from_url`, `LegacyOptions::from_url`,
-//! `RedisOptions::from_url`), from one table of its keys that also lists
+//! `RedisOptions::from_url`, `EtcdOptions::from_url`), from one table of its keys that also lists
 //! them in the "valid options here" error. This module maps a scheme to its
 //! backend, fills in [`Config`]'s defaults (which a URL option overrides),
 //! and composes the legacy bridge and the flags.
@@ -27,12 +28,13 @@ use crate::config::Config;
 
 /// Every URL scheme lockman knows: the scheme, the cargo feature that
 /// compiles its backend, and its form in error messages.
-const SCHEMES: [(&str, &str, &str); 5] = [
+const SCHEMES: [(&str, &str, &str); 6] = [
     ("memory", "memory", "memory://"),
     ("file", "file", "file:///dir"),
     ("legacy-file", "file", "legacy-file:///dir"),
     ("redis", "redis", "redis://host:port/db"),
     ("rediss", "redis-tls", "rediss://host:port/db"),
+    ("etcd", "etcd", "etcd://host:port[,host:port…]"),
 ];
 
 /// The lock manager and status manager a configuration selected.
@@ -109,7 +111,7 @@ pub async fn from_env() -> Result<Backends, LockError> {
 pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
     let lock_url = config.lock_url()?;
     let origin = config.lock_url_origin();
-    let opened = open(&parse(lock_url, &origin)?, &origin, config).await?;
+    let opened = open(lock_url, &origin, config).await?;
     let mut chosen = redact_url(lock_url);
     let mut locks = opened.locks;
     let mut legacy_status = None;
@@ -119,7 +121,7 @@ pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
         if legacy.scheme() != "legacy-file" {
             tracing::warn!(bridge = %redact_url(bridge_url), "the legacy bridge is not a legacy-file:// URL");
         }
-        let legacy = open(&legacy, &origin, config).await?;
+        let legacy = open(bridge_url, &origin, config).await?;
         locks = Arc::new(BridgedLockManager::new(locks, legacy.locks).with_defaults(manager_defaults(config)));
         legacy_status = Some((bridge_url, legacy.status));
         chosen = format!("{chosen} bridged with {}", redact_url(bridge_url));
@@ -127,7 +129,7 @@ pub async fn connect_with(config: &Config) -> Result<Backends, LockError> {
     let (status, status_url) = match (&config.status_url, legacy_status) {
         (Some(url), _) => {
             let origin = config.origin("status_url");
-            (open(&parse(url, &origin)?, &origin, config).await?.status, url.as_str())
+            (open(url, &origin, config).await?.status, url.as_str())
         }
         // During a rollout, flags stay where old daemons read them.
         (None, Some((url, status))) => (status, url),
@@ -156,7 +158,19 @@ struct Opened {
 
 /// Reads `text` as a URL; the error lists the forms lockman knows.
 fn parse(text: &str, origin: &str) -> Result<url::Url, LockError> {
-    url::Url::parse(text).map_err(|e| {
+    // `etcd://a:2379,b:2379` is no URL to `url::Url` (a comma in the port):
+    // the scheme is read from its first host, the etcd crate reads the rest.
+    let first_host;
+    let parsed = match text.strip_prefix("etcd://") {
+        Some(rest) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let host = rest[..end].split(',').next().unwrap_or_default();
+            first_host = format!("etcd://{host}{}", &rest[end..]);
+            &first_host
+        }
+        None => text,
+    };
+    url::Url::parse(parsed).map_err(|e| {
         LockError::Config(format!(
             "cannot read the backend URL {} from {origin}: {e}; valid forms: {}",
             redact_url(text),
@@ -168,7 +182,8 @@ fn parse(text: &str, origin: &str) -> Result<url::Url, LockError> {
 /// Opens the backend `url`'s scheme names: the table from scheme to backend.
 /// Each backend reads its own options; `origin` says where `url` came from.
 #[cfg_attr(not(any(feature = "memory", feature = "file", feature = "redis")), allow(unused_variables))]
-async fn open(url: &url::Url, origin: &str, config: &Config) -> Result<Opened, LockError> {
+async fn open(text: &str, origin: &str, config: &Config) -> Result<Opened, LockError> {
+    let url = &parse(text, origin)?;
     match url.scheme() {
         #[cfg(feature = "memory")]
         "memory" => open_memory(url, origin, config),
@@ -178,6 +193,8 @@ async fn open(url: &url::Url, origin: &str, config: &Config) -> Result<Opened, L
         "legacy-file" => open_legacy(url, origin, config),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => open_redis(url, origin, config).await,
+        #[cfg(feature = "etcd")]
+        "etcd" => open_etcd(text, origin, config).await,
         other => Err(match SCHEMES.iter().find(|(scheme, ..)| *scheme == other) {
             Some((scheme, feature, _)) => feature_missing(scheme, feature),
             None => LockError::Config(format!(
@@ -195,9 +212,9 @@ fn forms() -> String {
 }
 
 fn feature_missing(scheme: &str, feature: &str) -> LockError {
-    // `redis-tls` is not a default feature (it compiles rustls and ring);
-    // the others are.
-    let default = if feature == "redis-tls" {
+    // `redis-tls` (rustls and ring) and `etcd` (tonic) are not default
+    // features; the others are.
+    let default = if feature == "redis-tls" || feature == "etcd" {
         "it is not a default feature"
     } else {
         "the default features include it, so this build turned them off"
@@ -209,7 +226,7 @@ fn feature_missing(scheme: &str, feature: &str) -> LockError {
 }
 
 /// `backend` as a manager applying the configured defaults.
-#[cfg(any(feature = "memory", feature = "file", feature = "redis"))]
+#[cfg(any(feature = "memory", feature = "file", feature = "redis", feature = "etcd"))]
 fn manager<B: lockman_core::LockBackend>(backend: B, config: &Config) -> Arc<dyn LockManager> {
     Arc::new(backend.into_manager().with_defaults(manager_defaults(config)))
 }
@@ -263,6 +280,17 @@ async fn open_redis(url: &url::Url, origin: &str, config: &Config) -> Result<Ope
     defaults.password.clone_from(&config.redis.password);
     let backend = RedisBackend::connect(RedisOptions::from_url(url, origin, defaults)?).await?;
     let status = Arc::new(RedisStatusManager::new(&backend));
+    Ok(Opened { locks: manager(backend, config), status })
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(text: &str, origin: &str, config: &Config) -> Result<Opened, LockError> {
+    use lockman_etcd::{EtcdBackend, EtcdOptions, EtcdStatusManager, EtcdUrlDefaults};
+
+    let mut defaults = EtcdUrlDefaults::default();
+    defaults.lease = config.lease;
+    let backend = EtcdBackend::connect(EtcdOptions::from_url(text, origin, defaults)?).await?;
+    let status = Arc::new(EtcdStatusManager::new(&backend));
     Ok(Opened { locks: manager(backend, config), status })
 }
 

@@ -96,3 +96,9 @@ pub use lockman_file::{FileLockManager, FileStatusManager, LeaseFileLockManager,
 pub use lockman_redis as redis;
 #[cfg(feature = "redis")]
 pub use lockman_redis::{RedisLockManager, RedisStatusManager};
+
+/// The etcd backend and etcd flags.
+#[cfg(feature = "etcd")]
+pub use lockman_etcd as etcd;
+#[cfg(feature = "etcd")]
+pub use lockman_etcd::{EtcdLockManager, EtcdStatusManager};

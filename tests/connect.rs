@@ -358,3 +358,34 @@ async fn memory_urls_share_one_map_per_name_in_the_process() {
         assert!(message.contains(expected), "{url}: {message}");
     }
 }
+
+/// `etcd://` in a build without `etcd` names the feature to enable.
+#[cfg(not(feature = "etcd"))]
+#[tokio::test]
+async fn etcd_without_its_feature_names_the_feature_to_enable() {
+    let message = config_error(lockman::connect("etcd://127.0.0.1:1,127.0.0.1:2/?prefix=app").await);
+    assert!(message.contains("`etcd`"), "{message}");
+    assert!(!message.contains("default features include it"), "{message}");
+}
+
+/// `etcd://` (with a second, dead member) connects to a private etcd: locks
+/// exclude across two connects, flags are shared, the prefix is used.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_urls_connect_with_their_options() {
+    use lockman_testkit::etcd_server::EtcdServer;
+
+    let Some(server) = tokio::task::spawn_blocking(EtcdServer::start).await.expect("start") else { return };
+    let url = format!("etcd://127.0.0.1:{},127.0.0.1:1/?prefix=app&lease=5s&response_timeout=1s", server.port());
+    let first = lockman::connect(&url).await.expect("connect");
+    let second = lockman::connect(&url).await.expect("connect");
+    assert_eq!(first.locks.name(), "etcd");
+    assert_eq!(first.locks.capabilities().default_lease, Some(Duration::from_secs(5)));
+    let guard = first.locks.acquire("job", AcquireOptions::new()).await.expect("acquire");
+    assert!(second.locks.try_acquire("job", AcquireOptions::new()).await.expect("try").is_none());
+    guard.release().await.expect("release");
+    first.status.set(".FCRunning", FlagOptions::new()).await.expect("set");
+    assert!(second.status.is_set(".FCRunning").await.expect("get"));
+    let message = config_error(lockman::connect("etcd://127.0.0.1:1/?lease=200ms").await);
+    assert!(message.contains("whole seconds"), "{message}");
+}

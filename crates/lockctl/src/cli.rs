@@ -19,7 +19,8 @@ The backend comes from the same configuration as every lockman program:
 built-in defaults, then lockman.toml in the working directory (or the file
 named by LOCKMAN_CONFIG or --config), then LOCKMAN_* environment variables,
 then --url. URLs: memory://, file:///dir (?mode=lease for network shares),
-legacy-file:///dir, redis://[user:pass@]host:port/db, rediss://...";
+legacy-file:///dir, redis://[user:pass@]host:port/db, rediss://...,
+etcd://host:port[,host:port...]";
 
 /// `lockctl`: the lockman admin CLI.
 #[derive(Debug, Parser)]

@@ -57,7 +57,7 @@ impl BlockingLockManager {
 
     /// Acquires every one of `resources` or none, in name order, within one
     /// overall wait; the holder defaults to the calling thread. See
-    /// [`LockManagerExt::acquire_all`](crate::LockManagerExt::acquire_all).
+    /// [`LockManagerExt::acquire_all`].
     ///
     /// # Errors
     ///

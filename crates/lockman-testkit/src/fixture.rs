@@ -5,8 +5,8 @@
 //! (never a well-known one, so a machine's shared server is never touched),
 //! with its files in a private temporary directory, crashed, paused, and
 //! restarted on the same port with or without its data. Each fixture
-//! ([`RedisServer`](crate::redis_server::RedisServer); etcd and SQL servers
-//! to come) implements [`ServerFixture`], so a harness such as
+//! ([`RedisServer`](crate::redis_server::RedisServer),
+//! [`EtcdServer`](crate::etcd_server::EtcdServer); SQL servers to come) implements [`ServerFixture`], so a harness such as
 //! `lockman-torture` can inject the same faults into any of them.
 //!
 //! If a fixture's server program is not installed, [`ServerFixture::start`]

@@ -28,7 +28,8 @@
 //! resource names and assume they start free.
 //!
 //! With the `servers` feature (off by default), the `fixture` module's
-//! `ServerFixture` trait and its implementations (`redis_server`) start
+//! `ServerFixture` trait and its implementations (`redis_server`,
+//! `etcd_server`) start
 //! private servers on loopback ports, for backend and fault tests.
 
 use std::future::Future;
@@ -39,6 +40,8 @@ use std::time::Duration;
 
 use lockman_core::{Capabilities, LockManager, StatusManager, WakeMechanism};
 
+#[cfg(feature = "servers")]
+pub mod etcd_server;
 pub mod events;
 pub mod exclusion;
 #[cfg(feature = "servers")]

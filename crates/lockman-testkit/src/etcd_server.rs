@@ -1,0 +1,364 @@
+//! A private single-node `etcd` for tests: started on free loopback ports
+//! (client and peer, never 2379/2380), with its data in a private temporary
+//! directory, and stopped when dropped — the etcd [`ServerFixture`].
+//!
+//! If `etcd` is not on `PATH`, [`EtcdServer::start`] prints a loud `SKIPPED`
+//! line to stderr and returns `None`, so the test passes without running —
+//! unless `LOCKMAN_REQUIRE_ETCD=1` is set (as in CI), in which case it panics.
+//!
+//! etcd writes every change to its write-ahead log before answering, so
+//! [`restart`](EtcdServer::restart) (after a [`kill`](EtcdServer::kill) or
+//! not) comes back with every acknowledged key and the same revision
+//! counter; [`restart_empty`](EtcdServer::restart_empty) deletes the data
+//! directory first, as on a new machine (revisions start again from 1).
+//!
+//! Readiness is judged by etcd's `/health` endpoint (plain HTTP on the client
+//! port) *and* its own log saying it serves clients, so a server that lost
+//! its port to another process is never mistaken for ours.
+//!
+//! This module is Unix-only (it sends signals to the server).
+//!
+//! ```no_run
+//! use lockman_testkit::etcd_server::EtcdServer;
+//!
+//! let Some(mut server) = EtcdServer::start() else { return };
+//! let url = server.url(); // "etcd://127.0.0.1:PORT" — give this to the backend
+//! server.kill();
+//! server.restart(); // same port, same data
+//! # drop(url);
+//! ```
+
+#![cfg(unix)]
+
+use std::fs;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use crate::fixture::{ServerFixture, ServerProcess, free_port, free_port_but, skip_or_panic};
+
+/// How long [`EtcdServer::start`] and [`EtcdServer::restart`] wait for the
+/// server to be healthy before failing the test.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The environment variable that turns a missing `etcd` from a skip into a
+/// test failure (set it to `1`).
+pub const REQUIRE_ENV: &str = "LOCKMAN_REQUIRE_ETCD";
+
+/// The server program (Debian's `etcd-server` package installs it).
+const PROGRAM: &str = "etcd";
+
+/// The member's data directory, inside the fixture's directory.
+const DATA_DIR: &str = "data";
+
+/// What etcd logs once it accepts client requests (3.4 and later).
+const READY_LINE: &str = "ready to serve client requests";
+
+/// How many fresh port pairs [`EtcdServer::start`] tries when a chosen port
+/// is taken before the server binds it.
+const START_ATTEMPTS: usize = 5;
+
+/// How many times [`EtcdServer::restart`] retries binding the same ports.
+const RESTART_ATTEMPTS: usize = 20;
+
+/// An `etcd` child process private to one test: one member, listening on
+/// `127.0.0.1` at a free client port and a free peer port, with its data and
+/// log in a private temporary directory.
+///
+/// Dropping it kills the server (`SIGKILL`), reaps it and removes the
+/// directory. Its [`ServerFixture`] methods are also inherent methods.
+#[derive(Debug)]
+pub struct EtcdServer {
+    process: ServerProcess,
+    peer_port: u16,
+}
+
+/// Why one attempt at starting the server failed without a panic.
+enum StartFailure {
+    /// The server could not bind a port (another process took it): worth retrying.
+    PortTaken,
+}
+
+impl EtcdServer {
+    /// Starts a private `etcd` on free loopback ports and waits (at most
+    /// [`READY_TIMEOUT`]) until it is healthy.
+    ///
+    /// Returns `None` after printing a `SKIPPED` line to stderr if `etcd` is
+    /// not on `PATH`, unless `LOCKMAN_REQUIRE_ETCD=1`.
+    ///
+    /// # Panics
+    ///
+    /// If `etcd` is missing and `LOCKMAN_REQUIRE_ETCD=1`; if it cannot be
+    /// spawned for another reason; or if it exits or never becomes healthy
+    /// (the message includes the tail of its log).
+    pub fn start() -> Option<EtcdServer> {
+        let mut server = EtcdServer { process: ServerProcess::new(PROGRAM, &[]), peer_port: 0 };
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            server.process.set_port(port);
+            server.peer_port = free_port_but(&[port]);
+            match server.spawn() {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::NotFound => {
+                    drop(server);
+                    return skip_or_panic(
+                        REQUIRE_ENV,
+                        "etcd not found on PATH; install it (apt-get install etcd-server)",
+                    );
+                }
+                Err(error) => panic!("cannot spawn etcd: {error}"),
+            }
+            match server.wait_ready() {
+                Ok(()) => return Some(server),
+                Err(StartFailure::PortTaken) => {
+                    // A fresh data directory for the next ports: the member's
+                    // peer URL is recorded in it.
+                    server.remove_data();
+                    continue;
+                }
+            }
+        }
+        panic!(
+            "etcd could not bind free loopback ports in {START_ATTEMPTS} attempts; log tail:\n{}",
+            server.process.log_tail()
+        );
+    }
+
+    /// The loopback client port (never 2379); it stays the same across
+    /// [`restart`](Self::restart).
+    pub fn port(&self) -> u16 {
+        self.process.port()
+    }
+
+    /// The backend URL of this server: `etcd://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port())
+    }
+
+    /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    /// The directory holding the server's files (`data/`, `stdio.log`),
+    /// removed when the server is dropped.
+    pub fn dir(&self) -> &Path {
+        self.process.dir()
+    }
+
+    /// Kills the server with `SIGKILL` (also when it is paused) and reaps it.
+    /// Its data directory stays. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Stops the server with `SIGSTOP` (see [`ServerFixture::pause`]).
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// Continues a paused server (`SIGCONT`).
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running.
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
+    /// Whether the server process is alive (a paused one is).
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Kills the server if it is running and starts it again on the same
+    /// ports with the same data directory: every acknowledged write, and
+    /// the revision counter, survive.
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be spawned, cannot bind its ports again or
+    /// never becomes healthy (with the log tail).
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..RESTART_ATTEMPTS {
+            self.spawn().unwrap_or_else(|error| panic!("cannot spawn etcd again: {error}"));
+            match self.wait_ready() {
+                Ok(()) => return,
+                // Another process holds a port, perhaps only for a moment.
+                Err(StartFailure::PortTaken) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        panic!(
+            "etcd could not bind ports {} and {} again after {RESTART_ATTEMPTS} attempts; log tail:\n{}",
+            self.port(),
+            self.peer_port,
+            self.process.log_tail()
+        );
+    }
+
+    /// Like [`restart`](Self::restart), but the data directory is deleted
+    /// first: the new server is empty and its revisions start again.
+    ///
+    /// # Panics
+    ///
+    /// As for [`restart`](Self::restart); if the data cannot be deleted.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.remove_data();
+        self.restart();
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir().join(DATA_DIR)
+    }
+
+    fn remove_data(&self) {
+        match fs::remove_dir_all(self.data_dir()) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => panic!("cannot delete the etcd data in {}: {error}", self.dir().display()),
+        }
+    }
+
+    /// Spawns `etcd` on its ports; it must not be running.
+    fn spawn(&mut self) -> io::Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.port());
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(PROGRAM);
+        command
+            .arg("--name")
+            .arg("lockman-test")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .arg("--initial-cluster")
+            .arg(format!("lockman-test={peer}"))
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "lockman-test"]);
+        self.process.spawn(command)
+    }
+
+    /// Waits until the spawned server says it serves clients and `/health`
+    /// answers healthy. Panics if it exits for any reason but a taken port,
+    /// or is not ready within [`READY_TIMEOUT`].
+    fn wait_ready(&mut self) -> Result<(), StartFailure> {
+        let dir = self.dir().to_owned();
+        let mut log_offset = fs::metadata(dir.join(crate::fixture::STDIO_LOG)).map_or(0, |m| m.len());
+        // Only this spawn's lines count: a restart appends to the same log.
+        let mut said_ready = false;
+        let answered = self.process.wait_ready(READY_TIMEOUT, |port, _pid| {
+            if !said_ready {
+                said_ready = log_since(&dir, &mut log_offset).contains(READY_LINE);
+            }
+            said_ready && healthy(port)
+        });
+        let Err(status) = answered else { return Ok(()) };
+        let log = self.process.log_tail();
+        if log.contains("address already in use") {
+            return Err(StartFailure::PortTaken);
+        }
+        panic!("etcd on port {} exited at start ({status}); log tail:\n{log}", self.port());
+    }
+}
+
+/// The trait's methods are the inherent ones above.
+impl ServerFixture for EtcdServer {
+    const PROGRAM: &'static str = PROGRAM;
+    const REQUIRE_ENV: &'static str = REQUIRE_ENV;
+
+    fn start() -> Option<Self> {
+        EtcdServer::start()
+    }
+
+    fn url(&self) -> String {
+        EtcdServer::url(self)
+    }
+
+    fn port(&self) -> u16 {
+        EtcdServer::port(self)
+    }
+
+    fn dir(&self) -> &Path {
+        EtcdServer::dir(self)
+    }
+
+    fn kill(&mut self) {
+        EtcdServer::kill(self);
+    }
+
+    fn pause(&self) {
+        EtcdServer::pause(self);
+    }
+
+    fn resume(&self) {
+        EtcdServer::resume(self);
+    }
+
+    fn is_running(&mut self) -> bool {
+        EtcdServer::is_running(self)
+    }
+
+    /// Keeps everything etcd acknowledged (its write-ahead log is fsynced).
+    fn restart(&mut self) {
+        EtcdServer::restart(self);
+    }
+
+    fn restart_empty(&mut self) {
+        EtcdServer::restart_empty(self);
+    }
+}
+
+/// The server's stdout/stderr written since `offset` (which moves on).
+fn log_since(dir: &Path, offset: &mut u64) -> String {
+    let Ok(bytes) = fs::read(dir.join(crate::fixture::STDIO_LOG)) else { return String::new() };
+    let start = usize::try_from(*offset).unwrap_or(usize::MAX).min(bytes.len());
+    *offset = bytes.len() as u64;
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Whether etcd on `port` answers `GET /health` with `"health":"true"`.
+fn healthy(port: u16) -> bool {
+    let timeout = Duration::from_millis(500);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else { return false };
+    if stream.set_read_timeout(Some(timeout)).is_err() || stream.set_write_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    let request = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).is_ok() && reply.contains("\"health\":\"true\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_restarts_and_loses_data_on_request() {
+        let Some(mut server) = EtcdServer::start() else { return };
+        let port = server.port();
+        assert_ne!(port, 2379);
+        assert!(healthy(port));
+        server.pause();
+        server.resume();
+        server.restart();
+        assert_eq!(server.port(), port);
+        assert!(server.data_dir().join("member").is_dir());
+        server.restart_empty();
+        assert!(healthy(port));
+        let dir = server.dir().to_owned();
+        drop(server);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
