@@ -4,7 +4,8 @@
 //! A critical section is the time from `acquire` returning to `release`
 //! being called (or the worker's death). The rules:
 //!
-//! 1. **Exclusion.** Two lockman sections never overlap, unless the earlier
+//! 1. **Exclusion.** Two lockman sections never overlap — except two shared
+//!    sections, and up to n sections of a semaphore of n permits — unless the earlier
 //!    holder was told its lock was lost before the later grant; or the Redis
 //!    server lost its data (a restart) after the earlier grant; or the earlier
 //!    holder was frozen (`SIGSTOP`) long enough that its lease, as it knew it,
@@ -12,7 +13,9 @@
 //!    renews every third of it). A section of an old daemon overlapping a
 //!    lockman section is a violation only where the old protocol's own races
 //!    cannot explain it: the legacy file was in place, nobody else touched it
-//!    (no old daemon stole it), and yet the other side went in.
+//!    (no old daemon stole it), and yet the other side went in. Under
+//!    permits, at no grant do more than n sections hold once the excused
+//!    ones (by the same rules, judged at that grant) are left out.
 //! 2. **Reaction.** A holder told "lost" ends its section within
 //!    `lost_bound` (unless it was frozen meanwhile), and never starts a write
 //!    after the report. A holder that extended its lease is never told the
@@ -20,17 +23,21 @@
 //! 3. **Tokens.** Fencing tokens strictly increase in grant order; no two
 //!    grants share one.
 //! 4. **No lost update.** The counter equals the number of accepted writes,
-//!    give or take the writes whose outcome died with their process.
+//!    give or take the writes whose outcome died with their process. **No
+//!    torn read**: the reads a section's store accepted all saw one value
+//!    (a shared section reads twice; a writer in between would change it).
 //! 5. **Liveness.** No wait spends more than `liveness_bound` in one stretch
-//!    while the lock is free: nobody holds it, and no fault explains the gap
-//!    (a killed or frozen participant's lease, a restart, a network fault on
-//!    the waiter, a full disk).
+//!    while the lock is free: nobody holds it (under permits: fewer than n
+//!    hold it), and no fault explains the gap (a killed or frozen
+//!    participant's lease, a restart, a network fault on the waiter, a full
+//!    disk).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use lockman::LockMode;
 use serde::Serialize;
 
 use crate::history::{Event, Fault, Kind, read_log};
@@ -75,6 +82,10 @@ pub struct Section {
     pub killed: bool,
     /// The fencing token.
     pub token: Option<u64>,
+    /// How it held the resource.
+    pub mode: LockMode,
+    /// The values of the reads the store accepted.
+    pub reads: Vec<u64>,
     /// The lease in force from each time on: (time, lease µs).
     pub leases: Vec<(u64, u64)>,
     /// When the loss report arrived, and why.
@@ -101,6 +112,9 @@ impl Section {
 
     fn describe(&self) -> String {
         let mut text = format!("{} [{:?}] granted at {} ms", self.w, self.kind, ms(self.grant_t));
+        if self.mode != LockMode::Exclusive {
+            let _ = write!(text, " ({})", self.mode);
+        }
         if let Some(token) = self.token {
             let _ = write!(text, " token {token}");
         }
@@ -143,6 +157,12 @@ pub struct Report {
     pub sections: usize,
     /// Old daemons' sections.
     pub old_sections: usize,
+    /// Lockman sections by mode (`exclusive`, `shared`, `permits`).
+    pub modes: BTreeMap<String, usize>,
+    /// The most lockman sections that held together at one grant without
+    /// an excuse (readers together, permit holders): shows the mode was
+    /// exercised, not only allowed.
+    pub most_together: usize,
     /// Accepted writes.
     pub writes: u64,
     /// Writes whose outcome died with their process.
@@ -245,7 +265,7 @@ impl Histories {
                     }
                 }
                 Event::Steal { t } => self.steals.push((w.clone(), t)),
-                Event::Grant { t, token, lease_ms, age_us } => {
+                Event::Grant { t, token, lease_ms, age_us, mode } => {
                     let acquire_t = wait.unwrap_or(t);
                     let began_t = t.saturating_sub(age_us.unwrap_or(0)).max(acquire_t);
                     // A worker frozen between its grant and this record held
@@ -273,6 +293,8 @@ impl Histories {
                         end_t: u64::MAX,
                         killed: false,
                         token,
+                        mode: mode.unwrap_or_default(),
+                        reads: Vec::new(),
                         leases: lease_ms.map(|l| vec![(t, l * 1000)]).unwrap_or_default(),
                         lost: None,
                         writes_ok: 0,
@@ -289,11 +311,13 @@ impl Histories {
                         section.extended_until = Some(t.saturating_sub(took_us) + lease_ms * 1000);
                     }
                 }
-                Event::Read { ok, .. } => {
-                    if let Some(section) = &mut open
-                        && !ok
-                    {
-                        section.fenced += 1;
+                Event::Read { ok, value, .. } => {
+                    if let Some(section) = &mut open {
+                        if ok {
+                            section.reads.push(value);
+                        } else {
+                            section.fenced += 1;
+                        }
                     }
                 }
                 Event::WriteStart { t } => {
@@ -364,11 +388,25 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
     let sections = &histories.sections;
 
     // 1. Exclusion. Sections are in grant order; `active` holds those still
-    // running at the current grant.
+    // running at the current grant. Overlaps the mode admits (readers
+    // together, permit holders up to the count) are not pairs to judge.
     let mut active: Vec<&Section> = Vec::new();
+    let mut most_together = usize::from(!sections.is_empty());
     for later in sections {
         active.retain(|earlier| earlier.end_t > later.grant_t);
+        let mut sharing: Vec<&Section> = Vec::new();
         for earlier in &active {
+            match (earlier.mode, later.mode) {
+                (LockMode::Shared, LockMode::Shared) => {
+                    sharing.push(earlier);
+                    continue;
+                }
+                (LockMode::Permits(a), LockMode::Permits(b)) if a == b => {
+                    sharing.push(earlier);
+                    continue;
+                }
+                _ => {}
+            }
             let verdict = match (earlier.kind, later.kind) {
                 (Kind::New, Kind::New) => judge_new_overlap(histories, earlier, later, bounds),
                 (Kind::New, _) | (_, Kind::New) => judge_old_overlap(histories, earlier, later),
@@ -382,6 +420,33 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
                 Err(reason) => *excused.entry(reason).or_default() += 1,
             }
         }
+        // A semaphore of n: this grant makes one more holder; past n, the
+        // earlier holders an excuse covers at this grant do not count.
+        let limit = later.mode.permit_count().map_or(usize::MAX, |n| n as usize);
+        let mut holding = sharing.len() + 1;
+        if holding > limit {
+            let mut reasons = Vec::new();
+            sharing.retain(|earlier| match judge_new_overlap(histories, earlier, later, bounds) {
+                Ok(()) => true,
+                Err(reason) => {
+                    reasons.push(reason);
+                    false
+                }
+            });
+            holding = sharing.len() + 1;
+            if holding > limit {
+                let mut detail = format!("{holding} sections hold a semaphore of {limit} permits at once:");
+                for section in sharing.iter().chain([&later]) {
+                    let _ = write!(detail, "\n  {}", section.describe());
+                }
+                violations.push(Violation { rule: "overlap".into(), detail });
+            } else {
+                for reason in reasons {
+                    *excused.entry(reason).or_default() += 1;
+                }
+            }
+        }
+        most_together = most_together.max(holding.min(limit));
         active.push(later);
     }
 
@@ -425,12 +490,30 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
         }
     }
 
-    // 3. Tokens strictly increase in grant order.
+    // 3. Tokens strictly increase in grant order — where the order is
+    // known. Two sections that may hold together (readers, permit holders)
+    // can record their grants in the other order than the backend made them;
+    // their order is known only if one was granted before the other began
+    // waiting. A grant that excludes the other (an exclusive one) is known to
+    // follow everything recorded before it (else the two would overlap).
     if tokens {
-        let mut previous: Option<&Section> = None;
         let mut seen: BTreeMap<u64, &Section> = BTreeMap::new();
+        // The highest token so far, over all sections and over those that
+        // exclude readers / permit holders: (token, section).
+        let mut highest: Option<(u64, &Section)> = None;
+        let mut highest_not_shared: Option<(u64, &Section)> = None;
+        let mut highest_not_permits: Option<(u64, &Section)> = None;
+        // The highest token of the sections granted up to each one, in grant order.
+        let mut prefix: Vec<(u64, (u64, &Section))> = Vec::new();
         for section in sections.iter().filter(|s| s.kind == Kind::New) {
             let Some(token) = section.token else { continue };
+            let before_wait = prefix.partition_point(|(grant_t, _)| grant_t + bounds.slack_us < section.acquire_t);
+            let known_before = before_wait.checked_sub(1).map(|i| prefix[i].1);
+            let bound = match section.mode {
+                LockMode::Exclusive => highest,
+                LockMode::Shared => higher(highest_not_shared, known_before),
+                LockMode::Permits(_) => higher(highest_not_permits, known_before),
+            };
             if let Some(other) = seen.insert(token, section) {
                 violations.push(Violation {
                     rule: "token".into(),
@@ -440,9 +523,7 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
                         section.describe()
                     ),
                 });
-            } else if let Some(previous) = previous
-                && previous.token.is_some_and(|p| p >= token)
-            {
+            } else if let Some((_, previous)) = bound.filter(|(highest, _)| *highest >= token) {
                 violations.push(Violation {
                     rule: "token".into(),
                     detail: format!(
@@ -452,7 +533,17 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
                     ),
                 });
             }
-            previous = Some(section);
+            let this = Some((token, section));
+            highest = higher(highest, this);
+            if section.mode != LockMode::Shared {
+                highest_not_shared = higher(highest_not_shared, this);
+            }
+            if !section.mode.is_permits() {
+                highest_not_permits = higher(highest_not_permits, this);
+            }
+            if let Some(highest) = highest {
+                prefix.push((section.grant_t, highest));
+            }
         }
     }
 
@@ -469,8 +560,25 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
         });
     }
 
-    // 5. Liveness.
-    let busy = merge(busy_intervals(histories, bounds));
+    // 4b. No torn read.
+    for section in sections {
+        if let Some(first) = section.reads.first()
+            && let Some(other) = section.reads.iter().find(|value| *value != first)
+        {
+            violations.push(Violation {
+                rule: "torn-read".into(),
+                detail: format!(
+                    "{} read {first}, then {other}: the counter was written while it held",
+                    section.describe()
+                ),
+            });
+        }
+    }
+
+    // 5. Liveness. Under a semaphore of n the lock is free while fewer than
+    // n hold it; otherwise while nobody does.
+    let capacity = sections.iter().find_map(|s| s.mode.permit_count()).unwrap_or(1).max(1);
+    let busy = saturated(busy_intervals(histories, bounds, capacity), capacity);
     let mut longest_free = 0;
     for wait in &histories.waits {
         let own = own_fault_intervals(histories, &wait.w, bounds);
@@ -505,9 +613,15 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
         *faults.entry(name).or_default() += 1;
     }
     let new_sections = sections.iter().filter(|s| s.kind == Kind::New);
+    let mut modes: BTreeMap<String, usize> = BTreeMap::new();
+    for section in new_sections.clone() {
+        *modes.entry(section.mode.as_str().to_owned()).or_default() += 1;
+    }
     Report {
         sections: new_sections.clone().count(),
         old_sections: sections.len() - new_sections.clone().count(),
+        modes,
+        most_together,
         writes,
         writes_unknown: unknown,
         counter,
@@ -521,6 +635,14 @@ pub fn check(histories: &Histories, counter: u64, bounds: Bounds, tokens: bool) 
         longest_hold_ms: new_sections.map(|s| s.end_t.saturating_sub(s.grant_t)).max().unwrap_or(0) as f64 / 1e3,
         longest_free_wait_ms: longest_free as f64 / 1e3,
         violations,
+    }
+}
+
+/// The one of two (token, section) pairs with the higher token.
+fn higher<'a>(a: Option<(u64, &'a Section)>, b: Option<(u64, &'a Section)>) -> Option<(u64, &'a Section)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -611,16 +733,17 @@ fn stops_of<'a>(histories: &'a Histories, w: &'a str) -> impl Iterator<Item = (u
 
 /// When the lock was held, or a fault anywhere explains why it may have
 /// looked free: sections, killed or frozen participants' leases, restarts,
-/// a full disk.
-fn busy_intervals(histories: &Histories, bounds: Bounds) -> Vec<(u64, u64)> {
+/// a full disk. Each as `(from, to, holds)`: how many of `capacity` permits
+/// it takes (a fault of the whole backend takes them all).
+fn busy_intervals(histories: &Histories, bounds: Bounds, capacity: u32) -> Vec<(u64, u64, u32)> {
     let shadow = bounds.lease_us + bounds.slack_us;
-    let mut busy: Vec<(u64, u64)> = histories.sections.iter().map(|s| (s.grant_t, s.end_t)).collect();
+    let mut busy: Vec<(u64, u64, u32)> = histories.sections.iter().map(|s| (s.grant_t, s.end_t, 1)).collect();
     for fault in &histories.faults {
         match fault {
-            Fault::Kill { t, .. } => busy.push((*t, t + shadow)),
-            Fault::Stop { t, until, .. } => busy.push((*t, until + shadow)),
-            Fault::Restart { t, until, .. } => busy.push((*t, until + shadow)),
-            Fault::DiskFull { t, until } => busy.push((*t, until + shadow)),
+            Fault::Kill { t, .. } => busy.push((*t, t + shadow, 1)),
+            Fault::Stop { t, until, .. } => busy.push((*t, until + shadow, 1)),
+            Fault::Restart { t, until, .. } => busy.push((*t, until + shadow, capacity)),
+            Fault::DiskFull { t, until } => busy.push((*t, until + shadow, capacity)),
             Fault::Save { .. } | Fault::Net { .. } => {}
         }
     }
@@ -628,7 +751,7 @@ fn busy_intervals(histories: &Histories, bounds: Bounds) -> Vec<(u64, u64)> {
     // ran out) may have left its lease behind in the store.
     for section in &histories.sections {
         if section.lost.is_some() || section.killed {
-            busy.push((section.end_t, section.end_t + shadow));
+            busy.push((section.end_t, section.end_t + shadow, 1));
         }
     }
     busy
@@ -646,17 +769,32 @@ fn own_fault_intervals(histories: &Histories, w: &str, bounds: Bounds) -> Vec<(u
         .collect()
 }
 
-/// The union of `intervals`, sorted and disjoint.
-fn merge(mut intervals: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    intervals.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
-    for (from, to) in intervals {
-        match merged.last_mut() {
-            Some(last) if from <= last.1 => last.1 = last.1.max(to),
-            _ => merged.push((from, to)),
+/// Where `intervals` together hold at least `capacity`: sorted, disjoint.
+/// With a capacity of 1, their union.
+fn saturated(intervals: Vec<(u64, u64, u32)>, capacity: u32) -> Vec<(u64, u64)> {
+    let mut edges: Vec<(u64, i64)> = Vec::with_capacity(intervals.len() * 2);
+    // A section whose holder was killed just after logging its grant ends
+    // (at the kill) before it began: it holds nothing.
+    for (from, to, holds) in intervals.into_iter().filter(|(from, to, _)| to > from) {
+        edges.push((from, i64::from(holds)));
+        edges.push((to, -i64::from(holds)));
+    }
+    // At one instant, starts before ends: touching intervals stay one.
+    edges.sort_unstable_by_key(|&(t, delta)| (t, std::cmp::Reverse(delta)));
+    let (mut held, mut since) = (0i64, None);
+    let mut saturated: Vec<(u64, u64)> = Vec::new();
+    for (t, delta) in edges {
+        held += delta;
+        match since {
+            None if held >= i64::from(capacity) => since = Some(t),
+            Some(from) if held < i64::from(capacity) => {
+                saturated.push((from, t));
+                since = None;
+            }
+            _ => {}
         }
     }
-    merged
+    saturated
 }
 
 /// The longest stretch of `[start, end]` covered by none of `busy`.

@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use lockman::LockMode;
 use serde::{Deserialize, Serialize};
 
 /// Microseconds of `CLOCK_MONOTONIC` (shared by all processes of the machine).
@@ -78,6 +79,10 @@ pub enum Event {
         /// and this record.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         age_us: Option<u64>,
+        /// How the grant holds the resource; absent (older histories, old
+        /// daemons) means exclusive.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<LockMode>,
     },
     /// `extend` succeeded: this lease is now in force.
     Extend {

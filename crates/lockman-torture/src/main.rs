@@ -8,6 +8,7 @@
 
 mod check;
 mod history;
+mod mode;
 mod old;
 mod run;
 mod store;
@@ -78,6 +79,8 @@ struct WorkerArgs {
     no_lock: bool,
     #[arg(long)]
     unchecked_tokens: bool,
+    #[arg(long, default_value = "exclusive")]
+    mode: mode::RunMode,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
                 extend_percent: args.extend_percent,
                 no_lock: args.no_lock,
                 check_tokens: !args.unchecked_tokens,
+                mode: args.mode,
             };
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,

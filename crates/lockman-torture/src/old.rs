@@ -67,7 +67,7 @@ pub fn run(spec: &OldSpec) -> Result<(), String> {
                     if spec.kind == Kind::OldB {
                         let _ = file.write_all(isoformat_now().as_bytes());
                     }
-                    log.write(&Event::Grant { t: now_us(), token: None, lease_ms: None, age_us: None });
+                    log.write(&Event::Grant { t: now_us(), token: None, lease_ms: None, age_us: None, mode: None });
                     thread::sleep(Duration::from_millis(rng.u64(spec.hold_ms.0..=spec.hold_ms.1.max(spec.hold_ms.0))));
                     log.write(&Event::End { t: now_us() });
                     let removed = fs::remove_file(&spec.path);

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::check::{self, Bounds, Histories, Report};
 use crate::history::{Fault, Log, now_us};
+use crate::mode::RunMode;
 use crate::store::FencedCounter;
 use crate::worker::{self, WorkerSpec};
 
@@ -82,6 +83,11 @@ pub struct RunArgs {
     /// The longest stretch a wait may see the lock free (default: 3 s + 2 leases).
     #[arg(long, value_parser = humantime::parse_duration)]
     liveness_bound: Option<Duration>,
+    /// How workers take the resource: `exclusive`; `rw` (3 sections in 4
+    /// shared, reading the counter; the rest exclusive, writing it); or
+    /// `permits=N` (a semaphore of N; sections leave the counter alone).
+    #[arg(long, default_value = "exclusive")]
+    mode: RunMode,
     /// Self-test: workers take no lock. The checker must report violations.
     #[arg(long)]
     no_lock: bool,
@@ -228,6 +234,7 @@ struct RunReport<'a> {
     duration_s: f64,
     faults: Vec<FaultKind>,
     skipped_faults: Vec<String>,
+    mode: String,
     no_lock: bool,
     unchecked_tokens: bool,
     bounds: Bounds,
@@ -384,6 +391,12 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
     if args.no_lock {
         args.extend_percent = 0;
     }
+    if args.mode != RunMode::Exclusive {
+        let name =
+            preset.map_or_else(|| lockman::redact_url(args.url.as_deref().unwrap_or_default()), |p| p.to_string());
+        let capabilities = capabilities_of(&setup).await?;
+        args.mode.supported_by(&capabilities, &name)?;
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let faults_log = Log::create(&dir.join("faults.jsonl")).map_err(|e| format!("cannot create the fault log: {e}"))?;
     let backend_name =
@@ -447,6 +460,7 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
             duration_s: harness.args.duration.as_secs_f64(),
             faults: faults.iter().copied().collect(),
             skipped_faults: skipped,
+            mode: harness.args.mode.to_string(),
             no_lock: harness.args.no_lock,
             unchecked_tokens: harness.args.unchecked_tokens,
             bounds,
@@ -458,6 +472,17 @@ async fn run(mut args: RunArgs) -> Result<bool, String> {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(pass)
+}
+
+/// What the backend the workers will use declares, asked by connecting to it
+/// once (a worker's URL, with the bridge if any).
+async fn capabilities_of(setup: &Setup) -> Result<lockman::Capabilities, String> {
+    let mut config = lockman::Config::for_url((setup.url_of)(0));
+    config.legacy_bridge = setup.bridge.clone();
+    let backends = lockman::connect_with(&config)
+        .await
+        .map_err(|e| format!("cannot connect to the backend to read its capabilities: {e}"))?;
+    Ok(backends.locks.capabilities())
 }
 
 /// Reads the histories in `dir` and the counter, and checks them.
@@ -530,6 +555,11 @@ fn print_summary(backend: &str, seed: u64, args: &RunArgs, report: &Report, pass
         report.longest_free_wait_ms,
         report.violations.len()
     );
+    // From the histories, not `--mode`: a recheck shows what the run did.
+    if report.modes.keys().any(|mode| mode != "exclusive") {
+        let modes: Vec<String> = report.modes.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        println!("lockman-torture: sections by mode[{}] most_together={}", modes.join(" "), report.most_together);
+    }
     if !report.excused.is_empty() {
         let reasons: Vec<String> = report.excused.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         println!("lockman-torture: excused overlaps: {}", reasons.join("; "));
@@ -675,6 +705,7 @@ impl Harness {
             extend_percent: self.args.extend_percent,
             no_lock: self.args.no_lock,
             check_tokens: !self.args.unchecked_tokens,
+            mode: self.args.mode,
         };
         // An in-process map is shared only within one process: its workers are tasks.
         if spec.url.starts_with("memory:") {
@@ -698,7 +729,8 @@ impl Harness {
             .args(["--until-us", &spec.until_us.to_string(), "--seed", &spec.seed.to_string()])
             .args(["--hold-min-ms", &spec.hold_ms.0.to_string(), "--hold-max-ms", &spec.hold_ms.1.to_string()])
             .args(["--wait-ms", &spec.wait.as_millis().to_string()])
-            .args(["--extend-percent", &spec.extend_percent.to_string()]);
+            .args(["--extend-percent", &spec.extend_percent.to_string()])
+            .args(["--mode", &spec.mode.to_string()]);
         if let Some(bridge) = &spec.bridge {
             command.args(["--bridge", bridge]);
         }

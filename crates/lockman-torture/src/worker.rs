@@ -2,16 +2,23 @@
 //! fenced counter while holding it (with a sleep between the read and the
 //! write, so an overlap turns into a lost update), release; repeat until the
 //! run's deadline. Everything it does and sees goes to its own log.
+//!
+//! Under `--mode rw` most sections are shared: they read the counter, hold,
+//! and read it again (a writer slipping in between shows as two different
+//! values). Under `--mode permits=N` a section takes one permit and leaves the
+//! counter alone: N holders together are allowed, so there is no single
+//! value to protect, and the checker judges the intervals instead.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use lockman::{AcquireOptions, Config, LockError, LockGuard, LockManager};
+use lockman::{AcquireOptions, Config, LockError, LockGuard, LockManager, LockMode};
 use tokio::sync::watch;
 
 use crate::history::{Event, Kind, Log, now_us};
+use crate::mode::RunMode;
 use crate::store::{Fenced, FencedCounter};
 
 /// What one worker does.
@@ -44,6 +51,8 @@ pub struct WorkerSpec {
     pub no_lock: bool,
     /// Whether the counter checks tokens (off: the checker's self-test).
     pub check_tokens: bool,
+    /// How sections take the resource.
+    pub mode: RunMode,
 }
 
 /// How a critical section ended.
@@ -75,11 +84,18 @@ pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Resul
     };
     while now_us() < worker.spec.until_us {
         let left = Duration::from_micros(worker.spec.until_us.saturating_sub(now_us()));
+        // Drawn before the acquire, so `--no-lock` runs log the mode they would have taken.
+        let mode = worker.spec.mode.draw(&mut worker.rng);
         worker.log.write(&Event::Acquire { t: now_us() });
         let guard = match &locks {
             None => None,
             Some(locks) => {
                 let options = AcquireOptions::new().timeout(worker.spec.wait.min(left)).purpose("torture");
+                let options = match mode {
+                    LockMode::Exclusive => options,
+                    LockMode::Shared => options.shared(),
+                    LockMode::Permits(n) => options.permits(n),
+                };
                 match locks.acquire(&worker.spec.resource, options).await {
                     Ok(guard) => Some(guard),
                     Err(LockError::Timeout { .. }) => {
@@ -99,8 +115,10 @@ pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Resul
         let age_us = guard.as_ref().map(|guard| {
             SystemTime::now().duration_since(guard.info().acquired_at).unwrap_or_default().as_micros() as u64
         });
-        worker.log.write(&Event::Grant { t: now_us(), token, lease_ms, age_us });
-        if let Outcome::Failed(msg) = worker.section(guard.as_ref()).await {
+        // Exclusive is the default: left out, so exclusive runs log what they always did.
+        let logged_mode = (mode != LockMode::Exclusive).then_some(mode);
+        worker.log.write(&Event::Grant { t: now_us(), token, lease_ms, age_us, mode: logged_mode });
+        if let Outcome::Failed(msg) = worker.section(guard.as_ref(), mode).await {
             worker.log.write(&Event::Error { t: now_us(), msg });
         }
         worker.log.write(&Event::End { t: now_us() });
@@ -147,7 +165,7 @@ impl Worker {
     /// The critical section: read, hold, write — ending early when the guard
     /// reports the lock lost (within the checker's reaction bound) or the store
     /// refuses the token.
-    async fn section(&mut self, guard: Option<&LockGuard>) -> Outcome {
+    async fn section(&mut self, guard: Option<&LockGuard>, mode: LockMode) -> Outcome {
         // The guard's loss report, timed by a task of its own so that the time is
         // when the report arrived, even while the section stalls.
         let (lost_tx, mut lost_rx) = watch::channel(None::<(u64, String)>);
@@ -167,7 +185,7 @@ impl Worker {
                 None
             }
         };
-        let outcome = self.section_body(guard, &mut lost_rx).await;
+        let outcome = self.section_body(guard, mode, &mut lost_rx).await;
         if let Some(watcher) = watcher {
             watcher.abort();
         }
@@ -181,6 +199,7 @@ impl Worker {
     async fn section_body(
         &mut self,
         guard: Option<&LockGuard>,
+        mode: LockMode,
         lost: &mut watch::Receiver<Option<(u64, String)>>,
     ) -> Outcome {
         let Worker { spec, counter, lease, stall_until, rng, log } = self;
@@ -205,16 +224,24 @@ impl Worker {
                 Err(error) => return Outcome::Failed(format!("extend: {error}")),
             }
         }
-        let value = match counter.read(token) {
-            Ok(Ok(value)) => {
+        // A permit holder shares the resource with others that may write no
+        // more than it does: nothing to read or write, only its interval.
+        let read = match mode {
+            LockMode::Exclusive => Some(counter.read(token)),
+            LockMode::Shared => Some(counter.read_shared(token)),
+            LockMode::Permits(_) => None,
+        };
+        let value = match read {
+            None => 0,
+            Some(Ok(Ok(value))) => {
                 log.write(&Event::Read { t: now_us(), ok: true, value });
                 value
             }
-            Ok(Err(Fenced { seen })) => {
+            Some(Ok(Err(Fenced { seen }))) => {
                 log.write(&Event::Read { t: now_us(), ok: false, value: seen });
                 return Outcome::Fenced;
             }
-            Err(error) => return Outcome::Failed(format!("counter read: {error}")),
+            Some(Err(error)) => return Outcome::Failed(format!("counter read: {error}")),
         };
         tokio::select! {
             biased;
@@ -234,8 +261,27 @@ impl Worker {
         if guard.is_some_and(LockGuard::is_lost) {
             // Seen before the loss report reached the watcher task (after a
             // freeze, both come due at once): this check is when the worker learned.
-            log.write(&Event::Lost { t: now_us(), why: "is_lost() before the write".to_owned() });
+            log.write(&Event::Lost { t: now_us(), why: "is_lost() after the hold".to_owned() });
             return Outcome::Lost;
+        }
+        match mode {
+            LockMode::Exclusive => {}
+            LockMode::Permits(_) => return Outcome::Done,
+            // Read again: no writer may have changed the value while this
+            // reader held (the checker compares the two).
+            LockMode::Shared => {
+                return match counter.read_shared(token) {
+                    Ok(Ok(value)) => {
+                        log.write(&Event::Read { t: now_us(), ok: true, value });
+                        Outcome::Done
+                    }
+                    Ok(Err(Fenced { seen })) => {
+                        log.write(&Event::Read { t: now_us(), ok: false, value: seen });
+                        Outcome::Fenced
+                    }
+                    Err(error) => Outcome::Failed(format!("counter read: {error}")),
+                };
+            }
         }
         log.write(&Event::WriteStart { t: now_us() });
         match counter.write(token, value + 1) {

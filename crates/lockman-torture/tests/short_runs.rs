@@ -1,6 +1,8 @@
 //! CI's short torture runs: one seeded run per backend with the faults that
-//! apply to it, and the checker's self-tests (a run without locks, and one
-//! whose store ignores fencing tokens while Redis loses its data, must fail).
+//! apply to it, one per lock mode (`rw`, `permits=3`) on each backend that
+//! declares it, and the checker's self-tests (runs without locks in each
+//! mode, and one whose store ignores fencing tokens while Redis loses its
+//! data, must fail; a backend without a mode must refuse to run it).
 //!
 //! The runs take turns (each spawns up to a dozen processes on a 2-core
 //! machine, and the checker judges timing), are bounded in time, and each
@@ -144,6 +146,87 @@ fn redis_bridged_with_legacy_and_old_daemons() {
         return;
     }
     assert_passes(&["--backend", "redis+legacy", "--seed", "107"], 10);
+}
+
+/// A run in `--mode rw` or `permits=N` that passed, and in which the mode
+/// was exercised: readers together, or every permit taken at once.
+fn assert_mode_exercised(outcome: &Outcome, together: u64) {
+    let most = outcome.report["most_together"].as_u64().unwrap();
+    assert!(most >= together, "at most {most} sections held together, expected {together}\n{}", outcome.stdout);
+}
+
+#[test]
+fn memory_rw_with_killed_and_stalled_tasks() {
+    let outcome = assert_passes(&["--backend", "memory", "--mode", "rw", "--seed", "201"], 6);
+    assert_mode_exercised(&outcome, 2);
+    let modes = &outcome.report["modes"];
+    assert!(modes["shared"].as_u64() > Some(0) && modes["exclusive"].as_u64() > Some(0), "{modes}");
+    assert!(outcome.report["writes"].as_u64() > Some(0), "no writer wrote");
+}
+
+#[test]
+fn memory_permits_with_killed_and_stalled_tasks() {
+    let outcome = assert_passes(&["--backend", "memory", "--mode", "permits=3", "--seed", "202"], 6);
+    assert_mode_exercised(&outcome, 3);
+}
+
+#[test]
+fn file_rw_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "file", "--mode", "rw", "--seed", "302"], 8);
+    assert_mode_exercised(&outcome, 2);
+}
+
+#[test]
+fn file_permits_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "file", "--mode", "permits=3", "--seed", "302"], 8);
+    assert_mode_exercised(&outcome, 3);
+}
+
+#[test]
+fn redis_rw_with_restarts_and_a_faulty_network() {
+    if !redis_available() {
+        return;
+    }
+    // Seed 301 schedules a restart that loses the data and a network stall within 10 s.
+    let outcome = assert_passes(&["--backend", "redis", "--mode", "rw", "--seed", "301"], 10);
+    assert_mode_exercised(&outcome, 2);
+    let applied = faults_applied(&outcome);
+    assert!(applied.iter().any(|f| f.starts_with("restart")), "no restart in {applied:?}");
+}
+
+#[test]
+fn redis_permits_with_restarts_and_a_faulty_network() {
+    if !redis_available() {
+        return;
+    }
+    let outcome = assert_passes(&["--backend", "redis", "--mode", "permits=3", "--seed", "301"], 10);
+    assert_mode_exercised(&outcome, 3);
+    let applied = faults_applied(&outcome);
+    assert!(applied.iter().any(|f| f.starts_with("restart")), "no restart in {applied:?}");
+}
+
+#[test]
+fn a_backend_without_the_mode_refuses_to_run_it() {
+    // The legacy file has one holder: shared and permits cannot be bridged to it.
+    let output = Command::new(env!("CARGO_BIN_EXE_lockman-torture"))
+        .args(["--backend", "legacy-file", "--mode", "permits=2", "--duration", "2s", "--seed", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("permits = false"), "the refusal does not say why: {stderr}");
+}
+
+#[test]
+fn the_checker_reports_readers_and_permit_holders_without_locks() {
+    for mode in ["rw", "permits=2"] {
+        let outcome =
+            torture(&["--backend", "memory", "--mode", mode, "--no-lock", "--faults", "none", "--seed", "209"], 2);
+        assert!(!outcome.passed, "a {mode} run without locks passed:\n{}", outcome.stdout);
+        let rules: Vec<&str> =
+            outcome.report["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
+        assert!(rules.contains(&"overlap"), "no overlap reported in {mode}: {rules:?}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::history::Kind;
+use lockman::LockMode;
 
 const BOUNDS: Bounds =
     Bounds { lost_bound_us: 100_000, slack_us: 5_000, liveness_bound_us: 2_000_000, lease_us: 1_000_000 };
@@ -13,7 +14,7 @@ fn worker(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     let mut events = vec![Event::Start { t: 0, w: name.to_owned(), pid: 1, kind: Kind::New }];
     for &(grant, end, token) in sections {
         events.push(Event::Acquire { t: grant.saturating_sub(1) });
-        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0) });
+        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0), mode: None });
         events.push(Event::Read { t: grant + 1, ok: true, value: 0 });
         events.push(Event::WriteStart { t: end - 1 });
         events.push(Event::Write { t: end - 1, ok: true });
@@ -126,7 +127,7 @@ fn old_daemon(name: &str, sections: &[(u64, u64, u64)]) -> Vec<Event> {
     for &(check, grant, end) in sections {
         events.push(Event::Acquire { t: check });
         events.push(Event::Check { t: check, exists: false });
-        events.push(Event::Grant { t: grant, token: None, lease_ms: None, age_us: None });
+        events.push(Event::Grant { t: grant, token: None, lease_ms: None, age_us: None, mode: None });
         events.push(Event::End { t: end });
         events.push(Event::Released { t: end + 1, ok: true, err: None });
     }
@@ -211,4 +212,192 @@ fn a_new_grant_that_began_before_an_old_daemons_create_is_its_race() {
     }
     let report = judge(vec![old_daemon("old", &[(20, 30, 90)]), new], vec![], 1);
     assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
+
+/// A worker's log in a mode: one section per `(grant, end, token)`. Shared
+/// sections read the counter at both ends (value 0), exclusive ones read
+/// and write it, permit holders only hold.
+fn worker_in(name: &str, mode: LockMode, sections: &[(u64, u64, u64)]) -> Vec<Event> {
+    let mut events = vec![Event::Start { t: 0, w: name.to_owned(), pid: 1, kind: Kind::New }];
+    for &(grant, end, token) in sections {
+        events.push(Event::Acquire { t: grant.saturating_sub(1) });
+        let logged = (mode != LockMode::Exclusive).then_some(mode);
+        events.push(Event::Grant { t: grant, token: Some(token), lease_ms: Some(1000), age_us: Some(0), mode: logged });
+        match mode {
+            LockMode::Exclusive => {
+                events.push(Event::Read { t: grant + 1, ok: true, value: 0 });
+                events.push(Event::WriteStart { t: end - 1 });
+                events.push(Event::Write { t: end - 1, ok: true });
+            }
+            LockMode::Shared => {
+                events.push(Event::Read { t: grant + 1, ok: true, value: 0 });
+                events.push(Event::Read { t: end - 1, ok: true, value: 0 });
+            }
+            LockMode::Permits(_) => {}
+        }
+        events.push(Event::End { t: end });
+        events.push(Event::Released { t: end + 1, ok: true, err: None });
+    }
+    events
+}
+
+const SHARED: LockMode = LockMode::Shared;
+const EXCLUSIVE: LockMode = LockMode::Exclusive;
+
+#[test]
+fn readers_may_hold_together() {
+    let logs = vec![
+        worker_in("a", SHARED, &[(10, 40, 1)]),
+        worker_in("b", SHARED, &[(20, 50, 2)]),
+        worker_in("c", SHARED, &[(30, 35, 3)]),
+        worker_in("d", EXCLUSIVE, &[(60, 70, 4)]),
+    ];
+    let report = judge(logs, vec![], 1);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.most_together, 3);
+    assert_eq!(report.modes.get("shared"), Some(&3));
+}
+
+#[test]
+fn a_writer_beside_a_reader_is_a_violation_either_way_round() {
+    // A writer granted while a reader holds.
+    let report =
+        judge(vec![worker_in("a", SHARED, &[(10, 40, 1)]), worker_in("b", EXCLUSIVE, &[(30, 50, 2)])], vec![], 1);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+    // A reader granted while a writer holds.
+    let report =
+        judge(vec![worker_in("a", EXCLUSIVE, &[(10, 40, 1)]), worker_in("b", SHARED, &[(30, 50, 2)])], vec![], 1);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
+
+#[test]
+fn a_reader_beside_a_writer_that_was_told_lost_is_excused() {
+    let a = with_loss(worker_in("a", EXCLUSIVE, &[(10, 40, 1)]), 25);
+    let report = judge(vec![a, worker_in("b", SHARED, &[(30, 50, 2)])], vec![], 1);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.excused.get("told lost before the next grant"), Some(&1));
+}
+
+#[test]
+fn a_reader_that_sees_the_counter_change_is_a_torn_read() {
+    let mut a = worker_in("a", SHARED, &[(10, 40, 1)]);
+    if let Some(Event::Read { value, .. }) = a.iter_mut().rfind(|e| matches!(e, Event::Read { .. })) {
+        *value = 1;
+    }
+    let report = judge(vec![a], vec![], 0);
+    assert_eq!(rules(&report), ["torn-read"], "{report:#?}");
+}
+
+#[test]
+fn up_to_n_permit_holders_may_hold_together_but_not_one_more() {
+    let three = LockMode::Permits(3);
+    let holders = |extra: Option<(u64, u64, u64)>| {
+        let mut logs = vec![
+            worker_in("a", three, &[(10, 100, 1)]),
+            worker_in("b", three, &[(20, 100, 2)]),
+            worker_in("c", three, &[(30, 100, 3)]),
+            // Granted when a has ended: still three.
+            worker_in("d", three, &[(110, 200, 5)]),
+        ];
+        logs.extend(extra.map(|section| worker_in("e", three, &[section])));
+        logs
+    };
+    let report = judge(holders(None), vec![], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.most_together, 3);
+    // A fourth holder granted at 40 while a, b and c hold.
+    let report = judge(holders(Some((40, 50, 4))), vec![], 0);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+    assert!(report.violations[0].detail.starts_with("4 sections hold a semaphore of 3 permits"), "{report:#?}");
+}
+
+#[test]
+fn a_permit_holder_told_lost_does_not_count_from_then_on() {
+    let three = LockMode::Permits(3);
+    let logs = |lost_at: u64| {
+        vec![
+            with_loss(worker_in("a", three, &[(10, 100_000, 1)]), lost_at),
+            worker_in("b", three, &[(20, 100_000, 2)]),
+            worker_in("c", three, &[(30, 100_000, 3)]),
+            worker_in("e", three, &[(40_000, 50_000, 4)]),
+        ]
+    };
+    // a was told at 35 ms, before e's grant at 40 ms: three count.
+    let report = judge(logs(35_000), vec![], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    assert_eq!(report.excused.get("told lost before the next grant"), Some(&1));
+    // Told at 60 ms, after e's grant (beyond the slack): four held.
+    let report = judge(logs(60_000), vec![], 0);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
+
+#[test]
+fn a_redis_restart_excuses_permit_holders_granted_before_it() {
+    let one = LockMode::Permits(1);
+    let logs = vec![worker_in("a", one, &[(10, 40, 1)]), worker_in("b", one, &[(30, 50, 2)])];
+    let restart = Fault::Restart { t: 20, until: 25, data: "lost".into() };
+    let report = judge(logs.clone(), vec![restart], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    let report = judge(logs, vec![], 0);
+    assert_eq!(rules(&report), ["overlap"], "{report:#?}");
+}
+
+#[test]
+fn readers_granted_together_may_record_their_grants_out_of_token_order() {
+    // b's grant (token 2) is recorded before a's (token 1): both waited from
+    // the start, so the backend may have granted a first.
+    let mut a = worker_in("a", SHARED, &[(30, 60, 1)]);
+    a[1] = Event::Acquire { t: 5 };
+    let report = judge(vec![a, worker_in("b", SHARED, &[(20, 50, 2)])], vec![], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+    // c began waiting after b's grant was recorded, yet has a lower token.
+    let report =
+        judge(vec![worker_in("b", SHARED, &[(20, 50, 2)]), worker_in("c", SHARED, &[(30_000, 30_100, 1)])], vec![], 0);
+    assert_eq!(rules(&report), ["token"], "{report:#?}");
+    // A writer is ordered after every grant recorded before it.
+    let report =
+        judge(vec![worker_in("b", SHARED, &[(20, 50, 2)]), worker_in("w", EXCLUSIVE, &[(60, 70, 1)])], vec![], 1);
+    assert_eq!(rules(&report), ["token"], "{report:#?}");
+}
+
+#[test]
+fn a_wait_while_a_permit_is_free_is_a_liveness_violation() {
+    let two = LockMode::Permits(2);
+    let waiter = vec![
+        Event::Start { t: 0, w: "z".into(), pid: 2, kind: Kind::New },
+        Event::Acquire { t: 100 },
+        Event::Timeout { t: 5_000_100 },
+    ];
+    // One of two permits held all along: the waiter should have got the other.
+    let report = judge(vec![worker_in("a", two, &[(10, 5_000_200, 1)]), waiter.clone()], vec![], 0);
+    assert_eq!(rules(&report), ["liveness"], "{report:#?}");
+    // Both held all along: no violation.
+    let logs = vec![worker_in("a", two, &[(10, 5_000_200, 1)]), worker_in("b", two, &[(20, 5_000_200, 2)]), waiter];
+    let report = judge(logs, vec![], 0);
+    assert_eq!(rules(&report), Vec::<&str>::new(), "{report:#?}");
+}
+
+#[test]
+fn with_one_permit_the_busy_sweep_is_the_union_of_the_intervals() {
+    // The rule for exclusive and rw runs must stay what it was: the union.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..500 {
+        let intervals: Vec<(u64, u64, u32)> = (0..rng.usize(0..12))
+            .map(|_| {
+                let from = rng.u64(0..100);
+                (from, from + rng.u64(0..30), 1)
+            })
+            .collect();
+        let mut union: Vec<(u64, u64)> = Vec::new();
+        let mut sorted: Vec<(u64, u64)> =
+            intervals.iter().filter(|(from, to, _)| to > from).map(|&(from, to, _)| (from, to)).collect();
+        sorted.sort_unstable();
+        for (from, to) in sorted {
+            match union.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => union.push((from, to)),
+            }
+        }
+        assert_eq!(saturated(intervals.clone(), 1), union, "{intervals:?}");
+    }
 }
