@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
 use redis::Script;
 
-use crate::{BACKEND, RedisBackend, scripts};
+use crate::{BACKEND, RedisBackend};
 
 /// Sets a flag in one round trip. KEYS: flag. ARGV: has value, value, ttl ms (0: none).
 static SET: LazyLock<Script> = LazyLock::new(|| {
@@ -21,6 +21,19 @@ redis.call('HSET', KEYS[1], 'has_value', ARGV[1], 'value', ARGV[2],
   'set_us', string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
+"#,
+    )
+});
+
+/// Reads a flag: its fields, then its PTTL. KEYS: flag. (Its own script,
+/// not the lock's `INSPECT`, whose reply carries more than a flag needs.)
+static GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {} end
+table.insert(fields, tostring(redis.call('PTTL', KEYS[1])))
+return fields
 "#,
     )
 });
@@ -145,7 +158,7 @@ impl StatusManager for RedisStatusManager {
 
     async fn get(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         lockman_core::validate_name(flag)?;
-        let mut invocation = scripts::INSPECT.prepare_invoke();
+        let mut invocation = GET.prepare_invoke();
         invocation.key(self.keys.flag(flag));
         let fields: Vec<String> = self.run("reading a flag", flag, invocation).await?;
         Ok(Self::info(flag, &fields))

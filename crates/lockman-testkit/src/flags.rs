@@ -17,6 +17,7 @@ pub async fn flag_set_get_clear(h: &dyn Harness) {
     let info = status.get(".FCRunning").await.expect("get").expect("a set flag reads as clear");
     assert_eq!(info.name, ".FCRunning");
     assert_eq!(info.value, None);
+    assert_eq!(info.expires_at, None, "a flag set without a TTL shows an expiry");
     assert_eq!(info.backend, status.name());
     assert!(status.clear(".FCRunning").await.expect("clear"), "clear did not find a set flag");
     assert!(!status.clear(".FCRunning").await.expect("clear"), "clear found a cleared flag");
