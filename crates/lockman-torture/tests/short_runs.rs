@@ -260,10 +260,24 @@ fn the_checker_reports_unfenced_writes_when_redis_loses_its_data() {
         "--fault-interval",
         "500ms",
         "--seed",
-        "3",
     ];
-    let outcome = torture(&args, 10);
-    assert!(!outcome.passed, "unfenced writes across data-loss restarts passed:\n{}", outcome.stdout);
+    // A run only shows the fault when a holder is mid-section as Redis comes
+    // back empty; a seed whose run had no such moment proves nothing either
+    // way, so up to three seeds are tried. Every run that fails must fail
+    // for the lost update.
+    let mut outputs = Vec::new();
+    let mut outcome = None;
+    for seed in ["3", "4", "5"] {
+        let run = torture(&[&args[..], &[seed]].concat(), 10);
+        if !run.passed {
+            outcome = Some(run);
+            break;
+        }
+        outputs.push(run.stdout);
+    }
+    let outcome = outcome.unwrap_or_else(|| {
+        panic!("unfenced writes across data-loss restarts passed three seeds:\n{}", outputs.join("\n"))
+    });
     let rules: Vec<&str> =
         outcome.report["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
     assert!(rules.contains(&"lost-update"), "no lost update reported: {rules:?}");
