@@ -171,6 +171,14 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Why the backend lacks the modes its [`capabilities`](Self::capabilities)
+    /// leave out, added to the error core returns for them (e.g. "the legacy
+    /// lockfile protocol has one holder per lock file"). `None`: no reason
+    /// beyond the capabilities.
+    fn modes_unsupported_because(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Grants `request`, waiting until its deadline.
     fn acquire(&self, request: &GrantRequest) -> impl Future<Output = Result<Acquired<Self::Grant>, LockError>> + Send;
 

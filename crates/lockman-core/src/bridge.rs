@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::guard::GrantHandle;
 use crate::{
     AcquireOptions, Capabilities, EventSink, LockError, LockEventKind, LockEvents, LockGuard, LockInfo, LockManager,
-    LockMode, LockState, LossSignal, LostReason, Wait,
+    LockState, LossSignal, LostReason, Wait,
 };
 
 /// Holds a resource in `primary` (the new backend) and then in `legacy` (the
@@ -157,13 +157,7 @@ impl BridgedLockManager {
     /// Refuses shared and permits modes up front (before the primary is
     /// taken), unless both sides could hold them.
     fn check_mode(&self, resource: &str, options: &AcquireOptions) -> Result<(), LockError> {
-        let caps = self.capabilities();
-        let supported = match options.mode {
-            LockMode::Exclusive => true,
-            LockMode::Shared => caps.shared_mode,
-            LockMode::Permits(_) => caps.permits,
-        };
-        if supported {
+        if self.capabilities().supports(options.mode) {
             return Ok(());
         }
         Err(LockError::Config(format!(

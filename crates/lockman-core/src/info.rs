@@ -410,6 +410,17 @@ impl Capabilities {
         self
     }
 
+    /// Whether this backend can hold a grant in `mode` (exclusive always;
+    /// shared per [`shared_mode`](Self::shared_mode), permits per
+    /// [`permits`](Self::permits)).
+    pub fn supports(&self, mode: LockMode) -> bool {
+        match mode {
+            LockMode::Exclusive => true,
+            LockMode::Shared => self.shared_mode,
+            LockMode::Permits(_) => self.permits,
+        }
+    }
+
     /// Sets [`shared_mode`](Self::shared_mode) and [`permits`](Self::permits).
     #[must_use]
     pub const fn with_modes(mut self, shared: bool, permits: bool) -> Self {

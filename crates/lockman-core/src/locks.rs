@@ -317,25 +317,26 @@ impl<B: LockBackend> Locks<B> {
 
     /// Refuses a mode the backend cannot hold, and a semaphore of no permits.
     fn check_mode(&self, resource: &str, mode: LockMode) -> Result<(), LockError> {
-        let caps = &self.shared.caps;
         let backend = self.shared.name;
-        match mode {
-            LockMode::Exclusive => Ok(()),
-            LockMode::Shared if !caps.shared_mode => Err(LockError::Config(format!(
-                "the {backend} backend cannot hold {resource:?} shared (its capabilities say shared_mode = false{}); \
-                 take it exclusively, or use a backend that has reader-writer locks",
-                unsupported_why(backend)
-            ))),
-            LockMode::Permits(_) if !caps.permits => Err(LockError::Config(format!(
-                "the {backend} backend cannot hold {resource:?} as a semaphore (its capabilities say permits = \
-                 false{}); use a backend that has semaphores",
-                unsupported_why(backend)
-            ))),
-            LockMode::Permits(0) => Err(LockError::Config(format!(
-                "a semaphore of 0 permits on {resource:?} ({backend}) could never be taken; give at least 1"
-            ))),
-            LockMode::Shared | LockMode::Permits(_) => Ok(()),
+        if !self.shared.caps.supports(mode) {
+            let why = self.shared.backend.modes_unsupported_because().map(|why| format!(": {why}")).unwrap_or_default();
+            return Err(LockError::Config(match mode {
+                LockMode::Shared => format!(
+                    "the {backend} backend cannot hold {resource:?} shared (its capabilities say shared_mode = \
+                     false{why}); take it exclusively, or use a backend that has reader-writer locks"
+                ),
+                _ => format!(
+                    "the {backend} backend cannot hold {resource:?} as a semaphore (its capabilities say permits = \
+                     false{why}); use a backend that has semaphores"
+                ),
+            }));
         }
+        if mode == LockMode::Permits(0) {
+            return Err(LockError::Config(format!(
+                "a semaphore of 0 permits on {resource:?} ({backend}) could never be taken; give at least 1"
+            )));
+        }
+        Ok(())
     }
 
     /// Fills in what only this process knows (reentrant hold counts).
@@ -541,17 +542,6 @@ fn reentry_mode(held: LockMode, asked: LockMode, resource: &str, backend: &str) 
                  holds it"
             )))
         }
-    }
-}
-
-/// Why a backend lacks a mode, where that is known.
-fn unsupported_why(backend: &str) -> &'static str {
-    if backend.starts_with("legacy") {
-        ": the legacy lockfile protocol has one holder per lock file, and old daemons know no other mode"
-    } else if backend.starts_with("bridge") {
-        ": the legacy lock the bridge also takes has one holder, so it cannot admit several"
-    } else {
-        ""
     }
 }
 

@@ -574,6 +574,10 @@ impl LockBackend for LegacyFileBackend {
         LEGACY_BACKEND
     }
 
+    fn modes_unsupported_because(&self) -> Option<&'static str> {
+        Some("the legacy lockfile protocol has one holder per lock file, and old daemons know no other mode")
+    }
+
     fn capabilities(&self) -> Capabilities {
         flock::capabilities()
     }
