@@ -39,6 +39,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use lockman_core::{FencingToken, HolderId, LockError, LockInfo, LockMode};
+use smallvec::{SmallVec, smallvec};
 
 use crate::clock::{Clock, Instant, Wall};
 use crate::sync::{Arc, AtomicU64, Mutex};
@@ -95,8 +96,9 @@ impl<T> Holding<T> {
 
 #[derive(Debug)]
 struct Entry<T> {
-    /// Never empty while the entry is in the map.
-    holdings: Vec<Holding<T>>,
+    /// Never empty while the entry is in the map. Inline: an exclusive
+    /// grant (the common case) allocates nothing for it.
+    holdings: SmallVec<[Holding<T>; 1]>,
     waiters: VecDeque<Arc<Slot<T>>>,
 }
 
@@ -133,7 +135,7 @@ impl<T> Entry<T> {
 
     /// Removes the holdings whose lease ran out; their tags go to `after`.
     fn evict_expired(&mut self, now: Instant, after: &mut Aftermath<T>) {
-        let mut kept = Vec::with_capacity(self.holdings.len());
+        let mut kept = SmallVec::new();
         for holding in self.holdings.drain(..) {
             if holding.expired(now) {
                 after.evicted.push(holding.tag);
@@ -247,7 +249,7 @@ impl<T: Clone> LockTable<T> {
         let entry = match entries.entry(resource.clone()) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let (holding, grant) = self.holding(request);
-                vacant.insert(Entry { holdings: vec![holding], waiters: VecDeque::new() });
+                vacant.insert(Entry { holdings: smallvec![holding], waiters: VecDeque::new() });
                 return (Attempt::Granted(grant), after);
             }
             std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
