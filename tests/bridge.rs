@@ -234,3 +234,49 @@ mod extend {
         assert_eq!(legacy.state("r").await.expect("state"), LockState::Available);
     }
 }
+
+/// When a bridged lock says it was acquired.
+mod grant_time {
+    use std::time::{Duration, SystemTime};
+
+    use lockman::{AcquireOptions, BridgedLockManager, LockManager, LockState};
+
+    /// A bridged lock that took the new lock at once but then waited for an
+    /// old daemon's legacy file is dated from when it got the legacy file
+    /// too: before then it did not hold the resource (the old daemon did),
+    /// and an `acquired_at` from the first part would claim that time.
+    #[tokio::test]
+    async fn a_bridged_lock_is_dated_from_its_later_part() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let legacy_file = dir.path().join(".regcache_lockfile_1");
+        let legacy_url =
+            format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
+        let legacy = lockman::connect(&legacy_url).await.expect("connect legacy").locks;
+        let primary: std::sync::Arc<dyn LockManager> = std::sync::Arc::new(lockman::MemoryLockManager::default());
+        let bridge = std::sync::Arc::new(BridgedLockManager::new(primary.clone(), legacy));
+
+        // An old daemon holds the legacy file (protocol B: the time, no marker).
+        std::fs::write(&legacy_file, "2026-12-03T12:00:00.000000+00:00").expect("old daemon's file");
+        let waiting = tokio::spawn({
+            let bridge = bridge.clone();
+            async move { bridge.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(10))).await }
+        });
+        // The bridge has the new lock and now waits for the legacy file.
+        while primary.state("r").await.expect("state") == LockState::Available {
+            tokio::task::yield_now().await;
+        }
+        let primary_since = primary.state("r").await.expect("state").info().expect("held").acquired_at;
+        tokio::time::sleep(Duration::from_millis(50)).await; // the old daemon's section goes on
+        let old_daemon_done = SystemTime::now();
+        std::fs::remove_file(&legacy_file).expect("the old daemon releases");
+
+        let guard = waiting.await.expect("join").expect("acquire once the old daemon is done");
+        let acquired_at = guard.info().acquired_at;
+        assert!(
+            acquired_at >= old_daemon_done,
+            "the bridged lock claims to be held since {acquired_at:?} (the new lock's grant, {primary_since:?}), \
+             while the old daemon held the legacy file until {old_daemon_done:?}"
+        );
+        guard.release().await.expect("release");
+    }
+}

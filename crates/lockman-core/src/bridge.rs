@@ -114,6 +114,11 @@ impl BridgedLockManager {
     fn bridge(&self, primary: LockGuard, legacy: LockGuard, started: Instant) -> LockGuard {
         let token = primary.fencing_token();
         let holder = primary.info().holder;
+        // The bridged lock is held once both parts are: dating it from the
+        // primary's grant would claim the time spent waiting for an old
+        // daemon's legacy file as held (the torture checker judges old
+        // daemons' sections against it).
+        let acquired_at = primary.info().acquired_at.max(legacy.info().acquired_at);
         let loss = LossSignal::new(Arc::from(primary.resource()), holder.clone(), self.events.clone());
         loss.granted(token, std::time::Instant::now());
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
@@ -149,6 +154,7 @@ impl BridgedLockManager {
             name: self.name.clone(),
             events: self.events.clone(),
             since: std::time::Instant::now(),
+            acquired_at,
             legacy_extends: self.legacy.capabilities().renewal,
         });
         LockGuard::new(grant, token, loss)
@@ -328,6 +334,8 @@ struct BridgedGrant {
     name: String,
     events: EventSink,
     since: std::time::Instant,
+    /// When the later of the two parts was granted.
+    acquired_at: std::time::SystemTime,
     /// Whether the legacy side has leases to extend (legacy lockfiles do not).
     legacy_extends: bool,
 }
@@ -337,6 +345,7 @@ impl GrantHandle for BridgedGrant {
     fn info(&self) -> LockInfo {
         let mut info = self.primary.info();
         info.backend = self.name.clone();
+        info.acquired_at = self.acquired_at;
         info
     }
 
