@@ -249,8 +249,7 @@ mod grant_time {
     async fn a_bridged_lock_is_dated_from_its_later_part() {
         let dir = tempfile::tempdir().expect("temp dir");
         let legacy_file = dir.path().join(".regcache_lockfile_1");
-        let legacy_url =
-            format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
+        let legacy_url = format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
         let legacy = lockman::connect(&legacy_url).await.expect("connect legacy").locks;
         let primary: std::sync::Arc<dyn LockManager> = std::sync::Arc::new(lockman::MemoryLockManager::default());
         let bridge = std::sync::Arc::new(BridgedLockManager::new(primary.clone(), legacy));

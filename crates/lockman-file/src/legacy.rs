@@ -619,6 +619,10 @@ impl LockBackend for LegacyFileBackend {
                 );
                 // Removes the file again if we fail or are cancelled before granting.
                 let mut made = MadeFile { path: &files.path, snapshot, keep: false };
+                // Held from now, not from before the file was made: a process
+                // frozen in between may have seen old daemons come and go.
+                let held_since = SystemTime::now();
+                record.acquired_at_us = fsutil::unix_micros(held_since);
                 record.guards = Some(snapshot);
                 record
                     .write_to(&sidecar, RecordState::Held)
@@ -656,7 +660,7 @@ impl LockBackend for LegacyFileBackend {
                 };
                 return Ok(Acquired::Granted(
                     Granted::new(grant, FencingToken::new(record.token), None)
-                        .acquired_at(now)
+                        .acquired_at(held_since)
                         .after_waiting(waited || waited_for_old),
                 ));
             }
