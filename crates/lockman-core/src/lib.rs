@@ -61,6 +61,7 @@ mod options;
 mod queue;
 mod redact;
 mod runtime;
+pub use runtime::InBackground;
 mod status;
 pub mod url_options;
 
@@ -99,6 +100,44 @@ where
 {
     runtime::background()?.spawn(task);
     Ok(())
+}
+
+/// Polls `future` in lockman's background runtime context, so that what it
+/// spawns or registers (a Redis or gRPC connection's driver task, its
+/// reconnects, sockets and timers) lives on a runtime that is always
+/// driven. Backends wrap connection set-up and commands in it, so a manager
+/// made on one runtime keeps working from another runtime while the first
+/// is idle or gone, and from blocking threads.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockman_core::LockError> {
+/// let spawned_on_background = lockman_core::in_background(Box::pin(async {
+///     tokio::spawn(async { std::thread::current().name().map(str::to_owned) }).await
+/// }))?
+/// .await
+/// .expect("join");
+/// assert_eq!(spawned_on_background.as_deref(), Some("lockman-background"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`LockError::Backend`] if the background runtime cannot be started.
+pub fn in_background<F: std::future::Future + Unpin>(future: F) -> Result<InBackground<F>, LockError> {
+    Ok(InBackground::new(background_handle()?, future))
+}
+
+/// A handle to lockman's background runtime (one thread, I/O and timers
+/// enabled), for backends that keep it beside a connection and wrap each
+/// command in [`InBackground::new`].
+///
+/// # Errors
+///
+/// [`LockError::Backend`] if the background runtime cannot be started.
+pub fn background_handle() -> Result<tokio::runtime::Handle, LockError> {
+    Ok(runtime::background()?.handle().clone())
 }
 
 /// This host's name, looked up once.

@@ -48,3 +48,37 @@ where
         },
     }
 }
+
+/// A future polled inside lockman's background runtime context: whatever it
+/// spawns (a connection's driver task, a reconnect) and whatever it
+/// registers (sockets, timers) lives on a runtime that is always driven,
+/// not on the caller's — which may sit idle, or be dropped, while the
+/// connection is still in use from another runtime or a blocking thread.
+/// The future itself is still polled by the caller, so a reply costs one
+/// wake-up from the background thread, as with any multiplexed connection.
+///
+/// Made by [`in_background`](crate::in_background).
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct InBackground<F> {
+    handle: Handle,
+    future: F,
+}
+
+impl<F: Future + Unpin> Future for InBackground<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        let _context = this.handle.enter();
+        std::pin::Pin::new(&mut this.future).poll(cx)
+    }
+}
+
+impl<F> InBackground<F> {
+    /// `future`, polled in the context of `handle` (see
+    /// [`background_handle`](crate::background_handle)).
+    pub fn new(handle: Handle, future: F) -> Self {
+        InBackground { handle, future }
+    }
+}

@@ -57,7 +57,7 @@ return {1}
 /// ```
 #[derive(Debug, Clone)]
 pub struct FencedKey {
-    connection: redis::aio::ConnectionManager,
+    connection: crate::connection::Connection,
     key: String,
     fence: String,
     options: crate::RedisOptions,

@@ -117,6 +117,7 @@
 //! ```
 
 mod client;
+mod connection;
 mod fenced;
 mod hash;
 mod keys;
@@ -132,11 +133,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::connection::Connection;
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
 use lockman_core::{
     Capabilities, FencingToken, HolderId, LockError, LockInfo, LockMode, LockState, Locks, WakeMechanism,
 };
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 #[cfg(feature = "tls")]
@@ -160,7 +161,7 @@ pub type RedisLockManager = Locks<RedisBackend>;
 
 /// The raw Redis backend; use it through [`RedisLockManager`].
 pub struct RedisBackend {
-    connection: ConnectionManager,
+    connection: Connection,
     keys: Keys,
     listeners: Arc<Listeners>,
     /// This manager's waiters, in arrival order: only the first of them
@@ -243,9 +244,10 @@ impl RedisBackend {
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
+        let background = lockman_core::background_handle()?;
         let connection = tokio::time::timeout(
             options.connect_timeout + Duration::from_millis(100),
-            client.get_connection_manager_with_config(config),
+            Connection::open(client.clone(), config, background.clone()),
         )
         .await
         .map_err(|_| unreachable_error(&options, "connecting", "no answer within the connect timeout"))?
@@ -254,7 +256,43 @@ impl RedisBackend {
         let listeners = Arc::new(Listeners::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let confirm = waiters::Confirm { connection: connection.clone(), timeout: options.response_timeout };
-        tokio::spawn(waiters::subscribe(client, keys.clone(), confirm, Arc::downgrade(&listeners), stopped));
+        // On the background runtime, like the connection: it must outlive an
+        // idle or dropped caller runtime.
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        background.spawn(waiters::subscribe(
+            client,
+            keys.clone(),
+            confirm,
+            Arc::downgrade(&listeners),
+            subscribed_tx,
+            stopped,
+        ));
+        // Return once releases are heard: a waiter that starts right after
+        // connect must not miss the first one.
+        match tokio::time::timeout(options.connect_timeout, subscribed).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(detail))) => {
+                return Err(LockError::Backend {
+                    backend: BACKEND.to_owned(),
+                    action: "subscribing to release messages".to_owned(),
+                    resource: None,
+                    message: format!(
+                        "Redis at {} answers commands but not the release subscription: {detail}; waiters are \
+                         woken by it, so allow pub/sub for this user (for an ACL user: +psubscribe and the \
+                         channels under the prefix)",
+                        options.redacted_url()
+                    ),
+                    source: None,
+                });
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(unreachable_error(
+                    &options,
+                    "subscribing to release messages",
+                    "no subscription within the connect timeout",
+                ));
+            }
+        }
         Ok(RedisBackend { connection, keys, listeners, queue: LocalQueue::default(), options, _stop_subscriber: stop })
     }
 
@@ -271,14 +309,6 @@ impl RedisBackend {
     /// in the background (a missed hold expires with its lease, a missed
     /// queue entry with its queue lease).
     fn abandon(&self, resource: &str, hold: Option<&str>, waiter: Option<&str>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                backend = BACKEND,
-                resource,
-                "no runtime to undo an unanswered grant or leave the queue on"
-            );
-            return;
-        };
         let mut connection = self.connection.clone();
         let mut invocation = scripts::ABANDON.prepare_invoke();
         invocation
@@ -290,7 +320,7 @@ impl RedisBackend {
             .arg(waiter.unwrap_or(""));
         let timeout = self.options.response_timeout;
         let resource = resource.to_owned();
-        runtime.spawn(async move {
+        let spawned = lockman_core::spawn_background(async move {
             let undone: Result<Result<i64, redis::RedisError>, _> =
                 tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await;
             let error = match undone {
@@ -305,6 +335,9 @@ impl RedisBackend {
                 "could not undo an unanswered grant or leave the queue; it expires with its lease"
             );
         });
+        if let Err(e) = spawned {
+            tracing::debug!(backend = BACKEND, error = %e, "cannot undo an unanswered grant; it expires with its lease");
+        }
     }
 
     /// One attempt to take the lock, adding the hold `hold`, as waiter

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::connection::Connection;
 use lockman_core::LockError;
 use lockman_core::backend::Deadline;
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use crate::{BACKEND, RedisBackend};
@@ -72,11 +72,7 @@ impl std::fmt::Display for RunError {
 
 /// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks the
 /// server), each batch bounded by `timeout`.
-pub(crate) async fn scan(
-    connection: &ConnectionManager,
-    pattern: &str,
-    timeout: Duration,
-) -> Result<Vec<String>, String> {
+pub(crate) async fn scan(connection: &Connection, pattern: &str, timeout: Duration) -> Result<Vec<String>, String> {
     let mut connection = connection.clone();
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;

@@ -67,7 +67,7 @@ return fields
 /// ```
 #[derive(Debug)]
 pub struct RedisStatusManager {
-    connection: redis::aio::ConnectionManager,
+    connection: crate::connection::Connection,
     keys: crate::keys::Keys,
     options: crate::RedisOptions,
 }

@@ -20,7 +20,7 @@ use lockman_core::{LossSignal, LostReason};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 
 use crate::Layout;
 use crate::keys::Keys;
@@ -46,7 +46,7 @@ pub(crate) struct Held {
 
 /// How the subscriber confirms a `forced:` message against the lock key.
 pub(crate) struct Confirm {
-    pub(crate) connection: ConnectionManager,
+    pub(crate) connection: Connection,
     pub(crate) timeout: Duration,
 }
 
@@ -182,10 +182,11 @@ pub(crate) async fn subscribe(
     keys: Keys,
     confirm: Confirm,
     listeners: Weak<Listeners>,
+    subscribed: tokio::sync::oneshot::Sender<Result<(), String>>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     tokio::select! {
-        () = listen(client, keys, confirm, listeners) => {}
+        () = listen(client, keys, confirm, listeners, subscribed) => {}
         _ = &mut stopped => {}
     }
 }
@@ -193,7 +194,15 @@ pub(crate) async fn subscribe(
 /// Messages are handled one at a time, in order (a `forced:` one costs a
 /// round trip when this manager holds that resource): a flood of forged
 /// messages is paced by Redis, not turned into unbounded work here.
-async fn listen(client: redis::Client, keys: Keys, confirm: Confirm, listeners: Weak<Listeners>) {
+/// `subscribed` hears how the first subscription went (`connect` waits for it).
+async fn listen(
+    client: redis::Client,
+    keys: Keys,
+    confirm: Confirm,
+    listeners: Weak<Listeners>,
+    subscribed: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let mut subscribed = Some(subscribed);
     let mut backoff = Duration::from_millis(50);
     loop {
         if listeners.strong_count() == 0 {
@@ -202,6 +211,9 @@ async fn listen(client: redis::Client, keys: Keys, confirm: Confirm, listeners: 
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.psubscribe(keys.release_pattern()).await {
                 Ok(()) => {
+                    if let Some(subscribed) = subscribed.take() {
+                        let _ = subscribed.send(Ok(()));
+                    }
                     backoff = Duration::from_millis(50);
                     // Anything released while we were away was not heard: look again.
                     if let Some(listeners) = listeners.upgrade() {
@@ -217,9 +229,19 @@ async fn listen(client: redis::Client, keys: Keys, confirm: Confirm, listeners: 
                     }
                     tracing::warn!(backend = crate::BACKEND, "release subscription lost; reconnecting");
                 }
-                Err(e) => tracing::warn!(backend = crate::BACKEND, error = %e, "cannot subscribe to release messages"),
+                Err(e) => {
+                    tracing::warn!(backend = crate::BACKEND, error = %e, "cannot subscribe to release messages");
+                    if let Some(subscribed) = subscribed.take() {
+                        let _ = subscribed.send(Err(format!("PSUBSCRIBE {} was refused: {e}", keys.release_pattern())));
+                    }
+                }
             },
-            Err(e) => tracing::debug!(backend = crate::BACKEND, error = %e, "release subscriber cannot connect"),
+            Err(e) => {
+                tracing::debug!(backend = crate::BACKEND, error = %e, "release subscriber cannot connect");
+                if let Some(subscribed) = subscribed.take() {
+                    let _ = subscribed.send(Err(format!("the release subscriber cannot connect: {e}")));
+                }
+            }
         }
         if let Some(listeners) = listeners.upgrade() {
             listeners.wake_all();
