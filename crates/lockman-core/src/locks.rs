@@ -280,7 +280,11 @@ impl<B: LockBackend> Locks<B> {
             } else {
                 Held::watch_lease_expiry(held.clone()).boxed()
             };
-            runtime::spawn(task);
+            // Not on the caller's runtime: a current-thread runtime stuck in
+            // synchronous work inside the critical section (or dropped
+            // while the guard lives on) would let the lease run out under
+            // a holder that still uses the lock.
+            runtime::spawn_detached(task);
         }
         Ok(Some(held))
     }

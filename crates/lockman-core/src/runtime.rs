@@ -49,6 +49,25 @@ where
     }
 }
 
+/// Spawns `task` on the background runtime, whatever runtime the caller is
+/// on (falling back to the caller's if the background one cannot start).
+/// For work that must go on while the caller's runtime is busy in
+/// synchronous code or gone: renewing a lease, watching it run out.
+pub(crate) fn spawn_detached<F>(task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match background() {
+        Ok(runtime) => {
+            runtime.spawn(task);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing on the caller's runtime");
+            spawn(task);
+        }
+    }
+}
+
 /// A future polled inside lockman's background runtime context: whatever it
 /// spawns (a connection's driver task, a reconnect) and whatever it
 /// registers (sockets, timers) lives on a runtime that is always driven,

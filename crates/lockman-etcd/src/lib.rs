@@ -121,7 +121,13 @@ impl EtcdBackend {
             .with_timeout(options.response_timeout)
             .with_keep_alive(Duration::from_secs(10), options.response_timeout)
             .with_require_leader(true);
-        let client = tokio::time::timeout(options.connect_timeout, Client::connect(&options.endpoints, Some(connect)))
+        // Connected in lockman's background runtime context: tonic spawns the
+        // channel's worker (which drives every request and reconnect) where
+        // it connects, and it must outlive a caller runtime that idles or
+        // is dropped while the manager is used elsewhere.
+        let endpoints = options.endpoints.clone();
+        let connecting = lockman_core::in_background(Box::pin(Client::connect(endpoints, Some(connect))))?;
+        let client = tokio::time::timeout(options.connect_timeout, connecting)
             .await
             .map_err(|_| {
                 LockError::backend(
@@ -329,17 +335,13 @@ impl Drop for WaitingKey<'_> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
         let mut kv = self.client.kv_client();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = kv.delete(key.as_str(), None).await {
-                        tracing::warn!(%key, error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
-                    }
-                });
+        let deleting = lockman_core::spawn_background(async move {
+            if let Err(e) = kv.delete(key.as_str(), None).await {
+                tracing::warn!(%key, error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
             }
-            Err(_) => {
-                tracing::warn!(%key, "no runtime to delete an abandoned waiting key; it goes with the manager's etcd lease")
-            }
+        });
+        if let Err(e) = deleting {
+            tracing::warn!(error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
         }
     }
 }
@@ -454,7 +456,9 @@ impl LockBackend for EtcdBackend {
         let expires_at = request.lease.and_then(|lease| granted_at.checked_add(lease));
         let (expiry, expiry_rx) = watch::channel(request.lease.map(|lease| Instant::now() + lease));
         let session_slot = session.register(request.loss.clone());
-        tokio::spawn(
+        // On the background runtime, like the session's keep-alive: loss
+        // must be noticed while the caller's runtime idles.
+        lockman_core::spawn_background(
             monitor::Monitor {
                 client: self.client.clone(),
                 key: key.clone(),
@@ -465,7 +469,10 @@ impl LockBackend for EtcdBackend {
                 refresh,
             }
             .run(self.attempts()),
-        );
+        )
+        // Started when this manager connected, so it is there now.
+        .inspect_err(|e| tracing::error!(%key, error = %e, "cannot watch a grant for loss"))
+        .ok();
         let grant = EtcdGrant {
             key,
             revision,

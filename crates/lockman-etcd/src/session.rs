@@ -71,7 +71,9 @@ impl Sessions {
         });
         let expires = sent + Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0));
         tracing::debug!(lease = session.id, ttl = granted.ttl(), "etcd session started");
-        tokio::spawn(keep_alive(self.client.clone(), Arc::downgrade(&session), expires));
+        // On the background runtime: the lease must be kept alive while the
+        // runtime that started the session idles or is gone.
+        lockman_core::spawn_background(keep_alive(self.client.clone(), Arc::downgrade(&session), expires))?;
         *current = Some(session.clone());
         Ok(session)
     }

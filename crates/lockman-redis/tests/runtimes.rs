@@ -100,3 +100,26 @@ fn connect_returns_once_releases_are_heard() {
         assert_eq!(patterns.trim(), "1", "connect returned before its release subscription was in place");
     });
 }
+
+/// A guard taken on a current-thread runtime keeps its lease while that
+/// runtime is stuck in synchronous work inside the critical section for
+/// longer than the lease: renewal does not depend on the caller's runtime.
+#[test]
+fn the_lease_is_renewed_while_the_callers_runtime_is_blocked() {
+    let Some(server) = RedisServer::start() else { return };
+    let runtime = current_thread();
+    let options = RedisOptions::new(server.url())
+        .default_lease(Duration::from_millis(600))
+        .response_timeout(Duration::from_secs(2));
+    let locks: Arc<dyn LockManager> =
+        runtime.block_on(async { Arc::new(RedisBackend::connect(options).await.expect("connect").into_manager()) });
+    runtime.block_on(async {
+        let guard = locks.acquire("blocked-holder", AcquireOptions::new()).await.expect("acquire");
+        // Synchronous work in the critical section, blocking this runtime's only thread.
+        std::thread::sleep(Duration::from_millis(1800));
+        assert!(!guard.is_lost(), "the lease ran out while the holder's runtime was blocked");
+        let other = locks.try_acquire("blocked-holder", AcquireOptions::new()).await.expect("try_acquire");
+        assert!(other.is_none(), "another holder got the lock while the first still held it");
+        guard.release().await.expect("release");
+    });
+}
