@@ -78,3 +78,22 @@ fn works_from_a_thread_without_a_runtime() {
     let guard = blocking.acquire("no-runtime", AcquireOptions::new().timeout(Duration::from_secs(3))).expect("acquire");
     guard.release().expect("release");
 }
+
+/// A guard taken on a current-thread runtime keeps its etcd lease while that
+/// runtime is stuck in synchronous work for longer than the lease: the
+/// keep-alive does not depend on the caller's runtime.
+#[test]
+fn the_lease_is_kept_alive_while_the_callers_runtime_is_blocked() {
+    let Some(server) = EtcdServer::start() else { return };
+    let runtime = current_thread();
+    let locks = connect_on(&runtime, &server);
+    runtime.block_on(async {
+        let guard = locks.acquire("blocked-holder", AcquireOptions::new()).await.expect("acquire");
+        // Synchronous work in the critical section, past the 2 s lease.
+        std::thread::sleep(Duration::from_millis(3500));
+        assert!(!guard.is_lost(), "the lease ran out while the holder's runtime was blocked");
+        let other = locks.try_acquire("blocked-holder", AcquireOptions::new()).await.expect("try_acquire");
+        assert!(other.is_none(), "another holder got the lock while the first still held it");
+        guard.release().await.expect("release");
+    });
+}
