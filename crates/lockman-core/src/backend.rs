@@ -179,6 +179,17 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
         None
     }
 
+    /// Whether the backend's leases run on the caller's tokio clock, as the
+    /// in-process backend's do (a paused test clock runs them out in
+    /// virtual time): core then renews and watches them on the caller's
+    /// runtime. A backend whose leases live in a store outside the process
+    /// keeps the default, `false`: core renews them on its background
+    /// runtime, which keeps going while the caller's runtime is blocked in
+    /// synchronous work or gone.
+    fn leases_follow_callers_clock(&self) -> bool {
+        false
+    }
+
     /// Grants `request`, waiting until its deadline.
     fn acquire(&self, request: &GrantRequest) -> impl Future<Output = Result<Acquired<Self::Grant>, LockError>> + Send;
 

@@ -280,11 +280,15 @@ impl<B: LockBackend> Locks<B> {
             } else {
                 Held::watch_lease_expiry(held.clone()).boxed()
             };
-            // Not on the caller's runtime: a current-thread runtime stuck in
-            // synchronous work inside the critical section (or dropped
-            // while the guard lives on) would let the lease run out under
-            // a holder that still uses the lock.
-            runtime::spawn_detached(task);
+            // Not on the caller's runtime, unless the lease runs on its
+            // clock: a current-thread runtime stuck in synchronous work
+            // inside the critical section (or dropped while the guard lives
+            // on) would let the lease run out under a holder still using it.
+            if self.shared.backend.leases_follow_callers_clock() {
+                runtime::spawn(task);
+            } else {
+                runtime::spawn_detached(task);
+            }
         }
         Ok(Some(held))
     }

@@ -320,6 +320,12 @@ impl LockBackend for MemoryBackend {
             .with_modes(true, true)
     }
 
+    /// Leases here are tokio timers: renew them on the caller's runtime, so
+    /// a paused test clock runs them (and their renewals) in virtual time.
+    fn leases_follow_callers_clock(&self) -> bool {
+        true
+    }
+
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
         let wait = request.deadline != Deadline::Now;
         let table_request = Request {
