@@ -202,7 +202,15 @@ async fn passwords_with_at_colon_and_escapes_never_show_in_errors() {
     }
 }
 
-/// Captures what lockman logs (at debug and above) while `f` runs.
+/// Captures what is logged (at debug and above, on any thread: lockman's
+/// background runtime included) while `f` runs.
+///
+/// One global subscriber for the whole test binary, writing to one buffer:
+/// a scoped one (`with_default`) misses events whose callsites other test
+/// threads register at the same moment (tracing caches each callsite's
+/// interest globally), which made this capture come back empty at random.
+/// Other tests' lines may be captured too; they must not hold the secret
+/// either.
 fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
     #[derive(Clone, Default)]
     struct Buffer(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
@@ -215,21 +223,21 @@ fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
             Ok(())
         }
     }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let value = tracing::subscriber::with_default(subscriber, || {
-        // Another test registering a callsite while this subscriber was being
-        // set can leave it cached as "never" for us (tests run in parallel
-        // threads); recompute every callsite's interest with ours in place.
-        tracing::callsite::rebuild_interest_cache();
-        f()
+    static BUFFER: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
+    let buffer = BUFFER.get_or_init(|| {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+        buffer
     });
-    let text = String::from_utf8_lossy(&buffer.0.lock()).into_owned();
+    let from = buffer.0.lock().len();
+    let value = f();
+    let text = String::from_utf8_lossy(&buffer.0.lock()[from..]).into_owned();
     (value, text)
 }
 
