@@ -331,20 +331,18 @@ async fn an_unlocked_holder_file_is_no_holder_and_cleanup_reports_it() {
 }
 
 #[tokio::test]
-async fn only_the_kernel_flavour_declares_modes() {
+async fn the_kernel_and_lease_flavours_declare_modes_and_legacy_refuses_them() {
     let dir = tempfile::tempdir().expect("dir");
     assert!(manager(dir.path()).backend().capabilities().shared_mode);
     assert!(manager(dir.path()).backend().capabilities().permits);
-    let lease = LeaseFileBackend::open(FileOptions::new(dir.path().join("lease"))).expect("open").into_manager();
+    let lease = LeaseFileBackend::open(FileOptions::new(dir.path().join("lease"))).expect("open");
+    assert!(lease.capabilities().shared_mode && lease.capabilities().permits);
     let legacy =
         LegacyFileBackend::open(LegacyOptions::givtcp(dir.path().join("legacy"), 1)).expect("open").into_manager();
-    let others: [Arc<dyn LockManager>; 2] = [Arc::new(lease), Arc::new(legacy)];
-    for locks in others {
-        let err = locks.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect_err("shared");
-        assert!(matches!(err, LockError::Config(_)) && err.to_string().contains("shared_mode = false"), "{err}");
-        let err = locks.acquire("r", AcquireOptions::new().permits(2).no_wait()).await.expect_err("permits");
-        assert!(matches!(err, LockError::Config(_)), "{err}");
-    }
+    let err = legacy.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect_err("shared");
+    assert!(matches!(err, LockError::Config(_)) && err.to_string().contains("shared_mode = false"), "{err}");
+    let err = legacy.acquire("r", AcquireOptions::new().permits(2).no_wait()).await.expect_err("permits");
+    assert!(matches!(err, LockError::Config(_)), "{err}");
 }
 
 /// A waiter for a permit is woken by the release, not by its backoff (which
