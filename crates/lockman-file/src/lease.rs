@@ -221,7 +221,13 @@ impl LeaseFileBackend {
         waited: bool,
     ) -> Result<Acquired<LeaseGrant>, LockError> {
         let resource = &*request.resource;
-        let meta = lease.file.metadata().map_err(|e| self.io("inspecting the lease file", resource, &lease.path, e))?;
+        let meta = match lease.file.metadata() {
+            Ok(meta) => meta,
+            Err(e) => {
+                remove_own(&lease); // not granted: it must not block others until it goes stale
+                return Err(self.io("inspecting the lease file", resource, &lease.path, e));
+            }
+        };
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
             path: lease.path.clone(),
@@ -494,12 +500,16 @@ impl LeaseFileBackend {
                     }
                 }
                 let mut waiter = FileWaiter::new(Duration::from_millis(1), LEASE_POLL_MAX);
+                let mine = Registry { kind: request.mode, count: permits };
+                let mut registered = registered.kind() == Some(mine);
                 loop {
                     let (live, _) = self.holders_in(resource, &candidates, true)?;
                     self.check_agreement(request, &live)?;
-                    let mine = Registry { kind: request.mode, count: permits };
-                    if registered.kind() != Some(mine) {
+                    // Agreed, so any holder of another kind is gone: the
+                    // resource is a semaphore of ours from now on.
+                    if !registered {
                         self.register(resource, family, mine)?;
+                        registered = true;
                     }
                     candidates.clone_from(&slots);
                     for slot in &slots {
@@ -529,7 +539,13 @@ impl LeaseFileBackend {
     /// our file goes and we start over.
     fn leave_gate(&self, resource: &str, gate: GateHold, mine: Lease) -> Result<Passed, LockError> {
         crate::testhook::point("lease.holder_file_created", &mine.path);
-        let ours = gate.is_ours().map_err(|e| self.io("checking the gate", resource, gate.path(), e))?;
+        let ours = match gate.is_ours() {
+            Ok(ours) => ours,
+            Err(e) => {
+                remove_own(&mine);
+                return Err(self.io("checking the gate", resource, gate.path(), e));
+            }
+        };
         if !ours {
             tracing::info!(resource, path = %mine.path.display(), "the gate was broken as stale while we passed it; looking again");
             remove_own(&mine);
