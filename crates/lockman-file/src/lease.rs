@@ -1,4 +1,5 @@
 //! `file:///dir?mode=lease`: lease files for network shares, where kernel
+//! locks cannot be trusted — exclusive, shared (reader-writer) and semaphores.
 //! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::fs::File;
@@ -13,12 +14,12 @@ use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockMode, Lo
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::FileOptions;
 use crate::flock::SharedTurn;
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::FileWaiter;
-use crate::FileOptions;
 use lockman_core::backend::{LocalQueue, Turn};
 
 mod family;
@@ -65,6 +66,91 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// file is read at most 64 bytes. A token counter at `u64::MAX` is an error,
 /// never a repeated or wrapped token.
 ///
+/// # Shared holds and semaphores
+///
+/// A resource is a family of files named from one stem (the resource's
+/// encoded name, as for the kernel flavour's [`FileBackend`](crate::FileBackend)):
+///
+/// * `<stem>.lease` — the exclusive holder's lease file, as above, and the
+///   **gate** every acquirer passes, whatever its mode: at most one party at
+///   a time is between arriving and being granted.
+/// * `<stem>.reader-<i>.lease` — one shared holder's lease file, renewed by
+///   its own heartbeat and removed when it releases (it needs no gate to
+///   leave).
+/// * `<stem>.slot-<i>.lease` — permit `i` (`i < n`) of a semaphore of `n`.
+/// * `<stem>.holders` — the registry, written only by gate holders: what
+///   the resource is in use as (`shared <count>`, or `permits <n>`), so a
+///   writer finds every reader's file by its exact name (`0..count`) and
+///   parties with another permit count are refused
+///   ([`LockMode::agrees_with`]: a `Config` error naming both). It stays
+///   once written (one small file per resource ever used with modes).
+/// * `<stem>.seq` — the last fencing token, as for exclusive grants. Every
+///   grant's token is issued as its acquirer takes the gate, so tokens
+///   increase across modes.
+///
+/// A **reader** takes the gate, checks that no live holder uses the
+/// resource another way, picks the first reader index whose file is free
+/// (or stale, and broken), names it in the registry, creates its file, checks
+/// that the gate is still its own and lets the gate go. A **permit** holder
+/// takes the gate, then the first free or stale slot of `0..n` (waiting,
+/// holding the gate, while all `n` are held). A **writer** takes the gate
+/// and keeps it for its whole hold: before it is granted it waits, holding
+/// it (and renewing its heartbeat), until every reader's file is gone or
+/// stale — readers arriving meanwhile queue behind it at the gate, so a
+/// stream of readers cannot starve it. A resource never used with modes
+/// has no registry, and an exclusive acquirer that finds none is granted
+/// as before (one failed open more).
+///
+/// `state`, `list` and timeout errors show every live reader or permit
+/// holder ([`LockInfo::of_holders`]); a waiting writer holding the gate is
+/// no holder. `force_release` breaks every holder's file (each holder is
+/// told it lost its grant), or, with none, the exclusive lease file; a
+/// gate a waiter holds is left alone. `cleanup_stale` breaks and reports
+/// stale holders' files too.
+///
+/// # Crash safety
+///
+/// Every claim is a lease file, broken only once stale (its heartbeat
+/// older than its lease, or its pid dead on this host) and only by the
+/// tombstone rename above, so:
+///
+/// * a reader or permit holder that crashes or freezes stops counting when
+///   its own lease lapses — at once when it ran on this host and its
+///   process is gone — while the others keep theirs. A frozen holder that
+///   resumes finds its file gone and is told it lost its grant;
+/// * a party that crashes holding the gate (passing, or a writer waiting
+///   for readers) blocks acquirers for at most the gate's lease;
+/// * a reader is named in the registry *before* its file exists, and
+///   checks that the gate is still its own *after* creating the file: a
+///   writer that broke the gate of a reader frozen in between either sees
+///   its file or has been granted before it exists, and then the reader
+///   finds the gate gone, removes its file and starts over. A writer keeps
+///   checking that the gate is its own while it waits.
+///
+/// **Network shares.** On NFS a directory listing may be served from the
+/// client's cache and miss a file another host just created, so safety
+/// never rests on a listing: writers look readers up by the registry's
+/// exact names. The registry is rewritten whole (written aside, renamed
+/// over); a count is merged with the one read just before, and never
+/// shrinks, but a gate holder frozen past the gate's lease between that
+/// read and its rename can still overwrite a later holder's larger count.
+/// Writers therefore also take any reader file a listing shows, so a
+/// reader is missed only if both failed at once. Exact-name lookups rely
+/// on the share's close-to-open consistency; mount with `lookupcache=positive`
+/// (or `none`) where negative lookups may be cached for long. As for
+/// exclusive leases, a holder paused past its lease may act after losing
+/// its grant: fence what it writes with its token.
+///
+/// # Fairness
+///
+/// Within one manager, acquirers queue first come, first served; an
+/// exclusive holder keeps its place until it releases, shared and permit
+/// holders leave it once granted. Across processes and hosts, waiters race
+/// for the gate when it is let go (woken by inotify for local changes, by
+/// re-checking every 100 ms for remote ones), so there is no strict arrival
+/// order between them — but nobody passes a writer, or a permit waiter,
+/// that holds it.
+///
 /// The lease-file manager: `Locks<LeaseFileBackend>`.
 ///
 /// ```
@@ -80,6 +166,17 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// let guard = locks.acquire("nightly-report", AcquireOptions::new().purpose("render")).await?;
 /// // The heartbeat is renewed every ~3.3 s while `guard` lives.
 /// guard.release().await?;
+///
+/// // Readers together, each with a lease of its own; a writer waits for them.
+/// let a = locks.acquire("catalog", AcquireOptions::new().shared()).await?;
+/// let b = locks.acquire("catalog", AcquireOptions::new().shared()).await?;
+/// assert!(locks.try_acquire("catalog", AcquireOptions::new()).await?.is_none());
+/// assert!(b.fencing_token() > a.fencing_token());
+/// a.release().await?;
+/// b.release().await?;
+/// // At most 2 holders of "uploads" at once.
+/// let permit = locks.acquire("uploads", AcquireOptions::new().permits(2)).await?;
+/// permit.release().await?;
 /// # Ok(()) }
 /// ```
 pub type LeaseFileLockManager = lockman_core::Locks<LeaseFileBackend>;
@@ -240,8 +337,15 @@ impl LeaseFileBackend {
         let expires = record.lease_expires_at();
         let acquired_at = fsutil::from_unix_micros(record.acquired_at_us);
         let token = FencingToken::new(record.token);
-        let grant =
-            LeaseGrant { resource: request.resource.clone(), file, path, id, record: Mutex::new(record), watch_id, turn };
+        let grant = LeaseGrant {
+            resource: request.resource.clone(),
+            file,
+            path,
+            id,
+            record: Mutex::new(record),
+            watch_id,
+            turn,
+        };
         Ok(Acquired::Granted(Granted::new(grant, token, expires).acquired_at(acquired_at).after_waiting(waited)))
     }
 
@@ -368,12 +472,7 @@ impl LeaseFileBackend {
     /// The live holders among the holder files `paths` (readers' and
     /// permits'); stale ones are broken on the way (`break_stale`) or, for a
     /// look that must change nothing, returned apart.
-    fn holders_in(
-        &self,
-        resource: &str,
-        paths: &[PathBuf],
-        break_stale: bool,
-    ) -> Result<(Vec<(PathBuf, Existing)>, Vec<(PathBuf, Existing)>), LockError> {
+    fn holders_in(&self, resource: &str, paths: &[PathBuf], break_stale: bool) -> Result<(Found, Found), LockError> {
         let (mut live, mut stale) = (Vec::new(), Vec::new());
         for path in paths {
             match self.examine(resource, path)? {
@@ -641,7 +740,7 @@ impl LeaseFileBackend {
     /// Every resource with lease files here (by name: another program's
     /// `*.lease` is never judged stale and broken): its gate, if any, and
     /// its holders' files.
-    fn families(&self) -> Result<Vec<(Option<PathBuf>, Vec<PathBuf>)>, LockError> {
+    fn families(&self) -> Result<Vec<FamilyFiles>, LockError> {
         let scanned = family::scan(self.dir.path())
             .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))?;
         Ok(scanned
@@ -677,9 +776,7 @@ fn holders_info(holders: Vec<(PathBuf, Existing)>) -> Option<LockInfo> {
     let infos = holders
         .into_iter()
         .map(|(path, existing)| {
-            existing
-                .info
-                .unwrap_or_else(|| record::unknown_holder(&fsutil::file_name_of(&path), LEASE_BACKEND))
+            existing.info.unwrap_or_else(|| record::unknown_holder(&fsutil::file_name_of(&path), LEASE_BACKEND))
         })
         .collect();
     LockInfo::of_holders(infos)
@@ -802,6 +899,13 @@ enum Waited {
     TimedOut,
     GateLost,
 }
+
+/// Holders' lease files as examined, with their paths.
+type Found = Vec<(PathBuf, Existing)>;
+
+/// One resource's files as a listing found them: its gate, if any, and its
+/// holders' files.
+type FamilyFiles = (Option<PathBuf>, Vec<PathBuf>);
 
 /// An existing lease file, as examined.
 struct Existing {
@@ -963,8 +1067,7 @@ impl LockBackend for LeaseFileBackend {
         // Every holder file, by the registry's names and by a listing.
         let registered = self.registered(resource, &family)?;
         let mut paths = family.registered(&registered);
-        let listed =
-            family.listed().map_err(|e| self.io("listing holders' lease files", resource, &family.gate, e))?;
+        let listed = family.listed().map_err(|e| self.io("listing holders' lease files", resource, &family.gate, e))?;
         for path in listed {
             if !paths.contains(&path) {
                 paths.push(path);

@@ -220,10 +220,9 @@ mod tests {
 
     #[test]
     fn registry_round_trips_and_refuses_implausible_counts() {
-        for registry in [
-            Registry { kind: LockMode::Shared, count: 3 },
-            Registry { kind: LockMode::Permits(5), count: 5 },
-        ] {
+        for registry in
+            [Registry { kind: LockMode::Shared, count: 3 }, Registry { kind: LockMode::Permits(5), count: 5 }]
+        {
             assert_eq!(Registry::decode(&registry.encode()), Some(registry));
         }
         for bad in ["", "shared", "shared -1", "permits 0", "permits 99999999", "exclusive 1", "shared 1 2"] {
