@@ -576,6 +576,7 @@ impl LeaseFileBackend {
                     // Named in the registry before the file exists, so a
                     // writer that can see the file can find it by name.
                     self.register(resource, family, Registry { kind: LockMode::Shared, count: index + 1 })?;
+                    crate::testhook::point("lease.registered", &path);
                     let Some(reader) = self.create_holder_file(resource, &path, gate.holder_record())? else {
                         // Taken meanwhile (by a party that broke a stale gate of ours), or a stale one.
                         if let Some(existing) = self.examine(resource, &path)?
