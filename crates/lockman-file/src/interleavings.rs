@@ -105,6 +105,82 @@ async fn lease_creator_paused_past_its_lease_gets_no_grant_above_its_successor()
     successor.release().await.expect("successor releases");
 }
 
+/// A reader frozen while passing the gate — after naming its file in the
+/// registry, before or after creating it — whose gate is broken as stale
+/// meanwhile, and a writer that takes the gate: the writer is granted (at
+/// once if the reader's file did not exist yet, else once the reader gives
+/// it up), the reader finds the gate gone, removes its file and waits
+/// behind the writer; the two never hold together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reader_frozen_at_the_gate_never_holds_beside_a_writer() {
+    const BOUND: Duration = Duration::from_secs(10);
+    for point in ["lease.registered", "lease.holder_file_created"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let gate = lease_manager(dir.path()).backend().lease_file("r");
+        let reader_file = gate.with_extension("reader-0.lease");
+        let mut frozen = testhook::pause(point, &reader_file);
+        let reader = {
+            let locks = lease_manager(dir.path());
+            tokio::spawn(async move {
+                let guard = locks.acquire("r", AcquireOptions::new().shared().timeout(BOUND)).await;
+                (guard, locks)
+            })
+        };
+        frozen.reached().await;
+        // Another process breaks the reader's gate as stale (as if it froze past its lease)...
+        std::fs::rename(&gate, dir.path().join("broken-gate")).expect("break the gate");
+        // ...and a writer takes it.
+        let writers = lease_manager(dir.path());
+        let writer = {
+            let writers = writers.clone();
+            tokio::spawn(async move { writers.acquire("r", AcquireOptions::new().timeout(BOUND)).await })
+        };
+        if point == "lease.registered" {
+            // The reader's file does not exist yet: the writer is granted at once.
+            let writer = writer.await.expect("join").expect("the writer");
+            frozen.resume();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), async {
+                    while !reader.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .is_err(),
+                "{point}: the reader came back with a grant beside the writer"
+            );
+            assert!(!reader_file.exists(), "{point}: the reader's file stayed beside the writer");
+            assert!(!writer.is_lost(), "{point}");
+            let writer_token = writer.fencing_token();
+            writer.release().await.expect("release");
+            let (guard, _locks) = reader.await.expect("join");
+            let guard = guard.expect("the reader got in after the writer");
+            assert!(guard.fencing_token() > writer_token, "{point}");
+            guard.release().await.expect("release");
+        } else {
+            // The reader's file exists: the writer waits for it until the
+            // reader, resumed, finds its gate gone and gives its file up.
+            until(|| gate.exists(), BOUND).await;
+            assert!(!writer.is_finished(), "{point}: the writer passed a reader's file");
+            frozen.resume();
+            let writer = writer.await.expect("join").expect("the writer got in once the reader gave up");
+            assert!(!reader.is_finished(), "{point}: the reader holds beside the writer");
+            writer.release().await.expect("release");
+            let (guard, _locks) = reader.await.expect("join");
+            guard.expect("the reader got in after the writer").release().await.expect("release");
+        }
+    }
+}
+
+/// Waits (bounded) until `condition` holds.
+async fn until(condition: impl Fn() -> bool, bound: Duration) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < bound, "never happened");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Item 13, kernel files. `force_release` breaks H's lock file, and before
 /// it reports H lost, a newcomer N of the same manager takes the lock on a
 /// fresh file: only H may be reported lost.

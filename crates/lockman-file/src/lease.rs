@@ -1,4 +1,5 @@
 //! `file:///dir?mode=lease`: lease files for network shares, where kernel
+//! locks cannot be trusted — exclusive, shared (reader-writer) and semaphores.
 //! (The full story is on the public type below, so rustdoc shows it.)
 
 use std::fs::File;
@@ -9,22 +10,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LockBackend};
-use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockState, LostReason, WakeMechanism};
+use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockMode, LockState, LostReason, WakeMechanism};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::FileOptions;
 use crate::flock::SharedTurn;
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
 use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
 use crate::watch::FileWaiter;
-use crate::{FileOptions, naming};
 use lockman_core::backend::{LocalQueue, Turn};
+
+mod family;
+
+use family::{Family, Member, Registered, Registry};
 
 /// The backend name in errors, events and metrics.
 pub const LEASE_BACKEND: &str = "file-lease";
 
-const LEASE_SUFFIX: &str = ".lease";
 const SEQUENCE_SUFFIX: &str = ".seq";
 
 /// `file:///dir?mode=lease`: lease files for network shares, where kernel
@@ -62,6 +66,91 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// file is read at most 64 bytes. A token counter at `u64::MAX` is an error,
 /// never a repeated or wrapped token.
 ///
+/// # Shared holds and semaphores
+///
+/// A resource is a family of files named from one stem (the resource's
+/// encoded name, as for the kernel flavour's [`FileBackend`](crate::FileBackend)):
+///
+/// * `<stem>.lease` — the exclusive holder's lease file, as above, and the
+///   **gate** every acquirer passes, whatever its mode: at most one party at
+///   a time is between arriving and being granted.
+/// * `<stem>.reader-<i>.lease` — one shared holder's lease file, renewed by
+///   its own heartbeat and removed when it releases (it needs no gate to
+///   leave).
+/// * `<stem>.slot-<i>.lease` — permit `i` (`i < n`) of a semaphore of `n`.
+/// * `<stem>.holders` — the registry, written only by gate holders: what
+///   the resource is in use as (`shared <count>`, or `permits <n>`), so a
+///   writer finds every reader's file by its exact name (`0..count`) and
+///   parties with another permit count are refused
+///   ([`LockMode::agrees_with`]: a `Config` error naming both). It stays
+///   once written (one small file per resource ever used with modes).
+/// * `<stem>.seq` — the last fencing token, as for exclusive grants. Every
+///   grant's token is issued as its acquirer takes the gate, so tokens
+///   increase across modes.
+///
+/// A **reader** takes the gate, checks that no live holder uses the
+/// resource another way, picks the first reader index whose file is free
+/// (or stale, and broken), names it in the registry, creates its file, checks
+/// that the gate is still its own and lets the gate go. A **permit** holder
+/// takes the gate, then the first free or stale slot of `0..n` (waiting,
+/// holding the gate, while all `n` are held). A **writer** takes the gate
+/// and keeps it for its whole hold: before it is granted it waits, holding
+/// it (and renewing its heartbeat), until every reader's file is gone or
+/// stale — readers arriving meanwhile queue behind it at the gate, so a
+/// stream of readers cannot starve it. A resource never used with modes
+/// has no registry, and an exclusive acquirer that finds none is granted
+/// as before (one failed open more).
+///
+/// `state`, `list` and timeout errors show every live reader or permit
+/// holder ([`LockInfo::of_holders`]); a waiting writer holding the gate is
+/// no holder. `force_release` breaks every holder's file (each holder is
+/// told it lost its grant), or, with none, the exclusive lease file; a
+/// gate a waiter holds is left alone. `cleanup_stale` breaks and reports
+/// stale holders' files too.
+///
+/// # Crash safety
+///
+/// Every claim is a lease file, broken only once stale (its heartbeat
+/// older than its lease, or its pid dead on this host) and only by the
+/// tombstone rename above, so:
+///
+/// * a reader or permit holder that crashes or freezes stops counting when
+///   its own lease lapses — at once when it ran on this host and its
+///   process is gone — while the others keep theirs. A frozen holder that
+///   resumes finds its file gone and is told it lost its grant;
+/// * a party that crashes holding the gate (passing, or a writer waiting
+///   for readers) blocks acquirers for at most the gate's lease;
+/// * a reader is named in the registry *before* its file exists, and
+///   checks that the gate is still its own *after* creating the file: a
+///   writer that broke the gate of a reader frozen in between either sees
+///   its file or has been granted before it exists, and then the reader
+///   finds the gate gone, removes its file and starts over. A writer keeps
+///   checking that the gate is its own while it waits.
+///
+/// **Network shares.** On NFS a directory listing may be served from the
+/// client's cache and miss a file another host just created, so safety
+/// never rests on a listing: writers look readers up by the registry's
+/// exact names. The registry is rewritten whole (written aside, renamed
+/// over); a count is merged with the one read just before, and never
+/// shrinks, but a gate holder frozen past the gate's lease between that
+/// read and its rename can still overwrite a later holder's larger count.
+/// Writers therefore also take any reader file a listing shows, so a
+/// reader is missed only if both failed at once. Exact-name lookups rely
+/// on the share's close-to-open consistency; mount with `lookupcache=positive`
+/// (or `none`) where negative lookups may be cached for long. As for
+/// exclusive leases, a holder paused past its lease may act after losing
+/// its grant: fence what it writes with its token.
+///
+/// # Fairness
+///
+/// Within one manager, acquirers queue first come, first served; an
+/// exclusive holder keeps its place until it releases, shared and permit
+/// holders leave it once granted. Across processes and hosts, waiters race
+/// for the gate when it is let go (woken by inotify for local changes, by
+/// re-checking every 100 ms for remote ones), so there is no strict arrival
+/// order between them — but nobody passes a writer, or a permit waiter,
+/// that holds it.
+///
 /// The lease-file manager: `Locks<LeaseFileBackend>`.
 ///
 /// ```
@@ -77,6 +166,17 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// let guard = locks.acquire("nightly-report", AcquireOptions::new().purpose("render")).await?;
 /// // The heartbeat is renewed every ~3.3 s while `guard` lives.
 /// guard.release().await?;
+///
+/// // Readers together, each with a lease of its own; a writer waits for them.
+/// let a = locks.acquire("catalog", AcquireOptions::new().shared()).await?;
+/// let b = locks.acquire("catalog", AcquireOptions::new().shared()).await?;
+/// assert!(locks.try_acquire("catalog", AcquireOptions::new()).await?.is_none());
+/// assert!(b.fencing_token() > a.fencing_token());
+/// a.release().await?;
+/// b.release().await?;
+/// // At most 2 holders of "uploads" at once.
+/// let permit = locks.acquire("uploads", AcquireOptions::new().permits(2)).await?;
+/// permit.release().await?;
 /// # Ok(()) }
 /// ```
 pub type LeaseFileLockManager = lockman_core::Locks<LeaseFileBackend>;
@@ -117,29 +217,30 @@ impl LeaseFileBackend {
         Ok(LeaseFileBackend { dir, default_lease: options.default_lease, sentinel, queue: LocalQueue::default() })
     }
 
-    /// The lease file used for `resource`.
+    /// The lease file used for `resource`: its exclusive holder's, and the
+    /// gate every acquirer passes (shared holders and permits have files of
+    /// their own beside it; see the scheme on [`LeaseFileLockManager`]).
     pub fn lease_file(&self, resource: &str) -> PathBuf {
-        self.dir.join(&naming::encoded_file_name(resource, LEASE_SUFFIX))
+        self.family(resource).gate
+    }
+
+    fn family(&self, resource: &str) -> Family {
+        Family::new(self.dir.path(), resource)
     }
 
     fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
         io_error(LEASE_BACKEND, action, Some(resource), path, error)
     }
 
-    /// Creates the lease file if nobody holds one. `Ok(None)` if it exists,
-    /// or if ours was broken before it could be granted; then look again.
-    fn try_create(
-        &self,
-        request: &GrantRequest,
-        path: &Path,
-        turn: &SharedTurn,
-    ) -> Result<Option<(LeaseGrant, u64)>, LockError> {
+    /// Creates the lease file at `path` (the gate) if nobody holds one, with
+    /// the next fencing token. `Ok(None)` if it exists, or if ours was broken
+    /// before it could be granted; then look again.
+    fn try_create(&self, request: &GrantRequest, path: &Path) -> Result<Option<Lease>, LockError> {
         let resource = &*request.resource;
         let sequence = path.with_extension(&SEQUENCE_SUFFIX[1..]);
         let now = SystemTime::now();
         let mut record = Record::new(request, 0, now);
-        record.lease_ms =
-            Some(u64::try_from(request.lease.unwrap_or(self.default_lease).as_millis()).unwrap_or(u64::MAX));
+        record.lease_ms = Some(millis(request.lease.unwrap_or(self.default_lease)));
         record.heartbeat_us = Some(unix_micros(now));
         // The file carries a real token from the moment it appears: a breaker
         // that moved it by mistake ranks it by its token to put it back.
@@ -193,29 +294,59 @@ impl LeaseFileBackend {
             tracing::info!(resource, path = %path.display(), "our new lease file was broken as stale before it was granted; looking again");
             return Ok(None);
         }
+        Ok(Some(Lease { file, path: path.to_owned(), id, record }))
+    }
+
+    /// Creates a holder's own lease file at `path` (a reader's or a permit's)
+    /// with `record`. `Ok(None)` if the path is taken.
+    fn create_holder_file(&self, resource: &str, path: &Path, record: Record) -> Result<Option<Lease>, LockError> {
+        let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held), self.dir.file_mode())
+            .map_err(|e| self.io("creating a holder's lease file", resource, path, e))?
+        else {
+            return Ok(None);
+        };
+        let id = FileId::of_file(&file).map_err(|e| self.io("inspecting a holder's lease file", resource, path, e))?;
+        Ok(Some(Lease { file, path: path.to_owned(), id, record }))
+    }
+
+    /// Makes `lease` the grant of `request`: watched for loss from now on.
+    fn grant(
+        &self,
+        request: &GrantRequest,
+        lease: Lease,
+        turn: SharedTurn,
+        waited: bool,
+    ) -> Result<Acquired<LeaseGrant>, LockError> {
+        let resource = &*request.resource;
+        let meta = match lease.file.metadata() {
+            Ok(meta) => meta,
+            Err(e) => {
+                remove_own(&lease); // not granted: it must not block others until it goes stale
+                return Err(self.io("inspecting the lease file", resource, &lease.path, e));
+            }
+        };
         let watch_id = self.sentinel.watch(Watched {
             resource: request.resource.clone(),
-            path: path.to_owned(),
-            snapshot: Snapshot::of(
-                &file.metadata().map_err(|e| self.io("inspecting the lease file", resource, path, e))?,
-            ),
+            path: lease.path.clone(),
+            snapshot: Snapshot::of(&meta),
             strict: false,
             loss: request.loss.clone(),
             turn: Some(turn.clone()),
         });
-        let token = record.token;
-        Ok(Some((
-            LeaseGrant {
-                resource: request.resource.clone(),
-                file,
-                path: path.to_owned(),
-                id,
-                record: Mutex::new(record),
-                watch_id,
-                turn: turn.clone(),
-            },
-            token,
-        )))
+        let Lease { file, path, id, record } = lease;
+        let expires = record.lease_expires_at();
+        let acquired_at = fsutil::from_unix_micros(record.acquired_at_us);
+        let token = FencingToken::new(record.token);
+        let grant = LeaseGrant {
+            resource: request.resource.clone(),
+            file,
+            path,
+            id,
+            record: Mutex::new(record),
+            watch_id,
+            turn,
+        };
+        Ok(Acquired::Granted(Granted::new(grant, token, expires).acquired_at(acquired_at).after_waiting(waited)))
     }
 
     /// Looks at an existing lease file: its holder, and whether it is stale.
@@ -314,6 +445,276 @@ impl LeaseFileBackend {
         }
     }
 
+    /// The resource's registry (see [`family::Registry`]).
+    fn registered(&self, resource: &str, family: &Family) -> Result<Registered, LockError> {
+        family::read_registry(&family.registry)
+            .map_err(|e| self.io("reading the holder registry", resource, &family.registry, e))
+    }
+
+    /// Records that the resource is in use as `registry` (a gate holder
+    /// only). A reader count never shrinks: a count read just before the
+    /// write is merged in, so readers registered by a gate holder before us
+    /// stay named.
+    fn register(&self, resource: &str, family: &Family, registry: Registry) -> Result<(), LockError> {
+        let mut registry = registry;
+        if registry.kind == LockMode::Shared
+            && let Registered::Kind(Registry { kind: LockMode::Shared, count }) = self.registered(resource, family)?
+        {
+            if count >= registry.count {
+                return Ok(());
+            }
+            registry.count = registry.count.max(count);
+        }
+        family::write_registry(&family.registry, registry, self.dir.file_mode())
+            .map_err(|e| self.io("writing the holder registry", resource, &family.registry, e))
+    }
+
+    /// The live holders among the holder files `paths` (readers' and
+    /// permits'); stale ones are broken on the way (`break_stale`) or, for a
+    /// look that must change nothing, returned apart.
+    fn holders_in(&self, resource: &str, paths: &[PathBuf], break_stale: bool) -> Result<(Found, Found), LockError> {
+        let (mut live, mut stale) = (Vec::new(), Vec::new());
+        for path in paths {
+            match self.examine(resource, path)? {
+                None => {}
+                Some(existing) if existing.stale => {
+                    if break_stale {
+                        self.break_stale(resource, path, existing.id)?;
+                    } else {
+                        stale.push((path.clone(), existing));
+                    }
+                }
+                Some(existing) => live.push((path.clone(), existing)),
+            }
+        }
+        Ok((live, stale))
+    }
+
+    /// Refuses `request`'s mode if a live holder uses the resource another way.
+    fn check_agreement(&self, request: &GrantRequest, live: &[(PathBuf, Existing)]) -> Result<(), LockError> {
+        for info in live.iter().filter_map(|(_, existing)| existing.info.as_ref()) {
+            request.mode.agrees_with(info.mode, &request.resource, LEASE_BACKEND)?;
+        }
+        Ok(())
+    }
+
+    /// Past the gate (we hold it): grants `request` in its mode, waiting
+    /// while holding the gate for readers to leave (exclusive) or a permit
+    /// to come free.
+    async fn pass(
+        &self,
+        family: &Family,
+        request: &GrantRequest,
+        gate: Lease,
+        waited: &mut bool,
+    ) -> Result<Passed, LockError> {
+        let resource = &*request.resource;
+        let mut gate = GateHold::new(gate, request.lease.unwrap_or(self.default_lease));
+        let registered = self.registered(resource, family)?;
+        match request.mode {
+            LockMode::Exclusive => {
+                if registered == Registered::Nothing {
+                    // Never used with modes: the plain lease-file lock.
+                    return Ok(Passed::Granted(gate.into_lease()));
+                }
+                // Every registered holder file by its exact name, and (a
+                // safety net against a registry a frozen gate holder
+                // overwrote with an older count) any a listing shows.
+                let mut candidates = family.registered(&registered);
+                let listed =
+                    family.listed().map_err(|e| self.io("listing holders' lease files", resource, &family.gate, e))?;
+                for path in listed {
+                    if !candidates.contains(&path) {
+                        candidates.push(path);
+                    }
+                }
+                let mut waiter = FileWaiter::new(Duration::from_millis(1), LEASE_POLL_MAX);
+                loop {
+                    let (live, _) = self.holders_in(resource, &candidates, true)?;
+                    self.check_agreement(request, &live)?;
+                    if live.is_empty() {
+                        if *waited {
+                            gate.redate().map_err(|e| self.io("recording the lease", resource, &family.gate, e))?;
+                        }
+                        return Ok(Passed::Granted(gate.into_lease()));
+                    }
+                    if request.deadline.has_passed() {
+                        return Ok(Passed::Busy(holders_info(live)));
+                    }
+                    candidates = live.iter().map(|(path, _)| path.clone()).collect();
+                    match self.wait_holding_gate(resource, &mut gate, &mut waiter, request.deadline, &live).await? {
+                        Waited::Changed => *waited = true,
+                        Waited::TimedOut => return Ok(Passed::Busy(holders_info(live))),
+                        Waited::GateLost => return Ok(Passed::GateLost),
+                    }
+                }
+            }
+            LockMode::Shared => {
+                let (live, _) = self.holders_in(resource, &family.registered(&registered), true)?;
+                self.check_agreement(request, &live)?;
+                let count = match registered.kind() {
+                    Some(Registry { kind: LockMode::Shared, count }) => count,
+                    _ => 0,
+                };
+                let taken: Vec<&PathBuf> = live.iter().map(|(path, _)| path).collect();
+                let mut index = (0..count).find(|i| !taken.contains(&&family.reader(*i))).unwrap_or(count);
+                loop {
+                    if index >= family::MAX_REGISTERED {
+                        return Err(LockError::backend(
+                            LEASE_BACKEND,
+                            "registering a shared holder",
+                            Some(resource),
+                            format!(
+                                "{}: more than {} shared holders' files are in use; look for a process taking \
+                                 shared holds without releasing them",
+                                family.registry.display(),
+                                family::MAX_REGISTERED
+                            ),
+                        ));
+                    }
+                    let path = family.reader(index);
+                    // Named in the registry before the file exists, so a
+                    // writer that can see the file can find it by name.
+                    self.register(resource, family, Registry { kind: LockMode::Shared, count: index + 1 })?;
+                    crate::testhook::point("lease.registered", &path);
+                    let Some(reader) = self.create_holder_file(resource, &path, gate.holder_record())? else {
+                        // Taken meanwhile (by a party that broke a stale gate of ours), or a stale one.
+                        if let Some(existing) = self.examine(resource, &path)?
+                            && existing.stale
+                        {
+                            self.break_stale(resource, &path, existing.id)?;
+                        } else {
+                            index += 1;
+                        }
+                        continue;
+                    };
+                    return self.leave_gate(resource, gate, reader);
+                }
+            }
+            LockMode::Permits(permits) => {
+                let slots: Vec<PathBuf> = (0..permits).map(|i| family.slot(i)).collect();
+                let mut candidates = family.registered(&registered);
+                for slot in &slots {
+                    if !candidates.contains(slot) {
+                        candidates.push(slot.clone());
+                    }
+                }
+                let mut waiter = FileWaiter::new(Duration::from_millis(1), LEASE_POLL_MAX);
+                let mine = Registry { kind: request.mode, count: permits };
+                let mut registered = registered.kind() == Some(mine);
+                loop {
+                    let (live, _) = self.holders_in(resource, &candidates, true)?;
+                    self.check_agreement(request, &live)?;
+                    // Agreed, so any holder of another kind is gone: the
+                    // resource is a semaphore of ours from now on.
+                    if !registered {
+                        self.register(resource, family, mine)?;
+                        registered = true;
+                    }
+                    candidates.clone_from(&slots);
+                    for slot in &slots {
+                        if live.iter().any(|(path, _)| path == slot) {
+                            continue;
+                        }
+                        if let Some(permit) = self.create_holder_file(resource, slot, gate.holder_record())? {
+                            return self.leave_gate(resource, gate, permit);
+                        }
+                    }
+                    if request.deadline.has_passed() {
+                        return Ok(Passed::Busy(holders_info(live)));
+                    }
+                    match self.wait_holding_gate(resource, &mut gate, &mut waiter, request.deadline, &live).await? {
+                        Waited::Changed => *waited = true,
+                        Waited::TimedOut => return Ok(Passed::Busy(holders_info(live))),
+                        Waited::GateLost => return Ok(Passed::GateLost),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A reader or permit holder with its own file leaves the gate: if the
+    /// gate is no longer ours (we were paused past its lease and it was
+    /// broken), a writer may have been granted without seeing our file, so
+    /// our file goes and we start over.
+    fn leave_gate(&self, resource: &str, gate: GateHold, mine: Lease) -> Result<Passed, LockError> {
+        crate::testhook::point("lease.holder_file_created", &mine.path);
+        let ours = match gate.is_ours() {
+            Ok(ours) => ours,
+            Err(e) => {
+                remove_own(&mine);
+                return Err(self.io("checking the gate", resource, gate.path(), e));
+            }
+        };
+        if !ours {
+            tracing::info!(resource, path = %mine.path.display(), "the gate was broken as stale while we passed it; looking again");
+            remove_own(&mine);
+            return Ok(Passed::GateLost);
+        }
+        drop(gate); // removes it: the next acquirer may pass
+        Ok(Passed::Granted(mine))
+    }
+
+    /// Waits, holding the gate, for a change to one of the holders' files
+    /// `live`, the first of their leases to run out, or the deadline;
+    /// renews the gate's heartbeat meanwhile.
+    async fn wait_holding_gate(
+        &self,
+        resource: &str,
+        gate: &mut GateHold,
+        waiter: &mut FileWaiter,
+        deadline: Deadline,
+        live: &[(PathBuf, Existing)],
+    ) -> Result<Waited, LockError> {
+        let paths: Vec<&Path> = live.iter().map(|(path, _)| path.as_path()).collect();
+        if waiter.watch_first_all(&paths) {
+            return Ok(Waited::Changed); // look again before waiting: a change may have come first
+        }
+        let stale_at = live.iter().map(|(_, existing)| existing.stale_at).min().map(instant_of);
+        let wake = [stale_at, Some(gate.renew_at())].into_iter().flatten().min();
+        let in_time = waiter.wait(deadline, wake).await;
+        waiter.forget(); // the next look watches whoever holds then
+        if !gate.keep().map_err(|e| self.io("renewing the gate", resource, gate.path(), e))? {
+            tracing::info!(resource, path = %gate.path().display(), "the gate we held while waiting was broken as stale; looking again");
+            return Ok(Waited::GateLost);
+        }
+        Ok(if in_time { Waited::Changed } else { Waited::TimedOut })
+    }
+
+    /// Who holds the resource while its gate is held by `gate_holder`: its
+    /// shared or permit holders if there are any, else the gate's holder.
+    fn busy_holder(&self, resource: &str, family: &Family, gate_holder: Option<LockInfo>) -> Option<LockInfo> {
+        let holders = self
+            .registered(resource, family)
+            .and_then(|registered| self.holders_in(resource, &family.registered(&registered), false));
+        match holders {
+            Ok((live, _)) if !live.is_empty() => holders_info(live),
+            _ => gate_holder,
+        }
+    }
+
+    /// The state of a resource from its gate and its holder files.
+    fn state_of(
+        &self,
+        resource: &str,
+        gate: Option<Existing>,
+        live: Vec<(PathBuf, Existing)>,
+        stale: Vec<(PathBuf, Existing)>,
+    ) -> LockState {
+        if let Some(info) = holders_info(live) {
+            return LockState::Held(info);
+        }
+        if let Some(gate) = gate {
+            // A reader or permit holder passing the gate is no holder yet.
+            let passing = !gate.stale && gate.info.as_ref().is_some_and(|info| info.mode != LockMode::Exclusive);
+            if !passing {
+                let info = gate.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND));
+                return if gate.stale { LockState::Stale(info) } else { LockState::Held(info) };
+            }
+        }
+        holders_info(stale).map_or(LockState::Available, LockState::Stale)
+    }
+
     fn release_sync(&self, grant: &LeaseGrant) -> Result<(), LockError> {
         self.sentinel.unwatch(grant.watch_id);
         if !matches!(FileId::at(&grant.path), Ok(Some(now)) if now == grant.id) {
@@ -337,13 +738,175 @@ impl LeaseFileBackend {
         )
     }
 
-    /// The lease files lockman made here (by name): another program's
-    /// `*.lease` is never judged stale and broken.
-    fn lease_files(&self) -> Result<Vec<PathBuf>, LockError> {
-        fsutil::encoded_files_with_suffix(self.dir.path(), LEASE_SUFFIX)
-            .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))
+    /// Every resource with lease files here (by name: another program's
+    /// `*.lease` is never judged stale and broken): its gate, if any, and
+    /// its holders' files.
+    fn families(&self) -> Result<Vec<FamilyFiles>, LockError> {
+        let scanned = family::scan(self.dir.path())
+            .map_err(|e| io_error(LEASE_BACKEND, "listing lease files", None, self.dir.path(), e))?;
+        Ok(scanned
+            .into_values()
+            .map(|members| {
+                let mut gate = None;
+                let mut holders = Vec::new();
+                for (path, member) in members {
+                    if !is_regular_file(&path) {
+                        continue;
+                    }
+                    match member {
+                        Member::Gate => gate = Some(path),
+                        Member::Reader | Member::Slot => holders.push(path),
+                    }
+                }
+                (gate, holders)
+            })
+            .collect())
     }
 }
+
+/// One look at a family from [`LeaseFileBackend::families`]: the name for
+/// messages about files without a readable record.
+fn unnamed(gate: Option<&PathBuf>, holders: &[PathBuf]) -> String {
+    gate.or(holders.first()).map(|path| fsutil::file_name_of(path)).unwrap_or_default()
+}
+
+/// The holders' records combined into one [`LockInfo`] (the first grant,
+/// with every holder in `holders`); an unreadable record counts as an
+/// unknown holder.
+fn holders_info(holders: Vec<(PathBuf, Existing)>) -> Option<LockInfo> {
+    let infos = holders
+        .into_iter()
+        .map(|(path, existing)| {
+            existing.info.unwrap_or_else(|| record::unknown_holder(&fsutil::file_name_of(&path), LEASE_BACKEND))
+        })
+        .collect();
+    LockInfo::of_holders(infos)
+}
+
+/// A lease file we created and hold: the gate, or a holder's own file.
+#[derive(Debug)]
+struct Lease {
+    file: File,
+    path: PathBuf,
+    id: FileId,
+    record: Record,
+}
+
+/// Removes a lease file of ours, if the path still names it.
+fn remove_own(lease: &Lease) {
+    if let Err(e) = fsutil::break_by_rename(&lease.path, lease.id, |_| true) {
+        tracing::warn!(path = %lease.path.display(), error = %e, "cannot remove our lease file; it lasts until its lease runs out");
+    }
+}
+
+/// The gate while we pass it or wait behind it: removed when dropped (we
+/// passed, gave up, failed, or our acquire was cancelled), unless it
+/// becomes the exclusive grant.
+struct GateHold {
+    lease: Option<Lease>,
+    /// The gate's lease, renewed every third of it while we wait.
+    length: Duration,
+    renewed: Instant,
+}
+
+impl GateHold {
+    fn new(lease: Lease, length: Duration) -> Self {
+        GateHold { lease: Some(lease), length, renewed: Instant::now() }
+    }
+
+    fn lease(&self) -> &Lease {
+        // Taken only by `into_lease`, which consumes the hold.
+        self.lease.as_ref().unwrap_or_else(|| unreachable!("a gate hold without its lease"))
+    }
+
+    fn path(&self) -> &Path {
+        &self.lease().path
+    }
+
+    /// The record for a holder's own file: the gate's (its token is the
+    /// grant's), dated now.
+    fn holder_record(&self) -> Record {
+        let mut record = self.lease().record.clone();
+        let now = unix_micros(SystemTime::now());
+        record.acquired_at_us = now;
+        record.heartbeat_us = Some(now);
+        record
+    }
+
+    fn is_ours(&self) -> io::Result<bool> {
+        Ok(FileId::at(self.path())? == Some(self.lease().id))
+    }
+
+    /// When the gate's heartbeat is next due.
+    fn renew_at(&self) -> Instant {
+        self.renewed + self.length / 3
+    }
+
+    /// Whether the gate is still ours; renews its heartbeat when due.
+    fn keep(&mut self) -> io::Result<bool> {
+        if !self.is_ours()? {
+            return Ok(false);
+        }
+        if Instant::now() >= self.renew_at() {
+            self.redate_heartbeat(false)?;
+        }
+        Ok(true)
+    }
+
+    /// Dates the gate's record from now (an exclusive grant that waited for
+    /// readers is granted now, not when it took the gate).
+    fn redate(&mut self) -> io::Result<()> {
+        self.redate_heartbeat(true)
+    }
+
+    fn redate_heartbeat(&mut self, acquired: bool) -> io::Result<()> {
+        let Some(lease) = self.lease.as_mut() else { return Ok(()) };
+        let now = unix_micros(SystemTime::now());
+        lease.record.heartbeat_us = Some(now);
+        if acquired {
+            lease.record.acquired_at_us = now;
+        }
+        lease.record.write_to(&lease.file, RecordState::Held)?;
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// The gate becomes the grant (exclusive): kept, not removed.
+    fn into_lease(mut self) -> Lease {
+        self.lease.take().unwrap_or_else(|| unreachable!("a gate hold without its lease"))
+    }
+}
+
+impl Drop for GateHold {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            remove_own(&lease);
+        }
+    }
+}
+
+/// What passing the gate came to.
+enum Passed {
+    Granted(Lease),
+    /// The deadline passed; who holds it.
+    Busy(Option<LockInfo>),
+    /// Our gate was broken as stale while we held it: take it again.
+    GateLost,
+}
+
+/// What a wait behind the gate came to.
+enum Waited {
+    Changed,
+    TimedOut,
+    GateLost,
+}
+
+/// Holders' lease files as examined, with their paths.
+type Found = Vec<(PathBuf, Existing)>;
+
+/// One resource's files as a listing found them: its gate, if any, and its
+/// holders' files.
+type FamilyFiles = (Option<PathBuf>, Vec<PathBuf>);
 
 /// An existing lease file, as examined.
 struct Existing {
@@ -367,7 +930,9 @@ impl LockBackend for LeaseFileBackend {
             .with_leases(Some(self.default_lease))
             .with_lost_detection(true)
             .with_fencing(true)
-            // In arrival order within this manager; processes and hosts race.
+            .with_modes(true, true)
+            // In arrival order within this manager; processes and hosts race
+            // for the gate, but nobody passes a writer that holds it.
             .with_fifo(true)
             // Local changes wake waiters through inotify, but changes made by
             // other hosts on a network share are only seen by re-checking.
@@ -376,7 +941,8 @@ impl LockBackend for LeaseFileBackend {
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<LeaseGrant>, LockError> {
         let resource = &*request.resource;
-        let path = self.lease_file(resource);
+        let family = self.family(resource);
+        let path = family.gate.clone();
         let mut waiter = FileWaiter::new(Duration::from_millis(1), LEASE_POLL_MAX);
         // Our turn among this manager's waiters. A holder here whose lease
         // runs out keeps its turn until its guard drops, so while queued
@@ -401,7 +967,8 @@ impl LockBackend for LeaseFileBackend {
             }
             let existing = self.examine(resource, &path)?;
             if request.deadline.has_passed() {
-                return Ok(Acquired::Busy { holder: existing.and_then(|e| e.info) });
+                let holder = existing.and_then(|e| e.info);
+                return Ok(Acquired::Busy { holder: self.busy_holder(resource, &family, holder) });
             }
             if existing.is_some_and(|e| e.stale) {
                 break None;
@@ -410,14 +977,23 @@ impl LockBackend for LeaseFileBackend {
         let mut waited = turn.as_ref().is_some_and(Turn::waited);
         let turn: SharedTurn = Arc::new(Mutex::new(turn));
         loop {
-            if let Some((grant, token)) = self.try_create(request, &path, &turn)? {
-                let expires = grant.record.lock().lease_expires_at();
-                let acquired_at = fsutil::from_unix_micros(grant.record.lock().acquired_at_us);
-                return Ok(Acquired::Granted(
-                    Granted::new(grant, FencingToken::new(token), expires)
-                        .acquired_at(acquired_at)
-                        .after_waiting(waited),
-                ));
+            if let Some(gate) = self.try_create(request, &path)? {
+                match self.pass(&family, request, gate, &mut waited).await? {
+                    Passed::Granted(lease) => {
+                        // Shared and permit holders let the next of this
+                        // manager's waiters in at once; an exclusive one keeps
+                        // its turn until it releases.
+                        if request.mode != LockMode::Exclusive {
+                            drop(turn.lock().take());
+                        }
+                        return self.grant(request, lease, turn, waited);
+                    }
+                    Passed::Busy(holder) => return Ok(Acquired::Busy { holder }),
+                    Passed::GateLost => {
+                        waited = true;
+                        continue;
+                    }
+                }
             }
             let Some(existing) = self.examine(resource, &path)? else {
                 continue; // released meanwhile
@@ -427,14 +1003,14 @@ impl LockBackend for LeaseFileBackend {
                 continue;
             }
             if request.deadline.has_passed() {
-                return Ok(Acquired::Busy { holder: existing.info });
+                return Ok(Acquired::Busy { holder: self.busy_holder(resource, &family, existing.info) });
             }
             if waiter.watch_first(&path) {
                 continue;
             }
             waited = true;
             if !waiter.wait(request.deadline, Some(instant_of(existing.stale_at))).await {
-                return Ok(Acquired::Busy { holder: existing.info });
+                return Ok(Acquired::Busy { holder: self.busy_holder(resource, &family, existing.info) });
             }
             // The file we watched may be gone; watch whatever is there next.
             waiter.forget();
@@ -452,7 +1028,7 @@ impl LockBackend for LeaseFileBackend {
         let now = SystemTime::now();
         let mut record = grant.record.lock().clone();
         record.heartbeat_us = Some(unix_micros(now));
-        record.lease_ms = Some(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        record.lease_ms = Some(millis(lease));
         record
             .write_to(&grant.file, RecordState::Held)
             .map_err(|e| self.io("renewing the lease", &grant.resource, &grant.path, e))?;
@@ -461,25 +1037,25 @@ impl LockBackend for LeaseFileBackend {
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
-        let path = self.lease_file(resource);
-        Ok(match self.examine(resource, &path)? {
-            None => LockState::Available,
-            Some(existing) => {
-                let info = existing.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND));
-                if existing.stale { LockState::Stale(info) } else { LockState::Held(info) }
-            }
-        })
+        let family = self.family(resource);
+        let gate = self.examine(resource, &family.gate)?;
+        let registered = self.registered(resource, &family)?;
+        let (live, stale) = self.holders_in(resource, &family.registered(&registered), false)?;
+        Ok(self.state_of(resource, gate, live, stale))
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let mut held = Vec::new();
-        for path in self.lease_files()? {
-            let unnamed = fsutil::file_name_of(&path);
-            if !is_regular_file(&path) {
-                continue;
-            }
-            if let Some(existing) = self.examine(&unnamed, &path)? {
-                held.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
+        for (gate, holders) in self.families()? {
+            let unnamed = unnamed(gate.as_ref(), &holders);
+            let gate = match &gate {
+                Some(path) => self.examine(&unnamed, path)?,
+                None => None,
+            };
+            let (live, stale) = self.holders_in(&unnamed, &holders, false)?;
+            match self.state_of(&unnamed, gate, live, stale) {
+                LockState::Held(info) | LockState::Stale(info) => held.push(info),
+                LockState::Available => {}
             }
         }
         held.sort_by(|a, b| a.resource.cmp(&b.resource));
@@ -487,34 +1063,67 @@ impl LockBackend for LeaseFileBackend {
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let path = self.lease_file(resource);
+        let family = self.family(resource);
+        let reason = LostReason::ForceReleased { reason: reason.to_owned() };
+        // Every holder file, by the registry's names and by a listing.
+        let registered = self.registered(resource, &family)?;
+        let mut paths = family.registered(&registered);
+        let listed = family.listed().map_err(|e| self.io("listing holders' lease files", resource, &family.gate, e))?;
+        for path in listed {
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        let (live, stale) = self.holders_in(resource, &paths, false)?;
+        let had_holders = !live.is_empty();
+        let mut broken = Vec::new();
+        for (path, existing) in live.into_iter().chain(stale) {
+            let victims = self.sentinel.grants_on(&path, existing.id);
+            match self.break_file(resource, &path, existing.id, |_| true) {
+                Ok(true) => {
+                    self.sentinel.mark_lost(&victims, &reason);
+                    broken.push((path, existing));
+                }
+                Ok(false) => {}
+                Err(e) => return Err(self.io("removing a holder's lease file", resource, &path, e)),
+            }
+        }
+        if had_holders {
+            // The gate, if held, is a waiter's (or a passing party's), not a holder's.
+            return Ok(holders_info(broken));
+        }
+        let path = family.gate;
         let Some(existing) = self.examine(resource, &path)? else {
-            return Ok(None);
+            return Ok(holders_info(broken));
         };
         let victims = self.sentinel.grants_on(&path, existing.id);
         match self.break_file(resource, &path, existing.id, |_| true) {
             Ok(true) => {}
-            Ok(false) => return Ok(None),
+            Ok(false) => return Ok(holders_info(broken)),
             Err(e) => return Err(self.io("removing the lease file", resource, &path, e)),
         }
-        self.sentinel.mark_lost(&victims, &LostReason::ForceReleased { reason: reason.to_owned() });
+        self.sentinel.mark_lost(&victims, &reason);
         Ok(Some(existing.info.unwrap_or_else(|| record::unknown_holder(resource, LEASE_BACKEND))))
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         let mut broken = Vec::new();
-        for path in self.lease_files()? {
-            let unnamed = fsutil::file_name_of(&path);
-            if !is_regular_file(&path) {
-                continue;
-            }
-            let Some(existing) = self.examine(&unnamed, &path)? else { continue };
-            if existing.stale && self.break_stale(&unnamed, &path, existing.id)? {
-                broken.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
+        for (gate, holders) in self.families()? {
+            let unnamed = unnamed(gate.as_ref(), &holders);
+            for path in gate.iter().chain(&holders) {
+                let Some(existing) = self.examine(&unnamed, path)? else { continue };
+                if existing.stale && self.break_stale(&unnamed, path, existing.id)? {
+                    broken.push(existing.info.unwrap_or_else(|| record::unknown_holder(&unnamed, LEASE_BACKEND)));
+                }
             }
         }
         Ok(broken)
     }
+}
+
+/// A lease length in milliseconds, as records keep it.
+fn millis(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The most a sequence file may hold: one decimal `u64` (20 digits), with

@@ -9,12 +9,14 @@
 //! | [`LeaseFileLockManager`] | `file:///dir?mode=lease` | processes and hosts sharing the directory, even where kernel locks are unreliable (SMB, some NFS, synced folders) | after its heartbeat is older than the lease, or at once if its pid is dead on this host | inotify locally, bounded backoff |
 //! | [`LegacyFileLockManager`] | `legacy-file:///dir` | new processes strictly; old existence-check daemons as far as their protocol allows | new: at once; old: after the resource's stale age | as above |
 //!
-//! The kernel flavour also holds resources shared (reader-writer, with a
-//! waiting writer never starved by new readers, across processes too) and as
-//! semaphores of n permits; see [`FileBackend`] for the files and
-//! why a crash never leaves a share taken. The lease and legacy flavours
-//! hold exclusively only, and refuse the other modes with a configuration
-//! error.
+//! The kernel and lease flavours also hold resources shared (reader-writer,
+//! with a waiting writer never starved by new readers, across processes
+//! too) and as semaphores of n permits; see [`FileBackend`] and
+//! [`LeaseFileLockManager`] for the files and why a crash never leaves a
+//! share taken (kernel locks: it ends with the process; lease files: with
+//! the holder's own lease, or at once when its pid is dead on this host).
+//! The legacy flavour holds exclusively only, and refuses the other modes
+//! with a configuration error.
 //!
 //! Flags: [`FileStatusManager`] keeps one file per flag (`.FCRunning1`
 //! holding `job-7\n15:00`, byte for byte what old readers expect), with TTLs

@@ -1,6 +1,8 @@
-//! Shared locks and semaphores on the kernel-lock flavour across real
-//! processes: readers overlap, writers are alone, a semaphore of 3 never
-//! has a fourth holder, and a killed holder frees its share at once.
+//! Shared locks and semaphores across real processes, on the kernel-lock
+//! flavour and the lease-file flavour: readers overlap, writers are alone,
+//! a semaphore of 3 never has a fourth holder, and a killed holder frees its
+//! share at once (kernel locks; lease files on this host, whose dead pid
+//! is seen) — or, frozen, once its own lease lapses (lease files).
 //!
 //! Children are this test binary re-run with `LOCKMAN_MODES_CHILD` set,
 //! which makes the `child` test act out one role and exit. A `cycle` child
@@ -18,15 +20,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockman_core::{AcquireOptions, LockBackend, LockManager, LockState};
-use lockman_file::{FileBackend, FileOptions};
+use lockman_file::{FileBackend, FileOptions, LeaseFileBackend};
 use lockman_testkit::processes::{HoldingChild, say_held_and_wait_for_stdin, wait_all_succeed};
 
 const CHILD_ENV: &str = "LOCKMAN_MODES_CHILD";
 /// The longest a run of children may take before the test kills them and fails.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn open(dir: &Path) -> Arc<dyn LockManager> {
-    Arc::new(FileBackend::open(FileOptions::new(dir)).expect("open").into_manager())
+/// The lease the lease-file flavour's children hold with (renewed every
+/// third of it): short, so a frozen holder lapses quickly.
+const LEASE: Duration = Duration::from_millis(1500);
+
+/// `file` (kernel locks) or `lease` (lease files).
+fn open(flavour: &str, dir: &Path) -> Arc<dyn LockManager> {
+    match flavour {
+        "file" => Arc::new(FileBackend::open(FileOptions::new(dir)).expect("open").into_manager()),
+        "lease" => {
+            let options = FileOptions::new(dir).default_lease(LEASE).loss_check_interval(Duration::from_millis(100));
+            Arc::new(LeaseFileBackend::open(options).expect("open").into_manager())
+        }
+        other => panic!("unknown flavour {other:?}"),
+    }
 }
 
 /// `shared`, `exclusive` or `permits:N`.
@@ -53,8 +67,8 @@ fn child() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         match args.as_slice() {
-            ["cycle", dir, resource, mode, rounds, hold_ms, log] => {
-                let locks = open(Path::new(dir));
+            ["cycle", flavour, dir, resource, mode, rounds, hold_ms, log] => {
+                let locks = open(flavour, Path::new(dir));
                 println!("ready");
                 std::io::stdout().flush().expect("flush");
                 let mut go = String::new();
@@ -71,8 +85,8 @@ fn child() {
                 }
                 std::fs::write(log, lines).expect("write the log");
             }
-            ["hold", dir, resource, mode] => {
-                let locks = open(Path::new(dir));
+            ["hold", flavour, dir, resource, mode] => {
+                let locks = open(flavour, Path::new(dir));
                 let guard = locks.acquire(resource, options(mode)).await.expect("child acquire");
                 say_held_and_wait_for_stdin(guard.fencing_token());
                 guard.release().await.expect("child release");
@@ -111,13 +125,17 @@ impl Hold {
 
 /// Runs one `cycle` child per mode in `modes` on `resource`, all starting
 /// together, and returns every hold they logged.
-fn run_cycles(dir: &Path, resource: &str, modes: &[&str], rounds: u32, hold_ms: u64) -> Vec<Hold> {
+fn run_cycles(flavour: &str, dir: &Path, resource: &str, modes: &[&str], rounds: u32, hold_ms: u64) -> Vec<Hold> {
     let logs: Vec<PathBuf> = (0..modes.len()).map(|i| dir.join(format!("log-{i}"))).collect();
     let locks = dir.join("locks");
     let mut children = Children(Vec::new());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for (mode, log) in modes.iter().zip(&logs) {
-        let spec = format!("cycle\t{}\t{resource}\t{mode}\t{rounds}\t{hold_ms}\t{}", locks.display(), log.display());
+        let spec = format!(
+            "cycle\t{flavour}\t{}\t{resource}\t{mode}\t{rounds}\t{hold_ms}\t{}",
+            locks.display(),
+            log.display()
+        );
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args(["--exact", "child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, spec)
@@ -174,25 +192,36 @@ fn most_at_once(holds: &[Hold]) -> usize {
 
 /// Four reader processes each hold shared for 300 ms: together, far below
 /// the 1.2 s they would take one after another.
-#[test]
-fn reader_processes_hold_together() {
+fn reader_processes_hold_together(flavour: &str) {
     const HOLD_MS: u64 = 300;
     let dir = tempfile::tempdir().expect("dir");
-    let holds = run_cycles(dir.path(), "report", &["shared"; 4], 1, HOLD_MS);
+    let holds = run_cycles(flavour, dir.path(), "report", &["shared"; 4], 1, HOLD_MS);
     let span = holds.iter().map(|h| h.end).max().expect("holds") - holds.iter().map(|h| h.start).min().expect("holds");
     let most = most_at_once(&holds);
-    eprintln!("4 readers x {HOLD_MS} ms: {} ms from the first start to the last end, {most} at once", span / 1000);
-    assert!(most >= 2, "reader processes never held together");
-    assert!(span < 3 * HOLD_MS * 1000, "4 readers of {HOLD_MS} ms took {} ms: serialised", span / 1000);
+    eprintln!(
+        "{flavour}: 4 readers x {HOLD_MS} ms: {} ms from the first start to the last end, {most} at once",
+        span / 1000
+    );
+    assert!(most >= 2, "{flavour}: reader processes never held together");
+    assert!(span < 3 * HOLD_MS * 1000, "{flavour}: 4 readers of {HOLD_MS} ms took {} ms: serialised", span / 1000);
+}
+
+#[test]
+fn kernel_reader_processes_hold_together() {
+    reader_processes_hold_together("file");
+}
+
+#[test]
+fn lease_reader_processes_hold_together() {
+    reader_processes_hold_together("lease");
 }
 
 /// Three reader and three writer processes, twelve holds each: no writer's
 /// hold overlaps anyone's, and every writer finishes (none is starved).
-#[test]
-fn writer_processes_are_alone() {
+fn writer_processes_are_alone(flavour: &str) {
     let dir = tempfile::tempdir().expect("dir");
     let modes = ["shared", "exclusive", "shared", "exclusive", "shared", "exclusive"];
-    let holds = run_cycles(dir.path(), "table", &modes, 12, 5);
+    let holds = run_cycles(flavour, dir.path(), "table", &modes, 12, 5);
     for writer in holds.iter().filter(|h| h.mode == "exclusive") {
         for other in &holds {
             assert!(
@@ -202,19 +231,38 @@ fn writer_processes_are_alone() {
         }
     }
     let readers: Vec<Hold> = holds.iter().filter(|h| h.mode == "shared").cloned().collect();
-    eprintln!("3 readers + 3 writers x 12: at most {} readers at once", most_at_once(&readers));
+    eprintln!("{flavour}: 3 readers + 3 writers x 12: at most {} readers at once", most_at_once(&readers));
+}
+
+#[test]
+fn kernel_writer_processes_are_alone() {
+    writer_processes_are_alone("file");
+}
+
+#[test]
+fn lease_writer_processes_are_alone() {
+    writer_processes_are_alone("lease");
 }
 
 /// Eight processes share a semaphore of 3: never a fourth holder, and all
 /// three permits in use at some point.
-#[test]
-fn semaphore_processes_never_exceed_their_permits() {
+fn semaphore_processes_never_exceed_their_permits(flavour: &str) {
     let dir = tempfile::tempdir().expect("dir");
-    let holds = run_cycles(dir.path(), "jobs", &["permits:3"; 8], 6, 20);
+    let holds = run_cycles(flavour, dir.path(), "jobs", &["permits:3"; 8], 6, 20);
     let most = most_at_once(&holds);
-    eprintln!("8 processes x semaphore(3): at most {most} at once over {} holds", holds.len());
-    assert!(most <= 3, "{most} holders of a semaphore of 3 at once");
-    assert_eq!(most, 3, "the semaphore of 3 never had 3 holders: permits were withheld");
+    eprintln!("{flavour}: 8 processes x semaphore(3): at most {most} at once over {} holds", holds.len());
+    assert!(most <= 3, "{flavour}: {most} holders of a semaphore of 3 at once");
+    assert_eq!(most, 3, "{flavour}: the semaphore of 3 never had 3 holders: permits were withheld");
+}
+
+#[test]
+fn kernel_semaphore_processes_never_exceed_their_permits() {
+    semaphore_processes_never_exceed_their_permits("file");
+}
+
+#[test]
+fn lease_semaphore_processes_never_exceed_their_permits() {
+    semaphore_processes_never_exceed_their_permits("lease");
 }
 
 /// A reader or permit holder killed with SIGKILL frees its share at once;
@@ -222,9 +270,9 @@ fn semaphore_processes_never_exceed_their_permits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_holder_processes_free_their_share() {
     let dir = tempfile::tempdir().expect("dir");
-    let locks = open(dir.path());
+    let locks = open("file", dir.path());
     for mode in ["shared", "permits:2"] {
-        let spec = format!("hold\t{}\tr\t{mode}", dir.path().display());
+        let spec = format!("hold\tfile\t{}\tr\t{mode}", dir.path().display());
         let child = HoldingChild::spawn("child", CHILD_ENV, &spec, LIMIT);
         let info = match locks.state("r").await.expect("state") {
             LockState::Held(info) => info,
@@ -257,6 +305,88 @@ async fn killed_holder_processes_free_their_share() {
     }
 }
 
+/// The child holding `resource` in `locks`, as `state` shows it.
+async fn child_holder(locks: &Arc<dyn LockManager>, resource: &str) -> lockman_core::LockInfo {
+    let info = match locks.state(resource).await.expect("state") {
+        LockState::Held(info) => info,
+        other => panic!("the child's hold of {resource} is not shown: {other:?}"),
+    };
+    let child = info.all_holders().find(|h| h.pid != std::process::id()).cloned();
+    child.unwrap_or_else(|| panic!("no holder of {resource} is the child: {info:?}"))
+}
+
+/// Lease files: a reader or permit holder process killed with SIGKILL stops
+/// counting at once on this host (its pid is dead), long before its lease
+/// would lapse: the writer, or the waiter for its permit, gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_killed_holder_processes_free_their_share() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = open("lease", dir.path());
+    for (resource, mode, waiter_mode) in [("rw", "shared", "exclusive"), ("sem", "permits:1", "permits:1")] {
+        let spec = format!("hold\tlease\t{}\t{resource}\t{mode}", dir.path().display());
+        let child = HoldingChild::spawn("child", CHILD_ENV, &spec, LIMIT);
+        child_holder(&locks, resource).await;
+        let quick = options(waiter_mode).no_wait();
+        assert!(locks.try_acquire(resource, quick).await.expect("try").is_none(), "{mode}: the child's hold let us in");
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire(resource, options(waiter_mode)).await })
+        };
+        drop(child); // SIGKILL
+        let killed = std::time::Instant::now();
+        let guard = waiter.await.expect("join").expect("the waiter got in once the holder was killed");
+        eprintln!("{mode}: in {:?} after the kill", killed.elapsed());
+        assert!(killed.elapsed() < LEASE, "{mode}: the dead holder counted until its lease lapsed");
+        guard.release().await.expect("release");
+        assert_eq!(locks.state(resource).await.expect("state"), LockState::Available, "{mode}");
+    }
+}
+
+/// Waits (bounded) until process `pid` is stopped.
+fn until_stopped(pid: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the child's /proc stat");
+        // `pid (comm) S ...`: the state follows the last ')'.
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            return;
+        }
+        assert!(started.elapsed() < LIMIT, "process {pid} never stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Lease files: a reader or permit holder process frozen with SIGSTOP is
+/// alive but no longer renews; it stops counting when its own lease lapses
+/// — not before — and then the writer, or the waiter for its permit, gets
+/// in, breaking its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_frozen_holder_processes_stop_counting_when_their_lease_lapses() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = open("lease", dir.path());
+    for (resource, mode, waiter_mode) in [("rw", "shared", "exclusive"), ("sem", "permits:1", "permits:1")] {
+        let spec = format!("hold\tlease\t{}\t{resource}\t{mode}", dir.path().display());
+        let child = HoldingChild::spawn("child", CHILD_ENV, &spec, LIMIT);
+        let pid = child_holder(&locks, resource).await.pid;
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+        rustix::process::kill_process(raw, rustix::process::Signal::STOP).expect("SIGSTOP the child");
+        until_stopped(pid);
+        // Its last heartbeat is final now: so is the end of its lease.
+        let lapses_at = child_holder(&locks, resource).await.lease_expires_at.expect("a lease");
+        let guard = locks.acquire(resource, options(waiter_mode)).await.expect("the waiter got in after the lease");
+        let granted = std::time::SystemTime::now();
+        eprintln!("{mode}: in {:?} after the frozen holder's lease lapsed", granted.duration_since(lapses_at));
+        assert!(granted >= lapses_at, "{mode}: the waiter got in while the frozen holder's lease ran");
+        let holders = match locks.state(resource).await.expect("state") {
+            LockState::Held(info) => info.all_holders().map(|h| h.pid).collect::<Vec<_>>(),
+            other => panic!("{mode}: {other:?}"),
+        };
+        assert_eq!(holders, [std::process::id()], "{mode}: the frozen holder is still shown");
+        guard.release().await.expect("release");
+        drop(child); // SIGKILL works on a stopped process
+    }
+}
+
 /// Three reader processes keep the resource held shared without a gap; a
 /// writer in this process still gets in while they go on (readers arriving
 /// after it wait), instead of only once they stop.
@@ -266,11 +396,11 @@ fn a_writer_is_not_starved_by_reader_processes() {
     let locks_dir = dir.path().join("locks");
     let readers = {
         let dir = dir.path().to_owned();
-        std::thread::spawn(move || run_cycles(&dir, "table", &["shared"; 3], 60, 20))
+        std::thread::spawn(move || run_cycles("file", &dir, "table", &["shared"; 3], 60, 20))
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (granted, released) = runtime.block_on(async {
-        let locks = open(&locks_dir);
+        let locks = open("file", &locks_dir);
         // Bounded by the readers' run: they hold it for over a second.
         let started = std::time::Instant::now();
         while !locks.state("table").await.expect("state").is_held() {
@@ -314,7 +444,7 @@ fn probes_and_cleanups_beside_holder_processes_change_nothing() {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 runtime.block_on(async {
                     std::fs::create_dir_all(&locks_dir).expect("dir");
-                    let locks = open(&locks_dir);
+                    let locks = open("file", &locks_dir);
                     let mut rounds = 0u32;
                     while !done.load(Ordering::SeqCst) {
                         locks.state(resource).await.expect("state");
@@ -327,7 +457,7 @@ fn probes_and_cleanups_beside_holder_processes_change_nothing() {
                 })
             })
         };
-        let holds = run_cycles(dir.path(), resource, modes, 15, 3);
+        let holds = run_cycles("file", dir.path(), resource, modes, 15, 3);
         done.store(true, Ordering::SeqCst);
         let rounds = prober.join().expect("the prober failed");
         for writer in holds.iter().filter(|h| h.mode == "exclusive") {

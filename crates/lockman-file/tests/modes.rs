@@ -1,4 +1,5 @@
-//! Shared (reader-writer) locks and semaphores on the kernel-lock flavour,
+//! Shared (reader-writer) locks and semaphores on the kernel-lock flavour
+//! (and, at the end, the lease-file flavour),
 //! with several managers over one directory standing in for processes
 //! (each has its own queue and its own open files, so `flock` tells them
 //! apart exactly as it tells processes apart; `mode_processes.rs` runs
@@ -6,11 +7,12 @@
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockman_core::{AcquireOptions, LockBackend, LockError, LockGuard, LockManager, LockMode, LockState};
-use lockman_file::{FileBackend, FileLockManager, FileOptions, LeaseFileBackend, LegacyFileBackend, LegacyOptions};
+use lockman_file::{
+    FileBackend, FileLockManager, FileOptions, LeaseFileBackend, LeaseFileLockManager, LegacyFileBackend, LegacyOptions,
+};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -331,20 +333,18 @@ async fn an_unlocked_holder_file_is_no_holder_and_cleanup_reports_it() {
 }
 
 #[tokio::test]
-async fn only_the_kernel_flavour_declares_modes() {
+async fn the_kernel_and_lease_flavours_declare_modes_and_legacy_refuses_them() {
     let dir = tempfile::tempdir().expect("dir");
     assert!(manager(dir.path()).backend().capabilities().shared_mode);
     assert!(manager(dir.path()).backend().capabilities().permits);
-    let lease = LeaseFileBackend::open(FileOptions::new(dir.path().join("lease"))).expect("open").into_manager();
+    let lease = LeaseFileBackend::open(FileOptions::new(dir.path().join("lease"))).expect("open");
+    assert!(lease.capabilities().shared_mode && lease.capabilities().permits);
     let legacy =
         LegacyFileBackend::open(LegacyOptions::givtcp(dir.path().join("legacy"), 1)).expect("open").into_manager();
-    let others: [Arc<dyn LockManager>; 2] = [Arc::new(lease), Arc::new(legacy)];
-    for locks in others {
-        let err = locks.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect_err("shared");
-        assert!(matches!(err, LockError::Config(_)) && err.to_string().contains("shared_mode = false"), "{err}");
-        let err = locks.acquire("r", AcquireOptions::new().permits(2).no_wait()).await.expect_err("permits");
-        assert!(matches!(err, LockError::Config(_)), "{err}");
-    }
+    let err = legacy.acquire("r", AcquireOptions::new().shared().no_wait()).await.expect_err("shared");
+    assert!(matches!(err, LockError::Config(_)) && err.to_string().contains("shared_mode = false"), "{err}");
+    let err = legacy.acquire("r", AcquireOptions::new().permits(2).no_wait()).await.expect_err("permits");
+    assert!(matches!(err, LockError::Config(_)), "{err}");
 }
 
 /// A waiter for a permit is woken by the release, not by its backoff (which
@@ -446,4 +446,283 @@ async fn an_outdated_record_under_a_momentary_lock_refuses_nobody() {
         // Back to a readers' record for the next round.
         take(&locks, "r", shared()).await.release().await.expect("release");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The lease-file flavour (`file:///dir?mode=lease`): the lease file is the
+// gate; readers and permit holders keep lease files of their own.
+// ---------------------------------------------------------------------------
+
+fn lease_manager(dir: &Path) -> LeaseFileLockManager {
+    let options =
+        FileOptions::new(dir).default_lease(Duration::from_millis(900)).loss_check_interval(Duration::from_millis(50));
+    LeaseFileBackend::open(options).expect("open").into_manager()
+}
+
+async fn lease_take(locks: &LeaseFileLockManager, resource: &str, options: AcquireOptions) -> LockGuard {
+    locks.acquire(resource, options).await.expect("acquire")
+}
+
+async fn lease_refused(locks: &LeaseFileLockManager, resource: &str, options: AcquireOptions) -> bool {
+    locks.try_acquire(resource, options).await.expect("try_acquire").is_none()
+}
+
+/// The files in `dir` whose names contain `part`.
+fn files_with(dir: &Path, part: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(part)))
+        .collect()
+}
+
+/// Waits (bounded) until the gate (the lease file) of `resource` exists: a
+/// waiter of `locks`'s directory holds it.
+async fn until_lease_gate_is_held(locks: &LeaseFileLockManager, resource: &str) {
+    let gate = locks.backend().lease_file(resource);
+    let started = Instant::now();
+    while !gate.exists() {
+        assert!(started.elapsed() < BOUND, "nobody took the gate {}", gate.display());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn lease_shared_holders_hold_together_and_exclude_writers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (lease_manager(dir.path()), lease_manager(dir.path()));
+    let a = lease_take(&one, "r", shared().purpose("a")).await;
+    let b = lease_take(&one, "r", shared().purpose("b")).await;
+    let c = lease_take(&two, "r", shared().purpose("c")).await;
+    assert_eq!(files_with(dir.path(), ".reader-").len(), 3, "one lease file per reader");
+    assert!(!one.backend().lease_file("r").exists(), "a reader kept the gate");
+    assert!(lease_refused(&two, "r", AcquireOptions::new()).await, "exclusive beside readers");
+    assert!(lease_refused(&one, "r", AcquireOptions::new()).await, "exclusive beside readers (same manager)");
+    let info = held(one.state("r").await.expect("state"));
+    assert_eq!(info.mode, LockMode::Shared);
+    let mut holders: Vec<_> = info.all_holders().map(|h| h.purpose.clone().unwrap_or_default()).collect();
+    holders.sort();
+    assert_eq!(holders, ["a", "b", "c"]);
+    assert!(info.all_holders().all(|h| h.mode == LockMode::Shared && h.lease_expires_at.is_some()));
+    let listed = two.list().await.expect("list");
+    assert_eq!(listed.len(), 1, "one LockInfo per resource: {listed:?}");
+    assert_eq!(listed[0].holders.len(), 3);
+    let err = two.acquire("r", AcquireOptions::new().timeout(Duration::from_millis(50))).await.expect_err("timeout");
+    let LockError::Timeout { holder: Some(holder), .. } = &err else { panic!("{err}") };
+    assert_eq!(holder.holders.len(), 3, "{err}");
+    // The writer that timed out let the gate go.
+    assert!(!one.backend().lease_file("r").exists(), "a timed-out writer left the gate behind");
+    let tokens: Vec<_> = [&a, &b, &c].iter().map(|g| g.fencing_token()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    for guard in [a, b, c] {
+        guard.release().await.expect("release");
+    }
+    assert!(files_with(dir.path(), ".reader-").is_empty(), "a released reader's file stayed");
+    assert_eq!(one.state("r").await.expect("state"), LockState::Available);
+    assert!(one.list().await.expect("list").is_empty());
+    let writer = lease_take(&two, "r", AcquireOptions::new().no_wait()).await;
+    assert!(writer.fencing_token() > tokens[2]);
+    assert!(lease_refused(&one, "r", shared()).await, "a reader beside a writer");
+    writer.release().await.expect("release");
+}
+
+/// A writer waiting for readers holds the gate: readers arriving after it
+/// wait behind it, and get in together once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_a_waiting_writer_is_not_starved_by_new_readers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (readers, writers, late) = (lease_manager(dir.path()), lease_manager(dir.path()), lease_manager(dir.path()));
+    let first = lease_take(&readers, "r", shared()).await;
+    let writer = {
+        let writers = writers.clone();
+        tokio::spawn(async move { writers.acquire("r", AcquireOptions::new().timeout(BOUND)).await })
+    };
+    until_lease_gate_is_held(&writers, "r").await;
+    assert!(lease_refused(&late, "r", shared()).await, "a new reader passed a waiting writer");
+    assert!(lease_refused(&readers, "r", shared()).await, "a new reader (the readers' manager) passed the writer");
+    // The waiting writer is no holder: the reader is shown.
+    assert_eq!(held(late.state("r").await.expect("state")).mode, LockMode::Shared);
+    let queued: Vec<_> = [&late, &readers]
+        .into_iter()
+        .map(|locks| {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire("r", AcquireOptions::new().shared().timeout(BOUND)).await })
+        })
+        .collect();
+    // The writer holds the gate for longer than its lease: it renews it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!writer.is_finished(), "the writer got in beside a reader");
+    first.release().await.expect("release");
+    let writer = writer.await.expect("join").expect("the writer got in after the first reader");
+    assert!(!writer.is_lost());
+    assert!(lease_refused(&late, "r", shared()).await, "a reader beside the writer");
+    writer.release().await.expect("release");
+    let mut after = Vec::new();
+    for reader in queued {
+        after.push(reader.await.expect("join").expect("a queued reader got in after the writer"));
+    }
+    assert_eq!(held(late.state("r").await.expect("state")).holders.len(), 2);
+    for guard in after {
+        guard.release().await.expect("release");
+    }
+}
+
+#[tokio::test]
+async fn lease_a_semaphore_admits_its_permit_count_and_refuses_other_kinds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (lease_manager(dir.path()), lease_manager(dir.path()));
+    let mut guards = vec![lease_take(&one, "api", permits(3)).await, lease_take(&two, "api", permits(3)).await];
+    guards.push(lease_take(&one, "api", permits(3)).await);
+    assert_eq!(files_with(dir.path(), ".slot-").len(), 3);
+    assert!(lease_refused(&two, "api", permits(3)).await, "a fourth permit of 3");
+    assert!(lease_refused(&one, "api", permits(3)).await, "a fourth permit of 3 (same manager)");
+    for (options, theirs) in [
+        (permits(5), "5 permits"),
+        (permits(2), "2 permits"),
+        (AcquireOptions::new().no_wait(), "exclusive"),
+        (AcquireOptions::new().shared().no_wait(), "shared"),
+    ] {
+        for locks in [&one, &two] {
+            let err = locks.try_acquire("api", options.clone()).await.expect_err("a disagreeing mode");
+            let text = err.to_string();
+            assert!(matches!(err, LockError::Config(_)), "{text}");
+            assert!(text.contains("3 permits") && text.contains(theirs), "{text}");
+        }
+    }
+    assert!(!one.backend().lease_file("api").exists(), "a refused acquirer left the gate behind");
+    let info = held(two.state("api").await.expect("state"));
+    assert_eq!(info.mode, LockMode::Permits(3));
+    assert_eq!(info.holders.len(), 3);
+    let tokens: Vec<_> = guards.iter().map(LockGuard::fencing_token).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    // A freed permit goes to a waiter (which waits holding the gate).
+    let waiter = {
+        let two = two.clone();
+        tokio::spawn(async move { two.acquire("api", AcquireOptions::new().permits(3).timeout(BOUND)).await })
+    };
+    until_lease_gate_is_held(&two, "api").await;
+    guards.remove(0).release().await.expect("release");
+    let fourth = waiter.await.expect("join").expect("the waiter got the freed permit");
+    assert!(fourth.fencing_token() > tokens[2]);
+    for guard in guards.into_iter().chain([fourth]) {
+        guard.release().await.expect("release");
+    }
+    assert_eq!(one.state("api").await.expect("state"), LockState::Available);
+    assert!(files_with(dir.path(), ".slot-").is_empty(), "a released permit's file stayed");
+    // Free again, the resource can be used another way.
+    lease_take(&one, "api", permits(5)).await.release().await.expect("release");
+    lease_take(&one, "api", shared()).await.release().await.expect("release");
+    lease_take(&one, "api", AcquireOptions::new().no_wait()).await.release().await.expect("release");
+}
+
+/// A reader whose lease lapses (a frozen reader: an explicit lease is not
+/// renewed) stops blocking a waiting writer at its lease's end, not before;
+/// it is told it lost its hold, and the other readers keep theirs until
+/// they leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_a_lapsed_reader_stops_blocking_a_writer_at_its_lease_end() {
+    const LEASE: Duration = Duration::from_millis(400);
+    let dir = tempfile::tempdir().expect("dir");
+    let (readers, writers) = (lease_manager(dir.path()), lease_manager(dir.path()));
+    let taken = Instant::now();
+    let frozen = lease_take(&readers, "r", shared().lease(LEASE).purpose("frozen")).await;
+    let writer = {
+        let writers = writers.clone();
+        tokio::spawn(async move {
+            let guard = writers.acquire("r", AcquireOptions::new().timeout(BOUND)).await;
+            (Instant::now(), guard)
+        })
+    };
+    let (granted, guard) = writer.await.expect("join");
+    let guard = guard.expect("the writer got in once the frozen reader's lease lapsed");
+    assert!(granted - taken >= LEASE, "the writer got in {:?} after the reader, inside its lease", granted - taken);
+    tokio::time::timeout(BOUND, frozen.lost()).await.expect("the lapsed reader was never told");
+    assert!(files_with(dir.path(), ".reader-").is_empty(), "the lapsed reader's file was not broken");
+    assert!(frozen.release().await.expect_err("released a lapsed hold").is_lost());
+    guard.release().await.expect("release");
+}
+
+/// A permit whose holder's lease lapses is taken over by a waiter; the
+/// semaphore never has more than its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_a_lapsed_permit_is_reclaimed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (lease_manager(dir.path()), lease_manager(dir.path()));
+    let frozen = lease_take(&one, "sem", permits(2).lease(Duration::from_millis(300))).await;
+    let steady = lease_take(&one, "sem", permits(2)).await;
+    let waiter = two.acquire("sem", AcquireOptions::new().permits(2).timeout(BOUND)).await.expect("reclaimed");
+    assert!(waiter.fencing_token() > steady.fencing_token());
+    tokio::time::timeout(BOUND, frozen.lost()).await.expect("the lapsed permit holder was never told");
+    assert!(!steady.is_lost());
+    assert!(lease_refused(&two, "sem", permits(2)).await, "a third holder of a semaphore of 2");
+    assert_eq!(held(two.state("sem").await.expect("state")).holders.len(), 2);
+    steady.release().await.expect("release");
+    waiter.release().await.expect("release");
+}
+
+/// A writer finds readers by their exact names in the registry — and, when
+/// the registry was overwritten with a smaller count (a gate holder frozen
+/// mid-write), by a listing as well.
+#[tokio::test]
+async fn lease_a_writer_finds_readers_the_registry_lost() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = lease_manager(dir.path());
+    let first = lease_take(&locks, "r", shared()).await;
+    let second = lease_take(&locks, "r", shared()).await;
+    let registry = locks.backend().lease_file("r").with_extension("holders");
+    assert_eq!(std::fs::read_to_string(&registry).expect("registry").trim(), "shared 2");
+    first.release().await.expect("release");
+    for lost in ["shared 0\n", "garbage"] {
+        std::fs::write(&registry, lost).expect("overwrite the registry");
+        assert!(lease_refused(&locks, "r", AcquireOptions::new()).await, "a writer missed a reader ({lost:?})");
+    }
+    second.release().await.expect("release");
+    lease_take(&locks, "r", AcquireOptions::new().no_wait()).await.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn lease_force_release_breaks_every_holder_and_cleanup_reports_lapsed_ones() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (one, two) = (lease_manager(dir.path()), lease_manager(dir.path()));
+    for options in [shared(), permits(2)] {
+        let guards = [lease_take(&one, "r", options.clone()).await, lease_take(&two, "r", options.clone()).await];
+        let info = one.force_release("r", "test").await.expect("force").expect("it was held");
+        assert_eq!(info.holders.len(), 2, "{info:?}");
+        for guard in &guards {
+            tokio::time::timeout(BOUND, guard.lost()).await.expect("every holder is told it lost the lock");
+        }
+        assert_eq!(one.state("r").await.expect("state"), LockState::Available);
+        let fresh = [lease_take(&one, "r", options.clone()).await, lease_take(&two, "r", options.clone()).await];
+        for guard in guards {
+            assert!(guard.release().await.expect_err("released a broken grant").is_lost());
+        }
+        for guard in fresh {
+            guard.release().await.expect("release");
+        }
+    }
+    // Lapsed holders' files: shown as stale, removed and reported by cleanup.
+    for options in [shared(), permits(2)] {
+        let lapsed = lease_take(&one, "c", options.purpose("lapses").lease(Duration::from_millis(50))).await;
+        tokio::time::timeout(BOUND, lapsed.lost()).await.expect("the lease ran out");
+        assert!(matches!(one.state("c").await.expect("state"), LockState::Stale(_)));
+        let broken = one.cleanup_stale().await.expect("cleanup");
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert_eq!(broken[0].purpose.as_deref(), Some("lapses"));
+        assert_eq!(one.state("c").await.expect("state"), LockState::Available);
+        drop(lapsed);
+    }
+}
+
+/// Cancelling an acquire that waits holding the gate lets the gate go.
+#[tokio::test]
+async fn lease_a_cancelled_waiting_writer_lets_the_gate_go() {
+    let dir = tempfile::tempdir().expect("dir");
+    let locks = lease_manager(dir.path());
+    let reader = lease_take(&locks, "r", shared()).await;
+    let other = lease_manager(dir.path());
+    let waiting = tokio::time::timeout(Duration::from_millis(200), other.acquire("r", AcquireOptions::new())).await;
+    assert!(waiting.is_err(), "the writer got in beside a reader");
+    assert!(!locks.backend().lease_file("r").exists(), "a cancelled writer left the gate behind");
+    assert!(!lease_refused(&locks, "r", shared()).await, "a reader was kept out after the writer gave up");
+    reader.release().await.expect("release");
 }

@@ -183,6 +183,18 @@ fn file_permits_with_kills_stops_and_a_full_disk() {
 }
 
 #[test]
+fn lease_file_rw_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "lease-file", "--mode", "rw", "--seed", "303"], 10);
+    assert_mode_exercised(&outcome, 2);
+}
+
+#[test]
+fn lease_file_permits_with_kills_stops_and_a_full_disk() {
+    let outcome = assert_passes(&["--backend", "lease-file", "--mode", "permits=3", "--seed", "303"], 10);
+    assert_mode_exercised(&outcome, 3);
+}
+
+#[test]
 fn redis_rw_with_restarts_and_a_faulty_network() {
     if !redis_available() {
         return;
