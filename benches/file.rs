@@ -199,6 +199,13 @@ fn uncontended(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("context: lockman lease mode, acquire shared + release (async)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = lease.acquire("regcache", AcquireOptions::new().shared()).await.expect("acquire shared");
+            black_box(&guard);
+            guard.release().await.expect("release");
+        })
+    });
     group.finish();
 }
 
