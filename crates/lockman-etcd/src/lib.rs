@@ -54,6 +54,7 @@ use tokio::time::Instant;
 mod keys;
 mod monitor;
 mod options;
+mod reaper;
 mod retry;
 mod session;
 mod status;
@@ -207,15 +208,23 @@ impl EtcdBackend {
 
     /// Waits until no key of the resource older than `revision` is left.
     /// `Ok(true)` when granted, `Ok(false)` at the deadline.
+    ///
+    /// A request that fails for a passing reason (no leader during an
+    /// election, a member going away, a timeout) is sent again after a
+    /// backoff, while the deadline allows and the manager's etcd lease —
+    /// which keeps the waiting key — lives: a waiter rides through an
+    /// election instead of failing its caller.
     async fn wait_turn(
         &self,
         request: &GrantRequest,
+        session: &Session,
         keys: &ResourceKeys,
         key: &str,
         revision: i64,
     ) -> Result<bool, LockError> {
         let resource = &*request.resource;
         let deadline = request.deadline.instant();
+        let mut backoff = retry::Backoff::new();
         loop {
             // The key just before ours, and ours (gone if our lease was lost).
             let before = GetOptions::new()
@@ -227,6 +236,13 @@ impl EtcdBackend {
             let response = match Self::before(deadline, "waiting for the lock", resource, self.txn(txn)).await {
                 Ok(response) => response,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
+                Err(e) if retry::passing(&e) && !session.is_dead() => {
+                    tracing::debug!(resource, error = %e, "etcd is not answering a waiter; asking again");
+                    if !backoff.pause(deadline).await {
+                        return Ok(false);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let header_revision = response.header().map_or(0, |h| h.revision());
@@ -264,8 +280,16 @@ impl EtcdBackend {
             let mut stream = match watched {
                 Ok(stream) => stream,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
+                Err(e) if retry::passing(&e) && !session.is_dead() => {
+                    tracing::debug!(resource, error = %e, "etcd refused a waiter's watch; asking again");
+                    if !backoff.pause(deadline).await {
+                        return Ok(false);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
+            backoff.reset();
             loop {
                 let message = match deadline {
                     Some(at) => match tokio::time::timeout_at(at, stream.message()).await {
@@ -316,6 +340,7 @@ impl EtcdBackend {
 /// Deletes a waiting key if its acquire is dropped or gives up.
 struct WaitingKey<'a> {
     client: &'a Client,
+    session: Arc<Session>,
     key: Option<String>,
 }
 
@@ -327,19 +352,10 @@ impl WaitingKey<'_> {
 
 impl Drop for WaitingKey<'_> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
-        let mut kv = self.client.kv_client();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = kv.delete(key.as_str(), None).await {
-                        tracing::warn!(%key, error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(%key, "no runtime to delete an abandoned waiting key; it goes with the manager's etcd lease")
-            }
+        // Until it is gone, the key blocks every later waiter: deleted in
+        // the background, again and again if the cluster is electing.
+        if let Some(key) = self.key.take() {
+            reaper::delete(self.client, key, None, &self.session);
         }
     }
 }
@@ -370,29 +386,58 @@ impl LockBackend for EtcdBackend {
             Deadline::At(at) => Some(at),
             Deadline::Never => None,
         };
-        let session = match deadline {
-            Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
-                LockError::backend(
-                    BACKEND,
-                    "granting the manager's etcd lease",
-                    Some(resource),
-                    "no answer from etcd before the caller's deadline; check that the cluster is up and has a leader",
-                )
-            })??,
-            None => self.sessions.get().await?,
-        };
         let keys = self.keys(resource);
-        let key = keys.grant_key();
-        let now = SystemTime::now();
-        let record = Self::record(request, now);
-        // Armed before the request is sent: a drop mid-flight deletes the key too.
-        let waiting = WaitingKey { client: &self.client, key: Some(key.clone()) };
-        let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let txn = Txn::new().and_then([
-            TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
-            TxnOp::get(keys.dir.as_str(), Some(first)),
-        ]);
-        let response = Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await?;
+        // A request that fails for a passing reason (an election, a member
+        // going away) is sent again with a new key while the caller's
+        // deadline allows (a try gets one attempt): the failed attempt's
+        // key, in case it was written, is deleted in the background, and
+        // until then this request waits behind it like behind any waiter.
+        let mut backoff = retry::Backoff::new();
+        let (session, key, now, record, waiting, response) = loop {
+            let session = match deadline {
+                Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
+                    LockError::backend(
+                        BACKEND,
+                        "granting the manager's etcd lease",
+                        Some(resource),
+                        "no answer from etcd before the caller's deadline; check that the cluster is up and has a \
+                         leader",
+                    )
+                })?,
+                None => self.sessions.get().await,
+            };
+            let session = match session {
+                Ok(session) => session,
+                Err(e) if request.deadline != Deadline::Now && retry::passing(&e) => {
+                    if !backoff.pause(deadline).await {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let key = keys.grant_key();
+            let now = SystemTime::now();
+            let record = Self::record(request, now);
+            // Armed before the request is sent: a drop mid-flight deletes the key too.
+            let waiting = WaitingKey { client: &self.client, session: session.clone(), key: Some(key.clone()) };
+            let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+            let txn = Txn::new().and_then([
+                TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
+                TxnOp::get(keys.dir.as_str(), Some(first)),
+            ]);
+            match Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await {
+                Ok(response) => break (session, key, now, record, waiting, response),
+                Err(e) if request.deadline != Deadline::Now && retry::passing(&e) && !session.is_dead() => {
+                    drop(waiting);
+                    tracing::debug!(resource, error = %e, "etcd did not take a lock request; asking again");
+                    if !backoff.pause(deadline).await {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let revision = response.header().map_or(0, |h| h.revision());
         let owner = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
@@ -404,7 +449,7 @@ impl LockBackend for EtcdBackend {
                 Deadline::Now => false,
                 _ => {
                     waited = true;
-                    self.wait_turn(request, &keys, &key, revision).await?
+                    self.wait_turn(request, &session, &keys, &key, revision).await?
                 }
             };
             if !granted {
@@ -463,6 +508,7 @@ impl LockBackend for EtcdBackend {
                 expiry: expiry_rx,
                 releasing: releasing.clone(),
                 refresh,
+                session: session.clone(),
             }
             .run(self.attempts()),
         );
@@ -485,7 +531,19 @@ impl LockBackend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(grant.key.as_str(), CompareOp::Equal, grant.revision)])
             .and_then([TxnOp::delete(grant.key.as_str(), None)]);
-        let response = self.txn(txn).await.map_err(|e| Self::error("releasing the lock", &grant.resource, e))?;
+        let response = match self.txn(txn).await {
+            Ok(response) => response,
+            Err(e) => {
+                // The key would keep the lock while this manager lives.
+                reaper::delete(&self.client, grant.key.clone(), Some(grant.revision), &grant.session);
+                grant.expiry.send_replace(None);
+                return Err(Self::error(
+                    "releasing the lock (its key is deleted in the background)",
+                    &grant.resource,
+                    e,
+                ));
+            }
+        };
         grant.expiry.send_replace(None);
         if response.succeeded() {
             Ok(())

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::keys::Record;
+use crate::session::Session;
 
 /// What the monitor of one grant needs.
 pub(crate) struct Monitor {
@@ -25,6 +26,8 @@ pub(crate) struct Monitor {
     pub(crate) releasing: Arc<AtomicBool>,
     /// A record to write first (a waiter's, dated from its grant).
     pub(crate) refresh: Option<Vec<u8>>,
+    /// The manager's etcd lease, which the key is bound to.
+    pub(crate) session: Arc<Session>,
 }
 
 impl Monitor {
@@ -85,7 +88,9 @@ impl Monitor {
                         async move { kv.txn(delete).await }
                     });
                     if let Err(e) = deleted.await {
-                        tracing::warn!(key = %self.key, error = %e, "cannot delete an expired grant key; it goes with the manager's etcd lease");
+                        // It would keep the lock while this manager lives.
+                        tracing::warn!(key = %self.key, error = %e, "cannot delete an expired grant key; deleting it in the background");
+                        crate::reaper::delete(&self.client, self.key.clone(), Some(self.revision), &self.session);
                     }
                     return;
                 }

@@ -1,5 +1,6 @@
 //! Faults against a private etcd: a holder process killed, the server
-//! paused (`SIGSTOP`) while a lock is held and while one is requested.
+//! paused (`SIGSTOP`) while a lock is held, while one is requested and
+//! while one is released, and the server down while keys should be deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,4 +89,70 @@ async fn paused_server_gives_backend_error_within_the_timeout() {
         assert!(took < timeout + Duration::from_millis(200), "took {took:?}");
     }
     server.resume();
+}
+
+/// A release sent while the server is paused fails — and the lock is still
+/// freed once the server answers again, although the holder's manager (and
+/// so the etcd lease its key is bound to) lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_failing_while_the_server_is_paused_still_frees_the_lock() {
+    let Some(server) = start().await else { return };
+    let (holder, other) = (manager(&server.endpoint()).await, manager(&server.endpoint()).await);
+    let guard = holder.acquire("r", AcquireOptions::new()).await.expect("acquire");
+    let token = guard.fencing_token().get();
+    server.pause();
+    let released = guard.release().await;
+    server.resume();
+    let err = released.expect_err("released while the server was paused");
+    assert!(matches!(err, lockman_core::LockError::Backend { .. }), "{err}");
+    // Well within the holder manager's etcd lease, which it keeps alive.
+    let next = other
+        .acquire("r", AcquireOptions::new().timeout(LEASE))
+        .await
+        .expect("the key of the failed release kept the lock");
+    assert!(next.fencing_token().get() > token);
+    next.release().await.expect("release");
+}
+
+/// Keys that cannot be deleted while the server is down — the waiting key
+/// of a waiter that gives up then, and the holder's key if its lease ends
+/// meanwhile — are deleted once the server is back, so they do not block
+/// later waiters while their managers (and so the etcd leases the keys are
+/// bound to) live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_left_while_the_server_is_down_do_not_block_later_waiters() {
+    let Some(mut server) = start().await else { return };
+    let (holder, waiter, later) =
+        (manager(&server.endpoint()).await, manager(&server.endpoint()).await, manager(&server.endpoint()).await);
+    let guard = holder.acquire("r", AcquireOptions::new()).await.expect("acquire");
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("r", AcquireOptions::new().timeout(Duration::from_millis(300))).await }
+    });
+    // Wait for the waiter's key itself (a raw read).
+    let mut raw = etcd_client::Client::connect([server.endpoint()], None).await.expect("raw client");
+    let queued = async {
+        loop {
+            let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+            if raw.get("lockman/lock/r/", Some(options)).await.is_ok_and(|r| r.count() >= 2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(BOUND, queued).await.expect("the waiter never queued");
+    tokio::task::block_in_place(|| server.kill());
+    let gave_up = tokio::time::timeout(BOUND, waiting).await.expect("the waiter hung").expect("task");
+    tokio::task::block_in_place(|| server.restart());
+    assert!(gave_up.is_err(), "granted while the holder held it");
+    // The outage may have outlasted the holder's lease: lost or released.
+    if let Err(e) = guard.release().await {
+        assert!(e.is_lost(), "{e}");
+    }
+    let next = later
+        .acquire("r", AcquireOptions::new().timeout(LEASE))
+        .await
+        .expect("a key left while the server was down blocked a later waiter");
+    next.release().await.expect("release");
+    drop(waiter);
 }

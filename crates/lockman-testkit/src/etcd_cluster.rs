@@ -206,9 +206,30 @@ impl EtcdCluster {
         self.ids.iter().position(|id| *id == leader)
     }
 
-    /// The highest Raft term any answering member reports (0 if none answers).
+    /// The highest Raft term any answering member reports (0 if none
+    /// answers). A member reports the term of the entries it has applied,
+    /// so a new leader's term shows a moment after it is elected (once its
+    /// first entry is applied): see [`wait_for_term_above`](Self::wait_for_term_above).
     pub fn raft_term(&self) -> u64 {
         (0..self.len()).filter_map(|member| self.status(member)).map(|s| s.raft_term).max().unwrap_or(0)
+    }
+
+    /// Waits until some member reports a Raft term above `term`, and
+    /// returns it; polls every 20 ms.
+    ///
+    /// # Panics
+    ///
+    /// If none does within `timeout`.
+    pub fn wait_for_term_above(&self, term: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.raft_term();
+            if now > term {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "no etcd member reached a term above {term} within {timeout:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until the members agree on a leader other than `not`, and
@@ -396,7 +417,7 @@ mod tests {
         assert!(!cluster.is_running(old));
         let new = cluster.wait_for_leader(Some(old), Duration::from_secs(10));
         assert_ne!(new, old);
-        assert!(cluster.raft_term() > term, "a new leader needs a new term");
+        assert!(cluster.wait_for_term_above(term, Duration::from_secs(10)) > term);
         cluster.restart(old);
         assert!(cluster.status(old).is_some());
         let follower = (0..MEMBERS).find(|m| *m != new).expect("a follower");
