@@ -19,7 +19,41 @@
 //!   watchdog) is kept in the process: a task deletes the key at its end,
 //!   and reports the grant lost if someone else deletes the key first
 //!   (`force_release`, an expired or revoked etcd lease);
-//! * a dropped or timed-out acquire deletes its waiting key.
+//! * a dropped or timed-out acquire deletes its waiting key;
+//! * a key this manager fails to delete (a release, an expired grant, an
+//!   abandoned wait meeting an election or an outage) is deleted again in
+//!   the background until it is gone or the manager's etcd lease is over —
+//!   left alone it would keep the lock, or block every later waiter, for as
+//!   long as the manager lives. `release()` still returns the error.
+//!
+//! # On a cluster: a leader lost, a client partitioned
+//!
+//! Give a manager every member's endpoint (`EtcdOptions::new([...])`); the
+//! tests in `tests/cluster.rs` break a three-member cluster on purpose.
+//!
+//! * **Leader lost.** Keys, revisions and leases are Raft state: every grant
+//!   etcd acknowledged survives, and a new leader extends every lease, so
+//!   no manager's keys expire because of the election. Waiters and new
+//!   requests ride through it: a request that finds no leader, a changed
+//!   leader, an unreachable member or no answer is sent again with a
+//!   backoff (50 to 500 ms) within the caller's deadline (a `try_acquire`
+//!   gets one attempt). A holder keeps its lock if a renewal succeeds
+//!   within its lease; otherwise it is told through its guard that it lost
+//!   it — never granted twice. An election takes about one election
+//!   timeout plus a round of votes, and a renewal sent to the dead leader
+//!   waits out the response timeout: choose a lease several times their
+//!   sum (a 2 s lease with a 1 s response timeout often loses its lock to
+//!   a 0.5 s election). Fencing tokens are revisions, so they keep rising
+//!   across elections and whole-cluster restarts.
+//! * **Partitioned client** (it reaches only a member cut off from the
+//!   quorum, or a frozen one). Its requests time out or are refused, and
+//!   its keep-alives no longer reach the leader: each of its holders is
+//!   told it lost its lock when its lease passes without a renewal (about
+//!   one lease), and the cluster expires the manager's etcd lease one TTL
+//!   after its last keep-alive, which frees its keys for the others, whose
+//!   grants then carry higher tokens. Its waiters fail once that lease is
+//!   over. Once it reaches a quorum again it starts a new etcd lease and is
+//!   served as before.
 //!
 //! A limit of this first version: the etcd lease is the manager's, so a
 //! grant with a shorter lease of its own is ended on time only while its

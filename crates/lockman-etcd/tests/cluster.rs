@@ -78,13 +78,22 @@ struct Open {
 }
 
 /// How a held section ended.
-#[derive(Debug)]
 enum Ended {
     Released,
     Lost(String),
     /// `release()` failed for another reason than a loss (the cluster could
     /// not be reached).
     ReleaseFailed(String),
+}
+
+impl Ended {
+    fn describe(&self) -> String {
+        match self {
+            Ended::Released => "released".to_owned(),
+            Ended::Lost(reason) => format!("lost ({reason})"),
+            Ended::ReleaseFailed(error) => format!("release failed ({error})"),
+        }
+    }
 }
 
 impl History {
@@ -317,8 +326,12 @@ async fn leader_killed_while_locks_are_held_and_awaited() {
         stop.store(true, Ordering::Release);
         for worker in workers {
             match tokio::time::timeout(Duration::from_secs(6), worker).await {
-                Ok(Ok((ended, errors))) => println!("worker ended {ended:?}\n errors {errors:?}"),
-                other => println!("worker: {other:?}"),
+                Ok(Ok((ended, errors))) => {
+                    let ended: Vec<String> = ended.iter().map(Ended::describe).collect();
+                    println!("worker sections {ended:?}\n errors {errors:?}");
+                }
+                Ok(Err(e)) => println!("worker panicked: {e}"),
+                Err(_) => println!("worker hung"),
             }
         }
         panic!("the workers were not served after the election");
@@ -334,21 +347,22 @@ async fn leader_killed_while_locks_are_held_and_awaited() {
         .expect("the waiter was never served")
         .expect("waiter task")
         .expect("the waiter was refused the lock after the election");
-    println!("holder (token {held_token}; still holding after the election: {still_held}) ended {held_ended:?}");
-    println!("waiter got \"held\" with token {waiter_token}, ended {waiter_ended:?}");
+    println!("holder (token {held_token}; still holding after the election: {still_held}): {}", held_ended.describe());
+    println!("waiter got \"held\" with token {waiter_token}: {}", waiter_ended.describe());
     assert!(waiter_token > held_token);
-    assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{held_ended:?}");
+    assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{}", held_ended.describe());
 
     stop.store(true, Ordering::Release);
     let (mut sections, mut errors, mut failed_releases) = (0, Vec::new(), Vec::new());
     for worker in workers {
         let (ended, worker_errors) = tokio::time::timeout(BOUND, worker).await.expect("a worker hung").expect("worker");
         sections += ended.len();
-        failed_releases.extend(ended.into_iter().filter(|e| matches!(e, Ended::ReleaseFailed(_))));
+        failed_releases.extend(ended.iter().filter(|e| matches!(e, Ended::ReleaseFailed(_))).map(Ended::describe));
         errors.extend(worker_errors);
     }
     println!(
-        "{sections} worker sections; {} acquire errors around the election {errors:?}; failed releases {failed_releases:?}",
+        "{sections} worker sections; {} acquire errors around the election {errors:?}; releases that failed (their \
+         keys deleted in the background) {failed_releases:?}",
         errors.len()
     );
     history.assert_clean();
@@ -374,7 +388,7 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
             let locks = if (round + index) % 2 == 0 { &first } else { &second };
             let guard = locks.acquire(resource, AcquireOptions::new()).await.expect("acquire before");
             let ended = history.hold("before", guard, std::future::ready(())).await;
-            assert!(matches!(ended, Ended::Released), "{ended:?}");
+            assert!(matches!(ended, Ended::Released), "{}", ended.describe());
         }
     }
     let before = resources.iter().map(|r| history.last_token(r)).max().expect("tokens");
@@ -401,8 +415,8 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
 
     let _ = release_holder.send(());
     let held_ended = tokio::time::timeout(BOUND, holder).await.expect("the holder never ended").expect("holder");
-    println!("holder across the restart ended {held_ended:?}");
-    assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{held_ended:?}");
+    println!("holder across the restart: {}", held_ended.describe());
+    assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{}", held_ended.describe());
     for resource in resources {
         let guard = second
             .acquire(resource, AcquireOptions::new().timeout(BOUND))
