@@ -400,6 +400,18 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
         let history = history.clone();
         async move { history.hold("holder", guard, until_released).await }
     });
+    // And a waiter queued behind it, whose watch the restart breaks.
+    let waiter = tokio::spawn({
+        let (history, locks) = (history.clone(), second.clone());
+        async move {
+            let guard = locks.acquire("a", AcquireOptions::new().timeout(BOUND)).await?;
+            let token = guard.fencing_token().get();
+            history.hold("waiter", guard, std::future::ready(())).await;
+            Ok::<_, LockError>(token)
+        }
+    });
+    let mut raw = Client::connect(&endpoints, None).await.expect("raw client");
+    wait_queued(&mut raw, "a", 2).await;
 
     let old = blocking(|| cluster.wait_for_leader(None, BOUND));
     let stopped = Instant::now();
@@ -417,6 +429,16 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
     let held_ended = tokio::time::timeout(BOUND, holder).await.expect("the holder never ended").expect("holder");
     println!("holder across the restart: {}", held_ended.describe());
     assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{}", held_ended.describe());
+    let waiter_token = tokio::time::timeout(BOUND, waiter)
+        .await
+        .expect("the waiter was never served")
+        .expect("waiter task")
+        .expect("the waiter queued across the restart was refused the lock");
+    println!(
+        "the waiter queued across the restart got \"a\" with token {waiter_token}, {:?} after the restart began",
+        stopped.elapsed()
+    );
+    assert!(waiter_token > held_token);
     for resource in resources {
         let guard = second
             .acquire(resource, AcquireOptions::new().timeout(BOUND))
