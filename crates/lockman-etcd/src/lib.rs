@@ -543,6 +543,7 @@ impl LockBackend for EtcdBackend {
                 releasing: releasing.clone(),
                 refresh,
                 session: session.clone(),
+                response_timeout: self.options.response_timeout,
             }
             .run(self.attempts()),
         );

@@ -156,3 +156,21 @@ async fn keys_left_while_the_server_is_down_do_not_block_later_waiters() {
     next.release().await.expect("release");
     drop(waiter);
 }
+
+/// A grant's watch breaks when the server restarts; a force-release after
+/// that still reaches the holder at once — not only at its lease's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_after_a_server_restart_reaches_the_holder() {
+    let Some(mut server) = start().await else { return };
+    let (holder, admin) = (manager(&server.endpoint()).await, manager(&server.endpoint()).await);
+    // An explicit lease: nothing renews it, only the watch can tell.
+    let lease = Duration::from_secs(15);
+    let guard = holder.acquire("r", AcquireOptions::new().lease(lease)).await.expect("acquire");
+    tokio::task::block_in_place(|| server.restart());
+    let forced = tokio::time::timeout(BOUND, admin.force_release("r", "operator test")).await.expect("force hung");
+    assert!(forced.expect("force_release").is_some(), "nothing held");
+    let reason = tokio::time::timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("the holder was not told of the force-release (its watch ended with the old server)");
+    assert!(reason.to_string().contains("operator test"), "{reason}");
+}
