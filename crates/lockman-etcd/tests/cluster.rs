@@ -454,17 +454,32 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
     println!("whole-cluster restart test took {:?}", test.elapsed());
 }
 
-/// A client that talks only to one member, which is then paused
-/// (`SIGSTOP`) — partitioned away from it: its holder is told it lost the
-/// lock within about one lease, and a manager on the healthy members then
-/// gets the lock with a higher token; once the member resumes, the
-/// partitioned client is served again.
+/// A client that talks only to one member, a follower, which is then
+/// paused (`SIGSTOP`) — partitioned away from it: its holder is told it
+/// lost the lock within about one lease, and a manager on the healthy
+/// members then gets the lock with a higher token; once the member
+/// resumes, the partitioned client is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_of_a_partitioned_member_loses_its_lock_in_time() {
+async fn client_of_a_partitioned_follower_loses_its_lock_in_time() {
+    partitioned_member(false).await;
+}
+
+/// The same with the leader paused: the healthy members elect another,
+/// and the healthy manager is served through that election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_of_a_partitioned_leader_loses_its_lock_in_time() {
+    partitioned_member(true).await;
+}
+
+async fn partitioned_member(pause_the_leader: bool) {
     let test = Instant::now();
     let Some(cluster) = start().await else { return };
     let leader = blocking(|| cluster.wait_for_leader(None, BOUND));
-    let isolated = (0..cluster.len()).find(|member| *member != leader).expect("a follower");
+    let isolated = if pause_the_leader {
+        leader
+    } else {
+        (0..cluster.len()).find(|member| *member != leader).expect("a follower")
+    };
     let healthy: Vec<String> = (0..cluster.len()).filter(|m| *m != isolated).map(|m| cluster.endpoint(m)).collect();
     let partitioned = manager(&[cluster.endpoint(isolated)]).await;
     let others = manager(&healthy).await;
@@ -489,7 +504,7 @@ async fn client_of_a_partitioned_member_loses_its_lock_in_time() {
     blocking(|| cluster.pause(isolated));
     let paused = Instant::now();
     println!(
-        "PAUSED {} (leader is {}) under a client holding \"r\" (token {held_token})",
+        "PAUSED {} (the leader was {}) under a client holding \"r\" (token {held_token})",
         cluster.name(isolated),
         cluster.name(leader)
     );
@@ -501,6 +516,10 @@ async fn client_of_a_partitioned_member_loses_its_lock_in_time() {
         .expect("waiter task")
         .expect("the healthy manager was refused the lock");
     let granted_after = granted_at - paused;
+    if pause_the_leader {
+        let new = blocking(|| cluster.wait_for_leader(Some(leader), BOUND));
+        println!("LEADER CHANGED: {} leads while {} is paused", cluster.name(new), cluster.name(leader));
+    }
     blocking(|| cluster.resume(isolated));
     let reason = told.expect("the partitioned holder was never told it lost the lock");
     history.stopped(id);
