@@ -173,7 +173,12 @@ impl EtcdBackend {
             .map_err(|e| {
                 LockError::backend_caused_by(BACKEND, format!("connecting to {}", options.endpoints.join(",")), None, e)
             })?;
-        let sessions = Sessions::new(client.clone(), options.session_ttl(), 2 * options.endpoints.len() + 1);
+        let sessions = Sessions::new(
+            client.clone(),
+            options.session_ttl(),
+            2 * options.endpoints.len() + 1,
+            options.response_timeout,
+        );
         Ok(EtcdBackend { client, options, sessions })
     }
 
