@@ -37,9 +37,12 @@
 //!   requests ride through it: a request that finds no leader, a changed
 //!   leader, an unreachable member or no answer is sent again with a
 //!   backoff (50 to 500 ms) within the caller's deadline (a `try_acquire`
-//!   gets one attempt). A holder keeps its lock if a renewal succeeds
-//!   within its lease; otherwise it is told through its guard that it lost
-//!   it — never granted twice. An election takes about one election
+//!   gets one attempt). The manager's etcd lease is kept alive through it
+//!   too (a keep-alive unanswered within the response timeout, or a third
+//!   of the TTL, is sent again on a new stream, which reaches the new
+//!   leader), and grant watches broken by it are opened again. A holder
+//!   keeps its lock if a renewal succeeds within its lease; otherwise it is
+//!   told through its guard that it lost it — never granted twice. An election takes about one election
 //!   timeout plus a round of votes, and a renewal sent to the dead leader
 //!   waits out the response timeout: choose a lease several times their
 //!   sum (a 2 s lease with a 1 s response timeout often loses its lock to

@@ -427,7 +427,7 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
 
     let _ = release_holder.send(());
     let held_ended = tokio::time::timeout(BOUND, holder).await.expect("the holder never ended").expect("holder");
-    println!("holder across the restart: {}", held_ended.describe());
+    println!("holder across the restart: {} ({:?} after the restart began)", held_ended.describe(), stopped.elapsed());
     assert!(!matches!(held_ended, Ended::ReleaseFailed(_)), "{}", held_ended.describe());
     let waiter_token = tokio::time::timeout(BOUND, waiter)
         .await
@@ -440,6 +440,7 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
     );
     assert!(waiter_token > held_token);
     for resource in resources {
+        let asked = Instant::now();
         let guard = second
             .acquire(resource, AcquireOptions::new().timeout(BOUND))
             .await
@@ -447,7 +448,7 @@ async fn whole_cluster_restart_keeps_tokens_rising() {
         let token = guard.fencing_token().get();
         assert!(token > before, "{resource:?}: token {token} after the restart, {before} before");
         assert!(token > held_token);
-        println!("after the restart {resource:?} was granted with token {token}");
+        println!("after the restart {resource:?} was granted with token {token} in {:?}", asked.elapsed());
         history.hold("after", guard, std::future::ready(())).await;
     }
     history.assert_clean();
