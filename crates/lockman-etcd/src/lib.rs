@@ -37,7 +37,8 @@
 //!   requests ride through it: a request that finds no leader, a changed
 //!   leader, an unreachable member or no answer is sent again with a
 //!   backoff (50 to 500 ms) within the caller's deadline (a `try_acquire`
-//!   gets one attempt). The manager's etcd lease is kept alive through it
+//!   gets one attempt), with the same key, written only if absent — an
+//!   attempt written but unanswered keeps its place in the queue. The manager's etcd lease is kept alive through it
 //!   too (a keep-alive unanswered within the response timeout, or a third
 //!   of the TTL, is sent again on a new stream, which reaches the new
 //!   leader), and grant watches broken by it are opened again. A holder
@@ -430,12 +431,13 @@ impl LockBackend for EtcdBackend {
         };
         let keys = self.keys(resource);
         // A request that fails for a passing reason (an election, a member
-        // going away) is sent again with a new key while the caller's
-        // deadline allows (a try gets one attempt): the failed attempt's
-        // key, in case it was written, is deleted in the background, and
-        // until then this request waits behind it like behind any waiter.
+        // going away) is sent again while the caller's deadline allows (a
+        // try gets one attempt), with the same key: if the failed attempt
+        // was written after all, the request keeps its place in the queue
+        // (the transaction writes the key only if it is not there yet).
         let mut backoff = retry::Backoff::new();
-        let (session, key, now, record, waiting, response) = loop {
+        let mut attempt: Option<(WaitingKey<'_>, SystemTime, Record)> = None;
+        let (session, key, now, record, waiting, revision, owner) = loop {
             let session = match deadline {
                 Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
                     LockError::backend(
@@ -458,21 +460,48 @@ impl LockBackend for EtcdBackend {
                 }
                 Err(e) => return Err(e),
             };
-            let key = keys.grant_key();
-            let now = SystemTime::now();
-            let record = Self::record(request, now);
-            // Armed before the request is sent: a drop mid-flight deletes the key too.
-            let waiting = WaitingKey { client: &self.client, session: session.clone(), key: Some(key.clone()) };
+            // A key of an earlier session is not reused: it goes with that
+            // session's lease (or is deleted in the background when dropped).
+            let (waiting, now, record) = match attempt.take() {
+                Some(earlier) if Arc::ptr_eq(&earlier.0.session, &session) => earlier,
+                _ => {
+                    let now = SystemTime::now();
+                    // Armed before the request is sent: a drop mid-flight deletes the key too.
+                    let waiting =
+                        WaitingKey { client: &self.client, session: session.clone(), key: Some(keys.grant_key()) };
+                    (waiting, now, Self::record(request, now))
+                }
+            };
+            let key = waiting.key.clone().unwrap_or_default();
             let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-            let txn = Txn::new().and_then([
-                TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
-                TxnOp::get(keys.dir.as_str(), Some(first)),
-            ]);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
+                    TxnOp::get(keys.dir.as_str(), Some(first.clone())),
+                ])
+                .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(first))]);
             match Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await {
-                Ok(response) => break (session, key, now, record, waiting, response),
+                Ok(response) => {
+                    let written = response.succeeded();
+                    let header = response.header().map_or(0, |h| h.revision());
+                    let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
+                        TxnOpResponse::Get(get) => Some(get),
+                        _ => None,
+                    });
+                    // Written now: the put is the transaction's only write.
+                    // Written by an earlier attempt: the key says when.
+                    let revision = if written {
+                        header
+                    } else {
+                        gets.next().and_then(|get| get.kvs().first().map(KeyValue::create_revision)).unwrap_or(0)
+                    };
+                    let owner = gets.next().and_then(|get| get.kvs().first().cloned());
+                    break (session, key, now, record, waiting, revision, owner);
+                }
                 Err(e) if request.deadline != Deadline::Now && retry::passing(&e) && !session.is_dead() => {
-                    drop(waiting);
-                    tracing::debug!(resource, error = %e, "etcd did not take a lock request; asking again");
+                    tracing::debug!(resource, error = %e, "etcd did not answer a lock request; asking again");
+                    attempt = Some((waiting, now, record));
                     if !backoff.pause(deadline).await {
                         return Err(e);
                     }
@@ -480,11 +509,6 @@ impl LockBackend for EtcdBackend {
                 Err(e) => return Err(e),
             }
         };
-        let revision = response.header().map_or(0, |h| h.revision());
-        let owner = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-            _ => None,
-        });
         let mut waited = false;
         if owner.as_ref().is_none_or(|kv| kv.create_revision() != revision) {
             let granted = match request.deadline {
