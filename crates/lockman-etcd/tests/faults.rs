@@ -174,3 +174,68 @@ async fn force_release_after_a_server_restart_reaches_the_holder() {
         .expect("the holder was not told of the force-release (its watch ended with the old server)");
     assert!(reason.to_string().contains("operator test"), "{reason}");
 }
+
+/// A lock request written but unanswered (its connection reset) is sent
+/// again with the same key, so it keeps its place in the queue: a waiter
+/// that queued after it is not served first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sent_again_keeps_its_place_in_the_queue() {
+    use lockman_testkit::relay::{Direction, TcpRelay};
+    let Some(server) = start().await else { return };
+    let relay = TcpRelay::start(([127, 0, 0, 1], server.port()).into()).await.expect("relay");
+    let relayed = format!("http://127.0.0.1:{}", relay.port());
+    let (holder, later) = (manager(&server.endpoint()).await, manager(&server.endpoint()).await);
+    let waiter = manager(&relayed).await;
+    waiter.acquire("warm", AcquireOptions::new()).await.expect("warm up").release().await.expect("release");
+    let raw = etcd_client::Client::connect([server.endpoint()], None).await.expect("raw client");
+    let keys = |count: i64| {
+        let mut raw = raw.clone();
+        async move {
+            loop {
+                let options = etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+                let response = raw.get("lockman/lock/r/", Some(options)).await.expect("read the queue");
+                if response.count() >= count {
+                    return response.kvs().iter().map(|kv| kv.create_revision()).collect::<Vec<_>>();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let guard = holder.acquire("r", AcquireOptions::new()).await.expect("acquire");
+    // The waiter's request reaches etcd; its answer is held.
+    relay.stall(Direction::ToClient);
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("r", AcquireOptions::new().timeout(BOUND)).await }
+    });
+    let queued = tokio::time::timeout(BOUND, keys(2)).await.expect("the waiter's request never arrived");
+    let later_waiting = tokio::spawn({
+        let later = later.clone();
+        async move { later.acquire("r", AcquireOptions::new().timeout(BOUND)).await }
+    });
+    tokio::time::timeout(BOUND, keys(3)).await.expect("the later waiter never queued");
+    // The answer is lost with the connection: the waiter asks again.
+    relay.cut();
+    relay.resume(Direction::ToClient);
+    guard.release().await.expect("release");
+    let mut later_waiting = later_waiting;
+    let served = tokio::time::timeout(BOUND, async {
+        tokio::select! {
+            first = waiting => first.expect("task").expect("waiter"),
+            later = &mut later_waiting => panic!(
+                "the later waiter was served first (token {:?}): the waiter lost its place",
+                later.expect("task").map(|guard| guard.fencing_token())
+            ),
+        }
+    });
+    let first = served.await.expect("nobody was served");
+    assert_eq!(first.fencing_token().get(), u64::try_from(queued[1]).expect("revision"), "the waiter lost its place");
+    assert!(!later_waiting.is_finished(), "the later waiter was served while the first held the lock");
+    let first_token = first.fencing_token();
+    first.release().await.expect("release");
+    let second = tokio::time::timeout(BOUND, later_waiting).await.expect("hung").expect("task").expect("later");
+    assert!(second.fencing_token() > first_token);
+    second.release().await.expect("release");
+}
