@@ -19,7 +19,45 @@
 //!   watchdog) is kept in the process: a task deletes the key at its end,
 //!   and reports the grant lost if someone else deletes the key first
 //!   (`force_release`, an expired or revoked etcd lease);
-//! * a dropped or timed-out acquire deletes its waiting key.
+//! * a dropped or timed-out acquire deletes its waiting key;
+//! * a key this manager fails to delete (a release, an expired grant, an
+//!   abandoned wait meeting an election or an outage) is deleted again in
+//!   the background until it is gone or the manager's etcd lease is over —
+//!   left alone it would keep the lock, or block every later waiter, for as
+//!   long as the manager lives. `release()` still returns the error.
+//!
+//! # On a cluster: a leader lost, a client partitioned
+//!
+//! Give a manager every member's endpoint (`EtcdOptions::new([...])`); the
+//! tests in `tests/cluster.rs` break a three-member cluster on purpose.
+//!
+//! * **Leader lost.** Keys, revisions and leases are Raft state: every grant
+//!   etcd acknowledged survives, and a new leader extends every lease, so
+//!   no manager's keys expire because of the election. Waiters and new
+//!   requests ride through it: a request that finds no leader, a changed
+//!   leader, an unreachable member or no answer is sent again with a
+//!   backoff (50 to 500 ms) within the caller's deadline (a `try_acquire`
+//!   gets one attempt), with the same key, written only if absent — an
+//!   attempt written but unanswered keeps its place in the queue. The manager's etcd lease is kept alive through it
+//!   too (a keep-alive unanswered within the response timeout, or a third
+//!   of the TTL, is sent again on a new stream, which reaches the new
+//!   leader), and grant watches broken by it are opened again. A holder
+//!   keeps its lock if a renewal succeeds within its lease; otherwise it is
+//!   told through its guard that it lost it — never granted twice. An election takes about one election
+//!   timeout plus a round of votes, and a renewal sent to the dead leader
+//!   waits out the response timeout: choose a lease several times their
+//!   sum (a 2 s lease with a 1 s response timeout often loses its lock to
+//!   a 0.5 s election). Fencing tokens are revisions, so they keep rising
+//!   across elections and whole-cluster restarts.
+//! * **Partitioned client** (it reaches only a member cut off from the
+//!   quorum, or a frozen one). Its requests time out or are refused, and
+//!   its keep-alives no longer reach the leader: each of its holders is
+//!   told it lost its lock when its lease passes without a renewal (about
+//!   one lease), and the cluster expires the manager's etcd lease one TTL
+//!   after its last keep-alive, which frees its keys for the others, whose
+//!   grants then carry higher tokens. Its waiters fail once that lease is
+//!   over. Once it reaches a quorum again it starts a new etcd lease and is
+//!   served as before.
 //!
 //! A limit of this first version: the etcd lease is the manager's, so a
 //! grant with a shorter lease of its own is ended on time only while its
@@ -54,6 +92,7 @@ use tokio::time::Instant;
 mod keys;
 mod monitor;
 mod options;
+mod reaper;
 mod retry;
 mod session;
 mod status;
@@ -144,7 +183,12 @@ impl EtcdBackend {
             .map_err(|e| {
                 LockError::backend_caused_by(BACKEND, format!("connecting to {}", options.endpoints.join(",")), None, e)
             })?;
-        let sessions = Sessions::new(client.clone(), options.session_ttl(), 2 * options.endpoints.len() + 1);
+        let sessions = Sessions::new(
+            client.clone(),
+            options.session_ttl(),
+            2 * options.endpoints.len() + 1,
+            options.response_timeout,
+        );
         Ok(EtcdBackend { client, options, sessions })
     }
 
@@ -213,15 +257,23 @@ impl EtcdBackend {
 
     /// Waits until no key of the resource older than `revision` is left.
     /// `Ok(true)` when granted, `Ok(false)` at the deadline.
+    ///
+    /// A request that fails for a passing reason (no leader during an
+    /// election, a member going away, a timeout) is sent again after a
+    /// backoff, while the deadline allows and the manager's etcd lease —
+    /// which keeps the waiting key — lives: a waiter rides through an
+    /// election instead of failing its caller.
     async fn wait_turn(
         &self,
         request: &GrantRequest,
+        session: &Session,
         keys: &ResourceKeys,
         key: &str,
         revision: i64,
     ) -> Result<bool, LockError> {
         let resource = &*request.resource;
         let deadline = request.deadline.instant();
+        let mut backoff = retry::Backoff::new();
         loop {
             // The key just before ours, and ours (gone if our lease was lost).
             let before = GetOptions::new()
@@ -233,6 +285,13 @@ impl EtcdBackend {
             let response = match Self::before(deadline, "waiting for the lock", resource, self.txn(txn)).await {
                 Ok(response) => response,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
+                Err(e) if retry::passing(&e) && !session.is_dead() => {
+                    tracing::debug!(resource, error = %e, "etcd is not answering a waiter; asking again");
+                    if !backoff.pause(deadline).await {
+                        return Ok(false);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let header_revision = response.header().map_or(0, |h| h.revision());
@@ -270,8 +329,16 @@ impl EtcdBackend {
             let mut stream = match watched {
                 Ok(stream) => stream,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
+                Err(e) if retry::passing(&e) && !session.is_dead() => {
+                    tracing::debug!(resource, error = %e, "etcd refused a waiter's watch; asking again");
+                    if !backoff.pause(deadline).await {
+                        return Ok(false);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
+            backoff.reset();
             loop {
                 let message = match deadline {
                     Some(at) => match tokio::time::timeout_at(at, stream.message()).await {
@@ -322,6 +389,7 @@ impl EtcdBackend {
 /// Deletes a waiting key if its acquire is dropped or gives up.
 struct WaitingKey<'a> {
     client: &'a Client,
+    session: Arc<Session>,
     key: Option<String>,
 }
 
@@ -333,15 +401,10 @@ impl WaitingKey<'_> {
 
 impl Drop for WaitingKey<'_> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
-        let mut kv = self.client.kv_client();
-        let deleting = lockman_core::spawn_background(async move {
-            if let Err(e) = kv.delete(key.as_str(), None).await {
-                tracing::warn!(%key, error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
-            }
-        });
-        if let Err(e) = deleting {
-            tracing::warn!(error = %e, "cannot delete an abandoned waiting key; it goes with the manager's etcd lease");
+        // Until it is gone, the key blocks every later waiter: deleted in
+        // the background, again and again if the cluster is electing.
+        if let Some(key) = self.key.take() {
+            reaper::delete(self.client, key, None, &self.session);
         }
     }
 }
@@ -372,41 +435,93 @@ impl LockBackend for EtcdBackend {
             Deadline::At(at) => Some(at),
             Deadline::Never => None,
         };
-        let session = match deadline {
-            Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
-                LockError::backend(
-                    BACKEND,
-                    "granting the manager's etcd lease",
-                    Some(resource),
-                    "no answer from etcd before the caller's deadline; check that the cluster is up and has a leader",
-                )
-            })??,
-            None => self.sessions.get().await?,
-        };
         let keys = self.keys(resource);
-        let key = keys.grant_key();
-        let now = SystemTime::now();
-        let record = Self::record(request, now);
-        // Armed before the request is sent: a drop mid-flight deletes the key too.
-        let waiting = WaitingKey { client: &self.client, key: Some(key.clone()) };
-        let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let txn = Txn::new().and_then([
-            TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
-            TxnOp::get(keys.dir.as_str(), Some(first)),
-        ]);
-        let response = Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let owner = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-            _ => None,
-        });
+        // A request that fails for a passing reason (an election, a member
+        // going away) is sent again while the caller's deadline allows (a
+        // try gets one attempt), with the same key: if the failed attempt
+        // was written after all, the request keeps its place in the queue
+        // (the transaction writes the key only if it is not there yet).
+        let mut backoff = retry::Backoff::new();
+        let mut attempt: Option<(WaitingKey<'_>, SystemTime, Record)> = None;
+        let (session, key, now, record, waiting, revision, owner) = loop {
+            let session = match deadline {
+                Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
+                    LockError::backend(
+                        BACKEND,
+                        "granting the manager's etcd lease",
+                        Some(resource),
+                        "no answer from etcd before the caller's deadline; check that the cluster is up and has a \
+                         leader",
+                    )
+                })?,
+                None => self.sessions.get().await,
+            };
+            let session = match session {
+                Ok(session) => session,
+                Err(e) if request.deadline != Deadline::Now && retry::passing(&e) => {
+                    if !backoff.pause(deadline).await {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // A key of an earlier session is not reused: it goes with that
+            // session's lease (or is deleted in the background when dropped).
+            let (waiting, now, record) = match attempt.take() {
+                Some(earlier) if Arc::ptr_eq(&earlier.0.session, &session) => earlier,
+                _ => {
+                    let now = SystemTime::now();
+                    // Armed before the request is sent: a drop mid-flight deletes the key too.
+                    let waiting =
+                        WaitingKey { client: &self.client, session: session.clone(), key: Some(keys.grant_key()) };
+                    (waiting, now, Self::record(request, now))
+                }
+            };
+            let key = waiting.key.clone().unwrap_or_default();
+            let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
+                    TxnOp::get(keys.dir.as_str(), Some(first.clone())),
+                ])
+                .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(first))]);
+            match Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await {
+                Ok(response) => {
+                    let written = response.succeeded();
+                    let header = response.header().map_or(0, |h| h.revision());
+                    let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
+                        TxnOpResponse::Get(get) => Some(get),
+                        _ => None,
+                    });
+                    // Written now: the put is the transaction's only write.
+                    // Written by an earlier attempt: the key says when.
+                    let revision = if written {
+                        header
+                    } else {
+                        gets.next().and_then(|get| get.kvs().first().map(KeyValue::create_revision)).unwrap_or(0)
+                    };
+                    let owner = gets.next().and_then(|get| get.kvs().first().cloned());
+                    break (session, key, now, record, waiting, revision, owner);
+                }
+                Err(e) if request.deadline != Deadline::Now && retry::passing(&e) && !session.is_dead() => {
+                    tracing::debug!(resource, error = %e, "etcd did not answer a lock request; asking again");
+                    attempt = Some((waiting, now, record));
+                    if !backoff.pause(deadline).await {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut waited = false;
         if owner.as_ref().is_none_or(|kv| kv.create_revision() != revision) {
             let granted = match request.deadline {
                 Deadline::Now => false,
                 _ => {
                     waited = true;
-                    self.wait_turn(request, &keys, &key, revision).await?
+                    self.wait_turn(request, &session, &keys, &key, revision).await?
                 }
             };
             if !granted {
@@ -467,6 +582,8 @@ impl LockBackend for EtcdBackend {
                 expiry: expiry_rx,
                 releasing: releasing.clone(),
                 refresh,
+                session: session.clone(),
+                response_timeout: self.options.response_timeout,
             }
             .run(self.attempts()),
         )
@@ -492,7 +609,19 @@ impl LockBackend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(grant.key.as_str(), CompareOp::Equal, grant.revision)])
             .and_then([TxnOp::delete(grant.key.as_str(), None)]);
-        let response = self.txn(txn).await.map_err(|e| Self::error("releasing the lock", &grant.resource, e))?;
+        let response = match self.txn(txn).await {
+            Ok(response) => response,
+            Err(e) => {
+                // The key would keep the lock while this manager lives.
+                reaper::delete(&self.client, grant.key.clone(), Some(grant.revision), &grant.session);
+                grant.expiry.send_replace(None);
+                return Err(Self::error(
+                    "releasing the lock (its key is deleted in the background)",
+                    &grant.resource,
+                    e,
+                ));
+            }
+        };
         grant.expiry.send_replace(None);
         if response.succeeded() {
             Ok(())

@@ -2,6 +2,11 @@
 //! someone else (force-release, an expired or revoked lease), and ends the
 //! grant at its lease's end — deleting the key, so the next waiter gets the
 //! lock then and not only when the manager's etcd lease runs out.
+//!
+//! The watch breaks when its member goes away, loses its leader or
+//! restarts; it is opened again from the revision after the last event
+//! seen, so a force-release meanwhile is still reported at once (and if
+//! etcd has compacted those events away, the key itself is read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::keys::Record;
+use crate::session::Session;
 
 /// What the monitor of one grant needs.
 pub(crate) struct Monitor {
@@ -25,9 +31,50 @@ pub(crate) struct Monitor {
     pub(crate) releasing: Arc<AtomicBool>,
     /// A record to write first (a waiter's, dated from its grant).
     pub(crate) refresh: Option<Vec<u8>>,
+    /// The manager's etcd lease, which the key is bound to.
+    pub(crate) session: Arc<Session>,
+    /// How long opening a watch may take.
+    pub(crate) response_timeout: std::time::Duration,
 }
 
 impl Monitor {
+    /// Watches the grant key from revision `from`; `None` (logged) if the
+    /// watch cannot be opened now — [`run`](Self::run) tries again later.
+    async fn watch(&self, from: i64, attempts: usize) -> Option<WatchStream> {
+        let options = WatchOptions::new().with_start_revision(from);
+        let watched = crate::retry::unsent_again(attempts, || {
+            let (mut client, key, options) = (self.client.watch_client(), self.key.clone(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        });
+        match tokio::time::timeout(self.response_timeout, watched).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                // Renewals still check the key meanwhile.
+                tracing::debug!(key = %self.key, error = %e, "cannot watch a grant key yet");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(key = %self.key, "no answer to a watch on a grant key yet");
+                None
+            }
+        }
+    }
+
+    /// The grant key is gone, deleted by someone else unless this process
+    /// is releasing it: the grant is lost (`forced`: why, if it was
+    /// force-released).
+    fn deleted(&self, forced: Option<String>) {
+        if self.releasing.load(Ordering::Acquire) {
+            return;
+        }
+        self.loss.mark_lost(match forced {
+            Some(reason) => LostReason::ForceReleased { reason },
+            None => LostReason::Stolen {
+                detail: "its etcd key was deleted (lease expired or revoked, or deleted by another client)".to_owned(),
+            },
+        });
+    }
+
     pub(crate) async fn run(mut self, attempts: usize) {
         if let Some(record) = self.refresh.take() {
             let put = Txn::new()
@@ -37,19 +84,12 @@ impl Monitor {
                 tracing::debug!(key = %self.key, error = %e, "cannot date a waiter's record from its grant");
             }
         }
-        let options = WatchOptions::new().with_start_revision(self.revision + 1);
-        let watched = crate::retry::unsent_again(attempts, || {
-            let (mut client, key, options) = (self.client.watch_client(), self.key.clone(), options.clone());
-            async move { client.watch(key, Some(options)).await }
-        });
-        let mut stream: Option<WatchStream> = match watched.await {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                // Renewals still check the key; only the prompt notice is lost.
-                tracing::warn!(key = %self.key, error = %e, "cannot watch a grant key; loss is noticed at renewal");
-                None
-            }
-        };
+        // The revision the watch goes on from: a watch that ends (its
+        // member went away, lost its leader, or restarted) is opened again
+        // from there, so no event is missed while it was down.
+        let mut next = self.revision + 1;
+        let mut stream = self.watch(next, attempts).await;
+        let mut backoff = crate::retry::Backoff::new();
         let mut forced: Option<String> = None;
         loop {
             let expiry = *self.expiry.borrow_and_update();
@@ -61,8 +101,11 @@ impl Monitor {
             };
             let message = async {
                 match stream.as_mut() {
-                    Some(stream) => stream.message().await,
-                    None => std::future::pending().await,
+                    Some(stream) => Some(stream.message().await),
+                    None => {
+                        backoff.pause(None).await;
+                        None
+                    }
                 }
             };
             tokio::select! {
@@ -85,35 +128,49 @@ impl Monitor {
                         async move { kv.txn(delete).await }
                     });
                     if let Err(e) = deleted.await {
-                        tracing::warn!(key = %self.key, error = %e, "cannot delete an expired grant key; it goes with the manager's etcd lease");
+                        // It would keep the lock while this manager lives.
+                        tracing::warn!(key = %self.key, error = %e, "cannot delete an expired grant key; deleting it in the background");
+                        crate::reaper::delete(&self.client, self.key.clone(), Some(self.revision), &self.session);
                     }
                     return;
                 }
                 message = message => match message {
-                    Ok(Some(response)) => {
+                    // Time to watch again.
+                    None => stream = self.watch(next, attempts).await,
+                    Some(Ok(Some(response))) if response.canceled() => {
+                        tracing::debug!(key = %self.key, reason = response.cancel_reason(), "the watch on a grant key was cancelled; watching again");
+                        if response.compact_revision() > 0 {
+                            // The events since `next` are gone: look at the key itself.
+                            match self.client.kv_client().get(self.key.as_str(), None).await {
+                                Ok(got) => match got.kvs().first() {
+                                    Some(kv) if kv.create_revision() == self.revision => {
+                                        next = got.header().map_or(next, |h| h.revision() + 1);
+                                    }
+                                    _ => return self.deleted(forced),
+                                },
+                                Err(e) => tracing::debug!(key = %self.key, error = %e, "cannot read a grant key"),
+                            }
+                        }
+                        stream = None;
+                    }
+                    Some(Ok(Some(response))) => {
+                        backoff.reset();
                         for event in response.events() {
+                            if let Some(kv) = event.kv() {
+                                next = next.max(kv.mod_revision() + 1);
+                            }
                             match event.event_type() {
                                 EventType::Put => {
                                     if let Some(reason) = event.kv().and_then(|kv| Record::from_bytes(kv.value())).and_then(|r| r.forced) {
                                         forced = Some(reason);
                                     }
                                 }
-                                EventType::Delete => {
-                                    if !self.releasing.load(Ordering::Acquire) {
-                                        self.loss.mark_lost(match forced.take() {
-                                            Some(reason) => LostReason::ForceReleased { reason },
-                                            None => LostReason::Stolen {
-                                                detail: "its etcd key was deleted (lease expired or revoked, or deleted by another client)".to_owned(),
-                                            },
-                                        });
-                                    }
-                                    return;
-                                }
+                                EventType::Delete => return self.deleted(forced),
                             }
                         }
                     }
-                    Ok(None) | Err(_) => {
-                        tracing::warn!(key = %self.key, "the watch on a grant key ended; loss is noticed at renewal");
+                    Some(Ok(None) | Err(_)) => {
+                        tracing::debug!(key = %self.key, "the watch on a grant key ended; watching again");
                         stream = None;
                     }
                 },

@@ -38,3 +38,59 @@ fn never_sent(error: &etcd_client::Error) -> bool {
         _ => false,
     }
 }
+
+/// Whether a failed request may well succeed if sent again soon: the
+/// cluster had no leader or changed it, a member went away, the request
+/// timed out or its connection broke. Not for refusals (a bad request,
+/// permissions), which would only fail again.
+pub(crate) fn passing(error: &lockman_core::LockError) -> bool {
+    let lockman_core::LockError::Backend { source: Some(source), .. } = error else { return false };
+    match source.downcast_ref::<etcd_client::Error>() {
+        Some(etcd_client::Error::TransportError(_)) => true,
+        // gRPC's codes (tonic's type is not re-exported by etcd-client).
+        Some(etcd_client::Error::GRpcStatus(status)) => {
+            const CANCELLED: i32 = 1;
+            const UNKNOWN: i32 = 2;
+            const DEADLINE_EXCEEDED: i32 = 4;
+            const UNAVAILABLE: i32 = 14;
+            matches!(i32::from(status.code()), CANCELLED | UNKNOWN | DEADLINE_EXCEEDED | UNAVAILABLE)
+        }
+        _ => false,
+    }
+}
+
+/// A pause between attempts that grows from 50 ms to 500 ms.
+pub(crate) struct Backoff {
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+    const MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+    pub(crate) fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// After a success: the next pause is the shortest again.
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps the next pause, or until `deadline` if that is sooner;
+    /// `false` if the deadline came.
+    pub(crate) async fn pause(&mut self, deadline: Option<tokio::time::Instant>) -> bool {
+        let wake = tokio::time::Instant::now() + self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        match deadline {
+            Some(at) if at <= wake => {
+                tokio::time::sleep_until(at).await;
+                false
+            }
+            _ => {
+                tokio::time::sleep_until(wake).await;
+                true
+            }
+        }
+    }
+}

@@ -27,6 +27,8 @@ pub(crate) struct Sessions {
     client: Client,
     ttl: i64,
     attempts: usize,
+    /// How long one keep-alive may take before it is sent again.
+    response_timeout: Duration,
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
 
@@ -46,8 +48,8 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(client: Client, ttl: i64, attempts: usize) -> Self {
-        Sessions { client, ttl, attempts, current: tokio::sync::Mutex::new(None) }
+    pub(crate) fn new(client: Client, ttl: i64, attempts: usize, response_timeout: Duration) -> Self {
+        Sessions { client, ttl, attempts, response_timeout, current: tokio::sync::Mutex::new(None) }
     }
 
     /// The live session, or a new one (one round trip: `LeaseGrant`).
@@ -69,11 +71,14 @@ impl Sessions {
             next_grant: AtomicU64::new(0),
             grants: Mutex::new(HashMap::new()),
         });
-        let expires = sent + Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0));
+        let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0));
         tracing::debug!(lease = session.id, ttl = granted.ttl(), "etcd session started");
+        // Each keep-alive gets at most a response timeout, and at most a
+        // third of the lease, so that several fit in it.
+        let attempt = self.response_timeout.min(ttl / 3).max(Duration::from_millis(100));
         // On the background runtime: the lease must be kept alive while the
         // runtime that started the session idles or is gone.
-        lockman_core::spawn_background(keep_alive(self.client.clone(), Arc::downgrade(&session), expires))?;
+        lockman_core::spawn_background(keep_alive(self.client.clone(), Arc::downgrade(&session), sent + ttl, attempt))?;
         *current = Some(session.clone());
         Ok(session)
     }
@@ -114,7 +119,11 @@ impl Session {
 /// Keeps the session's lease alive every third of its TTL until the session
 /// is dropped (then revokes it, freeing its keys at once) or the lease
 /// cannot be kept alive before it ends (then the session dies).
-async fn keep_alive(client: Client, session: Weak<Session>, mut expires: Instant) {
+///
+/// A keep-alive unanswered within `attempt` is sent again on a new stream:
+/// the old one may be stuck on a member that forwards it to a leader that
+/// is gone (frozen, partitioned), while the others have elected a new one.
+async fn keep_alive(client: Client, session: Weak<Session>, mut expires: Instant, attempt: Duration) {
     let Some(id) = session.upgrade().map(|s| s.id) else { return };
     let mut leases = client.lease_client();
     let mut stream = None;
@@ -138,7 +147,7 @@ async fn keep_alive(client: Client, session: Weak<Session>, mut expires: Instant
             return;
         }
         if stream.is_none() {
-            match tokio::time::timeout_at(expires, leases.keep_alive(id)).await {
+            match tokio::time::timeout_at(expires.min(Instant::now() + attempt), leases.keep_alive(id)).await {
                 Ok(Ok(opened)) => stream = Some(opened),
                 Ok(Err(e)) => {
                     tracing::warn!(lease = id, error = %e, "etcd lease keep-alive stream failed; retrying");
@@ -150,7 +159,7 @@ async fn keep_alive(client: Client, session: Weak<Session>, mut expires: Instant
         }
         let Some((keeper, responses)) = stream.as_mut() else { continue };
         let sent = Instant::now();
-        let answer = tokio::time::timeout_at(expires, async {
+        let answer = tokio::time::timeout_at(expires.min(sent + attempt), async {
             keeper.keep_alive().await?;
             responses.message().await
         })
@@ -172,7 +181,12 @@ async fn keep_alive(client: Client, session: Weak<Session>, mut expires: Instant
                 ttl = Duration::ZERO;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(_) => {}
+            Err(_) => {
+                // Unanswered: send it again at once, on a new stream.
+                tracing::debug!(lease = id, "no answer to an etcd lease keep-alive; reopening its stream");
+                stream = None;
+                ttl = Duration::ZERO;
+            }
         }
     }
 }

@@ -34,11 +34,11 @@ use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::Duration;
 
-use crate::fixture::{ServerFixture, ServerProcess, free_port, free_port_but, skip_or_panic};
+use crate::fixture::{STDIO_LOG, ServerFixture, ServerProcess, free_port_but, skip_or_panic};
 
 /// How long [`EtcdServer::start`] and [`EtcdServer::restart`] wait for the
 /// server to be healthy before failing the test.
@@ -59,10 +59,10 @@ const READY_LINE: &str = "ready to serve client requests";
 
 /// How many fresh port pairs [`EtcdServer::start`] tries when a chosen port
 /// is taken before the server binds it.
-const START_ATTEMPTS: usize = 5;
+pub(crate) const START_ATTEMPTS: usize = 5;
 
 /// How many times [`EtcdServer::restart`] retries binding the same ports.
-const RESTART_ATTEMPTS: usize = 20;
+pub(crate) const RESTART_ATTEMPTS: usize = 20;
 
 /// An `etcd` child process private to one test: one member, listening on
 /// `127.0.0.1` at a free client port and a free peer port, with its data and
@@ -72,13 +72,12 @@ const RESTART_ATTEMPTS: usize = 20;
 /// directory. Its [`ServerFixture`] methods are also inherent methods.
 #[derive(Debug)]
 pub struct EtcdServer {
-    process: ServerProcess,
-    peer_port: u16,
+    member: Member,
 }
 
-/// Why one attempt at starting the server failed without a panic.
-enum StartFailure {
-    /// The server could not bind a port (another process took it): worth retrying.
+/// Why one attempt at starting a member failed without a panic.
+pub(crate) enum StartFailure {
+    /// The member could not bind a port (another process took it): worth retrying.
     PortTaken,
 }
 
@@ -95,42 +94,38 @@ impl EtcdServer {
     /// spawned for another reason; or if it exits or never becomes healthy
     /// (the message includes the tail of its log).
     pub fn start() -> Option<EtcdServer> {
-        let mut server = EtcdServer { process: ServerProcess::new(PROGRAM, &[]), peer_port: 0 };
+        let mut server = EtcdServer { member: Member::new("lockman-test") };
         for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            server.process.set_port(port);
-            server.peer_port = free_port_but(&[port]);
-            match server.spawn() {
+            server.member.pick_ports(&[]);
+            let cluster = server.member.cluster_entry();
+            match server.member.spawn(&cluster, "lockman-test") {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::NotFound => {
                     drop(server);
-                    return skip_or_panic(
-                        REQUIRE_ENV,
-                        "etcd not found on PATH; install it (apt-get install etcd-server)",
-                    );
+                    return missing_program();
                 }
                 Err(error) => panic!("cannot spawn etcd: {error}"),
             }
-            match server.wait_ready() {
+            match server.member.wait_ready() {
                 Ok(()) => return Some(server),
                 Err(StartFailure::PortTaken) => {
                     // A fresh data directory for the next ports: the member's
                     // peer URL is recorded in it.
-                    server.remove_data();
+                    server.member.remove_data();
                     continue;
                 }
             }
         }
         panic!(
             "etcd could not bind free loopback ports in {START_ATTEMPTS} attempts; log tail:\n{}",
-            server.process.log_tail()
+            server.member.process.log_tail()
         );
     }
 
     /// The loopback client port (never 2379); it stays the same across
     /// [`restart`](Self::restart).
     pub fn port(&self) -> u16 {
-        self.process.port()
+        self.member.port()
     }
 
     /// The backend URL of this server: `etcd://127.0.0.1:PORT`.
@@ -140,19 +135,19 @@ impl EtcdServer {
 
     /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port())
+        self.member.endpoint()
     }
 
     /// The directory holding the server's files (`data/`, `stdio.log`),
     /// removed when the server is dropped.
     pub fn dir(&self) -> &Path {
-        self.process.dir()
+        self.member.process.dir()
     }
 
     /// Kills the server with `SIGKILL` (also when it is paused) and reaps it.
     /// Its data directory stays. Does nothing if it is not running.
     pub fn kill(&mut self) {
-        self.process.kill();
+        self.member.process.kill();
     }
 
     /// Stops the server with `SIGSTOP` (see [`ServerFixture::pause`]).
@@ -161,7 +156,7 @@ impl EtcdServer {
     ///
     /// If the server is not running.
     pub fn pause(&self) {
-        self.process.pause();
+        self.member.process.pause();
     }
 
     /// Continues a paused server (`SIGCONT`).
@@ -170,12 +165,12 @@ impl EtcdServer {
     ///
     /// If the server is not running.
     pub fn resume(&self) {
-        self.process.resume();
+        self.member.process.resume();
     }
 
     /// Whether the server process is alive (a paused one is).
     pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
+        self.member.process.is_running()
     }
 
     /// Kills the server if it is running and starts it again on the same
@@ -187,9 +182,171 @@ impl EtcdServer {
     /// If the server cannot be spawned, cannot bind its ports again or
     /// never becomes healthy (with the log tail).
     pub fn restart(&mut self) {
+        let cluster = self.member.cluster_entry();
+        self.member.restart(&cluster, "lockman-test");
+    }
+
+    /// Like [`restart`](Self::restart), but the data directory is deleted
+    /// first: the new server is empty and its revisions start again.
+    ///
+    /// # Panics
+    ///
+    /// As for [`restart`](Self::restart); if the data cannot be deleted.
+    pub fn restart_empty(&mut self) {
         self.kill();
+        self.member.remove_data();
+        self.restart();
+    }
+}
+
+/// What a missing `etcd` program means: a loud skip, or a panic under
+/// [`REQUIRE_ENV`].
+pub(crate) fn missing_program<T>() -> Option<T> {
+    skip_or_panic(REQUIRE_ENV, "etcd not found on PATH; install it (apt-get install etcd-server)")
+}
+
+/// One etcd member process — the single server of an [`EtcdServer`], or
+/// one of an [`EtcdCluster`](crate::etcd_cluster::EtcdCluster)'s: its
+/// name, client and peer ports, private directory (data in `data/`) and
+/// readiness check.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) process: ServerProcess,
+    name: String,
+    peer_port: u16,
+    /// Where this spawn's log lines begin (a restart appends to the same log).
+    log_offset: u64,
+    /// Whether this spawn has logged [`READY_LINE`].
+    said_ready: bool,
+}
+
+impl Member {
+    /// A member called `name`, not yet spawned, with a new private directory.
+    pub(crate) fn new(name: &str) -> Member {
+        Member {
+            process: ServerProcess::new(PROGRAM, &[]),
+            name: name.to_owned(),
+            peer_port: 0,
+            log_offset: 0,
+            said_ready: false,
+        }
+    }
+
+    /// Chooses fresh free client and peer ports, none of them in `taken`;
+    /// returns them.
+    pub(crate) fn pick_ports(&mut self, taken: &[u16]) -> [u16; 2] {
+        let port = free_port_but(taken);
+        self.process.set_port(port);
+        let mut avoid = taken.to_vec();
+        avoid.push(port);
+        self.peer_port = free_port_but(&avoid);
+        [port, self.peer_port]
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client port.
+    pub(crate) fn port(&self) -> u16 {
+        self.process.port()
+    }
+
+    /// `http://127.0.0.1:CLIENT_PORT`.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    /// `NAME=http://127.0.0.1:PEER_PORT`, this member's part of `--initial-cluster`.
+    pub(crate) fn cluster_entry(&self) -> String {
+        format!("{}=http://127.0.0.1:{}", self.name, self.peer_port)
+    }
+
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.process.dir().join(DATA_DIR)
+    }
+
+    pub(crate) fn remove_data(&self) {
+        match fs::remove_dir_all(self.data_dir()) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => panic!("cannot delete the etcd data in {}: {error}", self.process.dir().display()),
+        }
+    }
+
+    /// Spawns this member of the cluster `initial_cluster` (every member's
+    /// [`cluster_entry`](Self::cluster_entry), comma-separated) named by
+    /// `token`; it must not be running. A member that finds data in its
+    /// directory ignores the initial cluster and rejoins with that data.
+    pub(crate) fn spawn(&mut self, initial_cluster: &str, token: &str) -> io::Result<()> {
+        self.spawn_with(initial_cluster, token, &[])
+    }
+
+    /// Like [`spawn`](Self::spawn), with `extra` arguments for `etcd`.
+    pub(crate) fn spawn_with(&mut self, initial_cluster: &str, token: &str, extra: &[&str]) -> io::Result<()> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(PROGRAM);
+        command
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", token])
+            .args(extra);
+        // Only this spawn's lines count when judging readiness.
+        self.log_offset = fs::metadata(self.process.dir().join(STDIO_LOG)).map_or(0, |m| m.len());
+        self.said_ready = false;
+        self.process.spawn(command)
+    }
+
+    /// Whether the member spawned last has said it serves clients and
+    /// answers `/health` as healthy (which needs a cluster leader).
+    pub(crate) fn is_ready(&mut self) -> bool {
+        if !self.said_ready {
+            self.said_ready = log_since(self.process.dir(), &mut self.log_offset).contains(READY_LINE);
+        }
+        self.said_ready && healthy(self.port())
+    }
+
+    /// Why the member spawned last exited: a taken port (worth retrying), or
+    /// a panic with its log tail.
+    pub(crate) fn exit_failure(&self, status: Option<ExitStatus>) -> StartFailure {
+        let log = self.process.log_tail();
+        if log.contains("address already in use") {
+            return StartFailure::PortTaken;
+        }
+        let status = status.map_or_else(|| "exited".to_owned(), |status| status.to_string());
+        panic!("etcd member {} on port {} exited at start ({status}); log tail:\n{log}", self.name, self.port());
+    }
+
+    /// Waits until the member spawned last is ready. Panics if it exits for
+    /// any reason but a taken port, or is not ready within [`READY_TIMEOUT`].
+    pub(crate) fn wait_ready(&mut self) -> Result<(), StartFailure> {
+        let Member { process, log_offset, said_ready, .. } = self;
+        let dir = process.dir().to_owned();
+        let answered = process.wait_ready(READY_TIMEOUT, |port, _pid| {
+            if !*said_ready {
+                *said_ready = log_since(&dir, log_offset).contains(READY_LINE);
+            }
+            *said_ready && healthy(port)
+        });
+        match answered {
+            Ok(()) => Ok(()),
+            Err(status) => Err(self.exit_failure(Some(status))),
+        }
+    }
+
+    /// Kills the member if it is running and spawns it again on the same
+    /// ports with the same data, retrying while a port is briefly taken,
+    /// and waits until it is ready.
+    pub(crate) fn restart(&mut self, initial_cluster: &str, token: &str) {
+        self.process.kill();
         for _ in 0..RESTART_ATTEMPTS {
-            self.spawn().unwrap_or_else(|error| panic!("cannot spawn etcd again: {error}"));
+            self.spawn(initial_cluster, token).unwrap_or_else(|error| panic!("cannot spawn etcd again: {error}"));
             match self.wait_ready() {
                 Ok(()) => return,
                 // Another process holds a port, perhaps only for a moment.
@@ -202,70 +359,6 @@ impl EtcdServer {
             self.peer_port,
             self.process.log_tail()
         );
-    }
-
-    /// Like [`restart`](Self::restart), but the data directory is deleted
-    /// first: the new server is empty and its revisions start again.
-    ///
-    /// # Panics
-    ///
-    /// As for [`restart`](Self::restart); if the data cannot be deleted.
-    pub fn restart_empty(&mut self) {
-        self.kill();
-        self.remove_data();
-        self.restart();
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir().join(DATA_DIR)
-    }
-
-    fn remove_data(&self) {
-        match fs::remove_dir_all(self.data_dir()) {
-            Ok(()) => {}
-            Err(error) if error.kind() == ErrorKind::NotFound => {}
-            Err(error) => panic!("cannot delete the etcd data in {}: {error}", self.dir().display()),
-        }
-    }
-
-    /// Spawns `etcd` on its ports; it must not be running.
-    fn spawn(&mut self) -> io::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.port());
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut command = Command::new(PROGRAM);
-        command
-            .arg("--name")
-            .arg("lockman-test")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .arg("--initial-cluster")
-            .arg(format!("lockman-test={peer}"))
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "lockman-test"]);
-        self.process.spawn(command)
-    }
-
-    /// Waits until the spawned server says it serves clients and `/health`
-    /// answers healthy. Panics if it exits for any reason but a taken port,
-    /// or is not ready within [`READY_TIMEOUT`].
-    fn wait_ready(&mut self) -> Result<(), StartFailure> {
-        let dir = self.dir().to_owned();
-        let mut log_offset = fs::metadata(dir.join(crate::fixture::STDIO_LOG)).map_or(0, |m| m.len());
-        // Only this spawn's lines count: a restart appends to the same log.
-        let mut said_ready = false;
-        let answered = self.process.wait_ready(READY_TIMEOUT, |port, _pid| {
-            if !said_ready {
-                said_ready = log_since(&dir, &mut log_offset).contains(READY_LINE);
-            }
-            said_ready && healthy(port)
-        });
-        let Err(status) = answered else { return Ok(()) };
-        let log = self.process.log_tail();
-        if log.contains("address already in use") {
-            return Err(StartFailure::PortTaken);
-        }
-        panic!("etcd on port {} exited at start ({status}); log tail:\n{log}", self.port());
     }
 }
 
@@ -318,26 +411,34 @@ impl ServerFixture for EtcdServer {
 
 /// The server's stdout/stderr written since `offset` (which moves on).
 fn log_since(dir: &Path, offset: &mut u64) -> String {
-    let Ok(bytes) = fs::read(dir.join(crate::fixture::STDIO_LOG)) else { return String::new() };
+    let Ok(bytes) = fs::read(dir.join(STDIO_LOG)) else { return String::new() };
     let start = usize::try_from(*offset).unwrap_or(usize::MAX).min(bytes.len());
     *offset = bytes.len() as u64;
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 /// Whether etcd on `port` answers `GET /health` with `"health":"true"`.
-fn healthy(port: u16) -> bool {
+pub(crate) fn healthy(port: u16) -> bool {
+    http(port, "GET", "/health", "").is_some_and(|reply| reply.contains("\"health\":\"true\""))
+}
+
+/// One plain HTTP/1.0 request to etcd's client port (its `/health` and
+/// its gRPC gateway, `/v3/...`), with 500 ms timeouts: the whole reply, or
+/// `None` if the member is down, paused or silent.
+pub(crate) fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let timeout = Duration::from_millis(500);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-    if stream.set_read_timeout(Some(timeout)).is_err() || stream.set_write_timeout(Some(timeout)).is_err() {
-        return false;
-    }
-    let request = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
     let mut reply = String::new();
-    stream.read_to_string(&mut reply).is_ok() && reply.contains("\"health\":\"true\"")
+    stream.read_to_string(&mut reply).ok()?;
+    Some(reply)
 }
 
 #[cfg(test)]
@@ -354,7 +455,7 @@ mod tests {
         server.resume();
         server.restart();
         assert_eq!(server.port(), port);
-        assert!(server.data_dir().join("member").is_dir());
+        assert!(server.member.data_dir().join("member").is_dir());
         server.restart_empty();
         assert!(healthy(port));
         let dir = server.dir().to_owned();

@@ -30,7 +30,9 @@
 //! With the `servers` feature (off by default), the `fixture` module's
 //! `ServerFixture` trait and its implementations (`redis_server`,
 //! `etcd_server`) start
-//! private servers on loopback ports, for backend and fault tests.
+//! private servers on loopback ports, for backend and fault tests;
+//! `etcd_cluster` starts a private three-member etcd cluster (leader
+//! kills, partitioned members, whole-cluster restarts).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +42,8 @@ use std::time::Duration;
 
 use lockman_core::{Capabilities, LockManager, StatusManager, WakeMechanism};
 
+#[cfg(feature = "servers")]
+pub mod etcd_cluster;
 #[cfg(feature = "servers")]
 pub mod etcd_server;
 pub mod events;
