@@ -69,6 +69,31 @@ fn works_after_the_connecting_runtime_is_dropped() {
     cycle_on(&current_thread(), &locks, "dropped-connector");
 }
 
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+}
+
+/// Connected on a multi-thread runtime (the connection lives there) that is
+/// then dropped: the next commands reconnect on lockman's background runtime
+/// instead of failing with "broken pipe".
+#[test]
+fn works_after_a_multi_thread_connecting_runtime_is_dropped() {
+    let Some(server) = RedisServer::start() else { return };
+    let connecting = multi_thread();
+    let locks = connect_on(&connecting, &server);
+    cycle_on(&connecting, &locks, "home-runtime");
+    drop(connecting);
+    let other = current_thread();
+    cycle_on(&other, &locks, "home-runtime");
+    cycle_on(&other, &locks, "home-runtime");
+    drop(other);
+    // Nor is the new home tied to the runtime that happened to reconnect.
+    let blocking = BlockingLockManager::new(locks);
+    let guard =
+        blocking.acquire("home-runtime", AcquireOptions::new().timeout(Duration::from_secs(3))).expect("acquire");
+    guard.release().expect("release");
+}
+
 /// Connected on a runtime that is then dropped, used through the blocking API.
 #[test]
 fn works_from_a_thread_without_a_runtime() {
