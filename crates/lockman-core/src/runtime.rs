@@ -49,14 +49,23 @@ where
     }
 }
 
-/// Spawns `task` on the background runtime, whatever runtime the caller is
-/// on (falling back to the caller's if the background one cannot start).
-/// For work that must go on while the caller's runtime is busy in
-/// synchronous code or gone: renewing a lease, watching it run out.
+/// Spawns `task` where it keeps running while the caller's task is busy in
+/// synchronous code: on the caller's runtime if it is a multi-thread one
+/// (its other workers run it, and a renewal shares the caller's thread
+/// pool: spawning every renewal on the one background thread cost a thread
+/// wake-up per grant), else — a current-thread runtime, which a blocked
+/// caller stops entirely, or none — on the background runtime.
+/// For renewing a lease and watching it run out.
 pub(crate) fn spawn_detached<F>(task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    if let Ok(handle) = Handle::try_current()
+        && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        handle.spawn(task);
+        return;
+    }
     match background() {
         Ok(runtime) => {
             runtime.spawn(task);

@@ -241,7 +241,11 @@ impl RedisBackend {
         let client = open_client(&options)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
+            // Every command is bounded by a `tokio::time::timeout` on the
+            // caller's runtime; the connection's own timer would be armed in
+            // the context commands are polled in (the background runtime's,
+            // see `connection.rs`) and wake that thread on every command.
+            .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let background = lockman_core::background_handle()?;
