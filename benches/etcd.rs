@@ -95,9 +95,11 @@ impl Raw {
     /// The raw txn lock: put the key if it does not exist; its create
     /// revision if we got it.
     async fn try_lock(&self, key: &str) -> Option<i64> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, "holder", Some(PutOptions::new().with_lease(self.lease)))]);
+        let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            "holder",
+            Some(PutOptions::new().with_lease(self.lease)),
+        )]);
         let response = self.client.kv_client().txn(txn).await.expect("txn put");
         response.succeeded().then(|| response.header().map_or(0, |h| h.revision()))
     }
@@ -318,13 +320,7 @@ fn summary(server: &EtcdServer) {
         pings.sort();
         let rtt = percentile(&pings, 0.5);
         println!("\netcd: loopback round trip (a get on one etcd-client connection, 1000 samples)");
-        println!(
-            "{:<62} {:>10.1?} {:>10.1?} {:>10.1?}",
-            "get",
-            rtt,
-            percentile(&pings, 0.9),
-            percentile(&pings, 0.99)
-        );
+        println!("{:<62} {:>10.1?} {:>10.1?} {:>10.1?}", "get", rtt, percentile(&pings, 0.9), percentile(&pings, 0.99));
 
         let service_first = TaskLock::Service(raw.clone());
         let service_second = TaskLock::Service(Raw::connect(server).await);

@@ -65,7 +65,9 @@ mod connect;
 pub mod fencing;
 
 #[cfg(feature = "config")]
-pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};
+pub use config::{
+    CONFIG_ENV, CONFIG_FILE, Config, ETCD_PASSWORD_ENV, EtcdConfig, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV,
+};
 #[cfg(feature = "config")]
 pub use connect::{Backends, connect, connect_with, from_env};
 pub use lockman_core::BridgedLockManager;

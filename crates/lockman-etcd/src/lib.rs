@@ -61,6 +61,8 @@ mod status;
 mod url_options;
 
 use keys::{Record, ResourceKeys};
+#[cfg(feature = "tls")]
+pub use options::EtcdTls;
 pub use options::{DEFAULT_LEASE, DEFAULT_PREFIX, EtcdOptions};
 use session::{Session, Sessions};
 pub use status::EtcdStatusManager;
@@ -116,11 +118,16 @@ impl EtcdBackend {
         if options.endpoints.is_empty() {
             return Err(LockError::Config("an etcd backend needs at least one endpoint (host:port)".to_owned()));
         }
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_timeout(options.response_timeout)
             .with_keep_alive(Duration::from_secs(10), options.response_timeout)
             .with_require_leader(true);
+        if let Some((user, password)) = &options.user {
+            // Simple tokens expire (etcd's --auth-token-ttl, 5 min by default): renew them.
+            connect = connect.with_user(user.as_str(), password.as_str()).with_auto_token_refresh(true);
+        }
+        connect = tls_connect_options(&options, connect)?;
         let client = tokio::time::timeout(options.connect_timeout, Client::connect(&options.endpoints, Some(connect)))
             .await
             .map_err(|_| {
@@ -142,7 +149,7 @@ impl EtcdBackend {
         Ok(EtcdBackend { client, options, sessions })
     }
 
-    /// The options in use.
+    /// The options in use (their `Debug` shows no password or key).
     pub fn options(&self) -> &EtcdOptions {
         &self.options
     }
@@ -311,6 +318,52 @@ impl EtcdBackend {
             }
         }
     }
+}
+
+/// TLS for `https://` endpoints; plain `http://` ones must have none.
+#[cfg(feature = "tls")]
+fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result<ConnectOptions, LockError> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+
+    let https = options.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+    match (&options.tls, https) {
+        (None, 0) => Ok(connect),
+        (Some(tls), n) if n == options.endpoints.len() => {
+            let mut config = TlsOptions::new();
+            if let Some(pem) = &tls.ca_pem {
+                config = config.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.as_str());
+            }
+            Ok(connect.with_tls(config))
+        }
+        (None, _) => Err(LockError::Config(format!(
+            "the etcd endpoints {} use https:// but no TLS settings were given: give the CA to trust \
+             (EtcdOptions::tls, or tls_ca=FILE in an etcds:// URL)",
+            options.endpoints.join(",")
+        ))),
+        (Some(_), _) => Err(LockError::Config(format!(
+            "TLS settings were given for the etcd endpoints {}, but not all of them are https://",
+            options.endpoints.join(",")
+        ))),
+    }
+}
+
+/// Without the `tls` feature, `https://` endpoints are refused.
+#[cfg(not(feature = "tls"))]
+fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result<ConnectOptions, LockError> {
+    if options.endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Err(LockError::Config(format!(
+            "the etcd endpoints {} use https://, which needs lockman-etcd's `tls` cargo feature \
+             (lockman's `etcd-tls`), left out of this build",
+            options.endpoints.join(",")
+        )));
+    }
+    Ok(connect)
 }
 
 /// Deletes a waiting key if its acquire is dropped or gives up.
