@@ -16,6 +16,12 @@
 //! port) *and* its own log saying it serves clients, so a server that lost
 //! its port to another process is never mistaken for ours.
 //!
+//! [`EtcdServer::start_tls`] starts one that serves clients only over TLS
+//! (`https://`, [`url`](EtcdServer::url) is then `etcds://…`) and requires a
+//! client certificate (`--client-cert-auth`); its throwaway CA, server and
+//! client certificates are made with the `openssl` command-line tool in the
+//! server's directory. Its health is read on a plain metrics port.
+//!
 //! This module is Unix-only (it sends signals to the server).
 //!
 //! ```no_run
@@ -74,6 +80,9 @@ const RESTART_ATTEMPTS: usize = 20;
 pub struct EtcdServer {
     process: ServerProcess,
     peer_port: u16,
+    /// For a TLS server ([`EtcdServer::start_tls`]): the plain port of its
+    /// `/health` endpoint (`--listen-metrics-urls`).
+    metrics_port: Option<u16>,
 }
 
 /// Why one attempt at starting the server failed without a panic.
@@ -95,11 +104,49 @@ impl EtcdServer {
     /// spawned for another reason; or if it exits or never becomes healthy
     /// (the message includes the tail of its log).
     pub fn start() -> Option<EtcdServer> {
-        let mut server = EtcdServer { process: ServerProcess::new(PROGRAM, &[]), peer_port: 0 };
+        EtcdServer { process: ServerProcess::new(PROGRAM, &[]), peer_port: 0, metrics_port: None }.start_ports()
+    }
+
+    /// Like [`start`](Self::start), but clients are served only over TLS
+    /// and must present a certificate signed by the server's throwaway CA:
+    /// [`url`](Self::url) is `etcds://127.0.0.1:PORT`, trust
+    /// [`tls_ca_file`](Self::tls_ca_file), present
+    /// [`tls_client_cert_file`](Self::tls_client_cert_file) and
+    /// [`tls_client_key_file`](Self::tls_client_key_file). The server's
+    /// certificate is for `127.0.0.1` and `localhost`.
+    ///
+    /// Returns `None` (after a `SKIPPED` line) if `etcd` or `openssl` is not
+    /// on `PATH`, unless `LOCKMAN_REQUIRE_ETCD=1`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`start`](Self::start), and if `openssl` fails.
+    pub fn start_tls() -> Option<EtcdServer> {
+        let server = EtcdServer { process: ServerProcess::new(PROGRAM, &[]), peer_port: 0, metrics_port: Some(0) };
+        match crate::redis_server::make_certificates(server.dir(), true) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                drop(server);
+                return skip_or_panic(
+                    REQUIRE_ENV,
+                    "openssl not found on PATH (it makes the TLS test certificates); install it (apt-get install openssl)",
+                );
+            }
+            Err(error) => panic!("cannot make the TLS test certificates: {error}"),
+        }
+        server.start_ports()
+    }
+
+    /// Picks free ports and starts the server, a few times if a port is taken.
+    fn start_ports(self) -> Option<EtcdServer> {
+        let mut server = self;
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             server.process.set_port(port);
             server.peer_port = free_port_but(&[port]);
+            if server.metrics_port.is_some() {
+                server.metrics_port = Some(free_port_but(&[port, server.peer_port]));
+            }
             match server.spawn() {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::NotFound => {
@@ -133,14 +180,51 @@ impl EtcdServer {
         self.process.port()
     }
 
-    /// The backend URL of this server: `etcd://127.0.0.1:PORT`.
+    /// The backend URL of this server: `etcd://127.0.0.1:PORT`
+    /// (`etcds://…` for a [`start_tls`](Self::start_tls) server).
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.port())
+        let scheme = if self.metrics_port.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
-    /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`.
+    /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`
+    /// (`https://…` for a [`start_tls`](Self::start_tls) server).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port())
+        let scheme = if self.metrics_port.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
+    }
+
+    /// The PEM file of the throwaway CA that signed a
+    /// [`start_tls`](Self::start_tls) server's certificates.
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.tls_file("tls_ca_file", crate::redis_server::CA_CERT)
+    }
+
+    /// The PEM client certificate the server accepts.
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_client_cert_file(&self) -> PathBuf {
+        self.tls_file("tls_client_cert_file", crate::redis_server::CLIENT_CERT)
+    }
+
+    /// The PEM private key of [`tls_client_cert_file`](Self::tls_client_cert_file).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_client_key_file(&self) -> PathBuf {
+        self.tls_file("tls_client_key_file", crate::redis_server::CLIENT_KEY)
+    }
+
+    fn tls_file(&self, what: &str, name: &str) -> PathBuf {
+        assert!(self.metrics_port.is_some(), "{what}() on an etcd not started with start_tls()");
+        self.dir().join(name)
     }
 
     /// The directory holding the server's files (`data/`, `stdio.log`),
@@ -230,9 +314,22 @@ impl EtcdServer {
 
     /// Spawns `etcd` on its ports; it must not be running.
     fn spawn(&mut self) -> io::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.port());
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(PROGRAM);
+        if let Some(metrics_port) = self.metrics_port {
+            let dir = self.dir();
+            command
+                .arg("--cert-file")
+                .arg(dir.join(crate::redis_server::SERVER_CERT))
+                .arg("--key-file")
+                .arg(dir.join(crate::redis_server::SERVER_KEY))
+                .arg("--trusted-ca-file")
+                .arg(dir.join(crate::redis_server::CA_CERT))
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{metrics_port}"));
+        }
         command
             .arg("--name")
             .arg("lockman-test")
@@ -254,11 +351,12 @@ impl EtcdServer {
         let mut log_offset = fs::metadata(dir.join(crate::fixture::STDIO_LOG)).map_or(0, |m| m.len());
         // Only this spawn's lines count: a restart appends to the same log.
         let mut said_ready = false;
+        let metrics_port = self.metrics_port;
         let answered = self.process.wait_ready(READY_TIMEOUT, |port, _pid| {
             if !said_ready {
                 said_ready = log_since(&dir, &mut log_offset).contains(READY_LINE);
             }
-            said_ready && healthy(port)
+            said_ready && healthy(metrics_port.unwrap_or(port))
         });
         let Err(status) = answered else { return Ok(()) };
         let log = self.process.log_tail();
