@@ -124,14 +124,15 @@ impl Raw {
 /// A lock a task takes on a named resource, held until [`Held::release`].
 #[derive(Clone)]
 enum TaskLock {
-    /// etcd's lock service (`Lock`/`Unlock`), with the connection's lease.
-    Service(Raw),
+    /// etcd's lock service (`Lock`/`Unlock`), with the connection's lease
+    /// (boxed: an etcd-client `Client` is several kilobytes).
+    Service(Arc<Raw>),
     /// lockman's etcd backend.
     Lockman(Arc<dyn LockManager>),
 }
 
 enum Held {
-    Service(Raw, Vec<u8>),
+    Service(Arc<Raw>, Vec<u8>),
     Guard(LockGuard),
 }
 
@@ -173,7 +174,7 @@ fn uncontended(c: &mut Criterion, server: &EtcdServer) {
             raw.unlock("raw/inverter_read", black_box(revision)).await;
         })
     });
-    let service = TaskLock::Service(raw.clone());
+    let service = TaskLock::Service(Arc::new(raw.clone()));
     group.bench_function("baseline: etcd lock service Lock + Unlock", |b| {
         b.to_async(&rt).iter(|| async {
             let held = service.lock("inverter_read").await;
@@ -227,7 +228,10 @@ fn throughput(c: &mut Criterion, server: &EtcdServer) {
     let rt = runtime(2);
     let names: Arc<[String]> = (0..RESOURCES).map(|r| format!("resource-{r}")).collect();
     let contenders = [
-        ("baseline: etcd lock service, one client", vec![TaskLock::Service(rt.block_on(Raw::connect(server)))]),
+        (
+            "baseline: etcd lock service, one client",
+            vec![TaskLock::Service(Arc::new(rt.block_on(Raw::connect(server))))],
+        ),
         ("lockman etcd: one manager", vec![TaskLock::Lockman(rt.block_on(lockman_manager(server)))]),
     ];
     for resources in [RESOURCES, 1] {
@@ -322,8 +326,8 @@ fn summary(server: &EtcdServer) {
         println!("\netcd: loopback round trip (a get on one etcd-client connection, 1000 samples)");
         println!("{:<62} {:>10.1?} {:>10.1?} {:>10.1?}", "get", rtt, percentile(&pings, 0.9), percentile(&pings, 0.99));
 
-        let service_first = TaskLock::Service(raw.clone());
-        let service_second = TaskLock::Service(Raw::connect(server).await);
+        let service_first = TaskLock::Service(Arc::new(raw.clone()));
+        let service_second = TaskLock::Service(Arc::new(Raw::connect(server).await));
         let first = TaskLock::Lockman(lockman_manager(server).await);
         let second = TaskLock::Lockman(lockman_manager(server).await);
         println!("\netcd: handoff to a parked waiter (waiter given {PARK:?} to park)");
@@ -352,7 +356,7 @@ fn summary(server: &EtcdServer) {
         let mut services = Vec::new();
         let mut managers = Vec::new();
         for _ in 0..TASKS {
-            services.push(TaskLock::Service(Raw::connect(server).await));
+            services.push(TaskLock::Service(Arc::new(Raw::connect(server).await)));
             managers.push(TaskLock::Lockman(lockman_manager(server).await));
         }
         let rows = [

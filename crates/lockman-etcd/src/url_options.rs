@@ -165,7 +165,7 @@ impl EtcdOptions {
                      password_env=VARIABLE, password_file=FILE or LOCKMAN_ETCD_PASSWORD",
                 ));
             }
-            Some((userinfo, _)) if userinfo.is_empty() => return Err(bad("has an empty user name before `@`")),
+            Some(("", _)) => return Err(bad("has an empty user name before `@`")),
             Some((userinfo, hosts)) => (Some(percent_decoded(userinfo)), hosts),
             None => (None, authority),
         };
@@ -369,10 +369,7 @@ fn with_tls(
         (None, None) => None,
         _ => return Err(bad("gives only one of tls_cert and tls_key; a client certificate needs both")),
     };
-    let mut settings = crate::EtcdTls::default();
-    settings.ca_pem = Some(ca);
-    settings.identity = identity;
-    Ok(options.tls(settings))
+    Ok(options.tls(crate::EtcdTls { ca_pem: Some(ca), identity, ..Default::default() }))
 }
 
 /// Without the `tls` feature, [`check_tls_wanted`] refused TLS already.
@@ -403,10 +400,12 @@ mod tests {
 
     #[test]
     fn hosts_options_and_defaults() {
-        let mut defaults = EtcdUrlDefaults::default();
-        defaults.prefix = Some("configured".to_owned());
-        defaults.lease = Some(Duration::from_secs(9));
-        defaults.response_timeout = Some(Duration::from_secs(3));
+        let mut defaults = EtcdUrlDefaults {
+            prefix: Some("configured".to_owned()),
+            lease: Some(Duration::from_secs(9)),
+            response_timeout: Some(Duration::from_secs(3)),
+            ..Default::default()
+        };
         let options = EtcdOptions::from_url("etcd://a:1,b,c:3?lease=5s", "t", defaults.clone()).expect("options");
         assert_eq!(options.endpoints(), ["http://a:1", "http://b:2379", "http://c:3"]);
         assert_eq!(options.prefix, "configured");
@@ -458,9 +457,11 @@ mod tests {
         let debug = format!("{options:?}");
         assert!(!debug.contains("from-file") && debug.contains("app"), "{debug}");
         // Configured: the user and a password (the environment's), or a password file, which wins.
-        let mut defaults = EtcdUrlDefaults::default();
-        defaults.user = Some("configured".to_owned());
-        defaults.password = Some("from-env".to_owned());
+        let mut defaults = EtcdUrlDefaults {
+            user: Some("configured".to_owned()),
+            password: Some("from-env".to_owned()),
+            ..Default::default()
+        };
         let options = EtcdOptions::from_url("etcd://a:1", "t", defaults.clone()).expect("options");
         assert_eq!(options.user, Some(("configured".to_owned(), "from-env".to_owned())));
         assert!(!format!("{defaults:?}").contains("from-env"));
