@@ -78,7 +78,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl EtcdOptions {
     /// Options for the cluster at `endpoints` (`http://host:port`, or
-    /// `https://host:port` with [`tls`](Self::tls)), with the
+    /// `https://host:port` with `tls`, the `tls` feature), with the
     /// defaults: prefix `lockman`, a 30 s lease, 2 s connect and 5 s
     /// response timeouts.
     pub fn new<E: Into<String>>(endpoints: impl IntoIterator<Item = E>) -> Self {
