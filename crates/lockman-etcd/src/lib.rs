@@ -236,7 +236,7 @@ impl EtcdBackend {
                 Err(_) if request.deadline.has_passed() => return Ok(false),
                 Err(e) => return Err(e),
             };
-            let header_revision = response.header().map_or(0, |h| h.revision());
+            let read_revision = response.header().map_or(0, |h| h.revision());
             let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
                 TxnOpResponse::Get(get) => Some(get),
                 _ => None,
@@ -256,7 +256,13 @@ impl EtcdBackend {
             if request.deadline.has_passed() {
                 return Ok(false);
             }
-            let watch = WatchOptions::new().with_start_revision(header_revision + 1);
+            // Watched from now, not from the revision of our read: etcd serves a
+            // watch that starts at a past revision ("unsynced") only from a
+            // loop that runs every 100 ms, which under write load delayed
+            // handoffs by up to that. A delete between our read and the
+            // watch's start is caught by a check once the watch is created,
+            // needed only if etcd's revision moved on in between.
+            let watch = WatchOptions::new();
             let watched = Self::before(
                 deadline,
                 "watching the previous waiter",
@@ -287,11 +293,33 @@ impl EtcdBackend {
                         {
                             break;
                         }
+                        let moved_on = response.header().is_none_or(|h| h.revision() != read_revision);
+                        if response.created() && moved_on {
+                            let check = self.is_gone(&predecessor);
+                            let gone = match deadline {
+                                // Out of time: look again, which then gives up.
+                                Some(at) => tokio::time::timeout_at(at, check).await.unwrap_or(true),
+                                None => check.await,
+                            };
+                            if gone {
+                                break;
+                            }
+                        }
                     }
                     // The stream broke: look again.
                     Ok(None) | Err(_) => break,
                 }
             }
+        }
+    }
+
+    /// Whether `kv` is no longer in etcd (deleted, or a new key in its
+    /// place); a failed read counts as gone, so the caller looks again.
+    async fn is_gone(&self, kv: &KeyValue) -> bool {
+        let Ok(key) = kv.key_str() else { return true };
+        match self.get(key.to_owned(), GetOptions::new()).await {
+            Ok(response) => response.kvs().first().is_none_or(|now| now.create_revision() != kv.create_revision()),
+            Err(_) => true,
         }
     }
 
