@@ -39,7 +39,17 @@ pub const CONFIG_FILE: &str = "lockman.toml";
 /// | `redis.response_timeout` | `LOCKMAN_REDIS__RESPONSE_TIMEOUT` | default 2 s |
 /// | `redis.password_file` | `LOCKMAN_REDIS__PASSWORD_FILE` | a file holding the Redis password (one trailing newline is ignored), for URLs without one |
 /// | — | `LOCKMAN_REDIS_PASSWORD` | the Redis password, for URLs without one (environment only; a password file wins) |
+/// | `etcd.endpoints` | `LOCKMAN_ETCD__ENDPOINTS` | the members (`host:port`, a list or one comma-separated string), for `etcd://` or `etcds://` URLs that name none |
+/// | `etcd.prefix` | `LOCKMAN_ETCD__PREFIX` | key prefix (default `lockman`) |
+/// | `etcd.connect_timeout` | `LOCKMAN_ETCD__CONNECT_TIMEOUT` | default 2 s |
+/// | `etcd.response_timeout` | `LOCKMAN_ETCD__RESPONSE_TIMEOUT` | default 5 s |
+/// | `etcd.user` | `LOCKMAN_ETCD__USER` | the etcd user, for URLs without `user@` |
+/// | `etcd.password_file` | `LOCKMAN_ETCD__PASSWORD_FILE` | a file holding the user's password (one trailing newline is ignored) |
+/// | — | `LOCKMAN_ETCD_PASSWORD` | the user's password (environment only; a password file wins) |
+/// | `etcd.tls_ca` | `LOCKMAN_ETCD__TLS_CA` | for `etcds://`: the PEM CA certificates to trust |
+/// | `etcd.tls_cert`, `etcd.tls_key` | `LOCKMAN_ETCD__TLS_CERT`, `LOCKMAN_ETCD__TLS_KEY` | for `etcds://`: a client certificate and its key |
 ///
+/// The lease of etcd locks is the top-level `lease` (whole seconds).
 /// The TOML file is `lockman.toml` in the working directory, or the file
 /// named by `LOCKMAN_CONFIG` (which must then exist). Options in a URL's query
 /// string (`redis://host/0?prefix=app&lease=10s`) win over these keys.
@@ -53,7 +63,7 @@ pub const CONFIG_FILE: &str = "lockman.toml";
 #[non_exhaustive]
 pub struct Config {
     /// Where locks live: `memory://`, `file:///dir`, `legacy-file:///dir`,
-    /// `redis://host:port/db` or `rediss://…`.
+    /// `redis://host:port/db`, `rediss://…`, `etcd://host:port[,…]` or `etcds://…`.
     pub url: String,
     /// Where flags live. Unset: beside the locks — except while legacy
     /// lockfiles are in use (`USE_NEW_LOCKS=false`, or a legacy bridge), when
@@ -78,6 +88,8 @@ pub struct Config {
     pub use_new_locks: Option<bool>,
     /// Redis settings (`[redis]` in the TOML file, `LOCKMAN_REDIS__*`).
     pub redis: RedisConfig,
+    /// etcd settings (`[etcd]` in the TOML file, `LOCKMAN_ETCD__*`).
+    pub etcd: EtcdConfig,
     /// Where each key's value came from, for error messages.
     #[serde(skip)]
     origins: BTreeMap<String, String>,
@@ -121,6 +133,73 @@ impl fmt::Debug for RedisConfig {
 /// The environment variable holding the Redis password for URLs without one.
 pub const REDIS_PASSWORD_ENV: &str = "LOCKMAN_REDIS_PASSWORD";
 
+/// The `[etcd]` section of [`Config`]. A URL's own options win over these.
+///
+/// ```toml
+/// url = "etcds://"
+/// lease = "15s"
+///
+/// [etcd]
+/// endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]
+/// prefix = "givtcp"
+/// user = "givtcp"
+/// password_file = "/run/secrets/etcd"
+/// tls_ca = "/etc/etcd/ca.pem"
+/// ```
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    /// The members (`host:port`), for an `etcd://` or `etcds://` URL that
+    /// names none. The environment gives them as one comma-separated string.
+    #[serde(with = "endpoint_list")]
+    pub endpoints: Option<Vec<String>>,
+    /// Prefix of every key (default `lockman`).
+    pub prefix: Option<String>,
+    /// How long to wait for a connection (default 2 s).
+    #[serde(with = "text_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for any reply (default 5 s).
+    #[serde(with = "text_duration")]
+    pub response_timeout: Option<Duration>,
+    /// The user to authenticate as, for URLs without `user@`.
+    pub user: Option<String>,
+    /// A file holding the user's password, for URLs without
+    /// `password_env=`/`password_file=`. One trailing newline is ignored.
+    pub password_file: Option<PathBuf>,
+    /// The user's password when no file gives it: `LOCKMAN_ETCD_PASSWORD`
+    /// (read from the environment only, never from the TOML file). Shown as
+    /// `***` in `Debug`.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// For `etcds://`: a PEM file of the CA certificates to trust.
+    pub tls_ca: Option<PathBuf>,
+    /// For `etcds://`: a PEM client certificate (etcd's `--client-cert-auth`).
+    pub tls_cert: Option<PathBuf>,
+    /// For `etcds://`: the PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("user", &self.user)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+/// The environment variable holding the etcd user's password.
+pub const ETCD_PASSWORD_ENV: &str = "LOCKMAN_ETCD_PASSWORD";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -132,6 +211,7 @@ impl Default for Config {
             legacy_bridge: None,
             use_new_locks: None,
             redis: RedisConfig::default(),
+            etcd: EtcdConfig::default(),
             origins: BTreeMap::new(),
         }
     }
@@ -204,7 +284,8 @@ impl Config {
     fn load_from(file: Figment, env: Env) -> Result<Self, LockError> {
         // The password is read below, never through figment, so that no
         // figment error can quote it.
-        let env = env.ignore(&["CONFIG", "REQUIRE_REDIS", "REDIS_PASSWORD"]).split("__");
+        let env =
+            env.ignore(&["CONFIG", "REQUIRE_REDIS", "REDIS_PASSWORD", "REQUIRE_ETCD", "ETCD_PASSWORD"]).split("__");
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(file)
             .merge(env)
@@ -213,6 +294,7 @@ impl Config {
             .extract()
             .map_err(|e| LockError::Config(format!("bad lockman configuration: {}", config_error_text(e))))?;
         config.redis.password = std::env::var(REDIS_PASSWORD_ENV).ok().filter(|password| !password.is_empty());
+        config.etcd.password = std::env::var(ETCD_PASSWORD_ENV).ok().filter(|password| !password.is_empty());
         for key in ["url", "status_url", "legacy_url", "legacy_bridge", "use_new_locks"] {
             if let Some(metadata) = figment.find_metadata(key) {
                 let origin = match &metadata.source {
@@ -287,6 +369,7 @@ impl fmt::Debug for Config {
             .field("legacy_bridge", &redacted(&self.legacy_bridge))
             .field("use_new_locks", &self.use_new_locks)
             .field("redis", &self.redis)
+            .field("etcd", &self.etcd)
             .finish()
     }
 }
@@ -379,6 +462,38 @@ mod text_duration {
             Some(text) => super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
         }
+    }
+}
+
+/// `etcd.endpoints`: a list, or one comma-separated string (as an
+/// environment variable gives it).
+mod endpoint_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Endpoints {
+        One(String),
+        List(Vec<String>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<Vec<String>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(list) => serializer.serialize_some(list),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+        let list = match Option::<Endpoints>::deserialize(deserializer)? {
+            None => return Ok(None),
+            Some(Endpoints::One(text)) => text.split(',').map(|host| host.trim().to_owned()).collect(),
+            Some(Endpoints::List(list)) => list.into_iter().map(|host| host.trim().to_owned()).collect::<Vec<_>>(),
+        };
+        if list.iter().any(String::is_empty) {
+            return Err(serde::de::Error::custom("an empty endpoint: write host:port[,host:port…]"));
+        }
+        Ok(Some(list))
     }
 }
 

@@ -6,7 +6,7 @@
 //! | `file:///dir` | kernel-locked lock files (feature `file`) | `mode=lease` (lease files, for SMB/NFS), `lease=30s`, `dir_mode=0700`, `file_mode=0660`, `loss_check=1s`, `flag.NAME=FILE` |
 //! | `legacy-file:///dir` | legacy lockfiles beside old daemons (feature `file`) | `givtcp=N` (GivTCP's names for inverter N), `lock.RESOURCE=FILE`, `policy.RESOURCE=skip\|wait`, `stale_after=5m`, `stale_after.RESOURCE=60s`, `dir_mode=0700`, `file_mode=0660`, `flag.NAME=FILE` |
 //! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis (feature `redis`; `rediss` needs `redis-tls`) | `prefix=app`, `lease=30s`, `connect_timeout=2s`, `response_timeout=2s`, `tls_ca=/path/ca.pem` (trust this CA instead of the system's), `password_file=/path` (the password, for a URL without one; one trailing newline is ignored), `protocol=resp3` |
-//! | `etcd://host:port[,host:port…]` | etcd (feature `etcd`, not default) | `prefix=lockman`, `lease=30s` (whole seconds, at least 1s), `connect_timeout=2s`, `response_timeout=5s` |
+//! | `etcd://[user@]host:port[,host:port…]`, `etcds://…` | etcd (feature `etcd`, not default; `etcds` needs `etcd-tls`) | `prefix=lockman`, `lease=30s` (whole seconds, at least 1s), `connect_timeout=2s`, `response_timeout=5s`, `password_env=VARIABLE` or `password_file=/path` (the user's password; never in the URL itself), `tls_ca=/path/ca.pem`, `tls_cert=/path/client.pem`, `tls_key=/path/client-key.pem` (etcds) |
 //!
 //! Flags live beside the locks unless [`Config::status_url`] says otherwise
 //! (for `file://` and `legacy-file://`, in the same directory).
@@ -28,13 +28,14 @@ use crate::config::Config;
 
 /// Every URL scheme lockman knows: the scheme, the cargo feature that
 /// compiles its backend, and its form in error messages.
-const SCHEMES: [(&str, &str, &str); 6] = [
+const SCHEMES: [(&str, &str, &str); 7] = [
     ("memory", "memory", "memory://"),
     ("file", "file", "file:///dir"),
     ("legacy-file", "file", "legacy-file:///dir"),
     ("redis", "redis", "redis://host:port/db"),
     ("rediss", "redis-tls", "rediss://host:port/db"),
     ("etcd", "etcd", "etcd://host:port[,host:port…]"),
+    ("etcds", "etcd-tls", "etcds://host:port[,host:port…]"),
 ];
 
 /// The lock manager and status manager a configuration selected.
@@ -161,11 +162,12 @@ fn parse(text: &str, origin: &str) -> Result<url::Url, LockError> {
     // `etcd://a:2379,b:2379` is no URL to `url::Url` (a comma in the port):
     // the scheme is read from its first host, the etcd crate reads the rest.
     let first_host;
-    let parsed = match text.strip_prefix("etcd://") {
-        Some(rest) => {
+    let etcd = text.strip_prefix("etcd://").map(|rest| ("etcd", rest));
+    let parsed = match etcd.or_else(|| text.strip_prefix("etcds://").map(|rest| ("etcds", rest))) {
+        Some((scheme, rest)) => {
             let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
             let host = rest[..end].split(',').next().unwrap_or_default();
-            first_host = format!("etcd://{host}{}", &rest[end..]);
+            first_host = format!("{scheme}://{host}{}", &rest[end..]);
             &first_host
         }
         None => text,
@@ -194,7 +196,7 @@ async fn open(text: &str, origin: &str, config: &Config) -> Result<Opened, LockE
         #[cfg(feature = "redis")]
         "redis" | "rediss" => open_redis(url, origin, config).await,
         #[cfg(feature = "etcd")]
-        "etcd" => open_etcd(text, origin, config).await,
+        "etcd" | "etcds" => open_etcd(text, origin, config).await,
         other => Err(match SCHEMES.iter().find(|(scheme, ..)| *scheme == other) {
             Some((scheme, feature, _)) => feature_missing(scheme, feature),
             None => LockError::Config(format!(
@@ -212,9 +214,9 @@ fn forms() -> String {
 }
 
 fn feature_missing(scheme: &str, feature: &str) -> LockError {
-    // `redis-tls` (rustls and ring) and `etcd` (tonic) are not default
-    // features; the others are.
-    let default = if feature == "redis-tls" || feature == "etcd" {
+    // `redis-tls` (rustls and ring), `etcd` (tonic) and `etcd-tls` are not
+    // default features; the others are.
+    let default = if matches!(feature, "redis-tls" | "etcd" | "etcd-tls") {
         "it is not a default feature"
     } else {
         "the default features include it, so this build turned them off"
@@ -287,8 +289,25 @@ async fn open_redis(url: &url::Url, origin: &str, config: &Config) -> Result<Ope
 async fn open_etcd(text: &str, origin: &str, config: &Config) -> Result<Opened, LockError> {
     use lockman_etcd::{EtcdBackend, EtcdOptions, EtcdStatusManager, EtcdUrlDefaults};
 
+    if text.starts_with("etcds://") && !cfg!(feature = "etcd-tls") {
+        return Err(feature_missing("etcds", "etcd-tls"));
+    }
+    let etcd = &config.etcd;
     let mut defaults = EtcdUrlDefaults::default();
     defaults.lease = config.lease;
+    defaults.endpoints.clone_from(&etcd.endpoints);
+    defaults.prefix.clone_from(&etcd.prefix);
+    defaults.connect_timeout = etcd.connect_timeout;
+    defaults.response_timeout = etcd.response_timeout;
+    defaults.user.clone_from(&etcd.user);
+    defaults.password_file = etcd
+        .password_file
+        .clone()
+        .map(|path| (path, "`etcd.password_file` (LOCKMAN_ETCD__PASSWORD_FILE or lockman.toml)".to_owned()));
+    defaults.password.clone_from(&etcd.password);
+    defaults.tls_ca.clone_from(&etcd.tls_ca);
+    defaults.tls_cert.clone_from(&etcd.tls_cert);
+    defaults.tls_key.clone_from(&etcd.tls_key);
     let backend = EtcdBackend::connect(EtcdOptions::from_url(text, origin, defaults)?).await?;
     let status = Arc::new(EtcdStatusManager::new(&backend));
     Ok(Opened { locks: manager(backend, config), status })

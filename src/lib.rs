@@ -33,8 +33,10 @@
 //!   feature `file`).
 //! * `lockman-redis` — Redis locks and flags (`lockman::redis`, feature
 //!   `redis`; `rediss://` with `redis-tls`).
-//! * `lockman-testkit` — the conformance suite every backend passes, and a
-//!   private redis-server for tests (a dev-dependency).
+//! * `lockman-etcd` — etcd locks and flags (`lockman::etcd`, feature `etcd`;
+//!   `etcds://` with `etcd-tls`).
+//! * `lockman-testkit` — the conformance suite every backend passes, and
+//!   private redis-server and etcd fixtures for tests (a dev-dependency).
 //! * `lockctl` — the admin CLI: list, inspect, break and wait for locks, set
 //!   flags, run a command under a lock.
 //!
@@ -43,7 +45,8 @@
 //! `config` (default) — `connect`, `from_env` and `Config`: choosing the
 //! backend at runtime from a URL, `lockman.toml` and `LOCKMAN_*` variables.
 //! `memory`, `file`, `redis` (default) — the backends; `redis-tls` —
-//! `rediss://`. A build with `default-features = false, features = ["memory"]`
+//! `rediss://`; `etcd` (not default: tonic and prost) — `etcd://`;
+//! `etcd-tls` — `etcds://`. A build with `default-features = false, features = ["memory"]`
 //! has the in-process backend and little else (about 40 crates); create its
 //! manager directly (`MemoryLockManager::default()`).
 //!
@@ -65,7 +68,9 @@ mod connect;
 pub mod fencing;
 
 #[cfg(feature = "config")]
-pub use config::{CONFIG_ENV, CONFIG_FILE, Config, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV};
+pub use config::{
+    CONFIG_ENV, CONFIG_FILE, Config, ETCD_PASSWORD_ENV, EtcdConfig, REDIS_PASSWORD_ENV, RedisConfig, USE_NEW_LOCKS_ENV,
+};
 #[cfg(feature = "config")]
 pub use connect::{Backends, connect, connect_with, from_env};
 pub use lockman_core::BridgedLockManager;

@@ -279,3 +279,48 @@ mod grant_time {
         guard.release().await.expect("release");
     }
 }
+
+/// Stage 4a of the migration guide: an instance switched to etcd, bridged to
+/// Redis, and an unswitched instance on Redis alone exclude each other both
+/// ways; the switched one's flags are Redis's (where unswitched instances
+/// read them), and its locks are also visible in etcd.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_bridged_to_redis_excludes_instances_still_on_redis() {
+    use lockman::{AcquireOptions, FlagOptions, LockState};
+    use lockman_testkit::etcd_server::EtcdServer;
+
+    let Some(redis) = tokio::task::spawn_blocking(RedisServer::start).await.expect("start") else { return };
+    let Some(etcd) = tokio::task::spawn_blocking(EtcdServer::start).await.expect("start") else { return };
+    let mut config = Config::for_url(etcd.url());
+    config.legacy_bridge = Some(redis.url());
+    let switched = lockman::connect_with(&config).await.expect("connect the switched instance");
+    assert_eq!(switched.locks.name(), "etcd+redis");
+    let unswitched = lockman::connect(&redis.url()).await.expect("connect the unswitched instance");
+    let etcd_alone = lockman::connect(&etcd.url()).await.expect("connect to etcd");
+
+    let guard = switched.locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire switched");
+    assert!(unswitched.locks.try_acquire("inverter_read", AcquireOptions::new()).await.expect("try").is_none());
+    assert!(matches!(etcd_alone.locks.state("inverter_read").await.expect("state"), LockState::Held(_)));
+    guard.release().await.expect("release");
+
+    let guard = unswitched.locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire unswitched");
+    assert!(switched.locks.try_acquire("inverter_read", AcquireOptions::new()).await.expect("try").is_none());
+    assert!(
+        matches!(etcd_alone.locks.state("inverter_read").await.expect("state"), LockState::Available),
+        "a failed bridged try left its etcd lock behind"
+    );
+    guard.release().await.expect("release");
+    switched
+        .locks
+        .acquire("inverter_read", AcquireOptions::new())
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+
+    switched.status.set(".FCRunning1", FlagOptions::new()).await.expect("set");
+    assert!(unswitched.status.is_set(".FCRunning1").await.expect("read on Redis"));
+    assert!(!etcd_alone.status.is_set(".FCRunning1").await.expect("read on etcd"));
+}

@@ -245,3 +245,84 @@ fn the_redis_password_can_come_from_the_environment_or_a_file_key() {
         Ok(())
     });
 }
+
+/// The `[etcd]` section: from the file, the environment over it (endpoints
+/// as one comma-separated string), the password from `LOCKMAN_ETCD_PASSWORD`
+/// only, and `Debug` without it.
+#[test]
+fn the_etcd_section_comes_from_the_file_and_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "lockman.toml",
+            r#"
+            url = "etcd://"
+            lease = "15s"
+            [etcd]
+            endpoints = ["10.0.0.1:2379", "10.0.0.2:2379"]
+            prefix = "givtcp"
+            connect_timeout = "1s"
+            response_timeout = "3s"
+            user = "givtcp"
+            password_file = "/run/secrets/etcd"
+            tls_ca = "/etc/etcd/ca.pem"
+            "#,
+        )?;
+        let config = load()?;
+        let etcd = &config.etcd;
+        assert_eq!(etcd.endpoints, Some(vec!["10.0.0.1:2379".to_owned(), "10.0.0.2:2379".to_owned()]));
+        assert_eq!(etcd.prefix.as_deref(), Some("givtcp"));
+        assert_eq!(
+            (etcd.connect_timeout, etcd.response_timeout),
+            (Some(Duration::from_secs(1)), Some(Duration::from_secs(3)))
+        );
+        assert_eq!(etcd.user.as_deref(), Some("givtcp"));
+        assert_eq!(etcd.password_file.as_deref(), Some(std::path::Path::new("/run/secrets/etcd")));
+        assert_eq!(etcd.tls_ca.as_deref(), Some(std::path::Path::new("/etc/etcd/ca.pem")));
+        assert_eq!(etcd.password, None);
+        assert_eq!(config.lease, Some(Duration::from_secs(15)));
+
+        jail.set_env("LOCKMAN_ETCD__ENDPOINTS", "a:1, b:2,c:3");
+        jail.set_env("LOCKMAN_ETCD__PREFIX", "from-env");
+        jail.set_env("LOCKMAN_ETCD__RESPONSE_TIMEOUT", "500ms");
+        jail.set_env("LOCKMAN_ETCD_PASSWORD", "etcd-s3cret");
+        let config = load()?;
+        let etcd = &config.etcd;
+        assert_eq!(etcd.endpoints, Some(vec!["a:1".to_owned(), "b:2".to_owned(), "c:3".to_owned()]));
+        assert_eq!(etcd.prefix.as_deref(), Some("from-env"));
+        assert_eq!(etcd.response_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(
+            etcd.connect_timeout,
+            Some(Duration::from_secs(1)),
+            "a key the environment does not set stays the file's"
+        );
+        assert_eq!(etcd.password.as_deref(), Some("etcd-s3cret"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("etcd-s3cret") && debug.contains("from-env"), "{debug}");
+
+        // The password is never read from the file.
+        jail.clear_env();
+        jail.create_file("lockman.toml", "[etcd]\npassword = \"in-the-file\"\n")?;
+        assert_eq!(load()?.etcd.password, None);
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_etcd_values_name_the_key_and_where_they_came_from() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("LOCKMAN_ETCD__CONNECT_TIMEOUT", "soonish");
+        let message = load_err();
+        for expected in ["CONNECT_TIMEOUT", "soonish"] {
+            assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
+        }
+        jail.clear_env();
+        jail.create_file("lockman.toml", "[etcd]\nendpoints = \"a:1,,b:2\"\n")?;
+        let message = load_err();
+        for expected in ["endpoints", "lockman.toml", "empty endpoint"] {
+            assert!(message.contains(expected), "{message:?} does not mention {expected:?}");
+        }
+        Ok(())
+    });
+}

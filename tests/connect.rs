@@ -397,3 +397,45 @@ async fn etcd_urls_connect_with_their_options() {
     let message = config_error(lockman::connect("etcd://127.0.0.1:1/?lease=200ms").await);
     assert!(message.contains("whole seconds"), "{message}");
 }
+
+/// The `[etcd]` section reaches the backend: `etcd://` alone takes the
+/// configured endpoints, the configured prefix and timeouts apply, a URL's
+/// own options win, and a configured user without a password is refused
+/// naming where a password can come from (and not a password).
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn the_etcd_section_of_config_reaches_the_backend() {
+    use lockman_testkit::etcd_server::EtcdServer;
+
+    let Some(server) = tokio::task::spawn_blocking(EtcdServer::start).await.expect("start") else { return };
+    let mut config = Config::for_url("etcd://");
+    config.etcd.endpoints = Some(vec![format!("127.0.0.1:{}", server.port())]);
+    config.etcd.prefix = Some("configured".to_owned());
+    config.etcd.response_timeout = Some(Duration::from_secs(1));
+    let configured = lockman::connect_with(&config).await.expect("connect with the configured endpoints");
+    let guard = configured.locks.acquire("job", AcquireOptions::new()).await.expect("acquire");
+    let same_prefix = lockman::connect(&format!("{}?prefix=configured", server.url())).await.expect("connect");
+    let other_prefix = lockman::connect(&server.url()).await.expect("connect");
+    assert!(matches!(same_prefix.locks.state("job").await.expect("state"), LockState::Held(_)));
+    assert!(matches!(other_prefix.locks.state("job").await.expect("state"), LockState::Available));
+    // The URL's prefix wins over the configured one.
+    let mut overridden = config.clone();
+    overridden.override_url(format!("{}?prefix=lockman", server.url()), "the test");
+    let overridden = lockman::connect_with(&overridden).await.expect("connect");
+    assert!(matches!(overridden.locks.state("job").await.expect("state"), LockState::Available));
+    guard.release().await.expect("release");
+
+    config.etcd.user = Some("givtcp".to_owned());
+    let message = config_error(lockman::connect_with(&config).await);
+    assert!(message.contains("givtcp") && message.contains("LOCKMAN_ETCD_PASSWORD"), "{message}");
+    let message = config_error(lockman::connect("etcd://givtcp:hunter2@127.0.0.1:1").await);
+    assert!(message.contains("password") && !message.contains("hunter2"), "{message}");
+}
+
+/// `etcds://` in a build without `etcd-tls` names the feature to enable.
+#[cfg(all(feature = "etcd", not(feature = "etcd-tls")))]
+#[tokio::test]
+async fn etcds_without_tls_names_the_feature_to_enable() {
+    let message = config_error(lockman::connect("etcds://127.0.0.1:1/?tls_ca=/nonexistent").await);
+    assert!(message.contains("`etcd-tls`") && message.contains("not a default feature"), "{message}");
+}

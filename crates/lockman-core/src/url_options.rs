@@ -266,6 +266,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A secret (a password) kept in the file at `path`, without one trailing
+/// newline (`\n` or `\r\n`). `what` names the file in errors ("the Redis
+/// password file"); an error names the file and the problem, never the
+/// contents. Files over 64 KiB, empty files and non-UTF-8 files are refused.
+///
+/// # Errors
+///
+/// The problem, as text for a [`LockError::Config`].
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> Result<String, String> {
+    use std::io::Read;
+
+    // A password is short; anything longer is not a password file.
+    const LIMIT: u64 = 64 * 1024;
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(format!("{what} {shown} is larger than {LIMIT} bytes: is it the right file?"));
+    }
+    let mut secret = String::from_utf8(bytes).map_err(|_| format!("{what} {shown} is not UTF-8 text"))?;
+    if secret.ends_with('\n') {
+        secret.pop();
+        if secret.ends_with('\r') {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(format!("{what} {shown} is empty: write the password in it"));
+    }
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

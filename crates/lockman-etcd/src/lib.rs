@@ -100,6 +100,8 @@ mod status;
 mod url_options;
 
 use keys::{Record, ResourceKeys};
+#[cfg(feature = "tls")]
+pub use options::EtcdTls;
 pub use options::{DEFAULT_LEASE, DEFAULT_PREFIX, EtcdOptions};
 use session::{Session, Sessions};
 pub use status::EtcdStatusManager;
@@ -155,11 +157,16 @@ impl EtcdBackend {
         if options.endpoints.is_empty() {
             return Err(LockError::Config("an etcd backend needs at least one endpoint (host:port)".to_owned()));
         }
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_timeout(options.response_timeout)
             .with_keep_alive(Duration::from_secs(10), options.response_timeout)
             .with_require_leader(true);
+        if let Some((user, password)) = &options.user {
+            // Simple tokens expire (etcd's --auth-token-ttl, 5 min by default): renew them.
+            connect = connect.with_user(user.as_str(), password.as_str()).with_auto_token_refresh(true);
+        }
+        connect = tls_connect_options(&options, connect)?;
         // Connected in lockman's background runtime context: tonic spawns the
         // channel's worker (which drives every request and reconnect) where
         // it connects, and it must outlive a caller runtime that idles or
@@ -192,7 +199,7 @@ impl EtcdBackend {
         Ok(EtcdBackend { client, options, sessions })
     }
 
-    /// The options in use.
+    /// The options in use (their `Debug` shows no password or key).
     pub fn options(&self) -> &EtcdOptions {
         &self.options
     }
@@ -294,7 +301,7 @@ impl EtcdBackend {
                 }
                 Err(e) => return Err(e),
             };
-            let header_revision = response.header().map_or(0, |h| h.revision());
+            let read_revision = response.header().map_or(0, |h| h.revision());
             let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
                 TxnOpResponse::Get(get) => Some(get),
                 _ => None,
@@ -314,7 +321,13 @@ impl EtcdBackend {
             if request.deadline.has_passed() {
                 return Ok(false);
             }
-            let watch = WatchOptions::new().with_start_revision(header_revision + 1);
+            // Watched from now, not from the revision of our read: etcd serves a
+            // watch that starts at a past revision ("unsynced") only from a
+            // loop that runs every 100 ms, which under write load delayed
+            // handoffs by up to that. A delete between our read and the
+            // watch's start is caught by a check once the watch is created,
+            // needed only if etcd's revision moved on in between.
+            let watch = WatchOptions::new();
             let watched = Self::before(
                 deadline,
                 "watching the previous waiter",
@@ -353,11 +366,33 @@ impl EtcdBackend {
                         {
                             break;
                         }
+                        let moved_on = response.header().is_none_or(|h| h.revision() != read_revision);
+                        if response.created() && moved_on {
+                            let check = self.is_gone(&predecessor);
+                            let gone = match deadline {
+                                // Out of time: look again, which then gives up.
+                                Some(at) => tokio::time::timeout_at(at, check).await.unwrap_or(true),
+                                None => check.await,
+                            };
+                            if gone {
+                                break;
+                            }
+                        }
                     }
                     // The stream broke: look again.
                     Ok(None) | Err(_) => break,
                 }
             }
+        }
+    }
+
+    /// Whether `kv` is no longer in etcd (deleted, or a new key in its
+    /// place); a failed read counts as gone, so the caller looks again.
+    async fn is_gone(&self, kv: &KeyValue) -> bool {
+        let Ok(key) = kv.key_str() else { return true };
+        match self.get(key.to_owned(), GetOptions::new()).await {
+            Ok(response) => response.kvs().first().is_none_or(|now| now.create_revision() != kv.create_revision()),
+            Err(_) => true,
         }
     }
 
@@ -384,6 +419,52 @@ impl EtcdBackend {
             }
         }
     }
+}
+
+/// TLS for `https://` endpoints; plain `http://` ones must have none.
+#[cfg(feature = "tls")]
+fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result<ConnectOptions, LockError> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+
+    let https = options.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+    match (&options.tls, https) {
+        (None, 0) => Ok(connect),
+        (Some(tls), n) if n == options.endpoints.len() => {
+            let mut config = TlsOptions::new();
+            if let Some(pem) = &tls.ca_pem {
+                config = config.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.as_str());
+            }
+            Ok(connect.with_tls(config))
+        }
+        (None, _) => Err(LockError::Config(format!(
+            "the etcd endpoints {} use https:// but no TLS settings were given: give the CA to trust \
+             (EtcdOptions::tls, or tls_ca=FILE in an etcds:// URL)",
+            options.endpoints.join(",")
+        ))),
+        (Some(_), _) => Err(LockError::Config(format!(
+            "TLS settings were given for the etcd endpoints {}, but not all of them are https://",
+            options.endpoints.join(",")
+        ))),
+    }
+}
+
+/// Without the `tls` feature, `https://` endpoints are refused.
+#[cfg(not(feature = "tls"))]
+fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result<ConnectOptions, LockError> {
+    if options.endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Err(LockError::Config(format!(
+            "the etcd endpoints {} use https://, which needs lockman-etcd's `tls` cargo feature \
+             (lockman's `etcd-tls`), left out of this build",
+            options.endpoints.join(",")
+        )));
+    }
+    Ok(connect)
 }
 
 /// Deletes a waiting key if its acquire is dropped or gives up.

@@ -198,30 +198,7 @@ fn with_tls_ca(
 /// The password in the file at `path`, without one trailing newline. The
 /// error names the file and the problem, never the contents.
 fn read_password_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-
-    // A password is short; anything longer is not a password file.
-    const LIMIT: u64 = 64 * 1024;
-    let shown = path.display();
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(LIMIT + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read the Redis password file {shown}: {e}"))?;
-    if bytes.len() as u64 > LIMIT {
-        return Err(format!("the Redis password file {shown} is larger than {LIMIT} bytes: is it the right file?"));
-    }
-    let mut password =
-        String::from_utf8(bytes).map_err(|_| format!("the Redis password file {shown} is not UTF-8 text"))?;
-    if password.ends_with('\n') {
-        password.pop();
-        if password.ends_with('\r') {
-            password.pop();
-        }
-    }
-    if password.is_empty() {
-        return Err(format!("the Redis password file {shown} is empty: write the password in it"));
-    }
-    Ok(password)
+    lockman_core::url_options::read_secret_file(path, "the Redis password file")
 }
 
 #[cfg(test)]

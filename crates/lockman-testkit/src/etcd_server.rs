@@ -12,6 +12,12 @@
 //! counter; [`restart_empty`](EtcdServer::restart_empty) deletes the data
 //! directory first, as on a new machine (revisions start again from 1).
 //!
+//! [`EtcdServer::start_tls`] starts one that serves clients only over TLS
+//! (`https://`, [`url`](EtcdServer::url) is then `etcds://…`) and requires a
+//! client certificate (`--client-cert-auth`); its throwaway CA, server and
+//! client certificates are made with the `openssl` command-line tool in the
+//! server's directory. Its health is read on a plain metrics port.
+//!
 //! Readiness is judged by etcd's `/health` endpoint (plain HTTP on the client
 //! port) *and* its own log saying it serves clients, so a server that lost
 //! its port to another process is never mistaken for ours.
@@ -94,7 +100,42 @@ impl EtcdServer {
     /// spawned for another reason; or if it exits or never becomes healthy
     /// (the message includes the tail of its log).
     pub fn start() -> Option<EtcdServer> {
-        let mut server = EtcdServer { member: Member::new("lockman-test") };
+        EtcdServer { member: Member::new("lockman-test") }.start_ports()
+    }
+
+    /// Like [`start`](Self::start), but clients are served only over TLS
+    /// and must present a certificate signed by the server's throwaway CA:
+    /// [`url`](Self::url) is `etcds://127.0.0.1:PORT`, trust
+    /// [`tls_ca_file`](Self::tls_ca_file), present
+    /// [`tls_client_cert_file`](Self::tls_client_cert_file) and
+    /// [`tls_client_key_file`](Self::tls_client_key_file). The server's
+    /// certificate is for `127.0.0.1` and `localhost`.
+    ///
+    /// Returns `None` (after a `SKIPPED` line) if `etcd` or `openssl` is not
+    /// on `PATH`, unless `LOCKMAN_REQUIRE_ETCD=1`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`start`](Self::start), and if `openssl` fails.
+    pub fn start_tls() -> Option<EtcdServer> {
+        let server = EtcdServer { member: Member::new("lockman-test").with_tls() };
+        match crate::redis_server::make_certificates(server.dir(), true) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                drop(server);
+                return skip_or_panic(
+                    REQUIRE_ENV,
+                    "openssl not found on PATH (it makes the TLS test certificates); install it (apt-get install openssl)",
+                );
+            }
+            Err(error) => panic!("cannot make the TLS test certificates: {error}"),
+        }
+        server.start_ports()
+    }
+
+    /// Picks free ports and starts the server, a few times if a port is taken.
+    fn start_ports(self) -> Option<EtcdServer> {
+        let mut server = self;
         for _ in 0..START_ATTEMPTS {
             server.member.pick_ports(&[]);
             let cluster = server.member.cluster_entry();
@@ -128,14 +169,50 @@ impl EtcdServer {
         self.member.port()
     }
 
-    /// The backend URL of this server: `etcd://127.0.0.1:PORT`.
+    /// The backend URL of this server: `etcd://127.0.0.1:PORT`
+    /// (`etcds://…` for a [`start_tls`](Self::start_tls) server).
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.port())
+        let scheme = if self.member.is_tls() { "etcds" } else { "etcd" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
-    /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`.
+    /// The client endpoint as etcd clients take it: `http://127.0.0.1:PORT`
+    /// (`https://…` for a [`start_tls`](Self::start_tls) server).
     pub fn endpoint(&self) -> String {
         self.member.endpoint()
+    }
+
+    /// The PEM file of the throwaway CA that signed a
+    /// [`start_tls`](Self::start_tls) server's certificates.
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.tls_file("tls_ca_file", crate::redis_server::CA_CERT)
+    }
+
+    /// The PEM client certificate the server accepts.
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_client_cert_file(&self) -> PathBuf {
+        self.tls_file("tls_client_cert_file", crate::redis_server::CLIENT_CERT)
+    }
+
+    /// The PEM private key of [`tls_client_cert_file`](Self::tls_client_cert_file).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not started with [`start_tls`](Self::start_tls).
+    pub fn tls_client_key_file(&self) -> PathBuf {
+        self.tls_file("tls_client_key_file", crate::redis_server::CLIENT_KEY)
+    }
+
+    fn tls_file(&self, what: &str, name: &str) -> PathBuf {
+        assert!(self.member.is_tls(), "{what}() on an etcd not started with start_tls()");
+        self.dir().join(name)
     }
 
     /// The directory holding the server's files (`data/`, `stdio.log`),
@@ -214,6 +291,9 @@ pub(crate) struct Member {
     pub(crate) process: ServerProcess,
     name: String,
     peer_port: u16,
+    /// For a TLS member: the plain port of its `/health` endpoint
+    /// (`--listen-metrics-urls`); 0 until ports are picked.
+    metrics_port: Option<u16>,
     /// Where this spawn's log lines begin (a restart appends to the same log).
     log_offset: u64,
     /// Whether this spawn has logged [`READY_LINE`].
@@ -227,20 +307,41 @@ impl Member {
             process: ServerProcess::new(PROGRAM, &[]),
             name: name.to_owned(),
             peer_port: 0,
+            metrics_port: None,
             log_offset: 0,
             said_ready: false,
         }
     }
 
-    /// Chooses fresh free client and peer ports, none of them in `taken`;
-    /// returns them.
+    /// This member serves clients over TLS only (certificates in its
+    /// directory, see [`EtcdServer::start_tls`]).
+    pub(crate) fn with_tls(mut self) -> Member {
+        self.metrics_port = Some(0);
+        self
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.metrics_port.is_some()
+    }
+
+    /// Chooses fresh free client and peer ports (and a metrics port for a
+    /// TLS member), none of them in `taken`; returns the client and peer ports.
     pub(crate) fn pick_ports(&mut self, taken: &[u16]) -> [u16; 2] {
         let port = free_port_but(taken);
         self.process.set_port(port);
         let mut avoid = taken.to_vec();
         avoid.push(port);
         self.peer_port = free_port_but(&avoid);
+        if self.metrics_port.is_some() {
+            avoid.push(self.peer_port);
+            self.metrics_port = Some(free_port_but(&avoid));
+        }
         [port, self.peer_port]
+    }
+
+    /// The plain port `/health` answers on.
+    fn health_port(&self) -> u16 {
+        self.metrics_port.unwrap_or_else(|| self.port())
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -252,9 +353,10 @@ impl Member {
         self.process.port()
     }
 
-    /// `http://127.0.0.1:CLIENT_PORT`.
+    /// `http://127.0.0.1:CLIENT_PORT` (`https://…` for a TLS member).
     pub(crate) fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port())
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     /// `NAME=http://127.0.0.1:PEER_PORT`, this member's part of `--initial-cluster`.
@@ -297,6 +399,19 @@ impl Member {
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", token])
             .args(extra);
+        if let Some(metrics_port) = self.metrics_port {
+            let dir = self.process.dir();
+            command
+                .arg("--cert-file")
+                .arg(dir.join(crate::redis_server::SERVER_CERT))
+                .arg("--key-file")
+                .arg(dir.join(crate::redis_server::SERVER_KEY))
+                .arg("--trusted-ca-file")
+                .arg(dir.join(crate::redis_server::CA_CERT))
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{metrics_port}"));
+        }
         // Only this spawn's lines count when judging readiness.
         self.log_offset = fs::metadata(self.process.dir().join(STDIO_LOG)).map_or(0, |m| m.len());
         self.said_ready = false;
@@ -309,7 +424,7 @@ impl Member {
         if !self.said_ready {
             self.said_ready = log_since(self.process.dir(), &mut self.log_offset).contains(READY_LINE);
         }
-        self.said_ready && healthy(self.port())
+        self.said_ready && healthy(self.health_port())
     }
 
     /// Why the member spawned last exited: a taken port (worth retrying), or
@@ -326,13 +441,14 @@ impl Member {
     /// Waits until the member spawned last is ready. Panics if it exits for
     /// any reason but a taken port, or is not ready within [`READY_TIMEOUT`].
     pub(crate) fn wait_ready(&mut self) -> Result<(), StartFailure> {
+        let health_port = self.metrics_port;
         let Member { process, log_offset, said_ready, .. } = self;
         let dir = process.dir().to_owned();
         let answered = process.wait_ready(READY_TIMEOUT, |port, _pid| {
             if !*said_ready {
                 *said_ready = log_since(&dir, log_offset).contains(READY_LINE);
             }
-            *said_ready && healthy(port)
+            *said_ready && healthy(health_port.unwrap_or(port))
         });
         match answered {
             Ok(()) => Ok(()),

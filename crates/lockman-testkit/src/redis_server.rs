@@ -91,9 +91,12 @@ const RESTART_ATTEMPTS: usize = 20;
 
 /// The files of a TLS server, in its directory: the CA certificate, and the
 /// server's certificate (for `127.0.0.1` and `localhost`) and key.
-const CA_CERT: &str = "ca.crt";
-const SERVER_CERT: &str = "server.crt";
-const SERVER_KEY: &str = "server.key";
+pub(crate) const CA_CERT: &str = "ca.crt";
+pub(crate) const SERVER_CERT: &str = "server.crt";
+pub(crate) const SERVER_KEY: &str = "server.key";
+/// The client certificate and key made when asked ([`make_certificates`]).
+pub(crate) const CLIENT_CERT: &str = "client.crt";
+pub(crate) const CLIENT_KEY: &str = "client.key";
 
 /// How long the certificates made by [`RedisServer::start_tls`] are valid.
 const CERT_DAYS: &str = "2";
@@ -157,7 +160,7 @@ impl RedisServer {
     /// lacks TLS.
     pub fn start_tls() -> Option<RedisServer> {
         let server = RedisServer { process: ServerProcess::new(PROGRAM, &[REDIS_LOG]), tls_port: Some(0) };
-        match make_certificates(server.dir()) {
+        match make_certificates(server.dir(), false) {
             Ok(()) => server.start_in_dir(),
             Err(error) if error.kind() == ErrorKind::NotFound => {
                 drop(server);
@@ -573,10 +576,13 @@ impl Monitor {
 /// Makes, in `dir`, a throwaway CA ([`CA_CERT`]) and a server certificate
 /// for `127.0.0.1` and `localhost` signed by it ([`SERVER_CERT`],
 /// [`SERVER_KEY`]), with the `openssl` command-line tool: P-256 keys, valid
-/// for [`CERT_DAYS`] days. The CA's key and the other scratch files are removed.
+/// for [`CERT_DAYS`] days; with `client`, also a client certificate (`CN=lockman-test-client`,
+/// [`CLIENT_CERT`], [`CLIENT_KEY`]) signed by the same CA. The CA's key and
+/// the other scratch files are removed. (The etcd fixture's TLS server uses
+/// it too.)
 ///
 /// An error of kind `NotFound` means `openssl` is not on `PATH`.
-fn make_certificates(dir: &Path) -> io::Result<()> {
+pub(crate) fn make_certificates(dir: &Path, client: bool) -> io::Result<()> {
     const NEW_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     fs::write(
         dir.join("server.ext"),
@@ -596,6 +602,19 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
         &[&["x509", "-req", "-in", "server.csr", "-CA", CA_CERT, "-CAkey", "ca.key", "-set_serial", "2",
             "-days", CERT_DAYS, "-extfile", "server.ext", "-out", SERVER_CERT]],
     ];
+    fs::write(
+        dir.join("client.ext"),
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = clientAuth\n",
+    )?;
+    #[rustfmt::skip]
+    let client_steps: [&[&[&str]]; 2] = [
+        &[&["req", "-new"], &NEW_KEY, &["-subj", "/CN=lockman-test-client", "-keyout", CLIENT_KEY, "-out", "client.csr"]],
+        &[&["x509", "-req", "-in", "client.csr", "-CA", CA_CERT, "-CAkey", "ca.key", "-set_serial", "3",
+            "-days", CERT_DAYS, "-extfile", "client.ext", "-out", CLIENT_CERT]],
+    ];
+    let steps = steps.iter().chain(client_steps.iter().filter(|_| client));
     let log_path = dir.join("openssl.log");
     for step in steps {
         let args = step.concat();
@@ -612,8 +631,11 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
             return Err(io::Error::other(format!("openssl {} failed ({status}):\n{output}", args.join(" "))));
         }
     }
-    for scratch in ["ca.key", "server.csr", "server.ext", "openssl.log"] {
-        fs::remove_file(dir.join(scratch))?;
+    for scratch in ["ca.key", "server.csr", "server.ext", "client.csr", "client.ext", "openssl.log"] {
+        match fs::remove_file(dir.join(scratch)) {
+            Err(error) if error.kind() != ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
     }
     Ok(())
 }
