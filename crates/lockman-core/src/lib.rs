@@ -129,6 +129,35 @@ pub fn in_background<F: std::future::Future + Unpin>(future: F) -> Result<InBack
     Ok(InBackground::new(background_handle()?, future))
 }
 
+/// Runs `task` where it keeps going while the caller's task is busy in
+/// synchronous code: on the caller's runtime if it is a multi-thread one
+/// (its other workers run it, without a hop to another thread), else — a
+/// current-thread runtime, which a blocked caller stops entirely, or no
+/// runtime — on lockman's background runtime. For keep-alives and watches
+/// a grant depends on.
+///
+/// # Errors
+///
+/// [`LockError::Backend`] if the background runtime is needed and cannot
+/// be started.
+pub fn spawn_detached<F>(task: F) -> Result<(), LockError>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if callers_runtime_keeps_running() {
+        tokio::runtime::Handle::current().spawn(task);
+        return Ok(());
+    }
+    spawn_background(task)
+}
+
+/// Whether the caller is on a multi-thread runtime, whose workers keep
+/// running tasks while one caller blocks (see [`spawn_detached`]).
+pub fn callers_runtime_keeps_running() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// A handle to lockman's background runtime (one thread, I/O and timers
 /// enabled), for backends that keep it beside a connection and wrap each
 /// command in [`InBackground::new`].

@@ -60,10 +60,8 @@ pub(crate) fn spawn_detached<F>(task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    if let Ok(handle) = Handle::try_current()
-        && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        handle.spawn(task);
+    if crate::callers_runtime_keeps_running() {
+        Handle::current().spawn(task);
         return;
     }
     match background() {

@@ -172,7 +172,14 @@ impl EtcdBackend {
         // it connects, and it must outlive a caller runtime that idles or
         // is dropped while the manager is used elsewhere.
         let endpoints = options.endpoints.clone();
-        let connecting = lockman_core::in_background(Box::pin(Client::connect(endpoints, Some(connect))))?;
+        // (From a multi-thread runtime, its workers drive it; a manager
+        // connected there stops working once that runtime is dropped.)
+        let connecting = Box::pin(Client::connect(endpoints, Some(connect)));
+        let connecting = if lockman_core::callers_runtime_keeps_running() {
+            lockman_core::InBackground::new(tokio::runtime::Handle::current(), connecting)
+        } else {
+            lockman_core::in_background(connecting)?
+        };
         let client = tokio::time::timeout(options.connect_timeout, connecting)
             .await
             .map_err(|_| {
@@ -652,9 +659,9 @@ impl LockBackend for EtcdBackend {
         let expires_at = request.lease.and_then(|lease| granted_at.checked_add(lease));
         let (expiry, expiry_rx) = watch::channel(request.lease.map(|lease| Instant::now() + lease));
         let session_slot = session.register(request.loss.clone());
-        // On the background runtime, like the session's keep-alive: loss
-        // must be noticed while the caller's runtime idles.
-        lockman_core::spawn_background(
+        // Where it keeps running while the caller blocks, like the session's
+        // keep-alive: loss must be noticed while the caller's runtime idles.
+        lockman_core::spawn_detached(
             monitor::Monitor {
                 client: self.client.clone(),
                 key: key.clone(),

@@ -26,8 +26,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// which the key is bound to, is over.
 pub(crate) fn delete(client: &Client, key: String, revision: Option<i64>, session: &Arc<Session>) {
     let (client, session) = (client.clone(), Arc::downgrade(session));
-    // On the background runtime: the caller's may be idle, or gone.
-    if let Err(e) = lockman_core::spawn_background(delete_until_done(client, key.clone(), revision, session)) {
+    // Where it keeps running while the caller blocks (`spawn_detached`).
+    if let Err(e) = lockman_core::spawn_detached(delete_until_done(client, key.clone(), revision, session)) {
         tracing::warn!(%key, error = %e, "cannot delete a lock key; it goes with the manager's etcd lease");
     }
 }

@@ -310,12 +310,12 @@ async fn leader_killed_while_locks_are_held_and_awaited() {
     // A member reports the term of what it has applied: the new leader's
     // first entry shows the new term a moment after the election.
     let new_term = blocking(|| cluster.wait_for_term_above(old_term, BOUND));
-    println!(
+    say(&format!(
         "LEADER CHANGED: {} (term {old_term}) killed while \"held\" was held (token {held_token}) with a waiter \
          queued; {} leads (term {new_term}) {elected:?} later",
         cluster.name(old),
         cluster.name(new),
-    );
+    ));
     assert_ne!(old, new);
 
     // The workers are served again by the new leader, with higher tokens.
@@ -519,7 +519,7 @@ async fn partitioned_member(pause_the_leader: bool) {
     let granted_after = granted_at - paused;
     if pause_the_leader {
         let new = blocking(|| cluster.wait_for_leader(Some(leader), BOUND));
-        println!("LEADER CHANGED: {} leads while {} is paused", cluster.name(new), cluster.name(leader));
+        say(&format!("LEADER CHANGED: {} leads while {} is paused", cluster.name(new), cluster.name(leader)));
     }
     blocking(|| cluster.resume(isolated));
     let reason = told.expect("the partitioned holder was never told it lost the lock");
@@ -543,4 +543,11 @@ async fn partitioned_member(pause_the_leader: bool) {
     history.hold("healed", again, std::future::ready(())).await;
     history.assert_clean();
     println!("partition test took {:?}", test.elapsed());
+}
+
+/// Writes `line` to the real stderr: the test harness captures `println!`
+/// and `eprintln!`, and CI's log must show that the leader changed.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
