@@ -63,6 +63,7 @@ pub mod redis_server;
 pub mod reentrancy;
 pub mod relay;
 pub mod release;
+pub mod runtimes;
 pub mod timing;
 pub mod url_options;
 

@@ -1,0 +1,113 @@
+//! Checks that a manager is not tied to the runtime that connected it: it
+//! works from another runtime while the first idles or after it is dropped,
+//! from threads with no runtime (the blocking API), and keeps its lease
+//! while the holder's current-thread runtime is blocked in synchronous work.
+//!
+//! Unlike the conformance checks these are plain functions (they build
+//! runtimes of their own, so they cannot run inside `#[tokio::test]`): call
+//! them from `#[test]`s with a function that connects a new manager.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use lockman_core::LockManager;
+//! # async fn connect() -> Arc<dyn LockManager> { unimplemented!() }
+//! lockman_testkit::runtimes::works_after_the_connecting_runtime_is_dropped(|| Box::pin(connect()));
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockman_core::blocking::BlockingLockManager;
+use lockman_core::{AcquireOptions, LockManager};
+
+/// Connects a new manager (on whatever runtime polls the future).
+pub trait Connect: Fn() -> Pin<Box<dyn Future<Output = Arc<dyn LockManager>>>> {}
+impl<F: Fn() -> Pin<Box<dyn Future<Output = Arc<dyn LockManager>>>>> Connect for F {}
+
+/// A current-thread runtime.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A multi-thread runtime with one worker.
+pub fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+}
+
+/// Connects a manager on `runtime`.
+pub fn connect_on(runtime: &tokio::runtime::Runtime, connect: &impl Connect) -> Arc<dyn LockManager> {
+    runtime.block_on(connect())
+}
+
+/// One acquire and release of `resource` on `runtime`, bounded in time.
+pub fn cycle_on(runtime: &tokio::runtime::Runtime, locks: &Arc<dyn LockManager>, resource: &str) {
+    runtime.block_on(async {
+        let options = AcquireOptions::new().timeout(Duration::from_secs(3));
+        let guard = tokio::time::timeout(Duration::from_secs(5), locks.acquire(resource, options))
+            .await
+            .expect("acquire hung")
+            .expect("acquire from another runtime");
+        guard.release().await.expect("release from another runtime");
+    });
+}
+
+/// Connected on a current-thread runtime that then sits idle (nobody
+/// drives it), used from another runtime — also by a waiter that must be
+/// woken by a release.
+pub fn works_from_another_runtime_while_the_connecting_one_is_idle(connect: impl Connect) {
+    let connecting = current_thread();
+    let locks = connect_on(&connecting, &connect);
+    let other = current_thread();
+    cycle_on(&other, &locks, "idle-connector");
+    other.block_on(async {
+        let first = locks.acquire("idle-connector", AcquireOptions::new()).await.expect("first");
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                locks.acquire("idle-connector", AcquireOptions::new().timeout(Duration::from_secs(3))).await
+            })
+        };
+        tokio::task::yield_now().await;
+        first.release().await.expect("release");
+        let second = waiter.await.expect("join").expect("the waiter is woken");
+        second.release().await.expect("release");
+    });
+    drop(connecting);
+}
+
+/// Connected on a current-thread runtime that is then dropped.
+pub fn works_after_the_connecting_runtime_is_dropped(connect: impl Connect) {
+    let connecting = current_thread();
+    let locks = connect_on(&connecting, &connect);
+    drop(connecting);
+    cycle_on(&current_thread(), &locks, "dropped-connector");
+}
+
+/// Connected on a runtime that is then dropped, used through the blocking API.
+pub fn works_from_a_thread_without_a_runtime(connect: impl Connect) {
+    let connecting = current_thread();
+    let locks = connect_on(&connecting, &connect);
+    drop(connecting);
+    let blocking = BlockingLockManager::new(locks);
+    let guard = blocking.acquire("no-runtime", AcquireOptions::new().timeout(Duration::from_secs(3))).expect("acquire");
+    guard.release().expect("release");
+}
+
+/// A guard taken on a current-thread runtime keeps its lease while that
+/// runtime is stuck in synchronous work inside the critical section for
+/// `blocked` (make it longer than the manager's default lease).
+pub fn the_lease_is_kept_while_the_callers_runtime_is_blocked(connect: impl Connect, blocked: Duration) {
+    let runtime = current_thread();
+    let locks = connect_on(&runtime, &connect);
+    runtime.block_on(async {
+        let guard = locks.acquire("blocked-holder", AcquireOptions::new()).await.expect("acquire");
+        // Synchronous work in the critical section, blocking this runtime's only thread.
+        std::thread::sleep(blocked);
+        assert!(!guard.is_lost(), "the lease ran out while the holder's runtime was blocked");
+        let other = locks.try_acquire("blocked-holder", AcquireOptions::new()).await.expect("try_acquire");
+        assert!(other.is_none(), "another holder got the lock while the first still held it");
+        guard.release().await.expect("release");
+    });
+}
