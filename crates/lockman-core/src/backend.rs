@@ -183,9 +183,9 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     /// in-process backend's do (a paused test clock runs them out in
     /// virtual time): core then renews and watches them on the caller's
     /// runtime. A backend whose leases live in a store outside the process
-    /// keeps the default, `false`: core renews them on its background
-    /// runtime, which keeps going while the caller's runtime is blocked in
-    /// synchronous work or gone.
+    /// keeps the default, `false`: core renews them where they keep going
+    /// while the caller's task is blocked in synchronous work (see
+    /// [`spawn_detached`](crate::spawn_detached)).
     fn leases_follow_callers_clock(&self) -> bool {
         false
     }

@@ -144,11 +144,8 @@ pub fn spawn_detached<F>(task: F) -> Result<(), LockError>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    if callers_runtime_keeps_running() {
-        tokio::runtime::Handle::current().spawn(task);
-        return Ok(());
-    }
-    spawn_background(task)
+    runtime::detached_home()?.spawn(task);
+    Ok(())
 }
 
 /// Whether the caller is on a multi-thread runtime, whose workers keep

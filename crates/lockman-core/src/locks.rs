@@ -280,10 +280,10 @@ impl<B: LockBackend> Locks<B> {
             } else {
                 Held::watch_lease_expiry(held.clone()).boxed()
             };
-            // Not on the caller's runtime, unless the lease runs on its
-            // clock: a current-thread runtime stuck in synchronous work
-            // inside the critical section (or dropped while the guard lives
-            // on) would let the lease run out under a holder still using it.
+            // Where it keeps running while the caller blocks, unless the
+            // lease runs on the caller's clock: a current-thread runtime
+            // stuck in synchronous work inside the critical section would
+            // let the lease run out under a holder still using it.
             if self.shared.backend.leases_follow_callers_clock() {
                 runtime::spawn(task);
             } else {

@@ -49,24 +49,28 @@ where
     }
 }
 
-/// Spawns `task` where it keeps running while the caller's task is busy in
-/// synchronous code: on the caller's runtime if it is a multi-thread one
-/// (its other workers run it, and a renewal shares the caller's thread
-/// pool: spawning every renewal on the one background thread cost a thread
-/// wake-up per grant), else — a current-thread runtime, which a blocked
-/// caller stops entirely, or none — on the background runtime.
-/// For renewing a lease and watching it run out.
+/// Where [`spawn_detached`](crate::spawn_detached) runs a task: the
+/// caller's runtime if it is a multi-thread one (its other workers run it,
+/// and a renewal shares the caller's thread pool instead of a wake-up of
+/// the background thread per grant), else — a current-thread runtime, which
+/// a blocked caller stops entirely, or none — the background runtime.
+pub(crate) fn detached_home() -> Result<Handle, LockError> {
+    match Handle::try_current() {
+        Ok(caller) if caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => Ok(caller),
+        _ => Ok(background()?.handle().clone()),
+    }
+}
+
+/// [`spawn_detached`](crate::spawn_detached), falling back to the caller's
+/// runtime if the background one cannot start. For renewing a lease and
+/// watching it run out.
 pub(crate) fn spawn_detached<F>(task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    if crate::callers_runtime_keeps_running() {
-        Handle::current().spawn(task);
-        return;
-    }
-    match background() {
-        Ok(runtime) => {
-            runtime.spawn(task);
+    match detached_home() {
+        Ok(home) => {
+            home.spawn(task);
         }
         Err(e) => {
             tracing::warn!(error = %e, "renewing on the caller's runtime");
