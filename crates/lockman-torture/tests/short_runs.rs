@@ -241,6 +241,15 @@ fn the_checker_reports_readers_and_permit_holders_without_locks() {
     }
 }
 
+/// A run in which no worker ever got the lock (here: nothing listens at the
+/// URL) proves nothing and must fail, not pass with zero sections.
+#[test]
+fn a_run_in_which_no_worker_held_the_lock_fails() {
+    let outcome = torture(&["--url", "redis://127.0.0.1:1/0", "--faults", "none", "--seed", "5"], 2);
+    assert!(!outcome.passed, "a run with no section passed:\n{}", outcome.stdout);
+    assert!(outcome.stdout.contains("no lockman worker held the lock"), "it does not say why:\n{}", outcome.stdout);
+}
+
 #[test]
 fn the_checker_reports_a_run_without_locks() {
     let outcome = torture(&["--backend", "memory", "--no-lock", "--faults", "none", "--seed", "108"], 2);
