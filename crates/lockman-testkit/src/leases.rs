@@ -211,6 +211,10 @@ pub async fn expired_lease_passes_lock_to_next_waiter(h: &dyn Harness) {
         })
     };
     b_parked_rx.await.expect("B did not park");
+    // A store round trip on the same manager before C starts: on a network
+    // store, "pending after one poll" means B's request was sent, not that
+    // the store has it (etcd serves concurrent requests in either order).
+    locks.state("r").await.expect("state");
     let (c_parked, c_parked_rx) = oneshot::channel();
     let c = {
         let locks = locks.clone();
