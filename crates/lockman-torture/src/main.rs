@@ -73,6 +73,10 @@ struct WorkerArgs {
     counter: PathBuf,
     #[arg(long)]
     wait_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    idle_min_ms: u64,
+    #[arg(long, default_value_t = 2)]
+    idle_max_ms: u64,
     #[arg(long)]
     extend_percent: u32,
     #[arg(long)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
                 seed: common.seed,
                 hold_ms: (common.hold_min_ms, common.hold_max_ms),
                 wait: Duration::from_millis(args.wait_ms),
+                idle_ms: (args.idle_min_ms, args.idle_max_ms),
                 extend_percent: args.extend_percent,
                 no_lock: args.no_lock,
                 check_tokens: !args.unchecked_tokens,

@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// How long one acquire waits at most.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// A worker's pause after each section, drawn uniformly: `MIN..MAX` in
+    /// ms. Longer pauses leave the lock free now and then, which old daemons
+    /// (who never queue) need to get in at all.
+    #[arg(long, default_value = "0..2")]
+    idle_ms: HoldRange,
     /// In how many of 100 sections a worker extends its lease (to three
     /// leases) and holds past the default lease.
     #[arg(long, default_value_t = 3)]
@@ -170,7 +175,7 @@ impl Preset {
     }
 }
 
-/// Hold times in ms.
+/// A range of times in ms (hold times, idle times).
 #[derive(Debug, Clone, Copy)]
 struct HoldRange(u64, u64);
 
@@ -708,6 +713,7 @@ impl Harness {
             seed: self.rng.u64(..),
             hold_ms: (self.args.hold_ms.0, self.args.hold_ms.1),
             wait: self.args.wait,
+            idle_ms: (self.args.idle_ms.0, self.args.idle_ms.1),
             extend_percent: self.args.extend_percent,
             no_lock: self.args.no_lock,
             check_tokens: !self.args.unchecked_tokens,
@@ -735,6 +741,7 @@ impl Harness {
             .args(["--until-us", &spec.until_us.to_string(), "--seed", &spec.seed.to_string()])
             .args(["--hold-min-ms", &spec.hold_ms.0.to_string(), "--hold-max-ms", &spec.hold_ms.1.to_string()])
             .args(["--wait-ms", &spec.wait.as_millis().to_string()])
+            .args(["--idle-min-ms", &spec.idle_ms.0.to_string(), "--idle-max-ms", &spec.idle_ms.1.to_string()])
             .args(["--extend-percent", &spec.extend_percent.to_string()])
             .args(["--mode", &spec.mode.to_string()]);
         if let Some(bridge) = &spec.bridge {

@@ -44,6 +44,8 @@ pub struct WorkerSpec {
     pub hold_ms: (u64, u64),
     /// How long one acquire waits at most.
     pub wait: Duration,
+    /// The pause after each section is drawn uniformly from this range (ms).
+    pub idle_ms: (u64, u64),
     /// In how many of 100 sections to `extend` the lease (to three leases)
     /// and then hold longer than the default lease.
     pub extend_percent: u32,
@@ -127,7 +129,9 @@ pub async fn run(spec: WorkerSpec, stall_until: Option<Arc<AtomicU64>>) -> Resul
             let err = result.err().map(|e| e.to_string());
             worker.log.write(&Event::Released { t: now_us(), ok: err.is_none(), err });
         }
-        tokio::time::sleep(Duration::from_micros(worker.rng.u64(0..=2_000))).await;
+        let (idle_min, idle_max) = worker.spec.idle_ms;
+        tokio::time::sleep(Duration::from_micros(worker.rng.u64(idle_min * 1_000..=idle_max.max(idle_min) * 1_000)))
+            .await;
     }
     worker.log.write(&Event::Exit { t: now_us() });
     Ok(())

@@ -119,7 +119,14 @@ fn lease_file_with_kills_stops_and_a_full_disk() {
 
 #[test]
 fn legacy_file_with_old_daemons() {
-    let outcome = assert_passes(&["--backend", "legacy-file", "--seed", "104"], 10);
+    // Old daemons never queue: they get in only when they look while the
+    // file is absent. Eight workers pausing ≤ 2 ms keep it nearly always
+    // present (a CI run saw no old section in 10 s); four pausing 10–60 ms
+    // gave 8–20 old sections in every run here.
+    let outcome = assert_passes(
+        &["--backend", "legacy-file", "--seed", "104", "--workers", "4", "--old", "4", "--idle-ms", "10..60"],
+        10,
+    );
     assert!(outcome.report["old_sections"].as_u64().unwrap() > 0, "the old daemons never got in");
 }
 
