@@ -1,12 +1,15 @@
 //! Key names and the record stored in a lock key's value.
 //!
-//! A lock's keys are `PREFIX/lock/<resource>/<grant id>`: `<resource>` is
-//! the name with `%` and `/` percent-encoded, so one resource's directory
-//! never contains another's, and `<grant id>` is a fresh UUID per request.
+//! A lock's keys are `PREFIX/lock/<resource>/<kind><grant id>`: `<resource>`
+//! is the name with `%` and `/` percent-encoded, so one resource's directory
+//! never contains another's; `<kind>` is `x` (exclusive), `s` (shared) or
+//! `p` (a permit), so a reader finds the writers before it with one
+//! prefix read, as etcd's reader-writer recipe does; `<grant id>` is a
+//! fresh UUID per request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockman_core::{FencingToken, HolderId, LockInfo};
+use lockman_core::{FencingToken, HolderId, LockInfo, LockMode};
 use serde::{Deserialize, Serialize};
 
 use crate::BACKEND;
@@ -23,9 +26,19 @@ impl ResourceKeys {
         ResourceKeys { dir: format!("{}{}/", locks_dir(prefix), encode(resource)) }
     }
 
-    /// A fresh grant key.
-    pub(crate) fn grant_key(&self) -> String {
-        format!("{}{}", self.dir, uuid::Uuid::new_v4().simple())
+    /// A fresh grant key for a request in `mode`.
+    pub(crate) fn grant_key(&self, mode: LockMode) -> String {
+        let kind = match mode {
+            LockMode::Exclusive => 'x',
+            LockMode::Shared => 's',
+            LockMode::Permits(_) => 'p',
+        };
+        format!("{}{kind}{}", self.dir, uuid::Uuid::new_v4().simple())
+    }
+
+    /// The prefix of the resource's exclusive keys (the writers).
+    pub(crate) fn exclusive_prefix(&self) -> String {
+        format!("{}x", self.dir)
     }
 }
 
@@ -102,6 +115,13 @@ pub(crate) struct Record {
     /// Set by `force_release` just before it deletes the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) forced: Option<String>,
+    /// How the request holds the resource (left out when exclusive).
+    #[serde(default, skip_serializing_if = "is_exclusive")]
+    pub(crate) mode: LockMode,
+}
+
+fn is_exclusive(mode: &LockMode) -> bool {
+    *mode == LockMode::Exclusive
 }
 
 impl Record {
@@ -124,6 +144,7 @@ impl Record {
         info.acquired_at = from_ms(self.since_ms).unwrap_or(UNIX_EPOCH);
         info.lease_expires_at = self.lease_until_ms.and_then(from_ms);
         info.hold_count = 1;
+        info.mode = self.mode;
         info
     }
 }

@@ -82,16 +82,19 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted};
-use lockman_core::{Capabilities, FencingToken, LockBackend, LockError, LockInfo, LockState, Locks, WakeMechanism};
+use lockman_core::{
+    Capabilities, FencingToken, LockBackend, LockError, LockInfo, LockMode, LockState, Locks, WakeMechanism,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod keys;
 mod monitor;
 mod options;
+mod queue;
 mod reaper;
 mod retry;
 mod session;
@@ -110,6 +113,11 @@ pub use url_options::{EtcdConfigKey, EtcdUrlDefaults};
 
 /// The backend's name in errors, events and metrics.
 pub const BACKEND: &str = "etcd";
+
+/// The most keys of one resource read to show its holders (`state`,
+/// `list`, a timeout's message, `force_release`): a shared lock with more
+/// readers than this shows (and force-releases) the oldest ones.
+const QUEUE_READ_LIMIT: i64 = 1024;
 
 /// A complete lock manager on etcd.
 pub type EtcdLockManager = Locks<EtcdBackend>;
@@ -260,17 +268,46 @@ impl EtcdBackend {
         result.map_err(|e| Self::error(action, resource, e))
     }
 
-    /// The oldest key of a resource (the holder), and the header revision.
-    async fn owner(&self, resource: &str) -> Result<Option<KeyValue>, LockError> {
-        let keys = self.keys(resource);
-        let options = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let mut response =
-            self.get(keys.dir.clone(), options).await.map_err(|e| Self::error("reading the holder", resource, e))?;
-        Ok(response.take_kvs().into_iter().next())
+    /// How a resource's queue is read: its keys, oldest first (at most
+    /// [`QUEUE_READ_LIMIT`]).
+    fn queue_read() -> GetOptions {
+        GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(QUEUE_READ_LIMIT)
     }
 
-    /// Waits until no key of the resource older than `revision` is left.
-    /// `Ok(true)` when granted, `Ok(false)` at the deadline.
+    /// A resource's keys, oldest first: its holders, then its waiters.
+    async fn queue(&self, resource: &str) -> Result<Vec<KeyValue>, LockError> {
+        let keys = self.keys(resource);
+        let mut response = self
+            .get(keys.dir.clone(), Self::queue_read())
+            .await
+            .map_err(|e| Self::error("reading the holders", resource, e))?;
+        Ok(response.take_kvs())
+    }
+
+    /// Deletes the key of a request that will not be granted (in the
+    /// background if etcd does not answer in time).
+    async fn withdraw(&self, waiting: WaitingKey<'_>, deadline: Option<Instant>, resource: &str) {
+        let Some(key) = waiting.key.clone() else { return };
+        let delete = Txn::new().and_then([TxnOp::delete(key.as_str(), None)]);
+        let deadline = deadline.map(|at| at.max(Instant::now() + self.options.response_timeout));
+        match Self::before(deadline, "withdrawing a request", resource, self.txn(delete)).await {
+            Ok(_) => waiting.disarm(),
+            Err(e) => {
+                tracing::warn!(resource, error = %e, "cannot delete a request's key; trying again in the background");
+                drop(waiting);
+            }
+        }
+    }
+
+    /// Waits until the keys of the resource older than `revision` admit
+    /// this request's mode (see [`queue`]): none left for an exclusive
+    /// request, no exclusive one for a shared request, fewer than n for a
+    /// permit of n. `Ok(true)` when granted, `Ok(false)` at the deadline.
+    ///
+    /// An exclusive or shared waiter watches only the one key it waits for
+    /// (the key just before its own, or the last writer before it), so a
+    /// release wakes one waiter, not the herd; a permit waiter watches the
+    /// deletes of the keys before its own, since any of them frees a permit.
     ///
     /// A request that fails for a passing reason (no leader during an
     /// election, a member going away, a timeout) is sent again after a
@@ -289,13 +326,28 @@ impl EtcdBackend {
         let deadline = request.deadline.instant();
         let mut backoff = retry::Backoff::new();
         loop {
-            // The key just before ours, and ours (gone if our lease was lost).
-            let before = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_max_create_revision(revision - 1)
-                .with_limit(1);
-            let txn = Txn::new().and_then([TxnOp::get(keys.dir.as_str(), Some(before)), TxnOp::get(key, None)]);
+            // What holds us back, and our key (gone if our lease was lost).
+            let before = GetOptions::new().with_prefix().with_max_create_revision(revision - 1);
+            let blocking = match request.mode {
+                LockMode::Exclusive => TxnOp::get(
+                    keys.dir.as_str(),
+                    Some(before.with_sort(SortTarget::Create, SortOrder::Descend).with_limit(1)),
+                ),
+                LockMode::Shared => TxnOp::get(
+                    keys.exclusive_prefix(),
+                    Some(before.with_sort(SortTarget::Create, SortOrder::Descend).with_limit(1)),
+                ),
+                LockMode::Permits(n) => TxnOp::get(
+                    keys.dir.as_str(),
+                    Some(
+                        before
+                            .with_sort(SortTarget::Create, SortOrder::Ascend)
+                            .with_limit(i64::from(n))
+                            .with_keys_only(),
+                    ),
+                ),
+            };
+            let txn = Txn::new().and_then([blocking, TxnOp::get(key, None)]);
             let response = match Self::before(deadline, "waiting for the lock", resource, self.txn(txn)).await {
                 Ok(response) => response,
                 Err(_) if request.deadline.has_passed() => return Ok(false),
@@ -313,7 +365,7 @@ impl EtcdBackend {
                 TxnOpResponse::Get(get) => Some(get),
                 _ => None,
             });
-            let predecessor = gets.next().and_then(|g| g.kvs().first().cloned());
+            let before = gets.next().map(|g| g.kvs().to_vec()).unwrap_or_default();
             let ours = gets.next().is_some_and(|g| !g.kvs().is_empty());
             if !ours {
                 return Err(LockError::backend(
@@ -324,7 +376,14 @@ impl EtcdBackend {
                      deleted it); try again",
                 ));
             }
-            let Some(predecessor) = predecessor else { return Ok(true) };
+            let awaited = match request.mode {
+                LockMode::Permits(n) if before.len() < n as usize => return Ok(true),
+                LockMode::Permits(_) => Awaited::EarlierDelete,
+                LockMode::Exclusive | LockMode::Shared => match before.into_iter().next() {
+                    Some(kv) => Awaited::Delete(kv),
+                    None => return Ok(true),
+                },
+            };
             if request.deadline.has_passed() {
                 return Ok(false);
             }
@@ -334,14 +393,20 @@ impl EtcdBackend {
             // handoffs by up to that. A delete between our read and the
             // watch's start is caught by a check once the watch is created,
             // needed only if etcd's revision moved on in between.
-            let watch = WatchOptions::new();
+            let (watched_key, watch) = match &awaited {
+                Awaited::Delete(kv) => (kv.key().to_vec(), WatchOptions::new()),
+                Awaited::EarlierDelete => (
+                    keys.dir.clone().into_bytes(),
+                    WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]).with_prev_key(),
+                ),
+            };
             let watched = Self::before(
                 deadline,
                 "watching the previous waiter",
                 resource,
                 retry::unsent_again(self.attempts(), || {
                     let mut client = self.client.watch_client();
-                    let (key, watch) = (predecessor.key().to_vec(), watch.clone());
+                    let (key, watch) = (watched_key.clone(), watch.clone());
                     async move { client.watch(key, Some(watch)).await }
                 }),
             )
@@ -369,13 +434,16 @@ impl EtcdBackend {
                 };
                 match message {
                     Ok(Some(response)) => {
-                        if response.canceled() || response.events().iter().any(|e| e.event_type() == EventType::Delete)
-                        {
+                        if response.canceled() || response.events().iter().any(|e| awaited.is_met_by(e, revision)) {
                             break;
                         }
                         let moved_on = response.header().is_none_or(|h| h.revision() != read_revision);
                         if response.created() && moved_on {
-                            let check = self.is_gone(&predecessor);
+                            let Awaited::Delete(predecessor) = &awaited else {
+                                // Any earlier key may have gone meanwhile: count again.
+                                break;
+                            };
+                            let check = self.is_gone(predecessor);
                             let gone = match deadline {
                                 // Out of time: look again, which then gives up.
                                 Some(at) => tokio::time::timeout_at(at, check).await.unwrap_or(true),
@@ -413,17 +481,7 @@ impl EtcdBackend {
             since_ms: keys::unix_ms(now),
             lease_until_ms: request.lease.and_then(|l| now.checked_add(l)).map(keys::unix_ms),
             forced: None,
-        }
-    }
-
-    fn info_of(resource: &str, kv: &KeyValue) -> LockInfo {
-        let token = FencingToken::new(u64::try_from(kv.create_revision()).unwrap_or(0));
-        match Record::from_bytes(kv.value()) {
-            Some(record) => record.info(resource, token),
-            None => {
-                tracing::warn!(resource, key = %String::from_utf8_lossy(kv.key()), "unreadable etcd lock record");
-                keys::unreadable(resource, token)
-            }
+            mode: request.mode,
         }
     }
 }
@@ -474,6 +532,29 @@ fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result
     Ok(connect)
 }
 
+/// What a waiter waits for.
+enum Awaited {
+    /// The delete of this key (the one just before its own, or the last
+    /// writer before it).
+    Delete(KeyValue),
+    /// The delete of any key older than its own (a permit freed).
+    EarlierDelete,
+}
+
+impl Awaited {
+    /// Whether `event` is what the waiter of the key at `revision` awaits.
+    fn is_met_by(&self, event: &etcd_client::Event, revision: i64) -> bool {
+        if event.event_type() != EventType::Delete {
+            return false;
+        }
+        match self {
+            Awaited::Delete(_) => true,
+            // Without the deleted key's earlier version, look again to be sure.
+            Awaited::EarlierDelete => event.prev_kv().is_none_or(|kv| kv.create_revision() < revision),
+        }
+    }
+}
+
 /// Deletes a waiting key if its acquire is dropped or gives up.
 struct WaitingKey<'a> {
     client: &'a Client,
@@ -513,6 +594,7 @@ impl LockBackend for EtcdBackend {
             .with_fencing(true)
             .with_fifo(true)
             .with_wake(WakeMechanism::Notification)
+            .with_modes(true, true)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<EtcdGrant>, LockError> {
@@ -531,7 +613,7 @@ impl LockBackend for EtcdBackend {
         // (the transaction writes the key only if it is not there yet).
         let mut backoff = retry::Backoff::new();
         let mut attempt: Option<(WaitingKey<'_>, SystemTime, Record)> = None;
-        let (session, key, now, record, waiting, revision, owner) = loop {
+        let (session, key, now, record, waiting, revision, granted, held_by) = loop {
             let session = match deadline {
                 Some(at) => tokio::time::timeout_at(at, self.sessions.get()).await.map_err(|_| {
                     LockError::backend(
@@ -561,20 +643,33 @@ impl LockBackend for EtcdBackend {
                 _ => {
                     let now = SystemTime::now();
                     // Armed before the request is sent: a drop mid-flight deletes the key too.
-                    let waiting =
-                        WaitingKey { client: &self.client, session: session.clone(), key: Some(keys.grant_key()) };
+                    let waiting = WaitingKey {
+                        client: &self.client,
+                        session: session.clone(),
+                        key: Some(keys.grant_key(request.mode)),
+                    };
                     (waiting, now, Self::record(request, now))
                 }
             };
             let key = waiting.key.clone().unwrap_or_default();
-            let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+            // The head of the queue: the holder (its mode must agree with
+            // ours), or the n oldest keys for a permit of n.
+            let head_len = request.mode.permit_count().map_or(1, i64::from);
+            let head =
+                GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(head_len);
+            let mut then = vec![
+                TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
+                TxnOp::get(keys.dir.as_str(), Some(head.clone())),
+            ];
+            if request.mode == LockMode::Shared {
+                // A reader is granted when no writer is queued before it.
+                let last = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
+                then.push(TxnOp::get(keys.exclusive_prefix(), Some(last)));
+            }
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(key.as_str(), record.to_bytes(), Some(PutOptions::new().with_lease(session.id))),
-                    TxnOp::get(keys.dir.as_str(), Some(first.clone())),
-                ])
-                .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(first))]);
+                .and_then(then)
+                .or_else([TxnOp::get(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(head))]);
             match Self::before(deadline, "requesting the lock", resource, self.txn(txn)).await {
                 Ok(response) => {
                     let written = response.succeeded();
@@ -590,8 +685,16 @@ impl LockBackend for EtcdBackend {
                     } else {
                         gets.next().and_then(|get| get.kvs().first().map(KeyValue::create_revision)).unwrap_or(0)
                     };
-                    let owner = gets.next().and_then(|get| get.kvs().first().cloned());
-                    break (session, key, now, record, waiting, revision, owner);
+                    let head = gets.next().map(|get| get.kvs().to_vec()).unwrap_or_default();
+                    let writer_queued = gets.next().is_some_and(|get| !get.kvs().is_empty());
+                    let granted = match request.mode {
+                        LockMode::Exclusive => head.first().is_some_and(|kv| kv.create_revision() == revision),
+                        // A retry's key may be older than the writers it saw: the wait looks.
+                        LockMode::Shared => written && !writer_queued,
+                        LockMode::Permits(_) => head.iter().any(|kv| kv.create_revision() == revision),
+                    };
+                    let held_by = head.first().filter(|kv| kv.create_revision() != revision).map(queue::mode_of);
+                    break (session, key, now, record, waiting, revision, granted, held_by);
                 }
                 Err(e) if request.deadline != Deadline::Now && retry::passing(&e) && !session.is_dead() => {
                     tracing::debug!(resource, error = %e, "etcd did not answer a lock request; asking again");
@@ -603,8 +706,14 @@ impl LockBackend for EtcdBackend {
                 Err(e) => return Err(e),
             }
         };
+        if let Some(held) = held_by
+            && let Err(refused) = request.mode.agrees_with(held, resource, BACKEND)
+        {
+            self.withdraw(waiting, deadline, resource).await;
+            return Err(refused);
+        }
         let mut waited = false;
-        if owner.as_ref().is_none_or(|kv| kv.create_revision() != revision) {
+        if !granted {
             let granted = match request.deadline {
                 Deadline::Now => false,
                 _ => {
@@ -616,10 +725,10 @@ impl LockBackend for EtcdBackend {
                 // One transaction deletes our key and then reads the holder
                 // (so the holder is never us): the caller's timeout comes
                 // one round trip after its deadline, not two.
-                let first =
-                    GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-                let give_up = Txn::new()
-                    .and_then([TxnOp::delete(key.as_str(), None), TxnOp::get(keys.dir.as_str(), Some(first))]);
+                let give_up = Txn::new().and_then([
+                    TxnOp::delete(key.as_str(), None),
+                    TxnOp::get(keys.dir.as_str(), Some(Self::queue_read())),
+                ]);
                 let holder = match Self::before(
                     deadline.map(|at| at.max(Instant::now() + self.options.response_timeout)),
                     "giving up the wait",
@@ -631,7 +740,7 @@ impl LockBackend for EtcdBackend {
                     Ok(response) => {
                         waiting.disarm();
                         response.op_responses().into_iter().find_map(|op| match op {
-                            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| Self::info_of(resource, kv)),
+                            TxnOpResponse::Get(get) => queue::holders_info(resource, get.kvs()),
                             _ => None,
                         })
                     }
@@ -743,58 +852,61 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn inspect(&self, resource: &str) -> Result<LockState, LockError> {
-        Ok(match self.owner(resource).await? {
-            Some(kv) => LockState::Held(Self::info_of(resource, &kv)),
-            None => LockState::Available,
-        })
+        Ok(queue::state_of(resource, &self.queue(resource).await?))
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let dir = keys::locks_dir(&self.options.prefix);
         let options = GetOptions::new().with_prefix();
         let mut response = self.get(dir.clone(), options).await.map_err(|e| Self::error("listing locks", "*", e))?;
-        // The holder of each resource is its key with the lowest create revision.
-        let mut holders: std::collections::BTreeMap<String, KeyValue> = std::collections::BTreeMap::new();
+        // Each resource's keys, oldest first, are its queue.
+        let mut queues: std::collections::BTreeMap<String, Vec<KeyValue>> = std::collections::BTreeMap::new();
         for kv in response.take_kvs() {
             let Some(resource) = kv.key_str().ok().and_then(|key| keys::resource_of(&dir, key)) else { continue };
-            match holders.get(&resource) {
-                Some(held) if held.create_revision() <= kv.create_revision() => {}
-                _ => {
-                    holders.insert(resource, kv);
-                }
-            }
+            queues.entry(resource).or_default().push(kv);
         }
-        Ok(holders.iter().map(|(resource, kv)| Self::info_of(resource, kv)).collect())
+        Ok(queues
+            .into_iter()
+            .filter_map(|(resource, mut queue)| {
+                queue.sort_by_key(KeyValue::create_revision);
+                queue::state_of(&resource, &queue).info().cloned()
+            })
+            .collect())
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let Some(kv) = self.owner(resource).await? else { return Ok(None) };
-        let info = Self::info_of(resource, &kv);
-        let key = kv.key().to_vec();
-        // First tell the holder why (its monitor sees the put), then delete.
-        let mut record = Record::from_bytes(kv.value()).unwrap_or_else(|| Record {
-            holder: String::new(),
-            host: String::new(),
-            pid: 0,
-            user: None,
-            purpose: None,
-            since_ms: 0,
-            lease_until_ms: None,
-            forced: None,
-        });
-        record.forced = Some(reason.to_owned());
-        let mark = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
-            .and_then([TxnOp::put(key.clone(), record.to_bytes(), Some(PutOptions::new().with_ignore_lease()))]);
-        let marked = self.txn(mark).await.map_err(|e| Self::error("force-releasing", resource, e))?;
-        if !marked.succeeded() {
-            return Ok(None); // released meanwhile
+        let queue = self.queue(resource).await?;
+        let modes: Vec<LockMode> = queue.iter().map(queue::mode_of).collect();
+        let mut broken = Vec::new();
+        for kv in &queue[..queue::holder_count(&modes)] {
+            let key = kv.key().to_vec();
+            // First tell the holder why (its monitor sees the put), then delete.
+            let mut record = Record::from_bytes(kv.value()).unwrap_or_else(|| Record {
+                holder: String::new(),
+                host: String::new(),
+                pid: 0,
+                user: None,
+                purpose: None,
+                since_ms: 0,
+                lease_until_ms: None,
+                forced: None,
+                mode: queue::mode_of(kv),
+            });
+            record.forced = Some(reason.to_owned());
+            let mark = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
+                .and_then([TxnOp::put(key.clone(), record.to_bytes(), Some(PutOptions::new().with_ignore_lease()))]);
+            let marked = self.txn(mark).await.map_err(|e| Self::error("force-releasing", resource, e))?;
+            if !marked.succeeded() {
+                continue; // released meanwhile
+            }
+            let delete = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
+                .and_then([TxnOp::delete(key, None)]);
+            self.txn(delete).await.map_err(|e| Self::error("force-releasing", resource, e))?;
+            broken.push(queue::info_of(resource, kv));
         }
-        let delete = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, kv.create_revision())])
-            .and_then([TxnOp::delete(key, None)]);
-        self.txn(delete).await.map_err(|e| Self::error("force-releasing", resource, e))?;
-        Ok(Some(info))
+        Ok(LockInfo::of_holders(broken))
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
