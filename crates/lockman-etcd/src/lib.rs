@@ -19,6 +19,19 @@
 //!   watchdog) is kept in the process: a task deletes the key at its end,
 //!   and reports the grant lost if someone else deletes the key first
 //!   (`force_release`, an expired or revoked etcd lease);
+//! * **shared and permit grants** ([`AcquireOptions::shared`],
+//!   [`AcquireOptions::permits`]) join the same queue: a key's name says its
+//!   kind (`x`, `s` or `p` before the UUID), and the holders are the oldest
+//!   keys whose modes admit each other — one writer; the readers before
+//!   the first queued writer; the n oldest permits. A reader waits on the
+//!   last writer queued before it (one prefix read, as etcd's
+//!   reader-writer recipe does), a writer on the key just before it, a
+//!   permit on the delete of any older key. So a stream of readers never
+//!   starves a writer, the readers behind a writer get in together after
+//!   it, and every mode is served in order across processes. A request
+//!   whose mode disagrees with the holders' (a semaphore of 3 meeting a
+//!   plain lock or one of 5) withdraws its key and fails with
+//!   [`LockError::Config`] naming both;
 //! * a dropped or timed-out acquire deletes its waiting key;
 //! * a key this manager fails to delete (a release, an expired grant, an
 //!   abandoned wait meeting an election or an outage) is deleted again in
@@ -63,6 +76,9 @@
 //! grant with a shorter lease of its own is ended on time only while its
 //! process lives; a crashed or frozen holder's keys last until the manager's
 //! lease (the `lease` option, whole seconds) runs out.
+//!
+//! [`AcquireOptions::shared`]: lockman_core::AcquireOptions::shared
+//! [`AcquireOptions::permits`]: lockman_core::AcquireOptions::permits
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), lockman_core::LockError> {
