@@ -194,16 +194,13 @@ impl EtcdBackend {
         // Connected in lockman's background runtime context: tonic spawns the
         // channel's worker (which drives every request and reconnect) where
         // it connects, and it must outlive a caller runtime that idles or
-        // is dropped while the manager is used elsewhere.
+        // is dropped while the manager is used elsewhere. Also from a
+        // multi-thread runtime: there the worker would die with the runtime
+        // (and the keep-alive, the grant watches and their renewals with it),
+        // and moving a tonic channel later is not possible. The hop costs a
+        // thread wake-up per request, small beside etcd's fsynced writes.
         let endpoints = options.endpoints.clone();
-        // (From a multi-thread runtime, its workers drive it; a manager
-        // connected there stops working once that runtime is dropped.)
-        let connecting = Box::pin(Client::connect(endpoints, Some(connect)));
-        let connecting = if lockman_core::callers_runtime_keeps_running() {
-            lockman_core::InBackground::new(tokio::runtime::Handle::current(), connecting)
-        } else {
-            lockman_core::in_background(connecting)?
-        };
+        let connecting = lockman_core::in_background(Box::pin(Client::connect(endpoints, Some(connect))))?;
         let client = tokio::time::timeout(options.connect_timeout, connecting)
             .await
             .map_err(|_| {
@@ -548,6 +545,15 @@ fn tls_connect_options(options: &EtcdOptions, connect: ConnectOptions) -> Result
     Ok(connect)
 }
 
+/// Spawns `task` on lockman's background runtime, where the manager's
+/// connection lives (see [`EtcdBackend::connect`]): a task the manager
+/// depends on must neither stop while a caller's runtime is blocked nor die
+/// with it.
+pub(crate) fn spawn_background(task: impl Future<Output = ()> + Send + 'static) -> Result<(), LockError> {
+    lockman_core::background_handle()?.spawn(task);
+    Ok(())
+}
+
 /// What a waiter waits for.
 enum Awaited {
     /// The delete of this key (the one just before its own, or the last
@@ -784,9 +790,9 @@ impl LockBackend for EtcdBackend {
         let expires_at = request.lease.and_then(|lease| granted_at.checked_add(lease));
         let (expiry, expiry_rx) = watch::channel(request.lease.map(|lease| Instant::now() + lease));
         let session_slot = session.register(request.loss.clone());
-        // Where it keeps running while the caller blocks, like the session's
-        // keep-alive: loss must be noticed while the caller's runtime idles.
-        lockman_core::spawn_detached(
+        // Beside the connection, like the session's keep-alive: loss must be
+        // noticed while the caller's runtime idles, or after it is dropped.
+        spawn_background(
             monitor::Monitor {
                 client: self.client.clone(),
                 key: key.clone(),

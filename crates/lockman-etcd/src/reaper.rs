@@ -26,8 +26,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// which the key is bound to, is over.
 pub(crate) fn delete(client: &Client, key: String, revision: Option<i64>, session: &Arc<Session>) {
     let (client, session) = (client.clone(), Arc::downgrade(session));
-    // Where it keeps running while the caller blocks (`spawn_detached`).
-    if let Err(e) = lockman_core::spawn_detached(delete_until_done(client, key.clone(), revision, session)) {
+    if let Err(e) = crate::spawn_background(delete_until_done(client, key.clone(), revision, session)) {
         tracing::warn!(%key, error = %e, "cannot delete a lock key; it goes with the manager's etcd lease");
     }
 }

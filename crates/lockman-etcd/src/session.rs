@@ -76,9 +76,9 @@ impl Sessions {
         // Each keep-alive gets at most a response timeout, and at most a
         // third of the lease, so that several fit in it.
         let attempt = self.response_timeout.min(ttl / 3).max(Duration::from_millis(100));
-        // Where it keeps running while the caller blocks (see
-        // `lockman_core::spawn_detached`): the lease must be kept alive then.
-        lockman_core::spawn_detached(keep_alive(self.client.clone(), Arc::downgrade(&session), sent + ttl, attempt))?;
+        // Beside the connection: the lease must be kept alive while a
+        // caller's runtime is blocked, and after it is dropped.
+        crate::spawn_background(keep_alive(self.client.clone(), Arc::downgrade(&session), sent + ttl, attempt))?;
         *current = Some(session.clone());
         Ok(session)
     }

@@ -46,3 +46,28 @@ fn the_lease_is_kept_alive_while_the_callers_runtime_is_blocked() {
     let Some(server) = EtcdServer::start() else { return };
     runtimes::the_lease_is_kept_while_the_callers_runtime_is_blocked(connect(&server), Duration::from_millis(3500));
 }
+
+/// Connected (and its etcd lease first kept alive) on a multi-thread
+/// runtime that is then dropped: a lock taken afterwards from another
+/// runtime is held past the manager's 2 s lease — its keep-alive and the
+/// grant's watch do not die with the first runtime — and released.
+#[test]
+fn works_after_a_multi_thread_connecting_runtime_is_dropped() {
+    let Some(server) = EtcdServer::start() else { return };
+    let connecting = runtimes::multi_thread();
+    let locks = runtimes::connect_on(&connecting, &connect(&server));
+    runtimes::cycle_on(&connecting, &locks, "home-runtime");
+    drop(connecting);
+    let other = runtimes::current_thread();
+    other.block_on(async {
+        let guard = locks
+            .acquire("home-runtime", lockman_core::AcquireOptions::new().timeout(Duration::from_secs(3)))
+            .await
+            .expect("acquire after the connecting runtime was dropped");
+        // Past the 2 s lease: kept only if the keep-alive still runs.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(!guard.is_lost(), "the lock was lost: its etcd lease was not kept alive");
+        guard.release().await.expect("release");
+    });
+    runtimes::cycle_on(&other, &locks, "home-runtime");
+}
