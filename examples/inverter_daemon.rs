@@ -9,6 +9,7 @@
 //! cargo run --example inverter_daemon                     # in-process backend, 3 s, then a summary
 //! LOCKMAN_URL=file:///tmp/inv cargo run --example inverter_daemon -- --processes 4 --duration 5s
 //! LOCKMAN_URL=redis://127.0.0.1:6379/0 cargo run --example inverter_daemon -- --processes 3
+//! LOCKMAN_URL=etcd://127.0.0.1:2379 cargo run --features etcd --example inverter_daemon -- --processes 3
 //! ```
 //!
 //! The backend comes from the environment (`LOCKMAN_URL`, `USE_NEW_LOCKS`,

@@ -140,3 +140,15 @@ fn without_locking_the_bus_sees_overlaps() {
     let summary = run_daemon(Some(&format!("file://{}", dir.path().display())), &["--processes", "3", "--no-lock"]);
     assert!(summary.get("overlaps") > 0, "the detector saw no overlap without locking: {}", summary.0);
 }
+
+/// On etcd (`LOCKMAN_URL=etcd://…`), three daemon processes on one bus.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_backend_across_three_processes() {
+    let Some(server) = lockman_testkit::etcd_server::EtcdServer::start() else { return };
+    let summary = run_daemon(Some(&server.url()), &["--processes", "3"]);
+    assert!(summary.0.contains("backend=etcd"), "{}", summary.0);
+    assert_serialized(&summary);
+    assert_cache_fenced(&summary);
+    assert_readers_shared(&summary);
+}
