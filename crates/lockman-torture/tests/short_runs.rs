@@ -1,6 +1,6 @@
 //! CI's short torture runs: one seeded run per backend with the faults that
 //! apply to it, one per lock mode (`rw`, `permits=3`) on each backend that
-//! declares it, and the checker's self-tests (runs without locks in each
+//! declares it (etcd, through `--url`, in those two modes), and the checker's self-tests (runs without locks in each
 //! mode, and one whose store ignores fencing tokens while Redis loses its
 //! data, must fail; a backend without a mode must refuse to run it).
 //!
@@ -309,4 +309,36 @@ fn the_checker_reports_unfenced_writes_when_redis_loses_its_data() {
     let rules: Vec<&str> =
         outcome.report["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
     assert!(rules.contains(&"lost-update"), "no lost update reported: {rules:?}");
+}
+
+/// etcd through `--url` (no preset: the harness has no etcd of its own to
+/// restart or cut off; `tests/cluster.rs` of lockman-etcd does that), with
+/// killed and frozen workers, as a reader-writer lock and as a semaphore.
+/// The managers' etcd lease is 2 s: a killed holder's keys go within it
+/// (and etcd's expiry check), a frozen one's too, once it stops renewing.
+#[test]
+fn etcd_rw_and_permits_with_kills_and_stops() {
+    let Some(server) = lockman_testkit::etcd_server::EtcdServer::start() else { return };
+    let url = format!("{}?lease=2s", server.url());
+    for (mode, seed, together) in [("rw", "401", 2), ("permits=3", "402", 3)] {
+        let outcome = assert_passes(
+            &[
+                "--url",
+                &url,
+                "--lease",
+                "2s",
+                "--liveness-bound",
+                "8s",
+                "--faults",
+                "kill,stop",
+                "--mode",
+                mode,
+                "--seed",
+                seed,
+            ],
+            12,
+        );
+        assert_mode_exercised(&outcome, together);
+        assert_eq!(faults_applied(&outcome).len(), 2, "not both kill and stop: {:?}", faults_applied(&outcome));
+    }
 }
