@@ -141,11 +141,11 @@ pub(crate) static ACQUIRE: LazyLock<Script> =
 const ACQUIRE_FAST: &str = r#"
 local mode = ARGV[10]
 local f = redis.call('HMGET', KEYS[1], 'holder', 'mode')
-if mode == 'x' and not f[2] and f[1] ~= ARGV[1] and redis.call('EXISTS', KEYS[3]) == 0 then
+if mode == 'x' and not f[2] and f[1] ~= ARGV[1] and (not f[1] or ARGV[8] ~= '1')
+    and redis.call('EXISTS', KEYS[3]) == 0 then
   local t = redis.call('TIME')
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   if f[1] then
-    if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'waited', '1') end
     local arrival = ARGV[12]
     if arrival == '0' then arrival = string.format('%.0f', now_us) end
     local pttl = redis.call('PTTL', KEYS[1])

@@ -1,0 +1,63 @@
+//! Plain exclusive locks are first come, first served across managers
+//! (processes): a waiter that finds the lock busy joins the resource's queue
+//! in Redis, so when the lock is released the longest waiter gets it —
+//! whichever manager it is on — and not whoever hears the release first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockman_core::{AcquireOptions, LockBackend, LockManager};
+use lockman_redis::{RedisBackend, RedisOptions};
+use lockman_testkit::redis_server::RedisServer;
+
+const BOUND: Duration = Duration::from_secs(5);
+const MANAGERS: usize = 6;
+
+async fn manager(server: &RedisServer) -> Arc<dyn LockManager> {
+    Arc::new(RedisBackend::connect(RedisOptions::new(server.url())).await.expect("connect").into_manager())
+}
+
+/// Polls until `resource` has `n` queued waiters in Redis.
+async fn until_queued(server: &RedisServer, resource: &str, n: usize) {
+    let key = format!("lockman:{{{resource}}}:queue");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let queued: usize = server.command(&["ZCARD", &key]).expect("ZCARD").parse().unwrap_or(0);
+        if queued == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{resource} never had {n} queued waiters (has {queued})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waiters on six managers, each queued after the one before, are granted
+/// in that order — also the waiter on the releasing holder's own manager,
+/// which hears the release first, waits for its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_several_managers_are_served_in_arrival_order() {
+    let Some(server) = RedisServer::start() else { return };
+    let mut managers = Vec::new();
+    for _ in 0..MANAGERS {
+        managers.push(manager(&server).await);
+    }
+    let holder = managers[0].acquire("fifo", AcquireOptions::new()).await.expect("acquire");
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+    // The last waiter is on the holder's manager.
+    let mut waiters = Vec::new();
+    for (place, index) in (1..MANAGERS).chain([0]).enumerate() {
+        let (locks, order_tx) = (managers[index].clone(), order_tx.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks.acquire("fifo", AcquireOptions::new().timeout(BOUND)).await.expect("acquire");
+            order_tx.send(place).expect("send");
+            guard.release().await.expect("release");
+        }));
+        until_queued(&server, "fifo", place + 1).await;
+    }
+    holder.release().await.expect("release");
+    for waiter in waiters {
+        tokio::time::timeout(BOUND, waiter).await.expect("a waiter hung").expect("join");
+    }
+    let order: Vec<usize> = std::iter::from_fn(|| order_rx.try_recv().ok()).collect();
+    assert_eq!(order, (0..MANAGERS).collect::<Vec<_>>(), "waiters were not served in arrival order");
+}
