@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::{Client, ConnectOptions, GetOptions, SortOrder, SortTarget};
 use lockman_core::{AcquireOptions, LockBackend, LockManager, LockMode};
 use lockman_etcd::{EtcdBackend, EtcdOptions};
 use lockman_testkit::etcd_server::EtcdServer;
@@ -36,7 +36,8 @@ lockman_testkit::mode_process_tests!(connect = manager, server = EtcdServer::sta
 /// its keys' lease (etcd raises it to its minimum, 2 s).
 const HOLDER_LEASE: Duration = Duration::from_secs(1);
 
-/// A private etcd, a raw client on it, and a manager of this process.
+/// A private etcd, a raw client on it (every request bounded by [`BOUND`]),
+/// and a manager of this process.
 struct Etcd {
     _server: EtcdServer,
     endpoint: String,
@@ -61,7 +62,8 @@ impl Etcd {
     async fn start() -> Option<Etcd> {
         let server = tokio::task::spawn_blocking(EtcdServer::start).await.expect("start")?;
         let endpoint = server.endpoint();
-        let raw = Client::connect([endpoint.as_str()], None).await.expect("raw client");
+        let bounded = ConnectOptions::new().with_connect_timeout(BOUND).with_timeout(BOUND);
+        let raw = Client::connect([endpoint.as_str()], Some(bounded)).await.expect("raw client");
         let locks = manager(endpoint.clone(), Duration::from_secs(5)).await;
         Some(Etcd { _server: server, endpoint, raw, locks })
     }
