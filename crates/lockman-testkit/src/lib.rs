@@ -33,6 +33,11 @@
 //! private servers on loopback ports, for backend and fault tests;
 //! `etcd_cluster` starts a private three-member etcd cluster (leader
 //! kills, partitioned members, whole-cluster restarts).
+//!
+//! With the `mode-processes` feature (off by default; Unix), the
+//! `mode_processes` module checks shared and permit grants across real OS
+//! processes for a backend whose managers share a store, with the child
+//! processes' machinery a backend's own crash tests reuse.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +59,8 @@ pub mod flags;
 pub mod holders;
 pub mod inspection;
 pub mod leases;
+#[cfg(all(unix, feature = "mode-processes"))]
+pub mod mode_processes;
 pub mod modes;
 pub mod multi;
 pub mod names;

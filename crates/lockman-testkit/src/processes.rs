@@ -1,7 +1,45 @@
 //! Helpers for tests that run real OS processes.
 
-use std::process::Child;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
+
+/// Runs the test named `child_test` of this test binary again, as a child
+/// process with `env` set to `spec` (the child test acts out its role when
+/// it finds `env` set), its stdin and stdout piped.
+///
+/// # Panics
+///
+/// If the child cannot be started.
+pub fn spawn_test_child(child_test: &str, env: &str, spec: &str) -> Child {
+    Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env, spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child process")
+}
+
+/// The lines `child` writes on its piped stdout, read by a thread of their
+/// own until the child closes it or the receiver is dropped.
+///
+/// # Panics
+///
+/// If the child's stdout was not piped, or was taken already.
+pub fn stdout_lines(child: &mut Child) -> Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
 
 /// Waits until every child has exited successfully, for at most `limit` in
 /// all (polling every 10 ms — a child's exit has no event to wait on here).
@@ -57,33 +95,22 @@ impl HoldingChild {
     ///
     /// If the child cannot be started, exits, or says nothing in time.
     pub fn spawn(child_test: &str, env: &str, spec: &str, limit: Duration) -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
-            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
-            .env(env, spec)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the child process");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
+        let mut child = spawn_test_child(child_test, env, spec);
+        let lines = stdout_lines(&mut child);
+        let deadline = Instant::now() + limit;
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 // libtest may have written `test child ... ` on the same line.
-                if let Some((_, token)) = line.split_once("held ") {
-                    let _ = tx.send(token.trim().to_owned());
-                    break;
+                Ok(line) => {
+                    if let Some((_, token)) = line.split_once("held ") {
+                        return HoldingChild { child, token: token.trim().to_owned() };
+                    }
                 }
-            }
-        });
-        match rx.recv_timeout(limit) {
-            Ok(token) => HoldingChild { child, token },
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("the child never said it holds the lock within {limit:?} (exit: {status:?})");
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    panic!("the child never said it holds the lock within {limit:?} (exit: {status:?})");
+                }
             }
         }
     }
