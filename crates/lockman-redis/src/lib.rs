@@ -535,10 +535,10 @@ impl LockBackend for RedisBackend {
         }
         let mut waited = turn.as_ref().is_some_and(|turn| turn.waited());
         let mut last_busy: Option<Option<LockInfo>> = None;
-        let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource));
         // Our name in the resource's queue (if we meet one), and when we
         // first found the resource busy (server µs): our place in it.
         let waiter = HolderId::unique().as_str().to_owned();
+        let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource, &waiter));
         let mut arrival = 0;
         let mut pending = Pending { backend: self, resource, waiter: &waiter, hold: None, queued: false };
         loop {
@@ -654,6 +654,8 @@ impl LockBackend for RedisBackend {
             invocation
                 .key(self.keys.lock(resource))
                 .key(self.keys.fence(resource))
+                .key(self.keys.queue(resource))
+                .key(self.keys.waiters(resource))
                 .arg(grant.holder.as_str())
                 .arg(grant.token)
                 .arg(self.keys.channel(resource))

@@ -324,9 +324,11 @@ return finish(busy_reply(wait, num(score), queued, now))
 /// uncontended release sends no message, so no subscriber does any work for
 /// it).
 ///
-/// KEYS: lock, fence. ARGV: holder, token, channel, hold id, and `1` if this
-/// is a retry after the connection dropped (the first attempt may or may
-/// not have run). Returns -1 (not ours), 0 (released) or the remaining
+/// KEYS: lock, fence, queue, waiters. ARGV: holder, token, channel, hold
+/// id, and `1` if this is a retry after the connection dropped (the first
+/// attempt may or may not have run). The message is `next:<waiter id>` when
+/// a live exclusive waiter heads the queue (only it is woken), else
+/// `released`. Returns -1 (not ours), 0 (released) or the remaining
 /// count of other holds.
 ///
 /// The only hold of a grant is released without looking at its hold field
@@ -359,7 +361,22 @@ if f[3] ~= '1' or ARGV[5] == '1' then
   if f[3] ~= '1' then return redis.call('HINCRBY', KEYS[1], 'count', -1) end
 end
 redis.call('DEL', KEYS[1])
-if f[4] then redis.call('PUBLISH', ARGV[3], 'released') end
+if f[4] then
+  -- A live exclusive waiter at the head of the queue is the one to go next:
+  -- name it, so only its manager wakes it (the others ignore the message
+  -- instead of each running ACQUIRE to be told to wait). Anything else —
+  -- readers, permits, a head whose queue lease ran out — wakes everyone.
+  local message = 'released'
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if head then
+    local exp, m = string.match(redis.call('HGET', KEYS[4], head) or '', '^(%d+) (%S+)$')
+    local t = redis.call('TIME')
+    if m == 'x' and tonumber(exp) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then
+      message = 'next:' .. head
+    end
+  end
+  redis.call('PUBLISH', ARGV[3], message)
+end
 return 0
 "#,
     )

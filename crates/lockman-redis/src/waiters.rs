@@ -28,7 +28,9 @@ use crate::keys::Keys;
 /// Waiters and local holders of one manager, by resource.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
-    waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// Per resource: the notify its waiters here wait on, and their waiter
+    /// ids (their names in the resource's queue in Redis).
+    waiting: Mutex<HashMap<String, (Arc<Notify>, Vec<String>)>>,
     holding: Mutex<HashMap<String, Vec<Held>>>,
 }
 
@@ -54,15 +56,22 @@ pub(crate) struct Confirm {
 pub(crate) struct Waiting {
     listeners: Arc<Listeners>,
     resource: String,
+    waiter: String,
     pub(crate) notify: Arc<Notify>,
 }
 
 impl Listeners {
-    pub(crate) fn wait_for(self: &Arc<Self>, resource: &str) -> Waiting {
+    /// Registers a waiter for `resource`, named `waiter` in its queue.
+    pub(crate) fn wait_for(self: &Arc<Self>, resource: &str, waiter: &str) -> Waiting {
         let mut waiting = self.waiting.lock();
-        let entry = waiting.entry(resource.to_owned()).or_insert_with(|| (Arc::new(Notify::new()), 0));
-        entry.1 += 1;
-        Waiting { listeners: self.clone(), resource: resource.to_owned(), notify: entry.0.clone() }
+        let entry = waiting.entry(resource.to_owned()).or_insert_with(|| (Arc::new(Notify::new()), Vec::new()));
+        entry.1.push(waiter.to_owned());
+        Waiting {
+            listeners: self.clone(),
+            resource: resource.to_owned(),
+            waiter: waiter.to_owned(),
+            notify: entry.0.clone(),
+        }
     }
 
     pub(crate) fn hold(&self, resource: &str, held: Held) {
@@ -111,8 +120,13 @@ impl Listeners {
                 }
             }
         }
-        if let Some((notify, _)) = self.waiting.lock().get(resource) {
-            notify.notify_waiters();
+        if let Some((notify, waiters)) = self.waiting.lock().get(resource) {
+            // `next:<waiter id>` names the one waiter to go next: the others
+            // would only be told to keep waiting.
+            let named = payload.strip_prefix("next:");
+            if named.is_none_or(|next| waiters.iter().any(|waiter| waiter == next)) {
+                notify.notify_waiters();
+            }
         }
     }
 
@@ -127,8 +141,8 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         let mut waiting = self.listeners.waiting.lock();
         if let Some(entry) = waiting.get_mut(&self.resource) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
+            entry.1.retain(|waiter| *waiter != self.waiter);
+            if entry.1.is_empty() {
                 waiting.remove(&self.resource);
             }
         }
