@@ -41,25 +41,26 @@
 //!   one way by everyone: a request whose mode disagrees with the live
 //!   holders or the queued waiters (a semaphore of 3 against one of 5, a lock
 //!   against a semaphore) gets [`LockError::Config`] naming both.
-//! * **FIFO across modes and processes**: a request that must wait on a
-//!   resource used with modes joins the resource's queue in Redis (a sorted
-//!   set by arrival time, each waiter with a short queue lease it renews
-//!   while it waits, so a dead waiter is skipped once its lease runs out:
-//!   5 s). A request is granted when it fits beside the holders *and* every
-//!   waiter queued before it does too, in order — the compatible prefix of
-//!   the queue gets in — so a stream of readers cannot starve a waiting
-//!   writer, and the readers queued behind a writer get in together when it
-//!   leaves. Releases, expiries noticed and waiters that give up publish on
-//!   the release channel, which wakes the waiters; a waiter also looks again
-//!   every 1.7 s to renew its queue lease (the bounded fallback). A dropped
-//!   or timed-out acquire takes its queue entry (and any grant whose reply it
-//!   missed) back. The plain mutex does not pay for this: an exclusive
-//!   request on a resource with no shared or permit records and no queue is
-//!   the same single script as before (one extra `HMGET` field and an
-//!   `EXISTS` on the queue key), and its waiters do not queue in Redis
-//!   unless the resource is used with modes (then the first request to
-//!   queue wakes them, and they join by their arrival). The data layout is described
-//!   in the `scripts` module.
+//! * **FIFO across modes and processes**: a request that must wait joins
+//!   the resource's queue in Redis (a sorted set by arrival time, each
+//!   waiter with a short queue lease it renews while it waits, so a dead
+//!   waiter is skipped once its lease runs out: 5 s). A request is granted
+//!   when it fits beside the holders *and* every waiter queued before it
+//!   does too, in order — the compatible prefix of the queue gets in — so
+//!   the longest waiter gets a released lock whichever process it is in, a
+//!   stream of readers cannot starve a waiting writer, and the readers
+//!   queued behind a writer get in together when it leaves. A release
+//!   publishes the name of the queue's head when that is a live exclusive
+//!   waiter (`next:<waiter id>`), so only its manager wakes it; other
+//!   releases, expiries noticed and waiters that give up wake every waiter.
+//!   A waiter also looks again every 1.7 s to renew its queue lease (the
+//!   bounded fallback). A dropped or timed-out acquire takes its queue
+//!   entry (and any grant whose reply it missed) back. An uncontended plain
+//!   mutex does not pay for this: an exclusive request on a free resource
+//!   with no shared or permit records and no queue is the same single
+//!   script as before (one extra `HMGET` field and an `EXISTS` on the queue
+//!   key), and so is a `try_acquire` that finds it busy. The data layout is
+//!   described in the `scripts` module.
 //! * **One shared holder id in two managers** (two processes acquiring with
 //!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),
 //!   an explicit opt-in; ids given with `holder` are scoped to their manager

@@ -22,8 +22,8 @@
 //! * `<prefix>:{<resource>}:fence` — the latest fencing token (see [`ACQUIRE`]).
 //! * `<prefix>:{<resource>}:queue` — a sorted set of waiter ids, scored by
 //!   arrival (server time, µs), and `<prefix>:{<resource>}:waiters` — a hash
-//!   of waiter id → `"<queue lease expiry ms> <mode>"`. Only requests that
-//!   wait on a resource used with modes are queued (see [`ACQUIRE`]); a
+//!   of waiter id → `"<queue lease expiry ms> <mode>"`. Every request that
+//!   waits for a busy resource is queued (see [`ACQUIRE`]); a
 //!   waiter refreshes its queue lease each time it looks, so a dead waiter's
 //!   entry runs out and is skipped (pruned) by the next script that reads the
 //!   queue. Both keys expire with the longest queue lease, so a queue whose
@@ -64,8 +64,7 @@ fn with_prelude(body: &str) -> Script {
 }
 
 /// Grants or re-enters the lock in any mode; on a busy lock queues the
-/// caller (when it waits on a resource used with modes) and returns the
-/// lock's fields.
+/// caller (when it will wait) and returns the lock's fields.
 ///
 /// KEYS: lock, fence, queue, waiters. ARGV: 1 holder, 2 lease ms,
 /// 3 acquired-at (µs since the epoch, the client's clock), 4 host, 5 pid,
@@ -83,14 +82,15 @@ fn with_prelude(body: &str) -> Script {
 /// held or awaited in a mode that disagrees with the request's.
 ///
 /// **The exclusive fast path** (a plain mutex): when the request is
-/// exclusive, the hash is not in the modes layout, no queue exists and it is
-/// not a re-entry, this is the same script as before modes — one more field
-/// in the `HMGET` and an `EXISTS` — and runs first ([`ACQUIRE_FAST`]).
-/// A busy answer there does not queue the caller; it only gives it its
-/// arrival time, so that if it meets a queue later it takes its place by
-/// when it came — and the first request to queue on such a lock publishes,
-/// so those waiters look again and join the queue at once, ahead of the
-/// later arrivals.
+/// exclusive, the hash is not in the modes layout, no queue exists, it is
+/// not a re-entry, and the lock is free or the caller will not wait (a
+/// `try_acquire`), this is the same script as before modes — one more field
+/// in the `HMGET` and an `EXISTS` — and runs first ([`ACQUIRE_FAST`]). A
+/// caller that will wait for a busy lock goes on to the general path and is
+/// queued, so waiters in every process are served by arrival, not by who
+/// hears the release first. (A waiter of an older version that got only its
+/// arrival time from the fast path is woken by the first request to queue,
+/// and joins by when it came.)
 ///
 /// **FIFO across modes**: otherwise the general path prunes expired grants
 /// and expired waiters, then grants the request when it is compatible with

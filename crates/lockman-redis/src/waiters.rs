@@ -5,9 +5,10 @@
 //! gone — once the lock key confirms it: anyone who can `PUBLISH` can send
 //! such a message, so it is only a hint, and a holder whose holder id, token
 //! and hold are still in the key (for a shared or permit grant: its record,
-//! with its token) is not told anything. Waiters queued in Redis for a
-//! resource used with modes are woken the same way: every release, expiry
-//! pruned and waiter that leaves the queue is published. After the subscriber
+//! with its token) is not told anything. A `next:<waiter id>` message (a
+//! release whose queue is headed by a live exclusive waiter) wakes only the
+//! manager's waiters if one of them has that id; any other message wakes the
+//! resource's waiters. After the subscriber
 //! reconnects, every waiter re-checks at once (messages published while it
 //! was away are lost).
 
