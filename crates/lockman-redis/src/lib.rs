@@ -44,7 +44,7 @@
 //! * **FIFO across modes and processes**: a request that must wait joins
 //!   the resource's queue in Redis (a sorted set by arrival time, each
 //!   waiter with a short queue lease it renews while it waits, so a dead
-//!   waiter is skipped once its lease runs out: 5 s). A request is granted
+//!   waiter is skipped once its lease runs out: 3 s). A request is granted
 //!   when it fits beside the holders *and* every waiter queued before it
 //!   does too, in order — the compatible prefix of the queue gets in — so
 //!   the longest waiter gets a released lock whichever process it is in, a
@@ -53,7 +53,7 @@
 //!   publishes the name of the queue's head when that is a live exclusive
 //!   waiter (`next:<waiter id>`), so only its manager wakes it; other
 //!   releases, expiries noticed and waiters that give up wake every waiter.
-//!   A waiter also looks again every 1.7 s to renew its queue lease (the
+//!   A waiter also looks again every second to renew its queue lease (the
 //!   bounded fallback). A dropped or timed-out acquire takes its queue
 //!   entry (and any grant whose reply it missed) back. An uncontended plain
 //!   mutex does not pay for this: an exclusive request on a free resource
@@ -769,9 +769,11 @@ impl LockBackend for RedisBackend {
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 
 /// How long a queued waiter keeps its place without looking again: a dead
-/// waiter holds up the ones behind it for at most this long.
-const QUEUE_LEASE: Duration = Duration::from_secs(5);
+/// (killed, frozen) waiter holds up the ones behind it for at most this
+/// long. Every waiter for a busy lock queues, so this is the stall a
+/// crashed waiting process costs the rest; shorter means more renewals.
+const QUEUE_LEASE: Duration = Duration::from_secs(3);
 
 /// How often a queued waiter looks again (renewing its queue lease) when no
 /// message wakes it first: a bounded fallback, a third of the queue lease.
-const QUEUE_REFRESH: Duration = Duration::from_millis(1666);
+const QUEUE_REFRESH: Duration = Duration::from_millis(1000);

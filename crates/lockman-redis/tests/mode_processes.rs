@@ -66,7 +66,7 @@ async fn a_reader_paused_past_its_lease_is_lost_and_does_not_pin() {
 }
 
 /// A waiter killed while queued holds up the waiters behind it only until
-/// its queue lease (5 s) runs out.
+/// its queue lease (3 s) runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_waiter_is_skipped() {
     let Some(server) = RedisServer::start() else { return };
