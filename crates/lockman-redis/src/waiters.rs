@@ -29,11 +29,13 @@ use crate::keys::Keys;
 /// Waiters and local holders of one manager, by resource.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
-    /// Per resource: the notify its waiters here wait on, and their waiter
-    /// ids (their names in the resource's queue in Redis).
-    waiting: Mutex<HashMap<String, (Arc<Notify>, Vec<String>)>>,
+    waiting: Mutex<HashMap<String, ResourceWaiters>>,
     holding: Mutex<HashMap<String, Vec<Held>>>,
 }
+
+/// The waiters of one resource in this manager: the notify they wait on,
+/// and their waiter ids (their names in the resource's queue in Redis).
+type ResourceWaiters = (Arc<Notify>, Vec<String>);
 
 /// One local hold of a grant: what the lock key must still name for it to
 /// be ours, and how to tell its guard it is not.
