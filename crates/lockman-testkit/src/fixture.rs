@@ -235,8 +235,29 @@ impl ServerProcess {
         }
     }
 
+    /// Sends `SIGSTOP` and returns once every thread of the server is
+    /// stopped: the signal stops a thread only when the kernel next gets to
+    /// it, so a thread running on another CPU could still answer a request
+    /// sent just after `kill` returned.
     pub(crate) fn pause(&self) {
         self.signal(Signal::STOP, "pause");
+        let Some(child) = &self.child else { return };
+        let tasks = std::path::PathBuf::from(format!("/proc/{}/task", child.id()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let Ok(entries) = std::fs::read_dir(&tasks) else { return };
+            let all_stopped = entries.flatten().all(|task| {
+                // `pid (comm) S ...`: the state follows the last `)`.
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('T' | 't')))
+                })
+            });
+            if all_stopped {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub(crate) fn resume(&self) {
