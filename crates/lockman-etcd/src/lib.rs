@@ -75,7 +75,10 @@
 //! A limit of this first version: the etcd lease is the manager's, so a
 //! grant with a shorter lease of its own is ended on time only while its
 //! process lives; a crashed or frozen holder's keys last until the manager's
-//! lease (the `lease` option, whole seconds) runs out.
+//! lease (the `lease` option, whole seconds) runs out — and etcd raises a
+//! TTL below its minimum (one and a half election timeouts: 2 s with the
+//! default 1 s timeout), so `lease=1s` still frees a crashed holder's keys
+//! only after about 2–2.5 s (`tests/mode_processes.rs` measures it).
 //!
 //! [`AcquireOptions::shared`]: lockman_core::AcquireOptions::shared
 //! [`AcquireOptions::permits`]: lockman_core::AcquireOptions::permits
