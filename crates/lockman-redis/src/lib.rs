@@ -490,6 +490,33 @@ struct Pending<'a> {
     queued: bool,
 }
 
+impl Pending<'_> {
+    /// Leaves the queue before the caller is told it timed out: a process
+    /// that exits right after a timeout (`lockctl run --wait 1s`) would
+    /// leave its entry behind for the rest of its queue lease, holding back
+    /// every later request. One round trip, bounded; left to the background
+    /// (and the lease) if Redis does not answer in time.
+    async fn leave_queue(&mut self) {
+        if !self.queued || self.hold.is_some() {
+            return;
+        }
+        let mut invocation = scripts::ABANDON.prepare_invoke();
+        invocation
+            .key(self.backend.keys.lock(self.resource))
+            .key(self.backend.keys.queue(self.resource))
+            .key(self.backend.keys.waiters(self.resource))
+            .arg("")
+            .arg(self.backend.keys.channel(self.resource))
+            .arg(self.waiter);
+        let limit = self.backend.options.response_timeout.min(LEAVE_QUEUE_WAIT);
+        let left: Result<Result<i64, _>, _> =
+            tokio::time::timeout(limit, invocation.invoke_async(&mut self.backend.connection.clone())).await;
+        if matches!(left, Ok(Ok(_))) {
+            self.queued = false;
+        }
+    }
+}
+
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.hold.is_some() || self.queued {
@@ -616,6 +643,7 @@ impl LockBackend for RedisBackend {
                     pending.queued = queued;
                     let Some(notified) = notified else { return Ok(Acquired::Busy { holder }) };
                     if request.deadline.has_passed() {
+                        pending.leave_queue().await;
                         return Ok(Acquired::Busy { holder });
                     }
                     last_busy = Some(holder);
@@ -763,6 +791,10 @@ impl LockBackend for RedisBackend {
         Ok(Vec::new())
     }
 }
+
+/// The longest a timed-out waiter waits for Redis to take it out of the
+/// queue before it reports the timeout (and leaves that to the background).
+const LEAVE_QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// The least time given to one acquisition attempt: about a round trip, so
 /// a wait that ends at the deadline still gets its last look.

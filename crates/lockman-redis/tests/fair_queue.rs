@@ -61,3 +61,20 @@ async fn waiters_on_several_managers_are_served_in_arrival_order() {
     let order: Vec<usize> = std::iter::from_fn(|| order_rx.try_recv().ok()).collect();
     assert_eq!(order, (0..MANAGERS).collect::<Vec<_>>(), "waiters were not served in arrival order");
 }
+
+/// A waiter that times out has left the queue when its `acquire` returns
+/// (not later, in the background): a process that exits on the timeout
+/// must not hold back the next request for the rest of its queue lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_waiter_has_left_the_queue_when_acquire_returns() {
+    let Some(server) = RedisServer::start() else { return };
+    let (holder, waiter) = (manager(&server).await, manager(&server).await);
+    let held = holder.acquire("busy", AcquireOptions::new()).await.expect("acquire");
+    let timed_out = waiter.acquire("busy", AcquireOptions::new().timeout(Duration::from_millis(200))).await;
+    assert!(matches!(timed_out, Err(lockman_core::LockError::Timeout { .. })), "{timed_out:?}");
+    let queued = server.command(&["ZCARD", "lockman:{busy}:queue"]).expect("ZCARD");
+    assert_eq!(queued, "0", "the timed-out waiter is still queued");
+    held.release().await.expect("release");
+    let next = holder.try_acquire("busy", AcquireOptions::new()).await.expect("try");
+    assert!(next.is_some(), "a free lock was refused behind a waiter that gave up");
+}
