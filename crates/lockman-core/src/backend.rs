@@ -200,7 +200,9 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     /// (nothing queued): core then calls `acquire`, which decides afresh.
     ///
     /// An in-process backend implements it so an uncontended grant costs no
-    /// future of its own; the default, `None`, always takes `acquire`.
+    /// future of its own; the default, `None`, always takes `acquire`. Core
+    /// may call it with its own locks held: it must not call back into the
+    /// manager.
     fn acquire_now(&self, request: &GrantRequest) -> Option<Result<Acquired<Self::Grant>, LockError>> {
         let _ = request;
         None

@@ -163,11 +163,21 @@ impl LockGuard {
     /// [`LockError::Lost`] if the lock had been lost before this call;
     /// [`LockError::Backend`] if the backend failed to release it (a lease,
     /// if any, still ends it).
-    pub async fn release(mut self) -> Result<(), LockError> {
-        let Some(grant) = self.grant.take() else { return Ok(()) };
+    pub async fn release(self) -> Result<(), LockError> {
+        match self.release_now() {
+            Ok(released) => released,
+            Err(later) => later.release_later().await,
+        }
+    }
+
+    /// Releases without awaiting if the backend can; otherwise the grant
+    /// whose [`release_later`](GrantHandle::release_later) finishes it
+    /// (the blocking API runs that on its runtime, and only that).
+    pub(crate) fn release_now(mut self) -> Result<Result<(), LockError>, Arc<dyn GrantHandle>> {
+        let Some(grant) = self.grant.take() else { return Ok(Ok(())) };
         match grant.release_now() {
-            Some(released) => released,
-            None => grant.release_later().await,
+            Some(released) => Ok(released),
+            None => Err(grant),
         }
     }
 

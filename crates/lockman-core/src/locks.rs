@@ -188,40 +188,47 @@ impl<B: LockBackend> Locks<B> {
             Ok(call) => call,
             Err(e) => return Begun::Done(Err(e)),
         };
-        let pending = if call.reentrant {
-            let key: ReentryKey = (call.resource.clone(), call.holder.clone());
-            let mut table = self.shared.reentry.lock();
-            match table.get(&key) {
-                Some(Reentry::Held(held)) if !held.is_lost() => {
-                    let reentered =
-                        reentry_mode(held.request.mode, call.options.mode, &call.resource, self.shared.name).map(
-                            |()| {
-                                held.count.fetch_add(1, Ordering::AcqRel);
-                                Some(held.clone())
-                            },
-                        );
-                    return Begun::Done(reentered);
-                }
-                Some(Reentry::Pending(_)) => return Begun::Reenter(call),
-                _ => {
-                    table.insert(key.clone(), Reentry::Pending(None));
-                }
+        if !call.reentrant {
+            let asked = self.ask(call);
+            return match self.shared.backend.acquire_now(&asked.request) {
+                Some(answer) => Begun::Done(answer.and_then(|answer| self.finish(asked, answer, true))),
+                None => Begun::Wait(asked, None),
+            };
+        }
+        let key: ReentryKey = (call.resource.clone(), call.holder.clone());
+        let mut table = self.shared.reentry.lock();
+        match table.get(&key) {
+            Some(Reentry::Held(held)) if !held.is_lost() => {
+                let reentered = reentry_mode(held.request.mode, call.options.mode, &call.resource, self.shared.name)
+                    .map(|()| {
+                        held.count.fetch_add(1, Ordering::AcqRel);
+                        Some(held.clone())
+                    });
+                return Begun::Done(reentered);
             }
-            // We own the pending slot: it is cleared however we leave.
-            Some(PendingSlot { shared: &self.shared, key: Some(key) })
-        } else {
-            None
-        };
+            Some(Reentry::Pending(_)) => return Begun::Reenter(call),
+            _ => {}
+        }
+        // Asked with the reentry table locked, so a same-holder caller sees
+        // the outcome, not a pending slot (the backend takes its own locks
+        // inside this one, never the other way round).
         let asked = self.ask(call);
         match self.shared.backend.acquire_now(&asked.request) {
             Some(answer) => {
                 let outcome = answer.and_then(|answer| self.finish(asked, answer, true));
-                if let Some(pending) = pending {
-                    pending.resolve(outcome.as_ref().ok().and_then(Option::as_ref));
-                }
+                match &outcome {
+                    Ok(Some(held)) => table.insert(key, Reentry::Held(held.clone())),
+                    // A lost grant of this holder's may still be listed.
+                    _ => table.remove(&key),
+                };
                 Begun::Done(outcome)
             }
-            None => Begun::Wait(asked, pending),
+            None => {
+                table.insert(key.clone(), Reentry::Pending(None));
+                drop(table);
+                // We own the pending slot: it is cleared however we leave.
+                Begun::Wait(asked, Some(PendingSlot { shared: &self.shared, key: Some(key) }))
+            }
         }
     }
 
