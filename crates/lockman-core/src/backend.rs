@@ -193,6 +193,21 @@ pub trait LockBackend: Debug + Send + Sync + 'static {
     /// Grants `request`, waiting until its deadline.
     fn acquire(&self, request: &GrantRequest) -> impl Future<Output = Result<Acquired<Self::Grant>, LockError>> + Send;
 
+    /// Decides `request` without awaiting, if the backend can: `Some` with
+    /// what [`acquire`](Self::acquire) would return without waiting (a
+    /// grant; or, when the deadline is [`Deadline::Now`], busy), `None` when
+    /// the caller would have to wait. Returning `None` must leave no trace
+    /// (nothing queued): core then calls `acquire`, which decides afresh.
+    ///
+    /// An in-process backend implements it so an uncontended grant costs no
+    /// future of its own; the default, `None`, always takes `acquire`. Core
+    /// may call it with its own locks held: it must not call back into the
+    /// manager.
+    fn acquire_now(&self, request: &GrantRequest) -> Option<Result<Acquired<Self::Grant>, LockError>> {
+        let _ = request;
+        None
+    }
+
     /// Releases a grant.
     ///
     /// A backend whose release never blocks implements only

@@ -215,9 +215,12 @@ impl BlockingLockGuard {
     ///
     /// As [`LockGuard::release`].
     pub fn release(mut self) -> Result<(), LockError> {
-        match self.guard.take() {
-            Some(guard) => block_on(guard.release())?,
-            None => Ok(()),
+        let Some(guard) = self.guard.take() else { return Ok(()) };
+        // A backend that releases without awaiting (in-process) needs no
+        // trip through the runtime.
+        match guard.release_now() {
+            Ok(released) => released,
+            Err(later) => block_on(later.release_later())?,
         }
     }
 }
@@ -355,5 +358,18 @@ pub fn block_on<F: Future>(future: F) -> Result<F::Output, LockError> {
                 .to_owned(),
         ));
     }
-    Ok(crate::runtime::background()?.block_on(future))
+    let runtime = crate::runtime::background()?;
+    // One poll in the runtime's context first: a future that completes at
+    // once (an uncontended in-process lock) skips `block_on`'s set-up of a
+    // blocking region and parker. `block_on` polls it again, with its own
+    // waker, if it did not.
+    let mut future = std::pin::pin!(future);
+    {
+        let _context = runtime.enter();
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return Ok(output);
+        }
+    }
+    Ok(runtime.block_on(future))
 }

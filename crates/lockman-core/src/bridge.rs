@@ -357,8 +357,14 @@ impl GrantHandle for BridgedGrant {
         LockError::lost(&*self.name, &**self.loss.resource(), reason)
     }
 
-    /// Releases the legacy lock, then the primary one.
-    async fn release(self: Arc<Self>) -> Result<(), LockError> {
+    /// Both sides release by awaiting (in order): always later.
+    fn release_now(&self) -> Option<Result<(), LockError>> {
+        None
+    }
+
+    /// Releases the legacy lock, then the primary one (in the background
+    /// for a dropped guard).
+    async fn release_later(self: Arc<Self>) -> Result<(), LockError> {
         let Some(grant) = Arc::into_inner(self) else {
             unreachable!("a bridged grant has exactly one guard");
         };
@@ -401,15 +407,6 @@ impl GrantHandle for BridgedGrant {
             }
             (Err(e), None) => Err(e),
         }
-    }
-
-    /// Releases in the background, in the same order.
-    fn release_on_drop(self: Arc<Self>) {
-        crate::runtime::spawn(async move {
-            if let Err(e) = self.release().await {
-                tracing::warn!(error = %e, "releasing a dropped bridged guard");
-            }
-        });
     }
 
     /// The primary's: it is the lock bridged processes exclude each other by.

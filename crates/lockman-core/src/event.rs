@@ -1,6 +1,7 @@
 //! The stream of lock events every manager publishes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,19 @@ impl LockEvent {
 #[derive(Debug)]
 pub struct LockEvents {
     stream: tokio_stream::wrappers::BroadcastStream<LockEvent>,
+    /// Counts this receiver in its sink while it lives.
+    _counted: Subscribed,
+}
+
+/// One live receiver, counted in [`SinkInner::receivers`]: asking the
+/// broadcast channel itself takes its lock, twice per lock cycle.
+#[derive(Debug)]
+struct Subscribed(Arc<AtomicUsize>);
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// Why [`LockEvents::recv`] returned no event.
@@ -212,6 +226,9 @@ pub struct EventSink {
 #[derive(Debug)]
 struct SinkInner {
     sender: broadcast::Sender<LockEvent>,
+    /// Live [`LockEvents`]; an `Arc` of its own, so receivers do not keep
+    /// the sender (and so their stream) alive.
+    receivers: Arc<AtomicUsize>,
     backend: Arc<str>,
     meters: Meters,
 }
@@ -223,17 +240,29 @@ impl EventSink {
     /// A new sink for `backend`.
     pub fn new(backend: &str) -> Self {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
-        EventSink { inner: Arc::new(SinkInner { sender, backend: backend.into(), meters: Meters::new(backend) }) }
+        EventSink {
+            inner: Arc::new(SinkInner {
+                sender,
+                receivers: Arc::new(AtomicUsize::new(0)),
+                backend: backend.into(),
+                meters: Meters::new(backend),
+            }),
+        }
     }
 
     /// A new receiver of every event sent from now on.
     pub fn subscribe(&self) -> LockEvents {
-        LockEvents { stream: tokio_stream::wrappers::BroadcastStream::new(self.inner.sender.subscribe()) }
+        self.inner.receivers.fetch_add(1, Ordering::AcqRel);
+        let counted = Subscribed(self.inner.receivers.clone());
+        LockEvents {
+            stream: tokio_stream::wrappers::BroadcastStream::new(self.inner.sender.subscribe()),
+            _counted: counted,
+        }
     }
 
     /// Whether an event would reach anyone (a receiver, or a debug log).
     pub fn is_observed(&self) -> bool {
-        self.inner.sender.receiver_count() > 0 || tracing::enabled!(tracing::Level::DEBUG)
+        self.inner.receivers.load(Ordering::Acquire) > 0 || tracing::enabled!(tracing::Level::DEBUG)
     }
 
     /// Publishes `event` to every receiver (none is fine) and logs it.

@@ -46,10 +46,12 @@ pub(crate) trait GrantHandle: Send + Sync {
     fn info(&self) -> LockInfo;
     fn is_lost(&self) -> bool;
     fn lost_error(&self, reason: LostReason) -> LockError;
-    /// One guard leaves; the last one releases the grant.
-    async fn release(self: Arc<Self>) -> Result<(), LockError>;
-    /// Like `release`, without waiting (from `Drop`).
-    fn release_on_drop(self: Arc<Self>);
+    /// One guard leaves; the last one releases the grant if that needs no
+    /// awaiting. `None`: it was the last, and the release must be finished
+    /// with [`release_later`](Self::release_later).
+    fn release_now(&self) -> Option<Result<(), LockError>>;
+    /// Finishes a release that [`release_now`](Self::release_now) could not.
+    async fn release_later(self: Arc<Self>) -> Result<(), LockError>;
     async fn extend(&self, lease: Duration) -> Result<(), LockError>;
     /// The descriptor carrying the grant's kernel lock, if it has one.
     #[cfg(unix)]
@@ -161,10 +163,21 @@ impl LockGuard {
     /// [`LockError::Lost`] if the lock had been lost before this call;
     /// [`LockError::Backend`] if the backend failed to release it (a lease,
     /// if any, still ends it).
-    pub async fn release(mut self) -> Result<(), LockError> {
-        match self.grant.take() {
-            Some(grant) => grant.release().await,
-            None => Ok(()),
+    pub async fn release(self) -> Result<(), LockError> {
+        match self.release_now() {
+            Ok(released) => released,
+            Err(later) => later.release_later().await,
+        }
+    }
+
+    /// Releases without awaiting if the backend can; otherwise the grant
+    /// whose [`release_later`](GrantHandle::release_later) finishes it
+    /// (the blocking API runs that on its runtime, and only that).
+    pub(crate) fn release_now(mut self) -> Result<Result<(), LockError>, Arc<dyn GrantHandle>> {
+        let Some(grant) = self.grant.take() else { return Ok(Ok(())) };
+        match grant.release_now() {
+            Some(released) => Ok(released),
+            None => Err(grant),
         }
     }
 
@@ -183,7 +196,15 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(grant) = self.grant.take() {
-            grant.release_on_drop();
+            match grant.release_now() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "releasing a dropped guard"),
+                None => crate::runtime::spawn(async move {
+                    if let Err(e) = grant.release_later().await {
+                        tracing::warn!(error = %e, "releasing a dropped guard");
+                    }
+                }),
+            }
         }
     }
 }

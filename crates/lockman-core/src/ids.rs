@@ -164,11 +164,30 @@ impl HolderId {
     /// This id as the manager with `scope` stores it: a manager-scoped name
     /// becomes `NAME@SCOPE`; shared, anonymous and already qualified ids are
     /// kept.
-    pub(crate) fn scoped_to(self, scope: &str) -> Self {
-        match self.0 {
-            Repr::Local(name) => HolderId(Repr::Exact(format!("{name}{SCOPE_SEPARATOR}{scope}").into())),
-            _ => self,
+    ///
+    /// The last id scoped on each thread is kept, so a thread acquiring
+    /// with the same name again (the blocking API's thread holder, a
+    /// worker's fixed name) does not format and allocate it anew.
+    pub(crate) fn scoped_to(self, scope: &Arc<str>) -> Self {
+        type Last = std::cell::RefCell<Option<(Arc<str>, Arc<str>, HolderId)>>;
+        thread_local! {
+            static LAST: Last = const { std::cell::RefCell::new(None) };
         }
+        let Repr::Local(name) = self.0 else { return self };
+        let scoped = |name: &str| HolderId(Repr::Exact(format!("{name}{SCOPE_SEPARATOR}{scope}").into()));
+        LAST.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else { return scoped(&name) };
+            if let Some((kept_name, kept_scope, id)) = &*last
+                && Arc::ptr_eq(kept_scope, scope)
+                && **kept_name == *name
+            {
+                return id.clone();
+            }
+            let id = scoped(&name);
+            *last = Some((name.clone(), scope.clone(), id.clone()));
+            id
+        })
+        .unwrap_or_else(|_| scoped(&name))
     }
 }
 

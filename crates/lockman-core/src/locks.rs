@@ -49,15 +49,16 @@ struct Shared<B: LockBackend> {
     /// with them — never another manager or process using the same name.
     scope: Arc<str>,
     /// Grants held by a named holder, so the same holder can re-enter.
-    reentry: Mutex<HashMap<ReentryKey, Reentry<B>>>,
+    reentry: Mutex<HashMap<ReentryKey, Reentry<B>, foldhash::fast::RandomState>>,
 }
 
 type ReentryKey = (Arc<str>, HolderId);
 
 enum Reentry<B: LockBackend> {
     /// The holder's first acquisition is in progress; same-holder callers
-    /// wait for its outcome instead of queueing behind themselves.
-    Pending(Arc<Notify>),
+    /// wait for its outcome instead of queueing behind themselves (on a
+    /// `Notify` the first of them makes: usually nobody waits).
+    Pending(Option<Arc<Notify>>),
     Held(Arc<Held<B>>),
 }
 
@@ -66,6 +67,27 @@ enum Reentry<B: LockBackend> {
 enum Mode {
     Acquire,
     Try,
+}
+
+/// Where an acquisition stands after its synchronous part ([`Locks::begin`]).
+enum Begun<'a, B: LockBackend> {
+    /// Decided without awaiting.
+    Done(Result<Option<Arc<Held<B>>>, LockError>),
+    /// The backend must wait for it (and the holder's pending re-entry
+    /// slot, if it has one, is cleared when that ends).
+    Wait(Asked, Option<PendingSlot<'a, B>>),
+    /// The same holder's first acquisition is in flight: wait for its outcome.
+    Reenter(Call),
+}
+
+/// A request on its way to the backend, and what core needs to finish it.
+struct Asked {
+    request: GrantRequest,
+    reentrant: bool,
+    /// The watchdog keeps the lease (a default lease on a renewing backend).
+    auto_renew: bool,
+    mode: Mode,
+    started: Instant,
 }
 
 /// One `acquire` or `try_acquire` call on its way to the backend.
@@ -92,7 +114,7 @@ impl<B: LockBackend> Locks<B> {
                 name,
                 caps,
                 scope: crate::ids::new_manager_scope(),
-                reentry: Mutex::new(HashMap::new()),
+                reentry: Mutex::new(HashMap::default()),
             }),
             defaults: Arc::new(AcquireOptions::new()),
         }
@@ -145,6 +167,73 @@ impl<B: LockBackend> Locks<B> {
         options: AcquireOptions,
         mode: Mode,
     ) -> Result<Option<LockGuard>, LockError> {
+        let held = match self.begin(resource, options, mode) {
+            Begun::Done(held) => held?,
+            // Boxed: only acquisitions that wait pay for the larger future.
+            Begun::Wait(asked, pending) => Box::pin(self.wait_for_grant(asked, pending)).await?,
+            Begun::Reenter(call) => Box::pin(self.reenter_or_grant(call)).await?,
+        };
+        Ok(held.map(|held| {
+            let token = held.token;
+            let loss = held.loss().clone();
+            LockGuard::new(held, token, loss)
+        }))
+    }
+
+    /// Everything an acquisition can do without awaiting: the checks, a
+    /// re-entry, and the backend's answer if it can give one at once (an
+    /// uncontended grant, a busy `try_acquire`).
+    fn begin(&self, resource: &str, options: AcquireOptions, mode: Mode) -> Begun<'_, B> {
+        let call = match self.call(resource, options, mode) {
+            Ok(call) => call,
+            Err(e) => return Begun::Done(Err(e)),
+        };
+        if !call.reentrant {
+            let asked = self.ask(call);
+            return match self.shared.backend.acquire_now(&asked.request) {
+                Some(answer) => Begun::Done(answer.and_then(|answer| self.finish(asked, answer, true))),
+                None => Begun::Wait(asked, None),
+            };
+        }
+        let key: ReentryKey = (call.resource.clone(), call.holder.clone());
+        let mut table = self.shared.reentry.lock();
+        match table.get(&key) {
+            Some(Reentry::Held(held)) if !held.is_lost() => {
+                let reentered = reentry_mode(held.request.mode, call.options.mode, &call.resource, self.shared.name)
+                    .map(|()| {
+                        held.count.fetch_add(1, Ordering::AcqRel);
+                        Some(held.clone())
+                    });
+                return Begun::Done(reentered);
+            }
+            Some(Reentry::Pending(_)) => return Begun::Reenter(call),
+            _ => {}
+        }
+        // Asked with the reentry table locked, so a same-holder caller sees
+        // the outcome, not a pending slot (the backend takes its own locks
+        // inside this one, never the other way round).
+        let asked = self.ask(call);
+        match self.shared.backend.acquire_now(&asked.request) {
+            Some(answer) => {
+                let outcome = answer.and_then(|answer| self.finish(asked, answer, true));
+                match &outcome {
+                    Ok(Some(held)) => table.insert(key, Reentry::Held(held.clone())),
+                    // A lost grant of this holder's may still be listed.
+                    _ => table.remove(&key),
+                };
+                Begun::Done(outcome)
+            }
+            None => {
+                table.insert(key.clone(), Reentry::Pending(None));
+                drop(table);
+                // We own the pending slot: it is cleared however we leave.
+                Begun::Wait(asked, Some(PendingSlot { shared: &self.shared, key: Some(key) }))
+            }
+        }
+    }
+
+    /// Checks the name, mode and lease, and settles the holder and deadline.
+    fn call(&self, resource: &str, options: AcquireOptions, mode: Mode) -> Result<Call, LockError> {
         crate::validate_name(resource)?;
         self.shared.backend.validate_name(resource)?;
         let options = options.with_defaults(&self.defaults);
@@ -162,41 +251,47 @@ impl<B: LockBackend> Locks<B> {
             (Mode::Acquire, Wait::Forever) => Deadline::Never,
         };
         let resource: Arc<str> = Arc::from(resource);
-        let held = match options.holder.clone() {
-            None => {
-                let call =
-                    Call { resource, holder: HolderId::unique(), reentrant: false, options, deadline, mode, started };
-                self.grant(call).await?
-            }
-            // Boxed: keeps the anonymous (common) path's future small.
+        Ok(match options.holder.clone() {
+            None => Call { resource, holder: HolderId::unique(), reentrant: false, options, deadline, mode, started },
             Some(holder) => {
                 let holder = holder.scoped_to(&self.shared.scope);
-                let call = Call { resource, holder, reentrant: true, options, deadline, mode, started };
-                Box::pin(self.reenter_or_grant(call)).await?
+                Call { resource, holder, reentrant: true, options, deadline, mode, started }
             }
-        };
-        Ok(held.map(|held| {
-            let token = held.token;
-            let loss = held.loss().clone();
-            LockGuard::new(held, token, loss)
-        }))
+        })
     }
 
-    /// Re-enters a grant the holder already has, or takes a new one.
+    /// Waits for the backend's grant of a request it could not decide at once.
+    async fn wait_for_grant(
+        &self,
+        asked: Asked,
+        pending: Option<PendingSlot<'_, B>>,
+    ) -> Result<Option<Arc<Held<B>>>, LockError> {
+        let outcome = match self.shared.backend.acquire(&asked.request).await {
+            Ok(answer) => self.finish(asked, answer, false),
+            Err(e) => Err(e),
+        };
+        if let Some(pending) = pending {
+            pending.resolve(outcome.as_ref().ok().and_then(Option::as_ref));
+        }
+        outcome
+    }
+
+    /// Re-enters a grant the holder already has once its first acquisition
+    /// (in flight when we looked) is decided, or takes a new one.
     async fn reenter_or_grant(&self, call: Call) -> Result<Option<Arc<Held<B>>>, LockError> {
         let key: ReentryKey = (call.resource.clone(), call.holder.clone());
         loop {
             let notify = {
                 let mut table = self.shared.reentry.lock();
-                match table.get(&key) {
+                match table.get_mut(&key) {
                     Some(Reentry::Held(held)) if !held.is_lost() => {
                         reentry_mode(held.request.mode, call.options.mode, &call.resource, self.shared.name)?;
                         held.count.fetch_add(1, Ordering::AcqRel);
                         return Ok(Some(held.clone()));
                     }
-                    Some(Reentry::Pending(notify)) => notify.clone(),
+                    Some(Reentry::Pending(notify)) => notify.get_or_insert_with(|| Arc::new(Notify::new())).clone(),
                     _ => {
-                        table.insert(key.clone(), Reentry::Pending(Arc::new(Notify::new())));
+                        table.insert(key.clone(), Reentry::Pending(None));
                         break;
                     }
                 }
@@ -204,7 +299,8 @@ impl<B: LockBackend> Locks<B> {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if matches!(self.shared.reentry.lock().get(&key), Some(Reentry::Pending(n)) if Arc::ptr_eq(n, &notify)) {
+            if matches!(self.shared.reentry.lock().get(&key), Some(Reentry::Pending(Some(n))) if Arc::ptr_eq(n, &notify))
+            {
                 let timed_out = match call.deadline.instant() {
                     None => {
                         notified.await;
@@ -220,13 +316,18 @@ impl<B: LockBackend> Locks<B> {
         }
         // We own the pending slot: make sure it is cleared however we leave.
         let pending = PendingSlot { shared: &self.shared, key: Some(key) };
-        let outcome = self.grant(call).await;
+        let asked = self.ask(call);
+        let answer = match self.shared.backend.acquire_now(&asked.request) {
+            Some(answer) => answer.map(|answer| (answer, true)),
+            None => self.shared.backend.acquire(&asked.request).await.map(|answer| (answer, false)),
+        };
+        let outcome = answer.and_then(|(answer, at_once)| self.finish(asked, answer, at_once));
         pending.resolve(outcome.as_ref().ok().and_then(Option::as_ref));
         outcome
     }
 
-    /// Asks the backend for a new grant.
-    async fn grant(&self, call: Call) -> Result<Option<Arc<Held<B>>>, LockError> {
+    /// The backend's request for `call`.
+    fn ask(&self, call: Call) -> Asked {
         let Call { resource, holder, reentrant, options, deadline, mode, started } = call;
         let caps = &self.shared.caps;
         let auto_renew = options.lease.is_none() && caps.renewal;
@@ -237,16 +338,31 @@ impl<B: LockBackend> Locks<B> {
         let purpose = options.purpose.map(Arc::from);
         let request =
             GrantRequest { resource, holder, mode: options.mode, purpose, lease, deadline, explicit_wait, loss };
-        let granted = match self.shared.backend.acquire(&request).await? {
+        Asked { request, reentrant, auto_renew: auto_renew && lease.is_some(), mode, started }
+    }
+
+    /// Turns the backend's answer into a grant (with its event, metrics and
+    /// lease task) or the caller's busy answer. `at_once`: the backend
+    /// answered without waiting, so the grant is dated from the call's start
+    /// (one clock read fewer) and it waited no time.
+    fn finish(
+        &self,
+        asked: Asked,
+        answer: Acquired<B::Grant>,
+        at_once: bool,
+    ) -> Result<Option<Arc<Held<B>>>, LockError> {
+        let Asked { request, reentrant, auto_renew, mode, started } = asked;
+        let granted = match answer {
             Acquired::Granted(granted) => granted,
             Acquired::Busy { holder } => return self.busy(&request.resource, mode, started, holder, None),
             Acquired::Skipped { holder, reason } => {
                 return self.busy(&request.resource, mode, started, holder, Some(reason));
             }
         };
-        let now = Instant::now();
+        let now = if at_once { started } else { Instant::now() };
         let waited = now - started;
         request.loss.granted(granted.fencing_token, now.into_std());
+        let lease = request.lease;
         let held = Arc::new(Held {
             shared: self.shared.clone(),
             grant: granted.grant,
@@ -259,7 +375,7 @@ impl<B: LockBackend> Locks<B> {
                 deadline: granted.lease_expires_at.map(deadline_of),
                 last_heartbeat: None,
             }),
-            auto_renew: auto_renew && lease.is_some(),
+            auto_renew,
             watched: granted.lease_expires_at.is_some(),
             count: AtomicU32::new(1),
             reentrant,
@@ -292,7 +408,6 @@ impl<B: LockBackend> Locks<B> {
         }
         Ok(Some(held))
     }
-
     fn busy(
         &self,
         resource: &str,
@@ -301,11 +416,11 @@ impl<B: LockBackend> Locks<B> {
         holder: Option<LockInfo>,
         skipped: Option<String>,
     ) -> Result<Option<Arc<Held<B>>>, LockError> {
-        let waited = started.elapsed();
         if mode == Mode::Try {
             self.shared.events.meters().contended();
             return Ok(None);
         }
+        let waited = started.elapsed();
         self.shared.events.meters().timed_out(waited);
         self.shared.events.emit(LockEventKind::TimedOut, resource, |mut event| {
             event.waited = Some(waited);
@@ -382,7 +497,7 @@ impl<B: LockBackend> PendingSlot<'_, B> {
                     None => table.remove(&key),
                 }
             };
-            if let Some(Reentry::Pending(notify)) = previous {
+            if let Some(Reentry::Pending(Some(notify))) = previous {
                 notify.notify_waiters();
             }
         }
@@ -393,7 +508,7 @@ impl<B: LockBackend> Drop for PendingSlot<'_, B> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let previous = self.shared.reentry.lock().remove(&key);
-            if let Some(Reentry::Pending(notify)) = previous {
+            if let Some(Reentry::Pending(Some(notify))) = previous {
                 notify.notify_waiters();
             }
         }
@@ -433,6 +548,10 @@ impl<B: LockBackend> LockManager for Locks<B> {
     }
 
     async fn acquire(&self, resource: &str, options: AcquireOptions) -> Result<LockGuard, LockError> {
+        // As tokio's own locks do: a task taking free locks in a loop never
+        // parks, so without this it would keep its worker from every other
+        // task until it stopped (8 tasks on 2 workers: some got no turn).
+        tokio::task::coop::consume_budget().await;
         let span = tracing::debug_span!(
             "lockman.acquire",
             resource,
@@ -440,9 +559,14 @@ impl<B: LockBackend> LockManager for Locks<B> {
             waited_ms = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let started = Instant::now();
-        let result = self.acquire_with(resource, options, Mode::Acquire).instrument(span.clone()).await;
-        record_outcome(&span, started, &result);
+        let result = if span.is_disabled() {
+            self.acquire_with(resource, options, Mode::Acquire).await
+        } else {
+            let started = Instant::now();
+            let result = self.acquire_with(resource, options, Mode::Acquire).instrument(span.clone()).await;
+            record_outcome(&span, started, &result);
+            result
+        };
         match result {
             Ok(Some(guard)) => Ok(guard),
             Ok(None) => unreachable!("acquire never returns Ok(None): only try_acquire does"),
@@ -458,6 +582,9 @@ impl<B: LockBackend> LockManager for Locks<B> {
             waited_ms = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        if span.is_disabled() {
+            return self.acquire_with(resource, options, Mode::Try).await;
+        }
         let started = Instant::now();
         let result = self.acquire_with(resource, options, Mode::Try).instrument(span.clone()).await;
         record_outcome(&span, started, &result);
@@ -515,9 +642,6 @@ impl<B: LockBackend> LockManager for Locks<B> {
 }
 
 fn record_outcome(span: &tracing::Span, started: Instant, result: &Result<Option<LockGuard>, LockError>) {
-    if span.is_disabled() {
-        return;
-    }
     span.record("waited_ms", started.elapsed().as_secs_f64() * 1000.0);
     span.record(
         "outcome",

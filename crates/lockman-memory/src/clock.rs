@@ -30,17 +30,36 @@ const DRIFT: Duration = Duration::from_millis(10);
 /// One map's pairing of tokio's clock with the system clock.
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
-    anchor: Mutex<Option<(Instant, SystemTime)>>,
+    anchor: Mutex<Option<Anchor>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    pair: (Instant, SystemTime),
+    /// When (on tokio's clock) the pairing was last checked against the
+    /// system clock.
+    checked: Instant,
 }
 
 impl Clock {
     /// Both clocks, now, paired as this map last paired them unless they
     /// have moved apart by more than [`DRIFT`].
+    ///
+    /// The pairing is checked against the system clock once per [`DRIFT`]
+    /// of tokio's clock, not on every call: a grant reads one clock, not
+    /// two. A step of the system clock shows within [`DRIFT`]; a paused
+    /// clock that is advanced is checked as soon as it moved that far.
     pub(crate) fn wall(&self) -> Wall {
         let now = now();
-        let wall_now = SystemTime::now();
         let mut anchor = self.anchor.lock();
-        let kept = anchor.filter(|&pair| {
+        if let Some(kept) = *anchor
+            && now >= kept.checked
+            && now - kept.checked < DRIFT
+        {
+            return Wall { now, anchor: kept.pair };
+        }
+        let wall_now = SystemTime::now();
+        let kept = anchor.map(|kept| kept.pair).filter(|&pair| {
             let mapped = Wall { now, anchor: pair }.of(now);
             let apart = match mapped.duration_since(wall_now) {
                 Ok(ahead) => ahead,
@@ -49,7 +68,7 @@ impl Clock {
             apart <= DRIFT
         });
         let pair = kept.unwrap_or((now, wall_now));
-        *anchor = Some(pair);
+        *anchor = Some(Anchor { pair, checked: now });
         Wall { now, anchor: pair }
     }
 }

@@ -68,7 +68,7 @@ use lockman_core::{
 use store::Store;
 
 pub use status::MemoryStatusManager;
-use table::{Aftermath, Attempt, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
+use table::{Aftermath, Attempt, IfBusy, LockTable, NotCurrent, Request, Slot, SlotRef, Wakeup};
 #[cfg(feature = "url")]
 pub use url_options::MemoryConfigKey;
 
@@ -261,6 +261,17 @@ impl MemoryBackend {
     }
 }
 
+/// The table's view of a request; the loss signal travels with the grant.
+fn table_request(request: &GrantRequest) -> Request<LossSignal> {
+    Request {
+        holder: request.holder.clone(),
+        mode: request.mode,
+        purpose: request.purpose.clone(),
+        lease: request.lease,
+        tag: request.loss.clone(),
+    }
+}
+
 /// Wakes the new holder (and the waiter to re-arm) and tells evicted holders
 /// why they lost the lock.
 fn settle(after: Aftermath<LossSignal>, reason: LostReason) {
@@ -327,15 +338,8 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
-        let wait = request.deadline != Deadline::Now;
-        let table_request = Request {
-            holder: request.holder.clone(),
-            mode: request.mode,
-            purpose: request.purpose.clone(),
-            lease: request.lease,
-            tag: request.loss.clone(),
-        };
-        let (attempt, after) = self.table().attempt(&request.resource, table_request, wait);
+        let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Queue };
+        let (attempt, after) = self.table().attempt_or(&request.resource, table_request(request), busy);
         settle(after, LostReason::LeaseExpired);
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
@@ -343,7 +347,24 @@ impl LockBackend for MemoryBackend {
             Attempt::Refused(refused) => return Err(refused),
             // Boxed: keeps the uncontended path's future small.
             Attempt::Queued(slot) => Box::pin(self.wait(&request.resource, slot, request.deadline)).await,
+            Attempt::WouldWait => unreachable!("the table declines only when asked to"),
         })
+    }
+
+    /// The uncontended grant (and a busy `try_acquire`) decided under the
+    /// table lock; a request that would queue goes to `acquire`, which
+    /// queues it (or grants it, if the holder left meanwhile).
+    fn acquire_now(&self, request: &GrantRequest) -> Option<Result<Acquired<MemoryGrant>, LockError>> {
+        let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Decline };
+        let (attempt, after) = self.table().attempt_or(&request.resource, table_request(request), busy);
+        settle(after, LostReason::LeaseExpired);
+        match attempt {
+            Attempt::Granted(grant) => Some(Ok(self.granted(&request.resource, grant, false))),
+            Attempt::Busy(holder) => Some(Ok(Acquired::Busy { holder: Some(holder) })),
+            Attempt::Refused(refused) => Some(Err(refused)),
+            Attempt::WouldWait => None,
+            Attempt::Queued(_) => unreachable!("the table queues only when asked to"),
+        }
     }
 
     fn release_now(&self, grant: &MemoryGrant) -> Option<Result<(), LockError>> {

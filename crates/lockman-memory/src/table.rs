@@ -181,6 +181,20 @@ pub(crate) enum Attempt<T> {
     /// The resource is in use with a mode that disagrees with the request's
     /// (another permit count, a semaphore against a lock); the error says so.
     Refused(LockError),
+    /// Not granted at once, and the caller asked not to be queued
+    /// ([`IfBusy::Decline`]); nothing was changed for it.
+    WouldWait,
+}
+
+/// What [`LockTable::attempt_or`] does with a request it cannot grant at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IfBusy {
+    /// Queue it: the caller waits on the slot.
+    Queue,
+    /// Report who holds the resource.
+    Report,
+    /// Nothing, cheaply: the caller will try again, ready to queue.
+    Decline,
 }
 
 /// What a waiter's [`Granted`] future completes with.
@@ -225,7 +239,7 @@ pub(crate) struct NotCurrent;
 
 #[derive(Debug)]
 pub(crate) struct LockTable<T> {
-    entries: Mutex<HashMap<Text, Entry<T>>>,
+    entries: Mutex<HashMap<Text, Entry<T>, foldhash::fast::RandomState>>,
     /// One counter for all resources: strictly increasing per resource, and
     /// it survives the removal of idle entries.
     last_token: AtomicU64,
@@ -235,7 +249,7 @@ pub(crate) struct LockTable<T> {
 
 impl<T> Default for LockTable<T> {
     fn default() -> Self {
-        LockTable { entries: Mutex::new(HashMap::new()), last_token: AtomicU64::new(0), clock: Clock::default() }
+        LockTable { entries: Mutex::new(HashMap::default()), last_token: AtomicU64::new(0), clock: Clock::default() }
     }
 }
 
@@ -243,7 +257,14 @@ impl<T: Clone> LockTable<T> {
     /// Grants `resource` if nobody waits and its holdings admit the request
     /// (holdings whose lease ran out are evicted first); otherwise queues the
     /// request (if `wait`) or reports the holders.
+    #[cfg(test)]
     pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
+        self.attempt_or(resource, request, if wait { IfBusy::Queue } else { IfBusy::Report })
+    }
+
+    /// [`attempt`](Self::attempt), choosing what happens when the request
+    /// cannot be granted at once.
+    pub(crate) fn attempt_or(&self, resource: &Text, request: Request<T>, busy: IfBusy) -> (Attempt<T>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let entry = match entries.entry(resource.clone()) {
@@ -271,9 +292,13 @@ impl<T: Clone> LockTable<T> {
             entry.holdings.push(holding);
             return (Attempt::Granted(grant), after);
         }
-        if !wait {
-            let (info, _) = entry.info(resource, &self.clock.wall());
-            return (Attempt::Busy(info), after);
+        match busy {
+            IfBusy::Queue => {}
+            IfBusy::Report => {
+                let (info, _) = entry.info(resource, &self.clock.wall());
+                return (Attempt::Busy(info), after);
+            }
+            IfBusy::Decline => return (Attempt::WouldWait, after),
         }
         let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting { request, waker: None, rearm: false }) });
         entry.waiters.push_back(slot.clone());
@@ -285,17 +310,17 @@ impl<T: Clone> LockTable<T> {
     pub(crate) fn release(&self, resource: &Text, token: u64) -> (Result<(), NotCurrent>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
-        let std::collections::hash_map::Entry::Occupied(mut occupied) = entries.entry(resource.clone()) else {
+        let Some(entry) = entries.get_mut(&**resource) else {
             return (Err(NotCurrent), after);
         };
-        let entry = occupied.get_mut();
         let Some(index) = entry.holdings.iter().position(|holding| holding.token == token) else {
             return (Err(NotCurrent), after);
         };
         entry.holdings.swap_remove(index);
         self.admit_waiters(entry, &mut after);
         if entry.holdings.is_empty() {
-            occupied.remove();
+            // A second lookup, not an `entry` (which would clone the name).
+            entries.remove(&**resource);
         }
         (Ok(()), after)
     }
@@ -664,6 +689,24 @@ mod tests {
         // Free again: any mode may use it now.
         let plain = granted(table.attempt(&resource, request("f"), true));
         assert_eq!(table.release(&resource, plain.token).0, Ok(()));
+    }
+
+    #[test]
+    fn declined_request_leaves_no_trace() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let first = granted(table.attempt(&resource, request("a"), true));
+        let (attempt, _) = table.attempt_or(&resource, request("b"), IfBusy::Decline);
+        assert!(matches!(attempt, Attempt::WouldWait));
+        assert_eq!(table.waiters(), 0, "a declined request was queued");
+        let next = queued(table.attempt(&resource, request("c"), true));
+        assert_eq!(table.release(&resource, first.token).0, Ok(()));
+        let handed = table.cancel(&resource, &next).0.expect("c, the only waiter, was handed the lock");
+        assert_eq!(table.release(&resource, handed.token).0, Ok(()));
+        // Free: a declining request is granted like any other.
+        let free = granted(table.attempt_or(&resource, request("d"), IfBusy::Decline));
+        assert_eq!(table.release(&resource, free.token).0, Ok(()));
+        assert_eq!(table.len(), 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Reentry, ReentryKey, Shared, check_lease};
 use crate::backend::{GrantRequest, LockBackend};
 use crate::guard::GrantHandle;
-use crate::{FencingToken, LockError, LockEventKind, LockInfo, LossSignal, LostReason, runtime};
+use crate::{FencingToken, LockError, LockEventKind, LockInfo, LossSignal, LostReason};
 
 /// One grant, shared by the guards of a holder that re-entered it.
 pub(super) struct Held<B: LockBackend> {
@@ -85,7 +85,7 @@ impl<B: LockBackend> Held<B> {
     }
 
     /// One guard leaves; true if it was the last.
-    pub(super) fn leave(self: &Arc<Self>) -> bool {
+    pub(super) fn leave(&self) -> bool {
         if !self.reentrant {
             return true;
         }
@@ -94,7 +94,7 @@ impl<B: LockBackend> Held<B> {
             return false;
         }
         let key: ReentryKey = (self.request.resource.clone(), self.request.holder.clone());
-        if matches!(table.get(&key), Some(Reentry::Held(held)) if Arc::ptr_eq(held, self)) {
+        if matches!(table.get(&key), Some(Reentry::Held(held)) if std::ptr::eq(Arc::as_ptr(held), self)) {
             table.remove(&key);
         }
         true
@@ -286,34 +286,27 @@ impl<B: LockBackend> GrantHandle for Held<B> {
         LockError::lost(self.shared.name, &*self.request.resource, reason)
     }
 
-    async fn release(self: Arc<Self>) -> Result<(), LockError> {
+    fn release_now(&self) -> Option<Result<(), LockError>> {
         if !self.leave() {
-            return match self.loss().reason() {
+            return Some(match self.loss().reason() {
                 Some(reason) => Err(self.lost_error(reason.clone())),
                 None => Ok(()),
-            };
+            });
         }
-        self.release_grant().await
-    }
-
-    fn release_on_drop(self: Arc<Self>) {
-        if !self.leave() {
-            return;
-        }
+        // Without a watchdog nothing renews, so there is no renewal to wait
+        // for behind the renew gate (`extend` needs a guard, and this was
+        // the last): a backend that releases without awaiting does it here.
         if !self.auto_renew
             && let Some(released) = self.shared.backend.release_now(&self.grant)
         {
             self.begin_end();
-            if let Err(e) = self.conclude(released) {
-                tracing::warn!(error = %e, "releasing a dropped guard");
-            }
-            return;
+            return Some(self.conclude(released));
         }
-        runtime::spawn(async move {
-            if let Err(e) = self.release_grant().await {
-                tracing::warn!(error = %e, "releasing a dropped guard");
-            }
-        });
+        None
+    }
+
+    async fn release_later(self: Arc<Self>) -> Result<(), LockError> {
+        self.release_grant().await
     }
 
     async fn extend(&self, lease: Duration) -> Result<(), LockError> {
