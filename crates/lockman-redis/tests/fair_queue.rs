@@ -4,7 +4,7 @@
 //! whichever manager it is on — and not whoever hears the release first.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockman_core::{AcquireOptions, LockBackend, LockManager};
 use lockman_redis::{RedisBackend, RedisOptions};
@@ -15,20 +15,6 @@ const MANAGERS: usize = 6;
 
 async fn manager(server: &RedisServer) -> Arc<dyn LockManager> {
     Arc::new(RedisBackend::connect(RedisOptions::new(server.url())).await.expect("connect").into_manager())
-}
-
-/// Polls until `resource` has `n` queued waiters in Redis.
-async fn until_queued(server: &RedisServer, resource: &str, n: usize) {
-    let key = format!("lockman:{{{resource}}}:queue");
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let queued: usize = server.command(&["ZCARD", &key]).expect("ZCARD").parse().unwrap_or(0);
-        if queued == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{resource} never had {n} queued waiters (has {queued})");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Waiters on six managers, each queued after the one before, are granted
@@ -52,7 +38,7 @@ async fn waiters_on_several_managers_are_served_in_arrival_order() {
             order_tx.send(place).expect("send");
             guard.release().await.expect("release");
         }));
-        until_queued(&server, "fifo", place + 1).await;
+        server.until_queued("fifo", place + 1).await;
     }
     holder.release().await.expect("release");
     for waiter in waiters {

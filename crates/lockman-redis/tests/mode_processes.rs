@@ -74,29 +74,16 @@ async fn a_killed_waiter_is_skipped() {
     let reader = locks.acquire("r", AcquireOptions::new().shared()).await.expect("reader");
     let mut waiter = Proc::wait(&server.url(), "r", LockMode::Exclusive);
     waiter.said("waiting", BOUND);
-    wait_for_queue(&server, "r", 1).await;
+    server.until_queued("r", 1).await;
     waiter.kill();
     let other = manager(server.url(), Duration::from_secs(5)).await;
     let next = tokio::spawn(async move { other.acquire("r", AcquireOptions::new().timeout(BOUND)).await });
-    wait_for_queue(&server, "r", 2).await;
+    server.until_queued("r", 2).await;
     let released = Instant::now();
     reader.release().await.expect("release");
     let writer = next.await.expect("join").expect("held up by a dead waiter");
     eprintln!("the waiter behind a dead one got in {:?} after the release", released.elapsed());
     assert!(released.elapsed() < Duration::from_secs(8), "took {:?}", released.elapsed());
     writer.release().await.expect("release");
-    wait_for_queue(&server, "r", 0).await;
-}
-
-async fn wait_for_queue(server: &RedisServer, resource: &str, n: usize) {
-    let key = format!("lockman:{{{resource}}}:queue");
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let len: usize = server.command(&["ZCARD", &key]).expect("ZCARD").parse().unwrap_or(0);
-        if len == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{resource} never had {n} queued waiters (has {len})");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    server.until_queued("r", 0).await;
 }

@@ -44,20 +44,6 @@ fn queued(server: &RedisServer, resource: &str) -> usize {
     server.command(&["ZCARD", &format!("lockman:{{{resource}}}:queue")]).expect("ZCARD").parse().unwrap_or(0)
 }
 
-/// Polls (every 5 ms, at most [`BOUND`]) until `resource` has `n` queued waiters.
-async fn until_queued(server: &RedisServer, resource: &str, n: usize) {
-    let deadline = Instant::now() + BOUND;
-    while queued(server, resource) != n {
-        assert!(
-            Instant::now() < deadline,
-            "{resource} never had {n} queued waiters (has {}: {:?})",
-            queued(server, resource),
-            server.command(&["ZRANGE", &format!("lockman:{{{resource}}}:queue"), "0", "-1", "WITHSCORES"])
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Whether `task` is still waiting after a moment (it must be, for a test
 /// that checks it was not let in).
 async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
@@ -156,7 +142,7 @@ async fn modes_that_disagree_are_refused_naming_both() {
         let b = b.clone();
         tokio::spawn(async move { b.acquire("plain", shared()).await })
     };
-    until_queued(&server, "plain", 1).await;
+    server.until_queued("plain", 1).await;
     lock.release().await.expect("release");
     let reader = tokio::time::timeout(BOUND, reader).await.expect("reader").expect("join").expect("reader");
     reader.release().await.expect("release");
@@ -207,7 +193,7 @@ async fn readers_queue_behind_a_waiting_writer_and_then_get_in_together() {
         let b = b.clone();
         tokio::spawn(async move { b.acquire("r", exclusive()).await })
     };
-    until_queued(&server, "r", 1).await;
+    server.until_queued("r", 1).await;
     assert!(
         a.try_acquire("r", AcquireOptions::new().shared()).await.expect("try").is_none(),
         "a reader overtook the waiting writer"
@@ -220,7 +206,7 @@ async fn readers_queue_behind_a_waiting_writer_and_then_get_in_together() {
     // `a`'s first reader is queued in Redis behind the writer; `a`'s second
     // waits for its turn in `a`, and `b`'s reader for its turn in `b`, where
     // the writer has it (each manager lets one waiter per resource contend).
-    until_queued(&server, "r", 2).await;
+    server.until_queued("r", 2).await;
     first.release().await.expect("release");
     let writer = tokio::time::timeout(BOUND, writer).await.expect("writer starved").expect("join").expect("writer");
     for reader in &readers {
@@ -360,7 +346,7 @@ async fn waiters_that_give_up_or_are_cancelled_leave_the_queue() {
         let b = b.clone();
         tokio::spawn(async move { b.acquire("r", shared().wait_forever()).await })
     };
-    until_queued(&server, "r", 1).await;
+    server.until_queued("r", 1).await;
     cancelled.abort();
     let deadline = Instant::now() + Duration::from_secs(1);
     while queued(&server, "r") != 0 {
@@ -393,7 +379,7 @@ async fn a_writer_waiting_before_readers_came_keeps_its_place() {
         })
     };
     assert!(still_waiting(&writer).await, "the second writer got in beside the first");
-    until_queued(&server, "r", 1).await;
+    server.until_queued("r", 1).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut streams = Vec::new();
@@ -410,7 +396,7 @@ async fn a_writer_waiting_before_readers_came_keeps_its_place() {
     }
     drop(log_tx);
     // The writer joins the queue ahead of `a`'s and `c`'s first readers.
-    until_queued(&server, "r", 3).await;
+    server.until_queued("r", 3).await;
     first.release().await.expect("release");
     let (granted, guard) = tokio::time::timeout(BOUND, writer).await.expect("writer starved").expect("join");
     let guard = guard.expect("writer");

@@ -387,6 +387,30 @@ impl RedisServer {
         self.command_with_timeout(args, COMMAND_TIMEOUT)
     }
 
+    /// Waits (looking every 5 ms, at most 10 s) until `resource`'s waiter
+    /// queue under lockman's default prefix (`lockman:{<resource>}:queue`)
+    /// holds `n` waiters.
+    ///
+    /// # Panics
+    ///
+    /// If it never does, naming the queue's entries; or if Redis fails.
+    pub async fn until_queued(&self, resource: &str, n: usize) {
+        let key = format!("lockman:{{{resource}}}:queue");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let queued: usize = self.command(&["ZCARD", &key]).expect("ZCARD").parse().unwrap_or(0);
+            if queued == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{resource} never had {n} queued waiters (has {queued}: {:?})",
+                self.command(&["ZRANGE", &key, "0", "-1", "WITHSCORES"])
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Like [`command`](Self::command), with `timeout` as the deadline for
     /// connecting, sending the command and reading the whole reply.
     ///
