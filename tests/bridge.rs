@@ -235,7 +235,8 @@ mod extend {
     }
 }
 
-/// When a bridged lock says it was acquired.
+/// When a bridged lock is granted: the date it shows, and its token's
+/// place in the order of grants.
 mod grant_time {
     use std::time::{Duration, SystemTime};
 
@@ -275,6 +276,71 @@ mod grant_time {
             acquired_at >= old_daemon_done,
             "the bridged lock claims to be held since {acquired_at:?} (the new lock's grant, {primary_since:?}), \
              while the old daemon held the legacy file until {old_daemon_done:?}"
+        );
+        guard.release().await.expect("release");
+    }
+
+    /// A bridged acquisition whose new lock is lost while it waits for an old
+    /// daemon's legacy file (Redis restarted empty, say; here the new lock is
+    /// force-released) does not come back with that lost lock's token: someone
+    /// else may have taken the new lock meanwhile, with a higher token, and a
+    /// grant after theirs with a lower token would break the order fencing
+    /// relies on. It lets the legacy file go and queues for the new lock again.
+    #[tokio::test]
+    async fn a_new_lock_lost_while_waiting_for_the_legacy_lock_is_taken_again() {
+        use lockman::LockEventKind;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let legacy_file = dir.path().join(".regcache_lockfile_1");
+        let legacy_url = format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
+        let legacy = lockman::connect(&legacy_url).await.expect("connect legacy").locks;
+        let mut legacy_events = legacy.events();
+        let primary: std::sync::Arc<dyn LockManager> = std::sync::Arc::new(lockman::MemoryLockManager::default());
+        let bridge = std::sync::Arc::new(BridgedLockManager::new(primary.clone(), legacy));
+
+        std::fs::write(&legacy_file, "2026-12-03T12:00:00.000000+00:00").expect("old daemon's file");
+        let mut waiting = tokio::spawn({
+            let bridge = bridge.clone();
+            async move { bridge.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(20))).await }
+        });
+        // The bridge has the new lock and now waits for the legacy file.
+        let lost_token = loop {
+            if let LockState::Held(info) = primary.state("r").await.expect("state") {
+                break info.fencing_token;
+            }
+            tokio::task::yield_now().await;
+        };
+        primary.force_release("r", "the store restarted empty").await.expect("force release");
+        let intruder = primary.acquire("r", AcquireOptions::new()).await.expect("the new lock, free again");
+        assert!(intruder.fencing_token() > lost_token);
+        std::fs::remove_file(&legacy_file).expect("the old daemon releases");
+
+        // The bridge takes the legacy file, finds its new lock gone and lets the
+        // legacy file go again.
+        let released = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match legacy_events.recv().await {
+                    Ok(event) if event.kind == LockEventKind::Released => break,
+                    Ok(_) | Err(lockman::EventsError::Lagged(_)) => {}
+                    Err(e) => panic!("legacy events: {e}"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            released.is_ok(),
+            "the bridge kept the legacy file after its new lock was lost: {:?}",
+            tokio::time::timeout(Duration::from_millis(1), &mut waiting).await
+        );
+        assert!(!waiting.is_finished(), "the bridged acquisition returned while the new lock is someone else's");
+
+        let intruders_token = intruder.fencing_token();
+        intruder.release().await.expect("release");
+        let guard = waiting.await.expect("join").expect("acquire once the new lock is free");
+        assert!(
+            guard.fencing_token() > intruders_token,
+            "the bridged grant has token {}, after a grant with token {intruders_token}",
+            guard.fencing_token()
         );
         guard.release().await.expect("release");
     }

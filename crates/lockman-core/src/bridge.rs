@@ -32,6 +32,11 @@ use crate::{
 ///
 /// * The guard's fencing token, lease and reentrancy are the primary's; the
 ///   legacy lock is taken with the same options and the time left.
+/// * A grant's token is never lower than one handed out before it: if the
+///   primary is lost while the bridge waits for the legacy lock (Redis came
+///   back empty, say, and another process took the new lock with a higher
+///   token), the bridge lets the legacy lock go and queues for the primary
+///   again, within the caller's wait.
 /// * The guard is lost as soon as either lock is lost (for example, an old
 ///   process stole the legacy file).
 /// * `extend` extends the primary's lease, then the legacy side's (if it has
@@ -97,9 +102,8 @@ impl BridgedLockManager {
         &self.legacy
     }
 
-    /// The legacy side's options: the primary's, waiting only for what is
-    /// left of the caller's time.
-    fn legacy_options(options: &AcquireOptions, started: Instant) -> AcquireOptions {
+    /// The caller's options, waiting only for what is left of its time.
+    fn time_left(options: &AcquireOptions, started: Instant) -> AcquireOptions {
         let mut legacy = options.clone();
         if let Wait::Timeout(timeout) = options.wait {
             legacy.wait = match timeout.checked_sub(started.elapsed()) {
@@ -158,6 +162,20 @@ impl BridgedLockManager {
             legacy_extends: self.legacy.capabilities().renewal,
         });
         LockGuard::new(grant, token, loss)
+    }
+
+    /// Whether `primary` still holds `resource` on the primary side, asked
+    /// of the backend (its own loss signal may not have fired yet).
+    async fn still_holds(&self, resource: &str, primary: &LockGuard) -> Result<bool, LockError> {
+        if primary.is_lost() {
+            return Ok(false);
+        }
+        Ok(match self.primary.state(resource).await? {
+            LockState::Held(info) => {
+                info.fencing_token == primary.fencing_token() && info.holder == primary.info().holder
+            }
+            LockState::Available | LockState::Stale(_) => false,
+        })
     }
 
     /// Refuses shared and permits modes up front (before the primary is
@@ -236,10 +254,30 @@ impl LockManager for BridgedLockManager {
         self.check_mode(resource, &options)?;
         let started = Instant::now();
         let acquired = async {
-            let primary = self.primary.acquire(resource, options.clone()).await?;
-            // On error the primary guard drops here and is released.
-            let legacy = self.legacy.acquire(resource, Self::legacy_options(&options, started)).await?;
-            Ok::<_, LockError>((primary, legacy))
+            loop {
+                let primary = self.primary.acquire(resource, Self::time_left(&options, started)).await?;
+                // On error the primary guard drops here and is released.
+                if let Some(legacy) = self.legacy.try_acquire(resource, options.clone().no_wait()).await? {
+                    return Ok::<_, LockError>((primary, legacy));
+                }
+                let legacy = self.legacy.acquire(resource, Self::time_left(&options, started)).await?;
+                if self.still_holds(resource, &primary).await? {
+                    return Ok((primary, legacy));
+                }
+                // The primary was lost while we waited for the legacy lock
+                // (say Redis restarted empty), and someone may have taken it
+                // since, with a higher token, and got in before us. Granting
+                // now would hand out a lower token after theirs: let go of
+                // both and queue for the primary again.
+                tracing::warn!(
+                    backend = %self.name,
+                    resource,
+                    token = %primary.fencing_token(),
+                    "the new lock was lost while waiting for the legacy lock; taking both again"
+                );
+                drop(legacy);
+                drop(primary);
+            }
         };
         match acquired.await {
             Ok((primary, legacy)) => Ok(self.bridge(primary, legacy, started)),
