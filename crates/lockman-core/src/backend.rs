@@ -68,6 +68,12 @@ pub struct GrantRequest {
     pub purpose: Option<Arc<str>>,
     /// The lease to set, if any (the caller's, or the backend default).
     pub lease: Option<Duration>,
+    /// Whether core renews the lease while the grant is held (the caller
+    /// gave no lease of its own). Core renews within a third of what the
+    /// backend granted, so a backend may grant such a request a shorter
+    /// lease than `lease` at first (say, a lock handed to a waiter that
+    /// must show it is alive), and the first renewal sets the whole lease.
+    pub renewed: bool,
     /// When to stop waiting.
     pub deadline: Deadline,
     /// Whether the caller chose the wait (a wait setter on its

@@ -336,9 +336,19 @@ impl<B: LockBackend> Locks<B> {
         let loss = LossSignal::new(resource.clone(), holder.clone(), self.shared.events.clone());
         let explicit_wait = mode == Mode::Try || options.wait_is_explicit();
         let purpose = options.purpose.map(Arc::from);
-        let request =
-            GrantRequest { resource, holder, mode: options.mode, purpose, lease, deadline, explicit_wait, loss };
-        Asked { request, reentrant, auto_renew: auto_renew && lease.is_some(), mode, started }
+        let renewed = auto_renew && lease.is_some();
+        let request = GrantRequest {
+            resource,
+            holder,
+            mode: options.mode,
+            purpose,
+            lease,
+            renewed,
+            deadline,
+            explicit_wait,
+            loss,
+        };
+        Asked { request, reentrant, auto_renew: renewed, mode, started }
     }
 
     /// Turns the backend's answer into a grant (with its event, metrics and

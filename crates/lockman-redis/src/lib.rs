@@ -49,12 +49,25 @@
 //!   does too, in order — the compatible prefix of the queue gets in — so
 //!   the longest waiter gets a released lock whichever process it is in, a
 //!   stream of readers cannot starve a waiting writer, and the readers
-//!   queued behind a writer get in together when it leaves. A release
-//!   publishes the name of the queue's head when that is a live exclusive
-//!   waiter (`next:<waiter id>`), so only its manager wakes it; other
-//!   releases, expiries noticed and waiters that give up wake every waiter.
-//!   A waiter also looks again every second to renew its queue lease (the
-//!   bounded fallback). A dropped or timed-out acquire takes its queue
+//!   queued behind a writer get in together when it leaves.
+//! * **Direct handoff**: a release whose queue is headed by a live exclusive
+//!   waiter hands it the lock in the release script itself (new token, its
+//!   holder details, which it left in the queue) and publishes
+//!   `grant:<waiter id>:<token>:…` — the waiter's manager takes the grant
+//!   from the message, with no round trip of its own, so a handoff costs the
+//!   release plus one message. The handed lock first gets a *claim lease*
+//!   (the queue lease, 3 s, or the waiter's lease if shorter), which the
+//!   new holder's first renewal (core renews within a third of it) turns
+//!   into its whole lease: a waiter that died since it last renewed its
+//!   place holds the lock only that long. A handoff message that comes late
+//!   (after the waiter's next look found the lock no longer its own) is
+//!   ignored; a waiter that missed it finds the grant when it looks again
+//!   and takes it with a token of that moment. Only waiters whose lease
+//!   core renews are handed locks; a waiter with a lease of its own is
+//!   named instead (`next:<waiter id>`), so only its manager wakes it and
+//!   asks. Other releases (readers, permits), expiries noticed and waiters
+//!   that give up wake every waiter. A waiter also looks again every second
+//!   to renew its queue lease (the bounded fallback). A dropped or timed-out acquire takes its queue
 //!   entry (and any grant whose reply it missed) back. An uncontended plain
 //!   mutex does not pay for this: an exclusive request on a free resource
 //!   with no shared or permit records and no queue is the same single
@@ -214,6 +227,9 @@ enum Attempt {
         arrival: u64,
         /// Whether we are in the resource's queue now.
         queued: bool,
+        /// When we sent the attempt, and the server's time (ms) when it
+        /// answered: dates a grant a release hands us later.
+        asked: (SystemTime, u64),
     },
     /// The resource is held or awaited in this mode, which disagrees with ours.
     Refused(LockMode),
@@ -227,6 +243,8 @@ struct Grant {
     /// was sent, so never later than Redis's own expiry.
     lease_expires_at: SystemTime,
     layout: Layout,
+    /// Handed to us by a release: the hold is our waiter id.
+    handed: Option<String>,
 }
 
 impl RedisBackend {
@@ -376,7 +394,8 @@ impl RedisBackend {
             .arg(waiter)
             .arg(arrival)
             .arg(millis(QUEUE_LEASE))
-            .arg(self.keys.channel(resource));
+            .arg(self.keys.channel(resource))
+            .arg(if request.renewed { "1" } else { "0" });
         // Redis starts the lease when it runs the script, which is after
         // this: dated from here, the guard's lease never outlasts the key's,
         // however late the reply comes.
@@ -396,13 +415,17 @@ impl RedisBackend {
                 };
                 let acquired_us = number(2).unwrap_or(0);
                 let lease_expires_at = sent + Duration::from_millis(left);
-                Ok(Attempt::Granted(Grant { token, acquired_us, lease_expires_at, layout }))
+                // A grant a release handed us names its hold (our waiter id).
+                let handed = reply.get(5).cloned();
+                Ok(Attempt::Granted(Grant { token, acquired_us, lease_expires_at, layout, handed }))
             }
             Some("0") if reply.len() >= 4 => Ok(Attempt::Busy {
                 ttl: Duration::from_millis(number(1).unwrap_or(0)),
                 holder: info_of(resource, &reply[4..]).map(Box::new),
                 arrival: number(2).unwrap_or(0),
                 queued: reply[3] == "1",
+                // The reply ends with the server's time (ms).
+                asked: (sent, reply.last().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)),
             }),
             Some("E") => reply.get(1).and_then(|m| parse_mode(m)).map(Attempt::Refused).ok_or_else(unexpected),
             _ => Err(unexpected()),
@@ -420,6 +443,29 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
+    /// Our grant, `hold` in the lock hash: remembered for force-release
+    /// messages and returned to core.
+    fn granted(&self, request: &GrantRequest, grant: Grant, hold: String, waited: bool) -> Acquired<RedisGrant> {
+        let Grant { token, acquired_us, lease_expires_at, layout, handed: _ } = grant;
+        self.listeners.hold(
+            &request.resource,
+            waiters::Held {
+                holder: request.holder.as_str().to_owned(),
+                token,
+                hold: hold.clone(),
+                layout,
+                loss: request.loss.clone(),
+            },
+        );
+        let grant =
+            RedisGrant { resource: request.resource.clone(), holder: request.holder.clone(), token, hold, layout };
+        Acquired::Granted(
+            Granted::new(grant, FencingToken::new(token), Some(lease_expires_at))
+                .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
+                .after_waiting(waited),
+        )
+    }
+
     /// Releases a shared or permit grant (see `scripts::RELEASE_MODES`).
     async fn release_modes(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
@@ -602,31 +648,11 @@ impl LockBackend for RedisBackend {
             };
             pending.hold = None;
             match attempt {
-                Attempt::Granted(Grant { token, acquired_us, lease_expires_at, layout }) => {
+                Attempt::Granted(grant) => {
                     // The script took us out of the queue.
                     pending.queued = false;
-                    self.listeners.hold(
-                        resource,
-                        waiters::Held {
-                            holder: request.holder.as_str().to_owned(),
-                            token,
-                            hold: hold.clone(),
-                            layout,
-                            loss: request.loss.clone(),
-                        },
-                    );
-                    let grant = RedisGrant {
-                        resource: request.resource.clone(),
-                        holder: request.holder.clone(),
-                        token,
-                        hold,
-                        layout,
-                    };
-                    return Ok(Acquired::Granted(
-                        Granted::new(grant, FencingToken::new(token), Some(lease_expires_at))
-                            .acquired_at(UNIX_EPOCH + Duration::from_micros(acquired_us))
-                            .after_waiting(waited),
-                    ));
+                    let hold = grant.handed.clone().unwrap_or(hold);
+                    return Ok(self.granted(request, grant, hold, waited));
                 }
                 Attempt::Refused(held) => {
                     return Err(request.mode.agrees_with(held, resource, BACKEND).err().unwrap_or_else(|| {
@@ -637,7 +663,7 @@ impl LockBackend for RedisBackend {
                         ))
                     }));
                 }
-                Attempt::Busy { ttl, holder, arrival: first, queued } => {
+                Attempt::Busy { ttl, holder, arrival: first, queued, asked } => {
                     let holder = holder.map(|info| *info);
                     arrival = first;
                     pending.queued = queued;
@@ -667,6 +693,17 @@ impl LockBackend for RedisBackend {
                         () = notified => {}
                         () = tokio::time::sleep_until(wake_at) => {}
                     }
+                    // A release handed us the lock: no round trip to take it
+                    // — unless its claim lease may have run out meanwhile
+                    // (this process was frozen, say, and someone else may
+                    // hold it now): then ask, as for any other wake-up.
+                    let handed = waiting.as_ref().and_then(|w| self.listeners.take_handed(&w.waiter));
+                    if let Some(grant) = handed.and_then(|handed| handed.grant(asked))
+                        && grant.lease_expires_at > SystemTime::now() + MIN_ATTEMPT
+                    {
+                        pending.queued = false;
+                        return Ok(self.granted(request, grant, waiter.clone(), waited));
+                    }
                 }
             }
         }
@@ -689,7 +726,8 @@ impl LockBackend for RedisBackend {
                 .arg(grant.token)
                 .arg(self.keys.channel(resource))
                 .arg(&grant.hold)
-                .arg(retry);
+                .arg(retry)
+                .arg(millis(QUEUE_LEASE));
             invocation
         };
         let left: i64 = match self.run_raw(Deadline::Now, &release("0")).await {

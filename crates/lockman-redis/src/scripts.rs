@@ -73,10 +73,13 @@ fn with_prelude(body: &str) -> Script {
 /// [`ABANDON`] take back exactly this hold), 10 the mode (`x`, `s`, `p<n>`),
 /// 11 the waiter id (one per acquire call, its name in the queue), 12 the
 /// caller's arrival (server µs from an earlier busy reply, `0` if none),
-/// 13 the queue lease ms, 14 the release channel.
+/// 13 the queue lease ms, 14 the release channel, 15 `1` if core renews
+/// the lease (only then may a release hand the lock over: see [`RELEASE`]).
 ///
-/// Returns `{"1", token, acquired_us, lease ms left, layout}` (layout `p`:
-/// the exclusive hash, `m`: the modes hash), `{"0", ms until the first
+/// Returns `{"1", token, acquired_us, lease ms left, layout[, hold id]}`
+/// (layout `p`: the exclusive hash, `m`: the modes hash; the hold id is
+/// given for a lock a release handed this waiter, whose hold is its
+/// waiter id), `{"0", ms until the first
 /// holder's lease ends (0: unknown), arrival µs, queued 1/0, field, value,
 /// ..., pttl, server now ms}` when busy, or `{"E", mode}` when the resource is
 /// held or awaited in a mode that disagrees with the request's.
@@ -180,6 +183,17 @@ local function reenter()
   end
   return {'1', g[1], g[2], tostring(left), 'p'}
 end
+-- Handed to this waiter by a release (RELEASE) whose message it missed:
+-- ours, not one more hold. It gets a token of now: grants made between the
+-- handoff and now (that Redis then lost in a restart from an older
+-- snapshot, which brought this one back) have lower tokens than this grant,
+-- which its holder learns of only now.
+if f[1] and f[1] == ARGV[1] and redis.call('HEXISTS', KEYS[1], 'h:' .. ARGV[11]) == 1 then
+  local now_us = server_now()
+  local token = new_token(KEYS[2], now_us)
+  redis.call('HSET', KEYS[1], 'token', token, 'acquired_us', num(now_us))
+  return {'1', token, num(now_us), tostring(math.max(redis.call('PTTL', KEYS[1]), 0)), 'p', ARGV[11]}
+end
 if f[1] and f[1] == ARGV[1] and (mode == 'x' or mode == 's') then return reenter() end
 
 local function kind(m) if m == 'x' or m == 's' then return 'rw' end return m end
@@ -258,7 +272,7 @@ for i = 1, #entries, 2 do
     end
   else
     redis.call('ZREM', KEYS[3], id)
-    redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[4], id, 'd:' .. id)
     wake = true
   end
 end
@@ -281,7 +295,7 @@ end
 if not blocked and admits(mode, held) then
   if mine then
     redis.call('ZREM', KEYS[3], wid)
-    redis.call('HDEL', KEYS[4], wid)
+    redis.call('HDEL', KEYS[4], wid, 'd:' .. wid)
   end
   local token = new_token(KEYS[2], now_us)
   if mode == 'x' then
@@ -304,6 +318,11 @@ if ARGV[8] == '1' then
   queued = '1'
   if not mine then
     redis.call('ZADD', KEYS[3], num(score), wid)
+    -- What a release needs to hand the lock to us (RELEASE); only for a
+    -- lease core renews, which may start as a short claim lease.
+    if mode == 'x' and ARGV[15] == '1' then
+      redis.call('HSET', KEYS[4], 'd:' .. wid, cjson.encode({ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}))
+    end
     -- The first entry of a queue on an exclusive lock someone already waits
     -- for: those waiters are not queued (the fast path does not queue); wake
     -- them, so they join now, by their arrival, before the lock is released.
@@ -325,11 +344,22 @@ return finish(busy_reply(wait, num(score), queued, now))
 /// it).
 ///
 /// KEYS: lock, fence, queue, waiters. ARGV: holder, token, channel, hold
-/// id, and `1` if this is a retry after the connection dropped (the first
-/// attempt may or may not have run). The message is `next:<waiter id>` when
-/// a live exclusive waiter heads the queue (only it is woken), else
-/// `released`. Returns -1 (not ours), 0 (released) or the remaining
-/// count of other holds.
+/// id, `1` if this is a retry after the connection dropped (the first
+/// attempt may or may not have run), and the claim lease ms. Returns -1
+/// (not ours), 0 (released) or the remaining count of other holds.
+///
+/// **Direct handoff.** When the lock is deleted and someone waited, waiters
+/// whose queue lease ran out are removed from the head of the queue; a live
+/// exclusive waiter at the head that left its grant details (`d:<waiter
+/// id>` in the waiters hash: holder, lease, host, pid, purpose, user —
+/// written when it queued, only if core renews its lease) is granted the
+/// lock here: a new token, its details, the hold `h:<waiter id>`, and a
+/// *claim lease* of min(its lease, ARGV[6]) that its first renewal
+/// lengthens, so a waiter that died since it last renewed its place holds
+/// the lock at most that long. The message is then
+/// `grant:<waiter id>:<token>:<server µs>:<claim ms>`; for a live exclusive
+/// head without details `next:<waiter id>` (only its manager wakes it);
+/// otherwise `released`.
 ///
 /// The only hold of a grant is released without looking at its hold field
 /// (the fast path: it can only be ours on a first attempt, as a guard is
@@ -346,7 +376,7 @@ return finish(busy_reply(wait, num(score), queued, now))
 ///   attempt may have run or the lock may have been lost before it: -1, for
 ///   the caller to report as lost. This costs nothing on the fast path.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_prelude(
         r#"
 local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count', 'waited')
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
@@ -362,17 +392,39 @@ if f[3] ~= '1' or ARGV[5] == '1' then
 end
 redis.call('DEL', KEYS[1])
 if f[4] then
-  -- A live exclusive waiter at the head of the queue is the one to go next:
-  -- name it, so only its manager wakes it (the others ignore the message
-  -- instead of each running ACQUIRE to be told to wait). Anything else —
-  -- readers, permits, a head whose queue lease ran out — wakes everyone.
+  -- Someone waited for this grant. Waiters whose queue lease ran out are
+  -- skipped (and removed); a live exclusive waiter at the head that left
+  -- its grant details is handed the lock here and told so; one without
+  -- them is named, so only its manager wakes it; anything else (readers,
+  -- permits) wakes everyone.
   local message = 'released'
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-  if head then
+  local now_us, now = server_now()
+  while true do
+    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+    if not head then break end
     local exp, m = string.match(redis.call('HGET', KEYS[4], head) or '', '^(%d+) (%S+)$')
-    local t = redis.call('TIME')
-    if m == 'x' and tonumber(exp) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then
-      message = 'next:' .. head
+    if not exp or tonumber(exp) <= now then
+      redis.call('ZREM', KEYS[3], head)
+      redis.call('HDEL', KEYS[4], head, 'd:' .. head)
+    else
+      if m == 'x' then
+        local d = redis.call('HGET', KEYS[4], 'd:' .. head)
+        if d then
+          local g = cjson.decode(d)
+          redis.call('ZREM', KEYS[3], head)
+          redis.call('HDEL', KEYS[4], head, 'd:' .. head)
+          local token = new_token(KEYS[2], now_us)
+          local claim = math.min(tonumber(g[2]), tonumber(ARGV[6]))
+          redis.call('HSET', KEYS[1], 'holder', g[1], 'count', '1', 'token', token, 'acquired_us', num(now_us),
+            'host', g[3], 'pid', g[4], 'purpose', g[5], 'user', g[6], 'h:' .. head, '1')
+          redis.call('PEXPIRE', KEYS[1], claim)
+          if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[1], 'waited', '1') end
+          message = 'grant:' .. head .. ':' .. token .. ':' .. num(now_us) .. ':' .. claim
+        else
+          message = 'next:' .. head
+        end
+      end
+      break
     end
   end
   redis.call('PUBLISH', ARGV[3], message)
@@ -521,9 +573,14 @@ if ARGV[1] ~= '' then
     grant_gone()
   end
 end
-if ARGV[3] ~= '' and redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then
-  redis.call('HDEL', KEYS[3], ARGV[3])
-  changed = 1
+if ARGV[3] ~= '' then
+  if redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then changed = 1 end
+  redis.call('HDEL', KEYS[3], ARGV[3], 'd:' .. ARGV[3])
+  -- Handed the lock by a release (RELEASE) before it gave up: pass it on.
+  if redis.call('HDEL', KEYS[1], 'h:' .. ARGV[3]) == 1 then
+    changed = 1
+    if redis.call('HINCRBY', KEYS[1], 'count', -1) <= 0 then redis.call('DEL', KEYS[1]) end
+  end
 end
 if changed == 1 then redis.call('PUBLISH', ARGV[2], 'released') end
 return changed

@@ -7,14 +7,21 @@
 //! and hold are still in the key (for a shared or permit grant: its record,
 //! with its token) is not told anything. A `next:<waiter id>` message (a
 //! release whose queue is headed by a live exclusive waiter) wakes only the
-//! manager's waiters if one of them has that id; any other message wakes the
-//! resource's waiters. After the subscriber
+//! manager's waiters if one of them has that id. A `grant:<waiter id>:…`
+//! message (a release that handed the lock to that waiter) is taken as the
+//! grant by that waiter alone, without asking Redis — that round trip is
+//! what the handoff saves. So, unlike `forced:`, it is believed: whoever may
+//! `PUBLISH` on the prefix's channels must be trusted like whoever may write
+//! its keys (with Redis ACLs, give channel rights `&<prefix>:*` only to
+//! lockman's users). A message that comes too late to be sure the claim
+//! lease is still running is not believed: the waiter asks. Any other
+//! message wakes the resource's waiters. After the subscriber
 //! reconnects, every waiter re-checks at once (messages published while it
 //! was away are lost).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use lockman_core::{LossSignal, LostReason};
@@ -23,14 +30,65 @@ use tokio::sync::Notify;
 
 use crate::connection::Connection;
 
-use crate::Layout;
 use crate::keys::Keys;
+use crate::{Grant, Layout};
 
 /// Waiters and local holders of one manager, by resource.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
     waiting: Mutex<HashMap<String, ResourceWaiters>>,
     holding: Mutex<HashMap<String, Vec<Held>>>,
+    /// Grants releases handed to our waiters, by waiter id, until taken.
+    handed: Mutex<HashMap<String, Handed>>,
+}
+
+/// A lock a release handed to one of our waiters (a `grant:` message).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Handed {
+    token: u64,
+    /// When the release ran (server µs).
+    acquired_us: u64,
+    /// The claim lease it set (ms), which our first renewal lengthens.
+    claim_ms: u64,
+    received: SystemTime,
+}
+
+impl Handed {
+    /// Parses `<waiter id>:<token>:<acquired µs>:<claim ms>`.
+    fn parse(message: &str) -> Option<(&str, Handed)> {
+        let mut parts = message.rsplitn(4, ':');
+        let claim_ms = parts.next()?.parse().ok()?;
+        let acquired_us = parts.next()?.parse().ok()?;
+        let token = parts.next()?.parse().ok()?;
+        let waiter = parts.next()?;
+        Some((waiter, Handed { token, acquired_us, claim_ms, received: SystemTime::now() }))
+    }
+
+    /// The grant, its lease dated conservatively on our clock: `asked` is
+    /// when we sent our last attempt and the server's time (ms) in its busy
+    /// answer. The release ran after that answer, so its claim lease ends
+    /// no earlier than `sent` + (release − answer, server time) + claim;
+    /// the server's interval is capped at what our clock saw pass.
+    ///
+    /// `None` if the release ran before that answer: the message came late
+    /// (a slow link), and our last attempt already found the lock busy —
+    /// the handed grant had ended (its claim lease ran out) by then.
+    pub(crate) fn grant(&self, asked: (SystemTime, u64)) -> Option<Grant> {
+        let (sent, answered_ms) = asked;
+        let released_ms = self.acquired_us / 1000;
+        if released_ms <= answered_ms {
+            return None;
+        }
+        let seen = self.received.duration_since(sent).unwrap_or_default();
+        let after = Duration::from_millis(released_ms - answered_ms).min(seen);
+        Some(Grant {
+            token: self.token,
+            acquired_us: self.acquired_us,
+            lease_expires_at: sent + after + Duration::from_millis(self.claim_ms),
+            layout: Layout::Exclusive,
+            handed: None,
+        })
+    }
 }
 
 /// The waiters of one resource in this manager: the notify they wait on,
@@ -59,7 +117,7 @@ pub(crate) struct Confirm {
 pub(crate) struct Waiting {
     listeners: Arc<Listeners>,
     resource: String,
-    waiter: String,
+    pub(crate) waiter: String,
     pub(crate) notify: Arc<Notify>,
 }
 
@@ -75,6 +133,11 @@ impl Listeners {
             waiter: waiter.to_owned(),
             notify: entry.0.clone(),
         }
+    }
+
+    /// The grant a release handed `waiter`, if one came.
+    pub(crate) fn take_handed(&self, waiter: &str) -> Option<Handed> {
+        self.handed.lock().remove(waiter)
     }
 
     pub(crate) fn hold(&self, resource: &str, held: Held) {
@@ -124,6 +187,16 @@ impl Listeners {
             }
         }
         if let Some((notify, waiters)) = self.waiting.lock().get(resource) {
+            if let Some(grant) = payload.strip_prefix("grant:") {
+                // Handed to one waiter: only it wakes, if it is ours.
+                if let Some((waiter, handed)) = Handed::parse(grant)
+                    && waiters.iter().any(|ours| ours == waiter)
+                {
+                    self.handed.lock().insert(waiter.to_owned(), handed);
+                    notify.notify_waiters();
+                }
+                return;
+            }
             // `next:<waiter id>` names the one waiter to go next: the others
             // would only be told to keep waiting.
             let named = payload.strip_prefix("next:");
@@ -142,6 +215,8 @@ impl Listeners {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        // A grant handed too late is undone by the acquire's `Pending`.
+        self.listeners.handed.lock().remove(&self.waiter);
         let mut waiting = self.listeners.waiting.lock();
         if let Some(entry) = waiting.get_mut(&self.resource) {
             entry.1.retain(|waiter| *waiter != self.waiter);
@@ -265,5 +340,36 @@ async fn listen(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `grant:<waiter>:<token>:<released µs>:<claim ms>`; waiter ids may hold colons.
+    #[test]
+    fn a_grant_message_names_its_waiter_token_time_and_claim() {
+        let (waiter, handed) = Handed::parse("w:1:2:1700000000123456:3000").expect("parsed");
+        assert_eq!(waiter, "w:1");
+        assert_eq!((handed.token, handed.acquired_us, handed.claim_ms), (2, 1_700_000_000_123_456, 3000));
+        assert!(Handed::parse("w:x:1:3000").is_none());
+    }
+
+    /// A handed grant dates its claim lease from our last busy answer; one
+    /// released before that answer is refused (a late message: that answer
+    /// found the lock no longer ours).
+    #[test]
+    fn a_grant_released_before_our_last_busy_answer_is_refused() {
+        let sent = SystemTime::now();
+        let handed =
+            Handed { token: 9, acquired_us: 10_500_000, claim_ms: 3000, received: sent + Duration::from_millis(700) };
+        let grant = handed.grant((sent, 10_000)).expect("released 500 ms after our answer");
+        assert_eq!(grant.lease_expires_at, sent + Duration::from_millis(500 + 3000));
+        // The server's interval is capped at what our clock saw pass.
+        let grant = handed.grant((sent, 9_000)).expect("released after our answer");
+        assert_eq!(grant.lease_expires_at, sent + Duration::from_millis(700 + 3000));
+        assert!(handed.grant((sent, 10_500)).is_none(), "released in the ms of our busy answer");
+        assert!(handed.grant((sent, 11_000)).is_none(), "released before our busy answer");
     }
 }

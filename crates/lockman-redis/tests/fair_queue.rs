@@ -64,3 +64,112 @@ async fn a_timed_out_waiter_has_left_the_queue_when_acquire_returns() {
     let next = holder.try_acquire("busy", AcquireOptions::new()).await.expect("try");
     assert!(next.is_some(), "a free lock was refused behind a waiter that gave up");
 }
+
+async fn manager_with_lease(server: &RedisServer, lease: Duration) -> Arc<dyn LockManager> {
+    let options = RedisOptions::new(server.url()).default_lease(lease);
+    Arc::new(RedisBackend::connect(options).await.expect("connect").into_manager())
+}
+
+/// A release hands the lock to the waiter at the head of the queue in the
+/// release script itself: the lock names the waiter as soon as `release`
+/// returns, the waiter takes it on the release message without another
+/// script run, and its first renewal turns the short claim lease the
+/// release gave it into its whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lock_to_the_waiter_at_the_head() {
+    let Some(server) = RedisServer::start() else { return };
+    let lease = Duration::from_secs(10);
+    let (holder, waiter) = (manager_with_lease(&server, lease).await, manager_with_lease(&server, lease).await);
+    let held = holder.acquire("handoff", AcquireOptions::new()).await.expect("acquire");
+    let waiting = tokio::spawn(async move {
+        let guard = waiter.acquire("handoff", AcquireOptions::new().timeout(BOUND)).await.expect("acquire");
+        (guard, waiter)
+    });
+    server.until_queued("handoff", 1).await;
+    server.command(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    let released_token = held.fencing_token();
+    held.release().await.expect("release");
+    let token = server.command(&["HGET", "lockman:{handoff}:lock", "token"]).expect("HGET");
+    assert!(!token.is_empty(), "the lock was free after the release: nobody was handed it");
+
+    let (guard, waiter) = tokio::time::timeout(BOUND, waiting).await.expect("the waiter hung").expect("join");
+    assert_eq!(guard.fencing_token().get().to_string(), token, "the waiter holds another grant than the one handed");
+    assert!(guard.fencing_token() > released_token);
+    let stats = server.command(&["INFO", "commandstats"]).expect("INFO");
+    // Script runs that ran (a first EVALSHA of a script the server has not
+    // loaded yet fails, and is sent again after SCRIPT LOAD).
+    let evalsha = stats.lines().find_map(|line| line.strip_prefix("cmdstat_evalsha:")).expect("EVALSHA stats");
+    let field = |name: &str| -> u64 {
+        evalsha
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let scripts = field("calls") - field("failed_calls");
+    assert_eq!(scripts, 1, "the handoff took {scripts} script runs (the release, and the waiter's?)\n{stats}");
+
+    // Handed with a claim lease of at most the queue lease; the first
+    // renewal (a third of it) sets the whole lease.
+    let pttl = |server: &RedisServer| -> i64 {
+        server.command(&["PTTL", "lockman:{handoff}:lock"]).expect("PTTL").parse().expect("a number")
+    };
+    assert!(pttl(&server) <= 3_000, "handed with a {} ms lease", pttl(&server));
+    let renewed = tokio::time::timeout(BOUND, async {
+        while pttl(&server) <= 3_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(renewed.is_ok(), "the handed grant's claim lease was never lengthened: PTTL {}", pttl(&server));
+    assert!(!guard.is_lost());
+    guard.release().await.expect("release");
+    drop(waiter);
+}
+
+/// A waiter whose process died after its last queue-lease refresh can be
+/// handed the lock; it holds it only for the claim lease (here its own
+/// 800 ms lease, shorter than the queue lease), and the next waiter gets
+/// it after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_handed_to_a_dead_waiter_passes_on_after_its_claim_lease() {
+    let Some(server) = RedisServer::start() else { return };
+    let (holder, waiter) = (manager(&server).await, manager(&server).await);
+    let held = holder.acquire("dead", AcquireOptions::new()).await.expect("acquire");
+    // The dead waiter: first in the queue, its queue lease live for 3 s,
+    // its grant details left as a live waiter's are.
+    let planted = server.command(&[
+        "EVAL",
+        "local t = redis.call('TIME') \
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+         redis.call('ZADD', KEYS[1], 1, 'dead-waiter') \
+         redis.call('HSET', KEYS[2], 'dead-waiter', string.format('%.0f', now + 3000) .. ' x', \
+           'd:dead-waiter', cjson.encode({'dead-holder', '800', 'gone-host', '1', 'crashed', 'nobody'})) \
+         redis.call('PEXPIRE', KEYS[1], 3000) redis.call('PEXPIRE', KEYS[2], 3000) \
+         redis.call('HSET', KEYS[3], 'waited', '1') return 1",
+        "3",
+        "lockman:{dead}:queue",
+        "lockman:{dead}:waiters",
+        "lockman:{dead}:lock",
+    ]);
+    assert_eq!(planted, Ok("1".to_owned()));
+    let waiting = tokio::spawn(async move {
+        let asked = std::time::Instant::now();
+        let guard = waiter.acquire("dead", AcquireOptions::new().timeout(BOUND)).await.expect("acquire");
+        (guard, asked.elapsed(), waiter)
+    });
+    server.until_queued("dead", 2).await;
+    let released = std::time::Instant::now();
+    held.release().await.expect("release");
+    let holder_now = server.command(&["HGET", "lockman:{dead}:lock", "holder"]).expect("HGET");
+    assert_eq!(holder_now, "dead-holder", "the dead waiter at the head was not handed the lock");
+    let (guard, _, waiter) = tokio::time::timeout(BOUND, waiting).await.expect("the waiter hung").expect("join");
+    let after = released.elapsed();
+    assert!(
+        after >= Duration::from_millis(700),
+        "the next waiter got in {after:?} after the handoff, within the claim"
+    );
+    assert!(after < Duration::from_millis(800) + Duration::from_secs(2), "the next waiter got in only after {after:?}");
+    guard.release().await.expect("release");
+    drop(waiter);
+}

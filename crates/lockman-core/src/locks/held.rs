@@ -144,6 +144,11 @@ impl<B: LockBackend> Held<B> {
     /// it would shrink the store's lease back behind the caller's back.
     pub(super) async fn keep_alive(held: Arc<Self>) {
         let mut due = held.acquired + held.lease_length() / 3;
+        // A third of what the backend granted, if that is less than asked
+        // (see `GrantRequest::renewed`).
+        if let Some(deadline) = held.lease.lock().deadline {
+            due = due.min(held.acquired + deadline.saturating_duration_since(held.acquired) / 3);
+        }
         loop {
             match held.sleep_until(due).await {
                 Wake::Ended => return,
