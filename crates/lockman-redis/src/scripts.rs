@@ -375,9 +375,13 @@ return finish(busy_reply(wait, num(score), queued, now))
 /// * otherwise (another grant followed, or the fence was lost) the first
 ///   attempt may have run or the lock may have been lost before it: -1, for
 ///   the caller to report as lost. This costs nothing on the fast path.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    with_prelude(
-        r#"
+pub(crate) static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{RELEASE_FAST}{PRELUDE}{RELEASE_HANDOFF}")));
+
+/// [`RELEASE`] up to the lock's deletion, first in the script so that an
+/// uncontended release runs nothing else (not even the prelude's function
+/// definitions).
+const RELEASE_FAST: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count', 'waited')
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
   if ARGV[5] == '1' and not f[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return 0 end
@@ -391,48 +395,50 @@ if f[3] ~= '1' or ARGV[5] == '1' then
   if f[3] ~= '1' then return redis.call('HINCRBY', KEYS[1], 'count', -1) end
 end
 redis.call('DEL', KEYS[1])
-if f[4] then
-  -- Someone waited for this grant. Waiters whose queue lease ran out are
-  -- skipped (and removed); a live exclusive waiter at the head that left
-  -- its grant details is handed the lock here and told so; one without
-  -- them is named, so only its manager wakes it; anything else (readers,
-  -- permits) wakes everyone.
-  local message = 'released'
-  local now_us, now = server_now()
-  while true do
-    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-    if not head then break end
-    local exp, m = string.match(redis.call('HGET', KEYS[4], head) or '', '^(%d+) (%S+)$')
-    if not exp or tonumber(exp) <= now then
-      redis.call('ZREM', KEYS[3], head)
-      redis.call('HDEL', KEYS[4], head, 'd:' .. head)
-    else
-      if m == 'x' then
-        local d = redis.call('HGET', KEYS[4], 'd:' .. head)
-        if d then
-          local g = cjson.decode(d)
-          redis.call('ZREM', KEYS[3], head)
-          redis.call('HDEL', KEYS[4], head, 'd:' .. head)
-          local token = new_token(KEYS[2], now_us)
-          local claim = math.min(tonumber(g[2]), tonumber(ARGV[6]))
-          redis.call('HSET', KEYS[1], 'holder', g[1], 'count', '1', 'token', token, 'acquired_us', num(now_us),
-            'host', g[3], 'pid', g[4], 'purpose', g[5], 'user', g[6], 'h:' .. head, '1')
-          redis.call('PEXPIRE', KEYS[1], claim)
-          if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[1], 'waited', '1') end
-          message = 'grant:' .. head .. ':' .. token .. ':' .. num(now_us) .. ':' .. claim
-        else
-          message = 'next:' .. head
-        end
+if not f[4] then return 0 end
+"#;
+
+/// [`RELEASE`] when someone waited: skip dead waiters, hand the lock over or
+/// name whom to wake, publish.
+const RELEASE_HANDOFF: &str = r#"
+-- Someone waited for this grant. Waiters whose queue lease ran out are
+-- skipped (and removed); a live exclusive waiter at the head that left
+-- its grant details is handed the lock here and told so; one without
+-- them is named, so only its manager wakes it; anything else (readers,
+-- permits) wakes everyone.
+local message = 'released'
+local now_us, now = server_now()
+while true do
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if not head then break end
+  local exp, m = string.match(redis.call('HGET', KEYS[4], head) or '', '^(%d+) (%S+)$')
+  if not exp or tonumber(exp) <= now then
+    redis.call('ZREM', KEYS[3], head)
+    redis.call('HDEL', KEYS[4], head, 'd:' .. head)
+  else
+    if m == 'x' then
+      local d = redis.call('HGET', KEYS[4], 'd:' .. head)
+      if d then
+        local g = cjson.decode(d)
+        redis.call('ZREM', KEYS[3], head)
+        redis.call('HDEL', KEYS[4], head, 'd:' .. head)
+        local token = new_token(KEYS[2], now_us)
+        local claim = math.min(tonumber(g[2]), tonumber(ARGV[6]))
+        redis.call('HSET', KEYS[1], 'holder', g[1], 'count', '1', 'token', token, 'acquired_us', num(now_us),
+          'host', g[3], 'pid', g[4], 'purpose', g[5], 'user', g[6], 'h:' .. head, '1')
+        redis.call('PEXPIRE', KEYS[1], claim)
+        if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[1], 'waited', '1') end
+        message = 'grant:' .. head .. ':' .. token .. ':' .. num(now_us) .. ':' .. claim
+      else
+        message = 'next:' .. head
       end
-      break
     end
+    break
   end
-  redis.call('PUBLISH', ARGV[3], message)
 end
+redis.call('PUBLISH', ARGV[3], message)
 return 0
-"#,
-    )
-});
+"#;
 
 /// Releases a shared or permit grant: removes its record if the token
 /// matches, deletes the lock with the last grant, and publishes on the
