@@ -34,6 +34,17 @@ impl Keys {
         format!("{}:{{{resource}}}:released", self.prefix)
     }
 
+    /// The channels of every manager's inbox start with this (see [`inbox`](Self::inbox)).
+    pub(crate) fn inboxes(&self) -> String {
+        format!("{}:inbox:", self.prefix)
+    }
+
+    /// A manager's inbox: the channel on which releases hand locks to (or
+    /// name) the waiters of that manager alone.
+    pub(crate) fn inbox(&self, manager: &str) -> String {
+        format!("{}{manager}", self.inboxes())
+    }
+
     pub(crate) fn flag(&self, flag: &str) -> String {
         format!("{}:flag:{{{flag}}}", self.prefix)
     }

@@ -53,7 +53,8 @@
 //! * **Direct handoff**: a release whose queue is headed by a live exclusive
 //!   waiter hands it the lock in the release script itself (new token, its
 //!   holder details, which it left in the queue) and publishes
-//!   `grant:<waiter id>:<token>:…` — the waiter's manager takes the grant
+//!   `grant:<waiter id>:<token>:…` on that waiter's manager's inbox channel
+//!   (no other manager hears it) — the waiter's manager takes the grant
 //!   from the message, with no round trip of its own, so a handoff costs the
 //!   release plus one message. The handed lock first gets a *claim lease*
 //!   (the queue lease, 3 s, or the waiter's lease if shorter), which the
@@ -276,7 +277,8 @@ impl RedisBackend {
         .map_err(|_| unreachable_error(&options, "connecting", "no answer within the connect timeout"))?
         .map_err(|e| unreachable_error(&options, "connecting", &e.to_string()))?;
         let keys = Keys::new(&options.prefix);
-        let listeners = Arc::new(Listeners::default());
+        // Unique across processes: `anon-<process nonce>-<n>`.
+        let listeners = Arc::new(Listeners::new(HolderId::unique().as_str().to_owned()));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let confirm = waiters::Confirm { connection: connection.clone(), timeout: options.response_timeout };
         // On the background runtime, like the connection: it must outlive an
@@ -285,6 +287,7 @@ impl RedisBackend {
         background.spawn(waiters::subscribe(
             client,
             keys.clone(),
+            keys.inbox(listeners.manager()),
             confirm,
             Arc::downgrade(&listeners),
             subscribed_tx,
@@ -301,7 +304,7 @@ impl RedisBackend {
                     resource: None,
                     message: format!(
                         "Redis at {} answers commands but not the release subscription: {detail}; waiters are \
-                         woken by it, so allow pub/sub for this user (for an ACL user: +psubscribe and the \
+                         woken by it, so allow pub/sub for this user (for an ACL user: +psubscribe, +subscribe and the \
                          channels under the prefix)",
                         options.redacted_url()
                     ),
@@ -611,7 +614,7 @@ impl LockBackend for RedisBackend {
         let mut last_busy: Option<Option<LockInfo>> = None;
         // Our name in the resource's queue (if we meet one), and when we
         // first found the resource busy (server µs): our place in it.
-        let waiter = HolderId::unique().as_str().to_owned();
+        let waiter = self.listeners.new_waiter_id();
         let waiting = (request.deadline != Deadline::Now).then(|| self.listeners.wait_for(resource, &waiter));
         let mut arrival = 0;
         let mut pending = Pending { backend: self, resource, waiter: &waiter, hold: None, queued: false };
@@ -727,7 +730,8 @@ impl LockBackend for RedisBackend {
                 .arg(self.keys.channel(resource))
                 .arg(&grant.hold)
                 .arg(retry)
-                .arg(millis(QUEUE_LEASE));
+                .arg(millis(QUEUE_LEASE))
+                .arg(self.keys.inboxes());
             invocation
         };
         let left: i64 = match self.run_raw(Deadline::Now, &release("0")).await {

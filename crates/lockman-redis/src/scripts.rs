@@ -345,7 +345,9 @@ return finish(busy_reply(wait, num(score), queued, now))
 ///
 /// KEYS: lock, fence, queue, waiters. ARGV: holder, token, channel, hold
 /// id, `1` if this is a retry after the connection dropped (the first
-/// attempt may or may not have run), and the claim lease ms. Returns -1
+/// attempt may or may not have run), the claim lease ms, and the inbox
+/// channels' prefix (a `grant:` or `next:` message goes to the channel of
+/// the waiter's manager, which its id `<manager>/<n>` names). Returns -1
 /// (not ours), 0 (released) or the remaining count of other holds.
 ///
 /// **Direct handoff.** When the lock is deleted and someone waited, waiters
@@ -406,7 +408,7 @@ const RELEASE_HANDOFF: &str = r#"
 -- its grant details is handed the lock here and told so; one without
 -- them is named, so only its manager wakes it; anything else (readers,
 -- permits) wakes everyone.
-local message = 'released'
+local message, channel = 'released', ARGV[3]
 local now_us, now = server_now()
 while true do
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
@@ -432,11 +434,15 @@ while true do
       else
         message = 'next:' .. head
       end
+      -- To the waiter's manager alone, on its inbox (`<manager>/<n>`
+      -- names it; a waiter id of an older version does not).
+      local manager = string.match(head, '^(.+)/%d+$')
+      if manager and ARGV[7] then channel = ARGV[7] .. manager end
     end
     break
   end
 end
-redis.call('PUBLISH', ARGV[3], message)
+redis.call('PUBLISH', channel, message)
 return 0
 "#;
 

@@ -1,6 +1,10 @@
 //! Waiters are told, not polling: one subscriber connection per manager
-//! listens on every release channel of its prefix (one `PSUBSCRIBE`), and
-//! wakes the waiters of the resource named by each message. A `forced:`
+//! listens on every release channel of its prefix (one `PSUBSCRIBE`) and on
+//! the manager's own inbox (`<prefix>:inbox:<manager>`, one `SUBSCRIBE`),
+//! and wakes the waiters of the resource named by each message. A release
+//! that hands the lock to one waiter, or names the one to go next, sends
+//! that to the waiter's manager's inbox alone (its waiter ids are
+//! `<manager>/<n>`), so the other managers of the fleet do no work for it. A `forced:`
 //! message also tells this process's holders of that resource their lock is
 //! gone — once the lock key confirms it: anyone who can `PUBLISH` can send
 //! such a message, so it is only a hint, and a holder whose holder id, token
@@ -20,6 +24,7 @@
 //! was away are lost).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -34,8 +39,12 @@ use crate::keys::Keys;
 use crate::{Grant, Layout};
 
 /// Waiters and local holders of one manager, by resource.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Listeners {
+    /// This manager's name in waiter ids (`<manager>/<n>`), and its inbox
+    /// channel's last part.
+    manager: String,
+    next_waiter: AtomicU64,
     waiting: Mutex<HashMap<String, ResourceWaiters>>,
     holding: Mutex<HashMap<String, Vec<Held>>>,
     /// Grants releases handed to our waiters, by waiter id, until taken.
@@ -122,6 +131,46 @@ pub(crate) struct Waiting {
 }
 
 impl Listeners {
+    /// The listeners of a manager named `manager` (unique across processes).
+    pub(crate) fn new(manager: String) -> Self {
+        Listeners {
+            manager,
+            next_waiter: AtomicU64::new(1),
+            waiting: Mutex::default(),
+            holding: Mutex::default(),
+            handed: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn manager(&self) -> &str {
+        &self.manager
+    }
+
+    /// A new waiter id, `<manager>/<n>`: a release finds the waiter's
+    /// manager's inbox from it.
+    pub(crate) fn new_waiter_id(&self) -> String {
+        format!("{}/{}", self.manager, self.next_waiter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A message on this manager's inbox (`grant:` or `next:` for one of
+    /// its waiters): handled as on the waiter's resource channel.
+    async fn direct(&self, keys: &Keys, confirm: &Confirm, payload: &str) {
+        let waiter = match payload.strip_prefix("grant:") {
+            Some(grant) => Handed::parse(grant).map(|(waiter, _)| waiter),
+            None => payload.strip_prefix("next:"),
+        };
+        let Some(waiter) = waiter else { return };
+        let resource = self
+            .waiting
+            .lock()
+            .iter()
+            .find(|(_, (_, waiters))| waiters.iter().any(|ours| ours == waiter))
+            .map(|(resource, _)| resource.clone());
+        if let Some(resource) = resource {
+            self.released(keys, confirm, &resource, payload).await;
+        }
+    }
+
     /// Registers a waiter for `resource`, named `waiter` in its queue.
     pub(crate) fn wait_for(self: &Arc<Self>, resource: &str, waiter: &str) -> Waiting {
         let mut waiting = self.waiting.lock();
@@ -272,15 +321,26 @@ async fn still_held(keys: &Keys, confirm: &Confirm, resource: &str, held: &[Held
 pub(crate) async fn subscribe(
     client: redis::Client,
     keys: Keys,
+    inbox: String,
     confirm: Confirm,
     listeners: Weak<Listeners>,
     subscribed: tokio::sync::oneshot::Sender<Result<(), String>>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     tokio::select! {
-        () = listen(client, keys, confirm, listeners, subscribed) => {}
+        () = listen(client, keys, inbox, confirm, listeners, subscribed) => {}
         _ = &mut stopped => {}
     }
+}
+
+/// `PSUBSCRIBE` to every release channel of the prefix and `SUBSCRIBE` to
+/// this manager's inbox, saying which was refused.
+async fn subscribe_both(pubsub: &mut redis::aio::PubSub, keys: &Keys, inbox: &str) -> Result<(), String> {
+    pubsub
+        .psubscribe(keys.release_pattern())
+        .await
+        .map_err(|e| format!("PSUBSCRIBE {} was refused: {e}", keys.release_pattern()))?;
+    pubsub.subscribe(inbox).await.map_err(|e| format!("SUBSCRIBE {inbox} was refused: {e}"))
 }
 
 /// Messages are handled one at a time, in order (a `forced:` one costs a
@@ -290,6 +350,7 @@ pub(crate) async fn subscribe(
 async fn listen(
     client: redis::Client,
     keys: Keys,
+    inbox: String,
     confirm: Confirm,
     listeners: Weak<Listeners>,
     subscribed: tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -301,7 +362,7 @@ async fn listen(
             return;
         }
         match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(keys.release_pattern()).await {
+            Ok(mut pubsub) => match subscribe_both(&mut pubsub, &keys, &inbox).await {
                 Ok(()) => {
                     if let Some(subscribed) = subscribed.take() {
                         let _ = subscribed.send(Ok(()));
@@ -314,8 +375,11 @@ async fn listen(
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
                         let Some(listeners) = listeners.upgrade() else { return };
-                        if let Some(resource) = keys.resource_of_channel(message.get_channel_name()) {
-                            let payload: String = message.get_payload().unwrap_or_default();
+                        let channel = message.get_channel_name();
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        if channel == inbox {
+                            listeners.direct(&keys, &confirm, &payload).await;
+                        } else if let Some(resource) = keys.resource_of_channel(channel) {
                             listeners.released(&keys, &confirm, resource, &payload).await;
                         }
                     }
@@ -324,7 +388,7 @@ async fn listen(
                 Err(e) => {
                     tracing::warn!(backend = crate::BACKEND, error = %e, "cannot subscribe to release messages");
                     if let Some(subscribed) = subscribed.take() {
-                        let _ = subscribed.send(Err(format!("PSUBSCRIBE {} was refused: {e}", keys.release_pattern())));
+                        let _ = subscribed.send(Err(e));
                     }
                 }
             },

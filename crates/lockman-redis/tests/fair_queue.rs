@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use lockman_core::{AcquireOptions, LockBackend, LockManager};
 use lockman_redis::{RedisBackend, RedisOptions};
 use lockman_testkit::redis_server::RedisServer;
@@ -86,6 +88,11 @@ async fn a_release_hands_the_lock_to_the_waiter_at_the_head() {
         (guard, waiter)
     });
     server.until_queued("handoff", 1).await;
+    // Every message under the prefix, with its channel.
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut all = client.get_async_pubsub().await.expect("pubsub");
+    all.psubscribe("lockman:*").await.expect("PSUBSCRIBE");
+    let mut messages = all.into_on_message();
     server.command(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
     let released_token = held.fencing_token();
     held.release().await.expect("release");
@@ -108,6 +115,16 @@ async fn a_release_hands_the_lock_to_the_waiter_at_the_head() {
     };
     let scripts = field("calls") - field("failed_calls");
     assert_eq!(scripts, 1, "the handoff took {scripts} script runs (the release, and the waiter's?)\n{stats}");
+    // One message, on the waiter's manager's inbox: no other manager hears it.
+    let message = tokio::time::timeout(BOUND, messages.next()).await.expect("no message").expect("pubsub ended");
+    let payload: String = message.get_payload().expect("payload");
+    assert!(
+        message.get_channel_name().starts_with("lockman:inbox:") && payload.starts_with("grant:"),
+        "the handoff was published as {payload:?} on {}",
+        message.get_channel_name()
+    );
+    let more = tokio::time::timeout(Duration::from_millis(50), messages.next()).await;
+    assert!(more.is_err(), "another message followed the handoff: {more:?}");
 
     // Handed with a claim lease of at most the queue lease; the first
     // renewal (a third of it) sets the whole lease.
