@@ -238,6 +238,7 @@ mod extend {
 /// When a bridged lock is granted: the date it shows, and its token's
 /// place in the order of grants.
 mod grant_time {
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
     use lockman::{AcquireOptions, BridgedLockManager, LockManager, LockState};
@@ -246,17 +247,31 @@ mod grant_time {
     /// old daemon's legacy file is dated from when it got the legacy file
     /// too: before then it did not hold the resource (the old daemon did),
     /// and an `acquired_at` from the first part would claim that time.
-    #[tokio::test]
-    async fn a_bridged_lock_is_dated_from_its_later_part() {
+    /// A memory lock bridged with legacy lockfiles in a temporary directory
+    /// (resource `r`, a waiting policy), and the legacy manager itself.
+    struct Setup {
+        dir: tempfile::TempDir,
+        legacy_file: std::path::PathBuf,
+        legacy: Arc<dyn LockManager>,
+        primary: Arc<dyn LockManager>,
+        bridge: Arc<BridgedLockManager>,
+    }
+
+    async fn setup() -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let legacy_file = dir.path().join(".regcache_lockfile_1");
         let legacy_url = format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
         let legacy = lockman::connect(&legacy_url).await.expect("connect legacy").locks;
-        let primary: std::sync::Arc<dyn LockManager> = std::sync::Arc::new(lockman::MemoryLockManager::default());
-        let bridge = std::sync::Arc::new(BridgedLockManager::new(primary.clone(), legacy));
-
+        let primary: Arc<dyn LockManager> = Arc::new(lockman::MemoryLockManager::default());
+        let bridge = Arc::new(BridgedLockManager::new(primary.clone(), legacy.clone()));
         // An old daemon holds the legacy file (protocol B: the time, no marker).
         std::fs::write(&legacy_file, "2026-12-03T12:00:00.000000+00:00").expect("old daemon's file");
+        Setup { dir, legacy_file, legacy, primary, bridge }
+    }
+
+    #[tokio::test]
+    async fn a_bridged_lock_is_dated_from_its_later_part() {
+        let Setup { dir: _dir, legacy_file, primary, bridge, .. } = setup().await;
         let waiting = tokio::spawn({
             let bridge = bridge.clone();
             async move { bridge.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(10))).await }
@@ -290,15 +305,8 @@ mod grant_time {
     async fn a_new_lock_lost_while_waiting_for_the_legacy_lock_is_taken_again() {
         use lockman::LockEventKind;
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let legacy_file = dir.path().join(".regcache_lockfile_1");
-        let legacy_url = format!("legacy-file://{}?lock.r=.regcache_lockfile_1&policy.r=wait", dir.path().display());
-        let legacy = lockman::connect(&legacy_url).await.expect("connect legacy").locks;
+        let Setup { dir: _dir, legacy_file, legacy, primary, bridge } = setup().await;
         let mut legacy_events = legacy.events();
-        let primary: std::sync::Arc<dyn LockManager> = std::sync::Arc::new(lockman::MemoryLockManager::default());
-        let bridge = std::sync::Arc::new(BridgedLockManager::new(primary.clone(), legacy));
-
-        std::fs::write(&legacy_file, "2026-12-03T12:00:00.000000+00:00").expect("old daemon's file");
         let mut waiting = tokio::spawn({
             let bridge = bridge.clone();
             async move { bridge.acquire("r", AcquireOptions::new().timeout(Duration::from_secs(20))).await }
