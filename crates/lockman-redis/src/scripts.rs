@@ -370,6 +370,8 @@ return finish(busy_reply(wait, num(score), queued, now))
 /// * the grant is still ours but our hold is gone: only our release removes
 ///   it, so the first attempt ran; the remaining count is returned and
 ///   nothing else is touched (no second hold is taken back);
+/// * the lock is held by a grant our first attempt handed over (its `from`
+///   field is our token): 0;
 /// * the lock is gone and the fence still ends at our token: no grant was
 ///   made since ours, and nobody broke it ([`FORCE_RELEASE`] moves the
 ///   fence on) — whether our first attempt or the lease's end removed it,
@@ -386,7 +388,11 @@ pub(crate) static RELEASE: LazyLock<Script> =
 const RELEASE_FAST: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'holder', 'token', 'count', 'waited')
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
-  if ARGV[5] == '1' and not f[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return 0 end
+  if ARGV[5] == '1' then
+    if not f[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return 0 end
+    -- Our first attempt handed the lock to the next waiter.
+    if f[1] and redis.call('HGET', KEYS[1], 'from') == ARGV[2] then return 0 end
+  end
   return -1
 end
 if f[3] ~= '1' or ARGV[5] == '1' then
@@ -427,7 +433,7 @@ while true do
         local token = new_token(KEYS[2], now_us)
         local claim = math.min(tonumber(g[2]), tonumber(ARGV[6]))
         redis.call('HSET', KEYS[1], 'holder', g[1], 'count', '1', 'token', token, 'acquired_us', num(now_us),
-          'host', g[3], 'pid', g[4], 'purpose', g[5], 'user', g[6], 'h:' .. head, '1')
+          'host', g[3], 'pid', g[4], 'purpose', g[5], 'user', g[6], 'h:' .. head, '1', 'from', ARGV[2])
         redis.call('PEXPIRE', KEYS[1], claim)
         if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[1], 'waited', '1') end
         message = 'grant:' .. head .. ':' .. token .. ':' .. num(now_us) .. ':' .. claim

@@ -321,6 +321,34 @@ async fn retried_release_after_the_first_attempt_ran_is_ok() {
     assert!(again.is_some(), "the lock is still held after the release");
 }
 
+/// As above, with a waiter on another manager: the first attempt handed the
+/// lock to it (a direct handoff), so the retry finds the waiter holding —
+/// and must still see that our release did that (`Ok`), not report a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_release_after_the_first_attempt_handed_the_lock_over_is_ok() {
+    let Some(server) = RedisServer::start() else { return };
+    let (relay, holder_options) = relayed(&server).await;
+    let holder = manager(holder_options).await;
+    let waiter = manager(options(&server).response_timeout(BOUND)).await;
+    warm_up(&*holder).await;
+    let guard = holder.acquire("r", AcquireOptions::new().lease(Duration::from_secs(30))).await.expect("acquire");
+    wait_for_subscribers(&server, 2).await;
+    let waiting = tokio::spawn(async move { waiter.acquire("r", AcquireOptions::new().timeout(BOUND)).await });
+    server.until_queued("r", 1).await;
+    let ours = lock_field(&server, "r", "holder");
+
+    relay.stall(Direction::ToClient);
+    let releasing = tokio::spawn(async move { guard.release().await });
+    poll_until("the release to hand the lock over", || (lock_field(&server, "r", "holder") != ours).then_some(()))
+        .await;
+    relay.cut();
+    relay.resume(Direction::ToClient);
+    let released = tokio::time::timeout(BOUND, releasing).await.expect("release hung").expect("task");
+    released.expect("a release that ran and handed the lock over, whose reply was lost, is a release");
+    let next = tokio::time::timeout(BOUND, waiting).await.expect("the waiter hung").expect("task");
+    next.expect("the waiter was handed the lock").release().await.expect("the waiter's release");
+}
+
 /// One holder id used by two managers (as two processes given the same id)
 /// shares one grant as two holds. A release of one hold whose reply is lost
 /// and which is then retried must release that one hold only — not the other
