@@ -8,15 +8,15 @@
 //!   (median of [`BATCHES`] batches) while the same manager holds N other
 //!   locks, N = 1 … 100,000, grown in place. Capped where the backend cannot
 //!   hold that many here (see [`Plan::held_cap`]).
-//! * **handoff vs waiters**: W waiters (1 … 1,000) queued on one resource,
-//!   spread round robin over [`WAITER_MANAGERS`] managers (Redis and the file
-//!   backend queue a manager's own waiters locally, so only its first one
-//!   waits on the store; several managers put several in the store's queue).
-//!   The holder notes the time and releases; every waiter notes when it got
-//!   the lock, holds it [`HANDOFF_HOLD`] and notes when it lets it go, so
-//!   each handoff down the queue is "previous release → next grant". The first [`HANDOFF_PER_ROUND`]
-//!   handoffs of each round count (the queue is still about W long), rounds
-//!   repeat until [`HANDOFF_SAMPLES`] handoffs: p50 and p90.
+//! * **handoff vs waiters**: W waiters (1 … 1,000) queued on one resource
+//!   behind its holder: W + 1 contenders, spread round robin over
+//!   [`WAITER_MANAGERS`] managers (Redis and the file backend queue a
+//!   manager's own waiters locally, so only its first one waits on the
+//!   store; several managers put several in the store's queue). Each notes
+//!   when it got the lock, holds it [`HANDOFF_HOLD`], notes when it lets it
+//!   go and queues again at the tail, so the queue stays W long and every
+//!   handoff is "previous release → next grant": p50 and p90 of
+//!   [`HANDOFF_SAMPLES`] of them.
 //! * **cycle vs managers**: one manager's uncontended cycle on its own
 //!   resource while M managers (it included, 1 … 64) are connected to the
 //!   same store, the others *busy*: pairs of them share a resource and each
@@ -70,10 +70,12 @@ const BATCHES: usize = 7;
 const FILL_WIDTH: usize = 64;
 /// The managers the waiters of the handoff curve are spread over.
 const WAITER_MANAGERS: usize = 8;
-const HANDOFF_SAMPLES: usize = 40;
-const HANDOFF_PER_ROUND: usize = 20;
-/// How long each waiter holds the lock: every handoff then wakes a parked
-/// waiter, as the first one does, instead of running on a hot worker.
+/// Handoffs measured per point, after [`HANDOFF_WARMUP`] discarded ones
+/// (the first wakes a waiter that sat through the whole queueing).
+const HANDOFF_SAMPLES: usize = 60;
+const HANDOFF_WARMUP: usize = 5;
+/// How long each contender holds the lock: every handoff wakes a waiter
+/// that has been parked at least this long.
 const HANDOFF_HOLD: Duration = Duration::from_millis(1);
 /// How long a busy background manager holds its lock per cycle.
 const BG_HOLD: Duration = Duration::from_millis(2);
@@ -261,44 +263,51 @@ async fn handoff_vs_waiters(store: &Store, plan: &Plan, points: &mut Vec<Point>)
         managers.push(store.manager().await);
     }
     for w in WAITERS {
-        let mut samples = Vec::with_capacity(HANDOFF_SAMPLES);
-        for round in 0.. {
-            if samples.len() >= HANDOFF_SAMPLES {
-                break;
-            }
-            let resource = format!("queue-{w}-{round}");
-            let guard = managers[0].acquire(&resource, AcquireOptions::new()).await.expect("acquire the head");
-            let chain = Arc::new(Mutex::new(Chain::default()));
-            let calling = Arc::new(AtomicUsize::new(0));
-            let waiters: Vec<_> = (0..w)
-                .map(|i| {
-                    let locks = managers[i % managers.len()].clone();
-                    let (resource, chain, calling) = (resource.clone(), chain.clone(), calling.clone());
-                    tokio::spawn(async move {
-                        calling.fetch_add(1, Ordering::SeqCst);
+        let resource = format!("queue-{w}");
+        let head = managers[0].acquire(&resource, AcquireOptions::new()).await.expect("acquire the head");
+        let chain = Arc::new(Mutex::new(Chain::default()));
+        let calling = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        // w + 1 contenders: one holds, w wait, and whoever releases queues again.
+        let contenders: Vec<_> = (0..=w)
+            .map(|i| {
+                let locks = managers[i % managers.len()].clone();
+                let (resource, chain, calling, stop) = (resource.clone(), chain.clone(), calling.clone(), stop.clone());
+                tokio::spawn(async move {
+                    calling.fetch_add(1, Ordering::SeqCst);
+                    loop {
                         let guard = locks.acquire(&resource, AcquireOptions::new()).await.expect("waiter acquire");
-                        chain.lock().grants.push(Instant::now());
-                        tokio::time::sleep(HANDOFF_HOLD).await;
-                        chain.lock().releases.push(Instant::now());
+                        let done = stop.load(Ordering::SeqCst);
+                        if !done {
+                            chain.lock().grants.push(Instant::now());
+                            tokio::time::sleep(HANDOFF_HOLD).await;
+                            let mut chain = chain.lock();
+                            chain.releases.push(Instant::now());
+                            if chain.grants.len() >= HANDOFF_WARMUP + HANDOFF_SAMPLES {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                        }
                         guard.release().await.expect("waiter release");
-                    })
+                        if done {
+                            return;
+                        }
+                    }
                 })
-                .collect();
-            while calling.load(Ordering::SeqCst) < w {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            tokio::time::sleep(plan.settle + plan.settle_per_waiter * w as u32).await;
-            chain.lock().releases.push(Instant::now());
-            guard.release().await.expect("release the head");
-            for waiter in waiters {
-                waiter.await.expect("waiter panicked");
-            }
-            let chain = chain.lock();
-            let take = HANDOFF_PER_ROUND.min(HANDOFF_SAMPLES - samples.len()).min(chain.grants.len());
-            for k in 0..take {
-                samples.push(chain.grants[k].saturating_duration_since(chain.releases[k]));
-            }
+            })
+            .collect();
+        while calling.load(Ordering::SeqCst) <= w {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        tokio::time::sleep(plan.settle + plan.settle_per_waiter * w as u32).await;
+        chain.lock().releases.push(Instant::now());
+        head.release().await.expect("release the head");
+        for contender in contenders {
+            contender.await.expect("waiter panicked");
+        }
+        let chain = chain.lock();
+        let mut samples: Vec<Duration> = (HANDOFF_WARMUP..HANDOFF_WARMUP + HANDOFF_SAMPLES)
+            .map(|k| chain.grants[k].saturating_duration_since(chain.releases[k]))
+            .collect();
         samples.sort();
         let (p50, p90) = (percentile(&samples, 0.5), percentile(&samples, 0.9));
         println!("  {}: handoff with {w} waiters: p50 {p50:.1?}, p90 {p90:.1?}", store.name());
