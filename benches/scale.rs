@@ -20,9 +20,11 @@
 //! * **cycle vs managers**: one manager's uncontended cycle on its own
 //!   resource while M managers (it included, 1 … 64) are connected to the
 //!   same store, the others *busy*: pairs of them share a resource and each
-//!   cycles it (hold [`BG_HOLD`], once per [`Plan::bg_period`]), so some
-//!   releases have a waiter. On Redis only such a release publishes, and every
-//!   manager's `PSUBSCRIBE` hears every message: that fan-out is the curve.
+//!   takes it once per [`Plan::bg_period`] for [`BG_HOLD`], the second half a
+//!   hold after the first, so one release per pair and period has a waiter.
+//!   On Redis only such a release publishes, and every manager's
+//!   `PSUBSCRIBE` hears every message: that fan-out is the curve (the bench
+//!   prints the messages published per second).
 //! * **list() / cleanup_stale() vs stale locks** (file backend): N = 1 …
 //!   100,000 locks left by crashed holders (child processes that took their
 //!   locks and exited without releasing, once; every sample writes those
@@ -136,11 +138,20 @@ impl Store {
         lockman::connect(&url).await.unwrap_or_else(|e| panic!("connect to {url}: {e}")).locks
     }
 
+    /// `PUBLISH`es the Redis server has run so far (inside the release
+    /// script too); `None` for the other stores.
+    fn publishes(&self) -> Option<u64> {
+        let Store::Redis(server) = self else { return None };
+        let stats = server.command(&["INFO", "commandstats"]).ok()?;
+        let calls = stats.lines().find_map(|line| line.strip_prefix("cmdstat_publish:calls="));
+        Some(calls.and_then(|rest| rest.split(',').next()?.parse().ok()).unwrap_or(0))
+    }
+
     fn plan(&self) -> Plan {
         let ms = Duration::from_millis;
         match self {
             Store::Memory => {
-                Plan { per_batch: 2_000, held_cap: None, bg_period: ms(50), settle: ms(10), settle_per_waiter: ms(0) }
+                Plan { per_batch: 2_000, held_cap: None, bg_period: ms(20), settle: ms(10), settle_per_waiter: ms(0) }
             }
             Store::File(_) => Plan {
                 per_batch: 200,
@@ -148,12 +159,12 @@ impl Store {
                     10_000,
                     "a held kernel lock is an open descriptor; this machine's hard limit is 20,000",
                 )),
-                bg_period: ms(50),
+                bg_period: ms(20),
                 settle: ms(50),
                 settle_per_waiter: Duration::from_micros(100),
             },
             Store::Redis(_) => {
-                Plan { per_batch: 100, held_cap: None, bg_period: ms(50), settle: ms(100), settle_per_waiter: ms(0) }
+                Plan { per_batch: 100, held_cap: None, bg_period: ms(20), settle: ms(100), settle_per_waiter: ms(0) }
             }
             Store::Etcd(_) => Plan {
                 per_batch: 20,
@@ -333,22 +344,35 @@ async fn cycle_vs_managers(store: &Store, plan: &Plan, points: &mut Vec<Point>) 
             .iter()
             .enumerate()
             .map(|(i, locks)| {
-                // Pairs share a resource, so some of their releases hand over to a waiter.
+                // Pairs share a resource in lockstep: the first takes it at the
+                // top of each period, the second asks half a hold later, so every
+                // period one release hands over to a waiter (on Redis: publishes).
                 let (locks, stop, resource) = (locks.clone(), stop.clone(), format!("busy-{m}-{}", i / 2));
-                let (period, phase) = (plan.bg_period, plan.bg_period * i as u32 / m as u32);
+                let pairs = m.div_ceil(2) as u32;
+                let phase =
+                    plan.bg_period * (i / 2) as u32 / pairs + if i % 2 == 1 { BG_HOLD / 2 } else { Duration::ZERO };
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + phase, plan.bg_period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tokio::spawn(async move {
-                    tokio::time::sleep(phase).await;
                     while !stop.load(Ordering::Relaxed) {
+                        ticks.tick().await;
                         let guard = locks.acquire(&resource, AcquireOptions::new()).await.expect("background acquire");
                         tokio::time::sleep(BG_HOLD).await;
                         guard.release().await.expect("background release");
-                        tokio::time::sleep(period.saturating_sub(BG_HOLD)).await;
                     }
                 })
             })
             .collect();
         tokio::time::sleep(plan.bg_period * 2).await;
+        let (publishes, started) = (store.publishes(), Instant::now());
         let ns = cycle_ns(&measured, &format!("own-{m}"), plan.per_batch).await;
+        if let (Some(before), Some(after)) = (publishes, store.publishes()) {
+            let rate = (after - before) as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "  {}: {m} managers: {rate:.0} release messages/s published, each delivered to all {m} subscribers",
+                store.name()
+            );
+        }
         stop.store(true, Ordering::Relaxed);
         for task in background {
             task.await.expect("background manager panicked");
