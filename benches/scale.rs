@@ -33,7 +33,7 @@
 //!   returns none: nobody holds them); `cleanup_stale()` removes them all.
 //!
 //! Run everything with `cargo bench -p lockman-benches --bench scale` (about
-//! 5–8 minutes on two cores), or a subset by naming backends and/or curves:
+//! 4–6 minutes on two cores), or a subset by naming backends and/or curves:
 //! `cargo bench -p lockman-benches --bench scale -- memory file handoff`.
 //! Results are printed as a table and written as JSON to
 //! `target/scale/scale.json` (or `$LOCKMAN_SCALE_OUT`), which
