@@ -104,14 +104,14 @@ impl BridgedLockManager {
 
     /// The caller's options, waiting only for what is left of its time.
     fn time_left(options: &AcquireOptions, started: Instant) -> AcquireOptions {
-        let mut legacy = options.clone();
+        let mut rest = options.clone();
         if let Wait::Timeout(timeout) = options.wait {
-            legacy.wait = match timeout.checked_sub(started.elapsed()) {
+            rest.wait = match timeout.checked_sub(started.elapsed()) {
                 Some(left) if !left.is_zero() => Wait::Timeout(left),
                 _ => Wait::NoWait,
             };
         }
-        legacy
+        rest
     }
 
     /// Both sides' grants as one guard.

@@ -152,23 +152,28 @@ impl Listeners {
         format!("{}/{}", self.manager, self.next_waiter.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// A message on this manager's inbox (`grant:` or `next:` for one of
-    /// its waiters): handled as on the waiter's resource channel.
-    async fn direct(&self, keys: &Keys, confirm: &Confirm, payload: &str) {
-        let waiter = match payload.strip_prefix("grant:") {
-            Some(grant) => Handed::parse(grant).map(|(waiter, _)| waiter),
-            None => payload.strip_prefix("next:"),
+    /// A message on this manager's inbox: `grant:<waiter id>:…` hands that
+    /// waiter the lock, `next:<waiter id>` names it to go next; either wakes
+    /// the waiters of its resource in this manager (the named one looks).
+    fn direct(&self, payload: &str) {
+        let (waiter, handed) = match payload.strip_prefix("grant:") {
+            Some(grant) => match Handed::parse(grant) {
+                Some((waiter, handed)) => (waiter, Some(handed)),
+                None => return,
+            },
+            None => match payload.strip_prefix("next:") {
+                Some(waiter) => (waiter, None),
+                None => return,
+            },
         };
-        let Some(waiter) = waiter else { return };
-        let resource = self
-            .waiting
-            .lock()
-            .iter()
-            .find(|(_, (_, waiters))| waiters.iter().any(|ours| ours == waiter))
-            .map(|(resource, _)| resource.clone());
-        if let Some(resource) = resource {
-            self.released(keys, confirm, &resource, payload).await;
+        let waiting = self.waiting.lock();
+        let Some((notify, _)) = waiting.values().find(|(_, waiters)| waiters.iter().any(|ours| ours == waiter)) else {
+            return; // gone: a late handoff is undone by that acquire's `Pending`
+        };
+        if let Some(handed) = handed {
+            self.handed.lock().insert(waiter.to_owned(), handed);
         }
+        notify.notify_waiters();
     }
 
     /// Registers a waiter for `resource`, named `waiter` in its queue.
@@ -236,18 +241,9 @@ impl Listeners {
             }
         }
         if let Some((notify, waiters)) = self.waiting.lock().get(resource) {
-            if let Some(grant) = payload.strip_prefix("grant:") {
-                // Handed to one waiter: only it wakes, if it is ours.
-                if let Some((waiter, handed)) = Handed::parse(grant)
-                    && waiters.iter().any(|ours| ours == waiter)
-                {
-                    self.handed.lock().insert(waiter.to_owned(), handed);
-                    notify.notify_waiters();
-                }
-                return;
-            }
-            // `next:<waiter id>` names the one waiter to go next: the others
-            // would only be told to keep waiting.
+            // `next:<waiter id>` names the one waiter to go next (sent here
+            // by a release of a version without inboxes): the others would
+            // only be told to keep waiting.
             let named = payload.strip_prefix("next:");
             if named.is_none_or(|next| waiters.iter().any(|waiter| waiter == next)) {
                 notify.notify_waiters();
@@ -378,7 +374,7 @@ async fn listen(
                         let channel = message.get_channel_name();
                         let payload: String = message.get_payload().unwrap_or_default();
                         if channel == inbox {
-                            listeners.direct(&keys, &confirm, &payload).await;
+                            listeners.direct(&payload);
                         } else if let Some(resource) = keys.resource_of_channel(channel) {
                             listeners.released(&keys, &confirm, resource, &payload).await;
                         }
