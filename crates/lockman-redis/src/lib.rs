@@ -700,12 +700,18 @@ impl LockBackend for RedisBackend {
                     // — unless its claim lease may have run out meanwhile
                     // (this process was frozen, say, and someone else may
                     // hold it now): then ask, as for any other wake-up.
-                    let handed = waiting.as_ref().and_then(|w| self.listeners.take_handed(&w.waiter));
-                    if let Some(grant) = handed.and_then(|handed| handed.grant(asked))
-                        && grant.lease_expires_at > SystemTime::now() + MIN_ATTEMPT
-                    {
-                        pending.queued = false;
-                        return Ok(self.granted(request, grant, waiter.clone(), waited));
+                    if let Some(handed) = waiting.as_ref().and_then(|w| self.listeners.take_handed(&w.waiter)) {
+                        match handed.grant(asked) {
+                            Some(grant) if grant.lease_expires_at > SystemTime::now() + MIN_ATTEMPT => {
+                                pending.queued = false;
+                                return Ok(self.granted(request, grant, waiter.clone(), waited));
+                            }
+                            _ => tracing::debug!(
+                                backend = BACKEND,
+                                resource,
+                                "a handoff message came too late to be sure of its claim lease; asking Redis"
+                            ),
+                        }
                     }
                 }
             }
