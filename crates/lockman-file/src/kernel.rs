@@ -3,20 +3,25 @@
 //! (reader-writer) and semaphores. (The scheme is described on
 //! [`FileBackend`], so rustdoc shows it.)
 
+use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
-use lockman_core::{Capabilities, FencingToken, LockError, LockInfo, LockMode, LockState, Locks, LostReason};
+use lockman_core::{
+    Capabilities, FencingToken, LockError, LockInfo, LockMode, LockState, Locks, LostReason, WakeMechanism,
+};
 
 use crate::FileOptions;
 use crate::flock::{self, SharedTurn};
 use crate::fsutil::{self, Access, BreakOutcome, FileId, LockDir, Snapshot, io_error, unix_micros};
+use crate::kernel_wait::{KernelWaits, Opened, Waited, Want};
 use crate::naming::Member;
 use crate::record::{self, FileRecord, Record, RecordState};
 use crate::sentinel::{Sentinel, Watched};
@@ -76,7 +81,8 @@ pub type FileLockManager = Locks<FileBackend>;
 /// A permit holder first takes `<stem>.lock` shared (so exclusive and
 /// shared parties, and semaphores of another count, meet the kind record
 /// and are refused), then the first free slot of `0..n`. With none free it
-/// waits holding the gate, woken by inotify on any of the `n` slot files.
+/// waits holding the gate, woken by inotify on any of the `n` slot files
+/// (closed on release, unlike an exclusive grant's lock file).
 /// A mode disagreeing with the live holders is refused when it reaches the
 /// gate, or at once if another acquisition of the same manager is queued
 /// ahead of it; a waiter of another process queued at the gate is not seen
@@ -112,17 +118,85 @@ pub type FileLockManager = Locks<FileBackend>;
 /// after it queue at the gate instead of joining. Once the writer is done,
 /// the readers queued behind it get in one after another, each as soon as
 /// it gets the gate (a few system calls each), and hold together again.
-/// Waiters at the gate are woken by inotify when it is let go and race for
-/// it (no strict arrival order between processes), but nobody passes a
-/// waiter already holding the gate.
+/// Nobody passes a waiter already holding the gate: it is the next to be
+/// granted. Waiters at the gate race for it when it is let go; the kernel
+/// wakes them in the order they blocked, which keeps the race close to
+/// arrival order, but strict order between processes is not promised.
 ///
-/// The gate costs an uncontended acquisition one more open, lock, token
-/// write and close.
+/// # Waiting, and descriptors kept open
+///
+/// A waiter for the gate or the lock file blocks in the kernel on a helper
+/// thread (`flock`, or `LockFileEx` on Windows), so the release itself wakes
+/// it, in any process; meanwhile the waiter re-checks, with backoff up to
+/// 50 ms, that the path still names the file it waits on, and moves to the
+/// new file if it was deleted or replaced. A wait that times out or is
+/// cancelled leaves its helper blocked: the next wait of this backend for
+/// the same file adopts it, and a helper that gets the lock with nobody
+/// waiting lets go at once. At most 256 helpers block at once in a
+/// process; past that, waits fall back to inotify and bounded backoff.
+/// Permit waits for a free slot use inotify (slot files are closed on
+/// release).
+///
+/// An exclusive grant keeps its gate and lock file open when released
+/// (for up to 64 resources per backend), and the resource's next exclusive
+/// grant reuses them after checking that the paths still name them — an
+/// uncontended cycle is then two `try_lock`s, two `stat`s, one read of the
+/// gate's token, one write each of the gate and the lock file, and at
+/// release a `fstat`, a one-byte write and an unlock; no open or close. A
+/// grant whose descriptor was handed out ([`LockGuard::lock_fd`]) is never
+/// reused, since another process may share it.
+///
+/// [`LockGuard::lock_fd`]: lockman_core::LockGuard::lock_fd
 #[derive(Debug)]
 pub struct FileBackend {
     dir: LockDir,
     sentinel: Sentinel,
     queue: LocalQueue,
+    /// Waits blocked in the kernel (see [`crate::kernel_wait`]).
+    waits: KernelWaits,
+    /// The open gate and lock files of resources granted exclusively,
+    /// kept for their next grant.
+    idle: Mutex<IdleFiles>,
+}
+
+/// The most resources whose files a backend keeps open between grants
+/// (two descriptors each); past it, the files of an arbitrary one are closed.
+const MAX_IDLE_FILES: usize = 64;
+
+/// Open gate and lock files kept between exclusive grants, by resource: the
+/// next grant reuses them after checking the paths still name them, instead
+/// of opening (and closing) both again.
+#[derive(Debug, Default)]
+struct IdleFiles {
+    by_resource: HashMap<Arc<str>, Idle>,
+}
+
+/// One resource's kept files, and their paths (naming them hashes the name).
+#[derive(Debug)]
+struct Idle {
+    family: Arc<Family>,
+    gate: Opened,
+    lock: Opened,
+}
+
+impl IdleFiles {
+    fn family(&self, resource: &str) -> Option<Arc<Family>> {
+        self.by_resource.get(resource).map(|idle| idle.family.clone())
+    }
+
+    fn take(&mut self, resource: &str) -> Option<(Opened, Opened)> {
+        self.by_resource.remove(resource).map(|idle| (idle.gate, idle.lock))
+    }
+
+    fn put(&mut self, resource: Arc<str>, idle: Idle) {
+        if self.by_resource.len() >= MAX_IDLE_FILES
+            && !self.by_resource.contains_key(&resource)
+            && let Some(evicted) = self.by_resource.keys().next().cloned()
+        {
+            self.by_resource.remove(&evicted);
+        }
+        self.by_resource.insert(resource, idle);
+    }
 }
 
 /// A held lock file: the open handle carries the kernel lock.
@@ -130,8 +204,16 @@ pub struct FileBackend {
 pub struct FileGrant {
     resource: Arc<str>,
     /// `<stem>.lock`, locked exclusively or shared.
-    file: File,
+    file: Arc<File>,
+    snapshot: Snapshot,
     path: PathBuf,
+    /// An exclusive grant's gate (unlocked), kept open to be reused with
+    /// the lock file by the resource's next grant.
+    gate: Option<Opened>,
+    family: Arc<Family>,
+    /// Whether the lock's descriptor was handed out ([`LockBackend::lock_fd`]):
+    /// then it is never reused, since another process may share it.
+    exported: AtomicBool,
     /// The sentinel's watches: the lock file, and a permit's slot file.
     watch_ids: Vec<u64>,
     /// Our place in this manager's queue: kept while held exclusively.
@@ -154,12 +236,18 @@ enum Share {
 
 /// A grant taken while holding the gate, before the gate is let go.
 struct Taken {
-    file: File,
+    file: Arc<File>,
     snapshot: Snapshot,
     share: Share,
     token: u64,
     now: SystemTime,
     waited: bool,
+}
+
+/// Opens (creating) the file at `path`, noting its identity.
+fn open_file(path: &Path) -> io::Result<Opened> {
+    let (file, meta) = fsutil::open_no_follow_with_meta(path, Access::Create)?;
+    Ok(Opened { file: Arc::new(file), snapshot: Snapshot::of(&meta) })
 }
 
 /// What one look at the lock file found.
@@ -184,7 +272,13 @@ impl FileBackend {
             options.loss_check_interval,
             "the lock file was deleted or replaced by another process (force-released or cleaned up)",
         );
-        Ok(FileBackend { dir, sentinel, queue: LocalQueue::default() })
+        Ok(FileBackend {
+            dir,
+            sentinel,
+            queue: LocalQueue::default(),
+            waits: KernelWaits::default(),
+            idle: Mutex::new(IdleFiles::default()),
+        })
     }
 
     /// The directory holding the lock files.
@@ -249,16 +343,40 @@ impl FileBackend {
     /// Takes the lock (and, for a semaphore, a permit) while we hold the
     /// gate, waiting until the request's deadline; `None` if it came first.
     /// Writes the records and the next fencing token.
-    async fn take(&self, family: &Family, request: &GrantRequest, gate: &File) -> Result<Option<Taken>, LockError> {
+    ///
+    /// `cached` is the lock file this backend kept open from the
+    /// resource's last grant, if any.
+    async fn take(
+        &self,
+        family: &Family,
+        request: &GrantRequest,
+        gate: &File,
+        cached: Option<Opened>,
+    ) -> Result<Option<Taken>, LockError> {
         let resource = &*request.resource;
         let lock_path = &family.lock;
         let mut waited = false;
+        let mut cached = cached;
+        // Waiting for the lock file blocks in the kernel unless no helper
+        // can be had; then change notification and backoff (`waiter`).
+        let mut in_kernel = true;
         let mut waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
         let mut slot_waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
         'reopen: loop {
-            let (file, meta) = fsutil::open_no_follow_with_meta(lock_path, Access::Create)
-                .map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
-            let snapshot = Snapshot::of(&meta);
+            let Opened { mut file, mut snapshot } = match cached.take() {
+                Some(opened) => opened,
+                None => {
+                    let opened =
+                        open_file(lock_path).map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
+                    self.dir.adopt(&opened.file, lock_path);
+                    opened
+                }
+            };
+            // A shared or permit waiter is woken by a shared lock it lets go
+            // of at once; if the lock is still busy for it right after (an
+            // unreadable kind record), it waits by notification once, so it
+            // never spins.
+            let mut woken_shared = false;
             let first = loop {
                 match self.lock_main(family, &file, request)? {
                     MainLock::First => break true,
@@ -268,10 +386,40 @@ impl FileBackend {
                 if request.deadline.has_passed() {
                     return Ok(None);
                 }
+                waited = true;
+                if in_kernel && !woken_shared {
+                    let want = if request.mode == LockMode::Exclusive { Want::Exclusive } else { Want::Shared };
+                    let opened = Opened { file, snapshot };
+                    let waited = self
+                        .waits
+                        .wait(lock_path, want, opened, request.deadline)
+                        .await
+                        .map_err(|e| self.io("waiting for the lock file", resource, lock_path, e))?;
+                    match waited {
+                        Waited::Locked(opened) => {
+                            // Below, the path is checked to still name this
+                            // file (an adopted wait's may be an older one).
+                            (file, snapshot) = (opened.file, opened.snapshot);
+                            if want == Want::Exclusive {
+                                break true;
+                            }
+                            // Only a wake-up: lock_main decides how to hold it.
+                            let _ = file.unlock();
+                            woken_shared = true;
+                            continue;
+                        }
+                        Waited::TimedOut => return Ok(None),
+                        Waited::Replaced => continue 'reopen,
+                        Waited::Unavailable => {
+                            in_kernel = false;
+                            continue 'reopen;
+                        }
+                    }
+                }
+                woken_shared = false;
                 if waiter.watch_first(lock_path) {
                     continue;
                 }
-                waited = true;
                 if !waiter.wait(request.deadline, None).await {
                     return Ok(None);
                 }
@@ -286,7 +434,6 @@ impl FileBackend {
                 waiter.forget();
                 continue 'reopen;
             }
-            self.dir.adopt(&file, lock_path);
             let slot = match request.mode {
                 LockMode::Permits(permits) => loop {
                     let slot = family::take_slot(family, permits)
@@ -314,23 +461,34 @@ impl FileBackend {
                 },
                 LockMode::Exclusive | LockMode::Shared => None,
             };
-            // The gate keeps the last token of every grant, shared ones too;
-            // the lock file's floors it if the gate was removed by a cleanup.
-            let (previous, kept_in) =
-                [(record::read_token_from(gate), &family.gate), (record::read_token_from(&file), lock_path)]
-                    .into_iter()
-                    .filter_map(|(token, path)| Some((token.ok().flatten()?, path)))
-                    .max_by_key(|(token, _)| *token)
-                    .unwrap_or((0, lock_path));
+            // The gate keeps the last token of every grant, shared ones too:
+            // every grant writes it first (an exclusive or first shared one
+            // then writes the same token to the lock file), so a readable
+            // gate token is the largest. The lock file's counts when the
+            // gate has none: created anew after a cleanup removed the old
+            // one (which may have raced a grant), or torn by a crash.
+            let previous = match record::read_token_from(gate) {
+                Ok(Some(token)) => token,
+                _ => record::read_token_from(&file).ok().flatten().unwrap_or(0),
+            };
             let now = SystemTime::now();
-            let token = fsutil::next_token(BACKEND, resource, kept_in, previous, unix_micros(now))?;
+            // An exhausted counter names the lock file, and the gate that
+            // keeps the same token: both must go for tokens to restart.
+            let token =
+                fsutil::next_token(BACKEND, resource, lock_path, previous, unix_micros(now)).map_err(|mut e| {
+                    if let LockError::Backend { message, .. } = &mut e {
+                        message.push_str(&format!("; remove its gate {} with it", family.gate.display()));
+                    }
+                    e
+                })?;
             let record = Record::new(request, token, now);
-            record
-                .write_to(gate, RecordState::Released)
+            // Encoded once: the gate's copy differs only in its state byte.
+            let mut encoded = record.encode(RecordState::Released);
+            record::write_encoded(gate, &encoded)
                 .map_err(|e| self.io("writing the fencing token", resource, &family.gate, e))?;
             if first || request.mode == LockMode::Exclusive {
-                record
-                    .write_to(&file, RecordState::Held)
+                record::set_state(&mut encoded, RecordState::Held);
+                record::write_encoded(&file, &encoded)
                     .map_err(|e| self.io("writing the holder record", resource, lock_path, e))?;
             }
             if first && request.mode != LockMode::Exclusive {
@@ -371,6 +529,77 @@ impl FileBackend {
                 None => Share::Exclusive,
             };
             return Ok(Some(Taken { file, snapshot, share, token, now, waited }));
+        }
+    }
+
+    /// Takes the gate at `path` exclusively, reusing `cached` (this
+    /// backend's open gate from the resource's last grant) if given, and
+    /// waiting — blocked in the kernel, or by notification if no helper can
+    /// be had — until `deadline`; `None` if the deadline came first, else
+    /// the gate and whether we waited. Follows the path to a new file if the
+    /// one it named was deleted or replaced.
+    async fn lock_gate(
+        &self,
+        resource: &str,
+        path: &Path,
+        cached: Option<Opened>,
+        deadline: Deadline,
+    ) -> Result<Option<(Opened, bool)>, LockError> {
+        let io = |action: &str, e: io::Error| self.io(action, resource, path, e);
+        let mut cached = cached;
+        let mut waited = false;
+        let mut in_kernel = true;
+        let mut waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
+        'reopen: loop {
+            let opened = match cached.take() {
+                Some(opened) => opened,
+                None => {
+                    let opened = open_file(path).map_err(|e| io("opening the gate", e))?;
+                    self.dir.adopt(&opened.file, path);
+                    opened
+                }
+            };
+            loop {
+                match opened.file.try_lock() {
+                    // Someone may have deleted (cleanup) or replaced the file
+                    // while we opened or waited: then our lock is on an orphan.
+                    Ok(()) if family::still_names(path, opened.snapshot.id) => return Ok(Some((opened, waited))),
+                    Ok(()) => {
+                        waiter.forget();
+                        continue 'reopen;
+                    }
+                    Err(TryLockError::WouldBlock) => {}
+                    Err(TryLockError::Error(e)) => return Err(io("locking the gate", e)),
+                }
+                if deadline.has_passed() {
+                    return Ok(None);
+                }
+                waited = true;
+                if in_kernel {
+                    let result = self.waits.wait(path, Want::Exclusive, opened, deadline).await;
+                    match result.map_err(|e| io("waiting for the gate", e))? {
+                        Waited::Locked(locked) if family::still_names(path, locked.snapshot.id) => {
+                            return Ok(Some((locked, true)));
+                        }
+                        Waited::Locked(_) | Waited::Replaced => continue 'reopen,
+                        Waited::TimedOut => return Ok(None),
+                        Waited::Unavailable => {
+                            in_kernel = false;
+                            continue 'reopen;
+                        }
+                    }
+                }
+                if waiter.watch_first(path) {
+                    continue;
+                }
+                if !waiter.wait(deadline, None).await {
+                    return Ok(None);
+                }
+                if !family::still_names(path, opened.snapshot.id) {
+                    waiter.forget();
+                    continue 'reopen;
+                }
+            }
         }
     }
 
@@ -441,6 +670,22 @@ impl FileBackend {
         }
         // Unlock before close, so waiters woken by the close find it free.
         let unlocked = grant.file.unlock();
+        // Keep the files for the resource's next grant (before our turn
+        // ends, so this process's next waiter finds them) — unless the
+        // descriptor was handed out: a process sharing it would share the
+        // next grant's lock too.
+        if ours
+            && unlocked.is_ok()
+            && !grant.exported.load(Ordering::Relaxed)
+            && let Some(gate) = &grant.gate
+        {
+            let idle = Idle {
+                family: grant.family.clone(),
+                gate: gate.clone(),
+                lock: Opened { file: grant.file.clone(), snapshot: grant.snapshot },
+            };
+            self.idle.lock().put(grant.resource.clone(), idle);
+        }
         drop(grant.turn.lock().take()); // the next waiter in this process goes now
         if !ours {
             return Err(LockError::stolen(
@@ -505,12 +750,16 @@ impl LockBackend for FileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        flock::capabilities().with_modes(true, true)
+        // Waits for the lock and the gate block in the kernel (permit slots
+        // excepted, which are woken by inotify as the legacy backend's are).
+        flock::capabilities().with_modes(true, true).with_wake(WakeMechanism::Kernel)
     }
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<FileGrant>, LockError> {
         let resource = &*request.resource;
-        let family = self.family(resource);
+        // Naming a resource's files hashes its name: reuse the kept names.
+        let kept = self.idle.lock().family(resource);
+        let family = kept.unwrap_or_else(|| Arc::new(self.family(resource)));
         let mut turn = self.queue.enter(&request.resource, Deadline::Now).await;
         if !turn.is_ours() {
             // Someone in this manager is ahead of us: a mode that disagrees
@@ -522,21 +771,26 @@ impl LockBackend for FileBackend {
                 return Ok(self.busy(&family, resource));
             }
         }
-        let Some(gate) = flock::lock_until(BACKEND, resource, &family.gate, request.deadline).await? else {
+        // Only exclusive grants keep their files open for the next one.
+        let (cached_gate, cached_lock) = match request.mode {
+            LockMode::Exclusive => self.idle.lock().take(resource).unzip(),
+            LockMode::Shared | LockMode::Permits(_) => (None, None),
+        };
+        let Some((gate, gate_waited)) = self.lock_gate(resource, &family.gate, cached_gate, request.deadline).await?
+        else {
             return Ok(self.busy(&family, resource));
         };
-        self.dir.adopt(&gate.file, &family.gate);
         // On an error or timeout the files (and with them the kernel locks),
         // the gate and our turn are dropped.
-        let Some(taken) = self.take(&family, request, &gate.file).await? else {
+        let Some(taken) = self.take(&family, request, &gate.file, cached_lock).await? else {
             return Ok(self.busy(&family, resource));
         };
-        // Unlock before close, so the gate's next waiter, woken by the close, finds it free.
+        // Unlock before close, so the gate's next waiter, woken by either, finds it free.
         if let Err(e) = gate.file.unlock() {
             tracing::debug!(path = %family.gate.display(), error = %e, "cannot unlock the gate (closing it will)");
         }
-        let waited = taken.waited || gate.waited || turn.waited();
-        drop(gate);
+        let waited = taken.waited || gate_waited || turn.waited();
+        let gate = (request.mode == LockMode::Exclusive).then_some(gate);
         let Taken { file, snapshot, share, token, now, .. } = taken;
         // Shared and permit holders let the next of this manager's waiters
         // in at once; an exclusive one keeps its turn until it releases.
@@ -559,7 +813,18 @@ impl LockBackend for FileBackend {
                 turn: None,
             }));
         }
-        let grant = FileGrant { resource: request.resource.clone(), file, path: family.lock, watch_ids, turn, share };
+        let grant = FileGrant {
+            resource: request.resource.clone(),
+            file,
+            snapshot,
+            path: family.lock.clone(),
+            gate,
+            family,
+            exported: AtomicBool::new(false),
+            watch_ids,
+            turn,
+            share,
+        };
         Ok(Acquired::Granted(
             Granted::new(grant, FencingToken::new(token), None).acquired_at(now).after_waiting(waited),
         ))
@@ -573,6 +838,7 @@ impl LockBackend for FileBackend {
     #[cfg(unix)]
     fn lock_fd<'g>(&self, grant: &'g FileGrant) -> Option<std::os::fd::BorrowedFd<'g>> {
         use std::os::fd::AsFd;
+        grant.exported.store(true, Ordering::Relaxed);
         Some(grant.file.as_fd())
     }
 

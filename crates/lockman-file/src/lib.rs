@@ -94,6 +94,7 @@
 mod flock;
 mod fsutil;
 mod kernel;
+mod kernel_wait;
 mod lease;
 mod legacy;
 mod naming;

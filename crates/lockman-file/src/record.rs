@@ -185,33 +185,9 @@ impl Record {
 
     /// Parses a stored record. `Ok(None)`: no record (an empty file).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Option<(Record, RecordState)>, String> {
-        if bytes.is_empty() {
+        let Some((body, state)) = checked_body(bytes)? else {
             return Ok(None);
-        }
-        if bytes.len() < HEADER_LEN || &bytes[..5] != MAGIC {
-            return Err(format!("not a lockman record ({} bytes, bad header)", bytes.len()));
-        }
-        let state = match bytes[5] {
-            b'H' => RecordState::Held,
-            b'R' => RecordState::Released,
-            other => return Err(format!("unknown record state {:?}", char::from(other))),
         };
-        let header = std::str::from_utf8(&bytes[6..HEADER_LEN]).map_err(|_| "garbled record header".to_owned())?;
-        let mut fields = header.split_ascii_whitespace();
-        let crc = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
-        let len = fields.next().and_then(|f| f.parse::<usize>().ok());
-        let (Some(crc), Some(len)) = (crc, len) else {
-            return Err("garbled record header".to_owned());
-        };
-        if len > MAX_BODY {
-            return Err(format!("record body of {len} bytes is implausibly large"));
-        }
-        let Some(body) = bytes.get(HEADER_LEN..HEADER_LEN + len) else {
-            return Err(format!("record truncated: {} of {len} body bytes", bytes.len() - HEADER_LEN));
-        };
-        if crc32fast::hash(body) != crc {
-            return Err("record checksum mismatch (torn or corrupt)".to_owned());
-        }
         let record = serde_json::from_slice(body).map_err(|e| format!("record body unreadable: {e}"))?;
         Ok(Some((record, state)))
     }
@@ -220,6 +196,49 @@ impl Record {
     pub(crate) fn write_to(&self, file: &File, state: RecordState) -> io::Result<()> {
         write_at(file, &self.encode(state), 0)
     }
+}
+
+/// A stored record's body and state, its header and checksum verified.
+/// `Ok(None)`: no record (an empty file).
+fn checked_body(bytes: &[u8]) -> Result<Option<(&[u8], RecordState)>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.len() < HEADER_LEN || &bytes[..5] != MAGIC {
+        return Err(format!("not a lockman record ({} bytes, bad header)", bytes.len()));
+    }
+    let state = match bytes[5] {
+        b'H' => RecordState::Held,
+        b'R' => RecordState::Released,
+        other => return Err(format!("unknown record state {:?}", char::from(other))),
+    };
+    let header = std::str::from_utf8(&bytes[6..HEADER_LEN]).map_err(|_| "garbled record header".to_owned())?;
+    let mut fields = header.split_ascii_whitespace();
+    let crc = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
+    let len = fields.next().and_then(|f| f.parse::<usize>().ok());
+    let (Some(crc), Some(len)) = (crc, len) else {
+        return Err("garbled record header".to_owned());
+    };
+    if len > MAX_BODY {
+        return Err(format!("record body of {len} bytes is implausibly large"));
+    }
+    let Some(body) = bytes.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Err(format!("record truncated: {} of {len} body bytes", bytes.len() - HEADER_LEN));
+    };
+    if crc32fast::hash(body) != crc {
+        return Err("record checksum mismatch (torn or corrupt)".to_owned());
+    }
+    Ok(Some((body, state)))
+}
+
+/// The token of a checked record body, read without parsing the rest: serde
+/// writes the key `"token":` once, and a string value cannot hold that
+/// sequence (its quotes are escaped). `None` if it is not there.
+fn token_in(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"token\":";
+    let at = body.windows(KEY.len()).position(|window| window == KEY)? + KEY.len();
+    let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&body[at..at + digits]).ok()?.parse().ok()
 }
 
 fn state_byte(state: RecordState) -> u8 {
@@ -267,6 +286,18 @@ pub(crate) fn unknown_holder(resource: &str, backend: &str) -> LockInfo {
     info.hostname = "unknown".to_owned();
     info.pid = 0;
     info
+}
+
+/// Writes a record [`encode`](Record::encode)d earlier at the start of `file`.
+pub(crate) fn write_encoded(file: &File, encoded: &[u8]) -> io::Result<()> {
+    write_at(file, encoded, 0)
+}
+
+/// Sets the state of an [`encode`](Record::encode)d record.
+pub(crate) fn set_state(encoded: &mut [u8], state: RecordState) {
+    if let Some(byte) = encoded.get_mut(STATE_OFFSET as usize) {
+        *byte = state_byte(state);
+    }
 }
 
 /// Marks the record in `file` released (one byte; the CRC does not cover it).
@@ -324,6 +355,15 @@ pub(crate) fn read_from(file: &File) -> io::Result<FileRecord> {
 /// implausible (the token is what a successor must stay above). `Ok(None)`
 /// if there is no readable record.
 pub(crate) fn read_token_from(file: &File) -> io::Result<Option<u64>> {
+    // The fast way: one read, the checksum, and the token's digits.
+    let mut buf = [0u8; 1024];
+    let n = read_at(file, &mut buf)?;
+    if n < buf.len()
+        && let Ok(Some((body, _))) = checked_body(&buf[..n])
+        && let Some(token) = token_in(body)
+    {
+        return Ok(Some(token));
+    }
     Ok(match read_decoded(file)? {
         Ok(Some((record, _))) => Some(record.token),
         _ => None,
