@@ -146,6 +146,9 @@ pub type FileLockManager = Locks<FileBackend>;
 /// grant whose descriptor was handed out ([`LockGuard::lock_fd`]) is never
 /// reused, since another process may share it.
 ///
+/// `list` and `cleanup_stale` open every file of the directory, so they run
+/// on tokio's blocking pool rather than on the caller's runtime.
+///
 /// [`LockGuard::lock_fd`]: lockman_core::LockGuard::lock_fd
 #[derive(Debug)]
 pub struct FileBackend {
@@ -244,6 +247,14 @@ struct Taken {
     waited: bool,
 }
 
+/// Why a grant whose file a breaker moved by mistake, and could not put
+/// back, is lost.
+fn displaced(path: &Path) -> LostReason {
+    LostReason::Stolen {
+        detail: format!("the lock file {} was moved aside and another process took its place", path.display()),
+    }
+}
+
 /// Opens (creating) the file at `path`, noting its identity.
 fn open_file(path: &Path) -> io::Result<Opened> {
     let (file, meta) = fsutil::open_no_follow_with_meta(path, Access::Create)?;
@@ -297,14 +308,6 @@ impl FileBackend {
 
     fn io(&self, action: &str, resource: &str, path: &Path, error: io::Error) -> LockError {
         io_error(BACKEND, action, Some(resource), path, error)
-    }
-
-    /// Why a grant whose file a breaker moved by mistake, and could not put
-    /// back, is lost.
-    fn displaced(&self, path: &Path) -> LostReason {
-        LostReason::Stolen {
-            detail: format!("the lock file {} was moved aside and another process took its place", path.display()),
-        }
     }
 
     /// The resource's state, read from its files without taking anything.
@@ -706,39 +709,9 @@ impl FileBackend {
         }
     }
 
-    /// The files lockman made here (by name), by resource; other files in a
-    /// shared directory are not ours to list or remove.
-    fn families(&self) -> Result<std::collections::HashMap<String, Vec<(PathBuf, Member)>>, LockError> {
-        family::scan(self.dir.path()).map_err(|e| io_error(BACKEND, "listing lock files", None, self.dir.path(), e))
-    }
-
-    /// Removes the unlocked file at `path` (one of a family's), returning
-    /// the held record a crashed holder left in it, if asked to report one.
-    fn remove_unused(&self, path: &Path, report: impl FnOnce(&Record) -> bool) -> Option<LockInfo> {
-        let file = fsutil::open_no_follow(path, Access::Read).ok()?;
-        file.try_lock().ok()?;
-        // Only a file the path still names: one we locked after another
-        // cleanup removed it is an orphan, and moving the path now would
-        // move a live holder's file.
-        let id = FileId::of_file(&file).ok()?;
-        if !family::still_names(path, id) {
-            return None;
-        }
-        let left = record::read_from(&file).ok().and_then(FileRecord::held).filter(|r| report(r));
-        // Removing it while we hold its lock is safe: anyone who opened it
-        // meanwhile finds the path changed after locking, and retries.
-        match fsutil::break_by_rename(path, id, |_| true) {
-            Ok(BreakOutcome::Broken) => left.map(|record| record.to_info(BACKEND)),
-            Ok(BreakOutcome::Displaced(moved)) => {
-                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &self.displaced(path));
-                None
-            }
-            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file");
-                None
-            }
-        }
+    /// What the directory-wide operations need, owned by a blocking-pool task.
+    fn walk(&self) -> DirWalk {
+        DirWalk { dir: self.dir.path().to_owned(), sentinel: self.sentinel.clone() }
     }
 }
 
@@ -855,20 +828,8 @@ impl LockBackend for FileBackend {
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
-        let mut held = Vec::new();
-        for (_, members) in self.families()? {
-            let Some((path, _)) = members.iter().find(|(_, member)| *member == Member::Lock) else { continue };
-            let Ok(file) = fsutil::open_no_follow(path, Access::Read) else { continue };
-            let unnamed = fsutil::file_name_of(path);
-            let holder_files = || Ok(members.iter().filter(|(_, m)| m.is_holder_file()).cloned().collect());
-            match family::probe(&file, &unnamed, BACKEND, holder_files) {
-                Ok(LockState::Held(info)) => held.push(info),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot probe a lock file"),
-            }
-        }
-        held.sort_by(|a, b| a.resource.cmp(&b.resource));
-        Ok(held)
+        let walk = self.walk();
+        off_the_runtime("listing lock files", move || walk.list()).await
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
@@ -895,7 +856,7 @@ impl LockBackend for FileBackend {
             Ok(BreakOutcome::Broken) => {}
             Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => return Ok(None),
             Ok(BreakOutcome::Displaced(moved)) => {
-                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &self.displaced(path));
+                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &displaced(path));
                 return Ok(None);
             }
             Err(e) => return Err(self.io("removing the lock file", resource, path, e)),
@@ -912,6 +873,76 @@ impl LockBackend for FileBackend {
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
+        let walk = self.walk();
+        off_the_runtime("cleaning up lock files", move || walk.cleanup_stale()).await
+    }
+}
+
+/// What [`FileBackend::list`] and [`FileBackend::cleanup_stale`] need, owned:
+/// they open every file of the directory (seconds at 100,000 files), so they
+/// run on tokio's blocking pool instead of stalling the caller's runtime.
+#[derive(Debug)]
+struct DirWalk {
+    dir: PathBuf,
+    sentinel: Sentinel,
+}
+
+impl DirWalk {
+    /// The files lockman made here (by name), by resource; other files in a
+    /// shared directory are not ours to list or remove.
+    fn families(&self) -> Result<std::collections::HashMap<String, Vec<(PathBuf, Member)>>, LockError> {
+        family::scan(&self.dir).map_err(|e| io_error(BACKEND, "listing lock files", None, &self.dir, e))
+    }
+
+    /// Removes the unlocked file at `path` (one of a family's), returning
+    /// the held record a crashed holder left in it, if asked to report one.
+    fn remove_unused(&self, path: &Path, report: impl FnOnce(&Record) -> bool) -> Option<LockInfo> {
+        let file = fsutil::open_no_follow(path, Access::Read).ok()?;
+        file.try_lock().ok()?;
+        // Only a file the path still names: one we locked after another
+        // cleanup removed it is an orphan, and moving the path now would
+        // move a live holder's file.
+        let id = FileId::of_file(&file).ok()?;
+        if !family::still_names(path, id) {
+            return None;
+        }
+        let left = record::read_from(&file).ok().and_then(FileRecord::held).filter(|r| report(r));
+        // Removing it while we hold its lock is safe: anyone who opened it
+        // meanwhile finds the path changed after locking, and retries.
+        match fsutil::break_by_rename(path, id, |_| true) {
+            Ok(BreakOutcome::Broken) => left.map(|record| record.to_info(BACKEND)),
+            Ok(BreakOutcome::Displaced(moved)) => {
+                self.sentinel.mark_lost(&self.sentinel.grants_on(path, moved), &displaced(path));
+                None
+            }
+            Ok(BreakOutcome::NotOurs | BreakOutcome::Gone) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused lock file");
+                None
+            }
+        }
+    }
+
+    /// Every held lock in the directory.
+    fn list(&self) -> Result<Vec<LockInfo>, LockError> {
+        let mut held = Vec::new();
+        for (_, members) in self.families()? {
+            let Some((path, _)) = members.iter().find(|(_, member)| *member == Member::Lock) else { continue };
+            let Ok(file) = fsutil::open_no_follow(path, Access::Read) else { continue };
+            let unnamed = fsutil::file_name_of(path);
+            let holder_files = || Ok(members.iter().filter(|(_, m)| m.is_holder_file()).cloned().collect());
+            match family::probe(&file, &unnamed, BACKEND, holder_files) {
+                Ok(LockState::Held(info)) => held.push(info),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot probe a lock file"),
+            }
+        }
+        held.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Ok(held)
+    }
+
+    /// Removes every unused file of ours, reporting what crashed holders left.
+    fn cleanup_stale(&self) -> Result<Vec<LockInfo>, LockError> {
         // A kernel lock dies with its process, so nothing is ever *held* by a
         // dead holder; what remains are files. Remove every unlocked one of
         // ours (bounding the directory; only names lockman makes are listed,
@@ -942,5 +973,19 @@ impl LockBackend for FileBackend {
             }
         }
         Ok(crashed)
+    }
+}
+
+/// Runs `work` on tokio's blocking pool (inline without a runtime). If the
+/// caller stops waiting, the work still runs to its end.
+async fn off_the_runtime<T: Send + 'static>(
+    action: &str,
+    work: impl FnOnce() -> Result<T, LockError> + Send + 'static,
+) -> Result<T, LockError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime.spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(LockError::backend(BACKEND, action, None, format!("the blocking task failed: {e}")))
+        }),
+        Err(_) => work(),
     }
 }

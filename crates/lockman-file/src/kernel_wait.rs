@@ -230,7 +230,8 @@ fn run_on_helper(job: Job) -> io::Result<()> {
     let id = NEXT_HELPER.fetch_add(1, Ordering::Relaxed);
     std::thread::Builder::new()
         .name("lockman-flock".to_owned())
-        .stack_size(64 * 1024)
+        // Room for a tracing subscriber formatting the helper's debug events.
+        .stack_size(256 * 1024)
         .spawn(move || helper_loop(id, job))
         .map(drop)
 }

@@ -21,7 +21,7 @@ use crate::flock::SharedTurn;
 use crate::fsutil::{FileId, Snapshot};
 
 /// The held grants of one backend, watched for loss.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Sentinel {
     inner: Arc<Inner>,
 }
