@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use lockman_core::backend::{Deadline, GrantRequest, LocalQueue, Turn};
 use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
-use crate::fsutil::{self, Access, FileId, Snapshot, io_error, unix_micros};
+use crate::fsutil::{self, Access, FileId, io_error, unix_micros};
+use crate::kernel_wait::{KernelWaits, Opened, Waited, Want};
 use crate::record::{self, FileRecord, Record, RecordState};
 use crate::watch::{FileWaiter, notifications_supported};
 
@@ -40,7 +41,7 @@ pub(crate) fn capabilities() -> Capabilities {
 
 /// A file we hold the kernel lock of.
 pub(crate) struct Locked {
-    pub(crate) file: File,
+    pub(crate) file: Arc<File>,
     /// Whether we had to wait for another holder.
     pub(crate) waited: bool,
     /// Our turn in this manager's queue for the resource; end it (drop it)
@@ -80,8 +81,11 @@ pub(crate) async fn lock(
         let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
         return Ok(LockAttempt::Busy(holder));
     }
-    match lock_until(backend, resource, path, deadline).await? {
-        Some(Taken { file, waited }) => Ok(LockAttempt::Locked(Locked { file, waited: waited || turn.waited(), turn })),
+    let opening = Opening { name: "lock file", cached: None, waits: None, on_open: &|_| {} };
+    match lock_until(backend, resource, path, deadline, opening).await? {
+        Some((opened, waited)) => {
+            Ok(LockAttempt::Locked(Locked { file: opened.file, waited: waited || turn.waited(), turn }))
+        }
         None => {
             let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
             Ok(LockAttempt::Busy(holder))
@@ -89,61 +93,84 @@ pub(crate) async fn lock(
     }
 }
 
-/// A file whose exclusive kernel lock [`lock_until`] took.
-pub(crate) struct Taken {
-    pub(crate) file: File,
-    /// Whether we had to wait for another holder.
-    pub(crate) waited: bool,
+/// How [`lock_until`] opens the file and waits for it.
+pub(crate) struct Opening<'a> {
+    /// What the file is, for errors ("lock file", "gate").
+    pub(crate) name: &'static str,
+    /// The file as an earlier grant kept it open, to try first.
+    pub(crate) cached: Option<Opened>,
+    /// Wait blocked in the kernel with these; else (or when no helper can be
+    /// had) by change notification and bounded backoff.
+    pub(crate) waits: Option<&'a KernelWaits>,
+    /// Called on every newly opened file (to set its permissions).
+    pub(crate) on_open: &'a (dyn Fn(&File) + Sync),
 }
 
-/// Takes the exclusive kernel lock on the file `path` names (creating it),
-/// waiting (woken by change notification, else bounded backoff) until
-/// `deadline`; `None` if the deadline came first. Follows the path to a new
-/// file if the one it named was deleted or replaced meanwhile.
+/// Takes the exclusive kernel lock on the file `path` names (creating it,
+/// or starting from `opening.cached`), waiting until `deadline`; `None` if
+/// the deadline came first, else the file and whether we waited. Follows
+/// the path to a new file if the one it named was deleted or replaced
+/// meanwhile.
 ///
-/// Cancel-safe: the only await is the wait.
+/// Cancel-safe: the awaits are the waits, and a kernel wait dropped
+/// meanwhile stays pending for the next (see [`crate::kernel_wait`]).
 pub(crate) async fn lock_until(
     backend: &'static str,
     resource: &str,
     path: &Path,
     deadline: Deadline,
-) -> Result<Option<Taken>, LockError> {
-    let io = |action: &str, e: io::Error| io_error(backend, action, Some(resource), path, e);
+    opening: Opening<'_>,
+) -> Result<Option<(Opened, bool)>, LockError> {
+    let Opening { name, mut cached, waits, on_open } = opening;
+    let io = |action: &str, e: io::Error| io_error(backend, &format!("{action} the {name}"), Some(resource), path, e);
+    let still_ours = |id| matches!(FileId::at(path), Ok(Some(now)) if now == id);
     let mut waited = false;
+    let mut in_kernel = waits.is_some();
     let mut waiter = FileWaiter::new(Duration::from_millis(1), POLL_MAX);
     'reopen: loop {
-        let (file, meta) =
-            fsutil::open_no_follow_with_meta(path, Access::Create).map_err(|e| io("opening the lock file", e))?;
-        let snapshot = Snapshot::of(&meta);
-        let id = snapshot.id;
+        let opened = match cached.take() {
+            Some(opened) => opened,
+            None => {
+                let opened = Opened::create(path).map_err(|e| io("opening", e))?;
+                on_open(&opened.file);
+                opened
+            }
+        };
         loop {
-            match file.try_lock() {
+            match opened.file.try_lock() {
+                // Someone may have deleted (cleanup) or replaced the file
+                // while we opened or waited: then our lock is on an orphan.
+                Ok(()) if still_ours(opened.snapshot.id) => return Ok(Some((opened, waited))),
                 Ok(()) => {
-                    // Someone may have deleted (cleanup) or replaced the file
-                    // while we opened or waited: then our lock is on an orphan.
-                    match FileId::at(path) {
-                        Ok(Some(now)) if now == id => return Ok(Some(Taken { file, waited })),
-                        Ok(_) => {
-                            waiter.forget();
-                            continue 'reopen;
-                        }
-                        Err(e) => return Err(io("checking the lock file", e)),
-                    }
+                    waiter.forget();
+                    continue 'reopen;
                 }
                 Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(io("locking the lock file", e)),
+                Err(TryLockError::Error(e)) => return Err(io("locking", e)),
             }
             if deadline.has_passed() {
                 return Ok(None);
             }
+            waited = true;
+            if let Some(waits) = waits.filter(|_| in_kernel) {
+                let result = waits.wait(path, Want::Exclusive, opened, deadline).await;
+                match result.map_err(|e| io("waiting for", e))? {
+                    Waited::Locked(locked) if still_ours(locked.snapshot.id) => return Ok(Some((locked, true))),
+                    Waited::Locked(_) | Waited::Replaced => continue 'reopen,
+                    Waited::TimedOut => return Ok(None),
+                    Waited::Unavailable => {
+                        in_kernel = false;
+                        continue 'reopen;
+                    }
+                }
+            }
             if waiter.watch_first(path) {
                 continue;
             }
-            waited = true;
             if !waiter.wait(deadline, None).await {
                 return Ok(None);
             }
-            if !matches!(FileId::at(path), Ok(Some(now)) if now == id) {
+            if !still_ours(opened.snapshot.id) {
                 waiter.forget();
                 continue 'reopen;
             }

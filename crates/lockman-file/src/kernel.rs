@@ -209,10 +209,10 @@ pub struct FileGrant {
     /// `<stem>.lock`, locked exclusively or shared.
     file: Arc<File>,
     snapshot: Snapshot,
-    path: PathBuf,
     /// An exclusive grant's gate (unlocked), kept open to be reused with
     /// the lock file by the resource's next grant.
     gate: Option<Opened>,
+    /// The resource's file paths (`family.lock` is the lock file's).
     family: Arc<Family>,
     /// Whether the lock's descriptor was handed out ([`LockBackend::lock_fd`]):
     /// then it is never reused, since another process may share it.
@@ -253,12 +253,6 @@ fn displaced(path: &Path) -> LostReason {
     LostReason::Stolen {
         detail: format!("the lock file {} was moved aside and another process took its place", path.display()),
     }
-}
-
-/// Opens (creating) the file at `path`, noting its identity.
-fn open_file(path: &Path) -> io::Result<Opened> {
-    let (file, meta) = fsutil::open_no_follow_with_meta(path, Access::Create)?;
-    Ok(Opened { file: Arc::new(file), snapshot: Snapshot::of(&meta) })
 }
 
 /// What one look at the lock file found.
@@ -369,8 +363,8 @@ impl FileBackend {
             let Opened { mut file, mut snapshot } = match cached.take() {
                 Some(opened) => opened,
                 None => {
-                    let opened =
-                        open_file(lock_path).map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
+                    let opened = Opened::create(lock_path)
+                        .map_err(|e| self.io("opening the lock file", resource, lock_path, e))?;
                     self.dir.adopt(&opened.file, lock_path);
                     opened
                 }
@@ -535,77 +529,6 @@ impl FileBackend {
         }
     }
 
-    /// Takes the gate at `path` exclusively, reusing `cached` (this
-    /// backend's open gate from the resource's last grant) if given, and
-    /// waiting — blocked in the kernel, or by notification if no helper can
-    /// be had — until `deadline`; `None` if the deadline came first, else
-    /// the gate and whether we waited. Follows the path to a new file if the
-    /// one it named was deleted or replaced.
-    async fn lock_gate(
-        &self,
-        resource: &str,
-        path: &Path,
-        cached: Option<Opened>,
-        deadline: Deadline,
-    ) -> Result<Option<(Opened, bool)>, LockError> {
-        let io = |action: &str, e: io::Error| self.io(action, resource, path, e);
-        let mut cached = cached;
-        let mut waited = false;
-        let mut in_kernel = true;
-        let mut waiter = FileWaiter::new(Duration::from_millis(1), flock::POLL_MAX);
-        'reopen: loop {
-            let opened = match cached.take() {
-                Some(opened) => opened,
-                None => {
-                    let opened = open_file(path).map_err(|e| io("opening the gate", e))?;
-                    self.dir.adopt(&opened.file, path);
-                    opened
-                }
-            };
-            loop {
-                match opened.file.try_lock() {
-                    // Someone may have deleted (cleanup) or replaced the file
-                    // while we opened or waited: then our lock is on an orphan.
-                    Ok(()) if family::still_names(path, opened.snapshot.id) => return Ok(Some((opened, waited))),
-                    Ok(()) => {
-                        waiter.forget();
-                        continue 'reopen;
-                    }
-                    Err(TryLockError::WouldBlock) => {}
-                    Err(TryLockError::Error(e)) => return Err(io("locking the gate", e)),
-                }
-                if deadline.has_passed() {
-                    return Ok(None);
-                }
-                waited = true;
-                if in_kernel {
-                    let result = self.waits.wait(path, Want::Exclusive, opened, deadline).await;
-                    match result.map_err(|e| io("waiting for the gate", e))? {
-                        Waited::Locked(locked) if family::still_names(path, locked.snapshot.id) => {
-                            return Ok(Some((locked, true)));
-                        }
-                        Waited::Locked(_) | Waited::Replaced => continue 'reopen,
-                        Waited::TimedOut => return Ok(None),
-                        Waited::Unavailable => {
-                            in_kernel = false;
-                            continue 'reopen;
-                        }
-                    }
-                }
-                if waiter.watch_first(path) {
-                    continue;
-                }
-                if !waiter.wait(deadline, None).await {
-                    return Ok(None);
-                }
-                if !family::still_names(path, opened.snapshot.id) {
-                    waiter.forget();
-                    continue 'reopen;
-                }
-            }
-        }
-    }
-
     /// One try at the lock file, for `request`'s mode; refuses a mode that
     /// disagrees with the kind the live holders use it as.
     fn lock_main(&self, family: &Family, file: &File, request: &GrantRequest) -> Result<MainLock, LockError> {
@@ -649,7 +572,7 @@ impl FileBackend {
         match &grant.share {
             Share::Exclusive => {
                 if ours && let Err(e) = record::mark_released(&grant.file) {
-                    tracing::warn!(path = %grant.path.display(), error = %e, "cannot mark the lock record released");
+                    tracing::warn!(path = %grant.family.lock.display(), error = %e, "cannot mark the lock record released");
                 }
             }
             Share::Reader { record, path } => {
@@ -694,10 +617,13 @@ impl FileBackend {
             return Err(LockError::stolen(
                 BACKEND,
                 &*grant.resource,
-                format!("the lock file {} was deleted or replaced by another process while held", grant.path.display()),
+                format!(
+                    "the lock file {} was deleted or replaced by another process while held",
+                    grant.family.lock.display()
+                ),
             ));
         }
-        unlocked.map_err(|e| io_error(BACKEND, "unlocking", None, &grant.path, e))
+        unlocked.map_err(|e| io_error(BACKEND, "unlocking", None, &grant.family.lock, e))
     }
 
     /// Opens an existing lock file for inspection; `None` if there is none.
@@ -749,7 +675,10 @@ impl LockBackend for FileBackend {
             LockMode::Exclusive => self.idle.lock().take(resource).unzip(),
             LockMode::Shared | LockMode::Permits(_) => (None, None),
         };
-        let Some((gate, gate_waited)) = self.lock_gate(resource, &family.gate, cached_gate, request.deadline).await?
+        let adopt = |file: &File| self.dir.adopt(file, &family.gate);
+        let opening = flock::Opening { name: "gate", cached: cached_gate, waits: Some(&self.waits), on_open: &adopt };
+        let Some((gate, gate_waited)) =
+            flock::lock_until(BACKEND, resource, &family.gate, request.deadline, opening).await?
         else {
             return Ok(self.busy(&family, resource));
         };
@@ -790,7 +719,6 @@ impl LockBackend for FileBackend {
             resource: request.resource.clone(),
             file,
             snapshot,
-            path: family.lock.clone(),
             gate,
             family,
             exported: AtomicBool::new(false),

@@ -27,7 +27,7 @@ use lockman_core::backend::Deadline;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::fsutil::{FileId, Snapshot};
+use crate::fsutil::{self, Access, FileId, Snapshot};
 
 /// The most helpers blocked in the kernel at once, process-wide; past it,
 /// waits fall back to change notification and backoff.
@@ -56,6 +56,14 @@ type Job = Box<dyn FnOnce() + Send>;
 pub(crate) struct Opened {
     pub(crate) file: Arc<File>,
     pub(crate) snapshot: Snapshot,
+}
+
+impl Opened {
+    /// Opens (creating) the file at `path`, noting its identity.
+    pub(crate) fn create(path: &Path) -> io::Result<Opened> {
+        let (file, meta) = fsutil::open_no_follow_with_meta(path, Access::Create)?;
+        Ok(Opened { file: Arc::new(file), snapshot: Snapshot::of(&meta) })
+    }
 }
 
 /// The lock a wait asks for.
@@ -119,7 +127,7 @@ impl KernelWaits {
         // Not adopted: start a helper of our own (an adopted wait's `opened`
         // is not needed: the helper has a file of its own).
         if let Some(tx) = tx
-            && !self.start(key, want, opened, tx)
+            && !self.start(key, opened, tx)
         {
             return Ok(Waited::Unavailable);
         }
@@ -163,9 +171,10 @@ impl KernelWaits {
         }
     }
 
-    /// Starts a helper blocking for `want` on `opened`, registered under
-    /// `key` so later waits adopt it; `false` if none can be had.
-    fn start(&self, key: (PathBuf, Want), want: Want, opened: Opened, tx: oneshot::Sender<io::Result<Opened>>) -> bool {
+    /// Starts a helper blocking on `opened` for the lock `key` names,
+    /// registered under `key` so later waits adopt it; `false` if none can
+    /// be had.
+    fn start(&self, key: (PathBuf, Want), opened: Opened, tx: oneshot::Sender<io::Result<Opened>>) -> bool {
         if BLOCKED.fetch_add(1, Ordering::AcqRel) >= MAX_HELPERS {
             BLOCKED.fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(path = %key.0.display(), "all kernel-wait helpers busy; waiting by notification");
@@ -174,7 +183,7 @@ impl KernelWaits {
         let pending = Arc::new(Pending { file: opened.snapshot.id, waiter: Mutex::new(Some(tx)) });
         self.pending.lock().insert(key.clone(), pending.clone());
         let registry = self.pending.clone();
-        let path = key.0.clone();
+        let (path, want) = key.clone();
         let job: Job = Box::new(move || {
             let locked = match want {
                 Want::Exclusive => opened.file.lock(),

@@ -264,7 +264,7 @@ pub struct LegacyFileBackend {
 #[derive(Debug)]
 pub struct LegacyGrant {
     resource: Arc<str>,
-    sidecar: File,
+    sidecar: Arc<File>,
     sidecar_path: PathBuf,
     path: PathBuf,
     snapshot: Snapshot,
