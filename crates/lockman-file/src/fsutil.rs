@@ -332,6 +332,8 @@ pub(crate) enum Access {
     /// Read-only, never created (inspecting; kernel locks work on read-only
     /// handles, and other users may lack write permission).
     Read,
+    /// Read-write, never created (updating a file in place).
+    Update,
 }
 
 /// Opens `path`, refusing a symlink in the last component (a lock file
@@ -349,9 +351,11 @@ pub(crate) fn open_no_follow(path: &Path, access: Access) -> io::Result<File> {
 pub(crate) fn open_no_follow_with_meta(path: &Path, access: Access) -> io::Result<(File, std::fs::Metadata)> {
     let mut options = OpenOptions::new();
     options.read(true);
-    if access == Access::Create {
-        options.write(true).create(true);
-    }
+    match access {
+        Access::Create => options.write(true).create(true),
+        Access::Update => options.write(true),
+        Access::Read => &mut options,
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -917,4 +921,44 @@ pub(crate) fn is_symlink_error(error: &io::Error) -> bool {
         let _ = error;
         false
     }
+}
+
+/// Reads as much as fits into `buf` from offset 0 (a short read of a
+/// regular file is its end).
+pub(crate) fn read_from_start(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = pread(file, &mut buf[filled..], filled as u64)?;
+        filled += n;
+        // A short read of a regular file means end of file: no second call to learn it.
+        if n == 0 || filled < buf.len() {
+            break;
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(unix)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(unix)]
+pub(crate) fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(windows)]
+pub(crate) fn write_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }

@@ -23,8 +23,10 @@ use crate::watch::FileWaiter;
 use lockman_core::backend::{LocalQueue, Turn};
 
 mod family;
+mod sequence;
 
 use family::{Family, Member, Registered, Registry};
+use sequence::Sequence;
 
 /// The backend name in errors, events and metrics.
 pub const LEASE_BACKEND: &str = "file-lease";
@@ -50,7 +52,10 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// and the clock (µs). A creator writes its token to `.seq` and then checks
 /// that its file is still in place before granting, so a creator paused past
 /// its lease and broken meanwhile gets no grant, and a successor always
-/// reads a token above every granted one.
+/// reads a token above every granted one. `.seq` holds two slots and is
+/// updated in place, one slot per grant (the smaller), so a reader racing a
+/// write or a crash mid-write still finds the other whole; it is never
+/// flushed to disk, so after a power loss the clock keeps tokens rising.
 ///
 /// Lease files judge staleness by the holder's clock: hosts sharing the
 /// directory need clocks in step to well within the lease. Times in a record
@@ -244,8 +249,8 @@ impl LeaseFileBackend {
         record.heartbeat_us = Some(unix_micros(now));
         // The file carries a real token from the moment it appears: a breaker
         // that moved it by mistake ranks it by its token to put it back.
-        let previous =
-            read_sequence(&sequence).map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))?;
+        let previous = sequence::read(&sequence)
+            .map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))?;
         record.token = fsutil::next_token(LEASE_BACKEND, resource, &sequence, previous, unix_micros(now))?;
         let Some(file) = fsutil::create_exclusive_with(path, &record.encode(RecordState::Held), self.dir.file_mode())
             .map_err(|e| self.io("creating the lease file", resource, path, e))?
@@ -257,17 +262,18 @@ impl LeaseFileBackend {
         // We hold the lease: only we write the sequence file now. A grant
         // made and released between our first read and the create took a
         // token we must be above.
-        let taken = read_sequence(&sequence)
+        let opened = Sequence::open(&sequence)
             .map_err(|e| self.io("reading the token sequence file", resource, &sequence, e))
-            .and_then(|taken| {
+            .and_then(|opened| {
+                let taken = opened.last();
                 if taken < record.token {
-                    return Ok(None);
+                    return Ok((opened, None));
                 }
                 let floor = unix_micros(SystemTime::now());
-                fsutil::next_token(LEASE_BACKEND, resource, &sequence, taken, floor).map(Some)
+                fsutil::next_token(LEASE_BACKEND, resource, &sequence, taken, floor).map(|token| (opened, Some(token)))
             });
-        let taken = match taken {
-            Ok(taken) => taken,
+        let (opened, taken) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 // Not granted: our file must not block others until it goes stale.
                 let _ = fsutil::break_by_rename(path, id, |_| true);
@@ -278,7 +284,8 @@ impl LeaseFileBackend {
         if let Some(token) = taken {
             record.token = token;
         }
-        let stored = fsutil::replace_with(&sequence, record.token.to_string().as_bytes(), self.dir.file_mode())
+        let stored = opened
+            .record(&sequence, record.token, self.dir.file_mode())
             .and_then(|()| if token_changed { record.write_to(&file, RecordState::Held) } else { Ok(()) });
         if let Err(e) = stored {
             let _ = fsutil::break_by_rename(path, id, |_| true);
@@ -1124,25 +1131,6 @@ impl LockBackend for LeaseFileBackend {
 /// A lease length in milliseconds, as records keep it.
 fn millis(lease: Duration) -> u64 {
     u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The most a sequence file may hold: one decimal `u64` (20 digits), with
-/// room for whitespace. Anything longer is corrupt or planted.
-const MAX_SEQUENCE_LEN: usize = 64;
-
-/// The last token handed out for the resource, from its sequence file (0 if
-/// there is none, or it does not hold a number). Read without following a
-/// symlink or waiting on a named pipe, and at most [`MAX_SEQUENCE_LEN`]
-/// bytes: anything else in its place is an error.
-fn read_sequence(sequence: &Path) -> io::Result<u64> {
-    let Some((bytes, _)) = fsutil::read_capped(sequence, MAX_SEQUENCE_LEN)? else {
-        return Ok(0);
-    };
-    let parsed = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    if parsed.is_none() && !bytes.is_empty() {
-        tracing::warn!(path = %sequence.display(), "unreadable token sequence file; tokens continue from the clock");
-    }
-    Ok(parsed.unwrap_or(0))
 }
 
 /// Whether `path` names a regular file (not following a symlink). Listing

@@ -21,7 +21,7 @@ use lockman_core::backend::GrantRequest;
 use lockman_core::{FencingToken, HolderId, LockInfo, LockMode};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{from_unix_micros, unix_micros};
+use crate::fsutil::{self, from_unix_micros, unix_micros};
 
 const MAGIC: &[u8; 5] = b"LMF1 ";
 const STATE_OFFSET: u64 = 5;
@@ -194,7 +194,7 @@ impl Record {
 
     /// Writes the record at the start of `file` (one positioned write).
     pub(crate) fn write_to(&self, file: &File, state: RecordState) -> io::Result<()> {
-        write_at(file, &self.encode(state), 0)
+        fsutil::write_at(file, &self.encode(state), 0)
     }
 }
 
@@ -290,7 +290,7 @@ pub(crate) fn unknown_holder(resource: &str, backend: &str) -> LockInfo {
 
 /// Writes a record [`encode`](Record::encode)d earlier at the start of `file`.
 pub(crate) fn write_encoded(file: &File, encoded: &[u8]) -> io::Result<()> {
-    write_at(file, encoded, 0)
+    fsutil::write_at(file, encoded, 0)
 }
 
 /// Sets the state of an [`encode`](Record::encode)d record.
@@ -302,7 +302,7 @@ pub(crate) fn set_state(encoded: &mut [u8], state: RecordState) {
 
 /// Marks the record in `file` released (one byte; the CRC does not cover it).
 pub(crate) fn mark_released(file: &File) -> io::Result<()> {
-    write_at(file, &[state_byte(RecordState::Released)], STATE_OFFSET)
+    fsutil::write_at(file, &[state_byte(RecordState::Released)], STATE_OFFSET)
 }
 
 /// What a lock file holds.
@@ -357,7 +357,7 @@ pub(crate) fn read_from(file: &File) -> io::Result<FileRecord> {
 pub(crate) fn read_token_from(file: &File) -> io::Result<Option<u64>> {
     // The fast way: one read, the checksum, and the token's digits.
     let mut buf = [0u8; 1024];
-    let n = read_at(file, &mut buf)?;
+    let n = fsutil::read_from_start(file, &mut buf)?;
     if n < buf.len()
         && let Ok(Some((body, _))) = checked_body(&buf[..n])
         && let Some(token) = token_in(body)
@@ -375,7 +375,7 @@ fn read_decoded(file: &File) -> io::Result<Result<Option<(Record, RecordState)>,
     let mut buf = vec![0u8; 1024];
     let mut last = Ok(None);
     for attempt in 0..5 {
-        let n = read_at(file, &mut buf)?;
+        let n = fsutil::read_from_start(file, &mut buf)?;
         if n == buf.len() && buf.len() < HEADER_LEN + MAX_BODY {
             buf.resize((buf.len() * 4).min(HEADER_LEN + MAX_BODY), 0);
             continue;
@@ -389,45 +389,6 @@ fn read_decoded(file: &File) -> io::Result<Result<Option<(Record, RecordState)>,
         }
     }
     Ok(last)
-}
-
-/// Reads as much as fits into `buf` from offset 0.
-fn read_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = pread(file, &mut buf[filled..], filled as u64)?;
-        filled += n;
-        // A short read of a regular file means end of file: no second call to learn it.
-        if n == 0 || filled < buf.len() {
-            break;
-        }
-    }
-    Ok(filled)
-}
-
-#[cfg(unix)]
-fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
-}
-
-#[cfg(windows)]
-fn write_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
-        bytes = &bytes[n..];
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -240,6 +240,58 @@ async fn lease_fencing_token_exhaustion_is_refused() {
     assert!(matches!(locks.state("r").await.expect("state"), LockState::Available));
 }
 
+/// The lease `.seq` file in its two-slot layout: each grant overwrites the
+/// smaller slot of the same file in place (the inode stays: no file written
+/// aside and renamed over, which ext4 flushes to disk first), and the file
+/// reads as the last token.
+#[cfg(unix)]
+#[tokio::test]
+async fn lease_sequence_file_is_updated_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let backend = LeaseFileBackend::open(FileOptions::new(dir.path())).expect("open");
+    let sequence = backend.lease_file("r").with_extension("seq");
+    let locks = backend.into_manager();
+    let mut inode = None;
+    let mut last = 0;
+    for round in 0..4 {
+        let guard = locks.acquire("r", AcquireOptions::new().no_wait()).await.expect("acquire");
+        let token = guard.fencing_token().get();
+        assert!(token > last, "round {round}: token {token} after {last}");
+        last = token;
+        guard.release().await.expect("release");
+        let bytes = std::fs::read(&sequence).expect("read .seq");
+        let text = String::from_utf8(bytes).expect("text");
+        let slots: Vec<u64> = text.lines().map(|line| line.parse().expect("a slot")).collect();
+        assert_eq!(text.len(), 42, "two slots of 20 digits: {text:?}");
+        assert_eq!(slots.iter().max(), Some(&token), "round {round}: {text:?}");
+        let now = std::fs::metadata(&sequence).expect("stat").ino();
+        assert_eq!(
+            *inode.get_or_insert(now),
+            now,
+            "round {round}: the sequence file was replaced, not updated in place"
+        );
+    }
+}
+
+/// A two-slot `.seq` file with one slot damaged (torn by a crash or a racing
+/// write) or reading low: the larger whole slot still counts, so the next
+/// token is above it.
+#[tokio::test]
+async fn lease_sequence_damaged_slot_keeps_the_other() {
+    const PLANTED: u64 = 9_000_000_000_000_000; // far above the clock in µs
+    for other in ["0000000000000000x000", "00000000000000000001", "12345"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let backend = LeaseFileBackend::open(FileOptions::new(dir.path())).expect("open");
+        let sequence = backend.lease_file("r").with_extension("seq");
+        std::fs::write(&sequence, format!("{other}\n{PLANTED:020}\n")).expect("plant");
+        let locks = backend.into_manager();
+        let guard = locks.acquire("r", AcquireOptions::new().no_wait()).await.expect("acquire");
+        assert_eq!(guard.fencing_token().get(), PLANTED + 1, "slot 0 {other:?}");
+        guard.release().await.expect("release");
+    }
+}
+
 /// The legacy backend's sidecar record holding `u64::MAX`: refused, and the
 /// legacy file is not left behind for old processes to wait on.
 #[tokio::test]
