@@ -928,7 +928,7 @@ pub(crate) fn is_symlink_error(error: &io::Error) -> bool {
 pub(crate) fn read_from_start(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        let n = pread(file, &mut buf[filled..], filled as u64)?;
+        let n = read_at(file, &mut buf[filled..], filled as u64)?;
         filled += n;
         // A short read of a regular file means end of file: no second call to learn it.
         if n == 0 || filled < buf.len() {
@@ -938,13 +938,15 @@ pub(crate) fn read_from_start(file: &File, buf: &mut [u8]) -> io::Result<usize> 
     Ok(filled)
 }
 
+/// One `pread`: up to `buf.len()` bytes at `offset`.
 #[cfg(unix)]
-fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(file, buf, offset)
 }
 
+/// One positioned read: up to `buf.len()` bytes at `offset`.
 #[cfg(windows)]
-fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
@@ -957,6 +959,9 @@ pub(crate) fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()>
 pub(crate) fn write_at(file: &File, mut bytes: &[u8], mut offset: u64) -> io::Result<()> {
     while !bytes.is_empty() {
         let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
         bytes = &bytes[n..];
         offset += n as u64;
     }

@@ -52,10 +52,13 @@ const SEQUENCE_SUFFIX: &str = ".seq";
 /// and the clock (µs). A creator writes its token to `.seq` and then checks
 /// that its file is still in place before granting, so a creator paused past
 /// its lease and broken meanwhile gets no grant, and a successor always
-/// reads a token above every granted one. `.seq` holds two slots and is
-/// updated in place, one slot per grant (the smaller), so a reader racing a
-/// write or a crash mid-write still finds the other whole; it is never
-/// flushed to disk, so after a power loss the clock keeps tokens rising.
+/// reads a token above every granted one — unless the paused creator's late
+/// write lands just after its successor's, a window that `lease/sequence.rs`
+/// describes, covered by the clock floor while clocks are in step. `.seq`
+/// holds two slots and is updated in place, one slot per grant (the
+/// smaller), so a reader racing a write or a crash mid-write still finds the
+/// other whole; it is never flushed to disk, so after a power loss the clock
+/// keeps tokens rising (with clocks in step).
 ///
 /// Lease files judge staleness by the holder's clock: hosts sharing the
 /// directory need clocks in step to well within the lease. Times in a record

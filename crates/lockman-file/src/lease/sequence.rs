@@ -17,20 +17,35 @@
 //!   (and the 21-byte write sits in one disk sector).
 //!
 //! The writer reads both slots again on its open handle just before it
-//! writes, so a creator that paused since its first read does not overwrite
-//! the slot a later holder just filled.
+//! writes (and writes nothing if they already hold more), so a creator that
+//! paused since its first read does not overwrite the slot a later holder
+//! filled meanwhile. What is left: a creator paused between that re-read
+//! and its write (one system call apart), broken as stale and succeeded
+//! meanwhile, overwrites the slot its successor just filled. It is refused
+//! its grant, but the successor's token is gone from the file, and a later
+//! grant on a host whose clock is behind could repeat it. Before the slots
+//! such a creator's late rename lost the token the same way, from anywhere
+//! in a longer window; with clocks in step the clock floor covers it.
+//!
+//! After writing, the writer checks that the path still names the file it
+//! wrote: one renamed over it meanwhile (by a lockman from before the
+//! slots, or one that could not write this file in place) gets the token
+//! written whole.
 //!
 //! **Why in place.** Until this layout the file was written aside and
 //! renamed over the old one. On ext4 a rename over an existing file (like a
 //! truncate-and-write) makes the kernel push the new file's data to the
-//! disk first (`auto_da_alloc`): about 200 µs of a 350 µs lease cycle on the
-//! development machine. An in-place write of an allocated block does not.
+//! disk first (`auto_da_alloc`): most of a 380–410 µs lease cycle on the
+//! development machine, which fell to 140–190 µs without it. An in-place
+//! write of an allocated block does not wait for the disk.
 //!
-//! **Durability.** The file is never flushed (`fsync`): after a power loss
-//! it may come back older. Tokens still rise, because each new token is
-//! also at least the clock in microseconds (see `try_create`), the argument
-//! made for the Redis fence key. What rests on the file alone is the order
-//! of tokens issued by hosts whose clocks disagree.
+//! **Durability.** The file is never flushed (`fsync`), and an in-place
+//! write is not even pushed out early as the rename was: after a power loss
+//! of the machine that holds the disk it may come back older. Tokens still
+//! rise with clocks in step, because each new token is also at least the
+//! clock in microseconds (see `try_create`), the argument made for the Redis
+//! fence key. What rests on the file alone is the order of tokens issued by
+//! hosts whose clocks disagree.
 //!
 //! **Other layouts.** A file holding one number (what lockman wrote before
 //! this layout, or what an operator planted) is read as that number; it is
@@ -43,7 +58,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use crate::fsutil::{self, Access};
+use crate::fsutil::{self, Access, FileId};
 
 /// The most a sequence file may hold: anything longer is corrupt or planted
 /// (the two-slot layout is 42 bytes; one number is at most 20 digits).
@@ -126,8 +141,8 @@ pub(super) fn read(path: &Path) -> io::Result<u64> {
 /// The sequence file as the lease holder sees it: read, to be written.
 pub(super) struct Sequence {
     /// Kept open when the file is in the two-slot layout and writable by
-    /// us, to update one slot in place.
-    slots: Option<File>,
+    /// us, to update one slot in place; with the file's identity.
+    slots: Option<(File, FileId)>,
     last: u64,
 }
 
@@ -147,9 +162,9 @@ impl Sequence {
         if meta.len() > MAX_LEN as u64 {
             return Err(too_long());
         }
-        let content = read_at_start(&file)?;
+        let content = read_at_start(&file, meta.len())?;
         let last = content.last(path);
-        let slots = matches!(content, Content::Slots(_)).then_some(file);
+        let slots = matches!(content, Content::Slots(_)).then(|| (file, FileId::of(&meta)));
         Ok(Sequence { slots, last })
     }
 
@@ -160,19 +175,35 @@ impl Sequence {
 
     /// Records `token` (not below [`Sequence::last`]) at `path`: in place in
     /// the smaller slot, or the whole file written aside and renamed over
-    /// (with the configured `mode`) when it is not in the two-slot layout.
+    /// (with the configured `mode`) when it is not in the two-slot layout —
+    /// or no longer the file we opened.
     pub(super) fn record(self, path: &Path, token: u64, mode: Option<u32>) -> io::Result<()> {
-        let line = format!("{token:0DIGITS$}\n");
-        if let Some(file) = &self.slots {
+        if let Some((file, id)) = &self.slots {
             // Read again just before writing: a later holder may have filled
             // a slot since we opened, and its token must stay.
-            if let Content::Slots([first, second]) = read_at_start(file)? {
-                let smaller = if first <= second { 0 } else { 1 };
-                return fsutil::write_at(file, line.as_bytes(), (smaller * SLOT_LEN) as u64);
+            if let Content::Slots([first, second]) = read_at_start(file, FILE_LEN as u64)? {
+                if first.max(second) < token {
+                    let smaller = if first <= second { 0 } else { 1 };
+                    fsutil::write_at(file, format!("{token:0DIGITS$}\n").as_bytes(), (smaller * SLOT_LEN) as u64)?;
+                }
+                // A file renamed over ours meanwhile (by a lockman from before
+                // the slots, or one that could not write ours in place) would
+                // not have our token: then write it to the file now there.
+                if FileId::at(path)? == Some(*id) {
+                    return Ok(());
+                }
             }
         }
-        fsutil::replace_with(path, format!("{line}{line}").as_bytes(), mode)
+        rewrite(path, token, mode)
     }
+}
+
+/// Writes `token` to the sequence file at `path` whole (aside, then renamed
+/// over), unless the file there already holds a larger one.
+fn rewrite(path: &Path, token: u64, mode: Option<u32>) -> io::Result<()> {
+    let token = token.max(read(path)?);
+    let line = format!("{token:0DIGITS$}\n");
+    fsutil::replace_with(path, format!("{line}{line}").as_bytes(), mode)
 }
 
 fn too_long() -> io::Error {
@@ -182,11 +213,23 @@ fn too_long() -> io::Error {
     )
 }
 
-/// What `file` holds from its start (at most [`MAX_LEN`] bytes: one more
+/// What `file` holds from its start: reads until `len` bytes (its length
+/// when last seen) are in, or the end; at most [`MAX_LEN`] bytes (one more
 /// is an error).
-fn read_at_start(file: &File) -> io::Result<Content> {
+fn read_at_start(file: &File, len: u64) -> io::Result<Content> {
     let mut buf = [0u8; MAX_LEN + 1];
-    let filled = fsutil::read_from_start(file, &mut buf)?;
+    let expected = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut filled = 0;
+    while filled < buf.len() {
+        // A short read need not be the end (FUSE, some network file systems).
+        match fsutil::read_at(file, &mut buf[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+        if filled >= expected {
+            break;
+        }
+    }
     if filled > MAX_LEN {
         return Err(too_long());
     }
@@ -251,9 +294,31 @@ mod tests {
         let paused = Sequence::open(&path).expect("open");
         let later = Sequence::open(&path).expect("open");
         later.record(&path, 300, None).expect("record"); // slot 0: [300, 200]
-        paused.record(&path, 250, None).expect("record"); // slot 1, not slot 0
-        assert_eq!(std::fs::read(&path).expect("read"), slots(300, 250));
-        assert_eq!(read(&path).expect("read"), 300);
+        paused.record(&path, 250, None).expect("record"); // below 300: nothing written
+        assert_eq!(std::fs::read(&path).expect("read"), slots(300, 200));
+        let paused = Sequence::open(&path).expect("open");
+        let later = Sequence::open(&path).expect("open");
+        later.record(&path, 400, None).expect("record"); // slot 1: [300, 400]
+        paused.record(&path, 450, None).expect("record"); // slot 0 (smaller now), not slot 1
+        assert_eq!(std::fs::read(&path).expect("read"), slots(450, 400));
+        assert_eq!(read(&path).expect("read"), 450);
+    }
+
+    /// A file renamed over the one a holder opened (by an older lockman)
+    /// gets the holder's token too, and keeps a larger one of its own.
+    #[test]
+    fn a_file_renamed_over_ours_gets_the_token() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("r.seq");
+        let aside = dir.path().join("aside");
+        for (planted, expected) in [(150, 300), (500, 500)] {
+            std::fs::write(&path, slots(100, 200)).expect("seed");
+            let holder = Sequence::open(&path).expect("open");
+            std::fs::write(&aside, planted.to_string()).expect("write aside");
+            std::fs::rename(&aside, &path).expect("rename over");
+            holder.record(&path, 300, None).expect("record");
+            assert_eq!(read(&path).expect("read"), expected, "planted {planted}");
+        }
     }
 
     /// The layout before slots (one number) is read, then rewritten whole.
