@@ -138,7 +138,7 @@ pub type FileLockManager = Locks<FileBackend>;
 /// release).
 ///
 /// An exclusive grant keeps its gate and lock file open when released
-/// (for up to 64 resources per backend), and the resource's next exclusive
+/// (for up to 64 resources per backend: [`FileOptions::keep_open`]), and the resource's next exclusive
 /// grant reuses them after checking that the paths still name them — an
 /// uncontended cycle is then two `try_lock`s, two `stat`s, one read of the
 /// gate's token, one write each of the gate and the lock file, and at
@@ -162,16 +162,15 @@ pub struct FileBackend {
     idle: Mutex<IdleFiles>,
 }
 
-/// The most resources whose files a backend keeps open between grants
-/// (two descriptors each); past it, the files of an arbitrary one are closed.
-const MAX_IDLE_FILES: usize = 64;
-
 /// Open gate and lock files kept between exclusive grants, by resource: the
 /// next grant reuses them after checking the paths still name them, instead
-/// of opening (and closing) both again.
-#[derive(Debug, Default)]
+/// of opening (and closing) both again. At most `limit` resources' files
+/// ([`FileOptions::keep_open`], two descriptors each); past it, the files of
+/// an arbitrary one are closed.
+#[derive(Debug)]
 struct IdleFiles {
     by_resource: HashMap<Arc<str>, Idle>,
+    limit: usize,
 }
 
 /// One resource's kept files, and their paths (naming them hashes the name).
@@ -192,7 +191,10 @@ impl IdleFiles {
     }
 
     fn put(&mut self, resource: Arc<str>, idle: Idle) {
-        if self.by_resource.len() >= MAX_IDLE_FILES
+        if self.limit == 0 {
+            return; // closed as `idle` drops
+        }
+        if self.by_resource.len() >= self.limit
             && !self.by_resource.contains_key(&resource)
             && let Some(evicted) = self.by_resource.keys().next().cloned()
         {
@@ -282,7 +284,7 @@ impl FileBackend {
             sentinel,
             queue: LocalQueue::default(),
             waits: KernelWaits::default(),
-            idle: Mutex::new(IdleFiles::default()),
+            idle: Mutex::new(IdleFiles { by_resource: HashMap::new(), limit: options.keep_open }),
         })
     }
 

@@ -170,6 +170,7 @@ pub struct FileOptions {
     file_mode: Option<u32>,
     loss_check_interval: Duration,
     default_lease: Duration,
+    keep_open: usize,
 }
 
 impl FileOptions {
@@ -181,6 +182,7 @@ impl FileOptions {
             file_mode: None,
             loss_check_interval: Duration::from_secs(1),
             default_lease: Duration::from_secs(30),
+            keep_open: DEFAULT_KEEP_OPEN,
         }
     }
 
@@ -232,4 +234,26 @@ impl FileOptions {
         self.default_lease = lease;
         self
     }
+
+    /// For how many resources an exclusive grant's two files (the gate and
+    /// the lock file) stay open after release, for the resource's next grant
+    /// to reuse instead of opening them again (kernel locks only; default
+    /// 64, so up to 128 descriptors per backend; past it, an arbitrary
+    /// resource's files are closed). `0` keeps none open: every grant opens
+    /// and closes its files, for a process with many backends and few
+    /// descriptors to spare.
+    ///
+    /// ```
+    /// use lockman_file::FileOptions;
+    ///
+    /// let options = FileOptions::new("/run/myapp/locks").keep_open(0);
+    /// # let _ = options;
+    /// ```
+    pub fn keep_open(mut self, resources: usize) -> Self {
+        self.keep_open = resources;
+        self
+    }
 }
+
+/// [`FileOptions::keep_open`]'s default.
+const DEFAULT_KEEP_OPEN: usize = 64;

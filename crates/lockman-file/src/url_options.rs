@@ -25,6 +25,8 @@ pub enum FileConfigKey {
     FileMode,
     /// `loss_check=1s`: [`FileOptions::loss_check_interval`].
     LossCheck,
+    /// `keep_open=64`: [`FileOptions::keep_open`] (kernel locks only).
+    KeepOpen,
     /// `flag.NAME=FILE`: keep flag `NAME` in the file `FILE` ([`FlagDirOptions::file_name`]).
     Flag,
 }
@@ -36,6 +38,7 @@ impl ConfigKey for FileConfigKey {
         UrlOption::new(FileConfigKey::DirMode, "dir_mode", "dir_mode=0700"),
         UrlOption::new(FileConfigKey::FileMode, "file_mode", "file_mode=0660"),
         UrlOption::new(FileConfigKey::LossCheck, "loss_check", "loss_check=DURATION"),
+        UrlOption::new(FileConfigKey::KeepOpen, "keep_open", "keep_open=N"),
         UrlOption::new(FileConfigKey::Flag, "flag.", "flag.NAME=FILE"),
     ];
 }
@@ -119,8 +122,8 @@ pub struct LegacyUrl {
 impl FileOptions {
     /// Reads `file:///dir?options` (see [`FileConfigKey`]): the directory,
     /// `mode=lease|kernel`, `lease=DURATION` (lease mode only),
-    /// `dir_mode=0700`, `file_mode=0660`, `loss_check=DURATION` and
-    /// `flag.NAME=FILE`. `default_lease` applies where the URL gives no
+    /// `dir_mode=0700`, `file_mode=0660`, `loss_check=DURATION`,
+    /// `keep_open=N` (kernel locks only) and `flag.NAME=FILE`. `default_lease` applies where the URL gives no
     /// `lease` (a configured default: the URL wins). `origin` says where the
     /// URL came from, for errors.
     ///
@@ -146,6 +149,7 @@ impl FileOptions {
         let mut flags = FlagDirOptions::new(&dir);
         let mut lease_mode = false;
         let mut lease = None;
+        let mut keep_open = None;
         for option in query.options() {
             match option.key {
                 FileConfigKey::Mode => {
@@ -169,6 +173,15 @@ impl FileOptions {
                     flags = flags.file_mode(mode);
                 }
                 FileConfigKey::LossCheck => options = options.loss_check_interval(query.duration(&option)?),
+                FileConfigKey::KeepOpen => {
+                    let resources = option.value.parse().map_err(|_| {
+                        query.bad(
+                            option.text,
+                            format!("{:?} is not a number of resources (0 keeps none open)", option.value),
+                        )
+                    })?;
+                    keep_open = Some(resources);
+                }
                 FileConfigKey::Flag => flags = flags.file_name(option.name, option.value),
             }
         }
@@ -180,6 +193,16 @@ impl FileOptions {
                 "kernel-locked files have no lease (the lock ends with the process); `lease` only applies to \
                  mode=lease: add mode=lease for lease files (SMB/NFS), or remove `lease`",
             ));
+        }
+        if let Some(resources) = keep_open {
+            if lease_mode {
+                return Err(query.bad(
+                    "keep_open",
+                    "lease files are not kept open between grants; `keep_open` only applies to kernel locks \
+                     (without mode=lease): remove it",
+                ));
+            }
+            options = options.keep_open(resources);
         }
         if let Some(lease) = lease.or(default_lease) {
             options = options.default_lease(lease);
@@ -341,6 +364,8 @@ mod tests {
         let all = "mode=lease&lease=5s&dir_mode=2770&file_mode=0660&loss_check=200ms&flag.fc=.FCRunning1";
         let file = FileOptions::from_url(&url(&format!("file:///tmp/d?{all}")), "t", None).expect("file");
         assert!(file.lease_mode);
+        let kernel = FileOptions::from_url(&url("file:///tmp/d?keep_open=0"), "t", None).expect("keep_open");
+        assert!(!kernel.lease_mode);
         let all = "givtcp=2&lock.cache=.c&policy.cache=wait&stale_after=1m&stale_after.cache=10s&dir_mode=0700\
                    &file_mode=0600&flag.fc=.FCRunning2";
         LegacyOptions::from_url(&url(&format!("legacy-file:///tmp/d?{all}")), "t").expect("legacy");
@@ -354,6 +379,8 @@ mod tests {
             (file_error("file:///tmp/d?dir_mode=rwx"), "`dir_mode`"),
             (file_error("file:///tmp/d?file_mode=9"), "`file_mode`"),
             (file_error("file:///tmp/d?loss_check=5"), "`loss_check`"),
+            (file_error("file:///tmp/d?keep_open=many"), "`keep_open`"),
+            (file_error("file:///tmp/d?mode=lease&keep_open=8"), "`keep_open`"),
             (file_error("file:///tmp/d?lease=5s"), "`lease`"),
             (legacy_error("legacy-file:///tmp/d?givtcp=x"), "`givtcp`"),
             (legacy_error("legacy-file:///tmp/d?lock.c=f&policy.c=maybe"), "`policy.c`"),

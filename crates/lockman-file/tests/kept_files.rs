@@ -106,3 +106,47 @@ async fn a_handed_out_descriptor_does_not_carry_a_later_grant() {
     );
     again.release().await.expect("release");
 }
+
+/// How many of this process's descriptors name `path`.
+#[cfg(target_os = "linux")]
+fn open_descriptors_of(path: &Path) -> usize {
+    let target = std::fs::canonicalize(path).expect("canonical path");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|link| *link == target)
+        .count()
+}
+
+/// `keep_open` bounds how many resources' files stay open after release:
+/// by default the released resource's gate and lock file stay open (and the
+/// next grant reuses them); with `keep_open(1)` only the last resource's;
+/// with `keep_open(0)` none.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn keep_open_bounds_the_files_left_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (keep, kept_a, kept_b) in [(None, 1, 1), (Some(1), 0, 1), (Some(0), 0, 0)] {
+        let options = FileOptions::new(dir.path());
+        let backend = FileBackend::open(match keep {
+            Some(n) => options.keep_open(n),
+            None => options,
+        })
+        .expect("open");
+        let (file_a, file_b) = (backend.lock_file("a"), backend.lock_file("b"));
+        let locks = backend.into_manager();
+        for resource in ["a", "b"] {
+            locks
+                .acquire(resource, AcquireOptions::new().no_wait())
+                .await
+                .expect("acquire")
+                .release()
+                .await
+                .expect("release");
+        }
+        assert_eq!(open_descriptors_of(&file_a), kept_a, "keep_open {keep:?}: lock file of a");
+        assert_eq!(open_descriptors_of(&file_b), kept_b, "keep_open {keep:?}: lock file of b");
+        drop(locks);
+        assert_eq!(open_descriptors_of(&file_b), 0, "keep_open {keep:?}: dropping the manager closes them");
+    }
+}
