@@ -438,12 +438,18 @@ pub(crate) fn read_capped(path: &Path, cap: usize) -> io::Result<Option<(Vec<u8>
     // One byte past the cap tells "exactly the cap" from "longer".
     Read::take(&file, limit).read_to_end(&mut content)?;
     if content.len() > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("longer than {cap} bytes, more than lockman ever writes there; corrupt or planted"),
-        ));
+        return Err(longer_than(cap));
     }
     Ok(Some((content, meta)))
+}
+
+/// The error for a file longer than the `cap` bytes lockman ever writes
+/// there (as `InvalidData`).
+pub(crate) fn longer_than(cap: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("longer than {cap} bytes, more than lockman ever writes there; corrupt or planted"),
+    )
 }
 
 /// Whether the open file still has a name (it was not deleted, or replaced

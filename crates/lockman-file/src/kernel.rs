@@ -137,9 +137,10 @@ pub type FileLockManager = Locks<FileBackend>;
 /// Permit waits for a free slot use inotify (slot files are closed on
 /// release).
 ///
-/// An exclusive grant keeps its gate and lock file open when released
-/// (for up to 64 resources per backend: [`FileOptions::keep_open`]), and the resource's next exclusive
-/// grant reuses them after checking that the paths still name them — an
+/// An exclusive grant keeps its gate and lock file open when released (for
+/// up to 64 resources per backend: [`FileOptions::keep_open`]), and the
+/// resource's next exclusive grant reuses them after checking that the
+/// paths still name them — an
 /// uncontended cycle is then two `try_lock`s, two `stat`s, one read of the
 /// gate's token, one write each of the gate and the lock file, and at
 /// release a `fstat`, a one-byte write and an unlock; no open or close. A

@@ -123,9 +123,10 @@ impl FileOptions {
     /// Reads `file:///dir?options` (see [`FileConfigKey`]): the directory,
     /// `mode=lease|kernel`, `lease=DURATION` (lease mode only),
     /// `dir_mode=0700`, `file_mode=0660`, `loss_check=DURATION`,
-    /// `keep_open=N` (kernel locks only) and `flag.NAME=FILE`. `default_lease` applies where the URL gives no
-    /// `lease` (a configured default: the URL wins). `origin` says where the
-    /// URL came from, for errors.
+    /// `keep_open=N` (kernel locks only) and `flag.NAME=FILE`.
+    /// `default_lease` applies where the URL gives no `lease` (a configured
+    /// default: the URL wins). `origin` says where the URL came from, for
+    /// errors.
     ///
     /// ```
     /// use std::time::Duration;

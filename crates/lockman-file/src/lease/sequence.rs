@@ -62,7 +62,7 @@ use crate::fsutil::{self, Access, FileId};
 
 /// The most a sequence file may hold: anything longer is corrupt or planted
 /// (the two-slot layout is 42 bytes; one number is at most 20 digits).
-pub(super) const MAX_LEN: usize = 64;
+const MAX_LEN: usize = 64;
 
 /// Digits in one slot: a `u64` has at most 20.
 const DIGITS: usize = 20;
@@ -160,7 +160,7 @@ impl Sequence {
             Err(e) => return Err(e),
         };
         if meta.len() > MAX_LEN as u64 {
-            return Err(too_long());
+            return Err(fsutil::longer_than(MAX_LEN));
         }
         let content = read_at_start(&file, meta.len())?;
         let last = content.last(path);
@@ -206,13 +206,6 @@ fn rewrite(path: &Path, token: u64, mode: Option<u32>) -> io::Result<()> {
     fsutil::replace_with(path, format!("{line}{line}").as_bytes(), mode)
 }
 
-fn too_long() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("longer than {MAX_LEN} bytes, more than lockman ever writes there; corrupt or planted"),
-    )
-}
-
 /// What `file` holds from its start: reads until `len` bytes (its length
 /// when last seen) are in, or the end; at most [`MAX_LEN`] bytes (one more
 /// is an error).
@@ -231,7 +224,7 @@ fn read_at_start(file: &File, len: u64) -> io::Result<Content> {
         }
     }
     if filled > MAX_LEN {
-        return Err(too_long());
+        return Err(fsutil::longer_than(MAX_LEN));
     }
     Ok(Content::parse(&buf[..filled]))
 }
