@@ -13,6 +13,7 @@ use lockman_core::backend::{Deadline, GrantRequest, LocalQueue, Turn};
 use lockman_core::{Capabilities, LockError, LockInfo, LockState, WakeMechanism};
 
 use crate::fsutil::{self, Access, FileId, io_error, unix_micros};
+use crate::kernel::queue::Line;
 use crate::kernel_wait::{KernelWaits, Opened, Waited, Want};
 use crate::record::{self, FileRecord, Record, RecordState};
 use crate::watch::{FileWaiter, notifications_supported};
@@ -81,7 +82,7 @@ pub(crate) async fn lock(
         let holder = fsutil::open_no_follow(path, Access::Read).ok().and_then(|file| holder_of(&file, backend));
         return Ok(LockAttempt::Busy(holder));
     }
-    let opening = Opening { name: "lock file", cached: None, waits: None, on_open: &|_| {} };
+    let opening = Opening { name: "lock file", cached: None, waits: None, queue: None, on_open: &|_| {} };
     match lock_until(backend, resource, path, deadline, opening).await? {
         Some((opened, waited)) => {
             Ok(LockAttempt::Locked(Locked { file: opened.file, waited: waited || turn.waited(), turn }))
@@ -102,6 +103,8 @@ pub(crate) struct Opening<'a> {
     /// Wait blocked in the kernel with these; else (or when no helper can be
     /// had) by change notification and bounded backoff.
     pub(crate) waits: Option<&'a KernelWaits>,
+    /// Before waiting, wait for our turn in this arrival queue (once).
+    pub(crate) queue: Option<&'a mut Line>,
     /// Called on every newly opened file (to set its permissions).
     pub(crate) on_open: &'a (dyn Fn(&File) + Sync),
 }
@@ -121,7 +124,7 @@ pub(crate) async fn lock_until(
     deadline: Deadline,
     opening: Opening<'_>,
 ) -> Result<Option<(Opened, bool)>, LockError> {
-    let Opening { name, mut cached, waits, on_open } = opening;
+    let Opening { name, mut cached, waits, mut queue, on_open } = opening;
     let io = |action: &str, e: io::Error| io_error(backend, &format!("{action} the {name}"), Some(resource), path, e);
     let still_ours = |id| matches!(FileId::at(path), Ok(Some(now)) if now == id);
     let mut waited = false;
@@ -152,6 +155,12 @@ pub(crate) async fn lock_until(
                 return Ok(None);
             }
             waited = true;
+            if let Some(line) = queue.as_deref_mut().filter(|line| !line.queued()) {
+                if !line.wait_turn(deadline).await {
+                    return Ok(None);
+                }
+                continue; // our turn: try again before blocking
+            }
             if let Some(waits) = waits.filter(|_| in_kernel) {
                 let result = waits.wait(path, Want::Exclusive, opened, deadline).await;
                 match result.map_err(|e| io("waiting for", e))? {

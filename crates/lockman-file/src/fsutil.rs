@@ -334,6 +334,8 @@ pub(crate) enum Access {
     Read,
     /// Read-write, never created (updating a file in place).
     Update,
+    /// Read and append, created if missing (taking a queue ticket).
+    Append,
 }
 
 /// Opens `path`, refusing a symlink in the last component (a lock file
@@ -354,6 +356,7 @@ pub(crate) fn open_no_follow_with_meta(path: &Path, access: Access) -> io::Resul
     match access {
         Access::Create => options.write(true).create(true),
         Access::Update => options.write(true),
+        Access::Append => options.append(true).create(true),
         Access::Read => &mut options,
     };
     #[cfg(unix)]

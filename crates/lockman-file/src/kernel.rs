@@ -28,8 +28,10 @@ use crate::sentinel::{Sentinel, Watched};
 use crate::watch::FileWaiter;
 
 mod family;
+pub(crate) mod queue;
 
 use family::{Family, Slot};
+use queue::{Line, TurnWaits};
 
 /// The backend name in errors, events and metrics.
 pub const BACKEND: &str = "file";
@@ -72,6 +74,10 @@ pub type FileLockManager = Locks<FileBackend>;
 ///   up), so at most one party at a time is between arriving and being
 ///   granted. It also keeps the last fencing token of the resource, so
 ///   tokens increase across every grant, shared ones included.
+/// * `<stem>.queue` — the arrival queue (Linux): a waiter's ticket is a
+///   byte it appended and holds an open-file-description lock on (see
+///   *Fairness*). Made by the resource's first acquisition that may wait,
+///   and kept open with the gate.
 /// * `<stem>.slot-<i>` — permit `i` (`i < n`) of a semaphore of `n`, locked
 ///   exclusively by its holder (who also holds `<stem>.lock` shared), with
 ///   the holder's record in it.
@@ -112,27 +118,43 @@ pub type FileLockManager = Locks<FileBackend>;
 /// while shared and permit holders leave it once granted, so the next
 /// shared acquirer of the same process joins them.
 ///
-/// Across processes, `flock` alone would let new shared locks in beside a
-/// waiting exclusive request for ever. The gate prevents that: a writer
-/// waiting for the readers to drain holds the gate, so readers arriving
-/// after it queue at the gate instead of joining. Once the writer is done,
-/// the readers queued behind it get in one after another, each as soon as
-/// it gets the gate (a few system calls each), and hold together again.
-/// Nobody passes a waiter already holding the gate: it is the next to be
-/// granted. Waiters at the gate race for it when it is let go; the kernel
-/// wakes them in the order they blocked, which keeps the race close to
-/// arrival order, but strict order between processes is not promised.
+/// Across processes, waiters are served first come, first served (on
+/// Linux). An acquisition that has to wait — it finds someone queued, or
+/// the gate busy — takes a ticket in `<stem>.queue`: it appends a byte and
+/// write-locks it with an open-file-description lock (`F_OFD_SETLK`), then
+/// waits, blocked in the kernel on a helper thread, for a read lock on
+/// every byte below its own, which is granted once every earlier waiter
+/// has been granted, given up or died. Only then does it go for the gate,
+/// and it leaves the queue once granted. A releaser coming straight back
+/// finds the others' tickets and queues behind them. Exclusion never
+/// depends on the queue: a queue file deleted, damaged or ignored by an
+/// older lockman costs order only. A waiter whose turn has not come after
+/// a second looks at the gate every 250 ms; finding it free twice running,
+/// it takes the waiters ahead of it for stopped (SIGSTOP, a debugger) and
+/// goes on out of turn, so a stopped waiter holds the queue up for about a
+/// second, not for as long as it is stopped. `try_acquire` never queues:
+/// like a fair mutex's `try_lock`, it takes a free lock at once. Elsewhere
+/// than Linux, waiters at the gate race for it when it is let go.
+///
+/// Nobody passes a waiter holding the gate, and `flock` alone would let
+/// new shared locks in beside a waiting exclusive request for ever. The
+/// gate prevents that: a writer waiting for the readers to drain holds the
+/// gate, so readers arriving after it queue instead of joining. Once the
+/// writer is done, the readers queued behind it get in one after another,
+/// each as soon as it gets the gate (a few system calls each), and hold
+/// together again.
 ///
 /// # Waiting, and descriptors kept open
 ///
-/// A waiter for the gate or the lock file blocks in the kernel on a helper
-/// thread (`flock`, or `LockFileEx` on Windows), so the release itself wakes
-/// it, in any process; meanwhile the waiter re-checks, with backoff up to
-/// 50 ms, that the path still names the file it waits on, and moves to the
-/// new file if it was deleted or replaced. A wait that times out or is
-/// cancelled leaves its helper blocked: the next wait of this backend for
-/// the same file adopts it, and a helper that gets the lock with nobody
-/// waiting lets go at once. At most 256 helpers block at once in a
+/// A waiter for its turn, the gate or the lock file blocks in the kernel on
+/// a helper thread (`fcntl`, `flock`, or `LockFileEx` on Windows), so the
+/// release itself wakes it, in any process; meanwhile a waiter for the gate
+/// or the lock file re-checks, with backoff up to 50 ms, that the path
+/// still names the file it waits on, and moves to the new file if it was
+/// deleted or replaced. A wait that times out or is cancelled leaves its
+/// helper blocked: the next wait of this backend for the same file adopts
+/// it, and a helper that gets the lock with nobody waiting lets go at once
+/// (a turn is let go as soon as it is granted). At most 256 helpers block at once in a
 /// process; past that, waits fall back to inotify and bounded backoff.
 /// Permit waits for a free slot use inotify (slot files are closed on
 /// release).
@@ -140,10 +162,11 @@ pub type FileLockManager = Locks<FileBackend>;
 /// An exclusive grant keeps its gate and lock file open when released (for
 /// up to 64 resources per backend: [`FileOptions::keep_open`]), and the
 /// resource's next exclusive grant reuses them after checking that the
-/// paths still name them — an
-/// uncontended cycle is then two `try_lock`s, two `stat`s, one read of the
-/// gate's token, one write each of the gate and the lock file, and at
-/// release a `fstat`, a one-byte write and an unlock; no open or close. A
+/// paths still name them (with the queue file, if the resource has one) —
+/// an uncontended cycle is then a look at the queue (`F_OFD_GETLK`), two
+/// `try_lock`s, two `stat`s, one read of the gate's token, one write each
+/// of the gate and the lock file, and at release a `fstat`, a one-byte
+/// write and an unlock; no open or close. A
 /// grant whose descriptor was handed out ([`LockGuard::lock_fd`]) is never
 /// reused, since another process may share it.
 ///
@@ -158,6 +181,8 @@ pub struct FileBackend {
     queue: LocalQueue,
     /// Waits blocked in the kernel (see [`crate::kernel_wait`]).
     waits: KernelWaits,
+    /// Waits for a turn in an arrival queue (see [`queue`]).
+    turns: TurnWaits,
     /// The open gate and lock files of resources granted exclusively,
     /// kept for their next grant.
     idle: Mutex<IdleFiles>,
@@ -180,6 +205,8 @@ struct Idle {
     family: Arc<Family>,
     gate: Opened,
     lock: Opened,
+    /// The arrival queue, if the resource had one.
+    queue: Option<File>,
 }
 
 impl IdleFiles {
@@ -187,8 +214,8 @@ impl IdleFiles {
         self.by_resource.get(resource).map(|idle| idle.family.clone())
     }
 
-    fn take(&mut self, resource: &str) -> Option<(Opened, Opened)> {
-        self.by_resource.remove(resource).map(|idle| (idle.gate, idle.lock))
+    fn take(&mut self, resource: &str) -> Option<Idle> {
+        self.by_resource.remove(resource)
     }
 
     fn put(&mut self, resource: Arc<str>, idle: Idle) {
@@ -215,6 +242,8 @@ pub struct FileGrant {
     /// An exclusive grant's gate (unlocked), kept open to be reused with
     /// the lock file by the resource's next grant.
     gate: Option<Opened>,
+    /// An exclusive grant's arrival queue file, kept open likewise.
+    queue: Mutex<Option<File>>,
     /// The resource's file paths (`family.lock` is the lock file's).
     family: Arc<Family>,
     /// Whether the lock's descriptor was handed out ([`LockBackend::lock_fd`]):
@@ -285,6 +314,7 @@ impl FileBackend {
             sentinel,
             queue: LocalQueue::default(),
             waits: KernelWaits::default(),
+            turns: TurnWaits::default(),
             idle: Mutex::new(IdleFiles { by_resource: HashMap::new(), limit: options.keep_open }),
         })
     }
@@ -612,6 +642,7 @@ impl FileBackend {
                 family: grant.family.clone(),
                 gate: gate.clone(),
                 lock: Opened { file: grant.file.clone(), snapshot: grant.snapshot },
+                queue: grant.queue.lock().take(),
             };
             self.idle.lock().put(grant.resource.clone(), idle);
         }
@@ -674,12 +705,29 @@ impl LockBackend for FileBackend {
             }
         }
         // Only exclusive grants keep their files open for the next one.
-        let (cached_gate, cached_lock) = match request.mode {
-            LockMode::Exclusive => self.idle.lock().take(resource).unzip(),
-            LockMode::Shared | LockMode::Permits(_) => (None, None),
+        let kept = match request.mode {
+            LockMode::Exclusive => self.idle.lock().take(resource),
+            LockMode::Shared | LockMode::Permits(_) => None,
         };
+        let (cached_gate, cached_lock, cached_queue) = match kept {
+            Some(Idle { gate, lock, queue, .. }) => (Some(gate), Some(lock), queue),
+            None => (None, None, None),
+        };
+        // First come, first served across processes: with anyone queued
+        // (or, below, the gate busy) we wait for our turn before the gate.
+        // A `try_acquire` never queues; like a fair mutex's `try_lock` it
+        // takes a free lock at once.
+        let mut line = Line::new(&self.turns, family.clone(), self.dir.file_mode(), cached_queue);
+        if !matches!(request.deadline, Deadline::Now)
+            && line.anyone_waiting()
+            && !line.wait_turn(request.deadline).await
+        {
+            return Ok(self.busy(&family, resource));
+        }
+        let queue = (!matches!(request.deadline, Deadline::Now)).then_some(&mut line);
         let adopt = |file: &File| self.dir.adopt(file, &family.gate);
-        let opening = flock::Opening { name: "gate", cached: cached_gate, waits: Some(&self.waits), on_open: &adopt };
+        let opening =
+            flock::Opening { name: "gate", cached: cached_gate, waits: Some(&self.waits), queue, on_open: &adopt };
         let Some((gate, gate_waited)) =
             flock::lock_until(BACKEND, resource, &family.gate, request.deadline, opening).await?
         else {
@@ -694,6 +742,8 @@ impl LockBackend for FileBackend {
         if let Err(e) = gate.file.unlock() {
             tracing::debug!(path = %family.gate.display(), error = %e, "cannot unlock the gate (closing it will)");
         }
+        // Then the next in the queue goes for the gate.
+        let queue = line.leave();
         let waited = taken.waited || gate_waited || turn.waited();
         let gate = (request.mode == LockMode::Exclusive).then_some(gate);
         let Taken { file, snapshot, share, token, now, .. } = taken;
@@ -722,6 +772,7 @@ impl LockBackend for FileBackend {
             resource: request.resource.clone(),
             file,
             snapshot,
+            queue: Mutex::new(queue.filter(|_| gate.is_some())),
             gate,
             family,
             exported: AtomicBool::new(false),
@@ -854,6 +905,18 @@ impl DirWalk {
         }
     }
 
+    /// Removes the queue file at `path` unless someone holds a ticket in it.
+    fn remove_unused_queue(&self, path: &Path) {
+        let Ok(file) = fsutil::open_no_follow(path, Access::Read) else { return };
+        let Ok(id) = FileId::of_file(&file) else { return };
+        if queue::in_use(&file) || !family::still_names(path, id) {
+            return;
+        }
+        if let Err(e) = fsutil::break_by_rename(path, id, |_| true) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused queue file");
+        }
+    }
+
     /// Every held lock in the directory.
     fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let mut held = Vec::new();
@@ -890,6 +953,7 @@ impl DirWalk {
                 Member::Slot(_) | Member::Reader => 0,
                 Member::Lock => 1,
                 Member::Gate => 2,
+                Member::Queue => 3,
             });
             for (path, member) in members {
                 let left = match member {
@@ -899,6 +963,16 @@ impl DirWalk {
                         self.remove_unused(&path, |_| false)
                     }
                     Member::Gate => None,
+                    // Last, once the gate is gone too, and only unused: a
+                    // queue removed under waiters costs their order.
+                    Member::Queue
+                        if matches!(fsutil::stat_no_follow(&path.with_extension("lock")), Ok(None))
+                            && matches!(fsutil::stat_no_follow(&path.with_extension("gate")), Ok(None)) =>
+                    {
+                        self.remove_unused_queue(&path);
+                        None
+                    }
+                    Member::Queue => None,
                 };
                 crashed.extend(left);
             }

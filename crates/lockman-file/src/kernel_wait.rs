@@ -49,7 +49,23 @@ static IDLE: Mutex<Vec<(u64, mpsc::Sender<Job>)>> = Mutex::new(Vec::new());
 /// The next helper thread's id.
 static NEXT_HELPER: AtomicU64 = AtomicU64::new(0);
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for a helper thread.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// Counts a helper about to block in the kernel; `false` (counting
+/// nothing) if [`MAX_HELPERS`] already are. Pair with [`release_helper`].
+pub(crate) fn reserve_helper() -> bool {
+    if BLOCKED.fetch_add(1, Ordering::AcqRel) >= MAX_HELPERS {
+        BLOCKED.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
+/// Uncounts a helper that [`reserve_helper`] counted.
+pub(crate) fn release_helper() {
+    BLOCKED.fetch_sub(1, Ordering::AcqRel);
+}
 
 /// A file and what it looked like when opened (its identity).
 #[derive(Debug, Clone)]
@@ -175,8 +191,7 @@ impl KernelWaits {
     /// registered under `key` so later waits adopt it; `false` if none can
     /// be had.
     fn start(&self, key: (PathBuf, Want), opened: Opened, tx: oneshot::Sender<io::Result<Opened>>) -> bool {
-        if BLOCKED.fetch_add(1, Ordering::AcqRel) >= MAX_HELPERS {
-            BLOCKED.fetch_sub(1, Ordering::AcqRel);
+        if !reserve_helper() {
             tracing::debug!(path = %key.0.display(), "all kernel-wait helpers busy; waiting by notification");
             return false;
         }
@@ -189,7 +204,7 @@ impl KernelWaits {
                 Want::Exclusive => opened.file.lock(),
                 Want::Shared => opened.file.lock_shared(),
             };
-            BLOCKED.fetch_sub(1, Ordering::AcqRel);
+            release_helper();
             // Unregister first, so no later wait adopts a helper that is done.
             {
                 let mut registry = registry.lock();
@@ -213,7 +228,7 @@ impl KernelWaits {
             }
         });
         if let Err(e) = run_on_helper(job) {
-            BLOCKED.fetch_sub(1, Ordering::AcqRel);
+            release_helper();
             self.pending.lock().remove(&(path.clone(), want));
             tracing::debug!(path = %path.display(), error = %e, "cannot start a kernel-wait helper; waiting by notification");
             return false;
@@ -231,7 +246,7 @@ fn let_go(unwanted: Opened, path: &Path) {
 }
 
 /// Runs `job` on an idle helper thread, or a new one.
-fn run_on_helper(job: Job) -> io::Result<()> {
+pub(crate) fn run_on_helper(job: Job) -> io::Result<()> {
     // A popped helper is no longer listed and waits for exactly this send.
     if let Some((_, helper)) = IDLE.lock().pop() {
         return helper.send(job).map_err(|_| io::Error::other("a kernel-wait helper thread ended"));

@@ -64,13 +64,14 @@ pub(crate) fn is_encoded_file_name(file_name: &str, suffix: &str) -> bool {
 
 /// One file of a resource's family in kernel-lock mode (see
 /// [`crate::kernel`]): `<stem>.lock` (the lock), `<stem>.gate` (the
-/// turnstile), `<stem>.slot-<i>` (permit `i` of a semaphore) and
+/// turnstile), `<stem>.queue` (the arrival queue), `<stem>.slot-<i>` (permit `i` of a semaphore) and
 /// `<stem>.reader-<32 hex>` (one shared holder's record), where `<stem>` is
 /// [`encoded_file_name`] of the resource with no suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Member {
     Lock,
     Gate,
+    Queue,
     Slot(u32),
     Reader,
 }
@@ -93,6 +94,7 @@ pub(crate) fn parse_member(file_name: &str) -> Option<(&str, Member)> {
     let member = match member {
         "lock" => Member::Lock,
         "gate" => Member::Gate,
+        "queue" => Member::Queue,
         _ => {
             if let Some(index) = member.strip_prefix("slot-") {
                 let slot: u32 = index.parse().ok()?;
@@ -118,6 +120,7 @@ pub(crate) fn member_file_name(stem: &str, member: Member) -> String {
     match member {
         Member::Lock => format!("{stem}.lock"),
         Member::Gate => format!("{stem}.gate"),
+        Member::Queue => format!("{stem}.queue"),
         Member::Slot(slot) => format!("{stem}.slot-{slot}"),
         Member::Reader => format!("{stem}.reader-{}", uuid::Uuid::new_v4().simple()),
     }
@@ -188,7 +191,7 @@ mod tests {
     #[test]
     fn family_members_round_trip_and_nothing_else_parses() {
         let stem = encoded_file_name("inverter_read", "");
-        for member in [Member::Lock, Member::Gate, Member::Slot(0), Member::Slot(41), Member::Reader] {
+        for member in [Member::Lock, Member::Gate, Member::Queue, Member::Slot(0), Member::Slot(41), Member::Reader] {
             let name = member_file_name(&stem, member);
             assert_eq!(parse_member(&name), Some((stem.as_str(), member)), "{name}");
         }

@@ -21,6 +21,8 @@ pub(super) struct Family {
     pub(super) lock: PathBuf,
     /// `<stem>.gate`: the turnstile every acquirer passes.
     pub(super) gate: PathBuf,
+    /// `<stem>.queue`: waiters' tickets, in arrival order (see [`super::queue`]).
+    pub(super) queue: PathBuf,
 }
 
 impl Family {
@@ -29,6 +31,7 @@ impl Family {
         Family {
             lock: dir.join(naming::member_file_name(&stem, Member::Lock)),
             gate: dir.join(naming::member_file_name(&stem, Member::Gate)),
+            queue: dir.join(naming::member_file_name(&stem, Member::Queue)),
             dir: dir.to_owned(),
             stem,
         }
