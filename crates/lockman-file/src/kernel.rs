@@ -130,9 +130,11 @@ pub type FileLockManager = Locks<FileBackend>;
 /// depends on the queue: a queue file deleted, damaged or ignored by an
 /// older lockman costs order only. A waiter whose turn has not come after
 /// a second looks at the gate every 250 ms; finding it free twice running,
-/// it takes the waiters ahead of it for stopped (SIGSTOP, a debugger) and
-/// goes on out of turn, so a stopped waiter holds the queue up for about a
-/// second, not for as long as it is stopped. `try_acquire` never queues:
+/// it takes the tickets still held ahead of it for stuck (a process stopped
+/// by SIGSTOP or a debugger while it waited) and goes on out of turn, and
+/// its manager passes over those tickets from then on while they stay
+/// held: a stopped waiter costs each manager about a second once, not a
+/// wait for as long as it is stopped. `try_acquire` never queues:
 /// like a fair mutex's `try_lock`, it takes a free lock at once. Elsewhere
 /// than Linux, waiters at the gate race for it when it is let go.
 ///
@@ -154,16 +156,19 @@ pub type FileLockManager = Locks<FileBackend>;
 /// deleted or replaced. A wait that times out or is cancelled leaves its
 /// helper blocked: the next wait of this backend for the same file adopts
 /// it, and a helper that gets the lock with nobody waiting lets go at once
-/// (a turn is let go as soon as it is granted). At most 256 helpers block at once in a
-/// process; past that, waits fall back to inotify and bounded backoff.
+/// (a turn is let go as soon as it is granted). At most 256 helpers block
+/// at once in a process; past that, waits for the gate and the lock file
+/// fall back to inotify and bounded backoff, and a wait for a turn is
+/// skipped (the waiter goes on unqueued).
 /// Permit waits for a free slot use inotify (slot files are closed on
 /// release).
 ///
 /// An exclusive grant keeps its gate and lock file open when released (for
 /// up to 64 resources per backend: [`FileOptions::keep_open`]), and the
 /// resource's next exclusive grant reuses them after checking that the
-/// paths still name them (with the queue file, if the resource has one) —
-/// an uncontended cycle is then a look at the queue (`F_OFD_GETLK`), two
+/// paths still name them (the queue file, kept with them, is opened anew
+/// when the gate was replaced) — an uncontended cycle is then a look at the
+/// queue (`F_OFD_GETLK`), two
 /// `try_lock`s, two `stat`s, one read of the gate's token, one write each
 /// of the gate and the lock file, and at release a `fstat`, a one-byte
 /// write and an unlock; no open or close. A
@@ -722,8 +727,10 @@ impl LockBackend for FileBackend {
             && line.anyone_waiting()
             && !line.wait_turn(request.deadline).await
         {
+            drop(line); // out of the queue before the look at the holder
             return Ok(self.busy(&family, resource));
         }
+        let cached_gate_id = cached_gate.as_ref().map(|gate| gate.snapshot.id);
         let queue = (!matches!(request.deadline, Deadline::Now)).then_some(&mut line);
         let adopt = |file: &File| self.dir.adopt(file, &family.gate);
         let opening =
@@ -731,11 +738,18 @@ impl LockBackend for FileBackend {
         let Some((gate, gate_waited)) =
             flock::lock_until(BACKEND, resource, &family.gate, request.deadline, opening).await?
         else {
+            drop(line);
             return Ok(self.busy(&family, resource));
         };
+        if cached_gate_id.is_some_and(|id| id != gate.snapshot.id) {
+            // The kept gate was replaced (a cleanup removed the family): the
+            // kept queue file may be gone too.
+            line.forget_kept();
+        }
         // On an error or timeout the files (and with them the kernel locks),
         // the gate and our turn are dropped.
         let Some(taken) = self.take(&family, request, &gate.file, cached_lock).await? else {
+            drop((gate, line));
             return Ok(self.busy(&family, resource));
         };
         // Unlock before close, so the gate's next waiter, woken by either, finds it free.

@@ -183,7 +183,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[test]
 fn a_killed_waiter_does_not_hold_up_the_queue() {
     let dir = tempfile::tempdir().expect("dir");
-    let line = Line::of_three(dir.path(), "middle");
+    let line = Line::of_three(dir.path(), "middle", 1);
     line.middle.kill();
     wait_until("the killed child's ticket is gone", || tickets(&line.queue) == 1);
     line.runtime.block_on(line.held.release()).expect("release");
@@ -197,26 +197,34 @@ fn a_killed_waiter_does_not_hold_up_the_queue() {
 /// A waiter stopped (SIGSTOP) with its ticket does not hold up the queue
 /// for long: the one behind it finds the gate free twice running after a
 /// second of waiting and goes on out of turn, while the stopped one is
-/// still stopped.
+/// still stopped, and its next two acquisitions pass over the stopped
+/// ticket at once (paying that second each, they would take 3.75 s).
 #[test]
 fn a_stopped_waiter_holds_up_the_queue_for_a_moment_only() {
     let dir = tempfile::tempdir().expect("dir");
     let Line { runtime, holder: _holder, held, head, middle: stopped, last, log, .. } =
-        Line::of_three(dir.path(), "stopped");
+        Line::of_three(dir.path(), "stopped", 3);
     stopped.signal(rustix::process::Signal::STOP);
     // A stop lands asynchronously: one still running could take the gate.
     wait_until("the stopped child's threads all stop", || stopped.is_stopped());
     runtime.block_on(held.release()).expect("release");
-    let granted =
-        |who: &str| std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l == format!("got {who}"));
+    let granted = |who: &str| {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| *l == format!("got {who}")).count()
+    };
     let released = Instant::now();
     let deadline = released + Duration::from_secs(10);
-    while !granted("last") {
+    while granted("last") == 0 {
         assert!(Instant::now() < deadline, "the queue stayed stuck behind a stopped waiter for 10 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(!granted("stopped"), "the stopped child was granted");
     assert!(released.elapsed() >= Duration::from_secs(1), "went out of turn before the stopped waiter had a second");
+    while granted("last") < 3 {
+        assert!(Instant::now() < deadline, "the last child's later acquisitions stayed stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = released.elapsed();
+    assert!(took < Duration::from_secs(3), "three acquisitions behind a stopped ticket took {took:?}");
+    assert_eq!(granted("stopped"), 0, "the stopped child was granted");
     stopped.signal(rustix::process::Signal::CONT);
     head.finish();
     last.finish();
@@ -349,20 +357,23 @@ struct Line {
 }
 
 impl Line {
-    /// The line on resource `bus` in `dir`; the middle child is called `middle`.
-    fn of_three(dir: &Path, middle: &str) -> Line {
+    /// The line on resource `bus` in `dir`; the middle child is called
+    /// `middle`; the last takes the lock `last_rounds` times.
+    fn of_three(dir: &Path, middle: &str, last_rounds: usize) -> Line {
         let log = dir.join("grants.log");
         let queue = queue_file(dir, "bus");
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let holder = manager(dir);
         let held = runtime.block_on(holder.acquire("bus", AcquireOptions::new())).expect("acquire");
-        let spawn = |who: &str| Proc::spawn(&["turns", dir_str(dir), "bus", "1", who, dir_str(&log)]);
-        let head = spawn("head");
+        let spawn = |who: &str, rounds: usize| {
+            Proc::spawn(&["turns", dir_str(dir), "bus", &rounds.to_string(), who, dir_str(&log)])
+        };
+        let head = spawn("head", 1);
         wait_until("the first child holds the gate", || gate_held(dir, "bus"));
-        let middle = spawn(middle);
+        let middle = spawn(middle, 1);
         wait_until("the middle child holds a ticket", || tickets(&queue) == 1);
-        let last = spawn("last");
+        let last = spawn("last", last_rounds);
         wait_until("the last child holds a ticket", || tickets(&queue) == 2);
         Line { runtime, holder, held, head, middle, last, log, queue }
     }

@@ -22,7 +22,17 @@
 //! is dropped) leaves its helper blocked, and the next wait of the same
 //! backend on the same queue adopts it, as [`crate::kernel_wait`] does for
 //! the gate. The helper lets go of each range as soon as it is granted, so
-//! a wait nobody wants holds nothing back.
+//! a wait nobody wants holds nothing back. Past the process's helper cap
+//! ([`crate::kernel_wait::MAX_HELPERS`], shared with gate and lock waits),
+//! a wait for a turn is skipped: the waiter goes on unqueued.
+//!
+//! A waiter stopped with its ticket (SIGSTOP, a debugger) would hold up
+//! everyone behind it for as long as it stays stopped. So a wait that has
+//! gone a second without its turn looks at the gate every 250 ms, and
+//! finding it free twice running (nobody at the head of the line) takes
+//! the tickets still held before its own for stuck: it goes on unqueued,
+//! and this backend's later waits on the queue pass over those bytes while
+//! they stay locked. Each manager pays that second once per stuck ticket.
 //!
 //! Only on Linux (open-file-description locks); elsewhere the queue is
 //! never used and processes race for the gate as before.
@@ -79,7 +89,7 @@ impl Line {
         #[cfg(target_os = "linux")]
         {
             let (path, mode) = (&self.family.queue, self.file_mode);
-            linux::anyone_waiting(&mut self.kept, path, &|file| adopt(file, path, mode))
+            self.waits.anyone_waiting(&mut self.kept, path, &|file| adopt(file, path, mode))
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -122,6 +132,12 @@ impl Line {
         }
     }
 
+    /// Forgets the kept queue file (the gate it was kept with was replaced,
+    /// so it may name a removed queue): the next grant opens it anew.
+    pub(crate) fn forget_kept(&mut self) {
+        self.kept = None;
+    }
+
     /// Leaves the queue (waking the next ticket), returning the queue file
     /// to keep open for the resource's next grant.
     pub(crate) fn leave(mut self) -> Option<File> {
@@ -144,12 +160,13 @@ fn adopt(file: &File, path: &std::path::Path, mode: Option<u32>) {
     }
 }
 
-/// One backend's helpers blocked waiting for a turn, by queue file (see
-/// the module docs). Cheap to clone: clones share the helpers.
+/// One backend's helpers blocked waiting for a turn, by queue file, and
+/// the tickets it found stuck (see the module docs). Cheap to clone: clones
+/// share them.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TurnWaits {
     #[cfg(target_os = "linux")]
-    pending: Arc<parking_lot::Mutex<linux::PendingTurns>>,
+    turns: Arc<linux::Turns>,
 }
 
 /// Whether a queue file is in use by anyone (a ticket held, or a turn being
@@ -157,7 +174,7 @@ pub(crate) struct TurnWaits {
 pub(crate) fn in_use(file: &File) -> bool {
     #[cfg(target_os = "linux")]
     {
-        linux::ofd::conflicts(file, linux::ofd::Kind::Write, 0, 0).unwrap_or(true)
+        linux::ofd::conflict(file, linux::ofd::Kind::Write, 0, None).map_or(true, |found| found.is_some())
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -190,17 +207,26 @@ mod linux {
     /// How often it looks, from then on.
     const STUCK_LOOK: Duration = Duration::from_millis(250);
 
-    /// Past this ticket number, a leaving ticket that finds the queue unused
-    /// empties the file, so it stays small (one byte per contended
-    /// acquisition otherwise).
-    const EMPTY_PAST: u64 = 64 * 1024;
+    /// The most stuck tickets a backend remembers (the oldest are forgotten).
+    const STUCK_MAX: usize = 64;
 
-    /// Helpers blocked now, by queue file.
-    pub(super) type PendingTurns = HashMap<PathBuf, Arc<PendingTurn>>;
+    /// Every this many tickets, a leaving ticket frees the file's blocks
+    /// below it (the bytes' content is never read, only their locks count),
+    /// so the file stays small on disk however long the queue stays busy.
+    const FREE_EVERY: u64 = 64 * 1024;
+
+    /// One backend's waits for a turn.
+    #[derive(Debug, Default)]
+    pub(super) struct Turns {
+        /// Helpers blocked now, by queue file.
+        pending: Mutex<HashMap<PathBuf, Arc<PendingTurn>>>,
+        /// Tickets found stuck, by queue file: passed over while locked.
+        stuck: Mutex<Vec<(FileId, u64)>>,
+    }
 
     /// A helper blocked until every ticket below `before` has left.
     #[derive(Debug)]
-    pub(super) struct PendingTurn {
+    struct PendingTurn {
         /// The queue file the helper waits on: only a wait on the same file adopts it.
         file: FileId,
         state: Mutex<TurnState>,
@@ -211,6 +237,9 @@ mod linux {
         /// Wait until no ticket below this one is held.
         before: u64,
         waiter: Option<oneshot::Sender<io::Result<()>>>,
+        /// Its waiter found the queue stuck: never adopted again (it waits
+        /// for a ticket that is not moving).
+        stuck: bool,
     }
 
     /// What a wait for a turn ended with.
@@ -219,7 +248,8 @@ mod linux {
         Reached,
         /// The deadline came first.
         TimedOut,
-        /// No helper could be had, or the queue file changed: go on unqueued.
+        /// No helper could be had, the queue file changed, or the queue is
+        /// stuck: go on unqueued.
         Unavailable,
     }
 
@@ -234,7 +264,7 @@ mod linux {
     impl Ticket {
         /// Appends to the queue at `path` (creating it) and locks the byte
         /// appended; `None` if no byte could be had (a queue emptied or
-        /// damaged under us twice running).
+        /// locked whole under us twice running).
         pub(super) fn take(path: &Path, on_open: &(dyn Fn(&File) + Sync)) -> io::Result<Option<Ticket>> {
             let file = fsutil::open_no_follow(path, Access::Append)?;
             on_open(&file);
@@ -242,14 +272,15 @@ mod linux {
                 (&file).write_all(b"\n")?;
                 let Some(number) = (&file).stream_position()?.checked_sub(1) else { continue };
                 // Already locked: the file was emptied and refilled past this
-                // offset by others meanwhile. Take the next byte.
-                if !ofd::set(&file, ofd::Kind::Write, number, 1, false)? {
+                // offset by others meanwhile, or is being emptied (locked
+                // whole). Take the next byte.
+                if !ofd::set(&file, ofd::Kind::Write, number, Some(1), false)? {
                     continue;
                 }
                 // Emptied between our append and our lock: numbering restarted
                 // below us, and we would wait for later arrivals. Take another.
                 if file.metadata()?.len() <= number {
-                    ofd::set(&file, ofd::Kind::Unlock, number, 1, false)?;
+                    ofd::set(&file, ofd::Kind::Unlock, number, Some(1), false)?;
                     continue;
                 }
                 return Ok(Some(Ticket { file, number }));
@@ -257,52 +288,146 @@ mod linux {
             Ok(None)
         }
 
-        /// Unlocks the byte (waking the next ticket), empties a long queue
-        /// nobody uses, and returns the descriptor.
+        /// Unlocks the byte (waking the next ticket), keeps the file small,
+        /// and returns the descriptor.
         pub(super) fn leave(self) -> Option<File> {
-            if let Err(e) = ofd::set(&self.file, ofd::Kind::Unlock, self.number, 1, false) {
+            if let Err(e) = ofd::set(&self.file, ofd::Kind::Unlock, self.number, Some(1), false) {
                 tracing::debug!(error = %e, "cannot unlock a queue ticket (closing it will)");
                 return None;
             }
-            if self.number >= EMPTY_PAST && !super::in_use(&self.file) {
-                // A ticket appended meanwhile sees the file shorter than its
-                // number and takes another (`take`).
-                if let Err(e) = self.file.set_len(0) {
-                    tracing::debug!(error = %e, "cannot empty the queue file");
-                }
+            if self.number >= FREE_EVERY && self.number.is_multiple_of(FREE_EVERY) {
+                self.shrink();
             }
             Some(self.file)
         }
-    }
 
-    /// Whether anyone holds a ticket in the queue at `path`, looked at on
-    /// `kept` (opened, creating the file, when not: a missing file cost a
-    /// failed open on every cycle, 10% of an uncontended one).
-    pub(super) fn anyone_waiting(kept: &mut Option<File>, path: &Path, on_open: &(dyn Fn(&File) + Sync)) -> bool {
-        if kept.is_none() {
-            match fsutil::open_no_follow(path, Access::Create) {
-                Ok(file) => {
-                    on_open(&file);
-                    *kept = Some(file);
+        /// Empties the file if nobody uses it: only while holding a write
+        /// lock on all of it, so no ticket is taken meanwhile (one appended
+        /// before sees the file shorter than its number and takes another).
+        /// Else frees the blocks below this ticket, where the filesystem can.
+        fn shrink(&self) {
+            match ofd::set(&self.file, ofd::Kind::Write, 0, None, false) {
+                Ok(true) => {
+                    if let Err(e) = self.file.set_len(0) {
+                        tracing::debug!(error = %e, "cannot empty the queue file");
+                    }
+                    let _ = ofd::set(&self.file, ofd::Kind::Unlock, 0, None, false);
                 }
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), error = %e, "cannot open the queue file; going unqueued");
-                    return false;
+                Ok(false) => {
+                    let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+                    if let Err(e) = rustix::fs::fallocate(&self.file, flags, 0, self.number) {
+                        tracing::debug!(error = %e, "cannot free the queue file's old bytes");
+                    }
                 }
+                Err(e) => tracing::debug!(error = %e, "cannot look at the queue file"),
             }
         }
-        let Some(file) = kept else { return false };
-        // A read lock on the whole file conflicts exactly with the tickets'
-        // write locks (a turn's read lock is let go as soon as granted).
-        ofd::conflicts(file, ofd::Kind::Read, 0, 0).unwrap_or_else(|e| {
-            tracing::debug!(path = %path.display(), error = %e, "cannot look at the queue; going unqueued");
-            false
-        })
+    }
+
+    /// `[start, end)` (`end` `None`: to the end of any file) less the bytes
+    /// in `skip`, as ranges of `(start, length)` (`None`: to the end).
+    fn gaps(start: u64, end: Option<u64>, skip: &[u64]) -> Vec<(u64, Option<u64>)> {
+        let mut gaps = Vec::with_capacity(skip.len() + 1);
+        let mut from = start;
+        for &byte in skip {
+            if byte < from || end.is_some_and(|end| byte >= end) {
+                continue;
+            }
+            if byte > from {
+                gaps.push((from, Some(byte - from)));
+            }
+            from = byte + 1;
+        }
+        match end {
+            Some(end) if end > from => gaps.push((from, Some(end - from))),
+            Some(_) => {}
+            None => gaps.push((from, None)),
+        }
+        gaps
+    }
+
+    /// Whether another description holds a ticket in any of `ranges`.
+    fn any_ticket_in(file: &File, ranges: &[(u64, Option<u64>)]) -> io::Result<bool> {
+        for &(start, len) in ranges {
+            if ofd::conflict(file, ofd::Kind::Read, start, len)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     impl TurnWaits {
-        /// Waits until no ticket below `ticket` is held, or `deadline`.
-        /// `gate` is the resource's gate, looked at if the queue seems stuck.
+        /// The stuck tickets of the queue file `file` (sorted), forgetting
+        /// those no longer locked (looked at on `on`).
+        fn stuck_in(&self, file: FileId, on: &File) -> Vec<u64> {
+            let mut stuck = self.turns.stuck.lock();
+            if stuck.is_empty() {
+                return Vec::new();
+            }
+            stuck.retain(|&(of, byte)| {
+                of != file || ofd::conflict(on, ofd::Kind::Read, byte, Some(1)).is_ok_and(|found| found.is_some())
+            });
+            let mut bytes: Vec<u64> = stuck.iter().filter(|(of, _)| *of == file).map(|&(_, byte)| byte).collect();
+            bytes.sort_unstable();
+            bytes
+        }
+
+        /// Remembers the tickets held below `number` in `ticket`'s queue as stuck.
+        fn mark_stuck(&self, ticket: &Ticket, file: FileId) {
+            let mut held = Vec::new();
+            let mut budget = STUCK_MAX;
+            if let Err(e) = held_in(&ticket.file, 0, ticket.number, &mut held, &mut budget) {
+                tracing::debug!(error = %e, "cannot list the stuck tickets");
+            }
+            let mut stuck = self.turns.stuck.lock();
+            for byte in held {
+                if !stuck.contains(&(file, byte)) {
+                    stuck.push((file, byte));
+                }
+            }
+            let excess = stuck.len().saturating_sub(STUCK_MAX);
+            stuck.drain(..excess);
+        }
+
+        /// Whether anyone holds a ticket in the queue at `path` (tickets
+        /// this backend found stuck aside), looked at on `kept` (opened,
+        /// creating the file, when not: a missing file cost a failed open
+        /// on every cycle, 10% of an uncontended one).
+        pub(super) fn anyone_waiting(
+            &self,
+            kept: &mut Option<File>,
+            path: &Path,
+            on_open: &(dyn Fn(&File) + Sync),
+        ) -> bool {
+            if kept.is_none() {
+                match fsutil::open_no_follow(path, Access::Create) {
+                    Ok(file) => {
+                        on_open(&file);
+                        *kept = Some(file);
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), error = %e, "cannot open the queue file; going unqueued");
+                        return false;
+                    }
+                }
+            }
+            let Some(file) = kept else { return false };
+            let skip = if self.turns.stuck.lock().is_empty() {
+                Vec::new()
+            } else {
+                FileId::of_file(file).map(|id| self.stuck_in(id, file)).unwrap_or_default()
+            };
+            // A read lock conflicts exactly with the tickets' write locks (a
+            // turn's read lock is let go as soon as granted).
+            any_ticket_in(file, &gaps(0, None, &skip)).unwrap_or_else(|e| {
+                tracing::debug!(path = %path.display(), error = %e, "cannot look at the queue; going unqueued");
+                false
+            })
+        }
+
+        /// Waits until no ticket below `ticket` is held (tickets found
+        /// stuck aside), or `deadline`. `gate` is the resource's gate,
+        /// looked at if the queue seems stuck.
         pub(super) async fn wait(
             &self,
             path: &Path,
@@ -310,140 +435,166 @@ mod linux {
             ticket: &Ticket,
             deadline: Deadline,
         ) -> io::Result<Turned> {
+            let file = FileId::of_file(&ticket.file)?;
+            let skip = self.stuck_in(file, &ticket.file);
             // The common case, nobody ahead, needs no helper.
-            if ticket.number == 0 || !ofd::conflicts(&ticket.file, ofd::Kind::Read, 0, ticket.number)? {
+            if !any_ticket_in(&ticket.file, &gaps(0, Some(ticket.number), &skip))? {
                 return Ok(Turned::Reached);
             }
             if deadline.has_passed() {
                 return Ok(Turned::TimedOut);
             }
-            let file = FileId::of_file(&ticket.file)?;
             let (tx, rx) = oneshot::channel();
             let mut tx = Some(tx);
-            if let Some(pending) = self.pending.lock().get(path).filter(|p| p.file == file) {
-                let mut state = pending.state.lock();
+            let mut pending = None;
+            if let Some(found) = self.turns.pending.lock().get(path).filter(|p| p.file == file) {
+                let mut state = found.state.lock();
                 // One waiter at a time (a dropped one's sender is closed), and
-                // only one that waits for at least as many tickets.
-                if state.before <= ticket.number && state.waiter.as_ref().is_none_or(oneshot::Sender::is_closed) {
+                // only one that waits for at least as many tickets, on a
+                // helper whose queue is moving.
+                if !state.stuck
+                    && state.before <= ticket.number
+                    && state.waiter.as_ref().is_none_or(oneshot::Sender::is_closed)
+                {
                     state.before = ticket.number;
                     state.waiter = tx.take();
+                    pending = Some(found.clone());
                 }
             }
-            if let Some(tx) = tx
-                && !self.start(path, file, ticket.number, tx)
-            {
-                return Ok(Turned::Unavailable);
+            if let Some(tx) = tx {
+                match self.start(path, file, ticket.number, skip, tx) {
+                    Some(started) => pending = Some(started),
+                    None => return Ok(Turned::Unavailable),
+                }
             }
-            let answer = Self::receive(rx, deadline, gate).await;
-            match answer {
-                Err(turned) => Ok(turned),
-                Ok(Ok(Ok(()))) => Ok(Turned::Reached),
-                Ok(Ok(Err(e))) => Err(e),
+            let Some(pending) = pending else { return Ok(Turned::Unavailable) };
+            match receive(rx, deadline, gate).await {
+                Ok(Ok(answer)) => answer.map(|()| Turned::Reached),
                 // The helper ended without an answer (its thread died).
                 Ok(Err(_)) => Ok(Turned::Unavailable),
+                Err(Turned::Unavailable) => {
+                    pending.state.lock().stuck = true;
+                    self.mark_stuck(ticket, file);
+                    Ok(Turned::Unavailable)
+                }
+                Err(turned) => Ok(turned),
             }
         }
 
-        /// Waits for the helper's answer until `deadline`. Past
-        /// [`STUCK_AFTER`], looks at the gate every [`STUCK_LOOK`]: found
-        /// free twice running, the waiters ahead are not getting on (a
-        /// process stopped with its ticket, say by SIGSTOP or a debugger),
-        /// and the wait ends `Unavailable` so the caller goes for the gate
-        /// unqueued — order lost, never exclusion.
-        async fn receive(
-            mut rx: oneshot::Receiver<io::Result<()>>,
-            deadline: Deadline,
-            gate: &Path,
-        ) -> Result<Result<io::Result<()>, oneshot::error::RecvError>, Turned> {
-            let mut look = tokio::time::Instant::now() + STUCK_AFTER;
-            let mut free_before = false;
-            loop {
-                let until = deadline.instant().map_or(look, |at| at.min(look));
-                tokio::select! {
-                    answer = &mut rx => return Ok(answer),
-                    () = tokio::time::sleep_until(until) => {}
-                }
-                if deadline.has_passed() {
-                    return Err(Turned::TimedOut);
-                }
-                let free = gate_is_free(gate);
-                if free && free_before {
-                    tracing::warn!(
-                        gate = %gate.display(),
-                        "the waiters queued ahead are not taking their turn (a process stopped while waiting?); \
-                         going for the lock out of turn"
-                    );
-                    return Err(Turned::Unavailable);
-                }
-                free_before = free;
-                look = tokio::time::Instant::now() + STUCK_LOOK;
-            }
-        }
-
-        /// Starts a helper blocking until no ticket below `before` is held in
-        /// the queue at `path` (which must still be `file`); `false` if none
-        /// can be had.
-        fn start(&self, path: &Path, file: FileId, before: u64, tx: oneshot::Sender<io::Result<()>>) -> bool {
+        /// Starts a helper blocking until no ticket below `before` (but those
+        /// in `skip`) is held in the queue at `path` (which must still be
+        /// `file`); `None` if none can be had.
+        fn start(
+            &self,
+            path: &Path,
+            file: FileId,
+            before: u64,
+            skip: Vec<u64>,
+            tx: oneshot::Sender<io::Result<()>>,
+        ) -> Option<Arc<PendingTurn>> {
             // A description of its own: a timed-out waiter closes its
             // ticket's, which must then drop its byte.
             let opened = match fsutil::open_no_follow(path, Access::Read) {
                 Ok(opened) if FileId::of_file(&opened).is_ok_and(|id| id == file) => opened,
-                Ok(_) => return false, // replaced meanwhile
+                Ok(_) => return None, // replaced meanwhile
                 Err(e) => {
                     tracing::debug!(path = %path.display(), error = %e, "cannot open the queue file to wait in it");
-                    return false;
+                    return None;
                 }
             };
             if !kernel_wait::reserve_helper() {
-                return false;
+                tracing::debug!(path = %path.display(), "all kernel-wait helpers busy; waiting unqueued");
+                return None;
             }
-            let pending = Arc::new(PendingTurn { file, state: Mutex::new(TurnState { before, waiter: Some(tx) }) });
-            self.pending.lock().insert(path.to_owned(), pending.clone());
-            let registry = self.pending.clone();
-            let key = path.to_owned();
+            let state = TurnState { before, waiter: Some(tx), stuck: false };
+            let pending = Arc::new(PendingTurn { file, state: Mutex::new(state) });
+            self.turns.pending.lock().insert(path.to_owned(), pending.clone());
+            let (turns, key, helper) = (self.turns.clone(), path.to_owned(), pending.clone());
             let job = Box::new(move || {
-                let answer = wait_in_kernel(&opened, &registry, &key, &pending);
+                let (answer, waiter) = wait_in_kernel(&opened, &turns, &key, &helper, &skip);
                 kernel_wait::release_helper();
-                if let Some(waiter) = answer.1 {
+                if let Some(waiter) = waiter {
                     // A waiter that has gone meanwhile needs nothing back:
                     // the turn was a moment, not a lock.
-                    let _ = waiter.send(answer.0);
+                    let _ = waiter.send(answer);
                 }
             });
             if let Err(e) = kernel_wait::run_on_helper(job) {
                 kernel_wait::release_helper();
-                self.pending.lock().remove(path);
+                self.turns.pending.lock().remove(path);
                 tracing::debug!(path = %path.display(), error = %e, "cannot start a queue helper; waiting unqueued");
-                return false;
+                return None;
             }
-            true
+            Some(pending)
+        }
+    }
+
+    /// Waits for the helper's answer until `deadline`; `Err` with why not.
+    /// Past [`STUCK_AFTER`], looks at the gate every [`STUCK_LOOK`]: found
+    /// free twice running, the waiters ahead are not getting on (a process
+    /// stopped with its ticket), and the wait ends `Unavailable` so the
+    /// caller goes for the gate unqueued — order lost, never exclusion.
+    async fn receive(
+        mut rx: oneshot::Receiver<io::Result<()>>,
+        deadline: Deadline,
+        gate: &Path,
+    ) -> Result<Result<io::Result<()>, oneshot::error::RecvError>, Turned> {
+        let mut look = tokio::time::Instant::now() + STUCK_AFTER;
+        let mut free_before = false;
+        loop {
+            let until = deadline.instant().map_or(look, |at| at.min(look));
+            tokio::select! {
+                answer = &mut rx => return Ok(answer),
+                () = tokio::time::sleep_until(until) => {}
+            }
+            if deadline.has_passed() {
+                return Err(Turned::TimedOut);
+            }
+            let free = gate_is_free(gate);
+            if free && free_before {
+                tracing::warn!(
+                    gate = %gate.display(),
+                    "the waiters queued ahead are not taking their turn (a process stopped while waiting?); \
+                     going for the lock out of turn, and passing over their tickets from now on"
+                );
+                return Err(Turned::Unavailable);
+            }
+            free_before = free;
+            look = tokio::time::Instant::now() + STUCK_LOOK;
         }
     }
 
     /// The helper's work: wait (in the kernel) for the turn its waiter
     /// wants, again for as long as an adopting waiter wants a later one;
     /// then unregister and hand back the answer and whom to give it to.
-    #[allow(clippy::type_complexity)]
     fn wait_in_kernel(
         file: &File,
-        registry: &Mutex<PendingTurns>,
+        turns: &Turns,
         key: &Path,
         pending: &Arc<PendingTurn>,
+        skip: &[u64],
     ) -> (io::Result<()>, Option<oneshot::Sender<io::Result<()>>>) {
         let mut reached = 0;
         loop {
             let before = pending.state.lock().before;
             let mut result = Ok(());
             if before > reached {
-                result = ofd::set(file, ofd::Kind::Read, 0, before, true).and_then(|_| {
-                    // Granted: everyone earlier has left. Hold nothing.
-                    ofd::set(file, ofd::Kind::Unlock, 0, before, false).map(drop)
-                });
+                // Range by range: an earlier range's tickets never come back
+                // (numbers only grow), so each needs to be free once.
+                for (start, len) in gaps(reached, Some(before), skip) {
+                    result = ofd::set(file, ofd::Kind::Read, start, len, true).and_then(|_| {
+                        // Granted: everyone in it has left. Hold nothing.
+                        ofd::set(file, ofd::Kind::Unlock, start, len, false).map(drop)
+                    });
+                    if result.is_err() {
+                        break;
+                    }
+                }
                 reached = before;
             }
             // Unregister first, under both locks, so no later wait adopts a
             // helper that is done, and none raised `before` unseen.
-            let mut registry = registry.lock();
+            let mut registry = turns.pending.lock();
             let mut state = pending.state.lock();
             let wanted = state.waiter.as_ref().is_some_and(|w| !w.is_closed());
             if result.is_ok() && wanted && state.before > reached {
@@ -456,8 +607,28 @@ mod linux {
         }
     }
 
+    /// Collects into `out` the bytes locked by other descriptions in
+    /// `[start, end)` of `file`, with at most `budget` looks (`F_OFD_GETLK`
+    /// names one conflicting lock at a time, not necessarily the lowest).
+    fn held_in(file: &File, start: u64, end: u64, out: &mut Vec<u64>, budget: &mut usize) -> io::Result<()> {
+        if start >= end || *budget == 0 {
+            return Ok(());
+        }
+        *budget -= 1;
+        let Some((at, len)) = ofd::conflict(file, ofd::Kind::Read, start, Some(end - start))? else {
+            return Ok(());
+        };
+        let stop = len.map_or(end, |len| at.saturating_add(len).min(end));
+        // A ticket is one byte; a wider lock is someone else's, noted by its start.
+        out.push(at.max(start));
+        held_in(file, start, at.max(start), out, budget)?;
+        held_in(file, stop, end, out, budget)
+    }
+
     /// Whether nobody holds the gate at `path` now (a shared try-lock,
     /// dropped at once; a missing gate is free, an unreadable one busy).
+    /// The probe holds the gate shared for two system calls: a `try_acquire`
+    /// in another process at that instant finds the gate busy.
     fn gate_is_free(path: &Path) -> bool {
         let gate = match fsutil::open_no_follow(path, Access::Read) {
             Ok(gate) => gate,
@@ -486,12 +657,13 @@ mod linux {
             Unlock,
         }
 
-        /// The request for `kind` on `len` bytes from `start` (`len` 0: to
+        fn offset(n: u64) -> io::Result<libc::off_t> {
+            libc::off_t::try_from(n).map_err(|_| io::Error::other("a queue offset past the largest file offset"))
+        }
+
+        /// The request for `kind` on `len` bytes from `start` (`None`: to
         /// the end of any file).
-        fn request(kind: Kind, start: u64, len: u64) -> io::Result<libc::flock> {
-            let offset = |n: u64| {
-                libc::off_t::try_from(n).map_err(|_| io::Error::other("a queue offset past the largest file offset"))
-            };
+        fn request(kind: Kind, start: u64, len: Option<u64>) -> io::Result<libc::flock> {
             // SAFETY: `flock` is plain integers, for which all zeroes is valid;
             // OFD requests must have `l_pid` 0.
             let mut lock: libc::flock = unsafe { std::mem::zeroed() };
@@ -502,14 +674,14 @@ mod linux {
             } as libc::c_short;
             lock.l_whence = libc::SEEK_SET as libc::c_short;
             lock.l_start = offset(start)?;
-            lock.l_len = offset(len)?;
+            lock.l_len = offset(len.unwrap_or(0))?;
             Ok(lock)
         }
 
         /// Takes (or with [`Kind::Unlock`] lets go of) `kind` on `len` bytes
         /// from `start`, blocking until granted if `wait`; `Ok(false)` if
         /// not `wait` and another description holds a conflicting lock.
-        pub(crate) fn set(file: &File, kind: Kind, start: u64, len: u64, wait: bool) -> io::Result<bool> {
+        pub(crate) fn set(file: &File, kind: Kind, start: u64, len: Option<u64>, wait: bool) -> io::Result<bool> {
             let mut lock = request(kind, start, len)?;
             let command = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
             loop {
@@ -528,9 +700,14 @@ mod linux {
             }
         }
 
-        /// Whether another description holds a lock that conflicts with
-        /// `kind` on `len` bytes from `start`.
-        pub(crate) fn conflicts(file: &File, kind: Kind, start: u64, len: u64) -> io::Result<bool> {
+        /// A lock another description holds that conflicts with `kind` on
+        /// `len` bytes from `start`: its start and length (`None`: to the end).
+        pub(crate) fn conflict(
+            file: &File,
+            kind: Kind,
+            start: u64,
+            len: Option<u64>,
+        ) -> io::Result<Option<(u64, Option<u64>)>> {
             let mut lock = request(kind, start, len)?;
             // SAFETY: as in `set`; `F_OFD_GETLK` writes the first conflicting
             // lock, or `F_UNLCK`, into `lock`.
@@ -538,7 +715,62 @@ mod linux {
             if rc != 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+            if lock.l_type == libc::F_UNLCK as libc::c_short {
+                return Ok(None);
+            }
+            let at = u64::try_from(lock.l_start).unwrap_or(0);
+            let len = u64::try_from(lock.l_len).ok().filter(|&len| len > 0);
+            Ok(Some((at, len)))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+
+        use super::{Ticket, gaps, ofd};
+
+        /// A queue file of `len` bytes, and a ticket on its byte `number`.
+        fn queue_with(dir: &std::path::Path, len: usize, number: u64) -> Ticket {
+            let path = dir.join("q.queue");
+            std::fs::File::create(&path).and_then(|mut f| f.write_all(&vec![b'\n'; len])).expect("write");
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+            assert!(ofd::set(&file, ofd::Kind::Write, number, Some(1), false).expect("lock"));
+            Ticket { file, number }
+        }
+
+        #[test]
+        fn an_unused_queue_is_emptied() {
+            let dir = tempfile::tempdir().expect("dir");
+            let ticket = queue_with(dir.path(), 70_000, 65_536);
+            let file = ticket.leave().expect("left");
+            assert_eq!(file.metadata().expect("stat").len(), 0);
+        }
+
+        #[test]
+        fn a_queue_in_use_keeps_its_tickets_and_frees_its_old_blocks() {
+            let dir = tempfile::tempdir().expect("dir");
+            let ticket = queue_with(dir.path(), 70_000, 65_536);
+            let other =
+                std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join("q.queue")).expect("open");
+            assert!(ofd::set(&other, ofd::Kind::Write, 65_537, Some(1), false).expect("a later ticket"));
+            let blocks = other.metadata().expect("stat").blocks();
+            let file = ticket.leave().expect("left");
+            let meta = file.metadata().expect("stat");
+            assert_eq!(meta.len(), 70_000, "emptied under a held ticket");
+            assert!(meta.blocks() < blocks, "no blocks freed: {} then {}", blocks, meta.blocks());
+            assert!(ofd::conflict(&file, ofd::Kind::Read, 65_537, Some(1)).expect("look").is_some());
+        }
+
+        #[test]
+        fn gaps_leave_out_the_skipped_bytes() {
+            assert_eq!(gaps(0, Some(5), &[]), [(0, Some(5))]);
+            assert_eq!(gaps(0, Some(5), &[2]), [(0, Some(2)), (3, Some(2))]);
+            assert_eq!(gaps(0, Some(5), &[0, 4]), [(1, Some(3))]);
+            assert_eq!(gaps(0, Some(5), &[7]), [(0, Some(5))]);
+            assert_eq!(gaps(3, None, &[1, 3, 9]), [(4, Some(5)), (10, None)]);
+            assert_eq!(gaps(0, Some(1), &[0]), []);
         }
     }
 }
