@@ -193,11 +193,11 @@ pub struct FileBackend {
     idle: Mutex<IdleFiles>,
 }
 
-/// Open gate and lock files kept between exclusive grants, by resource: the
-/// next grant reuses them after checking the paths still name them, instead
-/// of opening (and closing) both again. At most `limit` resources' files
-/// ([`FileOptions::keep_open`], two descriptors each); past it, the files of
-/// an arbitrary one are closed.
+/// Open gate, lock and queue files kept between exclusive grants, by
+/// resource: the next grant reuses them after checking the paths still name
+/// the gate and lock file, instead of opening (and closing) them again. At
+/// most `limit` resources' files ([`FileOptions::keep_open`], three
+/// descriptors each); past it, the files of an arbitrary one are closed.
 #[derive(Debug)]
 struct IdleFiles {
     by_resource: HashMap<Arc<str>, Idle>,

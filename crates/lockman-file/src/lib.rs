@@ -235,11 +235,11 @@ impl FileOptions {
         self
     }
 
-    /// For how many resources an exclusive grant's two files (the gate and
-    /// the lock file) stay open after release, for the resource's next grant
-    /// to reuse instead of opening them again (kernel locks only; default
-    /// 64, so up to 128 descriptors per backend; past it, an arbitrary
-    /// resource's files are closed). `0` keeps none open: every grant opens
+    /// For how many resources an exclusive grant's files (the gate, the lock
+    /// file and, on Linux, the arrival queue) stay open after release, for
+    /// the resource's next grant to reuse instead of opening them again
+    /// (kernel locks only; default 64, so up to 192 descriptors per
+    /// backend; past it, an arbitrary resource's files are closed). `0` keeps none open: every grant opens
     /// and closes its files, for a process with many backends and few
     /// descriptors to spare.
     ///
