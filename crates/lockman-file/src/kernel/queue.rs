@@ -108,7 +108,8 @@ impl Line {
         #[cfg(target_os = "linux")]
         {
             let (path, mode) = (&self.family.queue, self.file_mode);
-            let ticket = match linux::Ticket::take(path, &|file| adopt(file, path, mode)) {
+            let kept = self.kept.take();
+            let ticket = match linux::Ticket::take(path, kept, &|file| adopt(file, path, mode)) {
                 Ok(Some(ticket)) => self.ticket.insert(ticket),
                 Ok(None) => return true,
                 Err(e) => {
@@ -262,12 +263,24 @@ mod linux {
     }
 
     impl Ticket {
-        /// Appends to the queue at `path` (creating it) and locks the byte
-        /// appended; `None` if no byte could be had (a queue emptied or
-        /// locked whole under us twice running).
-        pub(super) fn take(path: &Path, on_open: &(dyn Fn(&File) + Sync)) -> io::Result<Option<Ticket>> {
-            let file = fsutil::open_no_follow(path, Access::Append)?;
-            on_open(&file);
+        /// Appends to the queue at `path` (on `kept`, the queue file as
+        /// opened for appending by an earlier look or ticket, else opening
+        /// it, creating it if missing) and locks the byte appended; `None`
+        /// if no byte could be had (a queue emptied or locked whole under
+        /// us twice running).
+        pub(super) fn take(
+            path: &Path,
+            kept: Option<File>,
+            on_open: &(dyn Fn(&File) + Sync),
+        ) -> io::Result<Option<Ticket>> {
+            let file = match kept {
+                Some(file) => file,
+                None => {
+                    let file = fsutil::open_no_follow(path, Access::Append)?;
+                    on_open(&file);
+                    file
+                }
+            };
             for _ in 0..2 {
                 (&file).write_all(b"\n")?;
                 let Some(number) = (&file).stream_position()?.checked_sub(1) else { continue };
@@ -289,7 +302,9 @@ mod linux {
         }
 
         /// Unlocks the byte (waking the next ticket), keeps the file small,
-        /// and returns the descriptor.
+        /// and returns the descriptor to keep — unless its file lost its
+        /// name meanwhile (deleted, or replaced by a rename): the next look
+        /// then opens the queue by its path.
         pub(super) fn leave(self) -> Option<File> {
             if let Err(e) = ofd::set(&self.file, ofd::Kind::Unlock, self.number, Some(1), false) {
                 tracing::debug!(error = %e, "cannot unlock a queue ticket (closing it will)");
@@ -298,7 +313,7 @@ mod linux {
             if self.number >= FREE_EVERY && self.number.is_multiple_of(FREE_EVERY) {
                 self.shrink();
             }
-            Some(self.file)
+            fsutil::has_links(&self.file).then_some(self.file)
         }
 
         /// Empties the file if nobody uses it: only while holding a write
@@ -400,7 +415,8 @@ mod linux {
             on_open: &(dyn Fn(&File) + Sync),
         ) -> bool {
             if kept.is_none() {
-                match fsutil::open_no_follow(path, Access::Create) {
+                // For appending: the next ticket is taken on this descriptor.
+                match fsutil::open_no_follow(path, Access::Append) {
                     Ok(file) => {
                         on_open(&file);
                         *kept = Some(file);
