@@ -168,10 +168,9 @@ pub type FileLockManager = Locks<FileBackend>;
 /// resource's next exclusive grant reuses them after checking that the
 /// paths still name them (the queue file, kept with them, is opened anew
 /// when the gate was replaced) — an uncontended cycle is then a look at the
-/// queue (`F_OFD_GETLK`), two
-/// `try_lock`s, two `stat`s, one read of the gate's token, one write each
-/// of the gate and the lock file, and at release a `fstat`, a one-byte
-/// write and an unlock; no open or close. A
+/// queue (`F_OFD_GETLK`), two `try_lock`s, two `stat`s, one read of the
+/// gate's token, one write each of the gate and the lock file, and at
+/// release a `fstat`, a one-byte write and an unlock; no open or close. A
 /// grant whose descriptor was handed out ([`LockGuard::lock_fd`]) is never
 /// reused, since another process may share it.
 ///
@@ -723,15 +722,13 @@ impl LockBackend for FileBackend {
         // A `try_acquire` never queues; like a fair mutex's `try_lock` it
         // takes a free lock at once.
         let mut line = Line::new(&self.turns, family.clone(), self.dir.file_mode(), cached_queue);
-        if !matches!(request.deadline, Deadline::Now)
-            && line.anyone_waiting()
-            && !line.wait_turn(request.deadline).await
-        {
+        let may_wait = !matches!(request.deadline, Deadline::Now);
+        if may_wait && line.anyone_waiting() && !line.wait_turn(request.deadline).await {
             drop(line); // out of the queue before the look at the holder
             return Ok(self.busy(&family, resource));
         }
         let cached_gate_id = cached_gate.as_ref().map(|gate| gate.snapshot.id);
-        let queue = (!matches!(request.deadline, Deadline::Now)).then_some(&mut line);
+        let queue = may_wait.then_some(&mut line);
         let adopt = |file: &File| self.dir.adopt(file, &family.gate);
         let opening =
             flock::Opening { name: "gate", cached: cached_gate, waits: Some(&self.waits), queue, on_open: &adopt };
