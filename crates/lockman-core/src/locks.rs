@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 mod held;
+mod watch;
 
 use held::{BoxedTask, Held, LeaseState, deadline_of};
 
@@ -393,6 +394,7 @@ impl<B: LockBackend> Locks<B> {
             ended_notify: Notify::new(),
             renew_gate: tokio::sync::Mutex::new(()),
             lease_changed: Notify::new(),
+            deferred_watch: Mutex::new(None),
             request,
         });
         self.shared.events.meters().acquired(waited, granted.contended);
@@ -413,7 +415,9 @@ impl<B: LockBackend> Locks<B> {
             if self.shared.backend.leases_follow_callers_clock() {
                 runtime::spawn(task);
             } else {
-                runtime::spawn_detached(task);
+                // Started when its work is due (most grants end first).
+                let key = watch::defer(held.watch_from(), task);
+                *held.deferred_watch.lock() = key;
             }
         }
         Ok(Some(held))

@@ -51,9 +51,10 @@ where
 
 /// Where [`spawn_detached`](crate::spawn_detached) runs a task: the
 /// caller's runtime if it is a multi-thread one (its other workers run it,
-/// and a renewal shares the caller's thread pool instead of a wake-up of
-/// the background thread per grant), else — a current-thread runtime, which
-/// a blocked caller stops entirely, or none — the background runtime.
+/// without a wake-up of the background thread), else — a current-thread
+/// runtime, which a blocked caller stops entirely, or none — the background
+/// runtime. (Core's own lease watchers wait unstarted until their work is
+/// due, then run on the background runtime: see `locks/watch.rs`.)
 pub(crate) fn detached_home() -> Result<Handle, LockError> {
     match Handle::try_current() {
         Ok(caller) if caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => Ok(caller),

@@ -138,6 +138,7 @@ macro_rules! conformance_suite {
             leases::default_lease_is_renewed_while_held,
             leases::extend_outlasts_the_default_lease,
             leases::shortened_lease_is_lost_at_its_end,
+            leases::a_lease_shorter_than_the_renewal_period_is_renewed,
             leases::expired_lease_passes_lock_to_next_waiter,
             leases::fencing_tokens_strictly_increase,
             leases::fencing_token_is_kept_on_reentry,

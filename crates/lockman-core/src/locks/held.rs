@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Reentry, ReentryKey, Shared, check_lease};
+use super::{Reentry, ReentryKey, Shared, check_lease, watch};
 use crate::backend::{GrantRequest, LockBackend};
 use crate::guard::GrantHandle;
 use crate::{FencingToken, LockError, LockEventKind, LockInfo, LossSignal, LostReason};
@@ -39,6 +39,8 @@ pub(super) struct Held<B: LockBackend> {
     /// Told (one permit) when `extend` changed the lease, so the watchdog or
     /// expiry timer re-arms for the new length instead of the old one.
     pub(super) lease_changed: Notify,
+    /// Where the watchdog or expiry timer waits to start (see `watch`).
+    pub(super) deferred_watch: Mutex<Option<watch::Key>>,
 }
 
 pub(super) struct LeaseState {
@@ -105,7 +107,29 @@ impl<B: LockBackend> Held<B> {
         self.ended.store(true, Ordering::Release);
         if self.watched {
             self.ended_notify.notify_waiters();
+            let deferred = self.deferred_watch.lock().take();
+            // Dropped here, unstarted, outside the scheduler's lock.
+            drop(deferred.and_then(watch::cancel));
         }
+    }
+
+    /// When the watchdog first renews: a third into the lease, or into what
+    /// the backend granted if that is less than asked (see
+    /// `GrantRequest::renewed`).
+    pub(super) fn first_renewal(&self) -> Instant {
+        let due = self.acquired + self.lease_length() / 3;
+        match self.lease.lock().deadline {
+            Some(deadline) => due.min(self.acquired + deadline.saturating_duration_since(self.acquired) / 3),
+            None => due,
+        }
+    }
+
+    /// When the watcher must run: the first renewal, or the lease's end.
+    pub(super) fn watch_from(&self) -> Instant {
+        if self.auto_renew {
+            return self.first_renewal();
+        }
+        self.lease.lock().deadline.unwrap_or_else(Instant::now)
     }
 
     /// Turns the backend's release result into the caller's, with events and metrics.
@@ -143,12 +167,7 @@ impl<B: LockBackend> Held<B> {
     /// an `extend` sets a new length, and renewing with the one read before
     /// it would shrink the store's lease back behind the caller's back.
     pub(super) async fn keep_alive(held: Arc<Self>) {
-        let mut due = held.acquired + held.lease_length() / 3;
-        // A third of what the backend granted, if that is less than asked
-        // (see `GrantRequest::renewed`).
-        if let Some(deadline) = held.lease.lock().deadline {
-            due = due.min(held.acquired + deadline.saturating_duration_since(held.acquired) / 3);
-        }
+        let mut due = held.first_renewal();
         loop {
             match held.sleep_until(due).await {
                 Wake::Ended => return,
@@ -335,6 +354,10 @@ impl<B: LockBackend> GrantHandle for Held<B> {
                 state.last_heartbeat = Some(SystemTime::now());
                 drop(state);
                 self.lease_changed.notify_one();
+                // The new lease may end before the deferred watcher would start.
+                if let Some(key) = self.deferred_watch.lock().take() {
+                    watch::start_now(key);
+                }
                 Ok(())
             }
             Err(LockError::Lost { reason, .. }) => {
