@@ -35,6 +35,12 @@ fn works_after_the_connecting_runtime_is_dropped() {
 }
 
 #[test]
+fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime() {
+    let Some(server) = EtcdServer::start() else { return };
+    runtimes::works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime(connect(&server));
+}
+
+#[test]
 fn works_from_a_thread_without_a_runtime() {
     let Some(server) = EtcdServer::start() else { return };
     runtimes::works_from_a_thread_without_a_runtime(connect(&server));

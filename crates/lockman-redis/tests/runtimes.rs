@@ -57,6 +57,57 @@ fn works_after_a_multi_thread_connecting_runtime_is_dropped() {
 }
 
 #[test]
+fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime() {
+    let Some(server) = RedisServer::start() else { return };
+    runtimes::works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime(connect(
+        &server,
+        Duration::from_secs(30),
+    ));
+}
+
+/// The Redis clients connected to `server`, by CLIENT LIST (the list's own
+/// connection included).
+fn clients(server: &RedisServer) -> usize {
+    server.command(&["CLIENT", "LIST"]).expect("CLIENT LIST").lines().filter(|line| line.contains("addr=")).count()
+}
+
+/// Waits (at most 5 s) until `server` has `n` clients.
+fn wait_for_clients(server: &RedisServer, n: usize, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while clients(server) != n {
+        assert!(std::time::Instant::now() < deadline, "{why}: {} clients, expected {n}", clients(server));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A current-thread runtime's commands go over a connection of its own,
+/// homed on that runtime (no hop to lockman's background thread and back
+/// per command): one more client while it lives, reused by every command,
+/// closed when the runtime is dropped.
+#[test]
+fn a_current_thread_runtime_gets_its_own_connection_while_it_lives() {
+    let Some(server) = RedisServer::start() else { return };
+    let connecting = runtimes::current_thread();
+    let locks = runtimes::connect_on(&connecting, &connect(&server, Duration::from_secs(30)));
+    let base = clients(&server);
+    runtimes::cycle_on(&connecting, &locks, "own-connection");
+    assert_eq!(clients(&server), base + 1, "the connecting runtime's first command did not get its own connection");
+    for _ in 0..5 {
+        runtimes::cycle_on(&connecting, &locks, "own-connection");
+    }
+    assert_eq!(clients(&server), base + 1, "commands from one runtime opened more than one connection");
+    let other = runtimes::current_thread();
+    runtimes::cycle_on(&other, &locks, "own-connection");
+    assert_eq!(clients(&server), base + 2, "a second runtime did not get its own connection");
+    drop(other);
+    wait_for_clients(&server, base + 1, "the dropped runtime's connection stayed open");
+    drop(connecting);
+    wait_for_clients(&server, base, "the connecting runtime's own connection stayed open after it was dropped");
+    // The manager still works, from a new runtime.
+    runtimes::cycle_on(&runtimes::current_thread(), &locks, "own-connection");
+}
+
+#[test]
 fn works_from_a_thread_without_a_runtime() {
     let Some(server) = RedisServer::start() else { return };
     runtimes::works_from_a_thread_without_a_runtime(connect(&server, Duration::from_secs(30)));

@@ -77,6 +77,36 @@ pub fn works_from_another_runtime_while_the_connecting_one_is_idle(connect: impl
     drop(connecting);
 }
 
+/// Used through `Handle::block_on` on a current-thread runtime from a
+/// thread that does not drive it (its tasks, IO and timers stand still
+/// meanwhile), after that runtime's own thread used the manager: the cycle
+/// completes within 5 s, so nothing it waits for may need that runtime's
+/// tasks to run.
+pub fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime(connect: impl Connect) {
+    let runtime = current_thread();
+    let locks = connect_on(&runtime, &connect);
+    cycle_on(&runtime, &locks, "foreign-block-on");
+    let handle = runtime.handle().clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let locks = locks.clone();
+        std::thread::spawn(move || {
+            let cycled = handle.block_on(async {
+                let guard = locks.acquire("foreign-block-on", AcquireOptions::new()).await?;
+                guard.release().await
+            });
+            let _ = done_tx.send(cycled);
+        })
+    };
+    match done_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(cycled) => cycled.expect("acquire and release under Handle::block_on"),
+        Err(_) => panic!("a cycle under Handle::block_on from a foreign thread hung: it waits on the idle runtime"),
+    }
+    worker.join().expect("worker");
+    // The runtime's own thread still works afterwards.
+    cycle_on(&runtime, &locks, "foreign-block-on");
+}
+
 /// Connected on a current-thread runtime that is then dropped.
 pub fn works_after_the_connecting_runtime_is_dropped(connect: impl Connect) {
     let connecting = current_thread();
