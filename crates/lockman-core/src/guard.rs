@@ -46,6 +46,11 @@ pub(crate) trait GrantHandle: Send + Sync {
     fn info(&self) -> LockInfo;
     fn is_lost(&self) -> bool;
     fn lost_error(&self, reason: LostReason) -> LockError;
+    /// What keeps the grant alive (renewal, expiry watch), for a dropped
+    /// guard's release task to end if it is dropped unrun.
+    fn keeping(&self) -> Option<Arc<crate::locks::Keeping>> {
+        None
+    }
     /// One guard leaves; the last one releases the grant if that needs no
     /// awaiting. `None`: it was the last, and the release must be finished
     /// with [`release_later`](Self::release_later).
@@ -199,12 +204,29 @@ impl Drop for LockGuard {
             match grant.release_now() {
                 Some(Ok(())) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "releasing a dropped guard"),
-                None => crate::runtime::spawn(async move {
-                    if let Err(e) = grant.release_later().await {
-                        tracing::warn!(error = %e, "releasing a dropped guard");
-                    }
-                }),
+                None => {
+                    // Ends the grant's renewal if this task is dropped unrun
+                    // (its runtime shuts down): the lease then runs out.
+                    let end_keeping = EndOnDrop(grant.keeping());
+                    crate::runtime::spawn(async move {
+                        let _end_keeping = end_keeping;
+                        if let Err(e) = grant.release_later().await {
+                            tracing::warn!(error = %e, "releasing a dropped guard");
+                        }
+                    })
+                }
             }
+        }
+    }
+}
+
+/// Ends a grant's keeping when dropped (see [`GrantHandle::keeping`]).
+struct EndOnDrop(Option<Arc<crate::locks::Keeping>>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if let Some(keeping) = self.0.take() {
+            keeping.end();
         }
     }
 }

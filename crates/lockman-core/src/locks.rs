@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 mod held;
 mod watch;
 
+pub(crate) use held::Keeping;
 use held::{BoxedTask, Held, LeaseState, deadline_of};
 
 use crate::backend::{Acquired, Deadline, GrantRequest, LockBackend};
@@ -390,11 +391,9 @@ impl<B: LockBackend> Locks<B> {
             watched: granted.lease_expires_at.is_some(),
             count: AtomicU32::new(1),
             reentrant,
-            ended: AtomicBool::new(false),
-            ended_notify: Notify::new(),
+            keeping: Arc::default(),
             renew_gate: tokio::sync::Mutex::new(()),
             lease_changed: Notify::new(),
-            deferred_watch: Mutex::new(None),
             request,
         });
         self.shared.events.meters().acquired(waited, granted.contended);
@@ -417,7 +416,7 @@ impl<B: LockBackend> Locks<B> {
             } else {
                 // Started when its work is due (most grants end first).
                 let key = watch::defer(held.watch_from(), task);
-                *held.deferred_watch.lock() = key;
+                *held.keeping.deferred_watch.lock() = key;
             }
         }
         Ok(Some(held))

@@ -54,7 +54,8 @@ where
 /// without a wake-up of the background thread), else — a current-thread
 /// runtime, which a blocked caller stops entirely, or none — the background
 /// runtime. (Core's own lease watchers wait unstarted until their work is
-/// due, then run on the background runtime: see `locks/watch.rs`.)
+/// due, then run there: see `locks/watch.rs`; those of backends whose
+/// leases follow the caller's clock run on the caller's runtime.)
 pub(crate) fn detached_home() -> Result<Handle, LockError> {
     match Handle::try_current() {
         Ok(caller) if caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => Ok(caller),

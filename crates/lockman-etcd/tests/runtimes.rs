@@ -12,7 +12,7 @@ use lockman_testkit::etcd_server::EtcdServer;
 use lockman_testkit::runtimes;
 
 /// Connects managers with a 2 s lease to `server`.
-fn connect(server: &EtcdServer) -> impl runtimes::Connect {
+fn connect(server: &EtcdServer) -> impl runtimes::Connect + Send + use<> {
     let options = EtcdOptions::new([server.endpoint()]).default_lease(Duration::from_secs(2));
     move || {
         let options = options.clone();
@@ -38,6 +38,12 @@ fn works_after_the_connecting_runtime_is_dropped() {
 fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime() {
     let Some(server) = EtcdServer::start() else { return };
     runtimes::works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime(connect(&server));
+}
+
+#[test]
+fn works_under_handle_block_on_on_the_thread_that_drove_the_runtime() {
+    let Some(server) = EtcdServer::start() else { return };
+    runtimes::works_under_handle_block_on_on_the_thread_that_drove_the_runtime(connect(&server));
 }
 
 #[test]

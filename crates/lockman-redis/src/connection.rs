@@ -19,26 +19,30 @@
 //!
 //! A caller on a **current-thread** runtime, on the thread that drives it,
 //! gets a connection of its own, homed on that runtime (one per runtime and
-//! thread, at most [`MAX_LOCAL_HOMES`]): while a task awaits a command, the
-//! runtime it runs on is being driven, so the driver needs no other thread,
-//! and a command costs no wake-up of the background thread and back — four
-//! context switches per lock cycle, most of its client CPU. Before a
-//! runtime gets one, a probe task spawned on it must run while the caller
-//! yields: under `Handle::block_on` from a foreign thread, or an executor
-//! that blocks inside a task, it never runs, and such callers keep using the
-//! shared connection. (A thread that was seen driving a runtime and later
-//! blocks inside it that way would wait on a driver nobody runs: blocking a
-//! runtime's thread inside a task is already a bug for tokio.)
+//! thread; at most [`MAX_LOCAL_HOMES`] are tracked): its driver then runs
+//! on the caller's thread while the caller awaits the reply, and a command
+//! costs no wake-up of the background thread and back — about four context
+//! switches per lock cycle, most of the client's CPU in it. Whether the
+//! runtime is being driven is checked before **every** command: a probe
+//! task spawned on it must run while the caller yields once. Under
+//! `Handle::block_on` from a thread that does not drive the runtime, or in
+//! an executor that blocks inside a task, it does not, and the command goes
+//! over the shared connection, as every command did before. The runtime's
+//! own connection is made by a task on that runtime (meanwhile its commands
+//! use the shared one); a failed attempt is retried after
+//! [`LOCAL_RETRY_AFTER`], and a runtime that shuts down takes its
+//! connection with it.
 //!
 //! A task left on the home runtime notices when that runtime shuts down
 //! (its tasks are dropped); the next command then connects again on the
-//! background runtime instead of failing. Every command is polled in the
-//! background runtime's context ([`InBackground`]), so a reconnect made
-//! while one runs lands there too, never on a caller's runtime. Nothing
-//! else may be armed in that context on the command path: the connection's
-//! own response timer, armed there, woke the background thread on every
-//! command (the uncontended cycle went from about 159 µs to 197–215 µs in
-//! bench runs), so commands are bounded by the callers' timeouts instead.
+//! background runtime instead of failing. Every command on the shared
+//! connection is polled in the background runtime's context
+//! ([`InBackground`]), so a reconnect made while one runs lands there too,
+//! never on a caller's runtime. Nothing else may be armed in that context
+//! on the command path: the connection's own response timer, armed there,
+//! woke the background thread on every command (the uncontended cycle went
+//! from about 159 µs to 197–215 µs in bench runs), so commands are bounded
+//! by the callers' timeouts instead.
 
 use std::fmt;
 use std::sync::Arc;
@@ -53,15 +57,16 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// At most this many current-thread runtimes (with the thread driving each)
-/// get a connection of their own; callers beyond use the shared one.
+/// are tracked for connections of their own; callers beyond use the shared
+/// one.
 const MAX_LOCAL_HOMES: usize = 8;
 
 /// After a failed attempt to connect a runtime's own connection, its callers
 /// use the shared one for this long before the next attempt.
 const LOCAL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// How many times a caller yields for the probe task of a runtime it may
-/// home a connection on (see the module docs).
+/// How many times a caller yields for its runtime's probe task (see the
+/// module docs); it runs after the first when the runtime is driven.
 const PROBE_YIELDS: usize = 8;
 
 /// A clone shares the connection.
@@ -86,11 +91,11 @@ struct Shared {
     local: Mutex<LocalHomes>,
 }
 
+/// Current-thread runtimes (with the thread that drives each) and their own
+/// connections.
 #[derive(Default)]
 struct LocalHomes {
     homes: Vec<LocalHome>,
-    /// Runtimes (with their thread) found not to run the probe task.
-    undriven: Vec<(tokio::runtime::Id, ThreadId)>,
     /// When connecting a runtime's own connection last failed.
     failed_at: Option<Instant>,
 }
@@ -98,19 +103,65 @@ struct LocalHomes {
 struct LocalHome {
     runtime: tokio::runtime::Id,
     thread: ThreadId,
-    homed: Homed,
-    /// Dropped with the connection: ends the home runtime's watch task.
-    _stop_watch: tokio::sync::oneshot::Sender<()>,
+    /// The last probe task's flag, set once it ran. While it has not, the
+    /// runtime is not being driven, and no second probe is spawned.
+    probe: Option<Arc<AtomicBool>>,
+    connection: LocalConnection,
 }
 
-/// Where a caller's command goes.
-enum Route {
-    /// Its runtime's own connection.
-    Local(ConnectionManager),
-    /// Its runtime may get one: connect it first.
-    NewLocal(tokio::runtime::Id, ThreadId),
-    /// The shared connection.
-    Shared,
+enum LocalConnection {
+    None,
+    /// A task on the runtime is connecting it.
+    Connecting,
+    Connected {
+        homed: Homed,
+        /// Dropped with the connection: ends the home runtime's watch task.
+        _stop_watch: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+impl LocalHomes {
+    /// The entry of `runtime` driven by `thread`, made if there is room (a
+    /// runtime that shut down, or one never connected, makes room).
+    fn entry(&mut self, runtime: tokio::runtime::Id, thread: ThreadId) -> Option<&mut LocalHome> {
+        self.homes.retain(|home| match &home.connection {
+            LocalConnection::Connected { homed, .. } => !homed.home_gone.load(Ordering::Acquire),
+            _ => true,
+        });
+        let position = match self.homes.iter().position(|home| home.runtime == runtime && home.thread == thread) {
+            Some(position) => position,
+            None => {
+                if self.homes.len() >= MAX_LOCAL_HOMES {
+                    let idle = self.homes.iter().position(|home| matches!(home.connection, LocalConnection::None))?;
+                    self.homes.remove(idle);
+                }
+                self.homes.push(LocalHome { runtime, thread, probe: None, connection: LocalConnection::None });
+                self.homes.len() - 1
+            }
+        };
+        self.homes.get_mut(position)
+    }
+}
+
+/// Puts a runtime's entry back to "not connected" if its connecting task
+/// is dropped unfinished (the runtime shut down meanwhile).
+struct ConnectingReset {
+    shared: Option<Arc<Shared>>,
+    runtime: tokio::runtime::Id,
+    thread: ThreadId,
+}
+
+impl Drop for ConnectingReset {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else { return };
+        let mut local = shared.local.lock();
+        if let Some(home) =
+            local.homes.iter_mut().find(|home| home.runtime == self.runtime && home.thread == self.thread)
+            && matches!(home.connection, LocalConnection::Connecting)
+        {
+            home.connection = LocalConnection::None;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -205,97 +256,97 @@ impl Connection {
         !self.current.home_gone.load(Ordering::Acquire)
     }
 
-    /// Where the caller's commands go (see the module docs).
-    fn route(&self) -> Route {
-        let Ok(caller) = Handle::try_current() else { return Route::Shared };
+    /// The caller's runtime's own connection, if it has one and is being
+    /// driven by the caller's thread right now; `None`: use the shared one.
+    /// Starts connecting one for a driven runtime that has none.
+    async fn local(&self) -> Option<ConnectionManager> {
+        let caller = Handle::try_current().ok()?;
         if caller.runtime_flavor() != RuntimeFlavor::CurrentThread {
-            return Route::Shared;
+            return None;
         }
         let (runtime, thread) = (caller.id(), std::thread::current().id());
-        let mut local = self.shared.local.lock();
-        local.homes.retain(|home| !home.homed.home_gone.load(Ordering::Acquire));
-        if let Some(home) = local.homes.iter().find(|home| home.runtime == runtime && home.thread == thread) {
-            return Route::Local(home.homed.manager.clone());
-        }
-        let retry_later = local.failed_at.is_some_and(|at| at.elapsed() < LOCAL_RETRY_AFTER);
-        if retry_later || local.homes.len() >= MAX_LOCAL_HOMES || local.undriven.contains(&(runtime, thread)) {
-            return Route::Shared;
-        }
-        Route::NewLocal(runtime, thread)
-    }
-
-    /// Connects a connection homed on the caller's runtime, if a task
-    /// spawned there runs while the caller yields; `None` to use the shared
-    /// one.
-    async fn connect_local(&self, runtime: tokio::runtime::Id, thread: ThreadId) -> Option<ConnectionManager> {
-        let probed = Arc::new(AtomicBool::new(false));
-        let probe = probed.clone();
-        tokio::spawn(async move { probe.store(true, Ordering::Release) });
+        let probe = {
+            let mut local = self.shared.local.lock();
+            let home = local.entry(runtime, thread)?;
+            if home.probe.as_ref().is_some_and(|ran| !ran.load(Ordering::Acquire)) {
+                return None; // an earlier probe still waits to run
+            }
+            let probe = Arc::new(AtomicBool::new(false));
+            home.probe = Some(probe.clone());
+            probe
+        };
+        // Runs only if this runtime's scheduler runs while we yield: not
+        // under `Handle::block_on`, nor in an executor blocking inside a task.
+        let ran = probe.clone();
+        tokio::spawn(async move { ran.store(true, Ordering::Release) });
         for _ in 0..PROBE_YIELDS {
-            if probed.load(Ordering::Acquire) {
+            if probe.load(Ordering::Acquire) {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        if !probed.load(Ordering::Acquire) {
-            tracing::debug!(
-                backend = crate::BACKEND,
-                "this current-thread runtime does not run its tasks while the caller waits; commands from it use the \
-                 shared connection"
-            );
-            let mut local = self.shared.local.lock();
-            if local.undriven.len() >= MAX_LOCAL_HOMES {
-                local.undriven.remove(0);
-            }
-            local.undriven.push((runtime, thread));
+        if !probe.load(Ordering::Acquire) {
             return None;
         }
-        let manager = match self.shared.client.get_connection_manager_with_config(self.shared.config.clone()).await {
-            Ok(manager) => manager,
+        let mut local = self.shared.local.lock();
+        let failed_lately = local.failed_at.is_some_and(|at| at.elapsed() < LOCAL_RETRY_AFTER);
+        let home = local.entry(runtime, thread)?;
+        match &home.connection {
+            LocalConnection::Connected { homed, .. } => return Some(homed.manager.clone()),
+            LocalConnection::Connecting => return None,
+            LocalConnection::None if failed_lately => return None,
+            LocalConnection::None => home.connection = LocalConnection::Connecting,
+        }
+        drop(local);
+        // Connected by a task of this runtime, so that its driver lives
+        // here; this command and those until it is ready use the shared one.
+        let reset = ConnectingReset { shared: Some(self.shared.clone()), runtime, thread };
+        tokio::spawn(Self::connect_local(reset));
+        None
+    }
+
+    /// Connects the runtime's own connection (a task on that runtime).
+    async fn connect_local(mut reset: ConnectingReset) {
+        let Some(shared) = reset.shared.clone() else { return };
+        let connected = shared.client.get_connection_manager_with_config(shared.config.clone()).await;
+        let connection = match connected {
+            Ok(manager) => {
+                let home_gone = Arc::new(AtomicBool::new(false));
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let flag = SetOnDrop(home_gone.clone());
+                tokio::spawn(async move {
+                    let _flag = flag;
+                    let _ = stopped.await;
+                });
+                LocalConnection::Connected { homed: Homed { manager, home_gone }, _stop_watch: stop }
+            }
             Err(e) => {
-                tracing::debug!(backend = crate::BACKEND, error = %e, "connecting this runtime's own connection failed; using the shared one");
-                self.shared.local.lock().failed_at = Some(Instant::now());
-                return None;
+                tracing::debug!(backend = crate::BACKEND, error = %e, "connecting a runtime's own connection failed; its commands use the shared one");
+                LocalConnection::None
             }
         };
-        let home_gone = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let flag = SetOnDrop(home_gone.clone());
-        tokio::spawn(async move {
-            let _flag = flag;
-            let _ = stopped.await;
-        });
-        let mut local = self.shared.local.lock();
-        local.failed_at = None;
-        // Another task of this runtime may have connected meanwhile.
-        if let Some(home) = local.homes.iter().find(|home| home.runtime == runtime && home.thread == thread) {
-            return Some(home.homed.manager.clone());
+        let mut local = shared.local.lock();
+        local.failed_at = match connection {
+            LocalConnection::Connected { .. } => None,
+            _ => Some(Instant::now()),
+        };
+        if let Some(home) =
+            local.homes.iter_mut().find(|home| home.runtime == reset.runtime && home.thread == reset.thread)
+        {
+            home.connection = connection;
         }
-        if local.homes.len() >= MAX_LOCAL_HOMES {
-            return None;
-        }
-        local.homes.push(LocalHome {
-            runtime,
-            thread,
-            homed: Homed { manager: manager.clone(), home_gone },
-            _stop_watch: stop,
-        });
-        Some(manager)
+        reset.shared = None; // done: nothing to reset
     }
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self.route() {
-            Route::Local(mut manager) => Box::pin(async move { manager.req_packed_command(cmd).await }),
-            Route::NewLocal(runtime, thread) => Box::pin(async move {
-                match self.connect_local(runtime, thread).await {
-                    Some(mut manager) => manager.req_packed_command(cmd).await,
-                    None => self.shared_command(cmd).await,
-                }
-            }),
-            Route::Shared => self.shared_command(cmd),
-        }
+        Box::pin(async move {
+            match self.local().await {
+                Some(mut manager) => manager.req_packed_command(cmd).await,
+                None => self.shared_command(cmd).await,
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -304,18 +355,12 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self.route() {
-            Route::Local(mut manager) => {
-                Box::pin(async move { manager.req_packed_commands(pipeline, offset, count).await })
+        Box::pin(async move {
+            match self.local().await {
+                Some(mut manager) => manager.req_packed_commands(pipeline, offset, count).await,
+                None => self.shared_commands(pipeline, offset, count).await,
             }
-            Route::NewLocal(runtime, thread) => Box::pin(async move {
-                match self.connect_local(runtime, thread).await {
-                    Some(mut manager) => manager.req_packed_commands(pipeline, offset, count).await,
-                    None => self.shared_commands(pipeline, offset, count).await,
-                }
-            }),
-            Route::Shared => self.shared_commands(pipeline, offset, count),
-        }
+        })
     }
 
     fn get_db(&self) -> i64 {

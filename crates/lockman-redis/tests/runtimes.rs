@@ -13,7 +13,7 @@ use lockman_testkit::relay::{Direction, TcpRelay};
 use lockman_testkit::runtimes;
 
 /// Connects managers to `server` with `lease` as their default lease.
-fn connect(server: &RedisServer, lease: Duration) -> impl runtimes::Connect {
+fn connect(server: &RedisServer, lease: Duration) -> impl runtimes::Connect + Send + use<> {
     let options = RedisOptions::new(server.url()).default_lease(lease).response_timeout(Duration::from_secs(2));
     move || {
         let options = options.clone();
@@ -80,6 +80,22 @@ fn wait_for_clients(server: &RedisServer, n: usize, why: &str) {
     }
 }
 
+/// Cycles on `runtime` until `server` has `n` clients (a runtime's own
+/// connection is made by a task on it, which runs while it is driven);
+/// at most 5 s.
+fn cycle_until_clients(
+    server: &RedisServer,
+    runtime: &tokio::runtime::Runtime,
+    locks: &Arc<dyn LockManager>,
+    n: usize,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while clients(server) != n {
+        assert!(std::time::Instant::now() < deadline, "{} clients after 5 s of cycles, expected {n}", clients(server));
+        runtimes::cycle_on(runtime, locks, "own-connection");
+    }
+}
+
 /// A current-thread runtime's commands go over a connection of its own,
 /// homed on that runtime (no hop to lockman's background thread and back
 /// per command): one more client while it lives, reused by every command,
@@ -90,21 +106,35 @@ fn a_current_thread_runtime_gets_its_own_connection_while_it_lives() {
     let connecting = runtimes::current_thread();
     let locks = runtimes::connect_on(&connecting, &connect(&server, Duration::from_secs(30)));
     let base = clients(&server);
-    runtimes::cycle_on(&connecting, &locks, "own-connection");
-    assert_eq!(clients(&server), base + 1, "the connecting runtime's first command did not get its own connection");
+    cycle_until_clients(&server, &connecting, &locks, base + 1);
     for _ in 0..5 {
         runtimes::cycle_on(&connecting, &locks, "own-connection");
     }
     assert_eq!(clients(&server), base + 1, "commands from one runtime opened more than one connection");
     let other = runtimes::current_thread();
-    runtimes::cycle_on(&other, &locks, "own-connection");
-    assert_eq!(clients(&server), base + 2, "a second runtime did not get its own connection");
+    cycle_until_clients(&server, &other, &locks, base + 2);
     drop(other);
     wait_for_clients(&server, base + 1, "the dropped runtime's connection stayed open");
     drop(connecting);
     wait_for_clients(&server, base, "the connecting runtime's own connection stayed open after it was dropped");
     // The manager still works, from a new runtime.
     runtimes::cycle_on(&runtimes::current_thread(), &locks, "own-connection");
+}
+
+#[test]
+fn works_under_handle_block_on_on_the_thread_that_drove_the_runtime() {
+    let Some(server) = RedisServer::start() else { return };
+    runtimes::works_under_handle_block_on_on_the_thread_that_drove_the_runtime(connect(
+        &server,
+        Duration::from_secs(30),
+    ));
+}
+
+#[test]
+fn a_guard_dropped_as_its_runtime_shuts_down_is_not_renewed_forever() {
+    let Some(server) = RedisServer::start() else { return };
+    let lease = Duration::from_millis(600);
+    runtimes::a_guard_dropped_as_its_runtime_shuts_down_is_not_renewed_forever(connect(&server, lease), lease);
 }
 
 #[test]

@@ -107,6 +107,64 @@ pub fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime
     cycle_on(&runtime, &locks, "foreign-block-on");
 }
 
+/// The same on the thread that drove the runtime before (by
+/// `Runtime::block_on`, for a while, so that anything a backend keeps for
+/// that runtime is in place) and now calls `Handle::block_on`, which does
+/// not drive it.
+pub fn works_under_handle_block_on_on_the_thread_that_drove_the_runtime(connect: impl Connect + Send + 'static) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let runtime = current_thread();
+        let locks = connect_on(&runtime, &connect);
+        for _ in 0..20 {
+            cycle_on(&runtime, &locks, "same-thread-block-on");
+        }
+        let cycled = runtime.handle().block_on(async {
+            let guard = locks.acquire("same-thread-block-on", AcquireOptions::new()).await?;
+            guard.release().await
+        });
+        let _ = done_tx.send(cycled);
+        // Driven again afterwards, it still works.
+        cycle_on(&runtime, &locks, "same-thread-block-on");
+    });
+    match done_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(cycled) => cycled.expect("acquire and release under Handle::block_on"),
+        Err(_) => {
+            panic!("a cycle under Handle::block_on on the runtime's own thread hung: it waits on the idle runtime")
+        }
+    }
+    worker.join().expect("worker");
+}
+
+/// A guard (on the manager's default lease, which core renews) dropped on
+/// a current-thread runtime that is dropped before the release task that
+/// the guard's drop spawned there could run: nobody holds the lock, so it
+/// must not be renewed forever — another runtime gets it within
+/// `default_lease` × 5 (its lease runs out, or a release goes through).
+pub fn a_guard_dropped_as_its_runtime_shuts_down_is_not_renewed_forever(
+    connect: impl Connect,
+    default_lease: Duration,
+) {
+    let runtime = current_thread();
+    let locks = connect_on(&runtime, &connect);
+    runtime.block_on(async {
+        let guard = locks.acquire("orphaned", AcquireOptions::new()).await.expect("acquire");
+        // Its release is spawned on this runtime, which returns from
+        // `block_on` before running it, and is dropped next.
+        drop(guard);
+    });
+    drop(runtime);
+    let other = current_thread();
+    other.block_on(async {
+        let options = AcquireOptions::new().timeout(default_lease * 5);
+        let guard = locks
+            .acquire("orphaned", options)
+            .await
+            .expect("the dropped guard's lock was still renewed long after its runtime shut down");
+        guard.release().await.expect("release");
+    });
+}
+
 /// Connected on a current-thread runtime that is then dropped.
 pub fn works_after_the_connecting_runtime_is_dropped(connect: impl Connect) {
     let connecting = current_thread();

@@ -32,15 +32,40 @@ pub(super) struct Held<B: LockBackend> {
     /// Live guards; changed under the reentry table lock when `reentrant`.
     pub(super) count: AtomicU32,
     pub(super) reentrant: bool,
-    pub(super) ended: AtomicBool,
-    pub(super) ended_notify: Notify,
+    /// Whether the grant ended, and where its watcher waits to start.
+    pub(super) keeping: Arc<Keeping>,
     /// Held while renewing, so a release never races a renewal.
     pub(super) renew_gate: tokio::sync::Mutex<()>,
     /// Told (one permit) when `extend` changed the lease, so the watchdog or
     /// expiry timer re-arms for the new length instead of the old one.
     pub(super) lease_changed: Notify,
-    /// Where the watchdog or expiry timer waits to start (see `watch`).
+}
+
+/// Whether a grant has ended, told to its watchdog or expiry timer, and
+/// where that waits to start (see `watch`). Shared with the release task of
+/// a dropped guard, which ends it if the task is dropped unrun (its runtime
+/// shut down): the store's lease then runs out instead of being renewed
+/// forever for a guard nobody holds.
+#[derive(Default)]
+pub(crate) struct Keeping {
+    ended: AtomicBool,
+    ended_notify: Notify,
     pub(super) deferred_watch: Mutex<Option<watch::Key>>,
+}
+
+impl Keeping {
+    pub(super) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Ends it: a running watcher returns, a deferred one never starts.
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ended_notify.notify_waiters();
+        let deferred = self.deferred_watch.lock().take();
+        // Dropped here, unstarted, outside the scheduler's lock.
+        drop(deferred.and_then(watch::cancel));
+    }
 }
 
 pub(super) struct LeaseState {
@@ -76,7 +101,7 @@ impl<B: LockBackend> Held<B> {
         // A lease is over when the clock says so, even if no timer has fired
         // yet (or there is no runtime to run one), and even if the watchdog
         // is still waiting for an answer to its renewal.
-        if !self.ended.load(Ordering::Acquire) {
+        if !self.keeping.has_ended() {
             let expired = self.lease.lock().deadline.is_some_and(|at| at <= Instant::now());
             if expired {
                 self.loss().mark_lost(LostReason::LeaseExpired);
@@ -104,12 +129,10 @@ impl<B: LockBackend> Held<B> {
 
     pub(super) fn begin_end(&self) {
         self.is_lost(); // a lease that ran out is reported before we release
-        self.ended.store(true, Ordering::Release);
         if self.watched {
-            self.ended_notify.notify_waiters();
-            let deferred = self.deferred_watch.lock().take();
-            // Dropped here, unstarted, outside the scheduler's lock.
-            drop(deferred.and_then(watch::cancel));
+            self.keeping.end();
+        } else {
+            self.keeping.ended.store(true, Ordering::Release); // nobody waits to be told
         }
     }
 
@@ -180,7 +203,7 @@ impl<B: LockBackend> Held<B> {
                 Wake::Due => {}
             }
             let _gate = held.renew_gate.lock().await;
-            if held.ended.load(Ordering::Acquire) || held.is_lost() {
+            if held.keeping.has_ended() || held.is_lost() {
                 return;
             }
             let (length, deadline) = {
@@ -254,10 +277,10 @@ impl<B: LockBackend> Held<B> {
     /// or until the lease runs out if that comes first (so a loss is reported
     /// at the lease's end, never later).
     async fn sleep_until(&self, at: Instant) -> Wake {
-        let ended = self.ended_notify.notified();
+        let ended = self.keeping.ended_notify.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        if self.ended.load(Ordering::Acquire) {
+        if self.keeping.has_ended() {
             return Wake::Ended;
         }
         let lease_end = self.lease.lock().deadline;
@@ -266,10 +289,10 @@ impl<B: LockBackend> Held<B> {
             _ = ended => Wake::Ended,
             // A permit is stored if the extension came before we got here.
             _ = self.lease_changed.notified() => {
-                if self.ended.load(Ordering::Acquire) { Wake::Ended } else { Wake::LeaseChanged }
+                if self.keeping.has_ended() { Wake::Ended } else { Wake::LeaseChanged }
             }
             _ = tokio::time::sleep_until(at) => {
-                if self.ended.load(Ordering::Acquire) { Wake::Ended } else { Wake::Due }
+                if self.keeping.has_ended() { Wake::Ended } else { Wake::Due }
             }
         }
     }
@@ -304,6 +327,10 @@ impl<B: LockBackend> GrantHandle for Held<B> {
 
     fn is_lost(&self) -> bool {
         Held::is_lost(self)
+    }
+
+    fn keeping(&self) -> Option<Arc<Keeping>> {
+        self.watched.then(|| self.keeping.clone())
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
@@ -355,7 +382,7 @@ impl<B: LockBackend> GrantHandle for Held<B> {
                 drop(state);
                 self.lease_changed.notify_one();
                 // The new lease may end before the deferred watcher would start.
-                if let Some(key) = self.deferred_watch.lock().take() {
+                if let Some(key) = self.keeping.deferred_watch.lock().take() {
                     watch::start_now(key);
                 }
                 Ok(())

@@ -2,7 +2,7 @@
 //!
 //! A grant with a lease needs a task that renews it (the watchdog) or
 //! reports its end (the expiry timer), running where the caller's blocking
-//! cannot stop it: lockman's background runtime. Spawning that task for
+//! cannot stop it (`runtime::spawn_detached`). Spawning that task for
 //! every grant, and waking it again at the release, cost the background
 //! thread two or three wake-ups per lock cycle — most of a short critical
 //! section's overhead — though most grants are released long before their
@@ -10,10 +10,10 @@
 //!
 //! So a grant's task waits here, unstarted, until then: one scheduler task
 //! on the background runtime sleeps until the earliest due time and spawns
-//! the tasks that are due. A grant released first takes its task back out
+//! the tasks that are due, each where it would have run at once. A grant released first takes its task back out
 //! ([`cancel`]), and nothing ever ran. Registering wakes the scheduler only
 //! when the new due time is earlier than the one it sleeps until — with
-//! one lease length, about once per renewal period, not once per grant.
+//! one lease length, about twice per renewal period, not once per grant.
 //! `extend` starts the task at once ([`start_now`]), as the new lease may be
 //! shorter than the scheduler's plan for it.
 
@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::LazyLock;
 
 use parking_lot::Mutex;
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -36,7 +37,8 @@ pub(super) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(super) type Key = (Instant, u64);
 
 struct Deferred {
-    tasks: BTreeMap<Key, Task>,
+    /// Each task with the runtime it is to run on.
+    tasks: BTreeMap<Key, (Task, Handle)>,
     next_number: u64,
     /// When the scheduler looks next (`None`: when told).
     looks_at: Option<Instant>,
@@ -48,13 +50,14 @@ static DEFERRED: LazyLock<(Mutex<Deferred>, Notify)> = LazyLock::new(|| {
     (Mutex::new(deferred), Notify::new())
 });
 
-/// Files `task` to start on the background runtime at `due`; the key takes
-/// it back. `None` if it was started at once instead (the background
-/// runtime cannot start: it runs where [`runtime::spawn_detached`] puts it).
+/// Files `task` to start at `due` where [`runtime::spawn_detached`] would
+/// run it now (the caller's multi-thread runtime, else the background one);
+/// the key takes it back. `None` if it was started at once instead (the
+/// background runtime, which runs the scheduler, cannot start).
 pub(super) fn defer(due: Instant, task: Task) -> Option<Key> {
-    let background = match runtime::background() {
-        Ok(background) => background,
-        Err(_) => {
+    let (background, home) = match (runtime::background(), runtime::detached_home()) {
+        (Ok(background), Ok(home)) => (background, home),
+        _ => {
             runtime::spawn_detached(task);
             return None;
         }
@@ -63,7 +66,7 @@ pub(super) fn defer(due: Instant, task: Task) -> Option<Key> {
     let mut state = deferred.lock();
     let key = (due, state.next_number);
     state.next_number += 1;
-    state.tasks.insert(key, task);
+    state.tasks.insert(key, (task, home));
     let mut tell = state.looks_at.is_none_or(|at| due < at);
     if !state.scheduler_started {
         state.scheduler_started = true;
@@ -82,18 +85,14 @@ pub(super) fn defer(due: Instant, task: Task) -> Option<Key> {
 
 /// Takes the task filed under `key` back, unstarted, if it is still here.
 pub(super) fn cancel(key: Key) -> Option<Task> {
-    DEFERRED.0.lock().tasks.remove(&key)
+    DEFERRED.0.lock().tasks.remove(&key).map(|(task, _)| task)
 }
 
 /// Starts the task filed under `key` now, if it has not started yet.
 pub(super) fn start_now(key: Key) {
-    if let Some(task) = cancel(key) {
-        match runtime::background() {
-            Ok(background) => {
-                background.spawn(task);
-            }
-            Err(_) => runtime::spawn_detached(task),
-        }
+    let filed = DEFERRED.0.lock().tasks.remove(&key);
+    if let Some((task, home)) = filed {
+        home.spawn(task);
     }
 }
 
@@ -108,8 +107,10 @@ async fn schedule() {
             state.looks_at = state.tasks.keys().next().map(|(at, _)| *at);
             (due, state.looks_at)
         };
-        for task in due.into_values() {
-            tokio::spawn(task);
+        for (task, home) in due.into_values() {
+            // On a runtime that has shut down meanwhile it is dropped, as it
+            // would have been had it started there at once.
+            home.spawn(task);
         }
         // A permit is stored if a registration told us before we wait.
         match looks_at {
