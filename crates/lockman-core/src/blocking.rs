@@ -220,7 +220,12 @@ impl BlockingLockGuard {
         // trip through the runtime.
         match guard.release_now() {
             Ok(released) => released,
-            Err(later) => block_on(later.release_later())?,
+            Err(later) => {
+                // If `block_on` refuses (called inside a runtime) the release
+                // never runs: end the renewal, so the lease runs out.
+                let _end_keeping = crate::guard::EndOnDrop(later.keeping());
+                block_on(later.release_later())?
+            }
         }
     }
 }

@@ -221,7 +221,7 @@ impl Drop for LockGuard {
 }
 
 /// Ends a grant's keeping when dropped (see [`GrantHandle::keeping`]).
-struct EndOnDrop(Option<Arc<crate::locks::Keeping>>);
+pub(crate) struct EndOnDrop(pub(crate) Option<Arc<crate::locks::Keeping>>);
 
 impl Drop for EndOnDrop {
     fn drop(&mut self) {

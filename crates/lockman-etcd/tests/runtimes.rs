@@ -47,6 +47,12 @@ fn works_under_handle_block_on_on_the_thread_that_drove_the_runtime() {
 }
 
 #[test]
+fn works_from_an_executor_blocking_inside_the_runtime() {
+    let Some(server) = EtcdServer::start() else { return };
+    runtimes::works_from_an_executor_blocking_inside_the_runtime(connect(&server));
+}
+
+#[test]
 fn works_from_a_thread_without_a_runtime() {
     let Some(server) = EtcdServer::start() else { return };
     runtimes::works_from_a_thread_without_a_runtime(connect(&server));

@@ -23,11 +23,12 @@
 //! on the caller's thread while the caller awaits the reply, and a command
 //! costs no wake-up of the background thread and back — about four context
 //! switches per lock cycle, most of the client's CPU in it. Whether the
-//! runtime is being driven is checked before **every** command: a probe
-//! task spawned on it must run while the caller yields once. Under
-//! `Handle::block_on` from a thread that does not drive the runtime, or in
-//! an executor that blocks inside a task, it does not, and the command goes
-//! over the shared connection, as every command did before. The runtime's
+//! runtime is being driven by the caller's thread is checked before
+//! **every** command: a probe task spawned on it must run, on that thread,
+//! while the caller steps aside once. Under `Handle::block_on` (from any
+//! thread), or in an executor that blocks inside a task, it does not, and
+//! the command goes over the shared connection, as every command did
+//! before. The runtime's
 //! own connection is made by a task on that runtime (meanwhile its commands
 //! use the shared one); a failed attempt is retried after
 //! [`LOCAL_RETRY_AFTER`], and a runtime that shuts down takes its
@@ -45,8 +46,8 @@
 //! by the callers' timeouts instead.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -103,9 +104,9 @@ struct LocalHomes {
 struct LocalHome {
     runtime: tokio::runtime::Id,
     thread: ThreadId,
-    /// The last probe task's flag, set once it ran. While it has not, the
-    /// runtime is not being driven, and no second probe is spawned.
-    probe: Option<Arc<AtomicBool>>,
+    /// The thread the last probe task ran on, set once it ran. While it has
+    /// not, the runtime is not being driven, and no second probe is spawned.
+    probe: Option<Arc<OnceLock<ThreadId>>>,
     connection: LocalConnection,
 }
 
@@ -132,8 +133,17 @@ impl LocalHomes {
             Some(position) => position,
             None => {
                 if self.homes.len() >= MAX_LOCAL_HOMES {
-                    let idle = self.homes.iter().position(|home| matches!(home.connection, LocalConnection::None))?;
-                    self.homes.remove(idle);
+                    // An entry with no connection, one whose probe ran before
+                    // one whose probe still waits (forgetting that would let
+                    // probes pile up on a runtime nobody drives).
+                    let unconnected = |home: &&LocalHome| matches!(home.connection, LocalConnection::None);
+                    let waiting = |home: &LocalHome| home.probe.as_ref().is_some_and(|ran_on| ran_on.get().is_none());
+                    let evict = self
+                        .homes
+                        .iter()
+                        .position(|home| unconnected(&home) && !waiting(home))
+                        .or_else(|| self.homes.iter().position(|home| unconnected(&home)))?;
+                    self.homes.remove(evict);
                 }
                 self.homes.push(LocalHome { runtime, thread, probe: None, connection: LocalConnection::None });
                 self.homes.len() - 1
@@ -268,24 +278,28 @@ impl Connection {
         let probe = {
             let mut local = self.shared.local.lock();
             let home = local.entry(runtime, thread)?;
-            if home.probe.as_ref().is_some_and(|ran| !ran.load(Ordering::Acquire)) {
+            if home.probe.as_ref().is_some_and(|ran_on| ran_on.get().is_none()) {
                 return None; // an earlier probe still waits to run
             }
-            let probe = Arc::new(AtomicBool::new(false));
+            let probe = Arc::new(OnceLock::new());
             home.probe = Some(probe.clone());
             probe
         };
-        // Runs only if this runtime's scheduler runs while we yield: not
-        // under `Handle::block_on`, nor in an executor blocking inside a task.
-        let ran = probe.clone();
-        tokio::spawn(async move { ran.store(true, Ordering::Release) });
+        // Runs on this thread only if this runtime's scheduler runs here
+        // while we step aside: not under `Handle::block_on` (nor while
+        // another thread drives the runtime), nor in an executor blocking
+        // inside a task.
+        let ran_on = probe.clone();
+        tokio::spawn(async move {
+            let _ = ran_on.set(std::thread::current().id());
+        });
         for _ in 0..PROBE_YIELDS {
-            if probe.load(Ordering::Acquire) {
+            if probe.get().is_some() {
                 break;
             }
-            tokio::task::yield_now().await;
+            step_aside().await;
         }
-        if !probe.load(Ordering::Acquire) {
+        if probe.get() != Some(&thread) {
             return None;
         }
         let mut local = self.shared.local.lock();
@@ -400,4 +414,22 @@ impl Connection {
             InBackground::new(background, manager.req_packed_commands(pipeline, offset, count)).await
         })
     }
+}
+
+/// Lets the scheduler run what is queued before the caller continues, where
+/// one runs it: wakes itself and returns `Pending` once. Unlike
+/// `tokio::task::yield_now`, whose wake-up tokio defers until the caller
+/// goes back to the scheduler, this is polled again at once by an executor
+/// that blocks inside a task, so the probe loop ends there instead of
+/// hanging.
+fn step_aside() -> impl std::future::Future<Output = ()> {
+    let mut stepped = false;
+    std::future::poll_fn(move |cx| {
+        if stepped {
+            return std::task::Poll::Ready(());
+        }
+        stepped = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
 }

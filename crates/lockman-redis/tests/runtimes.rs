@@ -138,6 +138,12 @@ fn a_guard_dropped_as_its_runtime_shuts_down_is_not_renewed_forever() {
 }
 
 #[test]
+fn works_from_an_executor_blocking_inside_the_runtime() {
+    let Some(server) = RedisServer::start() else { return };
+    runtimes::works_from_an_executor_blocking_inside_the_runtime(connect(&server, Duration::from_secs(30)));
+}
+
+#[test]
 fn works_from_a_thread_without_a_runtime() {
     let Some(server) = RedisServer::start() else { return };
     runtimes::works_from_a_thread_without_a_runtime(connect(&server, Duration::from_secs(30)));

@@ -77,6 +77,28 @@ pub fn works_from_another_runtime_while_the_connecting_one_is_idle(connect: impl
     drop(connecting);
 }
 
+/// Runs `work` on a thread of its own, which sends the outcome of one
+/// cycle through the sender it is given; panics, naming `what`, if that
+/// outcome is an error or does not come within 5 s (the thread is left
+/// hanging then).
+fn cycle_completes_in_time(
+    what: &str,
+    work: impl FnOnce(std::sync::mpsc::Sender<Result<(), lockman_core::LockError>>) + Send + 'static,
+) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || work(done_tx));
+    match done_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(cycled) => cycled.unwrap_or_else(|e| panic!("acquire and release {what}: {e}")),
+        Err(_) => panic!("a cycle {what} hung: it waits on a runtime that runs nothing meanwhile"),
+    }
+    worker.join().expect("worker");
+}
+
+/// One acquire and release of `resource`, reporting the outcome.
+async fn cycle(locks: &Arc<dyn LockManager>, resource: &str) -> Result<(), lockman_core::LockError> {
+    locks.acquire(resource, AcquireOptions::new()).await?.release().await
+}
+
 /// Used through `Handle::block_on` on a current-thread runtime from a
 /// thread that does not drive it (its tasks, IO and timers stand still
 /// meanwhile), after that runtime's own thread used the manager: the cycle
@@ -87,22 +109,10 @@ pub fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime
     let locks = connect_on(&runtime, &connect);
     cycle_on(&runtime, &locks, "foreign-block-on");
     let handle = runtime.handle().clone();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let worker = {
-        let locks = locks.clone();
-        std::thread::spawn(move || {
-            let cycled = handle.block_on(async {
-                let guard = locks.acquire("foreign-block-on", AcquireOptions::new()).await?;
-                guard.release().await
-            });
-            let _ = done_tx.send(cycled);
-        })
-    };
-    match done_rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(cycled) => cycled.expect("acquire and release under Handle::block_on"),
-        Err(_) => panic!("a cycle under Handle::block_on from a foreign thread hung: it waits on the idle runtime"),
-    }
-    worker.join().expect("worker");
+    let foreign = locks.clone();
+    cycle_completes_in_time("under Handle::block_on from a foreign thread", move |done| {
+        let _ = done.send(handle.block_on(cycle(&foreign, "foreign-block-on")));
+    });
     // The runtime's own thread still works afterwards.
     cycle_on(&runtime, &locks, "foreign-block-on");
 }
@@ -112,28 +122,16 @@ pub fn works_under_handle_block_on_from_a_thread_that_does_not_drive_the_runtime
 /// that runtime is in place) and now calls `Handle::block_on`, which does
 /// not drive it.
 pub fn works_under_handle_block_on_on_the_thread_that_drove_the_runtime(connect: impl Connect + Send + 'static) {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
+    cycle_completes_in_time("under Handle::block_on on the runtime's own thread", move |done| {
         let runtime = current_thread();
         let locks = connect_on(&runtime, &connect);
         for _ in 0..20 {
             cycle_on(&runtime, &locks, "same-thread-block-on");
         }
-        let cycled = runtime.handle().block_on(async {
-            let guard = locks.acquire("same-thread-block-on", AcquireOptions::new()).await?;
-            guard.release().await
-        });
-        let _ = done_tx.send(cycled);
+        let _ = done.send(runtime.handle().block_on(cycle(&locks, "same-thread-block-on")));
         // Driven again afterwards, it still works.
         cycle_on(&runtime, &locks, "same-thread-block-on");
     });
-    match done_rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(cycled) => cycled.expect("acquire and release under Handle::block_on"),
-        Err(_) => {
-            panic!("a cycle under Handle::block_on on the runtime's own thread hung: it waits on the idle runtime")
-        }
-    }
-    worker.join().expect("worker");
 }
 
 /// A guard (on the manager's default lease, which core renews) dropped on
@@ -162,6 +160,42 @@ pub fn a_guard_dropped_as_its_runtime_shuts_down_is_not_renewed_forever(
             .await
             .expect("the dropped guard's lock was still renewed long after its runtime shut down");
         guard.release().await.expect("release");
+    });
+}
+
+/// Runs `future` to completion on the calling thread, parking it between
+/// polls: an executor that blocks, as `futures::executor::block_on` does.
+fn block_in_place_of_the_runtime<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// Used from an executor that blocks inside a current-thread runtime (the
+/// runtime's thread is stuck in it, so the runtime runs nothing meanwhile),
+/// after that thread drove the runtime for a while: the cycle completes
+/// within 5 s.
+pub fn works_from_an_executor_blocking_inside_the_runtime(connect: impl Connect + Send + 'static) {
+    cycle_completes_in_time("in an executor blocking inside the runtime", move |done| {
+        let runtime = current_thread();
+        let locks = connect_on(&runtime, &connect);
+        for _ in 0..20 {
+            cycle_on(&runtime, &locks, "blocking-executor");
+        }
+        let cycled = runtime.block_on(async { block_in_place_of_the_runtime(cycle(&locks, "blocking-executor")) });
+        let _ = done.send(cycled);
     });
 }
 
