@@ -80,8 +80,11 @@ async fn shared_holders_hold_together_in_one_manager_and_across_managers() {
     let listed = two.list().await.expect("list");
     assert_eq!(listed.len(), 1, "one LockInfo per resource: {listed:?}");
     assert_eq!(listed[0].holders.len(), 3);
-    // A timeout names every holder.
-    let err = two.acquire("r", AcquireOptions::new().timeout(Duration::from_millis(50))).await.expect_err("timeout");
+    // A timeout names every holder. (Without waiting: a timed-out wait
+    // leaves its helper thread blocked in the kernel for the lock, which
+    // then holds it for a moment once the readers are gone, and `state`
+    // below would catch that moment.)
+    let err = two.acquire("r", AcquireOptions::new().no_wait()).await.expect_err("timeout");
     let LockError::Timeout { holder: Some(holder), .. } = &err else { panic!("{err}") };
     assert_eq!(holder.holders.len(), 3, "{err}");
     assert!(err.to_string().contains("also held by"), "{err}");
