@@ -270,6 +270,19 @@ impl Connection {
     /// driven by the caller's thread right now; `None`: use the shared one.
     /// Starts connecting one for a driven runtime that has none.
     async fn local(&self) -> Option<ConnectionManager> {
+        self.local_or_connect(false).await
+    }
+
+    /// Makes the caller's runtime's own connection now, if the caller's
+    /// thread drives a current-thread runtime: connecting from one, its
+    /// first commands then need no hop either.
+    pub(crate) async fn home_on_caller(&self) {
+        self.local_or_connect(true).await;
+    }
+
+    /// [`local`](Self::local); with `wait`, connects a missing connection
+    /// before returning instead of in a task of its own.
+    async fn local_or_connect(&self, wait: bool) -> Option<ConnectionManager> {
         let caller = Handle::try_current().ok()?;
         if caller.runtime_flavor() != RuntimeFlavor::CurrentThread {
             return None;
@@ -302,21 +315,30 @@ impl Connection {
         if probe.get() != Some(&thread) {
             return None;
         }
-        let mut local = self.shared.local.lock();
-        let failed_lately = local.failed_at.is_some_and(|at| at.elapsed() < LOCAL_RETRY_AFTER);
-        let home = local.entry(runtime, thread)?;
-        match &home.connection {
-            LocalConnection::Connected { homed, .. } => return Some(homed.manager.clone()),
-            LocalConnection::Connecting => return None,
-            LocalConnection::None if failed_lately => return None,
-            LocalConnection::None => home.connection = LocalConnection::Connecting,
+        {
+            let mut local = self.shared.local.lock();
+            let failed_lately = local.failed_at.is_some_and(|at| at.elapsed() < LOCAL_RETRY_AFTER);
+            let home = local.entry(runtime, thread)?;
+            match &home.connection {
+                LocalConnection::Connected { homed, .. } => return Some(homed.manager.clone()),
+                LocalConnection::Connecting => return None,
+                LocalConnection::None if failed_lately => return None,
+                LocalConnection::None => home.connection = LocalConnection::Connecting,
+            }
         }
-        drop(local);
         // Connected by a task of this runtime, so that its driver lives
         // here; this command and those until it is ready use the shared one.
         let reset = ConnectingReset { shared: Some(self.shared.clone()), runtime, thread };
-        tokio::spawn(Self::connect_local(reset));
-        None
+        if !wait {
+            tokio::spawn(Self::connect_local(reset));
+            return None;
+        }
+        Self::connect_local(reset).await;
+        let mut local = self.shared.local.lock();
+        match &local.entry(runtime, thread)?.connection {
+            LocalConnection::Connected { homed, .. } => Some(homed.manager.clone()),
+            _ => None,
+        }
     }
 
     /// Connects the runtime's own connection (a task on that runtime).
@@ -335,7 +357,11 @@ impl Connection {
                 LocalConnection::Connected { homed: Homed { manager, home_gone }, _stop_watch: stop }
             }
             Err(e) => {
-                tracing::debug!(backend = crate::BACKEND, error = %e, "connecting a runtime's own connection failed; its commands use the shared one");
+                tracing::debug!(
+                    backend = crate::BACKEND,
+                    error = %e,
+                    "connecting a runtime's own connection failed; its commands use the shared one"
+                );
                 LocalConnection::None
             }
         };

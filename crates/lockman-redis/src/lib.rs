@@ -276,6 +276,9 @@ impl RedisBackend {
         .await
         .map_err(|_| unreachable_error(&options, "connecting", "no answer within the connect timeout"))?
         .map_err(|e| unreachable_error(&options, "connecting", &e.to_string()))?;
+        // Bounded like the connection above; on failure its commands use
+        // the shared connection.
+        let _ = tokio::time::timeout(options.connect_timeout, connection.home_on_caller()).await;
         let keys = Keys::new(&options.prefix);
         // Unique across processes: `anon-<process nonce>-<n>`.
         let listeners = Arc::new(Listeners::new(HolderId::unique().as_str().to_owned()));
