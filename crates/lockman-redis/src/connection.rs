@@ -28,11 +28,10 @@
 //! while the caller steps aside once. Under `Handle::block_on` (from any
 //! thread), or in an executor that blocks inside a task, it does not, and
 //! the command goes over the shared connection, as every command did
-//! before. The runtime's
-//! own connection is made by a task on that runtime (meanwhile its commands
-//! use the shared one); a failed attempt is retried after
-//! [`LOCAL_RETRY_AFTER`], and a runtime that shuts down takes its
-//! connection with it.
+//! before. The runtime's own connection is made while connecting from it,
+//! or else by a task on that runtime (meanwhile its commands use the
+//! shared one); a failed attempt is retried after [`LOCAL_RETRY_AFTER`],
+//! and a runtime that shuts down takes its connection with it.
 //!
 //! A task left on the home runtime notices when that runtime shuts down
 //! (its tasks are dropped); the next command then connects again on the
@@ -122,6 +121,16 @@ enum LocalConnection {
 }
 
 impl LocalHomes {
+    fn position(&self, runtime: tokio::runtime::Id, thread: ThreadId) -> Option<usize> {
+        self.homes.iter().position(|home| home.runtime == runtime && home.thread == thread)
+    }
+
+    /// The entry of `runtime` driven by `thread`, if there is one.
+    fn find_mut(&mut self, runtime: tokio::runtime::Id, thread: ThreadId) -> Option<&mut LocalHome> {
+        let position = self.position(runtime, thread)?;
+        self.homes.get_mut(position)
+    }
+
     /// The entry of `runtime` driven by `thread`, made if there is room (a
     /// runtime that shut down, or one never connected, makes room).
     fn entry(&mut self, runtime: tokio::runtime::Id, thread: ThreadId) -> Option<&mut LocalHome> {
@@ -129,7 +138,7 @@ impl LocalHomes {
             LocalConnection::Connected { homed, .. } => !homed.home_gone.load(Ordering::Acquire),
             _ => true,
         });
-        let position = match self.homes.iter().position(|home| home.runtime == runtime && home.thread == thread) {
+        let position = match self.position(runtime, thread) {
             Some(position) => position,
             None => {
                 if self.homes.len() >= MAX_LOCAL_HOMES {
@@ -165,8 +174,7 @@ impl Drop for ConnectingReset {
     fn drop(&mut self) {
         let Some(shared) = self.shared.take() else { return };
         let mut local = shared.local.lock();
-        if let Some(home) =
-            local.homes.iter_mut().find(|home| home.runtime == self.runtime && home.thread == self.thread)
+        if let Some(home) = local.find_mut(self.runtime, self.thread)
             && matches!(home.connection, LocalConnection::Connecting)
         {
             home.connection = LocalConnection::None;
@@ -190,6 +198,19 @@ impl fmt::Debug for Connection {
 /// the task was spawned on shuts down.
 struct SetOnDrop(Arc<AtomicBool>);
 
+/// Spawns on `home` a task that sets the returned flag when that runtime
+/// shuts down; dropping the returned sender ends the task.
+fn watch_home(home: &Handle) -> (Arc<AtomicBool>, tokio::sync::oneshot::Sender<()>) {
+    let home_gone = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let flag = SetOnDrop(home_gone.clone());
+    home.spawn(async move {
+        let _flag = flag;
+        let _ = stopped.await;
+    });
+    (home_gone, stop)
+}
+
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
@@ -205,19 +226,17 @@ impl Connection {
         background: Handle,
     ) -> redis::RedisResult<Connection> {
         let home = Handle::try_current().ok().filter(|caller| caller.runtime_flavor() == RuntimeFlavor::MultiThread);
-        let home_gone = Arc::new(AtomicBool::new(false));
-        let (manager, stop_watch) = match home {
+        let (manager, home_gone, stop_watch) = match home {
             Some(home) => {
                 let manager = client.get_connection_manager_with_config(config.clone()).await?;
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let flag = SetOnDrop(home_gone.clone());
-                home.spawn(async move {
-                    let _flag = flag;
-                    let _ = stopped.await;
-                });
-                (manager, Some(stop))
+                let (home_gone, stop) = watch_home(&home);
+                (manager, home_gone, Some(stop))
             }
-            None => (Self::connect_in_background(&client, &config, &background).await?, None),
+            None => (
+                Self::connect_in_background(&client, &config, &background).await?,
+                Arc::new(AtomicBool::new(false)),
+                None,
+            ),
         };
         let homed = Homed { manager, home_gone };
         let shared = Arc::new(Shared {
@@ -347,13 +366,7 @@ impl Connection {
         let connected = shared.client.get_connection_manager_with_config(shared.config.clone()).await;
         let connection = match connected {
             Ok(manager) => {
-                let home_gone = Arc::new(AtomicBool::new(false));
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let flag = SetOnDrop(home_gone.clone());
-                tokio::spawn(async move {
-                    let _flag = flag;
-                    let _ = stopped.await;
-                });
+                let (home_gone, stop) = watch_home(&Handle::current());
                 LocalConnection::Connected { homed: Homed { manager, home_gone }, _stop_watch: stop }
             }
             Err(e) => {
@@ -370,9 +383,7 @@ impl Connection {
             LocalConnection::Connected { .. } => None,
             _ => Some(Instant::now()),
         };
-        if let Some(home) =
-            local.homes.iter_mut().find(|home| home.runtime == reset.runtime && home.thread == reset.thread)
-        {
+        if let Some(home) = local.find_mut(reset.runtime, reset.thread) {
             home.connection = connection;
         }
         reset.shared = None; // done: nothing to reset

@@ -10,8 +10,9 @@
 //!
 //! So a grant's task waits here, unstarted, until then: one scheduler task
 //! on the background runtime sleeps until the earliest due time and spawns
-//! the tasks that are due, each where it would have run at once. A grant released first takes its task back out
-//! ([`cancel`]), and nothing ever ran. Registering wakes the scheduler only
+//! the tasks that are due, each where it would have run at once. A grant
+//! released first takes its task back out ([`cancel`]), and nothing ever
+//! ran. Registering wakes the scheduler only
 //! when the new due time is earlier than the one it sleeps until — with
 //! one lease length, about twice per renewal period, not once per grant.
 //! `extend` starts the task at once ([`start_now`]), as the new lease may be
