@@ -204,19 +204,48 @@ impl Drop for LockGuard {
             match grant.release_now() {
                 Some(Ok(())) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "releasing a dropped guard"),
-                None => {
-                    // Ends the grant's renewal if this task is dropped unrun
-                    // (its runtime shuts down): the lease then runs out.
-                    let end_keeping = EndOnDrop(grant.keeping());
-                    crate::runtime::spawn(async move {
-                        let _end_keeping = end_keeping;
-                        if let Err(e) = grant.release_later().await {
-                            tracing::warn!(error = %e, "releasing a dropped guard");
-                        }
-                    })
-                }
+                None => crate::runtime::spawn(DroppedRelease(Some(grant)).run()),
             }
         }
+    }
+}
+
+/// A dropped guard's release, spawned on the caller's runtime (where the
+/// backend's connection for it may live). If that task is dropped before it
+/// first runs — its runtime shut down first — the release runs on the
+/// background runtime instead, so the lock is free at once rather than when
+/// its lease runs out (or, on a backend whose keys live as long as the
+/// manager, never).
+struct DroppedRelease(Option<Arc<dyn GrantHandle>>);
+
+impl DroppedRelease {
+    async fn run(mut self) {
+        let Some(grant) = self.0.take() else { return };
+        release_dropped(grant).await;
+    }
+}
+
+impl Drop for DroppedRelease {
+    fn drop(&mut self) {
+        let Some(grant) = self.0.take() else { return };
+        match crate::runtime::background() {
+            Ok(runtime) => {
+                runtime.spawn(release_dropped(grant));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release a dropped guard; its lease runs out instead");
+                drop(EndOnDrop(grant.keeping()));
+            }
+        }
+    }
+}
+
+async fn release_dropped(grant: Arc<dyn GrantHandle>) {
+    // Ends the grant's renewal if this is dropped part-way (its runtime
+    // shuts down mid-release): the lease then runs out.
+    let _end_keeping = EndOnDrop(grant.keeping());
+    if let Err(e) = grant.release_later().await {
+        tracing::warn!(error = %e, "releasing a dropped guard");
     }
 }
 

@@ -149,7 +149,6 @@ pub struct EtcdBackend {
 }
 
 /// A live grant: its key, create revision (the token) and lease.
-#[derive(Debug)]
 pub struct EtcdGrant {
     key: String,
     revision: i64,
@@ -159,11 +158,33 @@ pub struct EtcdGrant {
     session_slot: u64,
     expiry: watch::Sender<Option<Instant>>,
     releasing: Arc<AtomicBool>,
+    /// Set once a release has deleted the key or handed that to the reaper.
+    settled: AtomicBool,
+    client: Client,
+}
+
+impl std::fmt::Debug for EtcdGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdGrant")
+            .field("key", &self.key)
+            .field("revision", &self.revision)
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for EtcdGrant {
     fn drop(&mut self) {
         self.session.forget(self.session_slot);
+        // Dropped unreleased: the guard's release task died with its runtime,
+        // or a release was cancelled mid-way. The manager's etcd lease would
+        // keep the key (and the lock) while the manager lives; nobody holds
+        // it now, so it goes. (Compared on its revision: a key someone else
+        // already removed, or a later grant's, is left alone.)
+        if !self.settled.load(Ordering::Acquire) && !self.session.is_dead() {
+            tracing::debug!(key = %self.key, "a grant dropped without its release; deleting its key");
+            reaper::delete(&self.client, self.key.clone(), Some(self.revision), &self.session);
+        }
     }
 }
 
@@ -821,6 +842,8 @@ impl LockBackend for EtcdBackend {
             session_slot,
             expiry,
             releasing,
+            settled: AtomicBool::new(false),
+            client: self.client.clone(),
         };
         let token = FencingToken::new(u64::try_from(revision).unwrap_or(0));
         Ok(Acquired::Granted(Granted::new(grant, token, expires_at).acquired_at(granted_at).after_waiting(waited)))
@@ -836,6 +859,7 @@ impl LockBackend for EtcdBackend {
             Err(e) => {
                 // The key would keep the lock while this manager lives.
                 reaper::delete(&self.client, grant.key.clone(), Some(grant.revision), &grant.session);
+                grant.settled.store(true, Ordering::Release);
                 grant.expiry.send_replace(None);
                 return Err(Self::error(
                     "releasing the lock (its key is deleted in the background)",
@@ -844,6 +868,7 @@ impl LockBackend for EtcdBackend {
                 ));
             }
         };
+        grant.settled.store(true, Ordering::Release);
         grant.expiry.send_replace(None);
         if response.succeeded() {
             Ok(())

@@ -58,6 +58,34 @@ fn works_from_a_thread_without_a_runtime() {
     runtimes::works_from_a_thread_without_a_runtime(connect(&server));
 }
 
+/// The key of a guard whose release task died with its runtime is deleted
+/// (the manager's etcd lease alone would keep it while the manager lives).
+#[test]
+fn a_guard_dropped_as_its_runtime_shuts_down_is_released() {
+    let Some(server) = EtcdServer::start() else { return };
+    runtimes::a_guard_dropped_as_its_runtime_shuts_down_is_released(connect(&server), Duration::from_secs(2));
+}
+
+/// A release cancelled after its first step (the caller's `select!` or
+/// timeout gave up on it) still deletes the key: the grant, dropped
+/// unreleased, hands it to the background. Without that, the key lives as
+/// long as the manager's etcd lease — the manager's whole life.
+#[test]
+fn a_release_cancelled_part_way_still_frees_the_lock() {
+    let Some(server) = EtcdServer::start() else { return };
+    let runtime = runtimes::current_thread();
+    let locks = runtimes::connect_on(&runtime, &connect(&server));
+    runtime.block_on(async {
+        let guard = locks.acquire("cancelled", lockman_core::AcquireOptions::new()).await.expect("acquire");
+        // Polled once (it has sent nothing yet, or is waiting for etcd), then dropped.
+        let cancelled = tokio::time::timeout(Duration::ZERO, guard.release()).await;
+        assert!(cancelled.is_err(), "the release finished in its first poll; nothing was cancelled");
+        let again = lockman_core::AcquireOptions::new().timeout(Duration::from_secs(1));
+        let guard = locks.acquire("cancelled", again).await.expect("the cancelled release left the lock held");
+        guard.release().await.expect("release");
+    });
+}
+
 /// Blocked past the 2 s lease.
 #[test]
 fn the_lease_is_kept_alive_while_the_callers_runtime_is_blocked() {
