@@ -46,11 +46,9 @@ pub(crate) trait GrantHandle: Send + Sync {
     fn info(&self) -> LockInfo;
     fn is_lost(&self) -> bool;
     fn lost_error(&self, reason: LostReason) -> LockError;
-    /// What keeps the grant alive (renewal, expiry watch), for a dropped
-    /// guard's release task to end if it is dropped unrun.
-    fn keeping(&self) -> Option<Arc<crate::locks::Keeping>> {
-        None
-    }
+    /// Ends what keeps the grant alive (renewal, expiry watch): for a
+    /// release that will not finish, so the store's lease runs out.
+    fn end_keeping(&self) {}
     /// One guard leaves; the last one releases the grant if that needs no
     /// awaiting. `None`: it was the last, and the release must be finished
     /// with [`release_later`](Self::release_later).
@@ -234,7 +232,7 @@ impl Drop for DroppedRelease {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot release a dropped guard; its lease runs out instead");
-                drop(EndOnDrop(grant.keeping()));
+                grant.end_keeping();
             }
         }
     }
@@ -243,19 +241,19 @@ impl Drop for DroppedRelease {
 async fn release_dropped(grant: Arc<dyn GrantHandle>) {
     // Ends the grant's renewal if this is dropped part-way (its runtime
     // shuts down mid-release): the lease then runs out.
-    let _end_keeping = EndOnDrop(grant.keeping());
+    let _end_keeping = EndOnDrop(Some(grant.clone()));
     if let Err(e) = grant.release_later().await {
         tracing::warn!(error = %e, "releasing a dropped guard");
     }
 }
 
-/// Ends a grant's keeping when dropped (see [`GrantHandle::keeping`]).
-pub(crate) struct EndOnDrop(pub(crate) Option<Arc<crate::locks::Keeping>>);
+/// Ends a grant's keeping when dropped (see [`GrantHandle::end_keeping`]).
+pub(crate) struct EndOnDrop(pub(crate) Option<Arc<dyn GrantHandle>>);
 
 impl Drop for EndOnDrop {
     fn drop(&mut self) {
-        if let Some(keeping) = self.0.take() {
-            keeping.end();
+        if let Some(grant) = self.0.take() {
+            grant.end_keeping();
         }
     }
 }

@@ -20,8 +20,7 @@ use tracing::Instrument;
 mod held;
 mod watch;
 
-pub(crate) use held::Keeping;
-use held::{BoxedTask, Held, LeaseState, deadline_of};
+use held::{BoxedTask, Held, Keeping, LeaseState, deadline_of};
 
 use crate::backend::{Acquired, Deadline, GrantRequest, LockBackend};
 use crate::{
@@ -182,6 +181,21 @@ impl<B: LockBackend> Locks<B> {
         }))
     }
 
+    /// [`acquire_with`](Self::acquire_with) inside `span`, which records
+    /// how long it took and how it ended.
+    async fn acquire_traced(
+        &self,
+        span: tracing::Span,
+        resource: &str,
+        options: AcquireOptions,
+        mode: Mode,
+    ) -> Result<Option<LockGuard>, LockError> {
+        let started = Instant::now();
+        let result = self.acquire_with(resource, options, mode).instrument(span.clone()).await;
+        record_outcome(&span, started, &result);
+        result
+    }
+
     /// Everything an acquisition can do without awaiting: the checks, a
     /// re-entry, and the backend's answer if it can give one at once (an
     /// uncontended grant, a busy `try_acquire`).
@@ -191,7 +205,7 @@ impl<B: LockBackend> Locks<B> {
             Err(e) => return Begun::Done(Err(e)),
         };
         if !call.reentrant {
-            let asked = self.ask(call);
+            let asked = self.ask(call, None);
             return match self.shared.backend.acquire_now(&asked.request) {
                 Some(answer) => Begun::Done(answer.and_then(|answer| self.finish(asked, answer, true))),
                 None => Begun::Wait(asked, None),
@@ -214,7 +228,7 @@ impl<B: LockBackend> Locks<B> {
         // Asked with the reentry table locked, so a same-holder caller sees
         // the outcome, not a pending slot (the backend takes its own locks
         // inside this one, never the other way round).
-        let asked = self.ask(call);
+        let asked = self.ask(call, None);
         match self.shared.backend.acquire_now(&asked.request) {
             Some(answer) => {
                 let outcome = answer.and_then(|answer| self.finish(asked, answer, true));
@@ -318,7 +332,7 @@ impl<B: LockBackend> Locks<B> {
         }
         // We own the pending slot: make sure it is cleared however we leave.
         let pending = PendingSlot { shared: &self.shared, key: Some(key) };
-        let asked = self.ask(call);
+        let asked = self.ask(call, Some(Instant::now()));
         let answer = match self.shared.backend.acquire_now(&asked.request) {
             Some(answer) => answer.map(|answer| (answer, true)),
             None => self.shared.backend.acquire(&asked.request).await.map(|answer| (answer, false)),
@@ -328,8 +342,9 @@ impl<B: LockBackend> Locks<B> {
         outcome
     }
 
-    /// The backend's request for `call`.
-    fn ask(&self, call: Call) -> Asked {
+    /// The backend's request for `call`, asked now: `at` if the call waited
+    /// since it started (for a same-holder acquisition), else its start.
+    fn ask(&self, call: Call, at: Option<Instant>) -> Asked {
         let Call { resource, holder, reentrant, options, deadline, mode, started } = call;
         let caps = &self.shared.caps;
         let auto_renew = options.lease.is_none() && caps.renewal;
@@ -347,6 +362,7 @@ impl<B: LockBackend> Locks<B> {
             lease,
             renewed,
             deadline,
+            asked_at: at.unwrap_or(started),
             explicit_wait,
             loss,
         };
@@ -355,8 +371,8 @@ impl<B: LockBackend> Locks<B> {
 
     /// Turns the backend's answer into a grant (with its event, metrics and
     /// lease task) or the caller's busy answer. `at_once`: the backend
-    /// answered without waiting, so the grant is dated from the call's start
-    /// (one clock read fewer) and it waited no time.
+    /// answered without waiting, so the grant is dated from when it was
+    /// asked (one clock read fewer).
     fn finish(
         &self,
         asked: Asked,
@@ -371,8 +387,9 @@ impl<B: LockBackend> Locks<B> {
                 return self.busy(&request.resource, mode, started, holder, Some(reason));
             }
         };
-        let now = if at_once { started } else { Instant::now() };
-        let waited = now - started;
+        let now = if at_once { request.asked_at } else { Instant::now() };
+        // Equal for a grant made at once (no clock arithmetic for it).
+        let waited = if now == started { Duration::ZERO } else { now - started };
         request.loss.granted(granted.fencing_token, now.into_std());
         let lease = request.lease;
         let held = Arc::new(Held {
@@ -391,7 +408,7 @@ impl<B: LockBackend> Locks<B> {
             watched: granted.lease_expires_at.is_some(),
             count: AtomicU32::new(1),
             reentrant,
-            keeping: Arc::default(),
+            keeping: Keeping::default(),
             renew_gate: tokio::sync::Mutex::new(()),
             lease_changed: Notify::new(),
             request,
@@ -575,10 +592,8 @@ impl<B: LockBackend> LockManager for Locks<B> {
         let result = if span.is_disabled() {
             self.acquire_with(resource, options, Mode::Acquire).await
         } else {
-            let started = Instant::now();
-            let result = self.acquire_with(resource, options, Mode::Acquire).instrument(span.clone()).await;
-            record_outcome(&span, started, &result);
-            result
+            // Boxed: only traced calls pay for the larger future.
+            Box::pin(self.acquire_traced(span, resource, options, Mode::Acquire)).await
         };
         match result {
             Ok(Some(guard)) => Ok(guard),
@@ -598,10 +613,7 @@ impl<B: LockBackend> LockManager for Locks<B> {
         if span.is_disabled() {
             return self.acquire_with(resource, options, Mode::Try).await;
         }
-        let started = Instant::now();
-        let result = self.acquire_with(resource, options, Mode::Try).instrument(span.clone()).await;
-        record_outcome(&span, started, &result);
-        result
+        Box::pin(self.acquire_traced(span, resource, options, Mode::Try)).await
     }
 
     async fn state(&self, resource: &str) -> Result<LockState, LockError> {

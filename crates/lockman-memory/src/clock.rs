@@ -50,15 +50,20 @@ impl Clock {
     /// two. A step of the system clock shows within [`DRIFT`]; a paused
     /// clock that is advanced is checked as soon as it moved that far.
     pub(crate) fn wall(&self) -> Wall {
-        let now = now();
+        self.wall_at(now())
+    }
+
+    /// [`wall`](Self::wall) with `at`, read a moment ago, as its now. A new
+    /// pairing is made with fresh readings of both clocks, never with `at`.
+    pub(crate) fn wall_at(&self, at: Instant) -> Wall {
         let mut anchor = self.anchor.lock();
         if let Some(kept) = *anchor
-            && now >= kept.checked
-            && now - kept.checked < DRIFT
+            && at >= kept.checked
+            && at - kept.checked < DRIFT
         {
-            return Wall { now, anchor: kept.pair };
+            return Wall { now: at, anchor: kept.pair };
         }
-        let wall_now = SystemTime::now();
+        let (now, wall_now) = (now(), SystemTime::now());
         let kept = anchor.map(|kept| kept.pair).filter(|&pair| {
             let mapped = Wall { now, anchor: pair }.of(now);
             let apart = match mapped.duration_since(wall_now) {
@@ -69,7 +74,7 @@ impl Clock {
         });
         let pair = kept.unwrap_or((now, wall_now));
         *anchor = Some(Anchor { pair, checked: now });
-        Wall { now, anchor: pair }
+        Wall { now: at, anchor: pair }
     }
 }
 

@@ -339,7 +339,8 @@ impl LockBackend for MemoryBackend {
 
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
         let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Queue };
-        let (attempt, after) = self.table().attempt_or(&request.resource, table_request(request), busy);
+        let (attempt, after) =
+            self.table().attempt_or(&request.resource, table_request(request), busy, Some(request.asked_at));
         settle(after, LostReason::LeaseExpired);
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
@@ -356,7 +357,8 @@ impl LockBackend for MemoryBackend {
     /// queues it (or grants it, if the holder left meanwhile).
     fn acquire_now(&self, request: &GrantRequest) -> Option<Result<Acquired<MemoryGrant>, LockError>> {
         let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Decline };
-        let (attempt, after) = self.table().attempt_or(&request.resource, table_request(request), busy);
+        let (attempt, after) =
+            self.table().attempt_or(&request.resource, table_request(request), busy, Some(request.asked_at));
         settle(after, LostReason::LeaseExpired);
         match attempt {
             Attempt::Granted(grant) => Some(Ok(self.granted(&request.resource, grant, false))),

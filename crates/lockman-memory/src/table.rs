@@ -259,17 +259,25 @@ impl<T: Clone> LockTable<T> {
     /// request (if `wait`) or reports the holders.
     #[cfg(test)]
     pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
-        self.attempt_or(resource, request, if wait { IfBusy::Queue } else { IfBusy::Report })
+        self.attempt_or(resource, request, if wait { IfBusy::Queue } else { IfBusy::Report }, None)
     }
 
     /// [`attempt`](Self::attempt), choosing what happens when the request
-    /// cannot be granted at once.
-    pub(crate) fn attempt_or(&self, resource: &Text, request: Request<T>, busy: IfBusy) -> (Attempt<T>, Aftermath<T>) {
+    /// cannot be granted at once. A grant made at once is dated `asked_at`
+    /// if given (when the caller began asking, a moment ago), saving a clock
+    /// read.
+    pub(crate) fn attempt_or(
+        &self,
+        resource: &Text,
+        request: Request<T>,
+        busy: IfBusy,
+        asked_at: Option<Instant>,
+    ) -> (Attempt<T>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
         let entry = match entries.entry(resource.clone()) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
-                let (holding, grant) = self.holding(request);
+                let (holding, grant) = self.holding(request, asked_at);
                 vacant.insert(Entry { holdings: smallvec![holding], waiters: VecDeque::new() });
                 return (Attempt::Granted(grant), after);
             }
@@ -288,7 +296,7 @@ impl<T: Clone> LockTable<T> {
             return (Attempt::Refused(refused), after);
         }
         if entry.waiters.is_empty() && entry.admits(request.mode) {
-            let (holding, grant) = self.holding(request);
+            let (holding, grant) = self.holding(request, asked_at);
             entry.holdings.push(holding);
             return (Attempt::Granted(grant), after);
         }
@@ -476,9 +484,12 @@ impl<T: Clone> LockTable<T> {
         self.entries.lock().values().map(|entry| entry.waiters.len()).sum()
     }
 
-    fn holding(&self, request: Request<T>) -> (Holding<T>, Grant) {
+    fn holding(&self, request: Request<T>, at: Option<Instant>) -> (Holding<T>, Grant) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let wall = self.clock.wall();
+        let wall = match at {
+            Some(at) => self.clock.wall_at(at),
+            None => self.clock.wall(),
+        };
         let acquired = wall.instant();
         let lease = request.lease.map(|lease| acquired + lease);
         let grant = Grant { token, acquired_at: wall.of(acquired), lease_expires_at: lease.map(|at| wall.of(at)) };
@@ -512,7 +523,7 @@ impl<T: Clone> LockTable<T> {
                 break;
             }
             if let SlotState::Waiting { request, waker, .. } = std::mem::replace(&mut *state, SlotState::Closed) {
-                let (holding, grant) = self.holding(request);
+                let (holding, grant) = self.holding(request, None);
                 *state = SlotState::Granted(grant);
                 leased |= holding.lease.is_some();
                 entry.holdings.push(holding);
@@ -692,11 +703,24 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_made_at_once_is_dated_when_it_was_asked() {
+        let table = LockTable::default();
+        let resource: Text = "r".into();
+        let Some(asked) = crate::clock::now().checked_sub(Duration::from_secs(5)) else { return };
+        let request = Request { lease: Some(Duration::from_secs(60)), ..request("a") };
+        let grant = granted(table.attempt_or(&resource, request, IfBusy::Report, Some(asked)));
+        let ago = SystemTime::now().duration_since(grant.acquired_at).expect("acquired in the past");
+        assert!(ago >= Duration::from_millis(4900) && ago < Duration::from_secs(6), "acquired {ago:?} ago, not 5 s");
+        let lease = grant.lease_expires_at.expect("a lease").duration_since(grant.acquired_at);
+        assert_eq!(lease.ok(), Some(Duration::from_secs(60)), "the lease is not dated from the same time");
+    }
+
+    #[test]
     fn declined_request_leaves_no_trace() {
         let table = LockTable::default();
         let resource: Text = "r".into();
         let first = granted(table.attempt(&resource, request("a"), true));
-        let (attempt, _) = table.attempt_or(&resource, request("b"), IfBusy::Decline);
+        let (attempt, _) = table.attempt_or(&resource, request("b"), IfBusy::Decline, None);
         assert!(matches!(attempt, Attempt::WouldWait));
         assert_eq!(table.waiters(), 0, "a declined request was queued");
         let next = queued(table.attempt(&resource, request("c"), true));
@@ -704,7 +728,7 @@ mod tests {
         let handed = table.cancel(&resource, &next).0.expect("c, the only waiter, was handed the lock");
         assert_eq!(table.release(&resource, handed.token).0, Ok(()));
         // Free: a declining request is granted like any other.
-        let free = granted(table.attempt_or(&resource, request("d"), IfBusy::Decline));
+        let free = granted(table.attempt_or(&resource, request("d"), IfBusy::Decline, None));
         assert_eq!(table.release(&resource, free.token).0, Ok(()));
         assert_eq!(table.len(), 0);
     }

@@ -33,7 +33,7 @@ pub(super) struct Held<B: LockBackend> {
     pub(super) count: AtomicU32,
     pub(super) reentrant: bool,
     /// Whether the grant ended, and where its watcher waits to start.
-    pub(super) keeping: Arc<Keeping>,
+    pub(super) keeping: Keeping,
     /// Held while renewing, so a release never races a renewal.
     pub(super) renew_gate: tokio::sync::Mutex<()>,
     /// Told (one permit) when `extend` changed the lease, so the watchdog or
@@ -42,12 +42,14 @@ pub(super) struct Held<B: LockBackend> {
 }
 
 /// Whether a grant has ended, told to its watchdog or expiry timer, and
-/// where that waits to start (see `watch`). Shared with the release task of
-/// a dropped guard, which ends it if the task is dropped unrun (its runtime
-/// shut down): the store's lease then runs out instead of being renewed
-/// forever for a guard nobody holds.
+/// where that waits to start (see `watch`). A dropped guard's release task
+/// ends it if the task is dropped part-way (its runtime shut down): the
+/// store's lease then runs out instead of being renewed forever for a guard
+/// nobody holds. Inside the grant, not beside it: most grants (in-process,
+/// kernel locks) have no watcher, and a separate allocation per grant cost
+/// them for nothing.
 #[derive(Default)]
-pub(crate) struct Keeping {
+pub(super) struct Keeping {
     ended: AtomicBool,
     ended_notify: Notify,
     pub(super) deferred_watch: Mutex<Option<watch::Key>>,
@@ -59,7 +61,7 @@ impl Keeping {
     }
 
     /// Ends it: a running watcher returns, a deferred one never starts.
-    pub(crate) fn end(&self) {
+    pub(super) fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.ended_notify.notify_waiters();
         let deferred = self.deferred_watch.lock().take();
@@ -329,8 +331,10 @@ impl<B: LockBackend> GrantHandle for Held<B> {
         Held::is_lost(self)
     }
 
-    fn keeping(&self) -> Option<Arc<Keeping>> {
-        self.watched.then(|| self.keeping.clone())
+    fn end_keeping(&self) {
+        if self.watched {
+            self.keeping.end();
+        }
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
