@@ -214,6 +214,8 @@ impl PartialEq for HolderId {
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (Repr::Anonymous(a), Repr::Anonymous(b)) => a.number == b.number,
+            // The same text (a thread's or a worker's id, cloned): no compare.
+            (Repr::Local(a) | Repr::Exact(a), Repr::Local(b) | Repr::Exact(b)) if Arc::ptr_eq(a, b) => true,
             _ => self.as_str() == other.as_str(),
         }
     }
