@@ -76,9 +76,10 @@ pub struct GrantRequest {
     pub renewed: bool,
     /// When to stop waiting.
     pub deadline: Deadline,
-    /// When core began this acquisition, on tokio's clock (as `deadline`).
-    /// A backend that grants at once may date the grant from it rather than
-    /// read the clock again.
+    /// When core asked the backend, on tokio's clock (as `deadline`): the
+    /// call's start, or, for a same-holder call that first waited for the
+    /// holder's earlier acquisition, when it went on. A backend that grants
+    /// at once may date the grant from it rather than read the clock again.
     pub asked_at: tokio::time::Instant,
     /// Whether the caller chose the wait (a wait setter on its
     /// [`AcquireOptions`](crate::AcquireOptions), or `try_acquire`); `false`

@@ -223,7 +223,7 @@ impl BlockingLockGuard {
             Err(later) => {
                 // If `block_on` refuses (called inside a runtime) the release
                 // never runs: end the renewal, so the lease runs out.
-                let _end_keeping = crate::guard::EndOnDrop(Some(later.clone()));
+                let _end_keeping = crate::guard::EndOnDrop(std::sync::Arc::downgrade(&later));
                 block_on(later.release_later())?
             }
         }

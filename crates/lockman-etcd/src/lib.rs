@@ -183,6 +183,8 @@ impl Drop for EtcdGrant {
         // already removed, or a later grant's, is left alone.)
         if !self.settled.load(Ordering::Acquire) && !self.session.is_dead() {
             tracing::debug!(key = %self.key, "a grant dropped without its release; deleting its key");
+            // Our own delete: the grant's monitor must not report it lost.
+            self.releasing.store(true, Ordering::Release);
             reaper::delete(&self.client, self.key.clone(), Some(self.revision), &self.session);
         }
     }

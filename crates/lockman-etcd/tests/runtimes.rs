@@ -66,22 +66,22 @@ fn a_guard_dropped_as_its_runtime_shuts_down_is_released() {
     runtimes::a_guard_dropped_as_its_runtime_shuts_down_is_released(connect(&server), Duration::from_secs(2));
 }
 
-/// A release cancelled after its first step (the caller's `select!` or
-/// timeout gave up on it) still deletes the key: the grant, dropped
-/// unreleased, hands it to the background. Without that, the key lives as
-/// long as the manager's etcd lease — the manager's whole life.
+/// A grant whose release never runs — here a blocking release refused
+/// inside a runtime, as a `release()` future dropped before it reached etcd
+/// would be — still has its key deleted once the grant is dropped. Without
+/// that, the key lives as long as the manager's etcd lease: the manager's
+/// whole life.
 #[test]
-fn a_release_cancelled_part_way_still_frees_the_lock() {
+fn a_grant_dropped_unreleased_still_frees_the_lock() {
     let Some(server) = EtcdServer::start() else { return };
     let runtime = runtimes::current_thread();
     let locks = runtimes::connect_on(&runtime, &connect(&server));
+    let blocking = lockman_core::blocking::BlockingLockManager::new(locks.clone());
+    let guard = blocking.acquire("unreleased", lockman_core::AcquireOptions::new()).expect("acquire");
     runtime.block_on(async {
-        let guard = locks.acquire("cancelled", lockman_core::AcquireOptions::new()).await.expect("acquire");
-        // Polled once (it has sent nothing yet, or is waiting for etcd), then dropped.
-        let cancelled = tokio::time::timeout(Duration::ZERO, guard.release()).await;
-        assert!(cancelled.is_err(), "the release finished in its first poll; nothing was cancelled");
+        guard.release().expect_err("a blocking release inside a runtime is refused, so it never runs");
         let again = lockman_core::AcquireOptions::new().timeout(Duration::from_secs(1));
-        let guard = locks.acquire("cancelled", again).await.expect("the cancelled release left the lock held");
+        let guard = locks.acquire("unreleased", again).await.expect("the unreleased grant kept the lock");
         guard.release().await.expect("release");
     });
 }
