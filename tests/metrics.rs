@@ -49,3 +49,27 @@ fn metrics_count_grants_timeouts_releases_and_losses() {
     assert_eq!(histograms.get(names::HOLD_SECONDS), Some(&2));
     assert_eq!(gauges.get(names::ACTIVE_LOCKS), Some(&0.0), "the active-locks gauge leaks");
 }
+
+/// A grant whose release never runs (here a blocking release refused inside
+/// a runtime, as a `release()` future cancelled by a timeout would be) still
+/// leaves the active-locks gauge when it is dropped.
+#[test]
+fn a_grant_dropped_unreleased_leaves_the_active_gauge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}?mode=lease", dir.path().display());
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let locks = lockman::blocking::connect(&url).expect("connect").locks;
+        let guard = locks.lock("unreleased").expect("lock");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            guard.release().expect_err("a blocking release inside a runtime is refused, so it never runs");
+        });
+    });
+    let active = snapshotter.snapshot().into_vec().into_iter().find_map(|(key, _, _, value)| match value {
+        DebugValue::Gauge(g) if key.key().name() == names::ACTIVE_LOCKS => Some(g.into_inner()),
+        _ => None,
+    });
+    assert_eq!(active, Some(0.0), "the active-locks gauge kept a grant whose release never ran");
+}

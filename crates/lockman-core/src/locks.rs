@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -411,6 +411,7 @@ impl<B: LockBackend> Locks<B> {
             keeping: Keeping::default(),
             renew_gate: tokio::sync::Mutex::new(()),
             lease_changed: Notify::new(),
+            concluded: AtomicBool::new(false),
             request,
         });
         self.shared.events.meters().acquired(waited, granted.contended);

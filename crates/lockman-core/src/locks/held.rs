@@ -39,6 +39,22 @@ pub(super) struct Held<B: LockBackend> {
     /// Told (one permit) when `extend` changed the lease, so the watchdog or
     /// expiry timer re-arms for the new length instead of the old one.
     pub(super) lease_changed: Notify,
+    /// Set by [`conclude`](Held::conclude); a grant dropped without it (its
+    /// release cancelled or never run) still counts as ended in the metrics.
+    pub(super) concluded: AtomicBool,
+}
+
+impl<B: LockBackend> Drop for Held<B> {
+    fn drop(&mut self) {
+        if !self.concluded.load(Ordering::Acquire) {
+            tracing::debug!(
+                resource = %self.request.resource,
+                backend = self.shared.name,
+                "a grant was dropped without its release finishing"
+            );
+            self.shared.events.meters().ended(self.acquired.elapsed(), false);
+        }
+    }
 }
 
 /// Whether a grant has ended, told to its watchdog or expiry timer, and
@@ -159,6 +175,7 @@ impl<B: LockBackend> Held<B> {
 
     /// Turns the backend's release result into the caller's, with events and metrics.
     pub(super) fn conclude(&self, released: Result<(), LockError>) -> Result<(), LockError> {
+        self.concluded.store(true, Ordering::Release);
         let held_for = self.acquired.elapsed();
         let result = match (released, self.loss().reason().cloned()) {
             (_, Some(reason)) => Err(self.lost_error(reason)),
