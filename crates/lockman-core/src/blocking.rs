@@ -221,10 +221,16 @@ impl BlockingLockGuard {
         match guard.release_now() {
             Ok(released) => released,
             Err(later) => {
-                // If `block_on` refuses (called inside a runtime) the release
-                // never runs: end the renewal, so the lease runs out.
-                let _end_keeping = crate::guard::EndOnDrop(std::sync::Arc::downgrade(&later));
-                block_on(later.release_later())?
+                // Weak: the release must own the only strong reference (the
+                // legacy bridge's takes the grant apart).
+                let grant = std::sync::Arc::downgrade(&later);
+                block_on(later.release_later()).inspect_err(|_| {
+                    // Refused (called inside a runtime): the release never
+                    // ran. End the renewal, so the lease runs out.
+                    if let Some(grant) = grant.upgrade() {
+                        grant.end_keeping();
+                    }
+                })?
             }
         }
     }

@@ -238,26 +238,12 @@ impl Drop for DroppedRelease {
     }
 }
 
+/// A release dropped part-way (its runtime shuts down mid-release) has
+/// already ended the grant's renewal in its first step, so the lease runs
+/// out.
 async fn release_dropped(grant: Arc<dyn GrantHandle>) {
-    // Ends the grant's renewal if this is dropped part-way (its runtime
-    // shuts down mid-release): the lease then runs out.
-    let _end_keeping = EndOnDrop(Arc::downgrade(&grant));
     if let Err(e) = grant.release_later().await {
         tracing::warn!(error = %e, "releasing a dropped guard");
-    }
-}
-
-/// Ends a grant's keeping when dropped (see [`GrantHandle::end_keeping`]),
-/// if the grant is still alive — kept by a watcher, which is then what it
-/// ends. Weak, so that the release it guards still owns the only strong
-/// reference (the legacy bridge's release takes the grant apart).
-pub(crate) struct EndOnDrop(pub(crate) std::sync::Weak<dyn GrantHandle>);
-
-impl Drop for EndOnDrop {
-    fn drop(&mut self) {
-        if let Some(grant) = self.0.upgrade() {
-            grant.end_keeping();
-        }
     }
 }
 
