@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::{EventSink, FencingToken, HolderId, LostReason};
@@ -26,8 +27,10 @@ struct Inner {
     token: AtomicU64,
     resource: Arc<str>,
     holder: HolderId,
-    /// When the grant was made (set once granted).
-    since: OnceLock<Instant>,
+    /// When the grant was made (set once granted). A mutex, not a
+    /// `OnceLock`: it is set on every grant's fast path, where a fresh
+    /// `OnceLock`'s initialisation is the slower of the two.
+    since: Mutex<Option<Instant>>,
     events: EventSink,
 }
 
@@ -42,7 +45,7 @@ impl LossSignal {
                 token: AtomicU64::new(0),
                 resource,
                 holder,
-                since: OnceLock::new(),
+                since: Mutex::new(None),
                 events,
             }),
         }
@@ -69,7 +72,7 @@ impl LossSignal {
             &self.inner.resource,
             &self.inner.holder,
             self.token(),
-            self.inner.since.get().map(Instant::elapsed).unwrap_or_default(),
+            self.inner.since.lock().map(|since| since.elapsed()).unwrap_or_default(),
             &reason,
         );
         self.inner.notify.notify_waiters();
@@ -111,7 +114,7 @@ impl LossSignal {
 
     pub(crate) fn granted(&self, token: FencingToken, at: Instant) {
         self.inner.token.store(token.get(), Ordering::Relaxed);
-        let _ = self.inner.since.set(at);
+        *self.inner.since.lock() = Some(at);
     }
 
     fn token(&self) -> FencingToken {
@@ -121,5 +124,35 @@ impl LossSignal {
     /// Marks the grant released by its holder; later loss reports are ignored.
     pub(crate) fn mark_released(&self) {
         self.inner.released.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_lost_event_reports_how_long_the_grant_was_held() {
+        let events = EventSink::new("test");
+        let mut seen = events.subscribe();
+        let signal = LossSignal::new(Arc::from("r"), HolderId::new("h"), events);
+        let granted_at = Instant::now() - Duration::from_secs(5);
+        signal.granted(FencingToken::new(7), granted_at);
+        assert!(signal.mark_lost(LostReason::LeaseExpired));
+        let event = seen.try_recv().expect("a Lost event");
+        let held = event.held.expect("a held time");
+        assert!(held >= Duration::from_secs(5) && held < Duration::from_secs(60), "held {held:?}");
+        assert_eq!(event.fencing_token, Some(FencingToken::new(7)));
+    }
+
+    #[test]
+    fn a_signal_lost_before_its_grant_reports_no_held_time() {
+        let events = EventSink::new("test");
+        let mut seen = events.subscribe();
+        let signal = LossSignal::new(Arc::from("r"), HolderId::new("h"), events);
+        assert!(signal.mark_lost(LostReason::LeaseExpired));
+        assert_eq!(seen.try_recv().expect("a Lost event").held, Some(Duration::ZERO));
     }
 }
