@@ -85,10 +85,11 @@ fn with_prelude(body: &str) -> Script {
 /// held or awaited in a mode that disagrees with the request's.
 ///
 /// **The exclusive fast path** (a plain mutex): when the request is
-/// exclusive, the hash is not in the modes layout, no queue exists, it is
-/// not a re-entry, and the lock is free or the caller will not wait (a
-/// `try_acquire`), this is the same script as before modes — one more field
-/// in the `HMGET` and an `EXISTS` — and runs first ([`ACQUIRE_FAST`]). A
+/// exclusive and neither the lock nor a queue exists, one `EXISTS` over both
+/// keys decides it and the grant is written at once; when the lock is held
+/// by another holder in the plain layout, no queue exists and the caller will
+/// not wait (a `try_acquire`), the busy reply is made after one `HMGET`.
+/// Both run first ([`ACQUIRE_FAST`]). A
 /// caller that will wait for a busy lock goes on to the general path and is
 /// queued, so waiters in every process are served by arrival, not by who
 /// hears the release first. (A waiter of an older version that got only its
@@ -140,24 +141,15 @@ pub(crate) static ACQUIRE: LazyLock<Script> =
 
 /// [`ACQUIRE`]'s fast path, first in the script so that a plain mutex runs
 /// nothing else (not even the definitions of the general path's functions):
-/// an exclusive request, no modes layout, no queue, and not a re-entry.
+/// an exclusive request on a free lock nobody queues for, or a try on a
+/// plain lock another holder has. It leaves `mode` and `f` (the lock's
+/// `holder` and `mode` fields) to the general path.
 const ACQUIRE_FAST: &str = r#"
 local mode = ARGV[10]
-local f = redis.call('HMGET', KEYS[1], 'holder', 'mode')
-if mode == 'x' and not f[2] and f[1] ~= ARGV[1] and (not f[1] or ARGV[8] ~= '1')
-    and redis.call('EXISTS', KEYS[3]) == 0 then
+-- Free and nobody queued: one EXISTS over both keys decides it.
+if mode == 'x' and redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then
   local t = redis.call('TIME')
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if f[1] then
-    local arrival = ARGV[12]
-    if arrival == '0' then arrival = string.format('%.0f', now_us) end
-    local pttl = redis.call('PTTL', KEYS[1])
-    local busy = {'0', tostring(math.max(pttl, 0)), arrival, '0'}
-    for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
-    table.insert(busy, tostring(pttl))
-    table.insert(busy, string.format('%.0f', math.floor(now_us / 1000)))
-    return busy
-  end
   local token = redis.call('INCR', KEYS[2])
   if token == 1 then redis.call('PEXPIRE', KEYS[2], 604800000) end
   if token < now_us then token = redis.call('INCRBY', KEYS[2], string.format('%.0f', now_us - token)) end
@@ -166,6 +158,21 @@ if mode == 'x' and not f[2] and f[1] ~= ARGV[1] and (not f[1] or ARGV[8] ~= '1')
     'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {'1', token, ARGV[3], ARGV[2], 'p'}
+end
+local f = redis.call('HMGET', KEYS[1], 'holder', 'mode')
+-- Held by another holder and the caller will not wait (a try): busy.
+if mode == 'x' and f[1] and not f[2] and f[1] ~= ARGV[1] and ARGV[8] ~= '1'
+    and redis.call('EXISTS', KEYS[3]) == 0 then
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local arrival = ARGV[12]
+  if arrival == '0' then arrival = string.format('%.0f', now_us) end
+  local pttl = redis.call('PTTL', KEYS[1])
+  local busy = {'0', tostring(math.max(pttl, 0)), arrival, '0'}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(busy, v) end
+  table.insert(busy, tostring(pttl))
+  table.insert(busy, string.format('%.0f', math.floor(now_us / 1000)))
+  return busy
 end
 "#;
 
