@@ -129,9 +129,18 @@ impl HolderId {
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Local(id) | Repr::Exact(id) => id,
-            Repr::Anonymous(anonymous) => {
-                anonymous.text.get_or_init(|| format!("anon-{}-{}", process_nonce(), anonymous.number).into())
-            }
+            Repr::Anonymous(anonymous) => anonymous.text.get_or_init(|| {
+                use std::fmt::Write as _;
+                // Built by hand: a backend that stores holders asks for this
+                // once per grant, and `format!` took about twice as long.
+                let nonce = process_nonce();
+                let mut text = String::with_capacity(nonce.len() + 26);
+                text.push_str("anon-");
+                text.push_str(nonce);
+                text.push('-');
+                let _ = write!(text, "{}", anonymous.number);
+                text.into()
+            }),
         }
     }
 
@@ -359,5 +368,17 @@ mod tests {
         let planted = HolderId::new("h\x1b]0;t\x07\u{202e}");
         assert_eq!(planted.to_string(), "h\\u{1b}]0;t\\u{7}\\u{202e}");
         assert_eq!(planted.as_str(), "h\x1b]0;t\x07\u{202e}");
+    }
+
+    #[test]
+    fn anonymous_ids_read_anon_nonce_number_and_differ() {
+        let (first, second) = (HolderId::unique(), HolderId::unique());
+        let expected_start = format!("anon-{}-", process_nonce());
+        for id in [&first, &second] {
+            let number = id.as_str().strip_prefix(&expected_start).expect("anon-<nonce>-<number>");
+            assert!(number.parse::<u64>().is_ok(), "{id:?}");
+            assert!(id.is_from_this_process());
+        }
+        assert_ne!(first.as_str(), second.as_str());
     }
 }

@@ -5,44 +5,58 @@
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     prefix: String,
+    /// `<prefix>:inbox:`, sent with every release.
+    inboxes: String,
 }
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_owned() }
+        Keys { prefix: prefix.to_owned(), inboxes: format!("{prefix}:inbox:") }
+    }
+
+    /// `<prefix>:{<resource>}:<kind>`. Joined by hand: every lock operation
+    /// names several keys, and `format!` took about five times as long.
+    fn resource_key(&self, resource: &str, kind: &str) -> String {
+        let mut name = String::with_capacity(self.prefix.len() + resource.len() + kind.len() + 4);
+        name.push_str(&self.prefix);
+        name.push_str(":{");
+        name.push_str(resource);
+        name.push_str("}:");
+        name.push_str(kind);
+        name
     }
 
     pub(crate) fn lock(&self, resource: &str) -> String {
-        format!("{}:{{{resource}}}:lock", self.prefix)
+        self.resource_key(resource, "lock")
     }
 
     pub(crate) fn fence(&self, resource: &str) -> String {
-        format!("{}:{{{resource}}}:fence", self.prefix)
+        self.resource_key(resource, "fence")
     }
 
     /// The waiter queue: a sorted set of waiter ids by arrival.
     pub(crate) fn queue(&self, resource: &str) -> String {
-        format!("{}:{{{resource}}}:queue", self.prefix)
+        self.resource_key(resource, "queue")
     }
 
     /// Each queued waiter's queue lease and mode.
     pub(crate) fn waiters(&self, resource: &str) -> String {
-        format!("{}:{{{resource}}}:waiters", self.prefix)
+        self.resource_key(resource, "waiters")
     }
 
     pub(crate) fn channel(&self, resource: &str) -> String {
-        format!("{}:{{{resource}}}:released", self.prefix)
+        self.resource_key(resource, "released")
     }
 
     /// The channels of every manager's inbox start with this (see [`inbox`](Self::inbox)).
-    pub(crate) fn inboxes(&self) -> String {
-        format!("{}:inbox:", self.prefix)
+    pub(crate) fn inboxes(&self) -> &str {
+        &self.inboxes
     }
 
     /// A manager's inbox: the channel on which releases hand locks to (or
     /// name) the waiters of that manager alone.
     pub(crate) fn inbox(&self, manager: &str) -> String {
-        format!("{}{manager}", self.inboxes())
+        format!("{}{manager}", self.inboxes)
     }
 
     pub(crate) fn flag(&self, flag: &str) -> String {
@@ -101,5 +115,11 @@ mod tests {
         }
         assert_eq!(keys.flag_of_key(&keys.flag(".FCRunning1")), Some(".FCRunning1"));
         assert_eq!(keys.lock_pattern(), "app\\*:{*}:lock");
+        assert_eq!(keys.lock("r"), "app*:{r}:lock");
+        assert_eq!(keys.fence("r"), "app*:{r}:fence");
+        assert_eq!(keys.queue("r"), "app*:{r}:queue");
+        assert_eq!(keys.waiters("r"), "app*:{r}:waiters");
+        assert_eq!(keys.channel("r"), "app*:{r}:released");
+        assert_eq!(keys.inbox("m1"), "app*:inbox:m1");
     }
 }

@@ -149,7 +149,13 @@ impl Listeners {
     /// A new waiter id, `<manager>/<n>`: a release finds the waiter's
     /// manager's inbox from it.
     pub(crate) fn new_waiter_id(&self) -> String {
-        format!("{}/{}", self.manager, self.next_waiter.fetch_add(1, Ordering::Relaxed))
+        use std::fmt::Write as _;
+        // One per acquire, waiting or not: built by hand, not by `format!`.
+        let mut id = String::with_capacity(self.manager.len() + 21);
+        id.push_str(&self.manager);
+        id.push('/');
+        let _ = write!(id, "{}", self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        id
     }
 
     /// A message on this manager's inbox: `grant:<waiter id>:…` hands that
