@@ -7,6 +7,8 @@ use lockman_core::FencingToken;
 use lockman_core::fencing::FenceError;
 use redis::Script;
 
+use crate::runner::ScriptCall;
+
 use crate::RedisBackend;
 
 /// Sets the key if the token is not lower than the stored one.
@@ -89,11 +91,11 @@ impl FencedKey {
     /// wrote; [`FenceError::Store`] if Redis could not be reached or did not
     /// answer within the response timeout (the write may then have happened).
     pub async fn write(&self, token: FencingToken, value: &[u8]) -> Result<(), FenceError> {
-        let mut invocation = WRITE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&WRITE, 2);
         invocation.key(&self.key).key(&self.fence).arg(token.get().to_string()).arg(value);
         let mut connection = self.connection.clone();
         let answer: Vec<String> =
-            match tokio::time::timeout(self.options.response_timeout, invocation.invoke_async(&mut connection)).await {
+            match tokio::time::timeout(self.options.response_timeout, invocation.invoke(&mut connection)).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => return Err(self.failed(&e.to_string())),
                 Err(_) => return Err(self.failed("no answer within the response timeout; the write may have happened")),

@@ -149,6 +149,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::connection::Connection;
+use crate::runner::ScriptCall;
 use lockman_core::backend::{Acquired, Deadline, GrantRequest, Granted, LocalQueue, LockBackend};
 use lockman_core::{
     Capabilities, FencingToken, HolderId, LockError, LockInfo, LockMode, LockState, Locks, WakeMechanism,
@@ -339,7 +340,7 @@ impl RedisBackend {
     /// queue entry with its queue lease).
     fn abandon(&self, resource: &str, hold: Option<&str>, waiter: Option<&str>) {
         let mut connection = self.connection.clone();
-        let mut invocation = scripts::ABANDON.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::ABANDON, 3);
         invocation
             .key(self.keys.lock(resource))
             .key(self.keys.queue(resource))
@@ -351,7 +352,7 @@ impl RedisBackend {
         let resource = resource.to_owned();
         let spawned = lockman_core::spawn_background(async move {
             let undone: Result<Result<i64, redis::RedisError>, _> =
-                tokio::time::timeout(timeout, invocation.invoke_async(&mut connection)).await;
+                tokio::time::timeout(timeout, invocation.invoke(&mut connection)).await;
             let error = match undone {
                 Ok(Ok(_)) => return,
                 Ok(Err(e)) => e.to_string(),
@@ -381,7 +382,7 @@ impl RedisBackend {
     ) -> Result<Attempt, LockError> {
         let resource = &*request.resource;
         let (waiter, arrival) = queue;
-        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::ACQUIRE, 4);
         invocation
             .key(self.keys.lock(resource))
             .key(self.keys.fence(resource))
@@ -440,7 +441,7 @@ impl RedisBackend {
 
     /// The lock's state, asked with at most `limit` to answer.
     async fn inspect_within(&self, resource: &str, limit: Duration) -> Result<LockState, LockError> {
-        let mut invocation = scripts::INSPECT.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::INSPECT, 1);
         invocation.key(self.keys.lock(resource));
         let deadline = Deadline::At(Instant::now() + limit);
         let fields: Vec<String> = self.run("inspecting", Some(resource), deadline, &invocation).await?;
@@ -475,7 +476,7 @@ impl RedisBackend {
     /// Releases a shared or permit grant (see `scripts::RELEASE_MODES`).
     async fn release_modes(&self, grant: &RedisGrant) -> Result<(), LockError> {
         let resource = &*grant.resource;
-        let mut invocation = scripts::RELEASE_MODES.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::RELEASE_MODES, 2);
         invocation
             .key(self.keys.lock(resource))
             .key(self.keys.queue(resource))
@@ -552,7 +553,7 @@ impl Pending<'_> {
         if !self.queued || self.hold.is_some() {
             return;
         }
-        let mut invocation = scripts::ABANDON.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::ABANDON, 3);
         invocation
             .key(self.backend.keys.lock(self.resource))
             .key(self.backend.keys.queue(self.resource))
@@ -562,7 +563,7 @@ impl Pending<'_> {
             .arg(self.waiter);
         let limit = self.backend.options.response_timeout.min(LEAVE_QUEUE_WAIT);
         let left: Result<Result<i64, _>, _> =
-            tokio::time::timeout(limit, invocation.invoke_async(&mut self.backend.connection.clone())).await;
+            tokio::time::timeout(limit, invocation.invoke(&mut self.backend.connection.clone())).await;
         if matches!(left, Ok(Ok(_))) {
             self.queued = false;
         }
@@ -728,7 +729,7 @@ impl LockBackend for RedisBackend {
             return self.release_modes(grant).await;
         }
         let release = |retry: &'static str| {
-            let mut invocation = scripts::RELEASE.prepare_invoke();
+            let mut invocation = ScriptCall::new(&scripts::RELEASE, 4);
             invocation
                 .key(self.keys.lock(resource))
                 .key(self.keys.fence(resource))
@@ -787,12 +788,12 @@ impl LockBackend for RedisBackend {
         let resource = &*grant.resource;
         let mut invocation = match grant.layout {
             Layout::Exclusive => {
-                let mut invocation = scripts::RENEW.prepare_invoke();
+                let mut invocation = ScriptCall::new(&scripts::RENEW, 1);
                 invocation.key(self.keys.lock(resource)).arg(grant.holder.as_str());
                 invocation
             }
             Layout::Modes => {
-                let mut invocation = scripts::RENEW_MODES.prepare_invoke();
+                let mut invocation = ScriptCall::new(&scripts::RENEW_MODES, 1);
                 invocation.key(self.keys.lock(resource)).arg(&grant.hold);
                 invocation
             }
@@ -827,7 +828,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn force_release(&self, resource: &str, reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let mut invocation = scripts::FORCE_RELEASE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::FORCE_RELEASE, 2);
         invocation
             .key(self.keys.lock(resource))
             .key(self.keys.fence(resource))

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use lockman_core::{FlagInfo, FlagOptions, LockError, StatusManager};
 use redis::Script;
 
+use crate::runner::ScriptCall;
+
 use crate::{BACKEND, RedisBackend};
 
 /// Sets a flag in one round trip. KEYS: flag. ARGV: has value, value, ttl ms (0: none).
@@ -86,10 +88,10 @@ impl RedisStatusManager {
         &self,
         action: &str,
         flag: &str,
-        invocation: redis::ScriptInvocation<'_>,
+        invocation: ScriptCall,
     ) -> Result<T, LockError> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.options.response_timeout, invocation.invoke_async(&mut connection)).await {
+        match tokio::time::timeout(self.options.response_timeout, invocation.invoke(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.failed(action, flag, &e.to_string())),
             Err(_) => Err(self.failed(action, flag, "no answer within the response timeout")),
@@ -133,7 +135,7 @@ impl StatusManager for RedisStatusManager {
     async fn set(&self, flag: &str, options: FlagOptions) -> Result<(), LockError> {
         lockman_core::validate_name(flag)?;
         let ttl = options.ttl.map_or(0, crate::millis);
-        let mut invocation = SET.prepare_invoke();
+        let mut invocation = ScriptCall::new(&SET, 1);
         invocation
             .key(self.keys.flag(flag))
             .arg(if options.value.is_some() { "1" } else { "0" })
@@ -158,7 +160,7 @@ impl StatusManager for RedisStatusManager {
 
     async fn get(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         lockman_core::validate_name(flag)?;
-        let mut invocation = GET.prepare_invoke();
+        let mut invocation = ScriptCall::new(&GET, 1);
         invocation.key(self.keys.flag(flag));
         let fields: Vec<String> = self.run("reading a flag", flag, invocation).await?;
         Ok(Self::info(flag, &fields))
@@ -166,7 +168,7 @@ impl StatusManager for RedisStatusManager {
 
     async fn take(&self, flag: &str) -> Result<Option<FlagInfo>, LockError> {
         lockman_core::validate_name(flag)?;
-        let mut invocation = TAKE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&TAKE, 1);
         invocation.key(self.keys.flag(flag));
         let fields: Vec<String> = self.run("taking a flag", flag, invocation).await?;
         Ok(Self::info(flag, &fields))
