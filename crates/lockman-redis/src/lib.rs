@@ -382,6 +382,7 @@ impl RedisBackend {
     ) -> Result<Attempt, LockError> {
         let resource = &*request.resource;
         let (waiter, arrival) = queue;
+        let acquired_us = unix_micros(SystemTime::now());
         let mut invocation = ScriptCall::new(&scripts::ACQUIRE, 4);
         invocation
             .key(self.keys.lock(resource))
@@ -390,7 +391,7 @@ impl RedisBackend {
             .key(self.keys.waiters(resource))
             .arg(request.holder.as_str())
             .arg(millis(lease))
-            .arg(unix_micros(SystemTime::now()))
+            .arg(acquired_us)
             .arg(lockman_core::hostname())
             .arg(std::process::id())
             .arg(request.purpose.as_deref().unwrap_or(""))
@@ -407,7 +408,25 @@ impl RedisBackend {
         // this: dated from here, the guard's lease never outlasts the key's,
         // however late the reply comes.
         let sent = SystemTime::now();
-        let reply: Vec<String> = self.run("acquiring", Some(resource), budget, &invocation).await?;
+        let reply: redis::Value = self.run("acquiring", Some(resource), budget, &invocation).await?;
+        let reply: Vec<String> = match reply {
+            // The fast path's grant: its token alone (see `scripts::ACQUIRE`).
+            redis::Value::Int(token) => {
+                let token = u64::try_from(token)
+                    .map_err(|_| self.failed("acquiring", Some(resource), &format!("a negative fencing token {token}")))?;
+                let lease_expires_at = sent + Duration::from_millis(millis(lease));
+                return Ok(Attempt::Granted(Grant {
+                    token,
+                    acquired_us,
+                    lease_expires_at,
+                    layout: Layout::Exclusive,
+                    handed: None,
+                }));
+            }
+            other => redis::from_redis_value(other).map_err(|e| {
+                self.failed("acquiring", Some(resource), &format!("unexpected script reply ({e})"))
+            })?,
+        };
         let number = |index: usize| reply.get(index).and_then(|v| v.parse::<u64>().ok());
         let unexpected = || self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"));
         match reply.first().map(String::as_str) {

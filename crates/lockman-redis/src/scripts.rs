@@ -76,7 +76,9 @@ fn with_prelude(body: &str) -> Script {
 /// 13 the queue lease ms, 14 the release channel, 15 `1` if core renews
 /// the lease (only then may a release hand the lock over: see [`RELEASE`]).
 ///
-/// Returns `{"1", token, acquired_us, lease ms left, layout[, hold id]}`
+/// Returns the token alone, as an integer, for a grant on the fast path
+/// (below: acquired-at, lease and layout are then the caller's own); else
+/// `{"1", token, acquired_us, lease ms left, layout[, hold id]}`
 /// (layout `p`: the exclusive hash, `m`: the modes hash; the hold id is
 /// given for a lock a release handed this waiter, whose hold is its
 /// waiter id), `{"0", ms until the first
@@ -150,14 +152,15 @@ local mode = ARGV[10]
 if mode == 'x' and redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then
   local t = redis.call('TIME')
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local token = redis.call('INCR', KEYS[2])
-  if token == 1 then redis.call('PEXPIRE', KEYS[2], 604800000) end
-  if token < now_us then token = redis.call('INCRBY', KEYS[2], string.format('%.0f', now_us - token)) end
-  token = string.format('%.0f', token)
-  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', token, 'acquired_us', ARGV[3],
-    'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
+  local n = redis.call('INCR', KEYS[2])
+  if n == 1 then redis.call('PEXPIRE', KEYS[2], 604800000) end
+  if n < now_us then n = redis.call('INCRBY', KEYS[2], string.format('%.0f', now_us - n)) end
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'count', '1', 'token', string.format('%.0f', n), 'acquired_us',
+    ARGV[3], 'host', ARGV[4], 'pid', ARGV[5], 'purpose', ARGV[6], 'user', ARGV[7], 'h:' .. ARGV[9], '1')
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {'1', token, ARGV[3], ARGV[2], 'p'}
+  -- The token alone, an integer: the rest of a granted reply is what the
+  -- caller sent (its acquired-at, its lease, the plain layout).
+  return n
 end
 local f = redis.call('HMGET', KEYS[1], 'holder', 'mode')
 -- Held by another holder and the caller will not wait (a try): busy.
