@@ -8,8 +8,13 @@
 //! `ConnectionManager` — the same kind of connection lockman uses. Against it:
 //!
 //! * **uncontended acquire + release** (criterion): lockman's `acquire` +
-//!   `release()` (one `EVALSHA` each) beside the raw pair. Both on a
-//!   current-thread runtime, so neither pays for a cross-thread wake-up.
+//!   `release()` (one `EVALSHA` each) beside the raw pair and beside
+//!   [`FENCED_FLOOR`], the least a grant with a restore-safe fencing token
+//!   asks of the server. All on a current-thread runtime, so none pays for
+//!   a cross-thread wake-up.
+//! * **server time per cycle** (printed): `INFO commandstats` over
+//!   [`SERVER_TIME_CYCLES`] uncontended cycles of each, counting only the
+//!   commands the client sent (a script's own calls are inside its time).
 //! * **8 tasks on 1 and on 64 resources** (criterion, items/s), beside raw
 //!   locks whose waiters retry every 100 ms (redis-py's default sleep).
 //! * **handoff to a parked waiter** (printed after criterion, p50/p90/p99):
@@ -65,6 +70,25 @@ const COMPARE_AND_DELETE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
+
+/// The least a grant with a restore-safe fencing token can ask of the
+/// server (lockman's token rule, see `lockman-redis`'s `scripts::ACQUIRE`):
+/// in one script, refuse a held lock, make the token `max(last + 1, server
+/// now)`, and set the lock to holder and token with its lease. No queue, no
+/// holder details, no reentrancy. Released by [`COMPARE_AND_DELETE`].
+const FENCED_FLOOR: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local token = redis.call('INCR', KEYS[2])
+if token < now then token = redis.call('INCRBY', KEYS[2], string.format('%.0f', now - token)) end
+local value = ARGV[1] .. ' ' .. string.format('%.0f', token)
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return value
+"#;
+
+/// Uncontended cycles per contender in the server-time table.
+const SERVER_TIME_CYCLES: usize = 2000;
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
     match workers {
@@ -126,6 +150,22 @@ impl RawLock {
         assert_eq!(deleted, 1, "the baseline lost its lock");
     }
 
+    /// [`FENCED_FLOOR`]'s grant: the lock's value (holder and token).
+    async fn fenced_lock(&self, key: &str, fence: &str) -> Option<String> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(FENCED_FLOOR));
+        let holder = format!("{}-{}", std::process::id(), self.tokens.fetch_add(1, Ordering::Relaxed));
+        let mut connection = self.connection.clone();
+        SCRIPT
+            .key(key)
+            .key(fence)
+            .arg(holder)
+            .arg(RAW_LEASE_MS)
+            .invoke_async(&mut connection)
+            .await
+            .expect("fenced grant")
+    }
+
     async fn ping(&self) -> Duration {
         let mut connection = self.connection.clone();
         let started = Instant::now();
@@ -181,6 +221,12 @@ fn uncontended(c: &mut Criterion, server: &RedisServer) {
         b.to_async(&rt).iter(|| async {
             let token = raw.try_lock("raw:inverter_read").await.expect("uncontended SET NX");
             raw.unlock("raw:inverter_read", black_box(&token)).await;
+        })
+    });
+    group.bench_function("floor: fenced grant script + EVALSHA compare-and-delete", |b| {
+        b.to_async(&rt).iter(|| async {
+            let value = raw.fenced_lock("floor:{inverter_read}", "floor:{inverter_read}:fence").await;
+            raw.unlock("floor:{inverter_read}", black_box(&value.expect("uncontended fenced grant"))).await;
         })
     });
     let locks = rt.block_on(lockman_manager(server));
@@ -325,6 +371,55 @@ async fn fairness(locks: Vec<TaskLock>) -> Vec<u64> {
 }
 
 /// Round trip, handoff percentiles and fairness, every contender from this same run.
+/// The server's time on the commands a client sent, in µs, from `INFO
+/// commandstats` (`cmdstat_<name>:calls=…,usec=…,…`).
+async fn server_usec(connection: &mut ConnectionManager, commands: &[&str]) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(connection).await.expect("INFO");
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
+        .filter(|(name, _)| commands.contains(name))
+        .filter_map(|(_, stats)| stats.split(',').find_map(|field| field.strip_prefix("usec="))?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Server time per uncontended cycle: the raw pair, the fenced floor and
+/// lockman, one after another, each counted from `CONFIG RESETSTAT`.
+async fn server_time(server: &RedisServer, raw: &RawLock) {
+    let mut control = raw.connection.clone();
+    let locks = lockman_manager(server).await;
+    println!(
+        "\nredis: server time per uncontended cycle (INFO commandstats, {SERVER_TIME_CYCLES} cycles, commands the client sent)"
+    );
+    println!("{:<62} {:>10} {:>10}", "contender", "µs/cycle", "× raw");
+    let mut raw_us = 0.0;
+    for contender in [
+        "baseline: SET NX PX + EVALSHA compare-and-delete",
+        "floor: fenced grant script + compare-and-delete",
+        "lockman redis: acquire + release",
+    ] {
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut control).await.expect("CONFIG RESETSTAT");
+        let sent: &[&str] =
+            if contender.starts_with("baseline") { &["set", "evalsha", "eval"] } else { &["evalsha", "eval"] };
+        for _ in 0..SERVER_TIME_CYCLES {
+            if contender.starts_with("baseline") {
+                let token = raw.try_lock("raw:inverter_read").await.expect("uncontended SET NX");
+                raw.unlock("raw:inverter_read", &token).await;
+            } else if contender.starts_with("floor") {
+                let value = raw.fenced_lock("floor:{inverter_read}", "floor:{inverter_read}:fence").await;
+                raw.unlock("floor:{inverter_read}", &value.expect("uncontended fenced grant")).await;
+            } else {
+                let guard = locks.acquire("inverter_read", AcquireOptions::new()).await.expect("acquire");
+                guard.release().await.expect("release");
+            }
+        }
+        let per_cycle = server_usec(&mut control, sent).await as f64 / SERVER_TIME_CYCLES as f64;
+        if raw_us == 0.0 {
+            raw_us = per_cycle;
+        }
+        println!("{contender:<62} {per_cycle:>10.1} {:>10.2}", per_cycle / raw_us);
+    }
+}
+
 fn summary(server: &RedisServer) {
     let rt = runtime(2);
     rt.block_on(async {
@@ -343,6 +438,8 @@ fn summary(server: &RedisServer) {
             percentile(&pings, 0.9),
             percentile(&pings, 0.99)
         );
+
+        server_time(server, &raw).await;
 
         let polling = TaskLock::Polling(raw.clone());
         let first = TaskLock::Lockman(lockman_manager(server).await);
