@@ -412,8 +412,9 @@ impl RedisBackend {
         let reply: Vec<String> = match reply {
             // The fast path's grant: its token alone (see `scripts::ACQUIRE`).
             redis::Value::Int(token) => {
-                let token = u64::try_from(token)
-                    .map_err(|_| self.failed("acquiring", Some(resource), &format!("a negative fencing token {token}")))?;
+                let token = u64::try_from(token).map_err(|_| {
+                    self.failed("acquiring", Some(resource), &format!("a negative fencing token {token}"))
+                })?;
                 let lease_expires_at = sent + Duration::from_millis(millis(lease));
                 return Ok(Attempt::Granted(Grant {
                     token,
@@ -423,9 +424,8 @@ impl RedisBackend {
                     handed: None,
                 }));
             }
-            other => redis::from_redis_value(other).map_err(|e| {
-                self.failed("acquiring", Some(resource), &format!("unexpected script reply ({e})"))
-            })?,
+            other => redis::from_redis_value(other)
+                .map_err(|e| self.failed("acquiring", Some(resource), &format!("unexpected script reply ({e})")))?,
         };
         let number = |index: usize| reply.get(index).and_then(|v| v.parse::<u64>().ok());
         let unexpected = || self.failed("acquiring", Some(resource), &format!("unexpected script reply {reply:?}"));
