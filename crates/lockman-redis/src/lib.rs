@@ -70,11 +70,11 @@
 //!   that give up wake every waiter. A waiter also looks again every second
 //!   to renew its queue lease (the bounded fallback). A dropped or timed-out acquire takes its queue
 //!   entry (and any grant whose reply it missed) back. An uncontended plain
-//!   mutex does not pay for this: an exclusive request on a free resource
-//!   with no shared or permit records and no queue is the same single
-//!   script as before (one extra `HMGET` field and an `EXISTS` on the queue
-//!   key), and so is a `try_acquire` that finds it busy. The data layout is
-//!   described in the `scripts` module.
+//!   mutex does not pay for this: an exclusive request finding neither the
+//!   lock key nor a queue is decided by one `EXISTS` over both and granted
+//!   at once (the reply is the token alone), and a `try_acquire` finding a
+//!   plain lock another holder has, with no queue, is answered busy after
+//!   one `HMGET` more. The data layout is described in the `scripts` module.
 //! * **One shared holder id in two managers** (two processes acquiring with
 //!   [`AcquireOptions::shared_holder`](lockman_core::AcquireOptions::shared_holder),
 //!   an explicit opt-in; ids given with `holder` are scoped to their manager

@@ -32,10 +32,11 @@ impl ScriptCall {
         ScriptCall { script, command, keys, keys_added: 0, args_added: false }
     }
 
-    pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+    /// One key (exactly one argument, so the declared count stays right).
+    pub(crate) fn key(&mut self, key: impl AsRef<str>) -> &mut Self {
         debug_assert!(!self.args_added && self.keys_added < self.keys, "keys first, as many as declared");
         self.keys_added += 1;
-        self.command.arg(key);
+        self.command.arg(key.as_ref());
         self
     }
 

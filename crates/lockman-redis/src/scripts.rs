@@ -90,7 +90,8 @@ fn with_prelude(body: &str) -> Script {
 /// exclusive and neither the lock nor a queue exists, one `EXISTS` over both
 /// keys decides it and the grant is written at once; when the lock is held
 /// by another holder in the plain layout, no queue exists and the caller will
-/// not wait (a `try_acquire`), the busy reply is made after one `HMGET`.
+/// not wait (a `try_acquire`), the busy reply follows that `EXISTS`, an
+/// `HMGET` and an `EXISTS` on the queue.
 /// Both run first ([`ACQUIRE_FAST`]). A
 /// caller that will wait for a busy lock goes on to the general path and is
 /// queued, so waiters in every process are served by arrival, not by who
