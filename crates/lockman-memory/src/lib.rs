@@ -340,7 +340,7 @@ impl LockBackend for MemoryBackend {
     async fn acquire(&self, request: &GrantRequest) -> Result<Acquired<MemoryGrant>, LockError> {
         let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Queue };
         let (attempt, after) =
-            self.table().attempt_or(&request.resource, table_request(request), busy, Some(request.asked_at));
+            self.table().attempt_or(&request.resource, table_request(request), busy, request.asked_at);
         settle(after, LostReason::LeaseExpired);
         Ok(match attempt {
             Attempt::Granted(grant) => self.granted(&request.resource, grant, false),
@@ -358,7 +358,7 @@ impl LockBackend for MemoryBackend {
     fn acquire_now(&self, request: &GrantRequest) -> Option<Result<Acquired<MemoryGrant>, LockError>> {
         let busy = if request.deadline == Deadline::Now { IfBusy::Report } else { IfBusy::Decline };
         let (attempt, after) =
-            self.table().attempt_or(&request.resource, table_request(request), busy, Some(request.asked_at));
+            self.table().attempt_or(&request.resource, table_request(request), busy, request.asked_at);
         settle(after, LostReason::LeaseExpired);
         match attempt {
             Attempt::Granted(grant) => Some(Ok(self.granted(&request.resource, grant, false))),

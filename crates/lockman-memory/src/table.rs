@@ -259,19 +259,18 @@ impl<T: Clone> LockTable<T> {
     /// request (if `wait`) or reports the holders.
     #[cfg(test)]
     pub(crate) fn attempt(&self, resource: &Text, request: Request<T>, wait: bool) -> (Attempt<T>, Aftermath<T>) {
-        self.attempt_or(resource, request, if wait { IfBusy::Queue } else { IfBusy::Report }, None)
+        self.attempt_or(resource, request, if wait { IfBusy::Queue } else { IfBusy::Report }, crate::clock::now())
     }
 
     /// [`attempt`](Self::attempt), choosing what happens when the request
     /// cannot be granted at once. A grant made at once is dated `asked_at`
-    /// if given (when the caller began asking, a moment ago), saving a clock
-    /// read.
+    /// (when the caller began asking, a moment ago), saving a clock read.
     pub(crate) fn attempt_or(
         &self,
         resource: &Text,
         request: Request<T>,
         busy: IfBusy,
-        asked_at: Option<Instant>,
+        asked_at: Instant,
     ) -> (Attempt<T>, Aftermath<T>) {
         let mut entries = self.entries.lock();
         let mut after = Aftermath::default();
@@ -484,12 +483,10 @@ impl<T: Clone> LockTable<T> {
         self.entries.lock().values().map(|entry| entry.waiters.len()).sum()
     }
 
-    fn holding(&self, request: Request<T>, at: Option<Instant>) -> (Holding<T>, Grant) {
+    /// A grant of `request`, dated `at`.
+    fn holding(&self, request: Request<T>, at: Instant) -> (Holding<T>, Grant) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let wall = match at {
-            Some(at) => self.clock.wall_at(at),
-            None => self.clock.wall(),
-        };
+        let wall = self.clock.wall_at(at);
         let acquired = wall.instant();
         let lease = request.lease.map(|lease| acquired + lease);
         let grant = Grant { token, acquired_at: wall.of(acquired), lease_expires_at: lease.map(|at| wall.of(at)) };
@@ -523,7 +520,7 @@ impl<T: Clone> LockTable<T> {
                 break;
             }
             if let SlotState::Waiting { request, waker, .. } = std::mem::replace(&mut *state, SlotState::Closed) {
-                let (holding, grant) = self.holding(request, None);
+                let (holding, grant) = self.holding(request, crate::clock::now());
                 *state = SlotState::Granted(grant);
                 leased |= holding.lease.is_some();
                 entry.holdings.push(holding);
@@ -708,7 +705,7 @@ mod tests {
         let resource: Text = "r".into();
         let Some(asked) = crate::clock::now().checked_sub(Duration::from_secs(5)) else { return };
         let request = Request { lease: Some(Duration::from_secs(60)), ..request("a") };
-        let grant = granted(table.attempt_or(&resource, request, IfBusy::Report, Some(asked)));
+        let grant = granted(table.attempt_or(&resource, request, IfBusy::Report, asked));
         let ago = SystemTime::now().duration_since(grant.acquired_at).expect("acquired in the past");
         assert!(ago >= Duration::from_millis(4900) && ago < Duration::from_secs(6), "acquired {ago:?} ago, not 5 s");
         let lease = grant.lease_expires_at.expect("a lease").duration_since(grant.acquired_at);
@@ -720,7 +717,7 @@ mod tests {
         let table = LockTable::default();
         let resource: Text = "r".into();
         let first = granted(table.attempt(&resource, request("a"), true));
-        let (attempt, _) = table.attempt_or(&resource, request("b"), IfBusy::Decline, None);
+        let (attempt, _) = table.attempt_or(&resource, request("b"), IfBusy::Decline, crate::clock::now());
         assert!(matches!(attempt, Attempt::WouldWait));
         assert_eq!(table.waiters(), 0, "a declined request was queued");
         let next = queued(table.attempt(&resource, request("c"), true));
@@ -728,7 +725,7 @@ mod tests {
         let handed = table.cancel(&resource, &next).0.expect("c, the only waiter, was handed the lock");
         assert_eq!(table.release(&resource, handed.token).0, Ok(()));
         // Free: a declining request is granted like any other.
-        let free = granted(table.attempt_or(&resource, request("d"), IfBusy::Decline, None));
+        let free = granted(table.attempt_or(&resource, request("d"), IfBusy::Decline, crate::clock::now()));
         assert_eq!(table.release(&resource, free.token).0, Ok(()));
         assert_eq!(table.len(), 0);
     }
