@@ -190,3 +190,29 @@ async fn a_lock_handed_to_a_dead_waiter_passes_on_after_its_claim_lease() {
     guard.release().await.expect("release");
     drop(waiter);
 }
+
+/// A lock that came free while a waiter is queued (here its holder's lease
+/// ran out, which sends no release message) is not taken ahead of that
+/// waiter: a newcomer's `try_acquire` on another manager is refused, and the
+/// waiter gets the lock when it next looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_does_not_take_a_free_lock_ahead_of_a_queued_waiter() {
+    let Some(server) = RedisServer::start() else { return };
+    let (holder, waiter, newcomer) = (manager(&server).await, manager(&server).await, manager(&server).await);
+    // An explicit lease is not renewed: it runs out while held.
+    let held = holder.acquire("barge", AcquireOptions::new().lease(Duration::from_millis(300))).await.expect("acquire");
+    let waiting = tokio::spawn(async move {
+        let guard = waiter.acquire("barge", AcquireOptions::new().timeout(BOUND)).await.expect("the waiter's turn");
+        guard.release().await.expect("release");
+    });
+    server.until_queued("barge", 1).await;
+    let deadline = std::time::Instant::now() + BOUND;
+    while server.command(&["EXISTS", "lockman:{barge}:lock"]).expect("EXISTS") != "0" {
+        assert!(std::time::Instant::now() < deadline, "the holder's lease never ran out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let barged = newcomer.try_acquire("barge", AcquireOptions::new()).await.expect("try_acquire");
+    assert!(barged.is_none(), "a newcomer took the lock ahead of the queued waiter");
+    tokio::time::timeout(BOUND, waiting).await.expect("the waiter hung").expect("join");
+    drop(held);
+}
